@@ -1,0 +1,224 @@
+//! The seams behind the Hub: [`Store`] (records, collections and the event log, written
+//! atomically together) and [`EventSink`] (where committed events go, in order).
+//!
+//! Only engines (the embedded SQLite store, later the cluster store) implement these;
+//! adapters never see them — they hold a [`crate::Hub`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use crate::error::HubResult;
+use crate::event::{Event, EventDraft, EventRef, Origin};
+use crate::query::{ListQuery, Page};
+use crate::record::Record;
+use crate::schema::{Collection, CollectionSpec};
+use crate::topic::Topic;
+
+/// A snapshot of all collections by name.
+pub type CollectionMap = BTreeMap<String, Arc<Collection>>;
+
+/// Where the event log stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogState {
+    /// Fixed when the log was created; changes only if history is lost.
+    pub epoch: String,
+    /// First sequence still retained (`last + 1` when the log is empty).
+    pub first_seq: u64,
+    /// Last sequence written (0 when nothing was ever written).
+    pub last_seq: u64,
+}
+
+/// One atomic write. Validation, merge patching and event construction happen inside the
+/// engine's write transaction so they see the same state they change.
+#[derive(Debug)]
+pub enum WriteCommand {
+    /// Create a collection.
+    CreateCollection(CollectionSpec),
+    /// Replace a collection's definition (existing records are not rewritten).
+    ReplaceCollection(CollectionSpec),
+    /// Delete a collection and its records.
+    DeleteCollection(String),
+    /// Create a record (id given or generated).
+    CreateRecord {
+        /// Collection.
+        collection: String,
+        /// Client-given id.
+        id: Option<String>,
+        /// Document.
+        data: Map<String, Value>,
+        /// Create the collection schemaless when missing.
+        auto_create: bool,
+        /// Who wrote.
+        origin: Origin,
+    },
+    /// Replace a record's document; creates it when missing and no version is expected.
+    ReplaceRecord {
+        /// Collection.
+        collection: String,
+        /// Id.
+        id: String,
+        /// Document.
+        data: Map<String, Value>,
+        /// Optimistic lock.
+        expected_version: Option<u64>,
+        /// Create the collection schemaless when missing.
+        auto_create: bool,
+        /// Who wrote.
+        origin: Origin,
+    },
+    /// Apply an RFC 7396 merge patch.
+    PatchRecord {
+        /// Collection.
+        collection: String,
+        /// Id.
+        id: String,
+        /// The patch document.
+        patch: Value,
+        /// Optimistic lock.
+        expected_version: Option<u64>,
+        /// Who wrote.
+        origin: Origin,
+    },
+    /// Delete a record.
+    DeleteRecord {
+        /// Collection.
+        collection: String,
+        /// Id.
+        id: String,
+        /// Optimistic lock.
+        expected_version: Option<u64>,
+        /// Who wrote.
+        origin: Origin,
+    },
+    /// Append an event to the log.
+    Publish {
+        /// The event.
+        draft: EventDraft,
+        /// Who published.
+        origin: Origin,
+    },
+    /// Persist a consumer group's acknowledged position.
+    SaveConsumer {
+        /// Group key.
+        key: String,
+        /// Everything up to and including this sequence is acknowledged.
+        position: u64,
+    },
+}
+
+/// What a write produced.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// A collection was created or changed.
+    Collection(Arc<Collection>),
+    /// A record was written (`created` tells create from update).
+    Record {
+        /// The stored record.
+        record: Record,
+        /// True when the write created it.
+        created: bool,
+        /// The change event.
+        event: EventRef,
+    },
+    /// A record was deleted.
+    Deleted {
+        /// The record as it was.
+        record: Record,
+        /// The change event.
+        event: EventRef,
+    },
+    /// An event was appended.
+    Published(EventRef),
+    /// Nothing to return.
+    Done,
+}
+
+/// Records, collections and the event log.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Executes one write; returns only after it is durable.
+    async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome>;
+    /// One record.
+    async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>>;
+    /// Several records of one collection by id (missing ones are skipped).
+    async fn get_records(&self, collection: &str, ids: &[String]) -> HubResult<Vec<Record>>;
+    /// A filtered, sorted page.
+    async fn list_records(&self, collection: &str, query: &ListQuery) -> HubResult<Page>;
+    /// Durable events with `seq > after`, in order, at most `limit`.
+    async fn read_events(&self, after: u64, limit: usize) -> HubResult<Vec<EventRef>>;
+    /// A consumer group's saved position.
+    async fn load_consumer(&self, key: &str) -> HubResult<Option<u64>>;
+    /// All collections, as of now.
+    fn collections(&self) -> Arc<CollectionMap>;
+    /// Where the log stands, as of now.
+    fn log_state(&self) -> LogState;
+    /// Flushes and stops accepting writes.
+    async fn close(&self);
+}
+
+/// Receives every committed durable event exactly once, in sequence order, from the
+/// engine's commit path. Must not block.
+pub trait EventSink: Send + Sync + 'static {
+    /// Called after the commit that made these events durable.
+    fn committed(&self, events: &[EventRef]);
+}
+
+/// Which kind of change a record event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A new record.
+    Created,
+    /// An existing record was written.
+    Updated,
+    /// A record was removed.
+    Deleted,
+}
+
+impl ChangeKind {
+    /// `created`, `updated` or `deleted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// Builds the event for a record change: CloudEvents type `{collection}.{kind}` on topic
+/// `collections/{collection}/{id}`, payload `{"type", "record", "previous"?, "seq"}` — the
+/// payload repeats type and seq because protocols without an envelope (MQTT) see only it.
+pub fn change_event(
+    kind: ChangeKind,
+    record: &Record,
+    previous: Option<&Record>,
+    seq: u64,
+    origin: Origin,
+    time: DateTime<Utc>,
+) -> Event {
+    let event_type = format!("{}.{}", record.collection, kind.as_str());
+    let mut payload = json!({
+        "type": event_type,
+        "record": record.to_json(),
+        "seq": seq,
+    });
+    if let Some(p) = previous {
+        payload["previous"] = p.to_json();
+    }
+    Event::new(
+        Some(seq),
+        crate::record::new_id(),
+        Topic::for_record(&record.collection, &record.id),
+        event_type,
+        time,
+        Some("application/json".into()),
+        Vec::new(),
+        Bytes::from(serde_json::to_vec(&payload).unwrap_or_default()),
+        origin,
+    )
+}

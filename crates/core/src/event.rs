@@ -1,0 +1,342 @@
+//! Events: what flows on the topic tree, and their one wire envelope (CloudEvents 1.0 JSON).
+//!
+//! An event is immutable once published and shared by `Arc` between every subscriber, so
+//! its CloudEvent rendering is computed at most once however many transports send it.
+
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::topic::Topic;
+
+/// The protocol or component an event entered through, e.g. `http`, `ws`, `mqtt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Origin(pub &'static str);
+
+impl Origin {
+    /// Events produced by the hub itself (record changes carry the writer's origin instead).
+    pub const HUB: Origin = Origin("hub");
+
+    /// Maps a stored origin label back to a static string, keeping unknown labels generic.
+    pub fn from_label(label: &str) -> Origin {
+        const KNOWN: &[&str] = &[
+            "hub", "http", "ws", "sse", "cli", "mqtt", "amqp", "stomp", "grpc", "graphql", "soap",
+            "webhook", "demo",
+        ];
+        KNOWN
+            .iter()
+            .find(|k| **k == label)
+            .map(|k| Origin(k))
+            .unwrap_or(Origin("other"))
+    }
+}
+
+/// Whether an event is appended to the durable event log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Let the hub's topic configuration decide (durable unless configured ephemeral).
+    #[default]
+    Auto,
+    /// Appended to the log and given a sequence before it is acknowledged.
+    Durable,
+    /// Fanned out in memory only; never replayed.
+    Ephemeral,
+}
+
+/// What a publisher hands the hub.
+#[derive(Clone, Debug)]
+pub struct EventDraft {
+    /// Where it goes.
+    pub topic: Topic,
+    /// The exact bytes published.
+    pub payload: Bytes,
+    /// MIME type of the payload, when known.
+    pub content_type: Option<String>,
+    /// CloudEvents `type`; defaults to [`DEFAULT_EVENT_TYPE`].
+    pub event_type: Option<String>,
+    /// Free-form metadata carried with the event (MQTT user properties, AMQP headers …).
+    pub headers: Vec<(String, String)>,
+    /// Requested durability.
+    pub durability: Durability,
+}
+
+impl EventDraft {
+    /// A draft with just a topic and payload.
+    pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic,
+            payload: payload.into(),
+            content_type: None,
+            event_type: None,
+            headers: Vec::new(),
+            durability: Durability::Auto,
+        }
+    }
+}
+
+/// CloudEvents `type` of a plain published message.
+pub const DEFAULT_EVENT_TYPE: &str = "polyport.message";
+
+/// One event on the topic tree.
+#[derive(Debug)]
+pub struct Event {
+    /// Position in the event log; `None` for ephemeral events.
+    pub seq: Option<u64>,
+    /// Globally unique id (ULID), stable across replays.
+    pub id: String,
+    /// Topic it was published on.
+    pub topic: Topic,
+    /// CloudEvents `type`.
+    pub event_type: String,
+    /// When it was accepted.
+    pub time: DateTime<Utc>,
+    /// MIME type of the payload.
+    pub content_type: Option<String>,
+    /// Metadata.
+    pub headers: Vec<(String, String)>,
+    /// Payload bytes, exactly as published.
+    pub payload: Bytes,
+    /// Where it came from.
+    pub origin: Origin,
+    rendered: OnceLock<Bytes>,
+    parsed: OnceLock<Option<Value>>,
+}
+
+impl Event {
+    /// Builds an event; the hub and stores use this, adapters receive finished events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        seq: Option<u64>,
+        id: String,
+        topic: Topic,
+        event_type: String,
+        time: DateTime<Utc>,
+        content_type: Option<String>,
+        headers: Vec<(String, String)>,
+        payload: Bytes,
+        origin: Origin,
+    ) -> Self {
+        Self {
+            seq,
+            id,
+            topic,
+            event_type,
+            time,
+            content_type,
+            headers,
+            payload,
+            origin,
+            rendered: OnceLock::new(),
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// True when the payload is JSON (by content type).
+    pub fn is_json(&self) -> bool {
+        self.content_type.as_deref().is_some_and(is_json_type)
+    }
+
+    /// The payload parsed as JSON, when it is JSON; parsed once and cached.
+    pub fn json_payload(&self) -> Option<&Value> {
+        self.parsed
+            .get_or_init(|| {
+                if self.is_json() {
+                    serde_json::from_slice(&self.payload).ok()
+                } else {
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// The CloudEvents 1.0 structured-mode JSON of this event, rendered once.
+    pub fn cloudevent_json(&self) -> &Bytes {
+        self.rendered.get_or_init(|| {
+            let v = self.to_cloudevent();
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        })
+    }
+
+    /// The CloudEvents 1.0 structured-mode JSON value of this event.
+    ///
+    /// JSON payloads go in `data`, text payloads in `data` as a string, anything else in
+    /// `data_base64`, per the JSON event format's rules.
+    pub fn to_cloudevent(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("specversion".into(), "1.0".into());
+        m.insert("id".into(), self.id.clone().into());
+        m.insert(
+            "source".into(),
+            format!("/polyport/{}", self.origin.0).into(),
+        );
+        m.insert("type".into(), self.event_type.clone().into());
+        m.insert("subject".into(), self.topic.as_str().into());
+        m.insert(
+            "time".into(),
+            self.time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        );
+        if let Some(seq) = self.seq {
+            m.insert("sequence".into(), seq.into());
+        }
+        if let Some(ct) = &self.content_type {
+            m.insert("datacontenttype".into(), ct.clone().into());
+        }
+        for (k, v) in &self.headers {
+            if let Some(name) = extension_name(k) {
+                m.entry(name).or_insert_with(|| v.clone().into());
+            }
+        }
+        if let Some(v) = self.json_payload() {
+            m.insert("data".into(), v.clone());
+        } else if self.content_type.as_deref().is_none_or(is_text_type)
+            && let Ok(s) = std::str::from_utf8(&self.payload)
+        {
+            m.insert("data".into(), s.into());
+        } else {
+            m.insert(
+                "data_base64".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(&self.payload)
+                    .into(),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+/// CloudEvents extension names are lowercase ASCII letters and digits, at most 20 chars,
+/// and must not shadow a context attribute; anything else is dropped from the envelope.
+fn extension_name(header: &str) -> Option<String> {
+    const RESERVED: &[&str] = &[
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "sequence",
+        "datacontenttype",
+        "dataschema",
+        "data",
+    ];
+    let name: String = header
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (!name.is_empty() && name.len() <= 20 && !RESERVED.contains(&name.as_str())).then_some(name)
+}
+
+/// `application/json`, `application/cloudevents+json`, `text/json`, `…+json`.
+pub fn is_json_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("text/json")
+        || essence.to_ascii_lowercase().ends_with("+json")
+}
+
+fn is_text_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence.starts_with("text/") || essence == "application/xml" || essence.ends_with("+xml")
+}
+
+/// A notice a subscription yields in-band, so no client silently misses a fact about its
+/// stream (field notes 2 and 5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+pub enum Notice {
+    /// The requested position is no longer in the log; replay starts at `from`.
+    ResumedFrom {
+        /// The position the client asked to resume after.
+        requested: u64,
+        /// The first sequence that will be delivered.
+        from: u64,
+        /// The log's epoch.
+        epoch: String,
+    },
+    /// Ephemeral events were dropped because this subscriber fell behind.
+    Dropped {
+        /// How many.
+        count: u64,
+    },
+}
+
+impl Notice {
+    /// The CloudEvents `type` used when a transport renders this notice as an event.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Notice::ResumedFrom { .. } => "polyport.notice.resumed",
+            Notice::Dropped { .. } => "polyport.notice.dropped",
+        }
+    }
+
+    /// The notice as a CloudEvent (without `sequence`, so it never moves a resume cursor).
+    pub fn to_cloudevent(&self) -> Value {
+        serde_json::json!({
+            "specversion": "1.0",
+            "id": ulid::Ulid::new().to_string(),
+            "source": "/polyport/hub",
+            "type": self.event_type(),
+            "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "datacontenttype": "application/json",
+            "data": self,
+        })
+    }
+}
+
+/// Shared handle to an event.
+pub type EventRef = Arc<Event>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ct: Option<&str>, payload: &'static [u8]) -> Event {
+        Event::new(
+            Some(7),
+            "01J".into(),
+            Topic::new("a/b").unwrap(),
+            DEFAULT_EVENT_TYPE.into(),
+            Utc::now(),
+            ct.map(String::from),
+            vec![("X-Trace".into(), "t1".into())],
+            Bytes::from_static(payload),
+            Origin("http"),
+        )
+    }
+
+    #[test]
+    fn json_payload_goes_in_data() {
+        let v = ev(Some("application/json"), br#"{"x":1}"#).to_cloudevent();
+        assert_eq!(v["data"]["x"], 1);
+        assert_eq!(v["sequence"], 7);
+        assert_eq!(v["subject"], "a/b");
+        assert_eq!(v["xtrace"], "t1");
+    }
+
+    #[test]
+    fn binary_payload_goes_in_data_base64() {
+        let v = ev(Some("application/octet-stream"), &[0xff, 0x00]).to_cloudevent();
+        assert_eq!(v["data_base64"], "/wA=");
+        assert!(v.get("data").is_none());
+    }
+
+    #[test]
+    fn text_without_type_goes_in_data() {
+        let v = ev(None, "25°C".as_bytes()).to_cloudevent();
+        assert_eq!(v["data"], "25°C");
+    }
+}

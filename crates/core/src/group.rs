@@ -1,0 +1,445 @@
+//! Groups: competing consumers with acknowledgements, redelivery and a prefetch window.
+//!
+//! A group is one dispatcher task per `(name, filters)` that owns a [`Direct`]
+//! subscription (so replay, lag recovery and record filters work exactly as for a single
+//! subscriber) and hands each event to one member with credit, round-robin. In ack mode
+//! the dispatcher tracks in-flight durable events; an event unacknowledged after the ack
+//! timeout, or held by a member that leaves, is redelivered to a member with credit.
+//! Named groups persist their acknowledged position, so a group that restarts (or whose
+//! last member comes back) resumes where it was acknowledged — the semantics of a
+//! JetStream durable consumer. An acked subscription without a group is a group of one
+//! that is not persisted.
+//!
+//! Members talk to the dispatcher over an unbounded control channel; it stays small
+//! because only joins, leaves and acks travel on it and acks are bounded by prefetch.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Store, WriteCommand};
+use crate::error::HubResult;
+use crate::event::{EventRef, Notice};
+use crate::subscription::{Delivery, Direct, Item};
+
+/// Queue depth per member when no ack policy sets a prefetch.
+const DEFAULT_MEMBER_QUEUE: usize = 256;
+/// How often a changed group position is persisted.
+const PERSIST_EVERY: Duration = Duration::from_millis(500);
+
+enum Ctl {
+    Join {
+        id: u64,
+        tx: mpsc::Sender<HubResult<Item>>,
+        prefetch: usize,
+    },
+    Leave {
+        id: u64,
+    },
+    Ack {
+        seq: u64,
+    },
+}
+
+/// The registry of running group dispatchers.
+#[derive(Default)]
+pub(crate) struct Groups {
+    map: Mutex<HashMap<String, mpsc::UnboundedSender<Ctl>>>,
+    next_member: std::sync::atomic::AtomicU64,
+}
+
+/// How to start a dispatcher for a group not yet running.
+pub(crate) struct GroupSpawn {
+    pub(crate) key: String,
+    pub(crate) persist: bool,
+    pub(crate) ack_timeout: Option<Duration>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// One member's end of a group.
+pub(crate) struct Member {
+    id: u64,
+    rx: mpsc::Receiver<HubResult<Item>>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    shutdown: CancellationToken,
+}
+
+impl Member {
+    pub(crate) async fn next(&mut self) -> Option<HubResult<Item>> {
+        tokio::select! {
+            it = self.rx.recv() => it,
+            _ = self.shutdown.cancelled() => None,
+        }
+    }
+
+    pub(crate) fn try_next(&mut self) -> Option<HubResult<Item>> {
+        self.rx.try_recv().ok()
+    }
+
+    pub(crate) fn ack(&self, seq: u64) {
+        let _ = self.ctl.send(Ctl::Ack { seq });
+    }
+
+    pub(crate) fn ack_handle(&self) -> AckHandle {
+        AckHandle(self.ctl.clone())
+    }
+}
+
+/// A member's ack path, detached from its receiver.
+#[derive(Clone)]
+pub(crate) struct AckHandle(mpsc::UnboundedSender<Ctl>);
+
+impl AckHandle {
+    pub(crate) fn ack(&self, seq: u64) {
+        let _ = self.0.send(Ctl::Ack { seq });
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Ctl::Leave { id: self.id });
+    }
+}
+
+impl Groups {
+    /// Joins the group, starting its dispatcher (with `make_source`) if it is not running.
+    pub(crate) async fn join<F, Fut>(
+        self: &Arc<Self>,
+        spawn: GroupSpawn,
+        prefetch: Option<usize>,
+        make_source: F,
+    ) -> HubResult<Member>
+    where
+        F: FnOnce(Option<u64>) -> Fut,
+        Fut: std::future::Future<Output = HubResult<Direct>>,
+    {
+        let id = self
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let queue = prefetch.unwrap_or(DEFAULT_MEMBER_QUEUE);
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let join = Ctl::Join {
+            id,
+            tx,
+            prefetch: queue,
+        };
+        // Sending under the registry lock orders this join against a retiring dispatcher.
+        let join = {
+            let map = self.map.lock();
+            match map.get(&spawn.key) {
+                Some(ctl) => match ctl.send(join) {
+                    Ok(()) => {
+                        return Ok(Member {
+                            id,
+                            rx,
+                            ctl: ctl.clone(),
+                            shutdown: spawn.shutdown,
+                        });
+                    }
+                    // The dispatcher exited: start a new one.
+                    Err(mpsc::error::SendError(j)) => j,
+                },
+                None => join,
+            }
+        };
+        let saved = if spawn.persist {
+            spawn.store.load_consumer(&spawn.key).await?
+        } else {
+            None
+        };
+        let source = make_source(saved).await?;
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        // Racing joiners may both have reached here; the first to insert wins and the
+        // other joins the winner, dropping its unneeded source.
+        {
+            let mut map = self.map.lock();
+            if let Some(ctl) = map.get(&spawn.key)
+                && !ctl.is_closed()
+            {
+                let ctl = ctl.clone();
+                let _ = ctl.send(join);
+                return Ok(Member {
+                    id,
+                    rx,
+                    ctl,
+                    shutdown: spawn.shutdown,
+                });
+            }
+            map.insert(spawn.key.clone(), ctl_tx.clone());
+        }
+        let _ = ctl_tx.send(join);
+        let dispatcher = Dispatcher {
+            groups: self.clone(),
+            key: spawn.key,
+            persist: spawn.persist,
+            ack_timeout: spawn.ack_timeout,
+            store: spawn.store,
+            source,
+            ctl: ctl_rx,
+            members: Vec::new(),
+            rr: 0,
+            inflight: BTreeMap::new(),
+            redeliver: VecDeque::new(),
+            saved_position: saved,
+            retired: false,
+        };
+        tokio::spawn(dispatcher.run(spawn.shutdown.clone()));
+        Ok(Member {
+            id,
+            rx,
+            ctl: ctl_tx,
+            shutdown: spawn.shutdown,
+        })
+    }
+}
+
+struct MemberState {
+    id: u64,
+    tx: mpsc::Sender<HubResult<Item>>,
+    prefetch: usize,
+    inflight: usize,
+}
+
+struct InFlight {
+    event: EventRef,
+    member: u64,
+    deadline: Instant,
+    redeliveries: u32,
+}
+
+struct Dispatcher {
+    groups: Arc<Groups>,
+    key: String,
+    persist: bool,
+    ack_timeout: Option<Duration>,
+    store: Arc<dyn Store>,
+    source: Direct,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+    members: Vec<MemberState>,
+    rr: usize,
+    inflight: BTreeMap<u64, InFlight>,
+    redeliver: VecDeque<(EventRef, u32)>,
+    saved_position: Option<u64>,
+    /// Set once this dispatcher has removed itself from the registry.
+    retired: bool,
+}
+
+impl Dispatcher {
+    fn has_credit(&self) -> bool {
+        self.members.iter().any(|m| self.credit(m))
+    }
+
+    fn credit(&self, m: &MemberState) -> bool {
+        if self.ack_timeout.is_some() {
+            m.inflight < m.prefetch
+        } else {
+            m.tx.capacity() > 0
+        }
+    }
+
+    /// Everything at or below this sequence is acknowledged (or needs none).
+    ///
+    /// The source's `last` runs ahead of what was handed out while it replays (a whole
+    /// page is read into its buffer at once), so events still buffered there are pending.
+    fn position(&self) -> u64 {
+        let pending = self
+            .inflight
+            .keys()
+            .next()
+            .copied()
+            .into_iter()
+            .chain(self.redeliver.iter().filter_map(|(e, _)| e.seq))
+            .chain(self.source.buffer.iter().find_map(|e| e.seq))
+            .min();
+        match pending {
+            Some(s) => s.saturating_sub(1),
+            None => self.source.last,
+        }
+    }
+
+    async fn persist(&mut self) {
+        if !self.persist {
+            return;
+        }
+        let pos = self.position();
+        if self.saved_position == Some(pos) {
+            return;
+        }
+        let cmd = WriteCommand::SaveConsumer {
+            key: self.key.clone(),
+            position: pos,
+        };
+        match self.store.write(cmd).await {
+            Ok(_) => self.saved_position = Some(pos),
+            Err(e) => tracing::warn!(group = %self.key, error = %e, "saving group position failed"),
+        }
+    }
+
+    /// Hands one item to the next member with credit. Returns false if none took it.
+    fn dispatch(&mut self, event: EventRef, redeliveries: u32) -> bool {
+        let n = self.members.len();
+        for i in 0..n {
+            let idx = (self.rr + i) % n;
+            if !self.credit(&self.members[idx]) {
+                continue;
+            }
+            let m = &mut self.members[idx];
+            let item = Ok(Item::Event(Delivery {
+                event: event.clone(),
+                redeliveries,
+            }));
+            if m.tx.try_send(item).is_err() {
+                continue;
+            }
+            self.rr = idx + 1;
+            if let (Some(t), Some(seq)) = (self.ack_timeout, event.seq) {
+                m.inflight += 1;
+                self.inflight.insert(
+                    seq,
+                    InFlight {
+                        event,
+                        member: m.id,
+                        deadline: Instant::now() + t,
+                        redeliveries,
+                    },
+                );
+            }
+            return true;
+        }
+        false
+    }
+
+    fn requeue_member(&mut self, member: u64) {
+        let seqs: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.member == member)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in seqs {
+            if let Some(f) = self.inflight.remove(&s) {
+                self.redeliver.push_back((f.event, f.redeliveries + 1));
+            }
+        }
+    }
+
+    fn on_ack(&mut self, seq: u64) {
+        if let Some(f) = self.inflight.remove(&seq)
+            && let Some(m) = self.members.iter_mut().find(|m| m.id == f.member)
+        {
+            m.inflight = m.inflight.saturating_sub(1);
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in expired {
+            if let Some(f) = self.inflight.remove(&s) {
+                if let Some(m) = self.members.iter_mut().find(|m| m.id == f.member) {
+                    m.inflight = m.inflight.saturating_sub(1);
+                }
+                metrics::counter!("polyport_redeliveries_total").increment(1);
+                self.redeliver.push_back((f.event, f.redeliveries + 1));
+            }
+        }
+    }
+
+    /// Gives a notice to every member (they all share the stream's fate).
+    fn broadcast_notice(&mut self, n: Notice) {
+        for m in &self.members {
+            let _ = m.tx.try_send(Ok(Item::Notice(n.clone())));
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(PERSIST_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Redeliveries first, as far as credit allows.
+            while let Some((ev, n)) = self.redeliver.pop_front() {
+                if !self.dispatch(ev.clone(), n) {
+                    self.redeliver.push_front((ev, n));
+                    break;
+                }
+            }
+            let can_pull = self.redeliver.is_empty() && self.has_credit();
+            let next_deadline = self.inflight.values().map(|f| f.deadline).min();
+            tokio::select! {
+                ctl = self.ctl.recv() => match ctl {
+                    Some(Ctl::Join { id, tx, prefetch }) => {
+                        self.members.push(MemberState { id, tx, prefetch, inflight: 0 });
+                    }
+                    Some(Ctl::Leave { id }) => {
+                        self.members.retain(|m| m.id != id);
+                        self.requeue_member(id);
+                        if self.members.is_empty() {
+                            // Save the position while still registered, so a member that
+                            // starts a fresh dispatcher right after we retire loads it.
+                            self.persist().await;
+                            if self.try_retire() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(Ctl::Ack { seq }) => self.on_ack(seq),
+                    None => break,
+                },
+                item = self.source.next(), if can_pull => match item {
+                    Some(Ok(Item::Event(d))) => {
+                        if !self.dispatch(d.event.clone(), 0) {
+                            self.redeliver.push_back((d.event, 0));
+                        }
+                    }
+                    Some(Ok(Item::Notice(n))) => self.broadcast_notice(n),
+                    Some(Err(e)) => {
+                        tracing::warn!(group = %self.key, error = %e, "group source failed");
+                        for m in &self.members {
+                            let _ = m.tx.try_send(Err(crate::error::HubError::Storage(e.to_string())));
+                        }
+                        break;
+                    }
+                    None => break,
+                },
+                _ = sleep_until_opt(next_deadline) => self.expire(),
+                _ = tick.tick() => self.persist().await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        if !self.retired {
+            // Nobody else can have registered this key while we were registered.
+            self.groups.map.lock().remove(&self.key);
+        }
+        self.persist().await;
+    }
+
+    /// With no members left, removes the group from the registry unless a join is
+    /// already queued (the registry lock orders this against joiners).
+    fn try_retire(&mut self) -> bool {
+        let mut map = self.groups.map.lock();
+        if !self.ctl.is_empty() {
+            return false;
+        }
+        map.remove(&self.key);
+        self.retired = true;
+        true
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,651 @@
+//! The Hub: the one facade every protocol adapter talks to.
+//!
+//! It is cheap to clone (one `Arc`). Every verb takes an [`AuthContext`] and asks the
+//! [`Policy`] first, so no adapter can bypass authorization. Storage and fanout are behind
+//! the [`Store`] and [`Bus`] seams; adapters never see either.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Action, AllowAll, AuthContext, Policy};
+use crate::bus::Bus;
+use crate::engine::{CollectionMap, LogState, Store, WriteCommand, WriteOutcome};
+use crate::error::{HubError, HubResult};
+use crate::event::{Durability, EventDraft, EventRef, Notice};
+use crate::group::{GroupSpawn, Groups};
+use crate::query::{ListQuery, Page};
+use crate::record::{Record, validate_id};
+use crate::schema::{Collection, CollectionSpec};
+use crate::subscription::{Direct, Inner, SubscribeRequest, Subscription};
+use crate::topic::TopicFilter;
+
+/// Hub settings.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Writing to an unknown collection creates it schemaless.
+    pub auto_create_collections: bool,
+    /// Per-subscriber queue depth before lag handling kicks in.
+    pub subscriber_queue: usize,
+    /// Topics whose events are never logged (unless the publisher insists on durable).
+    pub ephemeral_topics: Vec<TopicFilter>,
+    /// Default ack timeout for acked subscriptions.
+    pub ack_timeout: Duration,
+    /// Upper bound on a member's prefetch window.
+    pub max_prefetch: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            auto_create_collections: true,
+            subscriber_queue: 1024,
+            ephemeral_topics: Vec::new(),
+            ack_timeout: Duration::from_secs(30),
+            max_prefetch: 10_000,
+        }
+    }
+}
+
+/// When a write must hold: the record's version must equal this.
+pub type ExpectedVersion = Option<u64>;
+
+/// The result of a publish.
+#[derive(Clone, Debug)]
+pub struct PublishReceipt {
+    /// The event as published.
+    pub event: EventRef,
+}
+
+struct HubInner {
+    store: Arc<dyn Store>,
+    bus: Bus,
+    groups: Arc<Groups>,
+    policy: Box<dyn Policy>,
+    config: HubConfig,
+    shutdown: CancellationToken,
+    collections_gen: watch::Sender<u64>,
+}
+
+/// The facade.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Wires a hub over a store and the bus the store delivers committed events to.
+    pub fn new(store: Arc<dyn Store>, bus: Bus, config: HubConfig) -> Self {
+        Self::with_policy(store, bus, config, Box::new(AllowAll))
+    }
+
+    /// Like [`Hub::new`] with an explicit authorization policy.
+    pub fn with_policy(
+        store: Arc<dyn Store>,
+        bus: Bus,
+        config: HubConfig,
+        policy: Box<dyn Policy>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                store,
+                bus,
+                groups: Arc::default(),
+                policy,
+                config,
+                shutdown: CancellationToken::new(),
+                collections_gen: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// Fires when the hub shuts down; adapters end their streams on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Ends every subscription and flushes the store.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.store.close().await;
+    }
+
+    fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> HubResult<()> {
+        self.inner.policy.authorize(ctx, action)
+    }
+
+    async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        self.inner.store.write(cmd).await
+    }
+
+    // ----- collections -----
+
+    /// All collections.
+    pub fn collections(&self, ctx: &AuthContext) -> HubResult<Arc<CollectionMap>> {
+        self.authorize(ctx, Action::Read("*"))?;
+        Ok(self.inner.store.collections())
+    }
+
+    /// One collection.
+    pub fn collection(&self, ctx: &AuthContext, name: &str) -> HubResult<Arc<Collection>> {
+        self.authorize(ctx, Action::Read(name))?;
+        self.inner
+            .store
+            .collections()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| HubError::CollectionNotFound(name.to_string()))
+    }
+
+    /// Ticks whenever a collection definition changes (for generated schemas).
+    pub fn watch_collections(&self) -> watch::Receiver<u64> {
+        self.inner.collections_gen.subscribe()
+    }
+
+    fn bump_collections(&self) {
+        self.inner.collections_gen.send_modify(|g| *g += 1);
+    }
+
+    /// Creates a collection.
+    pub async fn create_collection(
+        &self,
+        ctx: &AuthContext,
+        spec: CollectionSpec,
+    ) -> HubResult<Arc<Collection>> {
+        self.authorize(ctx, Action::Admin)?;
+        spec.check().map_err(HubError::Validation)?;
+        let out = self.write(WriteCommand::CreateCollection(spec)).await?;
+        self.bump_collections();
+        expect_collection(out)
+    }
+
+    /// Replaces a collection's definition.
+    pub async fn replace_collection(
+        &self,
+        ctx: &AuthContext,
+        spec: CollectionSpec,
+    ) -> HubResult<Arc<Collection>> {
+        self.authorize(ctx, Action::Admin)?;
+        spec.check().map_err(HubError::Validation)?;
+        let out = self.write(WriteCommand::ReplaceCollection(spec)).await?;
+        self.bump_collections();
+        expect_collection(out)
+    }
+
+    /// Deletes a collection and all its records (no change events are emitted per record).
+    pub async fn delete_collection(&self, ctx: &AuthContext, name: &str) -> HubResult<()> {
+        self.authorize(ctx, Action::Admin)?;
+        self.write(WriteCommand::DeleteCollection(name.to_string()))
+            .await?;
+        self.bump_collections();
+        Ok(())
+    }
+
+    // ----- records -----
+
+    /// Creates a record.
+    pub async fn create_record(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        id: Option<String>,
+        data: Map<String, Value>,
+    ) -> HubResult<Record> {
+        self.authorize(ctx, Action::Write(collection))?;
+        if let Some(id) = &id {
+            validate_id(id)?;
+        }
+        let auto_create = self.check_auto_create(collection)?;
+        let out = self
+            .write(WriteCommand::CreateRecord {
+                collection: collection.to_string(),
+                id,
+                data,
+                auto_create,
+                origin: ctx.origin,
+            })
+            .await?;
+        self.after_record_write(auto_create);
+        expect_record(out).map(|(r, _)| r)
+    }
+
+    /// Replaces a record's document (creating it when absent and no version is expected).
+    /// Returns the record and whether it was created.
+    pub async fn replace_record(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        id: &str,
+        data: Map<String, Value>,
+        expected_version: ExpectedVersion,
+    ) -> HubResult<(Record, bool)> {
+        self.authorize(ctx, Action::Write(collection))?;
+        validate_id(id)?;
+        let auto_create = self.check_auto_create(collection)?;
+        let out = self
+            .write(WriteCommand::ReplaceRecord {
+                collection: collection.to_string(),
+                id: id.to_string(),
+                data,
+                expected_version,
+                auto_create,
+                origin: ctx.origin,
+            })
+            .await?;
+        self.after_record_write(auto_create);
+        expect_record(out)
+    }
+
+    /// Applies a JSON merge patch to a record.
+    pub async fn patch_record(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        id: &str,
+        patch: Value,
+        expected_version: ExpectedVersion,
+    ) -> HubResult<Record> {
+        self.authorize(ctx, Action::Write(collection))?;
+        validate_id(id)?;
+        let out = self
+            .write(WriteCommand::PatchRecord {
+                collection: collection.to_string(),
+                id: id.to_string(),
+                patch,
+                expected_version,
+                origin: ctx.origin,
+            })
+            .await?;
+        expect_record(out).map(|(r, _)| r)
+    }
+
+    /// Deletes a record, returning it as it was.
+    pub async fn delete_record(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        id: &str,
+        expected_version: ExpectedVersion,
+    ) -> HubResult<Record> {
+        self.authorize(ctx, Action::Write(collection))?;
+        validate_id(id)?;
+        match self
+            .write(WriteCommand::DeleteRecord {
+                collection: collection.to_string(),
+                id: id.to_string(),
+                expected_version,
+                origin: ctx.origin,
+            })
+            .await?
+        {
+            WriteOutcome::Deleted { record, .. } => Ok(record),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One record.
+    pub async fn get_record(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        id: &str,
+    ) -> HubResult<Record> {
+        self.authorize(ctx, Action::Read(collection))?;
+        self.require_collection(collection)?;
+        validate_id(id)?;
+        self.inner
+            .store
+            .get_record(collection, id)
+            .await?
+            .ok_or_else(|| HubError::RecordNotFound {
+                collection: collection.to_string(),
+                id: id.to_string(),
+            })
+    }
+
+    /// A page of records.
+    pub async fn list_records(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        query: &ListQuery,
+    ) -> HubResult<Page> {
+        self.authorize(ctx, Action::Read(collection))?;
+        self.require_collection(collection)?;
+        self.inner.store.list_records(collection, query).await
+    }
+
+    /// Resolves relation fields of `records` named in `fields`: returns, per record, a
+    /// map from field name to the related record(s). One store query per field, whatever
+    /// the page size (no N+1).
+    pub async fn expand(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        records: &[Record],
+        fields: &[String],
+    ) -> HubResult<Vec<Map<String, Value>>> {
+        let coll = self.collection(ctx, collection)?;
+        let mut out = vec![Map::new(); records.len()];
+        for field in fields {
+            let def = coll.field(field).ok_or_else(|| {
+                HubError::InvalidRequest(format!(
+                    "cannot expand '{field}': not a field of '{collection}'"
+                ))
+            })?;
+            let target = def.ty.relation_target().ok_or_else(|| {
+                HubError::InvalidRequest(format!("cannot expand '{field}': not a relation"))
+            })?;
+            self.authorize(ctx, Action::Read(target))?;
+            let is_array = matches!(def.ty, crate::schema::FieldType::Array { .. });
+            let mut ids: Vec<String> = records
+                .iter()
+                .filter_map(|r| r.data.get(field))
+                .flat_map(|v| match v {
+                    Value::Array(a) => a.iter().filter_map(relation_id).collect(),
+                    other => relation_id(other).into_iter().collect::<Vec<_>>(),
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            let related = self.inner.store.get_records(target, &ids).await?;
+            let by_id: std::collections::HashMap<&str, Value> = related
+                .iter()
+                .map(|r| (r.id.as_str(), r.to_json()))
+                .collect();
+            for (i, r) in records.iter().enumerate() {
+                let Some(v) = r.data.get(field) else { continue };
+                let expanded = if is_array {
+                    Value::Array(
+                        v.as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|x| relation_id(x).and_then(|id| by_id.get(id.as_str())))
+                            .cloned()
+                            .collect(),
+                    )
+                } else {
+                    match relation_id(v).and_then(|id| by_id.get(id.as_str())) {
+                        Some(x) => x.clone(),
+                        None => continue,
+                    }
+                };
+                out[i].insert(field.clone(), expanded);
+            }
+        }
+        Ok(out)
+    }
+
+    fn require_collection(&self, name: &str) -> HubResult<()> {
+        if self.inner.store.collections().contains_key(name) {
+            Ok(())
+        } else {
+            Err(HubError::CollectionNotFound(name.to_string()))
+        }
+    }
+
+    /// Returns whether this write may create the collection.
+    fn check_auto_create(&self, collection: &str) -> HubResult<bool> {
+        if self.inner.store.collections().contains_key(collection) {
+            return Ok(false);
+        }
+        if !self.inner.config.auto_create_collections {
+            return Err(HubError::AutoCreateDisabled(collection.to_string()));
+        }
+        if !crate::schema::is_identifier(collection, 64) {
+            return Err(HubError::InvalidRequest(format!(
+                "invalid collection name '{collection}': start with a letter, then letters, digits or _ (at most 64)"
+            )));
+        }
+        Ok(true)
+    }
+
+    fn after_record_write(&self, maybe_created_collection: bool) {
+        if maybe_created_collection {
+            self.bump_collections();
+        }
+    }
+
+    // ----- events -----
+
+    /// Publishes an event. Durable events are acknowledged after they are in the log.
+    pub async fn publish(
+        &self,
+        ctx: &AuthContext,
+        mut draft: EventDraft,
+    ) -> HubResult<PublishReceipt> {
+        self.authorize(ctx, Action::Publish(draft.topic.as_str()))?;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        let durable = match draft.durability {
+            Durability::Durable => true,
+            Durability::Ephemeral => false,
+            Durability::Auto => !self
+                .inner
+                .config
+                .ephemeral_topics
+                .iter()
+                .any(|f| f.matches(&draft.topic)),
+        };
+        metrics::counter!("polyport_events_published_total", "durable" => if durable { "true" } else { "false" }).increment(1);
+        if durable {
+            draft.durability = Durability::Durable;
+            match self
+                .write(WriteCommand::Publish {
+                    draft,
+                    origin: ctx.origin,
+                })
+                .await?
+            {
+                WriteOutcome::Published(event) => Ok(PublishReceipt { event }),
+                other => Err(unexpected(other)),
+            }
+        } else {
+            let event = Arc::new(crate::event::Event::new(
+                None,
+                crate::record::new_id(),
+                draft.topic,
+                draft
+                    .event_type
+                    .unwrap_or_else(|| crate::event::DEFAULT_EVENT_TYPE.into()),
+                chrono::Utc::now(),
+                draft.content_type,
+                draft.headers,
+                draft.payload,
+                ctx.origin,
+            ));
+            self.inner.bus.deliver(&event);
+            Ok(PublishReceipt { event })
+        }
+    }
+
+    /// Where the event log stands.
+    pub fn log_state(&self) -> LogState {
+        self.inner.store.log_state()
+    }
+
+    /// Number of live bus subscribers (for metrics and tests).
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.bus.subscriber_count()
+    }
+
+    /// Subscribes. Returns only once live events will flow (field note 3); replay of the
+    /// requested history happens as the subscription is read.
+    pub async fn subscribe(
+        &self,
+        ctx: &AuthContext,
+        req: SubscribeRequest,
+    ) -> HubResult<Subscription> {
+        let filters = req.all_filters();
+        if filters.is_empty() {
+            return Err(HubError::InvalidRequest(
+                "subscribe needs at least one topic filter or a collection".into(),
+            ));
+        }
+        for f in &filters {
+            self.authorize(ctx, Action::Subscribe(f.as_str()))?;
+        }
+        if let Some(r) = &req.records {
+            self.authorize(ctx, Action::Read(&r.collection))?;
+            if let Some(id) = &r.id {
+                validate_id(id)?;
+            }
+        }
+        let state = self.inner.store.log_state();
+        if req.group.is_none() && req.ack.is_none() {
+            let direct = self.direct(&req, filters, req.since)?;
+            return Ok(Subscription {
+                inner: Inner::Direct(Box::new(direct)),
+                epoch: state.epoch,
+                start_position: req.since.unwrap_or(state.last_seq),
+            });
+        }
+        let ack_timeout = req.ack.map(|a| a.ack_timeout);
+        let prefetch = req
+            .ack
+            .map(|a| a.prefetch.clamp(1, self.inner.config.max_prefetch));
+        let (key, persist) = match &req.group {
+            Some(name) => {
+                let mut key = format!("{name}\n");
+                for f in &filters {
+                    key.push_str(f.as_str());
+                    key.push('\n');
+                }
+                if let Some(r) = &req.records {
+                    key.push_str(&format!("{:?}", r.filter));
+                }
+                if ack_timeout.is_some() {
+                    key.push_str("\nack");
+                }
+                (key, true)
+            }
+            None => (format!("\0anon\n{}", crate::record::new_id()), false),
+        };
+        let spawn = GroupSpawn {
+            key,
+            persist,
+            ack_timeout,
+            store: self.inner.store.clone(),
+            shutdown: self.inner.shutdown.clone(),
+        };
+        let hub = self.clone();
+        let req2 = req.clone();
+        let member = self
+            .inner
+            .groups
+            .join(spawn, prefetch, move |saved| async move {
+                let since = saved.or(req2.since);
+                hub.direct(&req2, filters, since)
+            })
+            .await?;
+        Ok(Subscription {
+            inner: Inner::Member(member),
+            epoch: state.epoch,
+            start_position: req.since.unwrap_or(state.last_seq),
+        })
+    }
+
+    fn direct(
+        &self,
+        req: &SubscribeRequest,
+        filters: Vec<TopicFilter>,
+        since: Option<u64>,
+    ) -> HubResult<Direct> {
+        let (reg, rx) = self
+            .inner
+            .bus
+            .register(filters.clone(), self.inner.config.subscriber_queue);
+        // Read the log state only after registering, so nothing falls between.
+        let state = self.inner.store.log_state();
+        let mut notices = std::collections::VecDeque::new();
+        let (last, replaying) = match since {
+            None => (state.last_seq, false),
+            Some(n) => {
+                let epoch_differs = req.epoch.as_ref().is_some_and(|e| *e != state.epoch);
+                let lost = n > state.last_seq || epoch_differs;
+                if n + 1 < state.first_seq || lost {
+                    if req.strict && epoch_differs {
+                        return Err(HubError::EpochMismatch {
+                            given: req.epoch.clone().unwrap_or_default(),
+                            current: state.epoch,
+                        });
+                    }
+                    if req.strict {
+                        return Err(HubError::PositionUnavailable {
+                            requested: n,
+                            first_available: state.first_seq,
+                            last: state.last_seq,
+                            epoch: state.epoch,
+                        });
+                    }
+                    let from = if lost {
+                        state.first_seq.max(1)
+                    } else {
+                        state.first_seq
+                    };
+                    notices.push_back(Notice::ResumedFrom {
+                        requested: n,
+                        from,
+                        epoch: state.epoch.clone(),
+                    });
+                    (from.saturating_sub(1), true)
+                } else {
+                    (n, true)
+                }
+            }
+        };
+        Ok(Direct {
+            store: self.inner.store.clone(),
+            reg,
+            rx,
+            filters,
+            records: req.records.clone(),
+            last,
+            replaying,
+            buffer: Default::default(),
+            notices,
+            shutdown: self.inner.shutdown.clone(),
+        })
+    }
+}
+
+fn relation_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn expect_collection(out: WriteOutcome) -> HubResult<Arc<Collection>> {
+    match out {
+        WriteOutcome::Collection(c) => Ok(c),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn expect_record(out: WriteOutcome) -> HubResult<(Record, bool)> {
+    match out {
+        WriteOutcome::Record {
+            record, created, ..
+        } => Ok((record, created)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(out: WriteOutcome) -> HubError {
+    HubError::Storage(format!("engine returned an unexpected outcome: {out:?}"))
+}

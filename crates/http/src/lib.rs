@@ -1,0 +1,223 @@
+//! Polyport's HTTP face on one port: REST for collections and records, topic publishing,
+//! the realtime transports (SSE, NDJSON, long-poll, WebSocket), the generated OpenAPI
+//! document and operational endpoints.
+//!
+//! | concern | file |
+//! |---|---|
+//! | REST handlers | `rest.rs` |
+//! | SSE, NDJSON, long-poll | `realtime.rs` |
+//! | WebSocket JSON protocol | `ws.rs` |
+//! | OpenAPI 3.1 generation | `openapi.rs` |
+//! | HubError → problem+json | `error.rs` |
+//! | query/body parsing | `params.rs` |
+//!
+//! The adapter holds a [`Hub`] and nothing else; every handler is generic over
+//! collections (the collection is a path parameter, its schema is data).
+
+mod error;
+mod openapi;
+mod params;
+mod realtime;
+mod rest;
+mod ws;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use polyport_core::{AuthContext, Hub, Origin};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+/// Renders the Prometheus text exposition (installed by the binary).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// HTTP settings.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Largest WebSocket message, in bytes.
+    pub max_ws_message: usize,
+    /// Subscriptions one WebSocket may hold.
+    pub max_ws_subscriptions: usize,
+    /// Page size when `limit` is absent.
+    pub default_page_size: usize,
+    /// Largest `limit`.
+    pub max_page_size: usize,
+    /// SSE heartbeat comment interval.
+    pub heartbeat: Duration,
+    /// `/metrics` renderer, when a recorder is installed.
+    pub metrics: Option<MetricsRender>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body: 4 << 20,
+            max_ws_message: 1 << 20,
+            max_ws_subscriptions: 256,
+            default_page_size: 50,
+            max_page_size: 1000,
+            heartbeat: Duration::from_secs(15),
+            metrics: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("max_body", &self.max_body)
+            .field("max_page_size", &self.max_page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared handler state.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) hub: Hub,
+    pub(crate) cfg: Arc<HttpConfig>,
+}
+
+impl AppState {
+    /// The caller's auth context (anonymous until authentication lands).
+    pub(crate) fn ctx(&self) -> AuthContext {
+        AuthContext::anonymous(Origin("http"))
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(hub: Hub, cfg: HttpConfig) -> Router {
+    let state = AppState {
+        hub,
+        cfg: Arc::new(cfg),
+    };
+    let max_body = state.cfg.max_body;
+    Router::new()
+        .route(
+            "/api/collections",
+            get(rest::list_collections).post(rest::create_collection),
+        )
+        .route(
+            "/api/collections/{name}",
+            get(rest::get_collection)
+                .patch(rest::patch_collection)
+                .delete(rest::delete_collection),
+        )
+        .route(
+            "/api/collections/{name}/records",
+            get(rest::list_records).post(rest::create_record),
+        )
+        .route(
+            "/api/collections/{name}/records/{id}",
+            get(rest::get_record)
+                .put(rest::replace_record)
+                .patch(rest::patch_record)
+                .delete(rest::delete_record),
+        )
+        .route("/api/topics/{*topic}", post(rest::publish))
+        .route("/api/events", get(realtime::sse))
+        .route("/api/stream", get(realtime::ndjson))
+        .route("/api/poll", get(realtime::poll))
+        .route("/ws", get(ws::upgrade))
+        .route("/openapi.json", get(openapi::document))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not support that method",
+    )
+}
+
+async fn healthz() -> Response {
+    json_ok(r#"{"status":"ok"}"#)
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.hub.shutdown_token().is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            r#"{"status":"shutting down"}"#,
+        )
+            .into_response();
+    }
+    json_ok(r#"{"status":"ready"}"#)
+}
+
+fn json_ok(body: &'static str) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    let body = app.cfg.metrics.as_ref().map(|r| r()).unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Counts requests by route and status and records their latency.
+async fn track(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("polyport_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("polyport_http_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    res
+}
+
+/// Serves `app` on `listener` until `shutdown` fires, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

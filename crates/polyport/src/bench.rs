@@ -1,0 +1,313 @@
+//! `polyport bench …`: benchmarks that run Polyport and a baseline on the same load in
+//! one run and print the ratio, because absolute figures on shared machines are noise.
+//!
+//! - `http`: REST `GET` by id and `POST` against a bare axum handler serving the same
+//!   JSON.
+//! - `fanout`: one REST write fanned out to N subscribers (half SSE, half WebSocket),
+//!   against a bare axum + `tokio::sync::broadcast` server; clients run in a child
+//!   process so each side of 10k connections has its own file-descriptor budget.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use axum::Router;
+use axum::routing::get;
+use polyport_core::{Bus, Hub, HubConfig};
+use polyport_store::{SqliteStore, StoreConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod fanout;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Which {
+    /// REST GET by id and POST vs a bare axum handler.
+    Http {
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// One write fanned out to N subscribers (SSE + WebSocket) vs axum + broadcast.
+    Fanout(fanout::FanoutArgs),
+    /// (internal) the client side of `fanout`, run in a child process.
+    #[command(hide = true)]
+    FanoutClients(fanout::ClientArgs),
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.which {
+        Which::Http {
+            duration,
+            concurrency,
+        } => http(Duration::from_secs(duration), concurrency).await,
+        Which::Fanout(a) => fanout::run(a).await,
+        Which::FanoutClients(a) => fanout::clients(a).await,
+    }
+}
+
+/// A Polyport server on an ephemeral port over a throw-away data directory.
+pub(crate) struct TestServer {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) hub: Hub,
+    stop: CancellationToken,
+    dir: std::path::PathBuf,
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("polyport-bench-{}", ulid_like()));
+        let bus = Bus::new();
+        let store = SqliteStore::open(StoreConfig::new(&dir), Arc::new(bus.clone()))?;
+        let hub = Hub::new(Arc::new(store), bus, HubConfig::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let app = polyport_http::router(hub.clone(), polyport_http::HttpConfig::default());
+        let s = stop.clone();
+        tokio::spawn(async move { polyport_http::serve(listener, app, s).await });
+        Ok(Self {
+            addr,
+            hub,
+            stop,
+            dir,
+        })
+    }
+
+    pub(crate) async fn stop(self) {
+        self.hub.shutdown_token().cancel();
+        self.stop.cancel();
+        self.hub.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ulid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
+
+/// Starts a bare axum app on an ephemeral port.
+pub(crate) async fn start_baseline(
+    app: Router,
+) -> anyhow::Result<(std::net::SocketAddr, CancellationToken)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await
+    });
+    Ok((addr, stop))
+}
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Summary {
+    pub(crate) count: usize,
+    pub(crate) p50: u64,
+    pub(crate) p99: u64,
+    pub(crate) max: u64,
+}
+
+pub(crate) fn summarize(mut lat: Vec<u64>) -> Summary {
+    lat.sort_unstable();
+    let pick = |q: f64| -> u64 {
+        if lat.is_empty() {
+            0
+        } else {
+            lat[((lat.len() as f64 - 1.0) * q).round() as usize]
+        }
+    };
+    Summary {
+        count: lat.len(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+        max: lat.last().copied().unwrap_or(0),
+    }
+}
+
+/// Runs `concurrency` closed-loop clients for `duration`; returns requests/s and latencies.
+async fn load<F, Fut>(
+    duration: Duration,
+    concurrency: usize,
+    make: F,
+) -> anyhow::Result<(f64, Summary)>
+where
+    F: Fn(reqwest::Client) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    // Warm the pool and the code paths.
+    for _ in 0..concurrency {
+        make(client.clone()).await?;
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let make = make.clone();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                make(client.clone()).await?;
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((all.len() as f64 / secs, summarize(all)))
+}
+
+async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let base = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    let created: serde_json::Value = client
+        .post(format!("{base}/api/collections/bench/records"))
+        .json(&serde_json::json!({"id": "r1", "title": "hello", "views": 1}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let body = created.to_string();
+    let canned = body.clone();
+    let baseline = Router::new().route(
+        "/rec",
+        get(move || {
+            let b = canned.clone();
+            async move { ([("content-type", "application/json"), ("etag", "\"1\"")], b) }
+        })
+        .post(|b: axum::body::Bytes| async move {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            (axum::http::StatusCode::CREATED, axum::Json(v))
+        }),
+    );
+    let (baddr, bstop) = start_baseline(baseline).await?;
+    let bget = format!("http://{baddr}/rec");
+    let pget = format!("{base}/api/collections/bench/records/r1");
+    let ppost = format!("{base}/api/collections/bench/records");
+    println!(
+        "polyport bench http: {concurrency} connections, {}s per scenario",
+        duration.as_secs()
+    );
+    println!(
+        "{:<14} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
+        "scenario", "baseline req/s", "polyport req/s", "ratio", "p50 µs base/pp", "p99 µs base/pp"
+    );
+    let check = |r: reqwest::Response| -> anyhow::Result<()> {
+        if !r.status().is_success() {
+            bail!("unexpected status {}", r.status());
+        }
+        Ok(())
+    };
+    let (b_rps, b_lat) = load(duration, concurrency, {
+        let u = bget.clone();
+        move |c: reqwest::Client| {
+            let u = u.clone();
+            async move { check(c.get(&u).send().await?).map(drop) }
+        }
+    })
+    .await?;
+    let (p_rps, p_lat) = load(duration, concurrency, {
+        let u = pget.clone();
+        move |c: reqwest::Client| {
+            let u = u.clone();
+            async move {
+                let r = c.get(&u).send().await?;
+                check(r)?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    row("GET by id", b_rps, p_rps, b_lat, p_lat);
+    let payload = serde_json::json!({"title": "bench", "views": 3}).to_string();
+    let (b_rps, b_lat) = load(duration, concurrency, {
+        let (u, p) = (bget.clone(), payload.clone());
+        move |c: reqwest::Client| {
+            let (u, p) = (u.clone(), p.clone());
+            async move {
+                check(
+                    c.post(&u)
+                        .header("content-type", "application/json")
+                        .body(p)
+                        .send()
+                        .await?,
+                )
+            }
+        }
+    })
+    .await?;
+    let (p_rps, p_lat) = load(duration, concurrency, {
+        let (u, p) = (ppost.clone(), payload.clone());
+        move |c: reqwest::Client| {
+            let (u, p) = (u.clone(), p.clone());
+            async move {
+                check(
+                    c.post(&u)
+                        .header("content-type", "application/json")
+                        .body(p)
+                        .send()
+                        .await?,
+                )
+            }
+        }
+    })
+    .await?;
+    row("POST create", b_rps, p_rps, b_lat, p_lat);
+    println!(
+        "(POST on Polyport is durable: every 201 waited for an fsync'd group commit; the baseline writes nothing.)"
+    );
+    bstop.cancel();
+    server.stop().await;
+    Ok(())
+}
+
+fn row(name: &str, b_rps: f64, p_rps: f64, b: Summary, p: Summary) {
+    println!(
+        "{:<14} {:>14.0} {:>14.0} {:>6.2}x   {:>8}/{:<9}   {:>8}/{:<9}",
+        name,
+        b_rps,
+        p_rps,
+        p_rps / b_rps.max(1.0),
+        b.p50,
+        p.p50,
+        b.p99,
+        p.p99
+    );
+}
+
+/// Microseconds since the Unix epoch (shared clock between bench processes).
+pub(crate) fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

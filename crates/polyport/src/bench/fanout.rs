@@ -1,0 +1,330 @@
+//! The fanout benchmark: one write, N subscribers, delivery latency p50/p99.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::response::sse::{Event, Sse};
+use axum::routing::{get, post};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::broadcast;
+
+use super::{Summary, TestServer, now_micros, start_baseline, summarize};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct FanoutArgs {
+    /// Subscriber counts to measure (half SSE, half WebSocket).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    subscribers: Vec<usize>,
+    /// Writes per run.
+    #[arg(long, default_value_t = 20)]
+    events: usize,
+    /// Pause between writes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ClientArgs {
+    #[arg(long)]
+    base: String,
+    #[arg(long)]
+    polyport: bool,
+    #[arg(long)]
+    sse: usize,
+    #[arg(long)]
+    ws: usize,
+    #[arg(long)]
+    events: usize,
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+const TOPIC: &str = "bench/fanout";
+
+pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    println!(
+        "polyport bench fanout: {} writes per run, half SSE / half WebSocket subscribers",
+        args.events
+    );
+    println!(
+        "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10}",
+        "subscribers", "server", "delivered", "p50 µs", "p99 µs", "max µs"
+    );
+    for &n in &args.subscribers {
+        let base = run_one(false, n, &args).await?;
+        let pp = run_one(true, n, &args).await?;
+        println!(
+            "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10}",
+            n, "baseline", base.count, base.p50, base.p99, base.max
+        );
+        println!(
+            "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10}",
+            n, "polyport", pp.count, pp.p50, pp.p99, pp.max
+        );
+        println!(
+            "{:>11}  ratio polyport/baseline: p50 {:.2}x, p99 {:.2}x (lower is better)",
+            n,
+            pp.p50 as f64 / base.p50.max(1) as f64,
+            pp.p99 as f64 / base.p99.max(1) as f64
+        );
+    }
+    println!(
+        "(baseline: bare axum SSE/WebSocket over tokio::sync::broadcast, no storage; Polyport's write is durable before it fans out.)"
+    );
+    Ok(())
+}
+
+async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<Summary> {
+    let (base, publish_url, stopper): (
+        String,
+        String,
+        Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()>>,
+    ) = if polyport {
+        let s = TestServer::start().await?;
+        let base = format!("http://{}", s.addr);
+        let url = format!("{base}/api/topics/{TOPIC}");
+        (base, url, Box::new(move || Box::pin(s.stop())))
+    } else {
+        let (tx, _) = broadcast::channel::<Bytes>(1024);
+        let app = Router::new()
+            .route("/sse", get(baseline_sse))
+            .route("/ws", get(baseline_ws))
+            .route("/publish", post(baseline_publish))
+            .with_state(tx);
+        let (addr, stop) = start_baseline(app).await?;
+        let base = format!("http://{addr}");
+        let url = format!("{base}/publish");
+        (
+            base,
+            url,
+            Box::new(move || Box::pin(async move { stop.cancel() })),
+        )
+    };
+    let exe = std::env::current_exe()?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args([
+        "bench",
+        "fanout-clients",
+        "--base",
+        &base,
+        "--sse",
+        &(n / 2).to_string(),
+        "--ws",
+        &(n - n / 2).to_string(),
+        "--events",
+        &args.events.to_string(),
+    ]);
+    if polyport {
+        cmd.arg("--polyport");
+    }
+    cmd.stdout(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting the client process")?;
+    let stdout = child.stdout.take().context("client stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    match tokio::time::timeout(Duration::from_secs(180), lines.next_line()).await {
+        Ok(Ok(Some(l))) if l == "ready" => {}
+        other => bail!("client process did not get ready: {other:?}"),
+    }
+    let client = reqwest::Client::new();
+    for _ in 0..args.events {
+        let body = format!("{{\"t\":{}}}", now_micros());
+        let r = client
+            .post(&publish_url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("publish failed: {}", r.status());
+        }
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    }
+    let summary = match tokio::time::timeout(Duration::from_secs(180), lines.next_line()).await {
+        Ok(Ok(Some(l))) => serde_json::from_str::<Summary>(&l).context("client summary")?,
+        other => bail!("client process gave no summary: {other:?}"),
+    };
+    let _ = child.wait().await;
+    stopper().await;
+    Ok(summary)
+}
+
+async fn baseline_publish(State(tx): State<broadcast::Sender<Bytes>>, body: Bytes) -> &'static str {
+    let _ = tx.send(body);
+    "ok"
+}
+
+async fn baseline_sse(
+    State(tx): State<broadcast::Sender<Bytes>>,
+) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let rx = tx.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(b) => {
+                    let ev = Event::default().data(String::from_utf8_lossy(&b));
+                    return Some((Ok(ev), rx));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
+    Sse::new(stream)
+}
+
+async fn baseline_ws(
+    State(tx): State<broadcast::Sender<Bytes>>,
+    ws: WebSocketUpgrade,
+) -> axum::response::Response {
+    let mut rx = tx.subscribe();
+    ws.on_upgrade(move |mut socket| async move {
+        loop {
+            match rx.recv().await {
+                Ok(b) => {
+                    let text = String::from_utf8_lossy(&b).into_owned();
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// Finds the publish timestamp in whichever envelope the server used.
+fn stamp(text: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("t")
+        .or_else(|| v.get("data").and_then(|d| d.get("t")))
+        .or_else(|| {
+            v.get("event")
+                .and_then(|e| e.get("data"))
+                .and_then(|d| d.get("t"))
+        })
+        .and_then(|t| t.as_u64())
+}
+
+pub(crate) async fn clients(args: ClientArgs) -> anyhow::Result<()> {
+    let lat = Arc::new(parking_lot_free::Lat::default());
+    let mut ready = Vec::new();
+    let mut tasks = Vec::new();
+    let connect_limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    for i in 0..(args.sse + args.ws) {
+        let (rtx, rrx) = tokio::sync::oneshot::channel::<()>();
+        ready.push(rrx);
+        let lat = lat.clone();
+        let base = args.base.clone();
+        let limit = connect_limit.clone();
+        let events = args.events;
+        let polyport = args.polyport;
+        let http = http.clone();
+        let sse = i < args.sse;
+        tasks.push(tokio::spawn(async move {
+            let permit = limit.acquire_owned().await;
+            if sse {
+                let url = if polyport {
+                    format!("{base}/api/events?topic={TOPIC}")
+                } else {
+                    format!("{base}/sse")
+                };
+                let res = http.get(url).send().await?;
+                drop(permit);
+                let _ = rtx.send(());
+                let mut stream = res.bytes_stream();
+                let mut buf = Vec::new();
+                let mut got = 0;
+                while got < events {
+                    let Some(chunk) = stream.next().await else {
+                        break;
+                    };
+                    buf.extend_from_slice(&chunk?);
+                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        let line = String::from_utf8_lossy(&line);
+                        if let Some(data) = line.strip_prefix("data:")
+                            && let Some(t) = stamp(data.trim())
+                        {
+                            lat.push(now_micros().saturating_sub(t));
+                            got += 1;
+                        }
+                    }
+                }
+            } else {
+                let url = format!("{}/ws", base.replacen("http", "ws", 1));
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+                if polyport {
+                    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+                        format!("{{\"id\":1,\"op\":\"subscribe\",\"topic\":\"{TOPIC}\"}}").into(),
+                    ))
+                    .await?;
+                    // Wait for the subscribe acknowledgement.
+                    while let Some(m) = ws.next().await {
+                        if let tokio_tungstenite::tungstenite::Message::Text(t) = m?
+                            && t.contains("\"ok\"")
+                        {
+                            break;
+                        }
+                    }
+                }
+                drop(permit);
+                let _ = rtx.send(());
+                let mut got = 0;
+                while got < events {
+                    let Some(m) = ws.next().await else { break };
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = m?
+                        && let Some(ts) = stamp(&t)
+                    {
+                        lat.push(now_micros().saturating_sub(ts));
+                        got += 1;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for r in ready {
+        let _ = r.await;
+    }
+    // The server side may still be registering the last subscription.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("ready");
+    let deadline = Duration::from_secs(args.timeout);
+    let _ = tokio::time::timeout(deadline, futures::future::join_all(tasks)).await;
+    let s = summarize(lat.take());
+    println!("{}", serde_json::to_string(&s)?);
+    Ok(())
+}
+
+mod parking_lot_free {
+    //! A latency sink shared by thousands of client tasks.
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub(crate) struct Lat(Mutex<Vec<u64>>);
+
+    impl Lat {
+        pub(crate) fn push(&self, v: u64) {
+            if let Ok(mut g) = self.0.lock() {
+                g.push(v);
+            }
+        }
+        pub(crate) fn take(&self) -> Vec<u64> {
+            self.0
+                .lock()
+                .map(|mut g| std::mem::take(&mut *g))
+                .unwrap_or_default()
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `polyport pub` and `polyport sub`: scripting and debugging against a running server
+//! over plain HTTP (publish = `POST /api/topics/…`, subscribe = the NDJSON stream).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+
+/// Where the server is: `--server`, else `{data-dir}/listeners.json`, else port 8080.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServerArgs {
+    /// Base URL of a running server, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "POLYPORT_SERVER")]
+    server: Option<String>,
+    /// Data directory whose listeners.json names the server (used when --server is absent).
+    #[arg(long, env = "POLYPORT_DATA_DIR", default_value = "./polyport-data")]
+    data_dir: PathBuf,
+}
+
+impl ServerArgs {
+    fn base(&self) -> String {
+        if let Some(s) = &self.server {
+            return s.trim_end_matches('/').to_string();
+        }
+        let from_file = std::fs::read(self.data_dir.join("listeners.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("http").and_then(|h| h.as_str()).map(str::to_string));
+        format!(
+            "http://{}",
+            from_file.unwrap_or_else(|| "127.0.0.1:8080".into())
+        )
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PubArgs {
+    /// Topic, e.g. sensors/temperature.
+    topic: String,
+    /// Payload (default: read standard input).
+    data: Option<String>,
+    /// Content type of the payload.
+    #[arg(long, default_value = "text/plain; charset=utf-8")]
+    content_type: String,
+    /// Fan out in memory only (no sequence, no replay).
+    #[arg(long)]
+    ephemeral: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct SubArgs {
+    /// Topic filter, e.g. 'sensors/#' (repeatable).
+    #[arg(required = true)]
+    filters: Vec<String>,
+    /// Replay from after this sequence (0 = the whole log) before following live.
+    #[arg(long)]
+    since: Option<u64>,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<usize>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn encode(s: &str) -> String {
+    form_urlencode(s)
+}
+
+fn form_urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<()> {
+    let body = match args.data {
+        Some(d) => d.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+    };
+    let url = format!(
+        "{}/api/topics/{}{}",
+        args.server.base(),
+        encode(&args.topic),
+        if args.ephemeral { "?durable=false" } else { "" }
+    );
+    let res = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", args.content_type)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = res.status();
+    let text = res.text().await?;
+    if !status.is_success() {
+        bail!("server answered {status}: {text}");
+    }
+    println!("{text}");
+    Ok(())
+}
+
+pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
+    let mut query: Vec<String> = args
+        .filters
+        .iter()
+        .map(|f| format!("topic={}", encode(f)))
+        .collect();
+    if let Some(s) = args.since {
+        query.push(format!("since={s}"));
+    }
+    let url = format!("{}/api/stream?{}", args.server.base(), query.join("&"));
+    let res = reqwest::Client::new()
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = res.status();
+    if !status.is_success() {
+        bail!(
+            "server answered {status}: {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+    let mut stream = res.bytes_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let stdout = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let mut out = stdout.lock();
+            out.write_all(&line)?;
+            out.flush()?;
+            seen += 1;
+            if args.count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Configuration: defaults < `polyport.toml` < `POLYPORT_*` environment < flags.
+//!
+//! Environment variables and flags are declared together on the clap arguments in
+//! `main.rs`; this file holds the file format and the merge.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) auto_create_collections: bool,
+    pub(crate) http: HttpSection,
+    pub(crate) events: EventsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HttpSection {
+    pub(crate) enabled: bool,
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_body: usize,
+    pub(crate) max_page_size: usize,
+    pub(crate) heartbeat_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct EventsSection {
+    /// Keep at most this many events in the log.
+    pub(crate) retention_max_events: Option<u64>,
+    /// Drop events older than this many seconds.
+    pub(crate) retention_max_age_secs: Option<u64>,
+    /// Topic filters whose events are fanned out in memory only.
+    pub(crate) ephemeral_topics: Vec<String>,
+    /// Queue depth per subscriber before it is switched to replay.
+    pub(crate) subscriber_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./polyport-data"),
+            auto_create_collections: true,
+            http: HttpSection::default(),
+            events: EventsSection::default(),
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body: 4 << 20,
+            max_page_size: 1000,
+            heartbeat_secs: 15,
+        }
+    }
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            retention_max_events: None,
+            retention_max_age_secs: None,
+            ephemeral_topics: Vec::new(),
+            subscriber_queue: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or `./polyport.toml` when no path is given and it exists.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("polyport.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("invalid configuration in {}", path.display())),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file_and_rejects_typos() {
+        let c: Config = toml::from_str(
+            r#"
+            data_dir = "/tmp/x"
+            [http]
+            listen = "0.0.0.0:9000"
+            [events]
+            retention_max_events = 100
+            ephemeral_topics = ["telemetry/#"]
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(c.http.listen.port(), 9000);
+        assert_eq!(c.events.retention_max_events, Some(100));
+        assert!(toml::from_str::<Config>("[http]\nlisten_addr = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! The `polyport` binary: configuration → Hub → adapters → wait for a signal.
+//!
+//! Subcommands: `serve` (the server), `pub` / `sub` (talk to a running server over
+//! HTTP), `bench` (benchmarks that print ratios against a baseline measured in the same
+//! run).
+
+mod bench;
+mod cli;
+mod config;
+mod demo;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "polyport",
+    version,
+    about = "One server for every API style over one event model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Publish one message to a running server.
+    Pub(cli::PubArgs),
+    /// Print events from a running server, one CloudEvent JSON per line.
+    Sub(cli::SubArgs),
+    /// Run a benchmark and print ratios against a baseline measured in the same run.
+    Bench(bench::BenchArgs),
+}
+
+/// Flags override `POLYPORT_*` variables, which override `polyport.toml`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Configuration file (default: ./polyport.toml when present).
+    #[arg(long, env = "POLYPORT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long, env = "POLYPORT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address (REST, realtime, WebSocket); port 0 picks a free port.
+    #[arg(long, env = "POLYPORT_HTTP")]
+    http: Option<SocketAddr>,
+    /// Seed example data (`blog`: users and posts from the seed articles).
+    #[arg(long, value_parser = ["blog"])]
+    demo: Option<String>,
+    /// Keep at most this many events in the log.
+    #[arg(long, env = "POLYPORT_RETENTION_MAX_EVENTS")]
+    retention_max_events: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POLYPORT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Pub(args) => cli::publish(args).await,
+            Command::Sub(args) => cli::subscribe(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

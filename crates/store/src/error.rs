@@ -1,0 +1,32 @@
+//! Store errors, and their mapping onto the Hub's vocabulary.
+
+use polyport_core::HubError;
+
+/// What can go wrong inside the embedded store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Filesystem error (creating the data directory).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored data could not be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The writer thread is gone (shut down or crashed).
+    #[error("the store's writer has stopped")]
+    WriterStopped,
+}
+
+impl From<StoreError> for HubError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WriterStopped => HubError::ShuttingDown,
+            other => {
+                tracing::error!(error = %other, "store error");
+                HubError::Storage(other.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The embedded engine: records, collections and the event log in one SQLite database
+//! (WAL mode) in the data directory.
+//!
+//! - `writer.rs`: the single writer thread with group commit; the only place sequences
+//!   are assigned and the only place that calls the [`EventSink`].
+//! - `db.rs`: schema and row decoding; `sql.rs`: the filter language compiled to SQL.
+//! - this file: opening, the read-only connection pool, and the [`Store`] impl.
+//!
+//! Records and their change events are written in one transaction, so a change is never
+//! visible without its event or the other way round, and after `kill -9` every
+//! acknowledged write is there (the acknowledgement waits for the fsync'd commit).
+
+mod db;
+mod error;
+mod sql;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use polyport_core::engine::{
+    CollectionMap, EventSink, LogState, Store, WriteCommand, WriteOutcome,
+};
+use polyport_core::event::EventRef;
+use polyport_core::query::{ListQuery, Page};
+use polyport_core::{HubError, HubResult, Record};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+pub use error::StoreError;
+pub use writer::Retention;
+
+use crate::db::{EVENT_COLS, RECORD_COLS, event_from_row, record_from_row};
+use crate::sql::{Cursor, after_condition, compile_filter, json_to_sql, sort_expr, sql_to_json};
+use crate::writer::{Job, Shared, Writer};
+
+/// Settings for the embedded store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Directory holding `polyport.db`.
+    pub data_dir: PathBuf,
+    /// Event-log retention.
+    pub retention: Retention,
+    /// Read-only connections (concurrent readers).
+    pub readers: usize,
+    /// Most writes committed together.
+    pub max_batch: usize,
+    /// Queued writes before writers wait.
+    pub queue: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            retention: Retention::default(),
+            readers: 4,
+            max_batch: 512,
+            queue: 8192,
+        }
+    }
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `config.data_dir`; committed events are
+    /// handed to `sink` in order. Must be called inside a Tokio runtime (retention runs
+    /// on a timer).
+    pub fn open(config: StoreConfig, sink: Arc<dyn EventSink>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let path = config.data_dir.join("polyport.db");
+        let conn = db::open_writer(&path)?;
+        let log = read_log_state(&conn)?;
+        let collections = db::load_collections(&conn)?;
+        tracing::info!(
+            path = %path.display(),
+            epoch = %log.epoch,
+            first_seq = log.first_seq,
+            last_seq = log.last_seq,
+            collections = collections.len(),
+            "store opened"
+        );
+        let shared = Arc::new(Shared {
+            collections: ArcSwap::from_pointee(collections),
+            log: Mutex::new(log),
+        });
+        let mut readers = Vec::with_capacity(config.readers.max(1));
+        for _ in 0..config.readers.max(1) {
+            readers.push(db::open_reader(&path)?);
+        }
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let w = Writer::new(
+            conn,
+            shared.clone(),
+            sink,
+            config.retention,
+            config.max_batch.max(1),
+        );
+        let handle = std::thread::Builder::new()
+            .name("polyport-writer".into())
+            .spawn(move || w.run(rx))?;
+        if config.retention.max_age.is_some() || config.retention.max_events.is_some() {
+            let ticker = tx.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if ticker.send(Job::Maintain).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            jobs: tx,
+            shared,
+            permits: Arc::new(Semaphore::new(readers.len())),
+            readers: Arc::new(Mutex::new(readers)),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The database file inside a data directory.
+    pub fn db_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("polyport.db")
+    }
+
+    /// Runs a read on a pooled connection on the blocking pool.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> HubResult<R> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HubError::ShuttingDown)?;
+        let pool = self.readers.clone();
+        let started = std::time::Instant::now();
+        let out = tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .lock()
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt("reader pool empty".into()))?;
+            let r = f(&conn);
+            pool.lock().push(conn);
+            drop(permit);
+            r.map_err(StoreError::from)
+        })
+        .await
+        .map_err(|e| HubError::Storage(format!("read task failed: {e}")))?;
+        metrics::histogram!("polyport_store_read_seconds").record(started.elapsed().as_secs_f64());
+        Ok(out?)
+    }
+}
+
+fn read_log_state(conn: &Connection) -> Result<LogState, StoreError> {
+    let epoch: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let epoch = match epoch {
+        Some(e) => e,
+        None => {
+            let e = ulid::Ulid::new().to_string().to_ascii_lowercase();
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
+                params![e],
+            )?;
+            e
+        }
+    };
+    let meta_last: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let meta_last = meta_last.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(seq), max(seq) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let last_seq = meta_last.max(max.unwrap_or(0) as u64);
+    let first_seq = min.map(|m| m as u64).unwrap_or(last_seq + 1);
+    Ok(LogState {
+        epoch,
+        first_seq,
+        last_seq,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Write(cmd, tx))
+            .await
+            .map_err(|_| HubError::ShuttingDown)?;
+        rx.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>> {
+        let (c, i) = (collection.to_string(), id.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND id = ?2"
+            ))?
+            .query_row(params![c, i], record_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn get_records(&self, collection: &str, ids: &[String]) -> HubResult<Vec<Record>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = collection.to_string();
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {RECORD_COLS} FROM records
+                 WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2))"
+            ))?;
+            stmt.query_map(params![c, ids], record_from_row)?.collect()
+        })
+        .await
+    }
+
+    async fn list_records(&self, collection: &str, query: &ListQuery) -> HubResult<Page> {
+        let mut params: Vec<SqlValue> = vec![SqlValue::Text(collection.to_string())];
+        let mut where_sql = String::from("collection = ?1");
+        if let Some(f) = &query.filter {
+            where_sql.push_str(" AND ");
+            where_sql.push_str(&compile_filter(f, &mut params));
+        }
+        let count_sql = format!("SELECT count(*) FROM records WHERE {where_sql}");
+        let count_params = params.clone();
+        let keys = if query.sort.is_empty() {
+            polyport_core::query::parse_sort("created_at").unwrap_or_default()
+        } else {
+            query.sort.clone()
+        };
+        let spec: String = keys
+            .iter()
+            .map(|k| format!("{}{}", if k.desc { "-" } else { "" }, k.path.join(".")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let exprs: Vec<(String, bool)> = keys
+            .iter()
+            .map(|k| (sort_expr(k, &mut params), k.desc))
+            .collect();
+        if let Some(c) = &query.cursor {
+            let cur = Cursor::decode(c).ok_or_else(|| {
+                HubError::InvalidCursor("not a cursor issued by this server".into())
+            })?;
+            if cur.s != spec || cur.k.len() != exprs.len() {
+                return Err(HubError::InvalidCursor(
+                    "the cursor was issued for a different sort".into(),
+                ));
+            }
+            let values: Vec<SqlValue> = cur
+                .k
+                .iter()
+                .map(json_to_sql)
+                .collect::<Option<_>>()
+                .ok_or_else(|| HubError::InvalidCursor("malformed cursor value".into()))?;
+            where_sql.push_str(" AND ");
+            where_sql.push_str(&after_condition(&exprs, &values, &cur.id, &mut params));
+        }
+        let order: Vec<String> = exprs
+            .iter()
+            .map(|(e, d)| format!("{e} {}", if *d { "DESC" } else { "ASC" }))
+            .chain(std::iter::once("id ASC".to_string()))
+            .collect();
+        let select_keys: String = exprs.iter().map(|(e, _)| format!(", {e}")).collect();
+        let limit = query.limit.max(1);
+        let sql = format!(
+            "SELECT {RECORD_COLS}{select_keys} FROM records WHERE {where_sql} ORDER BY {} LIMIT {}",
+            order.join(", "),
+            limit + 1
+        );
+        let want_count = query.count;
+        let nkeys = exprs.len();
+        let (rows, total) = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt
+                    .query_map(params_from_iter(params.iter()), |row| {
+                        let rec = record_from_row(row)?;
+                        let mut keys = Vec::with_capacity(nkeys);
+                        for i in 0..nkeys {
+                            keys.push(row.get::<_, SqlValue>(6 + i)?);
+                        }
+                        Ok((rec, keys))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let total = if want_count {
+                    Some(
+                        conn.prepare_cached(&count_sql)?
+                            .query_row(params_from_iter(count_params.iter()), |r| {
+                                r.get::<_, i64>(0)
+                            })? as u64,
+                    )
+                } else {
+                    None
+                };
+                Ok((rows, total))
+            })
+            .await?;
+        let mut rows = rows;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(rec, keys)| {
+                Cursor {
+                    s: spec.clone(),
+                    k: keys.iter().map(sql_to_json).collect(),
+                    id: rec.id.clone(),
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows.into_iter().map(|(r, _)| r).collect(),
+            next_cursor,
+            total,
+        })
+    }
+
+    async fn read_events(&self, after: u64, limit: usize) -> HubResult<Vec<EventRef>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            stmt.query_map(params![after as i64, limit as i64], event_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn load_consumer(&self, key: &str) -> HubResult<Option<u64>> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT position FROM consumers WHERE key = ?1")?
+                .query_row(params![key], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|o| o.map(|p| p as u64))
+        })
+        .await
+    }
+
+    fn collections(&self) -> Arc<CollectionMap> {
+        self.shared.collections.load_full()
+    }
+
+    fn log_state(&self) -> LogState {
+        self.shared.log.lock().clone()
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.writer.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Translating the shared query language into SQLite SQL.
+//!
+//! Every comparison is typed (`json_type` guards) and wrapped in `coalesce(…, 0)`, so SQL
+//! agrees with the in-memory evaluator in `polyport_core::query` on mixed types and on
+//! missing fields; the property test in `tests/` checks the two against each other.
+
+use base64::Engine as _;
+use polyport_core::query::{Filter, Literal, Op, SortKey};
+use rusqlite::types::Value as SqlValue;
+use serde_json::Value;
+
+/// A system column, or a JSON path into `data`.
+enum Col {
+    Text(&'static str),
+    Int(&'static str),
+    Json(String),
+}
+
+fn column(path: &[String]) -> Col {
+    if path.len() == 1 {
+        match path[0].as_str() {
+            "id" => return Col::Text("id"),
+            "collection" => return Col::Text("collection"),
+            "created_at" => return Col::Text("created_at"),
+            "updated_at" => return Col::Text("updated_at"),
+            "version" => return Col::Int("version"),
+            _ => {}
+        }
+    }
+    let mut p = String::from("$");
+    for seg in path {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            p.push_str(&format!("[{seg}]"));
+        } else {
+            p.push_str(&format!(".\"{seg}\""));
+        }
+    }
+    Col::Json(p)
+}
+
+/// Compiles a filter into a SQL boolean expression, pushing its parameters.
+pub(crate) fn compile_filter(f: &Filter, params: &mut Vec<SqlValue>) -> String {
+    match f {
+        Filter::And(a, b) => format!(
+            "({} AND {})",
+            compile_filter(a, params),
+            compile_filter(b, params)
+        ),
+        Filter::Or(a, b) => format!(
+            "({} OR {})",
+            compile_filter(a, params),
+            compile_filter(b, params)
+        ),
+        Filter::Cmp { path, op, value } => compile_cmp(path, *op, value, params),
+    }
+}
+
+fn sql_op(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "=",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+        Op::Lt => "<",
+        Op::Le => "<=",
+        Op::Ne | Op::Like | Op::NotLike => "=",
+    }
+}
+
+fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<SqlValue>) -> String {
+    match op {
+        Op::Ne => return format!("(NOT {})", compile_cmp(path, Op::Eq, lit, params)),
+        Op::NotLike => return format!("(NOT {})", compile_cmp(path, Op::Like, lit, params)),
+        _ => {}
+    }
+    let col = column(path);
+    // Comparisons that can never hold are answered before any parameter is pushed: SQLite
+    // counts a statement's parameters by the highest `?N` it uses, so a pushed but unused
+    // trailing parameter makes the whole query fail to bind.
+    let possible = match (lit, &col) {
+        (Literal::Null, Col::Json(_)) => matches!(op, Op::Eq | Op::Ge | Op::Le),
+        (Literal::Null, _) | (Literal::Str(_), Col::Int(_)) | (Literal::Num(_), Col::Text(_)) => {
+            false
+        }
+        (Literal::Str(_), _) => true,
+        (Literal::Num(_), _) | (Literal::Bool(_), Col::Json(_)) => op != Op::Like,
+        (Literal::Bool(_), _) => false,
+    };
+    if !possible {
+        return "0".into();
+    }
+    let (value_expr, type_guard) = match &col {
+        Col::Text(c) => (c.to_string(), TypeGuard::Text),
+        Col::Int(c) => (c.to_string(), TypeGuard::Number),
+        Col::Json(p) => {
+            params.push(SqlValue::Text(p.clone()));
+            let i = params.len();
+            params.push(SqlValue::Text(p.clone()));
+            let j = params.len();
+            (
+                format!("json_extract(data, ?{i})"),
+                TypeGuard::Json(format!("json_type(data, ?{j})")),
+            )
+        }
+    };
+    let expr = match lit {
+        Literal::Null => {
+            if !matches!(op, Op::Eq | Op::Ge | Op::Le) {
+                return "0".into();
+            }
+            match &type_guard {
+                TypeGuard::Json(t) => format!("({t} IS NULL OR {t} = 'null')"),
+                _ => return "0".into(),
+            }
+        }
+        Literal::Str(s) => {
+            let guard = match &type_guard {
+                TypeGuard::Text => None,
+                TypeGuard::Number => return "0".into(),
+                TypeGuard::Json(t) => Some(format!("{t} = 'text'")),
+            };
+            params.push(SqlValue::Text(s.clone()));
+            let k = params.len();
+            let cmp = if op == Op::Like {
+                format!("instr(lower({value_expr}), lower(?{k})) > 0")
+            } else {
+                format!("{value_expr} {} ?{k}", sql_op(op))
+            };
+            match guard {
+                Some(g) => format!("({g} AND {cmp})"),
+                None => cmp,
+            }
+        }
+        Literal::Num(n) => {
+            if op == Op::Like {
+                return "0".into();
+            }
+            let guard = match &type_guard {
+                TypeGuard::Text => return "0".into(),
+                TypeGuard::Number => None,
+                TypeGuard::Json(t) => Some(format!("{t} IN ('integer', 'real')")),
+            };
+            params.push(SqlValue::Real(*n));
+            let k = params.len();
+            // Numbers compare as doubles, as in memory: SQLite would compare an integer
+            // above 2^53 exactly against the (double) literal and disagree.
+            let cmp = format!("CAST({value_expr} AS REAL) {} ?{k}", sql_op(op));
+            match guard {
+                Some(g) => format!("({g} AND {cmp})"),
+                None => cmp,
+            }
+        }
+        Literal::Bool(b) => {
+            if op == Op::Like {
+                return "0".into();
+            }
+            let TypeGuard::Json(t) = &type_guard else {
+                return "0".into();
+            };
+            params.push(SqlValue::Integer(i64::from(*b)));
+            let k = params.len();
+            format!(
+                "({t} IN ('true', 'false') AND {value_expr} {} ?{k})",
+                sql_op(op)
+            )
+        }
+    };
+    format!("coalesce({expr}, 0)")
+}
+
+enum TypeGuard {
+    Text,
+    Number,
+    Json(String),
+}
+
+/// The SQL expression a sort key orders by, pushing its parameter if any.
+pub(crate) fn sort_expr(key: &SortKey, params: &mut Vec<SqlValue>) -> String {
+    match column(&key.path) {
+        Col::Text(c) | Col::Int(c) => c.to_string(),
+        Col::Json(p) => {
+            params.push(SqlValue::Text(p));
+            format!("json_extract(data, ?{})", params.len())
+        }
+    }
+}
+
+/// A keyset position: the sort-key values and id of the last row of a page.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Cursor {
+    /// Sort spec the cursor was made for.
+    pub(crate) s: String,
+    /// Sort-key values.
+    pub(crate) k: Vec<Value>,
+    /// Last id.
+    pub(crate) id: String,
+}
+
+impl Cursor {
+    pub(crate) fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub(crate) fn decode(s: &str) -> Option<Cursor> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Converts a SQLite value to JSON for a cursor.
+pub(crate) fn sql_to_json(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => (*i).into(),
+        SqlValue::Real(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        SqlValue::Text(t) => t.clone().into(),
+        SqlValue::Blob(_) => Value::Null,
+    }
+}
+
+/// Converts a cursor JSON value back to a SQLite value of the same type class.
+pub(crate) fn json_to_sql(v: &Value) -> Option<SqlValue> {
+    Some(match v {
+        Value::Null => SqlValue::Null,
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(n.as_f64()?),
+        },
+        Value::String(s) => SqlValue::Text(s.clone()),
+        _ => return None,
+    })
+}
+
+/// The "strictly after this row" condition for keyset pagination with mixed directions,
+/// matching SQLite's ordering (NULL first ascending, last descending).
+pub(crate) fn after_condition(
+    exprs: &[(String, bool)],
+    values: &[SqlValue],
+    id: &str,
+    params: &mut Vec<SqlValue>,
+) -> String {
+    let mut ors = Vec::new();
+    for i in 0..=exprs.len() {
+        let mut ands = Vec::new();
+        for (j, (e, _)) in exprs.iter().enumerate().take(i) {
+            params.push(values[j].clone());
+            ands.push(format!("{e} IS ?{}", params.len()));
+        }
+        if i == exprs.len() {
+            params.push(SqlValue::Text(id.to_string()));
+            ands.push(format!("id > ?{}", params.len()));
+        } else {
+            let (e, desc) = &exprs[i];
+            let v = &values[i];
+            let cond = match (v, desc) {
+                (SqlValue::Null, false) => format!("{e} IS NOT NULL"),
+                (SqlValue::Null, true) => "0".to_string(),
+                (_, false) => {
+                    params.push(v.clone());
+                    format!("{e} > ?{}", params.len())
+                }
+                (_, true) => {
+                    params.push(v.clone());
+                    format!("({e} < ?{} OR {e} IS NULL)", params.len())
+                }
+            };
+            ands.push(cond);
+        }
+        ors.push(format!("({})", ands.join(" AND ")));
+    }
+    format!("({})", ors.join(" OR "))
+}
