@@ -473,6 +473,19 @@ mod tests {
         assert!(Filter::parse(&"(".repeat(100)).is_err());
     }
 
+    proptest::proptest! {
+        /// The parser faces the network: no input may panic it, and errors point inside
+        /// the input.
+        #[test]
+        fn parse_never_panics(src in "[ -~]{0,64}|[a-z.=<>!~&|()\"' 0-9-]{0,64}") {
+            match Filter::parse(&src) {
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(e.position <= src.len()),
+            }
+            let _ = parse_sort(&src);
+        }
+    }
+
     #[test]
     fn sort_parsing() {
         let s = parse_sort("-created_at,title,meta.x").unwrap();

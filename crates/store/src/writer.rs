@@ -309,7 +309,7 @@ fn savepoint<T>(
 }
 
 fn sql_err(e: rusqlite::Error) -> HubError {
-    if let Some(field) = unique_violation_field(&e) {
+    if let Some((_, field)) = unique_violation(&e) {
         return HubError::Conflict(vec![FieldError::new(
             &field,
             Rule::Unique,
@@ -320,15 +320,21 @@ fn sql_err(e: rusqlite::Error) -> HubError {
     HubError::Storage(e.to_string())
 }
 
-/// Our unique indexes are named `uq__{collection}__{field}`.
-fn unique_violation_field(e: &rusqlite::Error) -> Option<String> {
+/// Unique indexes are named `uq:{collection}:{field}`; identifiers cannot contain `:`,
+/// so the name maps back to exactly one collection and field.
+fn unique_index_name(collection: &str, field: &str) -> String {
+    format!("uq:{collection}:{field}")
+}
+
+/// The `(collection, field)` of the unique index a constraint violation names, if any.
+fn unique_violation(e: &rusqlite::Error) -> Option<(String, String)> {
     if let rusqlite::Error::SqliteFailure(err, Some(msg)) = e
         && err.code == rusqlite::ErrorCode::ConstraintViolation
     {
-        let start = msg.find("uq__")?;
-        let name = msg[start..].trim_end_matches(['\'', '"', ' ']);
-        let name = name.split(['\'', '"', ' ']).next()?;
-        return name.rsplit("__").next().map(str::to_string);
+        let start = msg.find("uq:")?;
+        let name = msg[start..].split(['\'', '"', ' ']).next()?;
+        let mut parts = name.splitn(3, ':').skip(1);
+        return Some((parts.next()?.to_string(), parts.next()?.to_string()));
     }
     None
 }
@@ -704,7 +710,7 @@ fn update_existing(
 }
 
 fn unique_indexes(tx: &Transaction<'_>, collection: &str) -> HubResult<Vec<String>> {
-    let prefix = format!("uq__{collection}__");
+    let prefix = unique_index_name(collection, "");
     let mut stmt = tx
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND substr(name, 1, ?2) = ?1")
         .map_err(sql_err)?;
@@ -762,7 +768,7 @@ fn put_collection(
         .iter()
         .flatten()
         .filter(|f| f.unique)
-        .map(|f| format!("uq__{}__{}", spec.name, f.name))
+        .map(|f| unique_index_name(&spec.name, &f.name))
         .collect();
     for idx in unique_indexes(tx, &spec.name)? {
         if !wanted.contains(&idx) {
@@ -773,7 +779,8 @@ fn put_collection(
     for f in spec.fields.iter().flatten().filter(|f| f.unique) {
         // Names are validated identifiers, so interpolation is safe.
         let sql = format!(
-            "CREATE UNIQUE INDEX IF NOT EXISTS \"uq__{c}__{f}\" ON records (json_extract(data, '$.\"{f}\"')) WHERE collection = '{c}'",
+            "CREATE UNIQUE INDEX IF NOT EXISTS \"{idx}\" ON records (json_extract(data, '$.\"{f}\"')) WHERE collection = '{c}'",
+            idx = unique_index_name(&spec.name, &f.name),
             c = spec.name,
             f = f.name
         );
