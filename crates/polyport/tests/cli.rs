@@ -1,4 +1,5 @@
 //! The binary as a user meets it: listeners.json, a taken port, SIGTERM, pub/sub.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -38,7 +39,7 @@ fn sigterm_stops_cleanly_and_removes_listeners_json() {
 #[test]
 fn pub_and_sub_talk_to_a_running_server() {
     let s = Server::start(&[]);
-    let mut sub = Command::new(bin())
+    let sub = Command::new(bin())
         .args([
             "sub", "cli/#", "--since", "0", "--count", "2", "--server", &s.base,
         ])

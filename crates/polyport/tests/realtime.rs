@@ -1,5 +1,6 @@
 //! One write through REST seen on SSE (a real EventSource client), NDJSON, long-poll and
 //! WebSocket, each with the same sequence; plus the WebSocket protocol's edges.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

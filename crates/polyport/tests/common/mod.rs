@@ -1,5 +1,10 @@
 //! Starts the real `polyport` binary on ephemeral ports and finds it via listeners.json.
-#![allow(dead_code, unreachable_pub, clippy::zombie_processes)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::zombie_processes,
+    clippy::unwrap_used
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
