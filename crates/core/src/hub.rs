@@ -164,11 +164,8 @@ impl Hub {
         ctx: &AuthContext,
         spec: CollectionSpec,
     ) -> HubResult<Arc<Collection>> {
-        self.authorize(ctx, Action::Admin)?;
-        spec.check().map_err(HubError::Validation)?;
-        let out = self.write(WriteCommand::CreateCollection(spec)).await?;
-        self.bump_collections();
-        expect_collection(out)
+        self.define_collection(ctx, spec, WriteCommand::CreateCollection)
+            .await
     }
 
     /// Replaces a collection's definition.
@@ -177,9 +174,19 @@ impl Hub {
         ctx: &AuthContext,
         spec: CollectionSpec,
     ) -> HubResult<Arc<Collection>> {
+        self.define_collection(ctx, spec, WriteCommand::ReplaceCollection)
+            .await
+    }
+
+    async fn define_collection(
+        &self,
+        ctx: &AuthContext,
+        spec: CollectionSpec,
+        cmd: fn(CollectionSpec) -> WriteCommand,
+    ) -> HubResult<Arc<Collection>> {
         self.authorize(ctx, Action::Admin)?;
         spec.check().map_err(HubError::Validation)?;
-        let out = self.write(WriteCommand::ReplaceCollection(spec)).await?;
+        let out = self.write(cmd(spec)).await?;
         self.bump_collections();
         expect_collection(out)
     }

@@ -56,6 +56,8 @@ pub struct HttpConfig {
     pub heartbeat: Duration,
     /// `/metrics` renderer, when a recorder is installed.
     pub metrics: Option<MetricsRender>,
+    /// Origins browsers may call from (`*` = any); empty disables CORS.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +70,7 @@ impl Default for HttpConfig {
             max_page_size: 1000,
             heartbeat: Duration::from_secs(15),
             metrics: None,
+            cors_origins: vec!["*".into()],
         }
     }
 }
@@ -102,7 +105,8 @@ pub fn router(hub: Hub, cfg: HttpConfig) -> Router {
         cfg: Arc::new(cfg),
     };
     let max_body = state.cfg.max_body;
-    Router::new()
+    let cors = cors_layer(&state.cfg.cors_origins);
+    let app = Router::new()
         .route(
             "/api/collections",
             get(rest::list_collections).post(rest::create_collection),
@@ -137,7 +141,32 @@ pub fn router(hub: Hub, cfg: HttpConfig) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    }
+}
+
+/// Browser apps on other origins (and `file://` pages) need CORS for REST, SSE and
+/// long-poll; WebSocket is not subject to it.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers(Any)
+            .expose_headers([header::ETAG, header::LOCATION]),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -227,60 +227,33 @@ async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    let (b_rps, b_lat) = load(duration, concurrency, {
-        let u = bget.clone();
+    let get = |url: String| {
         move |c: reqwest::Client| {
-            let u = u.clone();
-            async move { check(c.get(&u).send().await?).map(drop) }
+            let u = url.clone();
+            async move { check(c.get(&u).send().await?) }
         }
-    })
-    .await?;
-    let (p_rps, p_lat) = load(duration, concurrency, {
-        let u = pget.clone();
-        move |c: reqwest::Client| {
-            let u = u.clone();
-            async move {
-                let r = c.get(&u).send().await?;
-                check(r)?;
-                Ok(())
-            }
-        }
-    })
-    .await?;
+    };
+    let (b_rps, b_lat) = load(duration, concurrency, get(bget.clone())).await?;
+    let (p_rps, p_lat) = load(duration, concurrency, get(pget.clone())).await?;
     row("GET by id", b_rps, p_rps, b_lat, p_lat);
     let payload = serde_json::json!({"title": "bench", "views": 3}).to_string();
-    let (b_rps, b_lat) = load(duration, concurrency, {
-        let (u, p) = (bget.clone(), payload.clone());
+    let post = |url: String| {
+        let payload = payload.clone();
         move |c: reqwest::Client| {
-            let (u, p) = (u.clone(), p.clone());
+            let (u, p) = (url.clone(), payload.clone());
             async move {
-                check(
-                    c.post(&u)
-                        .header("content-type", "application/json")
-                        .body(p)
-                        .send()
-                        .await?,
-                )
+                let r = c
+                    .post(&u)
+                    .header("content-type", "application/json")
+                    .body(p)
+                    .send()
+                    .await?;
+                check(r)
             }
         }
-    })
-    .await?;
-    let (p_rps, p_lat) = load(duration, concurrency, {
-        let (u, p) = (ppost.clone(), payload.clone());
-        move |c: reqwest::Client| {
-            let (u, p) = (u.clone(), p.clone());
-            async move {
-                check(
-                    c.post(&u)
-                        .header("content-type", "application/json")
-                        .body(p)
-                        .send()
-                        .await?,
-                )
-            }
-        }
-    })
-    .await?;
+    };
+    let (b_rps, b_lat) = load(duration, concurrency, post(bget.clone())).await?;
+    let (p_rps, p_lat) = load(duration, concurrency, post(ppost.clone())).await?;
     row("POST create", b_rps, p_rps, b_lat, p_lat);
     println!(
         "(POST on Polyport is durable: every 201 waited for an fsync'd group commit; the baseline writes nothing.)"

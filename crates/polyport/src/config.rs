@@ -27,6 +27,8 @@ pub(crate) struct HttpSection {
     pub(crate) max_body: usize,
     pub(crate) max_page_size: usize,
     pub(crate) heartbeat_secs: u64,
+    /// Origins browsers may call from; `["*"]` = any, `[]` = CORS off.
+    pub(crate) cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +63,7 @@ impl Default for HttpSection {
             max_body: 4 << 20,
             max_page_size: 1000,
             heartbeat_secs: 15,
+            cors_origins: vec!["*".into()],
         }
     }
 }

@@ -95,6 +95,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 max_page_size: cfg.http.max_page_size,
                 heartbeat: Duration::from_secs(cfg.http.heartbeat_secs.max(1)),
                 metrics: Some(Arc::new(move || render.render())),
+                cors_origins: cfg.http.cors_origins.clone(),
                 ..polyport_http::HttpConfig::default()
             },
         );
