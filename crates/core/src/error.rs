@@ -79,6 +79,15 @@ pub enum HubError {
     /// The auth policy refused.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The subscriber fell so far behind that ephemeral events were dropped, and its
+    /// overflow policy is to disconnect.
+    #[error(
+        "slow consumer: {dropped} ephemeral events could not be delivered; subscription closed (reconnect, read faster, or use overflow=notify)"
+    )]
+    SlowConsumer {
+        /// How many were dropped.
+        dropped: u64,
+    },
     /// The hub is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -113,6 +122,7 @@ impl HubError {
             HubError::EpochMismatch { .. } => "epoch_mismatch",
             HubError::AutoCreateDisabled(_) => "auto_create_disabled",
             HubError::Forbidden(_) => "forbidden",
+            HubError::SlowConsumer { .. } => "slow_consumer",
             HubError::ShuttingDown => "shutting_down",
             HubError::Storage(_) => "storage_error",
         }

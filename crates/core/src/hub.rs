@@ -20,7 +20,7 @@ use crate::group::{GroupSpawn, Groups};
 use crate::query::{ListQuery, Page};
 use crate::record::{Record, validate_id};
 use crate::schema::{Collection, CollectionSpec};
-use crate::subscription::{Direct, Inner, SubscribeRequest, Subscription};
+use crate::subscription::{Direct, Inner, Overflow, SubscribeRequest, Subscription};
 use crate::topic::TopicFilter;
 
 /// Hub settings.
@@ -625,6 +625,14 @@ impl Hub {
             buffer: Default::default(),
             notices,
             shutdown: self.inner.shutdown.clone(),
+            // A group's dispatcher shares its source among members: it reports drops
+            // to all of them rather than ending the group.
+            overflow: if req.group.is_some() || req.ack.is_some() {
+                Overflow::Notify
+            } else {
+                req.overflow
+            },
+            closed: false,
         })
     }
 }

@@ -32,6 +32,6 @@ pub use query::{Filter, ListQuery, Page};
 pub use record::Record;
 pub use schema::{Collection, CollectionSpec, FieldDef, FieldType};
 pub use subscription::{
-    AckPolicy, Acker, Delivery, Item, RecordSelector, SubscribeRequest, Subscription,
+    AckPolicy, Acker, Delivery, Item, Overflow, RecordSelector, SubscribeRequest, Subscription,
 };
 pub use topic::{Topic, TopicFilter};

@@ -404,6 +404,8 @@ pub struct ListQuery {
 pub struct Page {
     /// The records.
     pub items: Vec<Record>,
+    /// For each item, the cursor that continues right after it (Relay edge cursors).
+    pub cursors: Vec<String>,
     /// Cursor for the next page, when there is one.
     pub next_cursor: Option<String>,
     /// Total matches, when asked for.

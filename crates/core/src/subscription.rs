@@ -32,6 +32,17 @@ pub struct RecordSelector {
     pub filter: Option<Filter>,
 }
 
+/// Policy for ephemeral events a slow subscriber could not take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// End the subscription with [`HubError::SlowConsumer`], a clear reason the client
+    /// can act on.
+    #[default]
+    Disconnect,
+    /// Keep going and report the loss in-band with [`Notice::Dropped`].
+    Notify,
+}
+
 /// Ack mode: events must be acknowledged or they are redelivered.
 #[derive(Clone, Copy, Debug)]
 pub struct AckPolicy {
@@ -55,6 +66,9 @@ pub struct SubscribeRequest {
     /// When the position is no longer available: `true` fails the subscribe, `false`
     /// resumes from the oldest retained event with an in-band [`Notice::ResumedFrom`].
     pub strict: bool,
+    /// What to do when ephemeral events had to be dropped because this subscriber fell
+    /// behind (durable events are never dropped: they are replayed from the log).
+    pub overflow: Overflow,
     /// Share the stream with other members of this group (competing consumers).
     pub group: Option<String>,
     /// Require acknowledgements.
@@ -197,6 +211,9 @@ pub(crate) struct Direct {
     pub(crate) buffer: VecDeque<EventRef>,
     pub(crate) notices: VecDeque<Notice>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) overflow: Overflow,
+    /// Set after a terminal error; `next` then returns `None`.
+    pub(crate) closed: bool,
 }
 
 impl Direct {
@@ -227,10 +244,8 @@ impl Direct {
             if let Some(e) = self.buffer.pop_front() {
                 return Some(Ok(deliver(e)));
             }
-            let dropped = self.reg.slot.dropped.swap(0, Ordering::SeqCst);
-            if dropped > 0 {
-                tracing::warn!(dropped, "slow subscriber: ephemeral events dropped");
-                return Some(Ok(Item::Notice(Notice::Dropped { count: dropped })));
+            if self.closed {
+                return None;
             }
             if self.reg.slot.lagged.swap(false, Ordering::SeqCst) {
                 tracing::debug!(
@@ -257,13 +272,22 @@ impl Direct {
                 }
                 continue;
             }
-            let ev = if wait {
-                tokio::select! {
-                    ev = self.rx.recv() => ev,
-                    _ = self.shutdown.cancelled() => None,
+            let ev = match self.rx.try_recv() {
+                Ok(ev) => Some(ev),
+                Err(_) => {
+                    // Queue drained: report what was lost (after what was kept), then wait.
+                    if let Some(r) = self.take_dropped() {
+                        return Some(r);
+                    }
+                    if wait {
+                        tokio::select! {
+                            ev = self.rx.recv() => ev,
+                            _ = self.shutdown.cancelled() => None,
+                        }
+                    } else {
+                        None
+                    }
                 }
-            } else {
-                self.rx.try_recv().ok()
             };
             let ev = ev?;
             if let Some(s) = ev.seq {
@@ -280,6 +304,23 @@ impl Direct {
                 return Some(Ok(deliver(ev)));
             }
         }
+    }
+}
+
+impl Direct {
+    /// Applies the overflow policy to ephemeral events dropped since the last look.
+    fn take_dropped(&mut self) -> Option<HubResult<Item>> {
+        let dropped = self.reg.slot.dropped.swap(0, Ordering::SeqCst);
+        if dropped == 0 {
+            return None;
+        }
+        tracing::warn!(dropped, policy = ?self.overflow, "slow subscriber: ephemeral events dropped");
+        if self.overflow == Overflow::Disconnect {
+            self.closed = true;
+            metrics::counter!("polyport_slow_consumers_disconnected_total").increment(1);
+            return Some(Err(crate::error::HubError::SlowConsumer { dropped }));
+        }
+        Some(Ok(Item::Notice(Notice::Dropped { count: dropped })))
     }
 }
 

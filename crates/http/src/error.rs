@@ -90,7 +90,9 @@ impl From<HubError> for ApiError {
                 StatusCode::GONE
             }
             HubError::Forbidden(_) => StatusCode::FORBIDDEN,
-            HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::ShuttingDown | HubError::SlowConsumer { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             HubError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let extra = match &e {

@@ -100,6 +100,12 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn router(hub: Hub, cfg: HttpConfig) -> Router {
+    router_with(hub, cfg, Router::new())
+}
+
+/// The HTTP application plus routes of other faces that share the port (GraphQL, …),
+/// which then get the same CORS, body limit, metrics and error fallbacks.
+pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
     let state = AppState {
         hub,
         cfg: Arc::new(cfg),
@@ -137,11 +143,12 @@ pub fn router(hub: Hub, cfg: HttpConfig) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .with_state(state.clone())
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(track))
-        .with_state(state);
+        .layer(middleware::from_fn(track));
     match cors {
         Some(c) => app.layer(c),
         None => app,

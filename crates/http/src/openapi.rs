@@ -92,7 +92,7 @@ fn if_match() -> Value {
     json!({
         "name": "If-Match", "in": "header", "required": false,
         "description": "the record's ETag (its version); a mismatch answers 412",
-        "schema": {"type": "string"}
+        "schema": {"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]+\")$"}
     })
 }
 
@@ -311,6 +311,7 @@ fn stream_params() -> Value {
         {"name": "epoch", "in": "query", "schema": {"type": "string"}},
         {"name": "strict", "in": "query", "schema": {"type": "boolean"}},
         {"name": "group", "in": "query", "schema": {"type": "string"}},
+        {"name": "overflow", "in": "query", "schema": {"type": "string", "enum": ["disconnect", "notify"]}},
     ])
 }
 

@@ -15,7 +15,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use polyport_core::query::Filter;
-use polyport_core::{HubError, Item, RecordSelector, SubscribeRequest, Subscription, TopicFilter};
+use polyport_core::{
+    HubError, Item, Overflow, RecordSelector, SubscribeRequest, Subscription, TopicFilter,
+};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -60,7 +62,19 @@ pub(crate) fn subscribe_request(p: &Params, default_strict: bool) -> ApiResult<S
         strict: p.bool("strict")?.unwrap_or(default_strict),
         group: p.get("group").filter(|g| !g.is_empty()).map(str::to_string),
         ack: None,
+        overflow: overflow(p.get("overflow"))?,
     })
+}
+
+/// `overflow=disconnect` (default) or `overflow=notify`.
+pub(crate) fn overflow(v: Option<&str>) -> ApiResult<Overflow> {
+    match v {
+        None | Some("") | Some("disconnect") => Ok(Overflow::Disconnect),
+        Some("notify") => Ok(Overflow::Notify),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "overflow must be 'disconnect' or 'notify', not '{other}'"
+        ))),
+    }
 }
 
 /// The CloudEvent bytes for an item (notices carry no sequence).

@@ -56,6 +56,8 @@ enum Request {
         record_id: Option<String>,
         #[serde(default)]
         filter: Option<String>,
+        #[serde(default)]
+        overflow: Option<String>,
     },
     Unsubscribe {
         subscription: String,
@@ -286,6 +288,7 @@ impl Session {
                 collection,
                 record_id,
                 filter,
+                overflow,
             } => {
                 if self.subs.len() >= self.max_subs {
                     return Err(HubError::InvalidRequest(format!(
@@ -322,6 +325,8 @@ impl Session {
                     strict,
                     group,
                     ack,
+                    overflow: crate::realtime::overflow(overflow.as_deref())
+                        .map_err(|e| HubError::InvalidRequest(e.detail.clone()))?,
                 };
                 let sub = self.hub.subscribe(&self.ctx, req).await?;
                 self.next_sub += 1;

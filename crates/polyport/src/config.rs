@@ -16,7 +16,30 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) auto_create_collections: bool,
     pub(crate) http: HttpSection,
+    pub(crate) graphql: GraphqlSection,
     pub(crate) events: EventsSection,
+}
+
+/// GraphQL at `/graphql` on the HTTP port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct GraphqlSection {
+    pub(crate) enabled: bool,
+    pub(crate) introspection: bool,
+    pub(crate) max_depth: usize,
+    pub(crate) max_complexity: usize,
+}
+
+impl Default for GraphqlSection {
+    fn default() -> Self {
+        let d = polyport_graphql::GraphqlConfig::default();
+        Self {
+            enabled: true,
+            introspection: d.introspection,
+            max_depth: d.max_depth,
+            max_complexity: d.max_complexity,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +73,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./polyport-data"),
             auto_create_collections: true,
             http: HttpSection::default(),
+            graphql: GraphqlSection::default(),
             events: EventsSection::default(),
         }
     }

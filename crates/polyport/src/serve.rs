@@ -88,7 +88,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
         let addr = listener.local_addr()?;
         let render = prometheus.clone();
-        let app = polyport_http::router(
+        let extra = if cfg.graphql.enabled {
+            polyport_graphql::routes(
+                hub.clone(),
+                polyport_graphql::GraphqlConfig {
+                    introspection: cfg.graphql.introspection,
+                    max_depth: cfg.graphql.max_depth,
+                    max_complexity: cfg.graphql.max_complexity,
+                    max_page_size: cfg.http.max_page_size,
+                },
+            )?
+        } else {
+            axum::Router::new()
+        };
+        let app = polyport_http::router_with(
             hub.clone(),
             polyport_http::HttpConfig {
                 max_body: cfg.http.max_body,
@@ -98,9 +111,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 cors_origins: cfg.http.cors_origins.clone(),
                 ..polyport_http::HttpConfig::default()
             },
+            extra,
         );
         tracing::info!(
-            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws, OpenAPI /openapi.json)"
+            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws, OpenAPI /openapi.json{})",
+            if cfg.graphql.enabled {
+                ", GraphQL /graphql"
+            } else {
+                ""
+            }
         );
         bound.insert("http", addr.to_string());
         let stop = stop_accepting.clone();

@@ -325,9 +325,11 @@ impl Store for SqliteStore {
             })
             .await?;
         let mut rows = rows;
-        let next_cursor = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|(rec, keys)| {
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let cursors: Vec<String> = rows
+            .iter()
+            .map(|(rec, keys)| {
                 Cursor {
                     s: spec.clone(),
                     k: keys.iter().map(sql_to_json).collect(),
@@ -335,11 +337,11 @@ impl Store for SqliteStore {
                 }
                 .encode()
             })
-        } else {
-            None
-        };
+            .collect();
+        let next_cursor = if more { cursors.last().cloned() } else { None };
         Ok(Page {
             items: rows.into_iter().map(|(r, _)| r).collect(),
+            cursors,
             next_cursor,
             total,
         })

@@ -14,7 +14,7 @@ use polyport_core::query::parse_sort;
 use polyport_core::schema::Rule;
 use polyport_core::{
     AckPolicy, CollectionSpec, Durability, Filter, HubConfig, HubError, Item, ListQuery, Notice,
-    Record, RecordSelector, SubscribeRequest, Subscription,
+    Overflow, Record, RecordSelector, SubscribeRequest, Subscription,
 };
 use polyport_store::Retention;
 use proptest::prelude::*;
@@ -2064,7 +2064,9 @@ async fn ephemeral_overflow_is_reported_as_dropped() {
         ephemeral_topics: vec![tf("telemetry/#")],
         ..HubConfig::default()
     });
-    let mut sub = subscribe(&env, subscribe_req("telemetry/#")).await;
+    let mut req = subscribe_req("telemetry/#");
+    req.overflow = Overflow::Notify;
+    let mut sub = subscribe(&env, req).await;
     for i in 0..10 {
         let d = if i % 2 == 0 {
             draft("telemetry/x", &i.to_string(), Durability::Ephemeral)
@@ -2114,6 +2116,41 @@ async fn ephemeral_overflow_is_reported_as_dropped() {
         .unwrap()
         .event;
     assert_eq!(e.seq, Some(1));
+}
+
+#[tokio::test]
+async fn ephemeral_overflow_disconnects_by_default_with_a_clear_reason() {
+    let env = Env::with_hub(HubConfig {
+        subscriber_queue: 2,
+        ..HubConfig::default()
+    });
+    let mut slow = subscribe(&env, subscribe_req("telemetry/#")).await;
+    let mut other = subscribe(&env, subscribe_req("telemetry/#")).await;
+    for i in 0..5 {
+        let d = draft("telemetry/x", &i.to_string(), Durability::Ephemeral);
+        env.hub.publish(&env.ctx, d).await.unwrap();
+        // `other` keeps up; `slow` reads nothing.
+        assert!(matches!(next_item(&mut other).await, Item::Event(_)));
+    }
+    let mut got = 0;
+    let err = loop {
+        match slow.next().await {
+            Some(Ok(Item::Event(_))) => got += 1,
+            Some(Ok(n)) => panic!("unexpected {n:?}"),
+            Some(Err(e)) => break e,
+            None => panic!("ended without a reason"),
+        }
+    };
+    assert_eq!(got, 2, "the queue held two");
+    assert!(
+        matches!(err, HubError::SlowConsumer { dropped: 3 }),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "slow_consumer");
+    assert!(
+        slow.next().await.is_none(),
+        "the subscription is closed after the error"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

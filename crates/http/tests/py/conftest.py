@@ -1,0 +1,156 @@
+"""Black-box tests of Polyport's HTTP face, driven with ordinary Python clients.
+
+Each test gets a fresh `polyport serve` process (port 0, its own temporary data dir) and
+talks to it over real sockets. The binary is `target/debug/polyport` unless the
+`POLYPORT_BIN` environment variable names another one; build it first with
+`cargo build -p polyport`. Set up the clients with `scripts/setup-clients`, then run
+`.venv/bin/pytest -q crates/http/tests/py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+STARTUP_TIMEOUT = 15.0
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def polyport_bin() -> Path:
+    return Path(os.environ.get("POLYPORT_BIN") or REPO_ROOT / "target" / "debug" / "polyport")
+
+
+@dataclass
+class Server:
+    """A running `polyport serve` process."""
+
+    proc: subprocess.Popen
+    data_dir: Path
+    log_path: Path
+    http: str  # "127.0.0.1:PORT"
+    stopped: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.http}/ws"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; returns the exit code (None if it had to be killed)."""
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+def _read_listeners(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not written yet, or caught half-written
+    return doc if isinstance(doc, dict) and doc.get("http") else None
+
+
+def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Server:
+    """Starts `polyport serve` on `data_dir` and waits for its listeners.json. `http` is
+    the listen address: port 0 (the default) picks a free port; a fixed one lets a test
+    restart the server on the same address. The log is appended to, so a restart on the
+    same data dir keeps the earlier runs' lines."""
+    exe = polyport_bin()
+    if not exe.is_file():
+        pytest.fail(f"{exe} not found: run `cargo build -p polyport` or set POLYPORT_BIN", pytrace=False)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    listeners = data_dir / "listeners.json"
+    listeners.unlink(missing_ok=True)
+    log_path = data_dir / "server.log"
+    env = dict(os.environ)
+    env.setdefault("RUST_LOG", "info")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--data-dir", str(data_dir), "--http", http, *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=data_dir,
+        )
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        doc = _read_listeners(listeners)
+        if doc:
+            return Server(proc=proc, data_dir=data_dir, log_path=log_path, http=doc["http"])
+        if proc.poll() is not None:
+            pytest.fail(
+                f"polyport exited with {proc.returncode} before writing {listeners}:\n{log_path.read_text(errors='replace')}",
+                pytrace=False,
+            )
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"no {listeners} after {STARTUP_TIMEOUT}s:\n{log_path.read_text(errors='replace')}", pytrace=False)
+
+
+@pytest.fixture
+def spawn(tmp_path_factory):
+    """Starts servers on demand (`spawn("--demo", "blog")`); stops each with SIGTERM at the
+    end of the test and asserts that it exits 0 within 10 s."""
+    servers: list[Server] = []
+
+    def _spawn(*extra: str) -> Server:
+        s = start_server(tmp_path_factory.mktemp("polyport-data"), *extra)
+        servers.append(s)
+        return s
+
+    yield _spawn
+    failures = []
+    for s in servers:
+        code = s.stop()
+        if code != 0:
+            failures.append(
+                f"polyport on {s.http} exited with {code!r} after SIGTERM (want 0 within {SHUTDOWN_TIMEOUT}s); log:\n{s.log()[-4000:]}"
+            )
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture
+def blog(spawn) -> Server:
+    """A fresh server seeded with `--demo blog` (users/123 john_doe with posts 1 and 2)."""
+    return spawn("--demo", "blog")
+
+
+@pytest.fixture
+def base_url(blog) -> str:
+    """The base URL (`http://127.0.0.1:PORT`) of a fresh `--demo blog` server."""
+    return blog.url
+
+
+@pytest.fixture
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=10.0) as c:
+        yield c
+
