@@ -17,6 +17,7 @@ pub mod error;
 pub mod event;
 mod group;
 mod hub;
+pub mod naming;
 pub mod query;
 pub mod record;
 pub mod schema;

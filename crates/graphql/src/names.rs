@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use polyport_core::naming::{lower_camel, singular, upper_camel};
+
 /// Names the schema uses for one collection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Names {
@@ -58,46 +60,6 @@ pub(crate) const BUILTIN_TYPES: &[&str] = &[
     "ID",
 ];
 
-/// A naive English singular: `posts` → `post`, `categories` → `category`, `boxes` → `box`.
-pub(crate) fn singular(s: &str) -> String {
-    if let Some(stem) = s.strip_suffix("ies")
-        && !stem.is_empty()
-    {
-        return format!("{stem}y");
-    }
-    for suffix in ["sses", "shes", "ches", "xes", "zes"] {
-        if s.ends_with(suffix) {
-            return s[..s.len() - 2].to_string();
-        }
-    }
-    if s.ends_with('s') && !s.ends_with("ss") && s.len() > 1 {
-        return s[..s.len() - 1].to_string();
-    }
-    s.to_string()
-}
-
-fn upper_camel(s: &str) -> String {
-    s.split('_')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            match c.next() {
-                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
-                None => String::new(),
-            }
-        })
-        .collect()
-}
-
-fn lower_camel(s: &str) -> String {
-    let u = upper_camel(s);
-    let mut c = u.chars();
-    match c.next() {
-        Some(f) => f.to_ascii_lowercase().to_string() + c.as_str(),
-        None => u,
-    }
-}
-
 /// Assigns unique names to every collection; when two collections would share a name
 /// (`user` and `users`), the later one keeps its name unsingularized.
 pub(crate) fn assign<'a>(collections: impl Iterator<Item = &'a str>) -> BTreeMap<String, Names> {
@@ -123,16 +85,6 @@ pub(crate) fn assign<'a>(collections: impl Iterator<Item = &'a str>) -> BTreeMap
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn singulars() {
-        assert_eq!(singular("users"), "user");
-        assert_eq!(singular("posts"), "post");
-        assert_eq!(singular("categories"), "category");
-        assert_eq!(singular("boxes"), "box");
-        assert_eq!(singular("class"), "class");
-        assert_eq!(singular("data"), "data");
-    }
 
     #[test]
     fn names_are_unique_and_avoid_builtins() {

@@ -154,3 +154,49 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProtoArgs {
+    /// Also print the shipped generic API (polyport/v1/records.proto and topics.proto).
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Prints the generated per-collection `.proto` for the server's current collections.
+pub(crate) async fn proto(args: ProtoArgs) -> anyhow::Result<()> {
+    let url = format!("{}/api/collections", args.server.base());
+    let res = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !res.status().is_success() {
+        bail!("server answered {}", res.status());
+    }
+    #[derive(serde::Deserialize)]
+    struct List {
+        items: Vec<polyport_core::Collection>,
+    }
+    let list: List = res
+        .json()
+        .await
+        .context("unexpected /api/collections body")?;
+    let map: polyport_core::engine::CollectionMap = list
+        .items
+        .into_iter()
+        .map(|c| (c.name().to_string(), std::sync::Arc::new(c)))
+        .collect();
+    if args.all {
+        println!(
+            "// ---- polyport/v1/records.proto\n{}",
+            polyport_grpc::RECORDS_PROTO
+        );
+        println!(
+            "// ---- polyport/v1/topics.proto\n{}",
+            polyport_grpc::TOPICS_PROTO
+        );
+        println!("// ---- {}", polyport_grpc::COLLECTIONS_FILE);
+    }
+    print!("{}", polyport_grpc::collections_proto(&map));
+    Ok(())
+}

@@ -17,7 +17,27 @@ pub(crate) struct Config {
     pub(crate) auto_create_collections: bool,
     pub(crate) http: HttpSection,
     pub(crate) graphql: GraphqlSection,
+    pub(crate) grpc: GrpcSection,
     pub(crate) events: EventsSection,
+}
+
+/// gRPC on its own HTTP/2 port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct GrpcSection {
+    pub(crate) enabled: bool,
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_message: usize,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message: polyport_grpc::GrpcConfig::default().max_message,
+        }
+    }
 }
 
 /// GraphQL at `/graphql` on the HTTP port.
@@ -74,6 +94,7 @@ impl Default for Config {
             auto_create_collections: true,
             http: HttpSection::default(),
             graphql: GraphqlSection::default(),
+            grpc: GrpcSection::default(),
             events: EventsSection::default(),
         }
     }

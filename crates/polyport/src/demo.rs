@@ -48,7 +48,8 @@ async fn blog(hub: &Hub) -> anyhow::Result<()> {
             "name": "users",
             "description": "People who write posts",
             "fields": [
-                {"name": "username", "type": "text", "required": true, "unique": true},
+                {"name": "username", "type": "text", "unique": true},
+                {"name": "name", "type": "text"},
                 {"name": "email", "type": "text"},
             ]
         }),
@@ -74,7 +75,7 @@ async fn blog(hub: &Hub) -> anyhow::Result<()> {
         &ctx,
         "users",
         "123",
-        json!({"username": "john_doe", "email": "john@example.com"}),
+        json!({"username": "john_doe", "name": "John Doe", "email": "john.doe@example.com"}),
     )
     .await?;
     ensure_record(hub, &ctx, "posts", "1", json!({"title": "Hello, Polyport", "body": "One server, every API style.", "author": "123", "tags": ["intro"]})).await?;

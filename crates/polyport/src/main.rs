@@ -36,6 +36,8 @@ enum Command {
     Sub(cli::SubArgs),
     /// Run a benchmark and print ratios against a baseline measured in the same run.
     Bench(bench::BenchArgs),
+    /// Print the .proto of the typed per-collection gRPC services of a running server.
+    Proto(cli::ProtoArgs),
 }
 
 /// Flags override `POLYPORT_*` variables, which override `polyport.toml`.
@@ -47,9 +49,12 @@ pub(crate) struct ServeArgs {
     /// Data directory.
     #[arg(long, env = "POLYPORT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// HTTP listen address (REST, realtime, WebSocket); port 0 picks a free port.
+    /// HTTP listen address (REST, realtime, WebSocket, GraphQL); port 0 picks a free port.
     #[arg(long, env = "POLYPORT_HTTP")]
     http: Option<SocketAddr>,
+    /// gRPC listen address (HTTP/2); port 0 picks a free port.
+    #[arg(long, env = "POLYPORT_GRPC")]
+    grpc: Option<SocketAddr>,
     /// Seed example data (`blog`: users and posts from the seed articles).
     #[arg(long, value_parser = ["blog"])]
     demo: Option<String>,
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Command::Pub(args) => cli::publish(args).await,
             Command::Sub(args) => cli::subscribe(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Proto(args) => cli::proto(args).await,
         }
     })
 }

@@ -38,6 +38,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(h) = args.http {
         cfg.http.listen = h;
     }
+    if let Some(g) = args.grpc {
+        cfg.grpc.listen = g;
+    }
     if args.retention_max_events.is_some() {
         cfg.events.retention_max_events = args.retention_max_events;
     }
@@ -126,6 +129,33 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracker.spawn(async move {
             if let Err(e) = polyport_http::serve(listener, app, stop).await {
                 tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+    if cfg.grpc.enabled {
+        let listener = bind(
+            "gRPC",
+            cfg.grpc.listen,
+            "--grpc ADDR, POLYPORT_GRPC=ADDR or `[grpc] listen` in polyport.toml",
+        )
+        .await?;
+        let addr = listener.local_addr()?;
+        let app = polyport_grpc::router(
+            hub.clone(),
+            polyport_grpc::GrpcConfig {
+                max_message: cfg.grpc.max_message,
+                max_page_size: cfg.http.max_page_size,
+            },
+        )
+        .await?;
+        tracing::info!(
+            "gRPC listening on {addr} (Records, Topics, typed collection services, reflection, health)"
+        );
+        bound.insert("grpc", addr.to_string());
+        let stop = stop_accepting.clone();
+        tracker.spawn(async move {
+            if let Err(e) = polyport_http::serve(listener, app, stop).await {
+                tracing::error!(error = %e, "gRPC server failed");
             }
         });
     }

@@ -14,7 +14,14 @@ fn taken_port_names_the_listener_and_how_to_move_it() {
     let addr = holder.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
-        .args(["serve", "--http", &addr, "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            &addr,
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -41,6 +41,8 @@ impl Server {
             .arg(dir)
             .arg("--http")
             .arg("127.0.0.1:0")
+            .arg("--grpc")
+            .arg("127.0.0.1:0")
             .args(extra)
             .env("POLYPORT_LOG", "warn")
             .stdout(Stdio::null())

@@ -1,0 +1,232 @@
+//! Polyport's gRPC face (HTTP/2, default port 50051).
+//!
+//! Every method — the shipped generic API (`proto/polyport/v1`: `Records`, `Topics`) and
+//! the typed per-collection services generated from the schemas
+//! (`polyport.collections.UserService/CreateUser`, …) — is served by one dispatcher over
+//! `prost_reflect::DynamicMessage`, because tonic's generated routers need names known at
+//! compile time and collections appear at run time. Server reflection (v1 and v1alpha)
+//! and `grpc.health.v1` are always on and follow the catalog as it is rebuilt.
+//!
+//! | concern | file |
+//! |---|---|
+//! | collections → `.proto` text | `proto_gen.rs` |
+//! | compiling protos, routing table | `catalog.rs` |
+//! | dynamic message codec | `codec.rs` |
+//! | method behaviour (Hub calls) | `handlers.rs` |
+//! | JSON mapping, HubError → Status | `convert.rs` |
+
+mod catalog;
+mod codec;
+mod convert;
+mod handlers;
+mod proto_gen;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use polyport_core::{AuthContext, Hub, Origin};
+use prost_reflect::DynamicMessage;
+use tonic::Status;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+pub use catalog::{RECORDS_PROTO, TOPICS_PROTO};
+pub use proto_gen::{COLLECTIONS_FILE, COLLECTIONS_PACKAGE, collections_proto};
+
+use crate::catalog::Catalog;
+use crate::codec::DynCodec;
+use crate::handlers::Handlers;
+
+/// gRPC settings.
+#[derive(Clone, Debug)]
+pub struct GrpcConfig {
+    /// Largest request message, in bytes.
+    pub max_message: usize,
+    /// Largest `page_size`.
+    pub max_page_size: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            max_message: 4 << 20,
+            max_page_size: 1000,
+        }
+    }
+}
+
+/// Why the gRPC face could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    /// The shipped or generated protos did not compile.
+    #[error("cannot compile the gRPC protos: {0}")]
+    Proto(String),
+    /// Reflection could not index the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+type GrpcService = BoxCloneSyncService<Request, http::Response<tonic::body::Body>, Infallible>;
+
+/// The services that come from tonic's own crates, rebuilt with the catalog.
+struct Builtins {
+    reflection_v1: GrpcService,
+    reflection_v1alpha: GrpcService,
+}
+
+#[derive(Clone)]
+struct GrpcState {
+    handlers: Handlers,
+    catalog: Arc<ArcSwap<Catalog>>,
+    builtins: Arc<ArcSwap<Builtins>>,
+    health: GrpcService,
+    reporter: tonic_health::server::HealthReporter,
+    max_message: usize,
+}
+
+fn builtins(catalog: &Catalog) -> Result<Builtins, GrpcError> {
+    let fds = catalog.file_descriptor_set();
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_file_descriptor_set(fds.clone())
+        .build_v1()
+        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_file_descriptor_set(fds)
+        .build_v1alpha()
+        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+    Ok(Builtins {
+        reflection_v1: BoxCloneSyncService::new(v1),
+        reflection_v1alpha: BoxCloneSyncService::new(v1alpha),
+    })
+}
+
+async fn report_serving(reporter: &tonic_health::server::HealthReporter, catalog: &Catalog) {
+    for name in catalog.service_names() {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+}
+
+/// The gRPC application (serve it with `axum::serve`; HTTP/2 prior knowledge works).
+/// Spawns the task that rebuilds the catalog when collections change.
+pub async fn router(hub: Hub, cfg: GrpcConfig) -> Result<Router, GrpcError> {
+    let colls = hub
+        .collections(&AuthContext::anonymous(Origin("grpc")))
+        .map_err(|e| GrpcError::Proto(e.to_string()))?;
+    let catalog = Catalog::build(&colls)?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    report_serving(&reporter, &catalog).await;
+    let state = GrpcState {
+        handlers: Handlers {
+            hub: hub.clone(),
+            max_page: cfg.max_page_size,
+        },
+        builtins: Arc::new(ArcSwap::from_pointee(builtins(&catalog)?)),
+        catalog: Arc::new(ArcSwap::from_pointee(catalog)),
+        health: BoxCloneSyncService::new(health),
+        reporter,
+        max_message: cfg.max_message,
+    };
+    tokio::spawn(rebuild_on_change(hub, state.clone()));
+    Ok(Router::new().fallback(dispatch).with_state(state))
+}
+
+async fn rebuild_on_change(hub: Hub, state: GrpcState) {
+    let mut watch = hub.watch_collections();
+    let shutdown = hub.shutdown_token();
+    loop {
+        tokio::select! {
+            r = watch.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => {
+                state.reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                return;
+            }
+        }
+        let Ok(colls) = hub.collections(&AuthContext::anonymous(Origin("grpc"))) else {
+            continue;
+        };
+        let rebuilt = Catalog::build(&colls).and_then(|c| Ok((builtins(&c)?, c)));
+        match rebuilt {
+            Ok((b, c)) => {
+                report_serving(&state.reporter, &c).await;
+                state.builtins.store(Arc::new(b));
+                state.catalog.store(Arc::new(c));
+                tracing::debug!(collections = colls.len(), "gRPC catalog rebuilt");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "gRPC catalog rebuild failed; keeping the previous one")
+            }
+        }
+    }
+}
+
+fn into_axum(r: http::Response<tonic::body::Body>) -> Response {
+    r.map(axum::body::Body::new)
+}
+
+/// Routes one call by its path, `/package.Service/Method`.
+async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let builtin = match service {
+        "grpc.reflection.v1.ServerReflection" => Some(st.builtins.load().reflection_v1.clone()),
+        "grpc.reflection.v1alpha.ServerReflection" => {
+            Some(st.builtins.load().reflection_v1alpha.clone())
+        }
+        "grpc.health.v1.Health" => Some(st.health.clone()),
+        _ => None,
+    };
+    if let Some(svc) = builtin {
+        return match svc.oneshot(req).await {
+            Ok(r) => into_axum(r),
+            Err(never) => match never {},
+        };
+    }
+    let catalog = st.catalog.load_full();
+    let Some(route) = catalog.routes.get(&path).cloned() else {
+        return into_axum(Status::unimplemented(format!("unknown method {path}")).into_http());
+    };
+    metrics::counter!("polyport_grpc_calls_total", "method" => path.clone()).increment(1);
+    let mut grpc = tonic::server::Grpc::new(DynCodec::new(route.input.clone()))
+        .max_decoding_message_size(st.max_message);
+    let h = st.handlers.clone();
+    let resp = match (route.client_streaming, route.server_streaming) {
+        (false, false) => {
+            let svc = tower::service_fn(move |r: tonic::Request<DynamicMessage>| {
+                let (h, route) = (h.clone(), route.clone());
+                async move {
+                    h.unary(&route, r.into_inner())
+                        .await
+                        .map(tonic::Response::new)
+                }
+            });
+            grpc.unary(svc, req).await
+        }
+        (false, true) => {
+            let svc = tower::service_fn(move |r: tonic::Request<DynamicMessage>| {
+                let (h, route) = (h.clone(), route.clone());
+                async move {
+                    h.server_stream(&route, r.into_inner())
+                        .await
+                        .map(tonic::Response::new)
+                }
+            });
+            grpc.server_streaming(svc, req).await
+        }
+        (true, true) => {
+            let svc =
+                tower::service_fn(move |r: tonic::Request<tonic::Streaming<DynamicMessage>>| {
+                    let (h, route) = (h.clone(), route.clone());
+                    async move { Ok(tonic::Response::new(h.chat(&route, r.into_inner()))) }
+                });
+            grpc.streaming(svc, req).await
+        }
+        (true, false) => Status::unimplemented("client streaming is not offered").into_http(),
+    };
+    into_axum(resp)
+}
