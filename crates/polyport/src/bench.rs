@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod fanout;
+mod graphql;
+mod grpc;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -39,6 +41,33 @@ enum Which {
     },
     /// One write fanned out to N subscribers (SSE + WebSocket) vs axum + broadcast.
     Fanout(fanout::FanoutArgs),
+    /// A GraphQL page of users with their posts vs the equivalent REST calls.
+    Graphql {
+        /// Users on the page (each with 2 posts).
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// gRPC unary Get vs a bare tonic handler, and Watch fanout throughput.
+    Grpc {
+        /// Seconds per unary scenario.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Watch streams for the fanout scenario.
+        #[arg(long, default_value_t = 200)]
+        watchers: usize,
+        /// Writes for the fanout scenario.
+        #[arg(long, default_value_t = 500)]
+        writes: usize,
+    },
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -51,6 +80,17 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             concurrency,
         } => http(Duration::from_secs(duration), concurrency).await,
         Which::Fanout(a) => fanout::run(a).await,
+        Which::Graphql {
+            users,
+            duration,
+            concurrency,
+        } => graphql::run(users, Duration::from_secs(duration), concurrency).await,
+        Which::Grpc {
+            duration,
+            concurrency,
+            watchers,
+            writes,
+        } => grpc::run(Duration::from_secs(duration), concurrency, watchers, writes).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
     }
 }
@@ -58,6 +98,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// A Polyport server on an ephemeral port over a throw-away data directory.
 pub(crate) struct TestServer {
     pub(crate) addr: std::net::SocketAddr,
+    pub(crate) grpc_addr: std::net::SocketAddr,
     pub(crate) hub: Hub,
     stop: CancellationToken,
     dir: std::path::PathBuf,
@@ -72,11 +113,20 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let app = polyport_http::router(hub.clone(), polyport_http::HttpConfig::default());
+        let graphql =
+            polyport_graphql::routes(hub.clone(), polyport_graphql::GraphqlConfig::default())?;
+        let app =
+            polyport_http::router_with(hub.clone(), polyport_http::HttpConfig::default(), graphql);
         let s = stop.clone();
         tokio::spawn(async move { polyport_http::serve(listener, app, s).await });
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let grpc = polyport_grpc::router(hub.clone(), polyport_grpc::GrpcConfig::default()).await?;
+        let s = stop.clone();
+        tokio::spawn(async move { polyport_http::serve(grpc_listener, grpc, s).await });
         Ok(Self {
             addr,
+            grpc_addr,
             hub,
             stop,
             dir,
@@ -145,7 +195,7 @@ pub(crate) fn summarize(mut lat: Vec<u64>) -> Summary {
 }
 
 /// Runs `concurrency` closed-loop clients for `duration`; returns requests/s and latencies.
-async fn load<F, Fut>(
+pub(crate) async fn load<F, Fut>(
     duration: Duration,
     concurrency: usize,
     make: F,
@@ -263,7 +313,7 @@ async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn row(name: &str, b_rps: f64, p_rps: f64, b: Summary, p: Summary) {
+pub(crate) fn row(name: &str, b_rps: f64, p_rps: f64, b: Summary, p: Summary) {
     println!(
         "{:<14} {:>14.0} {:>14.0} {:>6.2}x   {:>8}/{:<9}   {:>8}/{:<9}",
         name,

@@ -1,0 +1,163 @@
+//! A page of users with their posts: one GraphQL query vs the REST calls a client makes
+//! for the same data (the N+1 pattern, and the two-call batched pattern).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::{Value, json};
+
+use super::{TestServer, load};
+
+pub(crate) async fn run(
+    users: usize,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let base = format!("http://{}", server.addr);
+    let c = reqwest::Client::new();
+    let post = |path: &str, body: Value| c.post(format!("{base}{path}")).json(&body).send();
+    post(
+        "/api/collections",
+        json!({"name": "users", "fields": [{"name": "username", "type": "text", "required": true}]}),
+    )
+    .await?
+    .error_for_status()?;
+    post(
+        "/api/collections",
+        json!({"name": "posts", "fields": [
+            {"name": "title", "type": "text", "required": true},
+            {"name": "author", "type": "relation", "collection": "users", "required": true}
+        ]}),
+    )
+    .await?
+    .error_for_status()?;
+    for i in 0..users {
+        let id = format!("u{i:04}");
+        post(
+            "/api/collections/users/records",
+            json!({"id": id, "username": format!("user {i}")}),
+        )
+        .await?
+        .error_for_status()?;
+        for k in 0..2 {
+            post(
+                "/api/collections/posts/records",
+                json!({"title": format!("post {k} by {i}"), "author": id}),
+            )
+            .await?
+            .error_for_status()?;
+        }
+    }
+    // Let the GraphQL schema pick up the new collections.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let query = json!({"query": format!(
+        "{{ userList(first: {users}, sort: \"id\") {{ nodes {{ id username posts {{ title }} }} }} }}"
+    )});
+    let check = c
+        .post(format!("{base}/graphql"))
+        .json(&query)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    let nodes = check["data"]["userList"]["nodes"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    if nodes != users {
+        bail!("GraphQL returned {nodes} users, expected {users}: {check}");
+    }
+    println!(
+        "polyport bench graphql: a page of {users} users with 2 posts each, {concurrency} clients, {}s per scenario",
+        duration.as_secs()
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>10}",
+        "scenario", "pages/s", "p50 µs", "p99 µs"
+    );
+    let gql = {
+        let (base, q) = (base.clone(), query.clone());
+        load(duration, concurrency, move |c: reqwest::Client| {
+            let (u, q) = (format!("{base}/graphql"), q.clone());
+            async move {
+                let v: Value = c.post(u).json(&q).send().await?.json().await?;
+                if v.get("errors").is_some() {
+                    bail!("graphql error: {v}");
+                }
+                Ok(())
+            }
+        })
+        .await?
+    };
+    let n_plus_1 = {
+        let base = base.clone();
+        load(duration, concurrency, move |c: reqwest::Client| {
+            let base = base.clone();
+            async move {
+                let page: Value = c
+                    .get(format!(
+                        "{base}/api/collections/users/records?limit={users}&sort=id"
+                    ))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                for u in page["items"].as_array().into_iter().flatten() {
+                    let id = u["id"].as_str().unwrap_or("");
+                    let f = format!("author=\"{id}\"");
+                    c.get(format!("{base}/api/collections/posts/records"))
+                        .query(&[("filter", f.as_str())])
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                }
+                Ok(())
+            }
+        })
+        .await?
+    };
+    let batched = {
+        let base = base.clone();
+        load(duration, concurrency, move |c: reqwest::Client| {
+            let base = base.clone();
+            async move {
+                let page: Value = c
+                    .get(format!(
+                        "{base}/api/collections/users/records?limit={users}&sort=id"
+                    ))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let f: Vec<String> = page["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|u| format!("author=\"{}\"", u["id"].as_str().unwrap_or("")))
+                    .collect();
+                c.get(format!("{base}/api/collections/posts/records"))
+                    .query(&[("filter", f.join(" || ").as_str()), ("limit", "1000")])
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    for (name, (rps, lat)) in [
+        ("GraphQL: 1 query", gql),
+        ("REST: 1 + N calls", n_plus_1),
+        ("REST: 2 calls (OR filter)", batched),
+    ] {
+        println!("{name:<34} {rps:>10.1} {:>10} {:>10}", lat.p50, lat.p99);
+    }
+    println!(
+        "ratio GraphQL/REST(1+N) pages/s: {:.2}x; GraphQL/REST(2 calls): {:.2}x (higher is better)",
+        gql.0 / n_plus_1.0.max(0.001),
+        gql.0 / batched.0.max(0.001)
+    );
+    server.stop().await;
+    Ok(())
+}
