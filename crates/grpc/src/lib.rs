@@ -5,7 +5,8 @@
 //! (`polyport.collections.UserService/CreateUser`, …) — is served by one dispatcher over
 //! `prost_reflect::DynamicMessage`, because tonic's generated routers need names known at
 //! compile time and collections appear at run time. Server reflection (v1 and v1alpha)
-//! and `grpc.health.v1` are always on and follow the catalog as it is rebuilt.
+//! and `grpc.health.v1` are always on and follow the catalog as it is rebuilt; gRPC-Web
+//! requests (HTTP/1.1 or 2) are translated in front of the same dispatcher.
 //!
 //! | concern | file |
 //! |---|---|
@@ -133,7 +134,20 @@ pub async fn router(hub: Hub, cfg: GrpcConfig) -> Result<Router, GrpcError> {
         max_message: cfg.max_message,
     };
     tokio::spawn(rebuild_on_change(hub, state.clone()));
-    Ok(Router::new().fallback(dispatch).with_state(state))
+    let grpc = Router::new().fallback(dispatch).with_state(state);
+    // gRPC-Web (for browsers) is translated in front of the same dispatcher; browsers
+    // calling from another origin need CORS and must be able to read the gRPC trailers.
+    let web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), grpc);
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers([
+            http::HeaderName::from_static("grpc-status"),
+            http::HeaderName::from_static("grpc-message"),
+            http::HeaderName::from_static("grpc-status-details-bin"),
+        ]);
+    Ok(Router::new().fallback_service(web).layer(cors))
 }
 
 async fn rebuild_on_change(hub: Hub, state: GrpcState) {

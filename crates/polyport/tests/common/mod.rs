@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub base: String,
+    pub grpc: String,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -53,10 +54,12 @@ impl Server {
             if let Ok(b) = std::fs::read(&listeners)
                 && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
                 && let Some(h) = v["http"].as_str()
+                && let Some(g) = v["grpc"].as_str()
             {
                 return Server {
                     child,
                     base: format!("http://{h}"),
+                    grpc: g.to_string(),
                     dir: dir.to_path_buf(),
                     _tmp: None,
                 };
