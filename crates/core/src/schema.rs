@@ -74,6 +74,24 @@ impl FieldType {
         }
     }
 
+    /// Relation ids are strings: a numeric one (accepted as given, e.g. `123`) is stored
+    /// as `"123"`, so filters and reverse relations (`author = "123"`) find it.
+    fn canonicalize(&self, v: &mut Value) {
+        match self {
+            FieldType::Relation { .. } => {
+                if let Some(n) = v.as_u64() {
+                    *v = Value::String(n.to_string());
+                }
+            }
+            FieldType::Array { items } => {
+                if let Some(a) = v.as_array_mut() {
+                    a.iter_mut().for_each(|x| items.canonicalize(x));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Relation targets, including through arrays.
     pub fn relation_target(&self) -> Option<&str> {
         match self {
@@ -203,6 +221,9 @@ impl Collection {
                 && let Some(d) = &f.default
             {
                 data.insert(f.name.clone(), d.clone());
+            }
+            if let Some(v) = data.get_mut(&f.name) {
+                f.ty.canonicalize(v);
             }
             match data.get(&f.name) {
                 None | Some(Value::Null) => {
@@ -397,6 +418,20 @@ mod tests {
             ("author", "users", "u1")
         );
         assert_eq!(ok["views"], 0);
+
+        // Numeric relation ids are accepted as given and stored as id strings.
+        let c2 = coll(json!([
+            {"name": "author", "type": "relation", "collection": "users"},
+            {"name": "editors", "type": "array", "items": {"type": "relation", "collection": "users"}},
+        ]));
+        let mut num = json!({"author": 123, "editors": [7, "u8"]})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let rels = c2.validate(&mut num, true).unwrap();
+        assert_eq!(num["author"], "123");
+        assert_eq!(num["editors"], json!(["7", "u8"]));
+        assert_eq!(rels.len(), 3);
 
         let mut bad = json!({"views": 1.5, "tags": [1], "nope": true, "id": "x"})
             .as_object()

@@ -73,7 +73,11 @@ fn arg_id(ctx: &ResolverContext<'_>, name: &str) -> async_graphql::Result<String
 
 fn opt_u64(ctx: &ResolverContext<'_>, name: &str) -> async_graphql::Result<Option<u64>> {
     match ctx.args.get(name) {
-        Some(v) if !v.is_null() => Ok(Some(v.u64()?)),
+        // A negative number is the caller's mistake, not an internal error.
+        Some(v) if !v.is_null() => v
+            .u64()
+            .map(Some)
+            .map_err(|_| bad(format!("'{name}' must be a non-negative integer"))),
         _ => Ok(None),
     }
 }

@@ -1,10 +1,14 @@
-"""Black-box tests of Polyport's HTTP face, driven with ordinary Python clients.
+"""Runs `polyport serve` for the black-box tests: `start_server()` and the `Server` it
+returns, and the pytest fixtures built on them (`spawn`, `blog`, `base_url`, `client`),
+which the conftest.py of both Python suites (crates/http/tests/py and
+crates/graphql/tests/py) re-export. Kept out of conftest.py so that test modules can
+import from it by a name of its own: every conftest.py is imported as `conftest`, which
+is ambiguous once both suites run in one pytest.
 
 Each test gets a fresh `polyport serve` process (port 0, its own temporary data dir) and
 talks to it over real sockets. The binary is `target/debug/polyport` unless the
 `POLYPORT_BIN` environment variable names another one; build it first with
-`cargo build -p polyport`. Set up the clients with `scripts/setup-clients`, then run
-`.venv/bin/pytest -q crates/http/tests/py`.
+`cargo build -p polyport`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SHUTDOWN_TIMEOUT, Server, start_server
+from polyport_server import SHUTDOWN_TIMEOUT, Server, start_server
 
 try:
     from playwright.sync_api import Error as PlaywrightError

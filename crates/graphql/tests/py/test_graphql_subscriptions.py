@@ -1,0 +1,172 @@
+"""Subscriptions through gql's WebsocketsTransport, over both GraphQL websocket
+subprotocols: `graphql-transport-ws` and the legacy `graphql-ws`. A post written over REST
+arrives on `recordChanged` with the same `sequence` SSE reports for it; `events` with
+`since: 0` replays the log, then continues live."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import httpx
+import pytest
+from gql import Client
+from gql.transport.exceptions import TransportQueryError
+
+from graphql_clients import SUBPROTOCOLS, Subscription, code_of, request, ws_transport
+from realtime_clients import TIMEOUT, open_sse
+
+RECORD_CHANGED = """subscription($filter: String) {
+  recordChanged(collection: "posts", filter: $filter) { type operation sequence collection id record }
+}"""
+EVENTS = """subscription($since: Long) {
+  events(topic: "sensors/#", since: $since) { id sequence type subject datacontenttype data }
+}"""
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 45))
+
+
+def async_client(server) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(TIMEOUT, read=30.0))
+
+
+async def next_matching(feed, predicate, what: str, limit: int = 50):
+    for _ in range(limit):
+        item = await feed.next()
+        if predicate(item):
+            return item
+    raise AssertionError(f"{feed.name}: no {what} among {limit} items")
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+def test_record_changed_sees_a_rest_write_with_the_sse_sequence(blog, subprotocol):
+    async def scenario():
+        async with async_client(blog) as http:
+            sse = await open_sse(http, {"collection": "posts"})
+            transport = ws_transport(blog, subprotocol)
+            async with Client(transport=transport) as session:
+                assert transport.subprotocol == subprotocol  # negotiated, not a fallback
+                sub = Subscription(session, RECORD_CHANGED)
+                probes = itertools.count()
+
+                async def probe():
+                    r = await http.post("/api/collections/posts/records", json={"title": f"probe {next(probes)}", "author": "123"})
+                    assert r.status_code == 201, r.text
+
+                await sub.wait_live(probe)
+
+                r = await http.post("/api/collections/posts/records", json={"title": "seen everywhere", "author": "123"})
+                assert r.status_code == 201, r.text
+                post = r.json()
+
+                change = await next_matching(sub, lambda d: d["recordChanged"]["id"] == post["id"], "change of the new post")
+                change = change["recordChanged"]
+                assert change["type"] == "posts.created" and change["operation"] == "created"
+                assert change["collection"] == "posts"
+                assert change["record"]["title"] == "seen everywhere"
+                assert change["record"]["version"] == 1
+
+                ev = await next_matching(sse, lambda e: json.loads(e.data)["data"]["record"]["id"] == post["id"], "SSE event of the new post")
+                cloudevent = json.loads(ev.data)
+                assert change["sequence"] == cloudevent["sequence"] == int(ev.id)
+                assert isinstance(change["sequence"], int) and change["sequence"] > 0
+
+                # an update of that post arrives next, with a later sequence, and the
+                # filter argument narrows what is delivered
+                sub2 = Subscription(session, RECORD_CHANGED, filter='title = "seen everywhere"')
+                await sub2.wait_live(lambda: http.patch(f"/api/collections/posts/records/{post['id']}", json={"body": "probe"}))
+                r = await http.patch(f"/api/collections/posts/records/{post['id']}", json={"body": "edited"})
+                assert r.status_code == 200, r.text
+                upd = await next_matching(sub2, lambda d: d["recordChanged"]["record"].get("body") == "edited", "update")
+                upd = upd["recordChanged"]
+                assert upd["operation"] == "updated" and upd["sequence"] > change["sequence"]
+                assert upd["record"]["version"] == r.json()["version"]
+                await probe()  # not matching the filter: sub2 must not see it
+                await asyncio.sleep(0.3)
+                while not sub2.queue.empty():
+                    assert sub2.queue.get_nowait()["recordChanged"]["id"] == post["id"]
+                await sub.close()
+                await sub2.close()
+            await sse.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+def test_events_since_zero_replays_then_continues_live(blog, subprotocol):
+    async def publish(http, topic, body) -> int:
+        r = await http.post(f"/api/topics/{topic}", json=body)
+        assert r.status_code == 202, r.text
+        return r.json()["sequence"]
+
+    async def scenario():
+        async with async_client(blog) as http:
+            earlier = [await publish(http, "sensors/temp", {"c": 20}), await publish(http, "sensors/hall/door", {"open": True})]
+            await publish(http, "other/topic", {"not": "mine"})
+
+            transport = ws_transport(blog, subprotocol)
+            async with Client(transport=transport) as session:
+                assert transport.subprotocol == subprotocol
+                sub = Subscription(session, EVENTS, since=0)
+                replayed = [(await sub.next())["events"] for _ in range(2)]
+                assert [e["sequence"] for e in replayed] == earlier
+                assert [e["subject"] for e in replayed] == ["sensors/temp", "sensors/hall/door"]
+                assert [e["data"] for e in replayed] == [{"c": 20}, {"open": True}]
+                assert all(e["type"] == "polyport.message" and e["id"] for e in replayed)
+
+                live = await publish(http, "sensors/temp", {"c": 21})
+                await publish(http, "other/topic", {"not": "mine"})
+                last = await publish(http, "sensors/temp", {"c": 22})
+                got = [(await sub.next())["events"] for _ in range(2)]
+                assert [(e["sequence"], e["data"]) for e in got] == [(live, {"c": 21}), (last, {"c": 22})]
+                assert sub.queue.empty()
+
+                # resuming from a known sequence replays only what came after it
+                resumed = Subscription(session, EVENTS, since=earlier[1])
+                again = [(await resumed.next())["events"]["sequence"] for _ in range(2)]
+                assert again == [live, last]
+                await sub.close()
+                await resumed.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+def test_subscription_errors_carry_codes_and_the_connection_stays_usable(blog, subprotocol):
+    cases = [
+        ('subscription { events(topic: "a/#/b") { sequence } }', "invalid_topic"),
+        ('subscription { events(topic: "sensors/#", since: 999999) { sequence } }', "position_unavailable"),
+        ('subscription { events(topic: "sensors/#", since: -1) { sequence } }', "invalid_request"),
+        ('subscription { recordChanged(collection: "posts", filter: "title ~") { sequence } }', "invalid_filter"),
+        ("subscription { nope { sequence } }", None),  # unknown field: rejected by validation
+    ]
+
+    async def first_error(session, text):
+        try:
+            async for data in session.subscribe(request(text)):
+                raise AssertionError(f"{text}: got {data!r} instead of an error")
+        except TransportQueryError as e:
+            assert e.errors and e.errors[0]["message"], e
+            return e.errors
+        raise AssertionError(f"{text}: the subscription ended without an error")
+
+    async def scenario():
+        transport = ws_transport(blog, subprotocol)
+        async with Client(transport=transport) as session:
+            for text, code in cases:
+                errors = await asyncio.wait_for(first_error(session, text), TIMEOUT)
+                if code is not None:
+                    assert code_of(errors[0]) == code, (text, errors)
+            # the same connection still serves queries and subscriptions
+            assert await session.execute(request("{ user(id: 123) { username } }")) == {"user": {"username": "john_doe"}}
+            async with async_client(blog) as http:
+                r = await http.post("/api/topics/sensors/x", json={"ok": True})
+                assert r.status_code == 202, r.text
+            sub = Subscription(session, EVENTS, since=0)
+            assert (await sub.next())["events"]["data"] == {"ok": True}
+            await sub.close()
+
+    run(scenario())
