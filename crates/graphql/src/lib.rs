@@ -12,6 +12,7 @@
 //! | batched relation loading | `loaders.rs` |
 //! | HTTP, WebSocket, GraphiQL, SDL | this file |
 
+mod errors;
 mod loaders;
 mod names;
 mod schema;
@@ -22,6 +23,7 @@ use arc_swap::ArcSwap;
 use async_graphql::dataloader::DataLoader;
 use async_graphql::dynamic::Schema;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
@@ -139,13 +141,62 @@ async fn rebuild_on_change(hub: Hub, cfg: GraphqlConfig, swap: Arc<ArcSwap<Schem
     }
 }
 
-async fn post_graphql(State(s): State<GqlState>, req: GraphQLRequest) -> GraphQLResponse {
+async fn post_graphql(
+    State(s): State<GqlState>,
+    headers: HeaderMap,
+    req: Result<GraphQLRequest, GraphQLRejection>,
+) -> Response {
+    let req = match req {
+        Ok(r) => r,
+        Err(rej) => return rejection(rej),
+    };
     let schema = s.schema();
     let (a, b) = s.loaders();
-    schema
-        .execute(req.into_inner().data(a).data(b))
-        .await
-        .into()
+    let resp = schema.execute(req.into_inner().data(a).data(b)).await;
+    // GraphQL-over-HTTP: with `application/graphql-response+json`, a request that never
+    // executed (parse or validation failure) is a 400; legacy `application/json` stays 200.
+    let request_error = resp.data == async_graphql::Value::Null
+        && resp.errors.iter().any(|e| {
+            e.extensions
+                .as_ref()
+                .and_then(|x| x.get("code"))
+                .is_some_and(|c| {
+                    *c == async_graphql::Value::from(errors::PARSE_FAILED)
+                        || *c == async_graphql::Value::from(errors::VALIDATION_FAILED)
+                })
+        });
+    let modern = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/graphql-response+json"));
+    let mut out = GraphQLResponse::from(resp).into_response();
+    if request_error && modern {
+        *out.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+    }
+    out
+}
+
+/// A body that is not a GraphQL request gets a GraphQL-shaped error, not debug text.
+fn rejection(rej: GraphQLRejection) -> Response {
+    let (status, msg) = match rej.0 {
+        async_graphql::ParseRequestError::PayloadTooLarge => (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large".to_string(),
+        ),
+        other => (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("not a GraphQL request: {other}"),
+        ),
+    };
+    let body = serde_json::json!({
+        "errors": [{"message": msg, "extensions": {"code": "bad_request"}}]
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// GET: a WebSocket upgrade (subscriptions, both `graphql-transport-ws` and the legacy
@@ -191,10 +242,8 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         .into_response();
     }
     let req = Request::from_parts(parts, body);
-    match <GraphQLRequest as axum::extract::FromRequest<GqlState>>::from_request(req, &s).await {
-        Ok(q) => post_graphql(State(s), q).await.into_response(),
-        Err(rej) => rej.into_response(),
-    }
+    let q = <GraphQLRequest as axum::extract::FromRequest<GqlState>>::from_request(req, &s).await;
+    post_graphql(State(s), headers, q).await
 }
 
 async fn sdl(State(s): State<GqlState>) -> Response {

@@ -941,6 +941,7 @@ pub(crate) fn build(
         .register(query)
         .register(mutation)
         .data(hub.clone())
+        .extension(crate::errors::ErrorShape)
         .limit_depth(cfg.max_depth)
         .limit_complexity(cfg.max_complexity);
     for t in types {
