@@ -167,9 +167,12 @@ async fn rebuild_on_change(hub: Hub, state: GrpcState) {
         let rebuilt = Catalog::build(&colls).and_then(|c| Ok((builtins(&c)?, c)));
         match rebuilt {
             Ok((b, c)) => {
-                report_serving(&state.reporter, &c).await;
+                // Routes first: a client that sees a new service in reflection or health
+                // must be able to call it at once.
+                let c = Arc::new(c);
+                state.catalog.store(c.clone());
                 state.builtins.store(Arc::new(b));
-                state.catalog.store(Arc::new(c));
+                report_serving(&state.reporter, &c).await;
                 tracing::debug!(collections = colls.len(), "gRPC catalog rebuilt");
             }
             Err(e) => {

@@ -3,6 +3,7 @@ and health — the way grpcurl, Postman or Evans discover a server with no .prot
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -91,13 +92,13 @@ def test_v1_reflection_unknown_symbol_is_not_found(channel):
 
 def test_collection_created_over_rest_appears_in_reflection(pb, channel, http):
     name = "gadgets"  # new on this module's server
+    message, service = "Gadget", "polyport.collections.GadgetService"
+    assert service not in set(ProtoReflectionDescriptorDatabase(channel).get_services())
     r = http.post("/api/collections", json={"name": name, "fields": [
         {"name": "label", "type": "text", "required": True},
         {"name": "weight", "type": "number"},
     ]})
     assert r.status_code == 201, r.text
-    message, service = "Gadget", "polyport.collections.GadgetService"
-    assert service not in set(ProtoReflectionDescriptorDatabase(channel).get_services())
 
     deadline = time.monotonic() + 5
     while True:
@@ -143,3 +144,28 @@ def test_health_watch_streams_current_status(channel):
         assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         stream.cancel()
+
+
+def test_new_service_is_callable_as_soon_as_health_says_serving(channel, http):
+    # Regression: the catalog swap used to report SERVING (and publish reflection) before
+    # the new routes were in place, so an eager client got UNIMPLEMENTED now and then.
+    health = health_pb2_grpc.HealthStub(channel)
+    for i in range(15):
+        name, message = f"eager{i}s", f"Eager{i}"
+        service = f"polyport.collections.{message}Service"
+        create = channel.unary_unary(f"/{service}/Create{message}", request_serializer=lambda b: b,
+                                     response_deserializer=lambda b: b)
+        done = threading.Event()
+        threading.Thread(target=lambda: (http.post("/api/collections", json={
+            "name": name, "fields": [{"name": "label", "type": "text"}]}), done.set()), daemon=True).start()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.NOT_FOUND, e
+            assert time.monotonic() < deadline, f"{service} never became SERVING"
+        create(b"\x52\x01x", timeout=TIMEOUT)  # label = "x" (field 10, length-delimited)
+        assert done.wait(TIMEOUT)
