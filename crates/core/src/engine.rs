@@ -18,6 +18,7 @@ use crate::query::{ListQuery, Page};
 use crate::record::Record;
 use crate::schema::{Collection, CollectionSpec};
 use crate::topic::Topic;
+use crate::webhook::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Endpoint};
 
 /// A snapshot of all collections by name.
 pub type CollectionMap = BTreeMap<String, Arc<Collection>>;
@@ -102,6 +103,28 @@ pub enum WriteCommand {
         /// Who published.
         origin: Origin,
     },
+    /// Create or replace a webhook endpoint (the Hub fills id, secret and times).
+    PutEndpoint(Box<Endpoint>),
+    /// Delete a webhook endpoint with its deliveries and attempts.
+    DeleteEndpoint(String),
+    /// Record one delivery attempt and what follows from it.
+    RecordAttempt {
+        /// The endpoint.
+        endpoint_id: String,
+        /// The event's sequence.
+        seq: u64,
+        /// The attempt log entry.
+        attempt: Attempt,
+        /// The decision.
+        outcome: AttemptOutcome,
+    },
+    /// Put deliveries of an endpoint (back) in the queue, due now.
+    Redeliver {
+        /// The endpoint.
+        endpoint_id: String,
+        /// Which.
+        which: Redeliver,
+    },
     /// Persist a consumer group's acknowledged position.
     SaveConsumer {
         /// Group key.
@@ -109,6 +132,18 @@ pub enum WriteCommand {
         /// Everything up to and including this sequence is acknowledged.
         position: u64,
     },
+}
+
+/// Which deliveries to queue again.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Redeliver {
+    /// One event.
+    One(u64),
+    /// Every dead-lettered delivery.
+    Dead,
+    /// Every matching event in the log after this sequence (recovery after an outage);
+    /// existing deliveries are reset, missing ones created.
+    Since(u64),
 }
 
 /// What a write produced.
@@ -134,6 +169,10 @@ pub enum WriteOutcome {
     },
     /// An event was appended.
     Published(EventRef),
+    /// A webhook endpoint was written.
+    Endpoint(Arc<Endpoint>),
+    /// How many deliveries were (re)queued.
+    Requeued(u64),
     /// Nothing to return.
     Done,
 }
@@ -153,6 +192,23 @@ pub trait Store: Send + Sync + 'static {
     async fn read_events(&self, after: u64, limit: usize) -> HubResult<Vec<EventRef>>;
     /// A consumer group's saved position.
     async fn load_consumer(&self, key: &str) -> HubResult<Option<u64>>;
+    /// Deliveries of an endpoint, newest first, optionally of one status, before `before`
+    /// (a sequence) for paging.
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        status: Option<DeliveryStatus>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> HubResult<Vec<Delivery>>;
+    /// The oldest pending delivery of an endpoint (deliveries are ordered per endpoint).
+    async fn next_delivery(&self, endpoint_id: &str) -> HubResult<Option<Delivery>>;
+    /// One delivery.
+    async fn get_delivery(&self, endpoint_id: &str, seq: u64) -> HubResult<Option<Delivery>>;
+    /// The attempt log of a delivery, oldest first.
+    async fn list_attempts(&self, endpoint_id: &str, seq: u64) -> HubResult<Vec<Attempt>>;
+    /// All webhook endpoints, as of now.
+    fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>>;
     /// All collections, as of now.
     fn collections(&self) -> Arc<CollectionMap>;
     /// Where the log stands, as of now.

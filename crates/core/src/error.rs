@@ -19,6 +19,9 @@ pub enum HubError {
         /// Id.
         id: String,
     },
+    /// Some other named thing (a webhook endpoint, a delivery) does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
     /// A collection or record with that name/id exists already.
     #[error("{0} already exists")]
     AlreadyExists(String),
@@ -109,6 +112,7 @@ impl HubError {
         match self {
             HubError::CollectionNotFound(_) => "collection_not_found",
             HubError::RecordNotFound { .. } => "record_not_found",
+            HubError::NotFound(_) => "not_found",
             HubError::AlreadyExists(_) => "already_exists",
             HubError::Validation(_) => "validation_failed",
             HubError::Conflict(_) => "unique_violation",

@@ -60,20 +60,21 @@ pub struct PublishReceipt {
     pub event: EventRef,
 }
 
-struct HubInner {
-    store: Arc<dyn Store>,
+pub(crate) struct HubInner {
+    pub(crate) store: Arc<dyn Store>,
     bus: Bus,
     groups: Arc<Groups>,
     policy: Box<dyn Policy>,
     config: HubConfig,
     shutdown: CancellationToken,
     collections_gen: watch::Sender<u64>,
+    pub(crate) url_guard: parking_lot::RwLock<Option<Arc<dyn crate::webhook::UrlGuard>>>,
 }
 
 /// The facade.
 #[derive(Clone)]
 pub struct Hub {
-    inner: Arc<HubInner>,
+    pub(crate) inner: Arc<HubInner>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -104,6 +105,7 @@ impl Hub {
                 config,
                 shutdown: CancellationToken::new(),
                 collections_gen: watch::Sender::new(0),
+                url_guard: parking_lot::RwLock::new(None),
             }),
         }
     }
@@ -119,11 +121,11 @@ impl Hub {
         self.inner.store.close().await;
     }
 
-    fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> HubResult<()> {
+    pub(crate) fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> HubResult<()> {
         self.inner.policy.authorize(ctx, action)
     }
 
-    async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome> {
+    pub(crate) async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome> {
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
@@ -661,6 +663,6 @@ fn expect_record(out: WriteOutcome) -> HubResult<(Record, bool)> {
     }
 }
 
-fn unexpected(out: WriteOutcome) -> HubError {
+pub(crate) fn unexpected(out: WriteOutcome) -> HubError {
     HubError::Storage(format!("engine returned an unexpected outcome: {out:?}"))
 }

@@ -23,6 +23,8 @@ pub mod record;
 pub mod schema;
 pub mod subscription;
 pub mod topic;
+pub mod webhook;
+mod webhook_hub;
 
 pub use auth::{AuthContext, Policy};
 pub use bus::Bus;

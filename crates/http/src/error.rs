@@ -76,6 +76,7 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         let status = match &e {
             HubError::CollectionNotFound(_)
+            | HubError::NotFound(_)
             | HubError::RecordNotFound { .. }
             | HubError::AutoCreateDisabled(_) => StatusCode::NOT_FOUND,
             HubError::AlreadyExists(_) | HubError::Conflict(_) => StatusCode::CONFLICT,

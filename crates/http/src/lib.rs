@@ -15,10 +15,12 @@
 //! collections (the collection is a path parameter, its schema is data).
 
 mod error;
+mod hooks;
 mod openapi;
 mod params;
 mod realtime;
 mod rest;
+mod webhooks;
 mod ws;
 
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use hooks::{HookScheme, HookSource, HooksConfig};
 
 /// Renders the Prometheus text exposition (installed by the binary).
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -58,6 +61,8 @@ pub struct HttpConfig {
     pub metrics: Option<MetricsRender>,
     /// Origins browsers may call from (`*` = any); empty disables CORS.
     pub cors_origins: Vec<String>,
+    /// Inbound webhook sources.
+    pub hooks: HooksConfig,
 }
 
 impl Default for HttpConfig {
@@ -71,6 +76,7 @@ impl Default for HttpConfig {
             heartbeat: Duration::from_secs(15),
             metrics: None,
             cors_origins: vec!["*".into()],
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -135,6 +141,37 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
                 .delete(rest::delete_record),
         )
         .route("/api/topics/{*topic}", post(rest::publish))
+        .route(
+            "/api/webhooks/endpoints",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/webhooks/endpoints/{id}",
+            get(webhooks::get)
+                .patch(webhooks::patch)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/api/webhooks/endpoints/{id}/rotate-secret",
+            post(webhooks::rotate),
+        )
+        .route(
+            "/api/webhooks/endpoints/{id}/recover",
+            post(webhooks::recover),
+        )
+        .route(
+            "/api/webhooks/endpoints/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/api/webhooks/endpoints/{id}/deliveries/{seq}",
+            get(webhooks::delivery),
+        )
+        .route(
+            "/api/webhooks/endpoints/{id}/deliveries/{seq}/retry",
+            post(webhooks::retry),
+        )
+        .route("/hooks/{source}", post(hooks::receive))
         .route("/api/events", get(realtime::sse))
         .route("/api/stream", get(realtime::ndjson))
         .route("/api/poll", get(realtime::poll))

@@ -28,7 +28,7 @@ pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     })
 }
 
-fn json_response(status: StatusCode, v: Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: Value) -> Response {
     (
         status,
         [(

@@ -200,3 +200,144 @@ pub(crate) async fn proto(args: ProtoArgs) -> anyhow::Result<()> {
     print!("{}", polyport_grpc::collections_proto(&map));
     Ok(())
 }
+
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum WebhooksCmd {
+    /// Register an endpoint; prints it (with its signing secret).
+    Add {
+        /// The URL to POST to.
+        url: String,
+        /// Event-type filters, e.g. 'posts.*' (repeatable).
+        #[arg(long = "events", value_delimiter = ',')]
+        events: Vec<String>,
+        /// Topic filters, e.g. 'sensors/#' (repeatable).
+        #[arg(long = "topics", value_delimiter = ',')]
+        topics: Vec<String>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List endpoints.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete an endpoint.
+    Rm {
+        /// Endpoint id (ep_…).
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show an endpoint's deliveries with their attempt logs.
+    Deliveries {
+        /// Endpoint id (ep_…).
+        id: String,
+        /// Only pending, delivered or dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let res = req.send().await.context("cannot reach the server")?;
+    let status = res.status();
+    let text = res.text().await?;
+    if !status.is_success() {
+        bail!("server answered {status}: {text}");
+    }
+    if text.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+pub(crate) async fn webhooks(cmd: WebhooksCmd) -> anyhow::Result<()> {
+    let c = reqwest::Client::new();
+    match cmd {
+        WebhooksCmd::Add {
+            url,
+            events,
+            topics,
+            description,
+            server,
+        } => {
+            let body = serde_json::json!({
+                "url": url, "event_types": events, "topics": topics, "description": description,
+            });
+            let v = call(
+                c.post(format!("{}/api/webhooks/endpoints", server.base()))
+                    .json(&body),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        WebhooksCmd::List { server } => {
+            let v = call(c.get(format!("{}/api/webhooks/endpoints", server.base()))).await?;
+            for e in v["items"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<8} {}  events={} topics={}",
+                    e["id"].as_str().unwrap_or(""),
+                    if e["enabled"].as_bool().unwrap_or(false) {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    },
+                    e["url"].as_str().unwrap_or(""),
+                    e["event_types"],
+                    e["topics"],
+                );
+            }
+        }
+        WebhooksCmd::Rm { id, server } => {
+            call(c.delete(format!("{}/api/webhooks/endpoints/{id}", server.base()))).await?;
+            println!("deleted {id}");
+        }
+        WebhooksCmd::Deliveries {
+            id,
+            status,
+            limit,
+            server,
+        } => {
+            let base = server.base();
+            let mut url = format!("{base}/api/webhooks/endpoints/{id}/deliveries?limit={limit}");
+            if let Some(s) = status {
+                url.push_str(&format!("&status={s}"));
+            }
+            let v = call(c.get(url)).await?;
+            for d in v["items"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  seq {}  {}  {}  attempts {}",
+                    d["id"].as_str().unwrap_or(""),
+                    d["seq"],
+                    d["event_type"].as_str().unwrap_or(""),
+                    d["status"].as_str().unwrap_or(""),
+                    d["attempts"],
+                );
+                let seq = d["seq"].as_u64().unwrap_or(0);
+                let detail = call(c.get(format!(
+                    "{base}/api/webhooks/endpoints/{id}/deliveries/{seq}"
+                )))
+                .await?;
+                for a in detail["attempt_log"].as_array().into_iter().flatten() {
+                    println!(
+                        "    #{} {}  status {}  {} ms  {}",
+                        a["number"],
+                        a["at"].as_str().unwrap_or(""),
+                        a["status"],
+                        a["latency_ms"],
+                        a["error"].as_str().unwrap_or(""),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -18,7 +18,37 @@ pub(crate) struct Config {
     pub(crate) http: HttpSection,
     pub(crate) graphql: GraphqlSection,
     pub(crate) grpc: GrpcSection,
+    pub(crate) webhooks: WebhooksSection,
+    pub(crate) hooks: polyport_http::HooksConfig,
     pub(crate) events: EventsSection,
+}
+
+/// Outbound webhook delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WebhooksSection {
+    pub(crate) enabled: bool,
+    pub(crate) timeout_secs: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) disable_after_hours: u64,
+    /// Internal networks deliveries may reach (SSRF allowlist), e.g. ["10.0.0.0/8"].
+    pub(crate) allow_networks: Vec<String>,
+    /// Allow public addresses (off confines deliveries to `allow_networks`).
+    pub(crate) allow_public: bool,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        let d = polyport_webhooks::WebhookConfig::default();
+        Self {
+            enabled: true,
+            timeout_secs: d.timeout.as_secs(),
+            max_in_flight: d.max_in_flight,
+            disable_after_hours: d.disable_after.as_secs() / 3600,
+            allow_networks: d.allow_networks,
+            allow_public: d.allow_public,
+        }
+    }
 }
 
 /// gRPC on its own HTTP/2 port.
@@ -95,6 +125,8 @@ impl Default for Config {
             http: HttpSection::default(),
             graphql: GraphqlSection::default(),
             grpc: GrpcSection::default(),
+            webhooks: WebhooksSection::default(),
+            hooks: polyport_http::HooksConfig::default(),
             events: EventsSection::default(),
         }
     }

@@ -38,6 +38,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the .proto of the typed per-collection gRPC services of a running server.
     Proto(cli::ProtoArgs),
+    /// Manage webhook endpoints of a running server.
+    #[command(subcommand)]
+    Webhooks(cli::WebhooksCmd),
 }
 
 /// Flags override `POLYPORT_*` variables, which override `polyport.toml`.
@@ -61,6 +64,12 @@ pub(crate) struct ServeArgs {
     /// Keep at most this many events in the log.
     #[arg(long, env = "POLYPORT_RETENTION_MAX_EVENTS")]
     retention_max_events: Option<u64>,
+    /// Internal networks webhook deliveries may reach (comma-separated CIDRs).
+    #[arg(long, env = "POLYPORT_WEBHOOKS_ALLOW_NETWORKS", value_delimiter = ',')]
+    webhooks_allow_networks: Option<Vec<String>>,
+    /// Whether webhook deliveries may reach public addresses.
+    #[arg(long, env = "POLYPORT_WEBHOOKS_ALLOW_PUBLIC")]
+    webhooks_allow_public: Option<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Command::Sub(args) => cli::subscribe(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Proto(args) => cli::proto(args).await,
+            Command::Webhooks(cmd) => cli::webhooks(cmd).await,
         }
     })
 }

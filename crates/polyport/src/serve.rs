@@ -44,6 +44,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.retention_max_events.is_some() {
         cfg.events.retention_max_events = args.retention_max_events;
     }
+    if let Some(n) = args.webhooks_allow_networks {
+        cfg.webhooks.allow_networks = n.into_iter().filter(|s| !s.is_empty()).collect();
+    }
+    if let Some(p) = args.webhooks_allow_public {
+        cfg.webhooks.allow_public = p;
+    }
 
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -73,6 +79,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..HubConfig::default()
         },
     );
+
+    let webhooks = if cfg.webhooks.enabled {
+        Some(polyport_webhooks::start(
+            &hub,
+            polyport_webhooks::WebhookConfig {
+                timeout: Duration::from_secs(cfg.webhooks.timeout_secs.max(1)),
+                max_in_flight: cfg.webhooks.max_in_flight,
+                disable_after: Duration::from_secs(cfg.webhooks.disable_after_hours * 3600),
+                allow_networks: cfg.webhooks.allow_networks.clone(),
+                allow_public: cfg.webhooks.allow_public,
+            },
+        )?)
+    } else {
+        None
+    };
 
     if let Some(demo) = args.demo.as_deref() {
         crate::demo::seed(&hub, demo).await?;
@@ -112,6 +133,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 heartbeat: Duration::from_secs(cfg.http.heartbeat_secs.max(1)),
                 metrics: Some(Arc::new(move || render.render())),
                 cors_origins: cfg.http.cors_origins.clone(),
+                hooks: cfg.hooks.clone(),
                 ..polyport_http::HttpConfig::default()
             },
             extra,
@@ -176,6 +198,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+    if let Some(w) = webhooks {
+        // In-flight deliveries finish or time out; unfinished ones stay pending.
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, w).await;
     }
     hub.shutdown().await;
     let _ = std::fs::remove_file(&listeners);

@@ -13,6 +13,7 @@
 mod db;
 mod error;
 mod sql;
+mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use polyport_core::engine::{
 };
 use polyport_core::event::EventRef;
 use polyport_core::query::{ListQuery, Page};
+use polyport_core::webhook::{Attempt, Delivery, DeliveryStatus, Endpoint};
 use polyport_core::{HubError, HubResult, Record};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -85,6 +87,7 @@ impl SqliteStore {
         let conn = db::open_writer(&path)?;
         let log = read_log_state(&conn)?;
         let collections = db::load_collections(&conn)?;
+        let endpoints = webhooks::load_endpoints(&conn)?;
         tracing::info!(
             path = %path.display(),
             epoch = %log.epoch,
@@ -95,6 +98,7 @@ impl SqliteStore {
         );
         let shared = Arc::new(Shared {
             collections: ArcSwap::from_pointee(collections),
+            endpoints: ArcSwap::from_pointee(endpoints),
             log: Mutex::new(log),
         });
         let mut readers = Vec::with_capacity(config.readers.max(1));
@@ -367,6 +371,61 @@ impl Store for SqliteStore {
                 .map(|o| o.map(|p| p as u64))
         })
         .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        status: Option<DeliveryStatus>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> HubResult<Vec<Delivery>> {
+        let ep = endpoint_id.to_string();
+        let status = status.map(|s| s.as_str().to_string());
+        let before = before.map(|b| b as i64).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {} FROM webhook_deliveries
+                 WHERE endpoint_id = ?1 AND (?2 IS NULL OR status = ?2) AND seq < ?3
+                 ORDER BY seq DESC LIMIT ?4",
+                webhooks::DELIVERY_COLS
+            ))?;
+            stmt.query_map(
+                params![ep, status, before, limit as i64],
+                webhooks::delivery_from_row,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn next_delivery(&self, endpoint_id: &str) -> HubResult<Option<Delivery>> {
+        let ep = endpoint_id.to_string();
+        self.read(move |conn| webhooks::next_delivery(conn, &ep))
+            .await
+    }
+
+    async fn get_delivery(&self, endpoint_id: &str, seq: u64) -> HubResult<Option<Delivery>> {
+        let ep = endpoint_id.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {} FROM webhook_deliveries WHERE endpoint_id = ?1 AND seq = ?2",
+                webhooks::DELIVERY_COLS
+            ))?
+            .query_row(params![ep, seq as i64], webhooks::delivery_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_attempts(&self, endpoint_id: &str, seq: u64) -> HubResult<Vec<Attempt>> {
+        let ep = endpoint_id.to_string();
+        self.read(move |conn| webhooks::attempts(conn, &ep, seq))
+            .await
+    }
+
+    fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.shared.endpoints.load_full()
     }
 
     fn collections(&self) -> Arc<CollectionMap> {

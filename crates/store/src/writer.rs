@@ -19,12 +19,14 @@ use polyport_core::engine::{
 use polyport_core::event::{DEFAULT_EVENT_TYPE, Event, EventDraft, EventRef, Origin};
 use polyport_core::record::{Record, format_time, merge_patch, new_id};
 use polyport_core::schema::{Collection, CollectionSpec, FieldError, Rule};
+use polyport_core::webhook::Endpoint;
 use polyport_core::{HubError, HubResult};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{RECORD_COLS, record_from_row};
+use crate::webhooks;
 
 /// Work for the writer thread.
 pub(crate) enum Job {
@@ -38,6 +40,7 @@ pub(crate) enum Job {
 /// State the writer publishes for readers on the async side.
 pub(crate) struct Shared {
     pub(crate) collections: ArcSwap<CollectionMap>,
+    pub(crate) endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     pub(crate) log: Mutex<LogState>,
 }
 
@@ -53,6 +56,7 @@ pub struct Retention {
 struct State {
     next_seq: u64,
     collections: CollectionMap,
+    endpoints: Vec<Arc<Endpoint>>,
 }
 
 pub(crate) struct Writer {
@@ -74,9 +78,13 @@ impl Writer {
         retention: Retention,
         max_batch: usize,
     ) -> Self {
-        let (next_seq, collections) = {
+        let (next_seq, collections, endpoints) = {
             let log = shared.log.lock();
-            (log.last_seq + 1, (**shared.collections.load()).clone())
+            (
+                log.last_seq + 1,
+                (**shared.collections.load()).clone(),
+                (**shared.endpoints.load()).clone(),
+            )
         };
         Self {
             conn,
@@ -87,6 +95,7 @@ impl Writer {
             state: State {
                 next_seq,
                 collections,
+                endpoints,
             },
         }
     }
@@ -132,6 +141,7 @@ impl Writer {
         let size = jobs.len();
         let start_seq = self.state.next_seq;
         let start_collections = self.state.collections.clone();
+        let start_endpoints = self.state.endpoints.clone();
         let tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -170,6 +180,7 @@ impl Writer {
                 }
                 _ => None,
             };
+            let endpoints_before = self.state.endpoints.clone();
             let result = savepoint(&tx, |tx| apply(tx, &mut self.state, cmd));
             match &result {
                 Ok(out) => {
@@ -180,6 +191,7 @@ impl Writer {
                 }
                 Err(_) => {
                     self.state.next_seq = seq_before;
+                    self.state.endpoints = endpoints_before;
                     if let Some(name) = new_collection {
                         self.state.collections.remove(&name);
                     }
@@ -203,6 +215,7 @@ impl Writer {
             tracing::error!(error = %msg, "commit failed; batch rolled back");
             self.state.next_seq = start_seq;
             self.state.collections = start_collections;
+            self.state.endpoints = start_endpoints;
             for (reply, _) in results {
                 let _ = reply.send(Err(HubError::Storage(msg.clone())));
             }
@@ -211,6 +224,16 @@ impl Writer {
         metrics::histogram!("polyport_store_batch_size").record(size as f64);
         metrics::histogram!("polyport_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
+        let endpoints_changed = start_endpoints.len() != self.state.endpoints.len()
+            || start_endpoints
+                .iter()
+                .zip(&self.state.endpoints)
+                .any(|(a, b)| !Arc::ptr_eq(a, b));
+        if endpoints_changed {
+            self.shared
+                .endpoints
+                .store(Arc::new(self.state.endpoints.clone()));
+        }
         if collections_changed {
             self.shared
                 .collections
@@ -464,8 +487,37 @@ fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<W
         WriteCommand::Publish { draft, origin } => {
             let seq = take_seq(st);
             let event = Arc::new(event_from_draft(draft, seq, origin));
-            insert_event(tx, &event)?;
+            insert_event(tx, st, &event)?;
             Ok(WriteOutcome::Published(event))
+        }
+        WriteCommand::PutEndpoint(ep) => webhooks::put_endpoint(tx, &mut st.endpoints, *ep),
+        WriteCommand::DeleteEndpoint(id) => webhooks::delete_endpoint(tx, &mut st.endpoints, &id),
+        WriteCommand::RecordAttempt {
+            endpoint_id,
+            seq,
+            attempt,
+            outcome,
+        } => {
+            let draft = webhooks::record_attempt(
+                tx,
+                &mut st.endpoints,
+                &endpoint_id,
+                seq,
+                &attempt,
+                &outcome,
+            )?;
+            match draft {
+                Some(d) => {
+                    let seq = take_seq(st);
+                    let event = Arc::new(event_from_draft(d, seq, webhooks::ORIGIN));
+                    insert_event(tx, st, &event)?;
+                    Ok(WriteOutcome::Published(event))
+                }
+                None => Ok(WriteOutcome::Done),
+            }
+        }
+        WriteCommand::Redeliver { endpoint_id, which } => {
+            webhooks::redeliver(tx, &st.endpoints, &endpoint_id, &which)
         }
         WriteCommand::SaveConsumer { key, position } => {
             tx.execute(
@@ -506,7 +558,8 @@ fn event_from_draft(d: EventDraft, seq: u64, origin: Origin) -> Event {
     )
 }
 
-fn insert_event(tx: &Transaction<'_>, e: &Event) -> HubResult<()> {
+/// Appends an event and, in the same transaction, queues its webhook deliveries.
+fn insert_event(tx: &Transaction<'_>, st: &State, e: &Event) -> HubResult<()> {
     let headers = if e.headers.is_empty() {
         None
     } else {
@@ -530,7 +583,7 @@ fn insert_event(tx: &Transaction<'_>, e: &Event) -> HubResult<()> {
         ])
     })
     .map_err(sql_err)?;
-    Ok(())
+    webhooks::enqueue(tx, &st.endpoints, e)
 }
 
 fn append_change(
@@ -543,7 +596,7 @@ fn append_change(
 ) -> HubResult<EventRef> {
     let seq = take_seq(st);
     let event = Arc::new(change_event(kind, record, previous, seq, origin, now()));
-    insert_event(tx, &event)?;
+    insert_event(tx, st, &event)?;
     Ok(event)
 }
 

@@ -94,6 +94,9 @@ def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Serv
     log_path = data_dir / "server.log"
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
+    # Tests never let webhook deliveries leave this machine.
+    env.setdefault("POLYPORT_WEBHOOKS_ALLOW_PUBLIC", "false")
+    env.setdefault("POLYPORT_WEBHOOKS_ALLOW_NETWORKS", "127.0.0.0/8")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [str(exe), "serve", "--data-dir", str(data_dir), "--http", http,

@@ -46,6 +46,9 @@ impl Server {
             .arg("127.0.0.1:0")
             .args(extra)
             .env("POLYPORT_LOG", "warn")
+            // Tests never let webhook deliveries leave this machine.
+            .env("POLYPORT_WEBHOOKS_ALLOW_PUBLIC", "false")
+            .env("POLYPORT_WEBHOOKS_ALLOW_NETWORKS", "127.0.0.0/8")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().unwrap();

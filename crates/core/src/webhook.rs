@@ -1,0 +1,369 @@
+//! Outbound webhooks as data: endpoints (the registry), deliveries (the durable outbox)
+//! and attempts (the log). The store writes a delivery for every matching endpoint in the
+//! same transaction as the event, so an acknowledged write can never lose its webhook;
+//! the delivery engine (crates/webhooks) only reads and updates these through the Hub.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::schema::{FieldError, Rule};
+use crate::topic::{Topic, TopicFilter};
+
+/// Svix's schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+pub const DEFAULT_RETRY_SCHEDULE: &[u64] = &[5, 300, 1800, 7200, 18000, 36000, 36000];
+
+/// What a client sends to register or change an endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Where to POST (http or https).
+    pub url: String,
+    /// Event types to deliver, with `*` globs (`posts.*`, `*.created`).
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Topic filters to deliver (`sensors/#`).
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Extra headers sent with every delivery.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Disabled endpoints keep their pending deliveries until re-enabled.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Most deliveries per second to this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Seconds to wait before each retry (default [`DEFAULT_RETRY_SCHEDULE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_schedule: Option<Vec<u64>>,
+    /// A `whsec_…` secret to use instead of a generated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A registered endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `ep_…`.
+    pub id: String,
+    /// The definition (its `secret` is the current signing secret).
+    #[serde(flatten)]
+    pub spec: EndpointSpec,
+    /// The secret being rotated out, still signed with until `previous_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<String>,
+    /// End of the rotation overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_until: Option<DateTime<Utc>>,
+    /// Since when every attempt has failed (cleared by a success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Why it was disabled by the server (410, too long failing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Endpoint {
+    /// The secrets to sign with now (two during a rotation overlap).
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(s) = &self.spec.secret {
+            out.push(s.as_str());
+        }
+        if let (Some(p), Some(until)) = (&self.previous_secret, self.previous_until)
+            && now < until
+        {
+            out.push(p.as_str());
+        }
+        out
+    }
+
+    /// The retry schedule in seconds.
+    pub fn retry_schedule(&self) -> &[u64] {
+        self.spec
+            .retry_schedule
+            .as_deref()
+            .unwrap_or(DEFAULT_RETRY_SCHEDULE)
+    }
+
+    /// Whether an event is for this endpoint: any event-type glob or topic filter matches
+    /// (no filters at all means every event).
+    pub fn wants(&self, e: &Event) -> bool {
+        self.wants_parts(&e.event_type, &e.topic)
+    }
+
+    /// [`Endpoint::wants`] from an event's type and topic.
+    pub fn wants_parts(&self, event_type: &str, topic: &Topic) -> bool {
+        let (types, topics) = (&self.spec.event_types, &self.spec.topics);
+        if types.is_empty() && topics.is_empty() {
+            return true;
+        }
+        types.iter().any(|g| glob(g, event_type))
+            || topics
+                .iter()
+                .filter_map(|t| TopicFilter::new(t).ok())
+                .any(|f| f.matches(topic))
+    }
+}
+
+/// `*` matches any run of characters (including dots).
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let mut rest = s;
+    for (i, p) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(p) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(p);
+        } else {
+            match rest.find(p) {
+                Some(pos) => rest = &rest[pos + p.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+impl EndpointSpec {
+    /// Checks the definition; the URL's network safety is checked by the delivery engine
+    /// (it needs DNS), the shape here.
+    pub fn check(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let url = self.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+            errors.push(FieldError::new(
+                "url",
+                Rule::Format,
+                "must be an http:// or https:// URL of at most 2048 characters",
+            ));
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            if TopicFilter::new(t).is_err() {
+                errors.push(FieldError::new(
+                    &format!("topics[{i}]"),
+                    Rule::Format,
+                    "is not a valid topic filter",
+                ));
+            }
+        }
+        for (i, t) in self.event_types.iter().enumerate() {
+            if t.is_empty() || t.len() > 256 {
+                errors.push(FieldError::new(
+                    &format!("event_types[{i}]"),
+                    Rule::Format,
+                    "must be 1-256 characters",
+                ));
+            }
+        }
+        if let Some(s) = &self.secret
+            && !valid_secret(s)
+        {
+            errors.push(FieldError::new(
+                "secret",
+                Rule::Format,
+                "must be whsec_ followed by base64 of 24 to 64 bytes",
+            ));
+        }
+        if let Some(r) = &self.retry_schedule
+            && (r.len() > 20 || r.iter().any(|s| *s > 7 * 24 * 3600))
+        {
+            errors.push(FieldError::new(
+                "retry_schedule",
+                Rule::Format,
+                "at most 20 retries, each at most 7 days",
+            ));
+        }
+        for k in self.headers.keys() {
+            let lower = k.to_ascii_lowercase();
+            if lower.starts_with("webhook-") || lower == "content-type" || lower == "host" {
+                errors.push(FieldError::new(
+                    &format!("headers.{k}"),
+                    Rule::Reserved,
+                    "is set by the server",
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// `whsec_` + base64 of 24..=64 bytes.
+pub fn valid_secret(s: &str) -> bool {
+    use base64::Engine as _;
+    s.strip_prefix("whsec_")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|k| (24..=64).contains(&k.len()))
+}
+
+/// A fresh `whsec_` secret.
+pub fn new_secret() -> String {
+    use base64::Engine as _;
+    let a = ulid::Ulid::new().0.to_le_bytes();
+    let b = ulid::Ulid::new().0.to_le_bytes();
+    let mut key = Vec::with_capacity(32);
+    key.extend_from_slice(&a);
+    key.extend_from_slice(&b);
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// A 2xx answer was received.
+    Delivered,
+    /// Retries are exhausted (the dead-letter list); `retry` puts it back.
+    Dead,
+}
+
+impl DeliveryStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One event to one endpoint. Its `id` (the `webhook-id` header) is derived from the
+/// pair, so it is the same on every retry and every replay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `msg_{endpoint}_{seq}`.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event's sequence.
+    pub seq: u64,
+    /// The event's type.
+    pub event_type: String,
+    /// Status.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// HTTP status of the last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The `webhook-id` of an event for an endpoint.
+pub fn delivery_id(endpoint_id: &str, seq: u64) -> String {
+    format!("msg_{endpoint_id}_{seq}")
+}
+
+/// One attempt's outcome, recorded in the attempt log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The delivery.
+    pub delivery_id: String,
+    /// 1, 2, …
+    pub number: u32,
+    /// When it was made.
+    pub at: DateTime<Utc>,
+    /// HTTP status, when a response arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Round-trip time.
+    pub latency_ms: u64,
+    /// The first KiB of the response body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the engine decided after an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptOutcome {
+    /// 2xx: done.
+    Delivered,
+    /// Try again at this time.
+    RetryAt(DateTime<Utc>),
+    /// Retries exhausted: dead-letter.
+    Dead,
+    /// The endpoint must be disabled (410 Gone, or failing too long); the delivery stays
+    /// pending for when it is re-enabled.
+    DisableEndpoint(String),
+}
+
+/// Decides whether a webhook URL may be called (SSRF protection). The delivery engine
+/// provides the implementation; the Hub asks it at registration so a refused URL is a
+/// validation error up front, not only a failed delivery later.
+#[async_trait::async_trait]
+pub trait UrlGuard: Send + Sync + 'static {
+    /// `Err(reason)` when the URL must not be called.
+    async fn check(&self, url: &str) -> Result<(), String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("posts.*", "posts.created"));
+        assert!(glob("*", "anything"));
+        assert!(glob("*.created", "users.created"));
+        assert!(!glob("posts.*", "users.created"));
+        assert!(glob("posts.created", "posts.created"));
+        assert!(!glob("posts.created", "posts.updated"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(!glob("a*c*e", "abde"));
+    }
+
+    #[test]
+    fn secrets() {
+        let s = new_secret();
+        assert!(valid_secret(&s), "{s}");
+        assert!(!valid_secret("whsec_short"));
+        assert!(!valid_secret("nope"));
+    }
+}

@@ -1,0 +1,321 @@
+//! The delivery loop. One worker per enabled endpoint walks that endpoint's queue in
+//! sequence order, so a slow or dead endpoint only ever delays itself (seed 001: "one
+//! consumer's failure does not add latency to all"); a global semaphore bounds how many
+//! requests are in flight across endpoints. Everything the workers decide is written
+//! back through the Hub, so a crash loses nothing: pending deliveries are simply picked
+//! up again on restart (at-least-once, with a stable `webhook-id`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use polyport_core::webhook::{Attempt, AttemptOutcome, Delivery, Endpoint};
+use polyport_core::{AuthContext, Hub, Origin, SubscribeRequest, TopicFilter};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::WebhookConfig;
+use crate::sign::sign;
+use crate::ssrf::Policy;
+
+fn ctx() -> AuthContext {
+    AuthContext::anonymous(Origin("webhook"))
+}
+
+/// State shared by the supervisor and its workers.
+pub(crate) struct Shared {
+    pub(crate) hub: Hub,
+    pub(crate) client: reqwest::Client,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) cfg: WebhookConfig,
+    /// Signalled on every committed event, so idle workers look for new deliveries.
+    pub(crate) wake: Notify,
+    pub(crate) in_flight: Semaphore,
+}
+
+/// Runs until the hub shuts down.
+pub(crate) async fn supervise(shared: Arc<Shared>) {
+    let shutdown = shared.hub.shutdown_token();
+    tokio::spawn(waker(shared.clone()));
+    let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        workers.retain(|_, h| !h.is_finished());
+        if let Ok(eps) = shared.hub.endpoints(&ctx()) {
+            for ep in eps.iter().filter(|e| e.spec.enabled) {
+                if !workers.contains_key(&ep.id) {
+                    let (s, id) = (shared.clone(), ep.id.clone());
+                    workers.insert(ep.id.clone(), tokio::spawn(worker(s, id)));
+                }
+            }
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    for (_, h) in workers {
+        let _ = h.await;
+    }
+}
+
+/// Turns every durable event into a wake-up for the workers.
+async fn waker(shared: Arc<Shared>) {
+    let Ok(all) = TopicFilter::new("#") else {
+        return;
+    };
+    let req = SubscribeRequest {
+        filters: vec![all],
+        overflow: polyport_core::Overflow::Notify,
+        ..SubscribeRequest::default()
+    };
+    let Ok(mut sub) = shared.hub.subscribe(&ctx(), req).await else {
+        return;
+    };
+    while let Some(item) = sub.next().await {
+        if item.is_err() {
+            break;
+        }
+        shared.wake.notify_waiters();
+    }
+}
+
+async fn worker(shared: Arc<Shared>, endpoint_id: String) {
+    let shutdown = shared.hub.shutdown_token();
+    let mut last_send: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let notified = shared.wake.notified();
+        let Ok(ep) = shared.hub.endpoint(&ctx(), &endpoint_id) else {
+            return;
+        };
+        if !ep.spec.enabled {
+            return;
+        }
+        let next = match shared.hub.next_delivery(&ctx(), &endpoint_id).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint_id, error = %e, "reading the webhook queue failed");
+                None
+            }
+        };
+        let wait = match &next {
+            None => Duration::from_secs(1),
+            Some(d) => due_in(d),
+        };
+        if wait > Duration::ZERO {
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let Some(d) = next else { continue };
+        if let (Some(rate), Some(last)) = (ep.spec.rate_limit.filter(|r| *r > 0), last_send) {
+            let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let since = last.elapsed();
+            if since < gap {
+                tokio::time::sleep(gap - since).await;
+            }
+        }
+        last_send = Some(Instant::now());
+        deliver(&shared, &ep, &d).await;
+    }
+}
+
+fn due_in(d: &Delivery) -> Duration {
+    d.next_attempt_at
+        .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Full-jitter backoff: uniformly random in `[0, base]`.
+fn jitter(base_secs: u64) -> Duration {
+    let ms = base_secs.saturating_mul(1000);
+    Duration::from_millis(if ms == 0 {
+        0
+    } else {
+        rand::random_range(0..=ms)
+    })
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped at a day.
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let d = match v.parse::<u64>() {
+        Ok(s) => Duration::from_secs(s),
+        Err(_) => {
+            let t = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+            (t - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(d.min(Duration::from_secs(24 * 3600)))
+}
+
+async fn deliver(shared: &Shared, ep: &Endpoint, d: &Delivery) {
+    let Ok(_permit) = shared.in_flight.acquire().await else {
+        return;
+    };
+    let number = d.attempts + 1;
+    let now = Utc::now();
+    let started = Instant::now();
+    let mut attempt = Attempt {
+        delivery_id: d.id.clone(),
+        number,
+        at: now,
+        status: None,
+        latency_ms: 0,
+        response: None,
+        error: None,
+    };
+    let event = match shared.hub.event(&ctx(), d.seq).await {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            attempt.error = Some("the event is no longer in the log (retention)".into());
+            record(shared, ep, d, attempt, AttemptOutcome::Dead).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a webhook event failed");
+            return;
+        }
+    };
+    let outcome = match send(shared, ep, d, &event, now).await {
+        Ok((status, headers, excerpt)) => {
+            attempt.status = Some(status);
+            attempt.response = excerpt;
+            if (200..300).contains(&status) {
+                AttemptOutcome::Delivered
+            } else if status == 410 {
+                AttemptOutcome::DisableEndpoint("the endpoint answered 410 Gone".into())
+            } else {
+                attempt.error = Some(format!("HTTP {status}"));
+                let hint = if matches!(status, 429 | 503) {
+                    retry_after(&headers)
+                } else {
+                    None
+                };
+                failure(shared, ep, number, hint)
+            }
+        }
+        Err(e) => {
+            attempt.error = Some(e);
+            failure(shared, ep, number, None)
+        }
+    };
+    attempt.latency_ms = started.elapsed().as_millis() as u64;
+    metrics::histogram!("polyport_webhook_latency_seconds").record(started.elapsed().as_secs_f64());
+    record(shared, ep, d, attempt, outcome).await;
+}
+
+/// What a failed attempt leads to.
+fn failure(
+    shared: &Shared,
+    ep: &Endpoint,
+    number: u32,
+    retry_after: Option<Duration>,
+) -> AttemptOutcome {
+    if let Some(since) = ep.failing_since
+        && (Utc::now() - since).to_std().unwrap_or_default() > shared.cfg.disable_after
+    {
+        return AttemptOutcome::DisableEndpoint(format!(
+            "every attempt failed for more than {} hours",
+            shared.cfg.disable_after.as_secs() / 3600
+        ));
+    }
+    let schedule = ep.retry_schedule();
+    let Some(base) = schedule.get(number as usize - 1) else {
+        return AttemptOutcome::Dead;
+    };
+    let delay = retry_after.unwrap_or_else(|| jitter(*base));
+    AttemptOutcome::RetryAt(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
+}
+
+async fn record(
+    shared: &Shared,
+    ep: &Endpoint,
+    d: &Delivery,
+    attempt: Attempt,
+    outcome: AttemptOutcome,
+) {
+    let label = match &outcome {
+        AttemptOutcome::Delivered => "delivered",
+        AttemptOutcome::RetryAt(_) => "retry",
+        AttemptOutcome::Dead => "dead",
+        AttemptOutcome::DisableEndpoint(_) => "disabled",
+    };
+    metrics::counter!("polyport_webhook_attempts_total", "outcome" => label).increment(1);
+    if let AttemptOutcome::DisableEndpoint(reason) = &outcome {
+        tracing::warn!(endpoint = %ep.id, url = %ep.spec.url, %reason, "webhook endpoint disabled");
+    }
+    if let Err(e) = shared
+        .hub
+        .record_attempt(&ctx(), &ep.id, d.seq, attempt, outcome)
+        .await
+    {
+        tracing::error!(endpoint = %ep.id, seq = d.seq, error = %e, "recording a webhook attempt failed");
+    }
+}
+
+/// One signed POST. Returns status, headers and the first KiB of the body.
+async fn send(
+    shared: &Shared,
+    ep: &Endpoint,
+    d: &Delivery,
+    event: &polyport_core::EventRef,
+    now: DateTime<Utc>,
+) -> Result<(u16, reqwest::header::HeaderMap, Option<String>), String> {
+    // IP-literal hosts bypass the resolver, so vet them here every time.
+    let url = shared.policy.check_literal(&ep.spec.url)?;
+    let body = event.cloudevent_json().clone();
+    let ts = now.timestamp();
+    let signatures: Vec<String> = ep
+        .signing_secrets(now)
+        .into_iter()
+        .filter_map(|s| sign(s, &d.id, ts, &body))
+        .collect();
+    let mut req = shared
+        .client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", &d.id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signatures.join(" "))
+        .timeout(shared.cfg.timeout);
+    for (k, v) in &ep.spec.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let res = req.body(body).send().await.map_err(describe)?;
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let excerpt = match tokio::time::timeout(Duration::from_secs(2), res.bytes()).await {
+        Ok(Ok(b)) if !b.is_empty() => {
+            let n = b.len().min(1024);
+            Some(String::from_utf8_lossy(&b[..n]).into_owned())
+        }
+        _ => None,
+    };
+    Ok((status, headers, excerpt))
+}
+
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_redirect() {
+        "redirect (not followed)"
+    } else {
+        "request failed"
+    };
+    let mut msg = format!("{kind}: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
