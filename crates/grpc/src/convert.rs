@@ -29,6 +29,7 @@ pub(crate) fn from_json(desc: &MessageDescriptor, v: Value) -> Result<DynamicMes
 pub(crate) fn status(e: HubError) -> Status {
     let code = match &e {
         HubError::CollectionNotFound(_)
+        | HubError::NotFound(_)
         | HubError::RecordNotFound { .. }
         | HubError::AutoCreateDisabled(_) => Code::NotFound,
         HubError::AlreadyExists(_) | HubError::Conflict(_) => Code::AlreadyExists,
