@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 mod fanout;
 mod graphql;
 mod grpc;
+mod webhooks;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -68,6 +69,15 @@ enum Which {
         #[arg(long, default_value_t = 500)]
         writes: usize,
     },
+    /// Signed webhook deliveries/s through the durable outbox vs a bare HTTP client.
+    Webhooks {
+        /// Events per run.
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Endpoints (each delivers in order; endpoints run in parallel).
+        #[arg(long, default_value_t = 4)]
+        endpoints: usize,
+    },
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -80,6 +90,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             concurrency,
         } => http(Duration::from_secs(duration), concurrency).await,
         Which::Fanout(a) => fanout::run(a).await,
+        Which::Webhooks { events, endpoints } => webhooks::run(events, endpoints).await,
         Which::Graphql {
             users,
             duration,
@@ -119,6 +130,14 @@ impl TestServer {
             polyport_http::router_with(hub.clone(), polyport_http::HttpConfig::default(), graphql);
         let s = stop.clone();
         tokio::spawn(async move { polyport_http::serve(listener, app, s).await });
+        polyport_webhooks::start(
+            &hub,
+            polyport_webhooks::WebhookConfig {
+                allow_networks: vec!["127.0.0.0/8".into()],
+                allow_public: false,
+                ..polyport_webhooks::WebhookConfig::default()
+            },
+        )?;
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let grpc = polyport_grpc::router(hub.clone(), polyport_grpc::GrpcConfig::default()).await?;
