@@ -16,6 +16,7 @@ use polyport_core::engine::CollectionMap;
 use polyport_core::query::{Filter, ListQuery, parse_sort};
 use polyport_core::record::format_time;
 use polyport_core::schema::{Collection, FieldType};
+use polyport_core::webhook::Endpoint;
 use polyport_core::{
     AuthContext, EventRef, Hub, HubError, Item, Notice, Origin, Page, Record, RecordSelector,
     SubscribeRequest, TopicFilter,
@@ -890,6 +891,144 @@ fn item_stream(
     })
 }
 
+fn webhook_type() -> Object {
+    fn ep<'a>(ctx: &'a ResolverContext<'_>) -> async_graphql::Result<&'a Arc<Endpoint>> {
+        ctx.parent_value.try_downcast_ref::<Arc<Endpoint>>()
+    }
+    let f = |name: &str, ty: TypeRef, get: fn(&Endpoint) -> Option<Value>| {
+        Field::new(name, ty, move |ctx| {
+            FieldFuture::new(async move { Ok(get(ep(&ctx)?)) })
+        })
+    };
+    Object::new("WebhookEndpoint")
+        .description("A registered webhook endpoint")
+        .field(f("id", TypeRef::named_nn(TypeRef::ID), |e| {
+            Some(Value::from(e.id.clone()))
+        }))
+        .field(f("url", TypeRef::named_nn(TypeRef::STRING), |e| {
+            Some(Value::from(e.spec.url.clone()))
+        }))
+        .field(f(
+            "event_types",
+            TypeRef::named_nn_list_nn(TypeRef::STRING),
+            |e| {
+                Some(Value::List(
+                    e.spec
+                        .event_types
+                        .iter()
+                        .map(|s| Value::from(s.clone()))
+                        .collect(),
+                ))
+            },
+        ))
+        .field(f(
+            "topics",
+            TypeRef::named_nn_list_nn(TypeRef::STRING),
+            |e| {
+                Some(Value::List(
+                    e.spec
+                        .topics
+                        .iter()
+                        .map(|s| Value::from(s.clone()))
+                        .collect(),
+                ))
+            },
+        ))
+        .field(f("enabled", TypeRef::named_nn(TypeRef::BOOLEAN), |e| {
+            Some(Value::from(e.spec.enabled))
+        }))
+        .field(f("description", TypeRef::named(TypeRef::STRING), |e| {
+            e.spec.description.clone().map(Value::from)
+        }))
+        .field(f("secret", TypeRef::named(TypeRef::STRING), |e| {
+            e.spec.secret.clone().map(Value::from)
+        }))
+        .field(f("disabled_reason", TypeRef::named(TypeRef::STRING), |e| {
+            e.disabled_reason.clone().map(Value::from)
+        }))
+        .field(f("created_at", TypeRef::named_nn("DateTime"), |e| {
+            Some(Value::from(format_time(&e.created_at)))
+        }))
+        .field(f("updated_at", TypeRef::named_nn("DateTime"), |e| {
+            Some(Value::from(format_time(&e.updated_at)))
+        }))
+}
+
+fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Object, Object) {
+    let h = hub.clone();
+    let query = query.field(Field::new(
+        "webhookEndpoints",
+        TypeRef::named_nn_list_nn("WebhookEndpoint"),
+        move |_| {
+            let h = h.clone();
+            FieldFuture::new(async move {
+                let eps = h.endpoints(&actx()).map_err(gql_err)?;
+                Ok(Some(FieldValue::list(
+                    eps.iter()
+                        .cloned()
+                        .map(FieldValue::owned_any)
+                        .collect::<Vec<_>>(),
+                )))
+            })
+        },
+    ));
+    let h = hub.clone();
+    let create = Field::new("createWebhookEndpoint", TypeRef::named_nn("WebhookEndpoint"), move |ctx| {
+        let h = h.clone();
+        FieldFuture::new(async move {
+            let v = ctx.args.try_get("input")?.as_value().clone().into_json().map_err(|e| bad(e.to_string()))?;
+            let spec: polyport_core::webhook::EndpointSpec =
+                serde_json::from_value(v).map_err(|e| bad(format!("invalid endpoint: {e}")))?;
+            let ep = h.create_endpoint(&actx(), spec).await.map_err(gql_err)?;
+            Ok(Some(FieldValue::owned_any(ep)))
+        })
+    })
+    .argument(InputValue::new("input", TypeRef::named_nn("JSON")).description("{url, event_types, topics, headers, enabled, description, rate_limit, retry_schedule, secret}"));
+    let h = hub.clone();
+    let update = Field::new(
+        "updateWebhookEndpoint",
+        TypeRef::named_nn("WebhookEndpoint"),
+        move |ctx| {
+            let h = h.clone();
+            FieldFuture::new(async move {
+                let id = arg_id(&ctx, "id")?;
+                let patch = ctx
+                    .args
+                    .try_get("patch")?
+                    .as_value()
+                    .clone()
+                    .into_json()
+                    .map_err(|e| bad(e.to_string()))?;
+                let ep = h
+                    .update_endpoint(&actx(), &id, patch)
+                    .await
+                    .map_err(gql_err)?;
+                Ok(Some(FieldValue::owned_any(ep)))
+            })
+        },
+    )
+    .argument(InputValue::new("id", TypeRef::named_nn(TypeRef::ID)))
+    .argument(
+        InputValue::new("patch", TypeRef::named_nn("JSON"))
+            .description("JSON Merge Patch of the definition"),
+    );
+    let h = hub.clone();
+    let delete = Field::new(
+        "deleteWebhookEndpoint",
+        TypeRef::named_nn(TypeRef::BOOLEAN),
+        move |ctx| {
+            let h = h.clone();
+            FieldFuture::new(async move {
+                let id = arg_id(&ctx, "id")?;
+                h.delete_endpoint(&actx(), &id).await.map_err(gql_err)?;
+                Ok(Some(Value::from(true)))
+            })
+        },
+    )
+    .argument(InputValue::new("id", TypeRef::named_nn(TypeRef::ID)));
+    (query, mutation.field(create).field(update).field(delete))
+}
+
 /// Builds the schema for the current collections.
 pub(crate) fn build(
     hub: &Hub,
@@ -909,27 +1048,16 @@ pub(crate) fn build(
         query = query_fields(hub, c, n, cfg.max_page_size, query);
         mutation = mutation_fields(hub, c, n, mutation);
     }
-    if colls.is_empty() {
-        // A schema needs at least one field per root type.
-        query = query.field(Field::new(
+    let list: Vec<Value> = colls.keys().map(|k| Value::from(k.clone())).collect();
+    query = query.field(
+        Field::new(
             "collections",
             TypeRef::named_nn_list_nn(TypeRef::STRING),
-            |_| FieldFuture::new(async move { Ok(Some(Value::List(Vec::new()))) }),
-        ));
-        mutation = mutation.field(Field::new("noop", TypeRef::named(TypeRef::BOOLEAN), |_| {
-            FieldFuture::from_value(None)
-        }));
-    } else {
-        let list: Vec<Value> = colls.keys().map(|k| Value::from(k.clone())).collect();
-        query = query.field(
-            Field::new(
-                "collections",
-                TypeRef::named_nn_list_nn(TypeRef::STRING),
-                move |_| FieldFuture::from_value(Some(Value::List(list.clone()))),
-            )
-            .description("names of all collections"),
-        );
-    }
+            move |_| FieldFuture::from_value(Some(Value::List(list.clone()))),
+        )
+        .description("names of all collections"),
+    );
+    let (query, mutation) = webhook_fields(hub, query, mutation);
     let mut b = Schema::build("Query", Some("Mutation"), Some("Subscription"))
         .register(Scalar::new("JSON").description("Any JSON value"))
         .register(Scalar::new("Long").description("A 64-bit integer, as a JSON number"))
@@ -937,6 +1065,7 @@ pub(crate) fn build(
         .register(page_info_type())
         .register(event_type())
         .register(record_change_type())
+        .register(webhook_type())
         .register(subscription(hub))
         .register(query)
         .register(mutation)

@@ -102,6 +102,17 @@ enum Request {
         #[serde(default)]
         version: Option<u64>,
     },
+    WebhookList {},
+    WebhookCreate {
+        endpoint: polyport_core::webhook::EndpointSpec,
+    },
+    WebhookUpdate {
+        endpoint_id: String,
+        patch: Value,
+    },
+    WebhookDelete {
+        endpoint_id: String,
+    },
     List {
         collection: String,
         #[serde(default)]
@@ -482,6 +493,29 @@ impl Session {
                     .delete_record(&self.ctx, &collection, &record_id, version)
                     .await?;
                 self.ok(id, json!({ "record": r.to_json() })).await;
+                Ok(())
+            }
+            Request::WebhookList {} => {
+                let eps = self.hub.endpoints(&self.ctx)?;
+                self.ok(id, json!({ "items": *eps })).await;
+                Ok(())
+            }
+            Request::WebhookCreate { endpoint } => {
+                let ep = self.hub.create_endpoint(&self.ctx, endpoint).await?;
+                self.ok(id, json!({ "endpoint": ep })).await;
+                Ok(())
+            }
+            Request::WebhookUpdate { endpoint_id, patch } => {
+                let ep = self
+                    .hub
+                    .update_endpoint(&self.ctx, &endpoint_id, patch)
+                    .await?;
+                self.ok(id, json!({ "endpoint": ep })).await;
+                Ok(())
+            }
+            Request::WebhookDelete { endpoint_id } => {
+                self.hub.delete_endpoint(&self.ctx, &endpoint_id).await?;
+                self.ok(id, json!({ "endpoint_id": endpoint_id })).await;
                 Ok(())
             }
             Request::List {
