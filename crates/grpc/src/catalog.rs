@@ -15,6 +15,8 @@ use crate::proto_gen::{COLLECTIONS_FILE, assign, collections_proto};
 pub const RECORDS_PROTO: &str = include_str!("../../../proto/polyport/v1/records.proto");
 /// The shipped topic API.
 pub const TOPICS_PROTO: &str = include_str!("../../../proto/polyport/v1/topics.proto");
+/// The shipped webhook registry API.
+pub const WEBHOOKS_PROTO: &str = include_str!("../../../proto/polyport/v1/webhooks.proto");
 
 /// What a method does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub(crate) enum Op {
     TopicsPublish,
     TopicsSubscribe,
     TopicsChat,
+    WebhooksList,
+    WebhooksCreate,
+    WebhooksUpdate,
+    WebhooksDelete,
     Get(String),
     List(String),
     Create(String),
@@ -71,6 +77,7 @@ impl Catalog {
         chain.add(Memory(vec![
             ("polyport/v1/records.proto", RECORDS_PROTO.to_string()),
             ("polyport/v1/topics.proto", TOPICS_PROTO.to_string()),
+            ("polyport/v1/webhooks.proto", WEBHOOKS_PROTO.to_string()),
             (COLLECTIONS_FILE, generated),
         ]));
         chain.add(GoogleFileResolver::new());
@@ -80,6 +87,7 @@ impl Catalog {
             .open_files([
                 "polyport/v1/records.proto",
                 "polyport/v1/topics.proto",
+                "polyport/v1/webhooks.proto",
                 COLLECTIONS_FILE,
             ])
             .map_err(|e| GrpcError::Proto(e.to_string()))?;
@@ -98,6 +106,10 @@ impl Catalog {
                     ("polyport.v1.Topics", "Publish") => Op::TopicsPublish,
                     ("polyport.v1.Topics", "Subscribe") => Op::TopicsSubscribe,
                     ("polyport.v1.Topics", "Chat") => Op::TopicsChat,
+                    ("polyport.v1.Webhooks", "ListEndpoints") => Op::WebhooksList,
+                    ("polyport.v1.Webhooks", "CreateEndpoint") => Op::WebhooksCreate,
+                    ("polyport.v1.Webhooks", "UpdateEndpoint") => Op::WebhooksUpdate,
+                    ("polyport.v1.Webhooks", "DeleteEndpoint") => Op::WebhooksDelete,
                     (sname, mname) => {
                         let Some((coll, n)) = names.iter().find(|(_, n)| {
                             format!("polyport.collections.{}", n.service()) == sname

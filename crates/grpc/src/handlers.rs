@@ -220,6 +220,35 @@ impl Handlers {
                 let r = self.hub.publish(&ctx(), draft).await.map_err(status)?;
                 json!({"id": r.event.id, "sequence": r.event.seq})
             }
+            Op::WebhooksList => {
+                let eps = self.hub.endpoints(&ctx()).map_err(status)?;
+                json!({ "endpoints": *eps })
+            }
+            Op::WebhooksCreate => {
+                let spec = endpoint_spec(v.get("endpoint").cloned().unwrap_or(Value::Null))?;
+                json!(
+                    self.hub
+                        .create_endpoint(&ctx(), spec)
+                        .await
+                        .map_err(status)?
+                )
+            }
+            Op::WebhooksUpdate => {
+                let patch = v.get("patch").cloned().unwrap_or_else(|| json!({}));
+                json!(
+                    self.hub
+                        .update_endpoint(&ctx(), str_field(&v, "id"), patch)
+                        .await
+                        .map_err(status)?
+                )
+            }
+            Op::WebhooksDelete => {
+                self.hub
+                    .delete_endpoint(&ctx(), str_field(&v, "id"))
+                    .await
+                    .map_err(status)?;
+                json!({})
+            }
             Op::Get(c) => {
                 let coll = self.collection(c)?;
                 let r = self
@@ -479,6 +508,29 @@ fn notice_json(n: &Notice, payload_b64: String) -> Value {
         "content_type": "application/json",
         "payload": payload_b64,
     })
+}
+
+/// The registry's spec from a `WebhookEndpoint` message (server-assigned fields and
+/// proto3 empty values dropped).
+fn endpoint_spec(v: Value) -> Result<polyport_core::webhook::EndpointSpec, Status> {
+    const SPEC: &[&str] = &[
+        "url",
+        "event_types",
+        "topics",
+        "headers",
+        "enabled",
+        "description",
+        "rate_limit",
+        "retry_schedule",
+        "secret",
+    ];
+    let mut m = match v {
+        Value::Object(m) => m,
+        _ => return Err(Status::invalid_argument("endpoint is required")),
+    };
+    m.retain(|k, v| SPEC.contains(&k.as_str()) && *v != json!("") && !v.is_null());
+    serde_json::from_value(Value::Object(m))
+        .map_err(|e| Status::invalid_argument(format!("invalid endpoint: {e}")))
 }
 
 fn topic_request(v: &Value) -> Result<SubscribeRequest, Status> {

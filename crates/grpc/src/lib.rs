@@ -35,7 +35,7 @@ use tonic::Status;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
-pub use catalog::{RECORDS_PROTO, TOPICS_PROTO};
+pub use catalog::{RECORDS_PROTO, TOPICS_PROTO, WEBHOOKS_PROTO};
 pub use proto_gen::{COLLECTIONS_FILE, COLLECTIONS_PACKAGE, collections_proto};
 
 use crate::catalog::Catalog;
