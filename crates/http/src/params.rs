@@ -94,3 +94,15 @@ pub(crate) fn json_body<T: DeserializeOwned>(
         ))
     })
 }
+
+/// Like [`json_body`], but an empty body means the type's default (optional bodies).
+pub(crate) fn optional_json_body<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        json_body(headers, body)
+    }
+}

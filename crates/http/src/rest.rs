@@ -81,10 +81,7 @@ pub(crate) async fn patch_collection(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let patch: Value = json_body(&headers, &body(b)?)?;
-    if !patch.is_object() {
-        return Err(ApiError::bad_request("body must be a JSON object"));
-    }
+    let patch = Value::Object(object(json_body(&headers, &body(b)?)?)?);
     let ctx = app.ctx();
     let current = app.hub.collection(&ctx, &name)?;
     let mut doc = serde_json::to_value(&current.spec).unwrap_or(Value::Null);
@@ -222,7 +219,7 @@ pub(crate) async fn list_records(
     Ok(json_response(StatusCode::OK, out))
 }
 
-fn object(v: Value) -> ApiResult<Map<String, Value>> {
+pub(crate) fn object(v: Value) -> ApiResult<Map<String, Value>> {
     match v {
         Value::Object(m) => Ok(m),
         _ => Err(ApiError::bad_request("body must be a JSON object")),

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::params::{Params, json_body};
-use crate::rest::{body, json_response};
+use crate::params::{Params, json_body, optional_json_body};
+use crate::rest::{body, json_response, object};
 
 pub(crate) async fn list(State(app): State<AppState>) -> ApiResult<Response> {
     let eps = app.hub.endpoints(&app.ctx())?;
@@ -48,10 +48,7 @@ pub(crate) async fn patch(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let patch: Value = json_body(&headers, &body(b)?)?;
-    if !patch.is_object() {
-        return Err(ApiError::bad_request("body must be a JSON object"));
-    }
+    let patch = Value::Object(object(json_body(&headers, &body(b)?)?)?);
     let ep = app.hub.update_endpoint(&app.ctx(), &id, patch).await?;
     Ok(json_response(StatusCode::OK, json!(ep)))
 }
@@ -80,12 +77,7 @@ pub(crate) async fn rotate(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let raw = body(b)?;
-    let r: Rotate = if raw.is_empty() {
-        Rotate::default()
-    } else {
-        json_body(&headers, &raw)?
-    };
+    let r: Rotate = optional_json_body(&headers, &body(b)?)?;
     let overlap = Duration::from_secs(r.overlap_secs.unwrap_or(24 * 3600).min(30 * 24 * 3600));
     let ep = app
         .hub
@@ -110,12 +102,7 @@ pub(crate) async fn recover(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let raw = body(b)?;
-    let r: Recover = if raw.is_empty() {
-        Recover::default()
-    } else {
-        json_body(&headers, &raw)?
-    };
+    let r: Recover = optional_json_body(&headers, &body(b)?)?;
     let which = match r.since {
         Some(s) => Redeliver::Since(s),
         None => Redeliver::Dead,

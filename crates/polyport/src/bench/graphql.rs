@@ -95,16 +95,7 @@ pub(crate) async fn run(
         load(duration, concurrency, move |c: reqwest::Client| {
             let base = base.clone();
             async move {
-                let page: Value = c
-                    .get(format!(
-                        "{base}/api/collections/users/records?limit={users}&sort=id"
-                    ))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                for u in page["items"].as_array().into_iter().flatten() {
-                    let id = u["id"].as_str().unwrap_or("");
+                for id in user_page(&c, &base, users).await? {
                     let f = format!("author=\"{id}\"");
                     c.get(format!("{base}/api/collections/posts/records"))
                         .query(&[("filter", f.as_str())])
@@ -122,19 +113,10 @@ pub(crate) async fn run(
         load(duration, concurrency, move |c: reqwest::Client| {
             let base = base.clone();
             async move {
-                let page: Value = c
-                    .get(format!(
-                        "{base}/api/collections/users/records?limit={users}&sort=id"
-                    ))
-                    .send()
+                let f: Vec<String> = user_page(&c, &base, users)
                     .await?
-                    .json()
-                    .await?;
-                let f: Vec<String> = page["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|u| format!("author=\"{}\"", u["id"].as_str().unwrap_or("")))
+                    .iter()
+                    .map(|id| format!("author=\"{id}\""))
                     .collect();
                 c.get(format!("{base}/api/collections/posts/records"))
                     .query(&[("filter", f.join(" || ").as_str()), ("limit", "1000")])
@@ -160,4 +142,22 @@ pub(crate) async fn run(
     );
     server.stop().await;
     Ok(())
+}
+
+/// The ids of the first page of users over REST.
+async fn user_page(c: &reqwest::Client, base: &str, users: usize) -> anyhow::Result<Vec<String>> {
+    let page: Value = c
+        .get(format!(
+            "{base}/api/collections/users/records?limit={users}&sort=id"
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u["id"].as_str().map(str::to_string))
+        .collect())
 }
