@@ -18,9 +18,35 @@ pub(crate) struct Config {
     pub(crate) http: HttpSection,
     pub(crate) graphql: GraphqlSection,
     pub(crate) grpc: GrpcSection,
+    pub(crate) mqtt: MqttSection,
     pub(crate) webhooks: WebhooksSection,
     pub(crate) hooks: polyport_http::HooksConfig,
     pub(crate) events: EventsSection,
+}
+
+/// The MQTT broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MqttSection {
+    pub(crate) enabled: bool,
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_packet_size: u32,
+    pub(crate) receive_max: u16,
+    /// Also log QoS 0 messages durably.
+    pub(crate) durable_qos0: bool,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        let d = polyport_mqtt::MqttConfig::default();
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_packet_size: d.max_packet_size,
+            receive_max: d.receive_max,
+            durable_qos0: d.durable_qos0,
+        }
+    }
 }
 
 /// Outbound webhook delivery.
@@ -125,6 +151,7 @@ impl Default for Config {
             http: HttpSection::default(),
             graphql: GraphqlSection::default(),
             grpc: GrpcSection::default(),
+            mqtt: MqttSection::default(),
             webhooks: WebhooksSection::default(),
             hooks: polyport_http::HooksConfig::default(),
             events: EventsSection::default(),

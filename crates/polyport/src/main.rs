@@ -58,6 +58,9 @@ pub(crate) struct ServeArgs {
     /// gRPC listen address (HTTP/2); port 0 picks a free port.
     #[arg(long, env = "POLYPORT_GRPC")]
     grpc: Option<SocketAddr>,
+    /// MQTT listen address; port 0 picks a free port.
+    #[arg(long, env = "POLYPORT_MQTT")]
+    mqtt: Option<SocketAddr>,
     /// Seed example data (`blog`: users and posts from the seed articles).
     #[arg(long, value_parser = ["blog"])]
     demo: Option<String>,

@@ -41,6 +41,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(g) = args.grpc {
         cfg.grpc.listen = g;
     }
+    if let Some(m) = args.mqtt {
+        cfg.mqtt.listen = m;
+    }
     if args.retention_max_events.is_some() {
         cfg.events.retention_max_events = args.retention_max_events;
     }
@@ -178,6 +181,29 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracker.spawn(async move {
             if let Err(e) = polyport_http::serve(listener, app, stop).await {
                 tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+    }
+    if cfg.mqtt.enabled {
+        let listener = bind(
+            "MQTT",
+            cfg.mqtt.listen,
+            "--mqtt ADDR, POLYPORT_MQTT=ADDR or `[mqtt] listen` in polyport.toml",
+        )
+        .await?;
+        let addr = listener.local_addr()?;
+        let mqtt_cfg = polyport_mqtt::MqttConfig {
+            max_packet_size: cfg.mqtt.max_packet_size,
+            receive_max: cfg.mqtt.receive_max.max(1),
+            durable_qos0: cfg.mqtt.durable_qos0,
+            ..polyport_mqtt::MqttConfig::default()
+        };
+        tracing::info!("MQTT listening on {addr} (3.1, 3.1.1, 5.0)");
+        bound.insert("mqtt", addr.to_string());
+        let (stop, hub) = (stop_accepting.clone(), hub.clone());
+        tracker.spawn(async move {
+            if let Err(e) = polyport_mqtt::serve(hub, listener, mqtt_cfg, stop).await {
+                tracing::error!(error = %e, "MQTT server failed");
             }
         });
     }

@@ -146,9 +146,14 @@ pub(crate) fn record_attempt(
         // Stays queued for when the endpoint is enabled again.
         AttemptOutcome::DisableEndpoint(_) => ("pending", Some(now.timestamp_micros())),
     };
+    // A replay (`redeliver`) that lands while this attempt was in flight moved
+    // `updated_at` past the attempt's start: it stays queued as the replay left it, or
+    // the outcome would silently swallow the requested resend.
     tx.execute(
-        "UPDATE webhook_deliveries SET status = ?3, attempts = ?4, next_attempt_at = ?5,
-             last_status = ?6, updated_at = ?7
+        "UPDATE webhook_deliveries SET
+             status = CASE WHEN updated_at > ?8 THEN 'pending' ELSE ?3 END,
+             next_attempt_at = CASE WHEN updated_at > ?8 THEN next_attempt_at ELSE ?5 END,
+             attempts = ?4, last_status = ?6, updated_at = ?7
          WHERE endpoint_id = ?1 AND seq = ?2",
         params![
             endpoint_id,
@@ -157,7 +162,8 @@ pub(crate) fn record_attempt(
             attempt.number,
             next,
             attempt.status,
-            now.timestamp_micros()
+            now.timestamp_micros(),
+            attempt.at.timestamp_micros()
         ],
     )
     .map_err(sql)?;

@@ -100,7 +100,8 @@ def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Serv
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [str(exe), "serve", "--data-dir", str(data_dir), "--http", http,
-             *([] if "--grpc" in extra else ["--grpc", "127.0.0.1:0"]), *extra],
+             *([] if "--grpc" in extra else ["--grpc", "127.0.0.1:0"]),
+             *([] if "--mqtt" in extra else ["--mqtt", "127.0.0.1:0"]), *extra],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -1,0 +1,480 @@
+//! The only place that knows rmqtt-codec's v3 and v5 packet types: inbound packets are
+//! normalised into [`In`], outbound ones built from version-neutral arguments, so the
+//! session logic is written once for both protocol versions.
+
+use std::num::{NonZeroU16, NonZeroU32};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::{MqttPacket, v3, v5};
+
+/// Protocol version of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ver {
+    V3,
+    V5,
+}
+
+/// MQTT 5 properties that travel with a message (empty on 3.1.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MsgProps {
+    pub(crate) content_type: Option<String>,
+    pub(crate) response_topic: Option<String>,
+    pub(crate) correlation_data: Option<Bytes>,
+    pub(crate) user_properties: Vec<(String, String)>,
+    pub(crate) payload_is_utf8: bool,
+    pub(crate) topic_alias: Option<u16>,
+}
+
+/// An inbound PUBLISH.
+#[derive(Debug)]
+pub(crate) struct PublishIn {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+    pub(crate) pkid: Option<u16>,
+    pub(crate) props: MsgProps,
+}
+
+/// Subscription options (3.1.1 has only the QoS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SubOpts {
+    pub(crate) qos: u8,
+    pub(crate) no_local: bool,
+    pub(crate) retain_as_published: bool,
+    /// 0 send retained at subscribe, 1 only for a new subscription, 2 never.
+    pub(crate) retain_handling: u8,
+}
+
+/// What the session reacts to.
+#[derive(Debug)]
+pub(crate) enum In {
+    Publish(PublishIn),
+    PubAck(u16),
+    PubRec(u16),
+    PubRel(u16),
+    PubComp(u16),
+    Subscribe {
+        pkid: u16,
+        sub_id: Option<u32>,
+        filters: Vec<(String, SubOpts)>,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: Vec<String>,
+    },
+    Ping,
+    /// `with_will`: MQTT 5's "disconnect with will message".
+    Disconnect {
+        with_will: bool,
+    },
+    /// A packet a client must not send (CONNECT twice, CONNACK, …).
+    Unexpected(&'static str),
+}
+
+fn qos_u8(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+pub(crate) fn qos_of(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn publish_in(p: rmqtt_codec::types::Publish) -> PublishIn {
+    let props = p
+        .properties
+        .map(|pp| MsgProps {
+            content_type: pp.content_type.map(|s| s.to_string()),
+            response_topic: pp.response_topic.map(|s| s.to_string()),
+            correlation_data: pp.correlation_data,
+            user_properties: pp
+                .user_properties
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            payload_is_utf8: pp.is_utf8_payload,
+            topic_alias: pp.topic_alias.map(NonZeroU16::get),
+        })
+        .unwrap_or_default();
+    PublishIn {
+        topic: p.topic.to_string(),
+        payload: p.payload,
+        qos: qos_u8(p.qos),
+        retain: p.retain,
+        pkid: p.packet_id.map(NonZeroU16::get),
+        props,
+    }
+}
+
+/// Normalises a decoded packet.
+pub(crate) fn inbound(p: MqttPacket) -> In {
+    match p {
+        MqttPacket::V3(p) => match p {
+            v3::Packet::Publish(p) => In::Publish(publish_in(*p)),
+            v3::Packet::PublishAck { packet_id } => In::PubAck(packet_id.get()),
+            v3::Packet::PublishReceived { packet_id } => In::PubRec(packet_id.get()),
+            v3::Packet::PublishRelease { packet_id } => In::PubRel(packet_id.get()),
+            v3::Packet::PublishComplete { packet_id } => In::PubComp(packet_id.get()),
+            v3::Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            } => In::Subscribe {
+                pkid: packet_id.get(),
+                sub_id: None,
+                filters: topic_filters
+                    .into_iter()
+                    .map(|(f, q)| {
+                        (
+                            f.to_string(),
+                            SubOpts {
+                                qos: qos_u8(q),
+                                ..SubOpts::default()
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+            v3::Packet::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => In::Unsubscribe {
+                pkid: packet_id.get(),
+                filters: topic_filters.into_iter().map(|f| f.to_string()).collect(),
+            },
+            v3::Packet::PingRequest => In::Ping,
+            v3::Packet::Disconnect => In::Disconnect { with_will: false },
+            _ => In::Unexpected("a packet only a server sends, or a second CONNECT"),
+        },
+        MqttPacket::V5(p) => match p {
+            v5::Packet::Publish(p) => In::Publish(publish_in(*p)),
+            v5::Packet::PublishAck(a) => In::PubAck(a.packet_id.get()),
+            v5::Packet::PublishReceived(a) => In::PubRec(a.packet_id.get()),
+            v5::Packet::PublishRelease(a) => In::PubRel(a.packet_id.get()),
+            v5::Packet::PublishComplete(a) => In::PubComp(a.packet_id.get()),
+            v5::Packet::Subscribe(s) => In::Subscribe {
+                pkid: s.packet_id.get(),
+                sub_id: s.id.map(NonZeroU32::get),
+                filters: s
+                    .topic_filters
+                    .into_iter()
+                    .map(|(f, o)| {
+                        (
+                            f.to_string(),
+                            SubOpts {
+                                qos: qos_u8(o.qos),
+                                no_local: o.no_local,
+                                retain_as_published: o.retain_as_published,
+                                retain_handling: match o.retain_handling {
+                                    v5::RetainHandling::AtSubscribe => 0,
+                                    v5::RetainHandling::AtSubscribeNew => 1,
+                                    v5::RetainHandling::NoAtSubscribe => 2,
+                                },
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+            v5::Packet::Unsubscribe(u) => In::Unsubscribe {
+                pkid: u.packet_id.get(),
+                filters: u.topic_filters.into_iter().map(|f| f.to_string()).collect(),
+            },
+            v5::Packet::PingRequest => In::Ping,
+            v5::Packet::Disconnect(d) => In::Disconnect {
+                with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            },
+            _ => In::Unexpected("a packet only a server sends, AUTH, or a second CONNECT"),
+        },
+        MqttPacket::Version(_) => In::Unexpected("a second CONNECT"),
+    }
+}
+
+fn pkid(n: u16) -> Option<NonZeroU16> {
+    NonZeroU16::new(n)
+}
+
+/// Builds an outbound PUBLISH.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn publish(
+    ver: Ver,
+    topic: &str,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+    dup: bool,
+    packet_id: Option<u16>,
+    props: &MsgProps,
+    sub_ids: &[u32],
+) -> MqttPacket {
+    let properties = match ver {
+        Ver::V3 => None,
+        Ver::V5 => Some(v5::PublishProperties {
+            topic_alias: None,
+            correlation_data: props.correlation_data.clone(),
+            message_expiry_interval: None,
+            content_type: props.content_type.as_deref().map(ByteString::from),
+            user_properties: props
+                .user_properties
+                .iter()
+                .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
+                .collect(),
+            is_utf8_payload: props.payload_is_utf8,
+            response_topic: props.response_topic.as_deref().map(ByteString::from),
+            subscription_ids: sub_ids.iter().filter_map(|i| NonZeroU32::new(*i)).collect(),
+        }),
+    };
+    let p = rmqtt_codec::types::Publish {
+        dup,
+        retain,
+        qos: qos_of(qos),
+        topic: ByteString::from(topic),
+        packet_id: packet_id.and_then(pkid),
+        payload,
+        properties,
+    };
+    match ver {
+        Ver::V3 => MqttPacket::V3(v3::Packet::Publish(Box::new(p))),
+        Ver::V5 => MqttPacket::V5(v5::Packet::Publish(Box::new(p))),
+    }
+}
+
+/// The four acknowledgement kinds of the QoS flows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ack {
+    Puback,
+    Pubrec,
+    Pubrel,
+    Pubcomp,
+}
+
+/// An acknowledgement; `error` (MQTT 5 only) carries a failure reason code.
+pub(crate) fn ack(ver: Ver, kind: Ack, id: u16, error: Option<u8>) -> Option<MqttPacket> {
+    let packet_id = pkid(id)?;
+    Some(match ver {
+        Ver::V3 => MqttPacket::V3(match kind {
+            Ack::Puback => v3::Packet::PublishAck { packet_id },
+            Ack::Pubrec => v3::Packet::PublishReceived { packet_id },
+            Ack::Pubrel => v3::Packet::PublishRelease { packet_id },
+            Ack::Pubcomp => v3::Packet::PublishComplete { packet_id },
+        }),
+        Ver::V5 => {
+            let a1 = || v5::PublishAck {
+                packet_id,
+                reason_code: error
+                    .and_then(|c| v5::PublishAckReason::try_from(c).ok())
+                    .unwrap_or(v5::PublishAckReason::Success),
+                properties: Vec::new(),
+                reason_string: None,
+            };
+            let a2 = || v5::PublishAck2 {
+                packet_id,
+                reason_code: error
+                    .and_then(|c| v5::PublishAck2Reason::try_from(c).ok())
+                    .unwrap_or(v5::PublishAck2Reason::Success),
+                properties: Vec::new(),
+                reason_string: None,
+            };
+            MqttPacket::V5(match kind {
+                Ack::Puback => v5::Packet::PublishAck(a1()),
+                Ack::Pubrec => v5::Packet::PublishReceived(a1()),
+                Ack::Pubrel => v5::Packet::PublishRelease(a2()),
+                Ack::Pubcomp => v5::Packet::PublishComplete(a2()),
+            })
+        }
+    })
+}
+
+/// SUBACK; each code is a granted QoS (0–2) or an MQTT 5 failure reason (≥ 0x80).
+pub(crate) fn suback(ver: Ver, id: u16, codes: &[u8]) -> Option<MqttPacket> {
+    let packet_id = pkid(id)?;
+    Some(match ver {
+        Ver::V3 => MqttPacket::V3(v3::Packet::SubscribeAck {
+            packet_id,
+            status: codes
+                .iter()
+                .map(|c| match c {
+                    0..=2 => v3::SubscribeReturnCode::Success(qos_of(*c)),
+                    _ => v3::SubscribeReturnCode::Failure,
+                })
+                .collect(),
+        }),
+        Ver::V5 => MqttPacket::V5(v5::Packet::SubscribeAck(v5::SubscribeAck {
+            packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status: codes
+                .iter()
+                .map(|c| {
+                    v5::SubscribeAckReason::try_from(*c)
+                        .unwrap_or(v5::SubscribeAckReason::UnspecifiedError)
+                })
+                .collect(),
+        })),
+    })
+}
+
+/// UNSUBACK; `found[i]` tells whether filter i was subscribed (MQTT 5 reports it).
+pub(crate) fn unsuback(ver: Ver, id: u16, found: &[bool]) -> Option<MqttPacket> {
+    let packet_id = pkid(id)?;
+    Some(match ver {
+        Ver::V3 => MqttPacket::V3(v3::Packet::UnsubscribeAck { packet_id }),
+        Ver::V5 => MqttPacket::V5(v5::Packet::UnsubscribeAck(v5::UnsubscribeAck {
+            packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status: found
+                .iter()
+                .map(|f| {
+                    if *f {
+                        v5::UnsubscribeAckReason::Success
+                    } else {
+                        v5::UnsubscribeAckReason::NoSubscriptionExisted
+                    }
+                })
+                .collect(),
+        })),
+    })
+}
+
+pub(crate) fn pong(ver: Ver) -> MqttPacket {
+    match ver {
+        Ver::V3 => MqttPacket::V3(v3::Packet::PingResponse),
+        Ver::V5 => MqttPacket::V5(v5::Packet::PingResponse),
+    }
+}
+
+/// A server DISCONNECT with a reason (MQTT 5 only; 3.1.1 servers just close).
+pub(crate) fn disconnect(ver: Ver, reason: u8, why: &str) -> Option<MqttPacket> {
+    match ver {
+        Ver::V3 => None,
+        Ver::V5 => {
+            let code = v5::DisconnectReasonCode::try_from(reason)
+                .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError);
+            let mut d = v5::Disconnect::new(code);
+            d.reason_string = Some(ByteString::from(why));
+            Some(MqttPacket::V5(v5::Packet::Disconnect(d)))
+        }
+    }
+}
+
+/// What a CONNECT asks for, version-neutral.
+#[derive(Debug)]
+pub(crate) struct ConnectIn {
+    pub(crate) client_id: String,
+    pub(crate) clean: bool,
+    pub(crate) keep_alive: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) will: Option<PublishIn>,
+    pub(crate) will_delay: u32,
+    pub(crate) receive_max: u16,
+}
+
+pub(crate) fn connect_in(p: MqttPacket) -> Result<(Ver, ConnectIn), &'static str> {
+    match p {
+        MqttPacket::V3(v3::Packet::Connect(c)) => Ok((
+            Ver::V3,
+            ConnectIn {
+                client_id: c.client_id.to_string(),
+                clean: c.clean_session,
+                keep_alive: c.keep_alive,
+                username: c.username.map(|u| u.to_string()),
+                will: c.last_will.map(|w| PublishIn {
+                    topic: w.topic.to_string(),
+                    payload: w.message,
+                    qos: qos_u8(w.qos),
+                    retain: w.retain,
+                    pkid: None,
+                    props: MsgProps::default(),
+                }),
+                will_delay: 0,
+                receive_max: u16::MAX,
+            },
+        )),
+        MqttPacket::V5(v5::Packet::Connect(c)) => Ok((
+            Ver::V5,
+            ConnectIn {
+                client_id: c.client_id.to_string(),
+                clean: c.clean_start,
+                keep_alive: c.keep_alive,
+                username: c.username.map(|u| u.to_string()),
+                will_delay: c
+                    .last_will
+                    .as_ref()
+                    .and_then(|w| w.will_delay_interval_sec)
+                    .unwrap_or(0),
+                will: c.last_will.map(|w| PublishIn {
+                    topic: w.topic.to_string(),
+                    payload: w.message,
+                    qos: qos_u8(w.qos),
+                    retain: w.retain,
+                    pkid: None,
+                    props: MsgProps {
+                        content_type: w.content_type.map(|s| s.to_string()),
+                        response_topic: w.response_topic.map(|s| s.to_string()),
+                        correlation_data: w.correlation_data,
+                        user_properties: w
+                            .user_properties
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        payload_is_utf8: w.is_utf8_payload.unwrap_or(false),
+                        topic_alias: None,
+                    },
+                }),
+                receive_max: c.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX),
+            },
+        )),
+        _ => Err("the first packet must be CONNECT"),
+    }
+}
+
+/// CONNACK. `refuse` is a version-specific reason code; `assigned` is an assigned id.
+pub(crate) fn connack(
+    ver: Ver,
+    session_present: bool,
+    refuse: Option<u8>,
+    assigned: Option<&str>,
+    server: &ServerCaps,
+) -> MqttPacket {
+    match ver {
+        Ver::V3 => MqttPacket::V3(v3::Packet::ConnectAck(v3::ConnectAck {
+            return_code: refuse
+                .and_then(|c| v3::ConnectAckReason::try_from(c).ok())
+                .unwrap_or(v3::ConnectAckReason::ConnectionAccepted),
+            session_present,
+        })),
+        Ver::V5 => {
+            let ack = v5::ConnectAck {
+                session_present,
+                reason_code: refuse
+                    .and_then(|c| v5::ConnectAckReason::try_from(c).ok())
+                    .unwrap_or(v5::ConnectAckReason::Success),
+                receive_max: NonZeroU16::new(server.receive_max).unwrap_or(NonZeroU16::MIN),
+                max_packet_size: Some(server.max_packet_size),
+                assigned_client_id: assigned.map(ByteString::from),
+                topic_alias_max: server.topic_alias_max,
+                server_keepalive_sec: server.keep_alive_override,
+                ..v5::ConnectAck::default()
+            };
+            MqttPacket::V5(v5::Packet::ConnectAck(Box::new(ack)))
+        }
+    }
+}
+
+/// What the server tells MQTT 5 clients about itself.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerCaps {
+    pub(crate) receive_max: u16,
+    pub(crate) max_packet_size: u32,
+    pub(crate) topic_alias_max: u16,
+    pub(crate) keep_alive_override: Option<u16>,
+}
