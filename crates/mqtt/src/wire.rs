@@ -90,6 +90,12 @@ pub(crate) fn qos_of(q: u8) -> QoS {
     }
 }
 
+fn user_props(p: v5::UserProperties) -> Vec<(String, String)> {
+    p.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn publish_in(p: rmqtt_codec::types::Publish) -> PublishIn {
     let props = p
         .properties
@@ -97,11 +103,7 @@ fn publish_in(p: rmqtt_codec::types::Publish) -> PublishIn {
             content_type: pp.content_type.map(|s| s.to_string()),
             response_topic: pp.response_topic.map(|s| s.to_string()),
             correlation_data: pp.correlation_data,
-            user_properties: pp
-                .user_properties
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            user_properties: user_props(pp.user_properties),
             payload_is_utf8: pp.is_utf8_payload,
             topic_alias: pp.topic_alias.map(NonZeroU16::get),
         })
@@ -421,11 +423,7 @@ pub(crate) fn connect_in(p: MqttPacket) -> Result<(Ver, ConnectIn), &'static str
                         content_type: w.content_type.map(|s| s.to_string()),
                         response_topic: w.response_topic.map(|s| s.to_string()),
                         correlation_data: w.correlation_data,
-                        user_properties: w
-                            .user_properties
-                            .into_iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
+                        user_properties: user_props(w.user_properties),
                         payload_is_utf8: w.is_utf8_payload.unwrap_or(false),
                         topic_alias: None,
                     },
