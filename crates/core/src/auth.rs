@@ -1,7 +1,9 @@
 //! The auth seam: every Hub call carries an [`AuthContext`], and a [`Policy`] decides.
 //!
-//! Only an allow-all policy exists today; the point is that no adapter can call the Hub
-//! without saying who is asking, so real policies later apply to every protocol at once.
+//! Adapters that receive credentials (MQTT CONNECT today) turn them into an
+//! [`AuthContext`] through [`crate::Hub::authenticate`], so every protocol shares one set
+//! of identities. [`AllowAll`] accepts anyone; [`StaticUsers`] checks a configured
+//! user list. Per-action rules plug in through [`Policy::authorize`].
 
 use crate::error::HubError;
 use crate::event::Origin;
@@ -40,18 +42,101 @@ pub enum Action<'a> {
     Subscribe(&'a str),
 }
 
-/// Decides whether a caller may perform an action.
+/// Decides who a caller is and whether they may perform an action.
 pub trait Policy: Send + Sync + 'static {
+    /// Checks credentials; returns the principal (`None`: anonymous) or
+    /// `Err(HubError::Unauthenticated)`.
+    fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<Option<String>, HubError> {
+        let _ = password;
+        Ok(username.map(str::to_string))
+    }
+
     /// `Ok(())` to allow, `Err(HubError::Forbidden)` to refuse.
     fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> Result<(), HubError>;
 }
 
-/// Allows everything (the default until auth lands).
+/// Allows everything; a username is taken as given (the default).
 #[derive(Debug, Default)]
 pub struct AllowAll;
 
 impl Policy for AllowAll {
     fn authorize(&self, _: &AuthContext, _: Action<'_>) -> Result<(), HubError> {
         Ok(())
+    }
+}
+
+/// A fixed list of users with passwords; anonymous callers allowed or not. Applies where
+/// an adapter authenticates (MQTT CONNECT); internal callers (the webhook engine) and
+/// adapters that take no credentials yet are not refused by it.
+#[derive(Debug, Default, Clone)]
+pub struct StaticUsers {
+    /// Username → password.
+    pub users: std::collections::HashMap<String, String>,
+    /// Whether callers without a username are let in.
+    pub allow_anonymous: bool,
+}
+
+impl Policy for StaticUsers {
+    fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<Option<String>, HubError> {
+        let Some(user) = username else {
+            return if self.allow_anonymous {
+                Ok(None)
+            } else {
+                Err(HubError::Unauthenticated("credentials required".into()))
+            };
+        };
+        let ok = self
+            .users
+            .get(user)
+            .is_some_and(|want| password.is_some_and(|p| constant_time_eq(want.as_bytes(), p)));
+        if ok {
+            Ok(Some(user.to_string()))
+        } else {
+            Err(HubError::Unauthenticated("bad username or password".into()))
+        }
+    }
+
+    /// Only who may connect is decided here; per-action rules are a separate policy.
+    fn authorize(&self, _: &AuthContext, _: Action<'_>) -> Result<(), HubError> {
+        Ok(())
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal the matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_users_check_passwords_and_anonymity() {
+        let p = StaticUsers {
+            users: [("alice".to_string(), "s3cret".to_string())].into(),
+            allow_anonymous: false,
+        };
+        assert_eq!(
+            p.authenticate(Some("alice"), Some(b"s3cret")).ok(),
+            Some(Some("alice".into()))
+        );
+        assert!(p.authenticate(Some("alice"), Some(b"s3cre")).is_err());
+        assert!(p.authenticate(Some("alice"), None).is_err());
+        assert!(p.authenticate(Some("bob"), Some(b"s3cret")).is_err());
+        assert!(p.authenticate(None, None).is_err());
+        let open = StaticUsers {
+            allow_anonymous: true,
+            ..p
+        };
+        assert_eq!(open.authenticate(None, None).ok(), Some(None));
     }
 }

@@ -125,6 +125,20 @@ pub enum WriteCommand {
         /// Which.
         which: Redeliver,
     },
+    /// Set (`Some`) or remove (`None`) one entry of an adapter's durable state.
+    PutState {
+        /// Whose state (`mqtt.session`, `mqtt.retained`, …).
+        namespace: String,
+        /// Entry key.
+        key: String,
+        /// Opaque bytes owned by the adapter.
+        value: Option<Bytes>,
+    },
+    /// Forget the saved positions of every consumer group whose key starts with `prefix`.
+    DeleteConsumers {
+        /// Key prefix (a group name followed by `\n`).
+        prefix: String,
+    },
     /// Persist a consumer group's acknowledged position.
     SaveConsumer {
         /// Group key.
@@ -192,6 +206,8 @@ pub trait Store: Send + Sync + 'static {
     async fn read_events(&self, after: u64, limit: usize) -> HubResult<Vec<EventRef>>;
     /// A consumer group's saved position.
     async fn load_consumer(&self, key: &str) -> HubResult<Option<u64>>;
+    /// Every entry of one namespace of adapter state, by key.
+    async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>>;
     /// Deliveries of an endpoint, newest first, optionally of one status, before `before`
     /// (a sequence) for paging.
     async fn list_deliveries(

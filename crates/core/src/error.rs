@@ -82,6 +82,9 @@ pub enum HubError {
     /// The auth policy refused.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Credentials missing or wrong.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     /// The subscriber fell so far behind that ephemeral events were dropped, and its
     /// overflow policy is to disconnect.
     #[error(
@@ -126,6 +129,7 @@ impl HubError {
             HubError::EpochMismatch { .. } => "epoch_mismatch",
             HubError::AutoCreateDisabled(_) => "auto_create_disabled",
             HubError::Forbidden(_) => "forbidden",
+            HubError::Unauthenticated(_) => "unauthenticated",
             HubError::SlowConsumer { .. } => "slow_consumer",
             HubError::ShuttingDown => "shutting_down",
             HubError::Storage(_) => "storage_error",

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -425,6 +426,52 @@ impl Hub {
         if maybe_created_collection {
             self.bump_collections();
         }
+    }
+
+    /// Turns credentials presented to any adapter into an [`AuthContext`] for it.
+    pub fn authenticate(
+        &self,
+        origin: crate::event::Origin,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> HubResult<AuthContext> {
+        let principal = self.inner.policy.authenticate(username, password)?;
+        Ok(AuthContext { principal, origin })
+    }
+
+    // ----- adapter state -----
+
+    /// Durably sets (`Some`) or removes (`None`) one entry of an adapter's own state —
+    /// what a protocol must remember across restarts that is not a record or an event
+    /// (MQTT sessions and retained messages, AMQP declarations). Returns once committed.
+    pub async fn put_state(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Option<Bytes>,
+    ) -> HubResult<()> {
+        self.write(WriteCommand::PutState {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            value,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every entry of one namespace of adapter state.
+    pub async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>> {
+        self.inner.store.load_state(namespace).await
+    }
+
+    /// Forgets where a named group stands for every filter set it was used with, so a
+    /// later join with the same name starts live (MQTT clean start, session expiry).
+    pub async fn delete_group(&self, name: &str) -> HubResult<()> {
+        self.write(WriteCommand::DeleteConsumers {
+            prefix: format!("{name}\n"),
+        })
+        .await
+        .map(|_| ())
     }
 
     // ----- events -----

@@ -42,6 +42,7 @@ pub(crate) fn status(e: HubError) -> Status {
         HubError::VersionMismatch { .. } => Code::FailedPrecondition,
         HubError::PositionUnavailable { .. } | HubError::EpochMismatch { .. } => Code::OutOfRange,
         HubError::Forbidden(_) => Code::PermissionDenied,
+        HubError::Unauthenticated(_) => Code::Unauthenticated,
         HubError::SlowConsumer { .. } => Code::ResourceExhausted,
         HubError::ShuttingDown => Code::Unavailable,
         HubError::Storage(_) => Code::Internal,

@@ -91,6 +91,7 @@ impl From<HubError> for ApiError {
                 StatusCode::GONE
             }
             HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             HubError::ShuttingDown | HubError::SlowConsumer { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -1,92 +1,339 @@
-//! State shared by all MQTT connections: who is connected (for session takeover), the
-//! retained messages, and limits. Connections talk to each other only through this and
-//! the Hub.
+//! State shared by all MQTT connections: who is connected (for takeover), the sessions
+//! whose clients are away, pending wills, the retained messages, and the `$SYS`
+//! counters. Connections talk to each other only through this and the Hub.
+//!
+//! Persistent sessions and retained messages are kept in the Hub's adapter state, so
+//! they survive a restart; the messages queued for an absent session are not copied
+//! anywhere — they are the event log itself, read from the session's saved group
+//! positions when the client returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use polyport_core::{Hub, Topic, TopicFilter};
+use polyport_core::{Hub, HubError, Topic, TopicFilter};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::MqttConfig;
+use crate::state::{self, SavedSession};
 use crate::wire::MsgProps;
 
 /// A retained message.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Retained {
     pub(crate) payload: Bytes,
     pub(crate) qos: u8,
     pub(crate) props: MsgProps,
+    /// Unix milliseconds after which it is no longer delivered (MQTT 5 message expiry).
+    pub(crate) expires_at: Option<u64>,
+}
+
+/// A connected client.
+struct Live {
+    conn: u64,
+    /// Ends the connection when another takes the client id over.
+    takeover: CancellationToken,
+    /// Fires once the connection has parked or dropped its session.
+    done: CancellationToken,
+}
+
+/// A persistent session whose client is away.
+pub(crate) struct Parked {
+    pub(crate) saved: SavedSession,
+    /// Inbound QoS 2 packet ids released by PUBREL not yet received.
+    pub(crate) awaiting_rel: HashSet<u16>,
+    /// Outbound QoS 2 packet ids whose PUBCOMP has not arrived (PUBREL is resent).
+    pub(crate) awaiting_comp: Vec<u16>,
+    /// Sequences sent and not acknowledged (resent with DUP).
+    pub(crate) unacked: HashSet<u64>,
+    pub(crate) since: Instant,
+}
+
+/// Counters behind `$SYS/broker/…`.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
 }
 
 pub(crate) struct Broker {
     pub(crate) hub: Hub,
     pub(crate) cfg: MqttConfig,
-    /// client id → (connection number, token that ends that connection on takeover).
-    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    pub(crate) stats: Stats,
+    started: Instant,
+    live: Mutex<HashMap<String, Live>>,
+    parked: Mutex<HashMap<String, Parked>>,
+    /// Wills waiting out their delay, by client id: (connection, cancel).
+    wills: Mutex<HashMap<String, (u64, CancellationToken)>>,
     retained: RwLock<BTreeMap<String, Retained>>,
     next_conn: AtomicU64,
 }
 
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Broker {
-    pub(crate) fn new(hub: Hub, cfg: MqttConfig) -> Arc<Self> {
-        Arc::new(Self {
+    /// Loads persistent sessions and retained messages from the Hub's adapter state.
+    pub(crate) async fn load(hub: Hub, cfg: MqttConfig) -> Result<Arc<Self>, HubError> {
+        let now = Instant::now();
+        let mut parked = HashMap::new();
+        for (client_id, bytes) in hub.load_state(state::SESSIONS).await? {
+            match state::decode_session(&bytes) {
+                // Expiry counts from the restart: when the client left is not kept.
+                Some(saved) => {
+                    parked.insert(
+                        client_id,
+                        Parked {
+                            saved,
+                            awaiting_rel: HashSet::new(),
+                            awaiting_comp: Vec::new(),
+                            unacked: HashSet::new(),
+                            since: now,
+                        },
+                    );
+                }
+                None => {
+                    tracing::warn!(client = %client_id, "unreadable saved MQTT session skipped")
+                }
+            }
+        }
+        let mut retained = BTreeMap::new();
+        for (topic, bytes) in hub.load_state(state::RETAINED).await? {
+            match state::decode_retained(&bytes) {
+                Some(r) => {
+                    retained.insert(topic, r);
+                }
+                None => tracing::warn!(topic = %topic, "unreadable retained message skipped"),
+            }
+        }
+        if !parked.is_empty() || !retained.is_empty() {
+            tracing::info!(
+                sessions = parked.len(),
+                retained = retained.len(),
+                "MQTT state restored"
+            );
+        }
+        Ok(Arc::new(Self {
             hub,
             cfg,
-            sessions: Mutex::new(HashMap::new()),
-            retained: RwLock::new(BTreeMap::new()),
+            stats: Stats::default(),
+            started: now,
+            live: Mutex::new(HashMap::new()),
+            parked: Mutex::new(parked),
+            wills: Mutex::new(HashMap::new()),
+            retained: RwLock::new(retained),
             next_conn: AtomicU64::new(1),
-        })
+        }))
     }
 
     pub(crate) fn next_connection(&self) -> u64 {
+        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a connection under its client id, ending any earlier connection with
-    /// the same id (MQTT session takeover). Returns whether one was taken over.
-    pub(crate) fn claim(&self, client_id: &str, conn: u64, token: CancellationToken) -> bool {
-        let old = self
-            .sessions
-            .lock()
-            .insert(client_id.to_string(), (conn, token));
-        match old {
-            Some((_, t)) => {
-                t.cancel();
-                true
-            }
-            None => false,
+    /// Registers a connection under its client id, ending any earlier connection with the
+    /// same id (takeover) and cancelling a will still waiting out its delay. Returns the
+    /// earlier connection's `done` token: its session is only handed over once it fires.
+    pub(crate) fn claim(
+        &self,
+        client_id: &str,
+        conn: u64,
+        takeover: CancellationToken,
+        done: CancellationToken,
+    ) -> Option<CancellationToken> {
+        if let Some((_, w)) = self.wills.lock().remove(client_id) {
+            w.cancel();
         }
+        let old = self.live.lock().insert(
+            client_id.to_string(),
+            Live {
+                conn,
+                takeover,
+                done,
+            },
+        );
+        old.map(|l| {
+            l.takeover.cancel();
+            l.done
+        })
     }
 
     /// Removes the registration if it is still this connection's.
     pub(crate) fn release(&self, client_id: &str, conn: u64) {
-        let mut s = self.sessions.lock();
-        if s.get(client_id).is_some_and(|(c, _)| *c == conn) {
+        let mut s = self.live.lock();
+        if s.get(client_id).is_some_and(|l| l.conn == conn) {
             s.remove(client_id);
         }
     }
 
-    /// Sets (or, with an empty payload, clears) the retained message of a topic.
-    pub(crate) fn retain(&self, topic: &str, r: Retained) {
-        let mut map = self.retained.write();
-        if r.payload.is_empty() {
-            map.remove(topic);
-        } else {
-            map.insert(topic.to_string(), r);
+    pub(crate) fn connected(&self) -> usize {
+        self.live.lock().len()
+    }
+
+    /// Takes the parked session of a client, if any.
+    pub(crate) fn unpark(&self, client_id: &str) -> Option<Parked> {
+        self.parked.lock().remove(client_id)
+    }
+
+    pub(crate) fn park(&self, client_id: &str, p: Parked) {
+        self.parked.lock().insert(client_id.to_string(), p);
+    }
+
+    /// Registers the delayed will of a connection so a reconnect within the delay can
+    /// cancel it.
+    pub(crate) fn delay_will(&self, client_id: &str, conn: u64) -> CancellationToken {
+        let t = CancellationToken::new();
+        let old = self
+            .wills
+            .lock()
+            .insert(client_id.to_string(), (conn, t.clone()));
+        if let Some((_, old)) = old {
+            old.cancel();
+        }
+        t
+    }
+
+    /// Forgets a connection's will once it was published or cancelled.
+    pub(crate) fn will_done(&self, client_id: &str, conn: u64) {
+        let mut w = self.wills.lock();
+        if w.get(client_id).is_some_and(|(c, _)| *c == conn) {
+            w.remove(client_id);
         }
     }
 
-    /// Retained messages matching a filter.
+    /// Drops a session's durable traces: its saved state and its group positions.
+    pub(crate) async fn forget_session(&self, client_id: &str, saved: &SavedSession) {
+        if let Err(e) = self.hub.put_state(state::SESSIONS, client_id, None).await {
+            tracing::warn!(client = %client_id, error = %e, "dropping MQTT session state failed");
+        }
+        self.forget_groups(client_id, &saved.generation).await;
+    }
+
+    /// Drops the group positions of one generation of a session.
+    pub(crate) async fn forget_groups(&self, client_id: &str, generation: &str) {
+        if let Err(e) = self
+            .hub
+            .delete_group(&session_group(client_id, generation))
+            .await
+        {
+            tracing::warn!(client = %client_id, error = %e, "dropping MQTT session positions failed");
+        }
+    }
+
+    /// Ends parked sessions whose expiry has passed.
+    pub(crate) async fn expire_sessions(&self) {
+        let now = Instant::now();
+        let expired: Vec<(String, Parked)> = {
+            let mut parked = self.parked.lock();
+            let ids: Vec<String> = parked
+                .iter()
+                .filter(|(_, p)| {
+                    p.saved.expiry != u32::MAX
+                        && p.since + Duration::from_secs(u64::from(p.saved.expiry)) <= now
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|k| parked.remove(&k).map(|p| (k, p)))
+                .collect()
+        };
+        for (client_id, p) in expired {
+            tracing::debug!(client = %client_id, "MQTT session expired");
+            self.forget_session(&client_id, &p.saved).await;
+        }
+    }
+
+    /// Sets (or, with an empty payload, clears) the retained message of a topic, in
+    /// memory at once and durably before returning.
+    pub(crate) async fn retain(&self, topic: &str, r: Retained) -> Result<(), HubError> {
+        let value = if r.payload.is_empty() {
+            self.retained.write().remove(topic);
+            None
+        } else {
+            let bytes = state::encode_retained(&r);
+            self.retained.write().insert(topic.to_string(), r);
+            Some(bytes)
+        };
+        if topic.starts_with('$') {
+            // `$SYS` values are regenerated, never persisted.
+            return Ok(());
+        }
+        self.hub.put_state(state::RETAINED, topic, value).await
+    }
+
+    /// Retained messages matching a filter that have not expired.
     pub(crate) fn retained_for(&self, filter: &TopicFilter) -> Vec<(String, Retained)> {
+        let now = now_ms();
         self.retained
             .read()
             .iter()
+            .filter(|(_, r)| r.expires_at.is_none_or(|e| e > now))
             .filter(|(t, _)| Topic::new(t).is_ok_and(|t| filter.matches(&t)))
             .map(|(t, r)| (t.clone(), r.clone()))
             .collect()
     }
+
+    fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// The `$SYS/broker/…` topics and their current values.
+    pub(crate) fn sys_values(&self) -> Vec<(&'static str, String)> {
+        let parked = self.parked.lock().len();
+        let connected = self.connected();
+        vec![
+            (
+                "$SYS/broker/version",
+                format!("polyport {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", self.started.elapsed().as_secs()),
+            ),
+            ("$SYS/broker/clients/connected", connected.to_string()),
+            ("$SYS/broker/clients/disconnected", parked.to_string()),
+            (
+                "$SYS/broker/clients/total",
+                (connected + parked).to_string(),
+            ),
+            (
+                "$SYS/broker/clients/connections",
+                self.stats
+                    .connections_total
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                self.stats
+                    .messages_received
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                self.stats.messages_sent.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                self.retained_count().to_string(),
+            ),
+        ]
+    }
+}
+
+/// The Hub group name of a persistent session's subscriptions. The generation changes
+/// with every new session, so positions left by an earlier one are never resumed.
+pub(crate) fn session_group(client_id: &str, generation: &str) -> String {
+    format!("mqtt-session:{generation}:{client_id}")
 }

@@ -1,7 +1,13 @@
-//! One MQTT connection: version detection, CONNECT, then a loop over the socket, the
-//! outbound queue fed by this session's Hub subscriptions, pending QoS 1/2 publishes
-//! (acknowledged only after the Hub has made them durable, in the order received), the
-//! keep-alive deadline, takeover and shutdown.
+//! One MQTT connection: version detection, CONNECT and session resumption, then a loop
+//! over the transport, the outbound queue fed by this session's Hub subscriptions,
+//! pending QoS 1/2 publishes (acknowledged only after the Hub has made them durable, in
+//! the order received), the keep-alive deadline, takeover and shutdown.
+//!
+//! A persistent session's subscriptions are acknowledged Hub groups named after the
+//! session: an outbound QoS 1/2 message is acknowledged to the group on PUBACK (or
+//! PUBREC), so whatever the client has not acknowledged when it goes away — and
+//! everything published while it is away — is replayed from the log when it returns,
+//! across restarts too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,20 +17,35 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use polyport_core::subscription::Acker;
 use polyport_core::{
-    AuthContext, Durability, EventDraft, HubError, Item, Origin, Overflow, SubscribeRequest, Topic,
-    TopicFilter,
+    AckPolicy, AuthContext, Durability, EventDraft, HubError, Item, Origin, Overflow,
+    SubscribeRequest, Topic, TopicFilter,
 };
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Retained};
+use crate::broker::{Broker, Parked, Retained, now_ms, session_group};
+use crate::state::{self, SavedSession, SubSpec};
 use crate::wire::{self, Ack, ConnectIn, In, MsgProps, PublishIn, SubOpts, Ver};
+
+/// A byte stream carrying MQTT: a TCP socket or a WebSocket.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) type Transport = Box<dyn Io>;
+
+/// How long a session's subscriptions wait for an acknowledgement before the group
+/// would redeliver: effectively never while connected (MQTT redelivers only on a new
+/// connection, which the group does when the member leaves).
+const NO_REDELIVERY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Unacknowledged sequences a parked session remembers for the DUP flag.
+const MAX_REMEMBERED_UNACKED: usize = 65_536;
 
 /// Internal event headers that carry MQTT semantics through the Hub.
 const H_QOS: &str = "mqtt-qos";
@@ -32,6 +53,10 @@ const H_CLIENT: &str = "mqtt-client";
 const H_RETAIN: &str = "mqtt-retain";
 const H_RESPONSE_TOPIC: &str = "mqtt-response-topic";
 const H_CORRELATION: &str = "mqtt-correlation-data";
+/// Unix milliseconds after which the message is not delivered (MQTT 5 message expiry).
+const H_EXPIRES: &str = "mqtt-expires";
+/// The publisher declared the payload UTF-8 (MQTT 5 payload format indicator).
+const H_UTF8: &str = "mqtt-utf8";
 
 /// MQTT 5 reason codes used here.
 mod rc {
@@ -39,6 +64,7 @@ mod rc {
     pub(crate) const MALFORMED: u8 = 0x81;
     pub(crate) const PROTOCOL_ERROR: u8 = 0x82;
     pub(crate) const NOT_AUTHORIZED: u8 = 0x87;
+    pub(crate) const SERVER_UNAVAILABLE: u8 = 0x88;
     pub(crate) const SHUTTING_DOWN: u8 = 0x8B;
     pub(crate) const KEEP_ALIVE: u8 = 0x8D;
     pub(crate) const TAKEN_OVER: u8 = 0x8E;
@@ -48,10 +74,10 @@ mod rc {
     pub(crate) const ALIAS_INVALID: u8 = 0x94;
     pub(crate) const TOO_LARGE: u8 = 0x95;
     pub(crate) const QUOTA: u8 = 0x97;
+    pub(crate) const PAYLOAD_FORMAT: u8 = 0x99;
 }
 
 /// A message on its way to this client.
-#[derive(Debug)]
 pub(crate) struct Outgoing {
     topic: String,
     payload: Bytes,
@@ -59,12 +85,23 @@ pub(crate) struct Outgoing {
     retain: bool,
     props: MsgProps,
     sub_ids: Vec<u32>,
+    dup: bool,
+    /// The group acknowledgement owed once the client has the message.
+    ack: Option<(Acker, u64)>,
+}
+
+impl Outgoing {
+    fn settle(&mut self) {
+        if let Some((a, seq)) = self.ack.take() {
+            a.ack(seq);
+        }
+    }
 }
 
 /// What an outbound QoS 1/2 message waits for next.
 enum OutState {
-    Ack,
-    Rec,
+    Ack(Option<(Acker, u64)>),
+    Rec(Option<(Acker, u64)>),
     Comp,
 }
 
@@ -79,9 +116,13 @@ type Pending =
 struct Session {
     ver: Ver,
     broker: Arc<Broker>,
-    framed: Framed<TcpStream, MqttCodec>,
+    framed: Framed<Transport, MqttCodec>,
     client_id: String,
     ctx: AuthContext,
+    /// What survives the connection when `saved.expiry > 0`.
+    saved: SavedSession,
+    /// Whether `saved` is in the Hub's adapter state now.
+    persisted: bool,
     subs: HashMap<String, Sub>,
     out_tx: mpsc::Sender<Outgoing>,
     inflight: HashMap<u16, OutState>,
@@ -90,6 +131,13 @@ struct Session {
     pending: FuturesOrdered<Pending>,
     aliases: HashMap<u16, String>,
     client_receive_max: usize,
+    /// Topic aliases we assigned towards the client (MQTT 5), and how many it allows.
+    out_aliases: HashMap<String, u16>,
+    client_alias_max: u16,
+    client_max_packet: u32,
+    /// Sequences an earlier connection of this session sent without getting an
+    /// acknowledgement: sent again, they carry DUP.
+    sent_before: Arc<HashSet<u64>>,
 }
 
 /// Why the loop ended; decides the will.
@@ -110,7 +158,7 @@ fn max_codec(ver: ProtocolVersion, max: u32) -> MqttCodec {
 }
 
 /// Serves one connection to the end.
-pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>, stop: CancellationToken) {
+pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: CancellationToken) {
     let cfg = broker.cfg.clone();
     let mut framed = Framed::new(stream, MqttCodec::Version(VersionCodec));
     // The CONNECT must arrive in time; nothing is buffered for a silent socket.
@@ -134,74 +182,240 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>, stop: Cancellati
         topic_alias_max: cfg.topic_alias_max,
         keep_alive_override: None,
     };
+    let refuse = |code3: u8, code5: u8| {
+        let code = if ver == Ver::V3 { code3 } else { code5 };
+        wire::connack(ver, false, Some(code), None, &caps)
+    };
     let (client_id, assigned) = if c.client_id.is_empty() {
         if ver == Ver::V3 && !c.clean {
             // 3.1.1: a persistent session needs an identifier.
-            let _ = framed
-                .send(wire::connack(ver, false, Some(2), None, &caps))
-                .await;
+            let _ = framed.send(refuse(2, 0x85)).await;
             return;
         }
         let id = format!("auto-{}", polyport_core::record::new_id());
         (id.clone(), Some(id))
     } else if c.client_id.len() > 256 {
-        let refuse = if ver == Ver::V3 { 2 } else { 0x85 };
-        let _ = framed
-            .send(wire::connack(ver, false, Some(refuse), None, &caps))
-            .await;
+        let _ = framed.send(refuse(2, 0x85)).await;
         return;
     } else {
         (c.client_id.clone(), None)
     };
+    let ctx =
+        match broker
+            .hub
+            .authenticate(Origin("mqtt"), c.username.as_deref(), c.password.as_deref())
+        {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                tracing::info!(client = %client_id, error = %e, "MQTT CONNECT refused");
+                let _ = framed.send(refuse(4, 0x86)).await;
+                return;
+            }
+        };
     let conn = broker.next_connection();
     let takeover = CancellationToken::new();
-    broker.claim(&client_id, conn, takeover.clone());
+    let done = CancellationToken::new();
+    if let Some(previous) = broker.claim(&client_id, conn, takeover.clone(), done.clone()) {
+        // Let the connection we took over park its session first.
+        let _ = tokio::time::timeout(Duration::from_secs(5), previous.cancelled()).await;
+    }
+    let resumed = match resume(&broker, &client_id, &c).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(client = %client_id, error = %e, "MQTT session could not be stored");
+            let _ = framed.send(refuse(3, rc::SERVER_UNAVAILABLE)).await;
+            broker.release(&client_id, conn);
+            done.cancel();
+            return;
+        }
+    };
     if framed
-        .send(wire::connack(ver, false, None, assigned.as_deref(), &caps))
+        .send(wire::connack(
+            ver,
+            resumed.present,
+            None,
+            assigned.as_deref(),
+            &caps,
+        ))
         .await
         .is_err()
     {
+        // The session is unchanged: park it again for a later attempt.
+        if let Some(p) = resumed.parked {
+            broker.park(&client_id, p);
+        }
         broker.release(&client_id, conn);
+        done.cancel();
         return;
     }
     metrics::gauge!("polyport_mqtt_connections").increment(1.0);
     let (out_tx, out_rx) = mpsc::channel(cfg.receive_max.max(16) as usize);
+    let (saved, awaiting_rel, awaiting_comp, sent_before) = match resumed.parked {
+        Some(p) => (p.saved, p.awaiting_rel, p.awaiting_comp, p.unacked),
+        None => (resumed.fresh, HashSet::new(), Vec::new(), HashSet::new()),
+    };
     let mut s = Session {
         ver,
         broker: broker.clone(),
         framed,
-        ctx: AuthContext {
-            principal: c.username.clone(),
-            origin: Origin("mqtt"),
-        },
+        ctx,
         client_id: client_id.clone(),
+        saved,
+        persisted: resumed.persisted,
         subs: HashMap::new(),
         out_tx,
         inflight: HashMap::new(),
         next_pkid: 0,
-        awaiting_rel: HashSet::new(),
+        awaiting_rel,
         pending: FuturesOrdered::new(),
         aliases: HashMap::new(),
         client_receive_max: c.receive_max.max(1) as usize,
+        out_aliases: HashMap::new(),
+        client_alias_max: c.topic_alias_max,
+        client_max_packet: c.max_packet_size,
+        sent_before: Arc::new(sent_before),
     };
-    let end = s.run(&c, out_rx, takeover, stop).await;
+    let end = if s.restore(awaiting_comp).await {
+        s.run(&c, out_rx, takeover, stop).await
+    } else {
+        End::Abnormal
+    };
     for (_, sub) in s.subs.drain() {
         sub.task.abort();
     }
-    broker.release(&client_id, conn);
+    // Publishes accepted but not yet acknowledged still complete: dropping one midway
+    // could lose a QoS 2 message whose retransmission we would then refuse as a
+    // duplicate. One that failed is forgotten, so a retransmission publishes it.
+    while let Some((kind, id, result)) = s.pending.next().await {
+        if result.is_err() && matches!(kind, Ack::Pubrec) {
+            s.awaiting_rel.remove(&id);
+        }
+    }
     metrics::gauge!("polyport_mqtt_connections").decrement(1.0);
+    let expiry = s.saved.expiry;
+    if expiry > 0 {
+        let awaiting_comp = s
+            .inflight
+            .iter()
+            .filter(|(_, st)| matches!(st, OutState::Comp))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut unacked: HashSet<u64> = s
+            .inflight
+            .values()
+            .filter_map(|st| match st {
+                OutState::Ack(Some((_, seq))) | OutState::Rec(Some((_, seq))) => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        // Acknowledged ones linger in the earlier set harmlessly; the cap bounds them.
+        if s.sent_before.len() + unacked.len() <= MAX_REMEMBERED_UNACKED {
+            unacked.extend(s.sent_before.iter().copied());
+        }
+        broker.park(
+            &client_id,
+            Parked {
+                saved: s.saved.clone(),
+                awaiting_rel: std::mem::take(&mut s.awaiting_rel),
+                awaiting_comp,
+                unacked,
+                since: Instant::now(),
+            },
+        );
+    } else if s.persisted {
+        broker.forget_session(&client_id, &s.saved).await;
+    }
+    // Released only now: a reconnect that finds no live connection must find the
+    // session parked.
+    broker.release(&client_id, conn);
+    done.cancel();
     let publish_will = match end {
         End::Clean { with_will } => with_will,
         End::Abnormal => true,
         End::Shutdown => false,
     };
     if publish_will && let Some(w) = c.will {
-        let delay = Duration::from_secs(u64::from(c.will_delay));
+        // MQTT 5: the will goes out after its delay or when the session ends, whichever
+        // comes first; a reconnect before then cancels it.
+        let delay = Duration::from_secs(u64::from(c.will_delay.min(expiry)));
         let ctx = s.ctx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+        if delay.is_zero() {
             let _ = publish_to_hub(&broker, &ctx, &client_id, w).await;
-        });
+        } else {
+            let cancel = broker.delay_will(&client_id, conn);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {
+                        let _ = publish_to_hub(&broker, &ctx, &client_id, w).await;
+                    }
+                    _ = cancel.cancelled() => {}
+                }
+                broker.will_done(&client_id, conn);
+            });
+        }
+    }
+}
+
+/// The session a CONNECT gets: the parked one (clean start off), or a fresh one.
+struct Resumed {
+    present: bool,
+    parked: Option<Parked>,
+    fresh: SavedSession,
+    persisted: bool,
+}
+
+/// Resumes or replaces the client's session and stores what must outlive it, before the
+/// CONNACK says so.
+async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resumed, HubError> {
+    let parked = broker.unpark(client_id);
+    let fresh = SavedSession {
+        generation: polyport_core::record::new_id(),
+        expiry: c.session_expiry,
+        subs: Vec::new(),
+    };
+    match parked {
+        Some(mut p) if !c.clean => {
+            p.saved.expiry = c.session_expiry;
+            // Stored even when the expiry became 0: it is dropped when this connection
+            // ends, and a crash before then must not lose it.
+            let stored = broker
+                .hub
+                .put_state(
+                    state::SESSIONS,
+                    client_id,
+                    Some(state::encode_session(&p.saved)),
+                )
+                .await;
+            if let Err(e) = stored {
+                broker.park(client_id, p);
+                return Err(e);
+            }
+            Ok(Resumed {
+                present: true,
+                parked: Some(p),
+                fresh,
+                persisted: true,
+            })
+        }
+        old => {
+            let value = (c.session_expiry > 0).then(|| state::encode_session(&fresh));
+            let persisted = value.is_some();
+            if persisted || old.is_some() {
+                broker
+                    .hub
+                    .put_state(state::SESSIONS, client_id, value)
+                    .await?;
+            }
+            if let Some(old) = old {
+                broker.forget_groups(client_id, &old.saved.generation).await;
+            }
+            Ok(Resumed {
+                present: false,
+                parked: None,
+                fresh,
+                persisted,
+            })
+        }
     }
 }
 
@@ -213,15 +427,26 @@ async fn publish_to_hub(
     p: PublishIn,
 ) -> Result<(), HubError> {
     let topic = Topic::new(&p.topic)?;
+    let expires_at = p
+        .props
+        .message_expiry
+        .map(|s| now_ms() + u64::from(s) * 1000);
     if p.retain {
-        broker.retain(
-            &p.topic,
-            Retained {
-                payload: p.payload.clone(),
-                qos: p.qos,
-                props: p.props.clone(),
-            },
-        );
+        broker
+            .retain(
+                &p.topic,
+                Retained {
+                    payload: p.payload.clone(),
+                    qos: p.qos,
+                    props: MsgProps {
+                        topic_alias: None,
+                        message_expiry: None,
+                        ..p.props.clone()
+                    },
+                    expires_at,
+                },
+            )
+            .await?;
     }
     let mut d = EventDraft::new(topic, p.payload);
     d.content_type = p.props.content_type.clone().or_else(|| {
@@ -244,12 +469,22 @@ async fn publish_to_hub(
             base64::engine::general_purpose::STANDARD.encode(cd),
         ));
     }
+    if let Some(e) = expires_at {
+        d.headers.push((H_EXPIRES.into(), e.to_string()));
+    }
+    if p.props.payload_is_utf8 {
+        d.headers.push((H_UTF8.into(), "1".into()));
+    }
     d.durability = if p.qos == 0 && !broker.cfg.durable_qos0 {
         Durability::Ephemeral
     } else {
         Durability::Auto
     };
     metrics::counter!("polyport_mqtt_messages_in_total").increment(1);
+    broker
+        .stats
+        .messages_received
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     broker.hub.publish(ctx, d).await.map(|_| ())
 }
 
@@ -266,21 +501,42 @@ async fn forward(
     opts: SubOpts,
     sub_id: Option<u32>,
     client_id: String,
+    sent_before: Arc<HashSet<u64>>,
     tx: mpsc::Sender<Outgoing>,
 ) {
+    let acker = sub.acker();
     while let Some(item) = sub.next().await {
-        let e = match item {
-            Ok(Item::Event(d)) => d.event,
+        let d = match item {
+            Ok(Item::Event(d)) => d,
             Ok(Item::Notice(n)) => {
                 tracing::debug!(client = %client_id, notice = ?n, "MQTT subscriber missed messages");
                 continue;
             }
             Err(_) => break,
         };
-        if opts.no_local && header(&e, H_CLIENT) == Some(client_id.as_str()) {
+        let e = &d.event;
+        let ack = e.seq.map(|seq| (acker.clone(), seq));
+        let settle = |ack: Option<(Acker, u64)>| {
+            if let Some((a, seq)) = ack {
+                a.ack(seq);
+            }
+        };
+        if opts.no_local && header(e, H_CLIENT) == Some(client_id.as_str()) {
+            settle(ack);
             continue;
         }
-        let published_qos = header(&e, H_QOS)
+        let message_expiry = match header(e, H_EXPIRES).and_then(|v| v.parse::<u64>().ok()) {
+            Some(at) => {
+                let now = now_ms();
+                if at <= now {
+                    settle(ack);
+                    continue;
+                }
+                Some((at - now).div_ceil(1000) as u32)
+            }
+            None => None,
+        };
+        let published_qos = header(e, H_QOS)
             .and_then(|q| q.parse::<u8>().ok())
             .unwrap_or(if e.seq.is_some() { 1 } else { 0 });
         let user_properties = e
@@ -289,26 +545,34 @@ async fn forward(
             .filter(|(k, _)| !k.starts_with("mqtt-"))
             .cloned()
             .collect();
-        let out = Outgoing {
+        let qos = published_qos.min(opts.qos);
+        let mut out = Outgoing {
             topic: e.topic.as_str().to_string(),
             payload: e.payload.clone(),
-            qos: published_qos.min(opts.qos),
-            retain: opts.retain_as_published && header(&e, H_RETAIN) == Some("1"),
+            qos,
+            retain: opts.retain_as_published && header(e, H_RETAIN) == Some("1"),
             props: MsgProps {
                 content_type: e.content_type.clone(),
-                response_topic: header(&e, H_RESPONSE_TOPIC).map(str::to_string),
-                correlation_data: header(&e, H_CORRELATION).and_then(|c| {
+                response_topic: header(e, H_RESPONSE_TOPIC).map(str::to_string),
+                correlation_data: header(e, H_CORRELATION).and_then(|c| {
                     base64::engine::general_purpose::STANDARD
                         .decode(c)
                         .ok()
                         .map(Bytes::from)
                 }),
                 user_properties,
-                payload_is_utf8: false,
+                payload_is_utf8: header(e, H_UTF8) == Some("1"),
                 topic_alias: None,
+                message_expiry,
             },
             sub_ids: sub_id.into_iter().collect(),
+            dup: qos > 0 && (d.redeliveries > 0 || e.seq.is_some_and(|s| sent_before.contains(&s))),
+            ack,
         };
+        if qos == 0 {
+            // At most once: nothing to wait for.
+            out.settle();
+        }
         if tx.send(out).await.is_err() {
             break;
         }
@@ -340,19 +604,67 @@ impl Session {
         }
     }
 
-    async fn deliver(&mut self, o: Outgoing) -> bool {
+    /// Resubscribes a resumed session and resends the PUBRELs it still owes.
+    async fn restore(&mut self, awaiting_comp: Vec<u16>) -> bool {
+        for spec in self.saved.subs.clone() {
+            match self.open_sub(&spec).await {
+                Ok((_, sub)) => {
+                    self.subs.insert(spec.filter.clone(), sub);
+                }
+                Err(e) => {
+                    tracing::warn!(client = %self.client_id, filter = %spec.filter, error = %e, "restoring MQTT subscription failed");
+                }
+            }
+        }
+        for id in awaiting_comp {
+            self.inflight.insert(id, OutState::Comp);
+            if !self.send_ack(Ack::Pubrel, id, None).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn deliver(&mut self, mut o: Outgoing) -> bool {
+        if self.ver == Ver::V5 && approx_size(&o) > self.client_max_packet as usize {
+            // MQTT 5 (3.1.2.11.4): a message too large for the client is discarded as if
+            // it had been delivered.
+            tracing::debug!(client = %self.client_id, topic = %o.topic, "message exceeds the client's maximum packet size; dropped");
+            o.settle();
+            return true;
+        }
         let id = if o.qos > 0 { Some(self.pkid()) } else { None };
         if let Some(id) = id {
+            let ack = o.ack.take();
             let st = if o.qos == 1 {
-                OutState::Ack
+                OutState::Ack(ack)
             } else {
-                OutState::Rec
+                OutState::Rec(ack)
             };
             self.inflight.insert(id, st);
         }
+        let mut topic = o.topic.as_str();
+        if self.ver == Ver::V5 && self.client_alias_max > 0 {
+            match self.out_aliases.get(topic) {
+                Some(a) => {
+                    o.props.topic_alias = Some(*a);
+                    topic = "";
+                }
+                None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
+                    let a = self.out_aliases.len() as u16 + 1;
+                    self.out_aliases.insert(o.topic.clone(), a);
+                    o.props.topic_alias = Some(a);
+                }
+                None => {}
+            }
+        }
         metrics::counter!("polyport_mqtt_messages_out_total").increment(1);
+        self.broker
+            .stats
+            .messages_sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = wire::publish(
-            self.ver, &o.topic, o.payload, o.qos, o.retain, false, id, &o.props, &o.sub_ids,
+            self.ver, topic, o.payload, o.qos, o.retain, o.dup, id, &o.props, &o.sub_ids,
         );
         self.send(p).await
     }
@@ -425,6 +737,13 @@ impl Session {
                     return End::Abnormal;
                 }
                 _ = takeover.cancelled() => {
+                    // What the client sent before it reconnected (a last PUBACK, its
+                    // DISCONNECT) is already here: honour it before handing over.
+                    while let Some(Some(Ok((p, _)))) = self.framed.next().now_or_never() {
+                        if let Some(end) = self.handle(wire::inbound(p)).await {
+                            return end;
+                        }
+                    }
                     self.disconnect(rc::TAKEN_OVER, "another connection took over this client id").await;
                     return End::Abnormal;
                 }
@@ -452,10 +771,26 @@ impl Session {
         match p {
             In::Publish(p) => return self.on_publish(p).await,
             In::PubAck(id) => {
-                self.inflight.remove(&id);
+                if let Some(OutState::Ack(Some((a, seq)))) = self.inflight.remove(&id) {
+                    a.ack(seq);
+                }
             }
             In::PubRec(id) => {
-                let known = matches!(self.inflight.get(&id), Some(OutState::Rec));
+                let known = match self.inflight.remove(&id) {
+                    Some(OutState::Rec(ack)) => {
+                        // The client has the message: from here on only the packet id
+                        // handshake remains, so the group may forget it.
+                        if let Some((a, seq)) = ack {
+                            a.ack(seq);
+                        }
+                        true
+                    }
+                    Some(other) => {
+                        self.inflight.insert(id, other);
+                        false
+                    }
+                    None => false,
+                };
                 if known {
                     self.inflight.insert(id, OutState::Comp);
                 }
@@ -472,7 +807,9 @@ impl Session {
                 }
             }
             In::PubComp(id) => {
-                self.inflight.remove(&id);
+                if matches!(self.inflight.get(&id), Some(OutState::Comp)) {
+                    self.inflight.remove(&id);
+                }
             }
             In::Subscribe {
                 pkid,
@@ -494,6 +831,14 @@ impl Session {
                         None => false,
                     })
                     .collect();
+                if found.iter().any(|f| *f) {
+                    self.saved.subs.retain(|s| !filters.contains(&s.filter));
+                    if !self.store_session().await {
+                        self.disconnect(rc::SERVER_UNAVAILABLE, "session could not be stored")
+                            .await;
+                        return Some(End::Abnormal);
+                    }
+                }
                 if let Some(p) = wire::unsuback(self.ver, pkid, &found)
                     && !self.send(p).await
                 {
@@ -505,7 +850,23 @@ impl Session {
                     return Some(End::Abnormal);
                 }
             }
-            In::Disconnect { with_will } => return Some(End::Clean { with_will }),
+            In::Disconnect {
+                with_will,
+                session_expiry,
+            } => {
+                if let Some(e) = session_expiry {
+                    if self.saved.expiry == 0 && e > 0 {
+                        self.disconnect(
+                            rc::PROTOCOL_ERROR,
+                            "a session that expires at once cannot be made persistent at DISCONNECT",
+                        )
+                        .await;
+                        return Some(End::Abnormal);
+                    }
+                    self.saved.expiry = e;
+                }
+                return Some(End::Clean { with_will });
+            }
             In::Unexpected(what) => {
                 self.disconnect(rc::PROTOCOL_ERROR, &format!("protocol error: {what}"))
                     .await;
@@ -543,6 +904,35 @@ impl Session {
             .await;
             return Some(End::Abnormal);
         }
+        if p.props.payload_is_utf8 && std::str::from_utf8(&p.payload).is_err() {
+            // MQTT 5 (3.3.2.3.2): a payload declared UTF-8 that is not.
+            return match (p.pkid, p.qos) {
+                (Some(id), 1 | 2) => {
+                    let kind = if p.qos == 1 { Ack::Puback } else { Ack::Pubrec };
+                    (!self.send_ack(kind, id, Some(rc::PAYLOAD_FORMAT)).await)
+                        .then_some(End::Abnormal)
+                }
+                _ => None,
+            };
+        }
+        if p.topic.starts_with("$SYS") {
+            // The broker's own statistics: clients may read, never write (as Mosquitto).
+            tracing::debug!(client = %self.client_id, topic = %p.topic, "PUBLISH to $SYS refused");
+            return match (p.pkid, p.qos) {
+                (Some(id), 1) => {
+                    let err = (self.ver == Ver::V5).then_some(rc::NOT_AUTHORIZED);
+                    (!self.send_ack(Ack::Puback, id, err).await).then_some(End::Abnormal)
+                }
+                (Some(id), 2) => {
+                    let err = (self.ver == Ver::V5).then_some(rc::NOT_AUTHORIZED);
+                    if err.is_none() {
+                        self.awaiting_rel.insert(id);
+                    }
+                    (!self.send_ack(Ack::Pubrec, id, err).await).then_some(End::Abnormal)
+                }
+                _ => None,
+            };
+        }
         let (Some(id), true) = (p.pkid, p.qos > 0) else {
             // QoS 0: fire and forget, fanned out in memory unless configured durable.
             if let Err(e) = publish_to_hub(&self.broker, &self.ctx, &self.client_id, p).await {
@@ -575,6 +965,88 @@ impl Session {
         None
     }
 
+    /// Opens the Hub subscription behind one MQTT subscription and starts forwarding.
+    /// Returns the filter (for retained messages, `None` for shared subscriptions).
+    async fn open_sub(&mut self, spec: &SubSpec) -> Result<(Option<TopicFilter>, Sub), u8> {
+        let invalid = if self.ver == Ver::V5 {
+            rc::FILTER_INVALID
+        } else {
+            0x80
+        };
+        // `$share/{group}/{filter}`: competing consumers, a Hub group.
+        let (share, filter_text) = match spec.filter.strip_prefix("$share/") {
+            Some(rest) => match rest.split_once('/') {
+                Some((g, f)) if !g.is_empty() && !g.contains(['+', '#']) => (Some(g), f),
+                _ => return Err(invalid),
+            },
+            None => (None, spec.filter.as_str()),
+        };
+        let filter = TopicFilter::new(filter_text).map_err(|_| invalid)?;
+        let ack = AckPolicy {
+            prefetch: self.client_receive_max,
+            ack_timeout: NO_REDELIVERY,
+        };
+        let (group, ack) = match share {
+            Some(g) => (Some(format!("mqtt-share:{g}")), Some(ack)),
+            None if self.saved.expiry > 0 => (
+                Some(session_group(&self.client_id, &self.saved.generation)),
+                Some(ack),
+            ),
+            None => (None, None),
+        };
+        let req = SubscribeRequest {
+            filters: vec![filter.clone()],
+            group,
+            ack,
+            overflow: Overflow::Notify,
+            ..SubscribeRequest::default()
+        };
+        match self.broker.hub.subscribe(&self.ctx, req).await {
+            Ok(sub) => {
+                let task = tokio::spawn(forward(
+                    sub,
+                    spec.opts(),
+                    spec.id,
+                    self.client_id.clone(),
+                    self.sent_before.clone(),
+                    self.out_tx.clone(),
+                ));
+                Ok((share.is_none().then_some(filter), Sub { task }))
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = %e, "MQTT subscribe refused by the hub");
+                Err(match (e, self.ver) {
+                    (_, Ver::V3) => 0x80,
+                    (HubError::Forbidden(_), _) => rc::NOT_AUTHORIZED,
+                    _ => rc::UNSPECIFIED,
+                })
+            }
+        }
+    }
+
+    /// Writes the session to the Hub's adapter state when it is persistent.
+    async fn store_session(&mut self) -> bool {
+        if self.saved.expiry == 0 {
+            return true;
+        }
+        let value = state::encode_session(&self.saved);
+        match self
+            .broker
+            .hub
+            .put_state(state::SESSIONS, &self.client_id, Some(value))
+            .await
+        {
+            Ok(()) => {
+                self.persisted = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = %e, "storing MQTT session failed");
+                false
+            }
+        }
+    }
+
     async fn on_subscribe(
         &mut self,
         pkid: u16,
@@ -583,76 +1055,62 @@ impl Session {
     ) -> bool {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
+        let mut changed = false;
         for (text, mut opts) in filters {
             opts.qos = opts.qos.min(2);
-            // `$share/{group}/{filter}`: competing consumers, a Hub group.
-            let (group, filter_text) = match text.strip_prefix("$share/") {
-                Some(rest) => match rest.split_once('/') {
-                    Some((g, f)) if !g.is_empty() && !g.contains(['+', '#']) => {
-                        (Some(format!("mqtt-share:{g}")), f.to_string())
-                    }
-                    _ => {
-                        codes.push(if self.ver == Ver::V5 {
-                            rc::FILTER_INVALID
-                        } else {
-                            0x80
-                        });
-                        continue;
-                    }
-                },
-                None => (None, text.clone()),
-            };
-            let Ok(filter) = TopicFilter::new(&filter_text) else {
-                codes.push(if self.ver == Ver::V5 {
-                    rc::FILTER_INVALID
-                } else {
-                    0x80
-                });
-                continue;
-            };
+            let spec = SubSpec::new(text.clone(), opts, sub_id);
             let is_new = !self.subs.contains_key(&text);
             if let Some(old) = self.subs.remove(&text) {
                 old.task.abort();
             }
-            let req = SubscribeRequest {
-                filters: vec![filter.clone()],
-                group: group.clone(),
-                overflow: Overflow::Notify,
-                ..SubscribeRequest::default()
-            };
-            match self.broker.hub.subscribe(&self.ctx, req).await {
-                Ok(sub) => {
-                    let task = tokio::spawn(forward(
-                        sub,
-                        opts,
-                        sub_id,
-                        self.client_id.clone(),
-                        self.out_tx.clone(),
-                    ));
-                    self.subs.insert(text, Sub { task });
+            match self.open_sub(&spec).await {
+                Ok((filter, sub)) => {
+                    self.subs.insert(text.clone(), sub);
+                    self.saved.subs.retain(|s| s.filter != text);
+                    self.saved.subs.push(spec);
+                    changed = true;
                     codes.push(opts.qos);
-                    let send_retained = group.is_none()
-                        && (opts.retain_handling == 0 || (opts.retain_handling == 1 && is_new));
-                    if send_retained {
+                    let send_retained =
+                        opts.retain_handling == 0 || (opts.retain_handling == 1 && is_new);
+                    if let (Some(filter), true) = (filter, send_retained) {
                         for (topic, r) in self.broker.retained_for(&filter) {
+                            let message_expiry = r
+                                .expires_at
+                                .map(|at| (at.saturating_sub(now_ms())).div_ceil(1000) as u32);
                             retained.push(Outgoing {
                                 topic,
                                 payload: r.payload,
                                 qos: r.qos.min(opts.qos),
                                 retain: true,
-                                props: r.props,
+                                props: MsgProps {
+                                    message_expiry,
+                                    ..r.props
+                                },
                                 sub_ids: sub_id.into_iter().collect(),
+                                dup: false,
+                                ack: None,
                             });
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "MQTT subscribe refused by the hub");
-                    codes.push(if self.ver == Ver::V5 {
+                Err(code) => {
+                    if !is_new {
+                        self.saved.subs.retain(|s| s.filter != text);
+                        changed = true;
+                    }
+                    codes.push(code);
+                }
+            }
+        }
+        // A persistent session's subscriptions are stored before SUBACK promises them.
+        if changed && !self.store_session().await {
+            for c in &mut codes {
+                if *c <= 2 {
+                    *c = if self.ver == Ver::V5 {
                         rc::UNSPECIFIED
                     } else {
                         0x80
-                    });
+                    };
                 }
             }
         }
@@ -669,6 +1127,21 @@ impl Session {
         }
         true
     }
+}
+
+/// An upper bound of a PUBLISH's encoded size, for the client's maximum packet size.
+fn approx_size(o: &Outgoing) -> usize {
+    let p = &o.props;
+    let props = p.content_type.as_ref().map_or(0, |s| s.len() + 3)
+        + p.response_topic.as_ref().map_or(0, |s| s.len() + 3)
+        + p.correlation_data.as_ref().map_or(0, |s| s.len() + 3)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 5)
+            .sum::<usize>()
+        + o.sub_ids.len() * 5
+        + 16;
+    5 + 2 + o.topic.len() + 2 + 4 + props + o.payload.len()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

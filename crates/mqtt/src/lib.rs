@@ -1,30 +1,33 @@
 //! Polyport's MQTT broker: MQTT 3.1, 3.1.1 and 5.0 on one listener (the version is read
-//! from CONNECT), bridged into the one event model — every PUBLISH is an event on the
-//! shared topic tree, and every event (record changes included) reaches MQTT
-//! subscribers.
+//! from CONNECT) and over WebSocket, bridged into the one event model — every PUBLISH is
+//! an event on the shared topic tree, and every event (record changes included) reaches
+//! MQTT subscribers.
 //!
 //! | concern | file |
 //! |---|---|
 //! | rmqtt-codec's v3/v5 packets ↔ version-neutral values | `wire.rs` |
-//! | one connection: CONNECT, QoS 0/1/2 flows, subscriptions, keep-alive, will | `connection.rs` |
-//! | shared state: session takeover, retained messages | `broker.rs` |
+//! | one connection: CONNECT, session resumption, QoS 0/1/2 flows, subscriptions, keep-alive, will | `connection.rs` |
+//! | shared state: takeover, parked sessions, retained messages, `$SYS` | `broker.rs` |
+//! | what is kept in the Hub's adapter state, and its encoding | `state.rs` |
+//! | MQTT over WebSocket (`/mqtt`, subprotocol `mqtt`) | `ws.rs` |
 //!
 //! Packets are encoded and decoded by rmqtt-codec; the broker logic is ours. QoS 1/2
 //! PUBLISHes are acknowledged (PUBACK/PUBREC) only after the Hub has made them durable,
 //! in the order received; QoS 0 is fanned out in memory unless configured durable.
-//! Shared subscriptions (`$share/{group}/{filter}`) are Hub groups.
-//!
-//! Not yet: persistent sessions (every session behaves as clean; `session_present` is
-//! always false), retained messages surviving a restart, `$SYS` statistics, MQTT over
-//! WebSocket, topic aliases from server to client, and authentication.
+//! Shared subscriptions (`$share/{group}/{filter}`) and the subscriptions of persistent
+//! sessions are acknowledged Hub groups, so what a client has not acknowledged is
+//! replayed from the event log when it (or, for shared ones, another member) comes back.
 
 mod broker;
 mod connection;
+mod state;
 mod wire;
+mod ws;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use polyport_core::Hub;
+use polyport_core::{Durability, EventDraft, Hub, HubError, Origin, Topic};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +46,8 @@ pub struct MqttConfig {
     pub topic_alias_max: u16,
     /// Also log QoS 0 messages durably (default: memory only).
     pub durable_qos0: bool,
+    /// How often `$SYS/broker/…` is republished (zero: never).
+    pub sys_interval: Duration,
 }
 
 impl Default for MqttConfig {
@@ -53,40 +58,184 @@ impl Default for MqttConfig {
             receive_max: 1024,
             topic_alias_max: 64,
             durable_qos0: false,
+            sys_interval: Duration::from_secs(10),
         }
     }
 }
 
-/// Accepts MQTT connections on `listener` until `stop` fires (or the hub shuts down),
-/// then waits for connections to close.
+/// The broker, shared by its TCP listener and its WebSocket route.
+#[derive(Clone)]
+pub struct MqttBroker {
+    broker: Arc<broker::Broker>,
+    /// Tracks every connection, TCP or WebSocket, for a graceful stop.
+    tracker: TaskTracker,
+}
+
+impl MqttBroker {
+    /// Restores persistent sessions and retained messages, and starts session expiry and
+    /// `$SYS` publishing (both end when the hub shuts down).
+    pub async fn start(hub: Hub, cfg: MqttConfig) -> Result<Self, HubError> {
+        let broker = broker::Broker::load(hub.clone(), cfg).await?;
+        tokio::spawn(housekeeping(broker.clone()));
+        Ok(Self {
+            broker,
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Accepts MQTT connections on `listener` until `stop` fires (or the hub shuts
+    /// down), then waits for this broker's connections to close.
+    pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+        let shutdown = self.broker.hub.shutdown_token();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => break,
+                _ = shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.tracker.spawn(connection::run(
+                        Box::new(stream),
+                        self.broker.clone(),
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "MQTT accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// The `/mqtt` WebSocket route (subprotocols `mqtt`, `mqttv3.1`) to merge into the
+    /// HTTP router; connections end when `stop` fires.
+    pub fn websocket_routes(&self, stop: CancellationToken) -> axum::Router {
+        ws::routes(self.broker.clone(), self.tracker.clone(), stop)
+    }
+}
+
+/// Starts a broker and serves `listener` with it (see [`MqttBroker`]).
 pub async fn serve(
     hub: Hub,
     listener: TcpListener,
     cfg: MqttConfig,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let broker = broker::Broker::new(hub.clone(), cfg);
-    let tracker = TaskTracker::new();
-    let shutdown = hub.shutdown_token();
+    let broker = MqttBroker::start(hub, cfg)
+        .await
+        .map_err(std::io::Error::other)?;
+    broker.serve(listener, stop).await;
+    Ok(())
+}
+
+/// Expires parked sessions every second and republishes `$SYS` on its interval.
+async fn housekeeping(broker: Arc<broker::Broker>) {
+    let shutdown = broker.hub.shutdown_token();
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sys_every = broker.cfg.sys_interval;
+    let mut sys = tokio::time::interval(if sys_every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        sys_every
+    });
+    sys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.cancelled() => break,
-            _ = shutdown.cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let _ = stream.set_nodelay(true);
-                tracker.spawn(connection::run(stream, broker.clone(), stop.clone()));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "MQTT accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        tokio::select! {
+            _ = expiry.tick() => broker.expire_sessions().await,
+            _ = sys.tick(), if !sys_every.is_zero() => publish_sys(&broker).await,
+            _ = shutdown.cancelled() => return,
         }
     }
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
+}
+
+/// Publishes the `$SYS` values as retained, ephemeral messages: MQTT clients get the
+/// latest on subscribe, and every other protocol can watch `$SYS/#` too.
+async fn publish_sys(broker: &broker::Broker) {
+    let ctx = polyport_core::AuthContext::anonymous(Origin("mqtt"));
+    for (topic, value) in broker.sys_values() {
+        let Ok(t) = Topic::new(topic) else { continue };
+        let payload = bytes::Bytes::from(value);
+        let _ = broker
+            .retain(
+                topic,
+                broker::Retained {
+                    payload: payload.clone(),
+                    qos: 0,
+                    props: wire::MsgProps::default(),
+                    expires_at: None,
+                },
+            )
+            .await;
+        let mut d = EventDraft::new(t, payload);
+        d.content_type = Some("text/plain; charset=utf-8".into());
+        d.durability = Durability::Ephemeral;
+        d.headers.push(("mqtt-retain".into(), "1".into()));
+        let _ = broker.hub.publish(&ctx, d).await;
+    }
+}
+
+/// Decodes `bytes` as a client's side of a connection — version detection, CONNECT,
+/// then packets — through rmqtt-codec and our normalisation, as a connection would, and
+/// discards the result. For the fuzz target (`fuzz/`) and the no-panic property test:
+/// whatever a client sends, decoding returns an error instead of panicking.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8], max_packet_size: u32) {
+    use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
+    use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
+    use tokio_util::codec::Decoder;
+
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut codec = MqttCodec::Version(VersionCodec);
+    let Ok(Some((MqttPacket::Version(v), _))) = codec.decode(&mut buf) else {
+        return;
+    };
+    codec = match v {
+        ProtocolVersion::MQTT3 => MqttCodec::V3(v3::Codec::new(max_packet_size)),
+        ProtocolVersion::MQTT5 => MqttCodec::V5(v5::Codec::new(max_packet_size, max_packet_size)),
+    };
+    let mut first = true;
+    while let Ok(Some((p, _))) = codec.decode(&mut buf) {
+        if first {
+            first = false;
+            if wire::connect_in(p).is_err() {
+                return;
+            }
+        } else {
+            let _ = wire::inbound(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    /// A valid MQTT 5 CONNECT, so mutations reach the packets after it.
+    const CONNECT5: &[u8] = b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01x";
+    const CONNECT3: &[u8] = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01x";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            v5 in any::<bool>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..512),
+            flip in proptest::collection::vec((0usize..64, any::<u8>()), 0..4),
+        ) {
+            let mut input = if v5 { CONNECT5.to_vec() } else { CONNECT3.to_vec() };
+            input.extend_from_slice(&tail);
+            for (i, b) in flip {
+                let n = input.len();
+                input[i % n] ^= b;
+            }
+            super::fuzz_decode(&input, 1024);
+        }
+    }
 }

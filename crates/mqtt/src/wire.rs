@@ -25,6 +25,8 @@ pub(crate) struct MsgProps {
     pub(crate) user_properties: Vec<(String, String)>,
     pub(crate) payload_is_utf8: bool,
     pub(crate) topic_alias: Option<u16>,
+    /// Seconds the message stays deliverable (MQTT 5 message expiry interval).
+    pub(crate) message_expiry: Option<u32>,
 }
 
 /// An inbound PUBLISH.
@@ -66,9 +68,11 @@ pub(crate) enum In {
         filters: Vec<String>,
     },
     Ping,
-    /// `with_will`: MQTT 5's "disconnect with will message".
+    /// `with_will`: MQTT 5's "disconnect with will message"; `session_expiry`: a new
+    /// session expiry interval.
     Disconnect {
         with_will: bool,
+        session_expiry: Option<u32>,
     },
     /// A packet a client must not send (CONNECT twice, CONNACK, …).
     Unexpected(&'static str),
@@ -106,6 +110,7 @@ fn publish_in(p: rmqtt_codec::types::Publish) -> PublishIn {
             user_properties: user_props(pp.user_properties),
             payload_is_utf8: pp.is_utf8_payload,
             topic_alias: pp.topic_alias.map(NonZeroU16::get),
+            message_expiry: pp.message_expiry_interval.map(NonZeroU32::get),
         })
         .unwrap_or_default();
     PublishIn {
@@ -154,7 +159,10 @@ pub(crate) fn inbound(p: MqttPacket) -> In {
                 filters: topic_filters.into_iter().map(|f| f.to_string()).collect(),
             },
             v3::Packet::PingRequest => In::Ping,
-            v3::Packet::Disconnect => In::Disconnect { with_will: false },
+            v3::Packet::Disconnect => In::Disconnect {
+                with_will: false,
+                session_expiry: None,
+            },
             _ => In::Unexpected("a packet only a server sends, or a second CONNECT"),
         },
         MqttPacket::V5(p) => match p {
@@ -193,6 +201,7 @@ pub(crate) fn inbound(p: MqttPacket) -> In {
             v5::Packet::PingRequest => In::Ping,
             v5::Packet::Disconnect(d) => In::Disconnect {
                 with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+                session_expiry: d.session_expiry_interval_secs,
             },
             _ => In::Unexpected("a packet only a server sends, AUTH, or a second CONNECT"),
         },
@@ -220,9 +229,9 @@ pub(crate) fn publish(
     let properties = match ver {
         Ver::V3 => None,
         Ver::V5 => Some(v5::PublishProperties {
-            topic_alias: None,
+            topic_alias: props.topic_alias.and_then(NonZeroU16::new),
             correlation_data: props.correlation_data.clone(),
-            message_expiry_interval: None,
+            message_expiry_interval: props.message_expiry.and_then(NonZeroU32::new),
             content_type: props.content_type.as_deref().map(ByteString::from),
             user_properties: props
                 .user_properties
@@ -378,6 +387,13 @@ pub(crate) struct ConnectIn {
     pub(crate) will: Option<PublishIn>,
     pub(crate) will_delay: u32,
     pub(crate) receive_max: u16,
+    /// Seconds the session outlives the connection (3.1.1: 0 when clean, else forever).
+    pub(crate) session_expiry: u32,
+    /// Topic aliases the client accepts from us.
+    pub(crate) topic_alias_max: u16,
+    /// Largest packet the client accepts from us.
+    pub(crate) max_packet_size: u32,
+    pub(crate) password: Option<Bytes>,
 }
 
 pub(crate) fn connect_in(p: MqttPacket) -> Result<(Ver, ConnectIn), &'static str> {
@@ -399,6 +415,10 @@ pub(crate) fn connect_in(p: MqttPacket) -> Result<(Ver, ConnectIn), &'static str
                 }),
                 will_delay: 0,
                 receive_max: u16::MAX,
+                session_expiry: if c.clean_session { 0 } else { u32::MAX },
+                topic_alias_max: 0,
+                max_packet_size: u32::MAX,
+                password: c.password,
             },
         )),
         MqttPacket::V5(v5::Packet::Connect(c)) => Ok((
@@ -426,9 +446,14 @@ pub(crate) fn connect_in(p: MqttPacket) -> Result<(Ver, ConnectIn), &'static str
                         user_properties: user_props(w.user_properties),
                         payload_is_utf8: w.is_utf8_payload.unwrap_or(false),
                         topic_alias: None,
+                        message_expiry: w.message_expiry_interval.map(NonZeroU32::get),
                     },
                 }),
                 receive_max: c.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX),
+                session_expiry: c.session_expiry_interval_secs,
+                topic_alias_max: c.topic_alias_max,
+                max_packet_size: c.max_packet_size.map(NonZeroU32::get).unwrap_or(u32::MAX),
+                password: c.password,
             },
         )),
         _ => Err("the first packet must be CONNECT"),

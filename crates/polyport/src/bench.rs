@@ -6,6 +6,8 @@
 //! - `fanout`: one REST write fanned out to N subscribers (half SSE, half WebSocket),
 //!   against a bare axum + `tokio::sync::broadcast` server; clients run in a child
 //!   process so each side of 10k connections has its own file-descriptor budget.
+//! - `mqtt`: Polyport's MQTT broker vs the local Mosquitto under one rumqttc load
+//!   generator: fan-in, fan-out and memory per idle connection.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 mod fanout;
 mod graphql;
 mod grpc;
+mod mqtt;
 mod webhooks;
 
 #[derive(clap::Args, Debug)]
@@ -78,6 +81,8 @@ enum Which {
         #[arg(long, default_value_t = 4)]
         endpoints: usize,
     },
+    /// Polyport's MQTT broker vs the local Mosquitto: fan-in, fan-out, idle memory.
+    Mqtt(mqtt::MqttArgs),
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -102,6 +107,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             watchers,
             writes,
         } => grpc::run(Duration::from_secs(duration), concurrency, watchers, writes).await,
+        Which::Mqtt(a) => mqtt::run(a).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
     }
 }

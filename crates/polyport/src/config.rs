@@ -22,6 +22,26 @@ pub(crate) struct Config {
     pub(crate) webhooks: WebhooksSection,
     pub(crate) hooks: polyport_http::HooksConfig,
     pub(crate) events: EventsSection,
+    pub(crate) auth: AuthSection,
+}
+
+/// Who may connect. Without users, everyone is let in and a username is taken as given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    /// Username → password, checked on MQTT CONNECT.
+    pub(crate) users: std::collections::HashMap<String, String>,
+    /// Whether callers without credentials are let in.
+    pub(crate) anonymous: bool,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            users: Default::default(),
+            anonymous: true,
+        }
+    }
 }
 
 /// The MQTT broker.
@@ -34,6 +54,10 @@ pub(crate) struct MqttSection {
     pub(crate) receive_max: u16,
     /// Also log QoS 0 messages durably.
     pub(crate) durable_qos0: bool,
+    /// Serve MQTT over WebSocket at `/mqtt` on the HTTP port.
+    pub(crate) websocket: bool,
+    /// Seconds between `$SYS/broker/…` updates (0: off).
+    pub(crate) sys_interval_secs: u64,
 }
 
 impl Default for MqttSection {
@@ -45,6 +69,8 @@ impl Default for MqttSection {
             max_packet_size: d.max_packet_size,
             receive_max: d.receive_max,
             durable_qos0: d.durable_qos0,
+            websocket: true,
+            sys_interval_secs: d.sys_interval.as_secs(),
         }
     }
 }
@@ -155,6 +181,7 @@ impl Default for Config {
             webhooks: WebhooksSection::default(),
             hooks: polyport_http::HooksConfig::default(),
             events: EventsSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }

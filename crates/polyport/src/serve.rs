@@ -72,16 +72,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| TopicFilter::new(t).with_context(|| format!("events.ephemeral_topics: '{t}'")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let hub = Hub::new(
-        Arc::new(store),
-        bus,
-        HubConfig {
-            auto_create_collections: cfg.auto_create_collections,
-            subscriber_queue: cfg.events.subscriber_queue,
-            ephemeral_topics,
-            ..HubConfig::default()
-        },
-    );
+    let hub_cfg = HubConfig {
+        auto_create_collections: cfg.auto_create_collections,
+        subscriber_queue: cfg.events.subscriber_queue,
+        ephemeral_topics,
+        ..HubConfig::default()
+    };
+    let hub = if cfg.auth.users.is_empty() && cfg.auth.anonymous {
+        Hub::new(Arc::new(store), bus, hub_cfg)
+    } else {
+        let policy = polyport_core::auth::StaticUsers {
+            users: cfg.auth.users.clone(),
+            allow_anonymous: cfg.auth.anonymous,
+        };
+        Hub::with_policy(Arc::new(store), bus, hub_cfg, Box::new(policy))
+    };
 
     let webhooks = if cfg.webhooks.enabled {
         Some(polyport_webhooks::start(
@@ -106,6 +111,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stop_accepting = CancellationToken::new();
     let mut bound = BTreeMap::new();
 
+    let mqtt = if cfg.mqtt.enabled {
+        let mqtt_cfg = polyport_mqtt::MqttConfig {
+            max_packet_size: cfg.mqtt.max_packet_size,
+            receive_max: cfg.mqtt.receive_max.max(1),
+            durable_qos0: cfg.mqtt.durable_qos0,
+            sys_interval: Duration::from_secs(cfg.mqtt.sys_interval_secs),
+            ..polyport_mqtt::MqttConfig::default()
+        };
+        Some(
+            polyport_mqtt::MqttBroker::start(hub.clone(), mqtt_cfg)
+                .await
+                .context("restoring MQTT sessions and retained messages")?,
+        )
+    } else {
+        None
+    };
+
     if cfg.http.enabled {
         let listener = bind(
             "HTTP",
@@ -128,6 +150,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             axum::Router::new()
         };
+        let mqtt_ws = mqtt.as_ref().filter(|_| cfg.mqtt.websocket);
+        let extra = match mqtt_ws {
+            Some(m) => extra.merge(m.websocket_routes(stop_accepting.clone())),
+            None => extra,
+        };
         let app = polyport_http::router_with(
             hub.clone(),
             polyport_http::HttpConfig {
@@ -142,9 +169,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             extra,
         );
         tracing::info!(
-            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws, OpenAPI /openapi.json{})",
+            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws, OpenAPI /openapi.json{}{})",
             if cfg.graphql.enabled {
                 ", GraphQL /graphql"
+            } else {
+                ""
+            },
+            if mqtt_ws.is_some() {
+                ", MQTT over WebSocket /mqtt"
             } else {
                 ""
             }
@@ -184,7 +216,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    if cfg.mqtt.enabled {
+    if let Some(broker) = mqtt {
         let listener = bind(
             "MQTT",
             cfg.mqtt.listen,
@@ -192,20 +224,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await?;
         let addr = listener.local_addr()?;
-        let mqtt_cfg = polyport_mqtt::MqttConfig {
-            max_packet_size: cfg.mqtt.max_packet_size,
-            receive_max: cfg.mqtt.receive_max.max(1),
-            durable_qos0: cfg.mqtt.durable_qos0,
-            ..polyport_mqtt::MqttConfig::default()
-        };
         tracing::info!("MQTT listening on {addr} (3.1, 3.1.1, 5.0)");
         bound.insert("mqtt", addr.to_string());
-        let (stop, hub) = (stop_accepting.clone(), hub.clone());
-        tracker.spawn(async move {
-            if let Err(e) = polyport_mqtt::serve(hub, listener, mqtt_cfg, stop).await {
-                tracing::error!(error = %e, "MQTT server failed");
-            }
-        });
+        let stop = stop_accepting.clone();
+        tracker.spawn(async move { broker.serve(listener, stop).await });
     }
     tracker.close();
 

@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS consumers (
     key      TEXT PRIMARY KEY,
     position INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS adapter_state (
+    namespace TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    value     BLOB NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
 "#;
 
 /// Opens the writer connection and creates the schema.

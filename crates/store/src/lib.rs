@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use polyport_core::engine::{
     CollectionMap, EventSink, LogState, Store, WriteCommand, WriteOutcome,
@@ -369,6 +370,20 @@ impl Store for SqliteStore {
                 .query_row(params![key], |r| r.get::<_, i64>(0))
                 .optional()
                 .map(|o| o.map(|p| p as u64))
+        })
+        .await
+    }
+
+    async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>> {
+        let ns = namespace.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, value FROM adapter_state WHERE namespace = ?1 ORDER BY key",
+            )?;
+            stmt.query_map(params![ns], |r| {
+                Ok((r.get::<_, String>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?)))
+            })?
+            .collect()
         })
         .await
     }

@@ -519,6 +519,34 @@ fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<W
         WriteCommand::Redeliver { endpoint_id, which } => {
             webhooks::redeliver(tx, &st.endpoints, &endpoint_id, &which)
         }
+        WriteCommand::PutState {
+            namespace,
+            key,
+            value,
+        } => {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO adapter_state (namespace, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                    params![namespace, key, v.as_ref()],
+                ),
+                None => tx.execute(
+                    "DELETE FROM adapter_state WHERE namespace = ?1 AND key = ?2",
+                    params![namespace, key],
+                ),
+            }
+            .map_err(sql_err)?;
+            Ok(WriteOutcome::Done)
+        }
+        WriteCommand::DeleteConsumers { prefix } => {
+            // substr() rather than LIKE: group names may contain `%` and `_`.
+            tx.execute(
+                "DELETE FROM consumers WHERE substr(key, 1, length(?1)) = ?1",
+                params![prefix],
+            )
+            .map_err(sql_err)?;
+            Ok(WriteOutcome::Done)
+        }
         WriteCommand::SaveConsumer { key, position } => {
             tx.execute(
                 "INSERT INTO consumers (key, position) VALUES (?1, ?2)

@@ -2349,3 +2349,56 @@ async fn a_named_group_position_survives_a_restart() {
     let mut b = subscribe(&env, req()).await;
     expect_acked_run(&mut b, &[4, 5, 6], "after restart").await;
 }
+
+/// Adapter state is durable per namespace, replaced and removed by key, and forgetting a
+/// group makes its next join start live instead of resuming.
+#[tokio::test]
+async fn adapter_state_survives_a_restart_and_groups_can_be_forgotten() {
+    let mut env = Env::new();
+    let hub = &env.hub;
+    hub.put_state("ns.a", "k1", Some("one".into()))
+        .await
+        .unwrap();
+    hub.put_state("ns.a", "k2", Some("two".into()))
+        .await
+        .unwrap();
+    hub.put_state("ns.a", "k1", Some("uno".into()))
+        .await
+        .unwrap();
+    hub.put_state("ns.b", "k1", Some(vec![0u8, 255].into()))
+        .await
+        .unwrap();
+    hub.put_state("ns.a", "k2", None).await.unwrap();
+    for i in 0..3 {
+        env.publish("forget/x", &i.to_string()).await;
+    }
+    let req = |g: &str| SubscribeRequest {
+        since: Some(0),
+        ..acked(Some(g), "forget/#", 1, 30_000)
+    };
+    for g in ["g1", "g10"] {
+        let mut a = subscribe(&env, req(g)).await;
+        let d = next_delivery(&mut a).await;
+        a.ack(seq(&d.event));
+        drop(a);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.reopen().await;
+    let hub = &env.hub;
+    let a = hub.load_state("ns.a").await.unwrap();
+    assert_eq!(a, vec![("k1".to_string(), bytes::Bytes::from("uno"))]);
+    let b = hub.load_state("ns.b").await.unwrap();
+    assert_eq!(
+        b,
+        vec![("k1".to_string(), bytes::Bytes::from(vec![0u8, 255]))]
+    );
+    assert!(hub.load_state("ns.c").await.unwrap().is_empty());
+
+    // "g1" is forgotten; "g10" (which shares the prefix text) is not.
+    hub.delete_group("g1").await.unwrap();
+    let mut g10 = subscribe(&env, req("g10")).await;
+    assert_eq!(seq(&next_delivery(&mut g10).await.event), 2);
+    let mut g1 = subscribe(&env, req("g1")).await;
+    // Without a saved position the group starts where the request says: from 0.
+    assert_eq!(seq(&next_delivery(&mut g1).await.event), 1);
+}

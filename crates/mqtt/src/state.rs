@@ -1,0 +1,163 @@
+//! What the broker keeps in the Hub's adapter state, and its encoding (JSON, with
+//! binary fields in base64, so an operator can read it with `sqlite3`).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Retained;
+use crate::wire::{MsgProps, SubOpts};
+
+/// Namespace of persistent sessions, keyed by client id.
+pub(crate) const SESSIONS: &str = "mqtt.session";
+/// Namespace of retained messages, keyed by topic.
+pub(crate) const RETAINED: &str = "mqtt.retained";
+
+/// One subscription of a session, as the client asked for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SubSpec {
+    pub(crate) filter: String,
+    pub(crate) qos: u8,
+    #[serde(default)]
+    pub(crate) no_local: bool,
+    #[serde(default)]
+    pub(crate) retain_as_published: bool,
+    #[serde(default)]
+    pub(crate) retain_handling: u8,
+    #[serde(default)]
+    pub(crate) id: Option<u32>,
+}
+
+impl SubSpec {
+    pub(crate) fn new(filter: String, o: SubOpts, id: Option<u32>) -> Self {
+        Self {
+            filter,
+            qos: o.qos,
+            no_local: o.no_local,
+            retain_as_published: o.retain_as_published,
+            retain_handling: o.retain_handling,
+            id,
+        }
+    }
+
+    pub(crate) fn opts(&self) -> SubOpts {
+        SubOpts {
+            qos: self.qos,
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            retain_handling: self.retain_handling,
+        }
+    }
+}
+
+/// A persistent session: what must survive the client being away (and a restart).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedSession {
+    /// Names this session's Hub groups; new for every new session.
+    pub(crate) generation: String,
+    /// Seconds the session outlives its connection (`u32::MAX`: forever).
+    pub(crate) expiry: u32,
+    pub(crate) subs: Vec<SubSpec>,
+}
+
+pub(crate) fn encode_session(s: &SavedSession) -> Bytes {
+    Bytes::from(serde_json::to_vec(s).unwrap_or_default())
+}
+
+pub(crate) fn decode_session(b: &[u8]) -> Option<SavedSession> {
+    serde_json::from_slice(b).ok()
+}
+
+#[derive(Serialize, Deserialize)]
+struct RetainedDoc {
+    qos: u8,
+    payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    correlation_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    user_properties: Vec<(String, String)>,
+    #[serde(default)]
+    utf8: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+}
+
+pub(crate) fn encode_retained(r: &Retained) -> Bytes {
+    let doc = RetainedDoc {
+        qos: r.qos,
+        payload: B64.encode(&r.payload),
+        content_type: r.props.content_type.clone(),
+        response_topic: r.props.response_topic.clone(),
+        correlation_data: r.props.correlation_data.as_ref().map(|c| B64.encode(c)),
+        user_properties: r.props.user_properties.clone(),
+        utf8: r.props.payload_is_utf8,
+        expires_at: r.expires_at,
+    };
+    Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+}
+
+pub(crate) fn decode_retained(b: &[u8]) -> Option<Retained> {
+    let d: RetainedDoc = serde_json::from_slice(b).ok()?;
+    Some(Retained {
+        payload: Bytes::from(B64.decode(d.payload).ok()?),
+        qos: d.qos.min(2),
+        props: MsgProps {
+            content_type: d.content_type,
+            response_topic: d.response_topic,
+            correlation_data: match d.correlation_data {
+                Some(c) => Some(Bytes::from(B64.decode(c).ok()?)),
+                None => None,
+            },
+            user_properties: d.user_properties,
+            payload_is_utf8: d.utf8,
+            ..MsgProps::default()
+        },
+        expires_at: d.expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retained_round_trips_binary_payloads_and_properties() {
+        let r = Retained {
+            payload: Bytes::from(vec![0u8, 159, 146, 150, 255]),
+            qos: 1,
+            props: MsgProps {
+                content_type: Some("application/octet-stream".into()),
+                correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+                user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+                ..MsgProps::default()
+            },
+            expires_at: Some(1_700_000_000_000),
+        };
+        assert_eq!(decode_retained(&encode_retained(&r)), Some(r));
+        assert_eq!(decode_retained(b"{not json"), None);
+    }
+
+    #[test]
+    fn sessions_round_trip() {
+        let s = SavedSession {
+            generation: "01J".into(),
+            expiry: u32::MAX,
+            subs: vec![SubSpec::new(
+                "a/+/c".into(),
+                SubOpts {
+                    qos: 2,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: 1,
+                },
+                Some(7),
+            )],
+        };
+        assert_eq!(decode_session(&encode_session(&s)), Some(s));
+    }
+}

@@ -1,0 +1,67 @@
+//! MQTT over WebSocket: binary frames carry the MQTT byte stream (packets may span
+//! frames or share one), so the socket is turned into a byte stream and served by the
+//! same connection code as TCP.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::connection;
+
+#[derive(Clone)]
+struct WsState {
+    broker: Arc<Broker>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+pub(crate) fn routes(broker: Arc<Broker>, tracker: TaskTracker, stop: CancellationToken) -> Router {
+    Router::new()
+        .route("/mqtt", get(upgrade))
+        .with_state(WsState {
+            broker,
+            tracker,
+            stop,
+        })
+}
+
+async fn upgrade(State(st): State<WsState>, ws: WebSocketUpgrade) -> Response {
+    let max = st.broker.cfg.max_packet_size as usize;
+    ws.protocols(["mqtt", "mqttv3.1"])
+        .max_message_size(max.saturating_add(16))
+        .on_upgrade(move |socket| {
+            let run = connection::run(transport(socket), st.broker, st.stop);
+            st.tracker.track_future(run)
+        })
+}
+
+fn transport(socket: WebSocket) -> connection::Transport {
+    let (sink, stream) = socket.split();
+    let reader = StreamReader::new(stream.filter_map(|m| {
+        futures::future::ready(match m {
+            Ok(Message::Binary(b)) => Some(Ok(b)),
+            // MQTT over WebSocket is binary only (MQTT 5, 6.0): a text frame ends it.
+            Ok(Message::Text(_)) => Some(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "MQTT over WebSocket uses binary frames",
+            ))),
+            Ok(_) => None,
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        })
+    }));
+    let sink = sink
+        .with(|b: Bytes| futures::future::ready(Ok::<_, axum::Error>(Message::Binary(b))))
+        .sink_map_err(std::io::Error::other);
+    let writer = SinkWriter::new(CopyToBytes::new(sink));
+    Box::new(tokio::io::join(reader, writer))
+}
