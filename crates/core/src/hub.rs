@@ -620,10 +620,10 @@ impl Hub {
         filters: Vec<TopicFilter>,
         since: Option<u64>,
     ) -> HubResult<Direct> {
-        let (reg, rx) = self
-            .inner
-            .bus
-            .register(filters.clone(), self.inner.config.subscriber_queue);
+        let (reg, rx) = self.inner.bus.register(
+            filters.clone(),
+            req.queue.unwrap_or(self.inner.config.subscriber_queue),
+        );
         // Read the log state only after registering, so nothing falls between.
         let state = self.inner.store.log_state();
         let mut notices = std::collections::VecDeque::new();

@@ -73,6 +73,9 @@ pub struct SubscribeRequest {
     pub group: Option<String>,
     /// Require acknowledgements.
     pub ack: Option<AckPolicy>,
+    /// Events buffered for this subscriber before it counts as lagging (default: the
+    /// hub's `subscriber_queue`). Room is only allocated as it fills.
+    pub queue: Option<usize>,
 }
 
 impl SubscribeRequest {

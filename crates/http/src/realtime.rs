@@ -62,6 +62,7 @@ pub(crate) fn subscribe_request(p: &Params, default_strict: bool) -> ApiResult<S
         strict: p.bool("strict")?.unwrap_or(default_strict),
         group: p.get("group").filter(|g| !g.is_empty()).map(str::to_string),
         ack: None,
+        queue: None,
         overflow: overflow(p.get("overflow"))?,
     })
 }

@@ -336,6 +336,7 @@ impl Session {
                     strict,
                     group,
                     ack,
+                    queue: None,
                     overflow: crate::realtime::overflow(overflow.as_deref())
                         .map_err(|e| HubError::InvalidRequest(e.detail.clone()))?,
                 };

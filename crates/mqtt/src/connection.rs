@@ -16,7 +16,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use polyport_core::subscription::Acker;
 use polyport_core::{
     AckPolicy, AuthContext, Durability, EventDraft, HubError, Item, Origin, Overflow,
@@ -27,10 +27,10 @@ use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Parked, Retained, now_ms, session_group};
+use crate::framing::Conn;
 use crate::state::{self, SavedSession, SubSpec};
 use crate::wire::{self, Ack, ConnectIn, In, MsgProps, PublishIn, SubOpts, Ver};
 
@@ -43,6 +43,10 @@ pub(crate) type Transport = Box<dyn Io>;
 /// would redeliver: effectively never while connected (MQTT redelivers only on a new
 /// connection, which the group does when the member leaves).
 const NO_REDELIVERY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Packets handled (or messages delivered) per step before the loop flushes and looks
+/// at its other inputs again.
+const BATCH: usize = 64;
 
 /// Unacknowledged sequences a parked session remembers for the DUP flag.
 const MAX_REMEMBERED_UNACKED: usize = 65_536;
@@ -116,7 +120,7 @@ type Pending =
 struct Session {
     ver: Ver,
     broker: Arc<Broker>,
-    framed: Framed<Transport, MqttCodec>,
+    conn: Conn,
     client_id: String,
     ctx: AuthContext,
     /// What survives the connection when `saved.expiry > 0`.
@@ -124,7 +128,7 @@ struct Session {
     /// Whether `saved` is in the Hub's adapter state now.
     persisted: bool,
     subs: HashMap<String, Sub>,
-    out_tx: mpsc::Sender<Outgoing>,
+    out_tx: mpsc::Sender<Box<Outgoing>>,
     inflight: HashMap<u16, OutState>,
     next_pkid: u16,
     awaiting_rel: HashSet<u16>,
@@ -160,32 +164,45 @@ fn max_codec(ver: ProtocolVersion, max: u32) -> MqttCodec {
 /// Serves one connection to the end.
 pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: CancellationToken) {
     let cfg = broker.cfg.clone();
-    let mut framed = Framed::new(stream, MqttCodec::Version(VersionCodec));
+    let mut framed = Conn::new(stream, MqttCodec::Version(VersionCodec));
     // The CONNECT must arrive in time; nothing is buffered for a silent socket.
     let version = match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
-        Ok(Some(Ok((MqttPacket::Version(v), _)))) => v,
+        Ok(Some(Ok(MqttPacket::Version(v)))) => v,
         Ok(Some(Err(e))) => {
             tracing::debug!(error = %e, "MQTT handshake refused");
             return;
         }
         _ => return,
     };
-    *framed.codec_mut() = max_codec(version, cfg.max_packet_size);
+    framed.codec = max_codec(version, cfg.max_packet_size);
     let connect = match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
-        Ok(Some(Ok((p, _)))) => wire::connect_in(p),
+        Ok(Some(Ok(p))) => wire::connect_in(p),
         _ => return,
     };
-    let Ok((ver, c)) = connect else { return };
+    let Ok((ver, mut c)) = connect else { return };
+    // Server keep-alive (MQTT 5): a client asking for none or more than the maximum is
+    // told the maximum in CONNACK; a 3.1.1 client cannot be told, so it is refused
+    // (identifier rejected), as Mosquitto does.
+    let max_ka = cfg.max_keep_alive;
+    let over = max_ka > 0 && (c.keep_alive == 0 || c.keep_alive > max_ka);
+    let keep_alive_override = (over && ver == Ver::V5).then_some(max_ka);
     let caps = wire::ServerCaps {
         receive_max: cfg.receive_max,
         max_packet_size: cfg.max_packet_size,
         topic_alias_max: cfg.topic_alias_max,
-        keep_alive_override: None,
+        keep_alive_override,
     };
     let refuse = |code3: u8, code5: u8| {
         let code = if ver == Ver::V3 { code3 } else { code5 };
         wire::connack(ver, false, Some(code), None, &caps)
     };
+    if over && ver == Ver::V3 {
+        let _ = framed.send(refuse(2, 0x85)).await;
+        return;
+    }
+    if let Some(k) = keep_alive_override {
+        c.keep_alive = k;
+    }
     let (client_id, assigned) = if c.client_id.is_empty() {
         if ver == Ver::V3 && !c.clean {
             // 3.1.1: a persistent session needs an identifier.
@@ -219,7 +236,7 @@ pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: Cancellati
         // Let the connection we took over park its session first.
         let _ = tokio::time::timeout(Duration::from_secs(5), previous.cancelled()).await;
     }
-    let resumed = match resume(&broker, &client_id, &c).await {
+    let resumed = match Box::pin(resume(&broker, &client_id, &c)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(client = %client_id, error = %e, "MQTT session could not be stored");
@@ -257,7 +274,7 @@ pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: Cancellati
     let mut s = Session {
         ver,
         broker: broker.clone(),
-        framed,
+        conn: framed,
         ctx,
         client_id: client_id.clone(),
         saved,
@@ -275,7 +292,7 @@ pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: Cancellati
         client_max_packet: c.max_packet_size,
         sent_before: Arc::new(sent_before),
     };
-    let end = if s.restore(awaiting_comp).await {
+    let end = if Box::pin(s.restore(awaiting_comp)).await {
         s.run(&c, out_rx, takeover, stop).await
     } else {
         End::Abnormal
@@ -323,7 +340,7 @@ pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: Cancellati
             },
         );
     } else if s.persisted {
-        broker.forget_session(&client_id, &s.saved).await;
+        Box::pin(broker.forget_session(&client_id, &s.saved)).await;
     }
     // Released only now: a reconnect that finds no live connection must find the
     // session parked.
@@ -340,7 +357,7 @@ pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: Cancellati
         let delay = Duration::from_secs(u64::from(c.will_delay.min(expiry)));
         let ctx = s.ctx.clone();
         if delay.is_zero() {
-            let _ = publish_to_hub(&broker, &ctx, &client_id, w).await;
+            let _ = Box::pin(publish_to_hub(&broker, &ctx, &client_id, w)).await;
         } else {
             let cancel = broker.delay_will(&client_id, conn);
             tokio::spawn(async move {
@@ -502,7 +519,7 @@ async fn forward(
     sub_id: Option<u32>,
     client_id: String,
     sent_before: Arc<HashSet<u64>>,
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Box<Outgoing>>,
 ) {
     let acker = sub.acker();
     while let Some(item) = sub.next().await {
@@ -546,7 +563,7 @@ async fn forward(
             .cloned()
             .collect();
         let qos = published_qos.min(opts.qos);
-        let mut out = Outgoing {
+        let mut out = Box::new(Outgoing {
             topic: e.topic.as_str().to_string(),
             payload: e.payload.clone(),
             qos,
@@ -568,7 +585,7 @@ async fn forward(
             sub_ids: sub_id.into_iter().collect(),
             dup: qos > 0 && (d.redeliveries > 0 || e.seq.is_some_and(|s| sent_before.contains(&s))),
             ack,
-        };
+        });
         if qos == 0 {
             // At most once: nothing to wait for.
             out.settle();
@@ -585,14 +602,16 @@ fn valid_topic_name(t: &str) -> bool {
 }
 
 impl Session {
+    /// Queues a packet; the run loop flushes once per step, so a batch is one write.
     async fn send(&mut self, p: MqttPacket) -> bool {
-        self.framed.send(p).await.is_ok()
+        self.conn.feed(p).is_ok()
     }
 
     async fn disconnect(&mut self, reason: u8, why: &str) {
         if let Some(p) = wire::disconnect(self.ver, reason, why) {
-            let _ = self.framed.send(p).await;
+            let _ = self.conn.feed(p);
         }
+        let _ = self.conn.flush().await;
     }
 
     fn pkid(&mut self) -> u16 {
@@ -672,7 +691,7 @@ impl Session {
     async fn run(
         &mut self,
         c: &ConnectIn,
-        mut out_rx: mpsc::Receiver<Outgoing>,
+        mut out_rx: mpsc::Receiver<Box<Outgoing>>,
         takeover: CancellationToken,
         stop: CancellationToken,
     ) -> End {
@@ -681,55 +700,70 @@ impl Session {
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         let shutdown = self.broker.hub.shutdown_token();
         loop {
+            // Whatever the last step queued goes out in one write.
+            if self.conn.has_pending_writes() && self.conn.flush().await.is_err() {
+                return End::Abnormal;
+            }
             let can_read = self.pending.len() < self.broker.cfg.receive_max as usize;
             let can_send = self.inflight.len() < self.client_receive_max;
             tokio::select! {
-                pkt = self.framed.next(), if can_read => {
+                pkt = self.conn.next(), if can_read => {
                     if let Some(k) = keep_alive {
                         deadline = Some(Instant::now() + k);
                     }
-                    match pkt {
-                        Some(Ok((p, _))) => {
-                            if let Some(end) = self.handle(wire::inbound(p)).await {
-                                return end;
+                    let mut pkt = pkt;
+                    // Packets that arrived together are handled together.
+                    for _ in 0..BATCH {
+                        match pkt {
+                            Some(Ok(p)) => {
+                                if let Some(end) = self.handle(wire::inbound(p)).await {
+                                    return end;
+                                }
                             }
-                        }
-                        Some(Err(e)) => {
-                            let reason = match e {
-                                rmqtt_codec::error::DecodeError::MaxSizeExceeded { .. } => rc::TOO_LARGE,
-                                _ => rc::MALFORMED,
-                            };
-                            self.disconnect(reason, &e.to_string()).await;
-                            return End::Abnormal;
-                        }
-                        None => return End::Abnormal,
-                    }
-                }
-                Some((kind, id, result)) = self.pending.next(), if !self.pending.is_empty() => {
-                    let ok = match result {
-                        Ok(()) => self.send_ack(kind, id, None).await,
-                        Err(e) => {
-                            tracing::warn!(client = %self.client_id, error = %e, "MQTT publish refused by the hub");
-                            if self.ver == Ver::V3 {
-                                // 3.1.1 has no negative acknowledgement: close instead.
+                            Some(Err(e)) => {
+                                let reason = match e {
+                                    rmqtt_codec::error::DecodeError::MaxSizeExceeded { .. } => rc::TOO_LARGE,
+                                    _ => rc::MALFORMED,
+                                };
+                                self.disconnect(reason, &e.to_string()).await;
                                 return End::Abnormal;
                             }
-                            let code = match e {
-                                HubError::Forbidden(_) => rc::NOT_AUTHORIZED,
-                                HubError::InvalidTopic(_) => rc::TOPIC_INVALID,
-                                _ => rc::UNSPECIFIED,
-                            };
-                            self.send_ack(kind, id, Some(code)).await
+                            None => return End::Abnormal,
                         }
-                    };
-                    if !ok {
-                        return End::Abnormal;
+                        if self.pending.len() >= self.broker.cfg.receive_max as usize {
+                            break;
+                        }
+                        match self.conn.try_next() {
+                            Some(next) => pkt = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    let mut done = done;
+                    loop {
+                        if let Some(end) = self.complete(done).await {
+                            return end;
+                        }
+                        match self.pending.next().now_or_never() {
+                            Some(Some(d)) => done = d,
+                            _ => break,
+                        }
                     }
                 }
                 out = out_rx.recv(), if can_send => {
                     let Some(o) = out else { continue };
-                    if !self.deliver(o).await {
+                    if !self.deliver(*o).await {
                         return End::Abnormal;
+                    }
+                    for _ in 0..BATCH {
+                        if self.inflight.len() >= self.client_receive_max {
+                            break;
+                        }
+                        let Ok(o) = out_rx.try_recv() else { break };
+                        if !self.deliver(*o).await {
+                            return End::Abnormal;
+                        }
                     }
                 }
                 _ = sleep_until(deadline) => {
@@ -739,7 +773,7 @@ impl Session {
                 _ = takeover.cancelled() => {
                     // What the client sent before it reconnected (a last PUBACK, its
                     // DISCONNECT) is already here: honour it before handing over.
-                    while let Some(Some(Ok((p, _)))) = self.framed.next().now_or_never() {
+                    while let Some(Ok(p)) = self.conn.try_next() {
                         if let Some(end) = self.handle(wire::inbound(p)).await {
                             return end;
                         }
@@ -759,6 +793,30 @@ impl Session {
         }
     }
 
+    /// Acknowledges a publish the Hub has finished with (or refuses it, on MQTT 5).
+    async fn complete(
+        &mut self,
+        (kind, id, result): (Ack, u16, Result<(), HubError>),
+    ) -> Option<End> {
+        let ok = match result {
+            Ok(()) => self.send_ack(kind, id, None).await,
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = %e, "MQTT publish refused by the hub");
+                if self.ver == Ver::V3 {
+                    // 3.1.1 has no negative acknowledgement: close instead.
+                    return Some(End::Abnormal);
+                }
+                let code = match e {
+                    HubError::Forbidden(_) => rc::NOT_AUTHORIZED,
+                    HubError::InvalidTopic(_) => rc::TOPIC_INVALID,
+                    _ => rc::UNSPECIFIED,
+                };
+                self.send_ack(kind, id, Some(code)).await
+            }
+        };
+        (!ok).then_some(End::Abnormal)
+    }
+
     async fn send_ack(&mut self, kind: Ack, id: u16, error: Option<u8>) -> bool {
         match wire::ack(self.ver, kind, id, error) {
             Some(p) => self.send(p).await,
@@ -768,6 +826,20 @@ impl Session {
 
     /// Handles one inbound packet; `Some` ends the connection.
     async fn handle(&mut self, p: In) -> Option<End> {
+        match p {
+            In::Publish(p) => self.on_publish(p).await,
+            In::PubAck(id) => {
+                if let Some(OutState::Ack(Some((a, seq)))) = self.inflight.remove(&id) {
+                    a.ack(seq);
+                }
+                None
+            }
+            // The rest is rarer: boxed, so its space is not carried by every connection.
+            other => Box::pin(self.handle_control(other)).await,
+        }
+    }
+
+    async fn handle_control(&mut self, p: In) -> Option<End> {
         match p {
             In::Publish(p) => return self.on_publish(p).await,
             In::PubAck(id) => {
@@ -816,7 +888,7 @@ impl Session {
                 sub_id,
                 filters,
             } => {
-                if !self.on_subscribe(pkid, sub_id, filters).await {
+                if !Box::pin(self.on_subscribe(pkid, sub_id, filters)).await {
                     return Some(End::Abnormal);
                 }
             }
@@ -833,7 +905,7 @@ impl Session {
                     .collect();
                 if found.iter().any(|f| *f) {
                     self.saved.subs.retain(|s| !filters.contains(&s.filter));
-                    if !self.store_session().await {
+                    if !Box::pin(self.store_session()).await {
                         self.disconnect(rc::SERVER_UNAVAILABLE, "session could not be stored")
                             .await;
                         return Some(End::Abnormal);
@@ -935,7 +1007,10 @@ impl Session {
         }
         let (Some(id), true) = (p.pkid, p.qos > 0) else {
             // QoS 0: fire and forget, fanned out in memory unless configured durable.
-            if let Err(e) = publish_to_hub(&self.broker, &self.ctx, &self.client_id, p).await {
+            // Boxed (as QoS 1/2 publishes are): the connection task would otherwise
+            // carry this future's space for its whole life.
+            let publish = Box::pin(publish_to_hub(&self.broker, &self.ctx, &self.client_id, p));
+            if let Err(e) = publish.await {
                 tracing::debug!(error = %e, "MQTT QoS 0 publish dropped");
             }
             return None;
@@ -999,6 +1074,7 @@ impl Session {
             group,
             ack,
             overflow: Overflow::Notify,
+            queue: Some(self.broker.cfg.max_queued_messages),
             ..SubscribeRequest::default()
         };
         match self.broker.hub.subscribe(&self.ctx, req).await {
@@ -1148,5 +1224,30 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every connection carries its task's future for its whole life, so its size is
+    /// per-connection memory: cold and per-message paths are boxed to keep it small.
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = polyport_core::Bus::new();
+        let store = polyport_store::SqliteStore::open(
+            polyport_store::StoreConfig::new(dir.path()),
+            std::sync::Arc::new(bus.clone()),
+        )
+        .unwrap();
+        let hub = polyport_core::Hub::new(std::sync::Arc::new(store), bus, Default::default());
+        let broker = super::Broker::load(hub, crate::MqttConfig::default())
+            .await
+            .unwrap();
+        let (a, _b) = tokio::io::duplex(64);
+        let fut = super::run(Box::new(a), broker, Default::default());
+        let size = std::mem::size_of_val(&fut);
+        // Debug-build size; release is smaller. It was 4.8 KB before boxing.
+        assert!(size < 4000, "connection future grew to {size} bytes");
     }
 }

@@ -20,6 +20,7 @@
 
 mod broker;
 mod connection;
+mod framing;
 mod state;
 mod wire;
 mod ws;
@@ -48,6 +49,12 @@ pub struct MqttConfig {
     pub durable_qos0: bool,
     /// How often `$SYS/broker/…` is republished (zero: never).
     pub sys_interval: Duration,
+    /// Messages buffered per subscription for a client that reads slower than they
+    /// arrive. Past it QoS 0 messages are dropped (logged and counted); durable ones are
+    /// never dropped but re-read from the log.
+    pub max_queued_messages: usize,
+    /// Longest keep-alive a client may ask for, in seconds (0: any, including none).
+    pub max_keep_alive: u16,
 }
 
 impl Default for MqttConfig {
@@ -59,6 +66,8 @@ impl Default for MqttConfig {
             topic_alias_max: 64,
             durable_qos0: false,
             sys_interval: Duration::from_secs(10),
+            max_queued_messages: 100_000,
+            max_keep_alive: 0,
         }
     }
 }

@@ -32,12 +32,14 @@ struct Running {
 }
 
 async fn start(dir: &Path) -> Running {
+    start_with(dir, MqttConfig::default()).await
+}
+
+async fn start_with(dir: &Path, cfg: MqttConfig) -> Running {
     let bus = Bus::new();
     let store = SqliteStore::open(StoreConfig::new(dir), Arc::new(bus.clone())).unwrap();
     let hub = Hub::new(Arc::new(store), bus, HubConfig::default());
-    let broker = MqttBroker::start(hub.clone(), MqttConfig::default())
-        .await
-        .unwrap();
+    let broker = MqttBroker::start(hub.clone(), cfg).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -428,6 +430,39 @@ async fn v5_payload_format_indicator_is_checked_and_passed_on() {
     assert_eq!(
         m.properties.and_then(|p| p.payload_format_indicator),
         Some(1)
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_keep_alive_is_announced_to_v5_and_enforced_on_v311() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = MqttConfig {
+        max_keep_alive: 5,
+        ..MqttConfig::default()
+    };
+    let broker = start_with(dir.path(), cfg).await;
+    // rumqttc asks for 60 s: an MQTT 5 client is told to use 5.
+    let (_c, mut rx) = v5(broker.addr, "ka-5");
+    let ack = next_matching(&mut rx, |p| match p {
+        Packet5::ConnAck(a) => Some(a),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode5::Success);
+    assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), Some(5));
+    // A 3.1.1 client cannot be told, so it is refused.
+    let o = rumqttc::MqttOptions::new("ka-3", broker.addr.ip().to_string(), broker.addr.port());
+    let (_c3, mut el) = rumqttc::AsyncClient::new(o, 8);
+    let err = tokio::time::timeout(WAIT, el.poll()).await.unwrap();
+    assert!(
+        matches!(
+            err,
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::BadClientId
+            ))
+        ),
+        "{err:?}"
     );
     broker.shutdown().await;
 }

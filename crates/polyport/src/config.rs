@@ -58,6 +58,10 @@ pub(crate) struct MqttSection {
     pub(crate) websocket: bool,
     /// Seconds between `$SYS/broker/…` updates (0: off).
     pub(crate) sys_interval_secs: u64,
+    /// Messages buffered per subscription for a slow client (QoS 0 past it is dropped).
+    pub(crate) max_queued_messages: usize,
+    /// Longest keep-alive a client may use, seconds (0: any). MQTT 5 clients are told.
+    pub(crate) max_keep_alive: u16,
 }
 
 impl Default for MqttSection {
@@ -71,6 +75,8 @@ impl Default for MqttSection {
             durable_qos0: d.durable_qos0,
             websocket: true,
             sys_interval_secs: d.sys_interval.as_secs(),
+            max_queued_messages: d.max_queued_messages,
+            max_keep_alive: d.max_keep_alive,
         }
     }
 }

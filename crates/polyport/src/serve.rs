@@ -117,6 +117,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             receive_max: cfg.mqtt.receive_max.max(1),
             durable_qos0: cfg.mqtt.durable_qos0,
             sys_interval: Duration::from_secs(cfg.mqtt.sys_interval_secs),
+            max_queued_messages: cfg.mqtt.max_queued_messages.max(1),
+            max_keep_alive: cfg.mqtt.max_keep_alive,
             ..polyport_mqtt::MqttConfig::default()
         };
         Some(
