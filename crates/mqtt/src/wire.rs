@@ -53,7 +53,7 @@ pub(crate) struct SubOpts {
 /// What the session reacts to.
 #[derive(Debug)]
 pub(crate) enum In {
-    Publish(PublishIn),
+    Publish(Box<PublishIn>),
     PubAck(u16),
     PubRec(u16),
     PubRel(u16),
@@ -127,7 +127,7 @@ fn publish_in(p: rmqtt_codec::types::Publish) -> PublishIn {
 pub(crate) fn inbound(p: MqttPacket) -> In {
     match p {
         MqttPacket::V3(p) => match p {
-            v3::Packet::Publish(p) => In::Publish(publish_in(*p)),
+            v3::Packet::Publish(p) => In::Publish(Box::new(publish_in(*p))),
             v3::Packet::PublishAck { packet_id } => In::PubAck(packet_id.get()),
             v3::Packet::PublishReceived { packet_id } => In::PubRec(packet_id.get()),
             v3::Packet::PublishRelease { packet_id } => In::PubRel(packet_id.get()),
@@ -166,7 +166,7 @@ pub(crate) fn inbound(p: MqttPacket) -> In {
             _ => In::Unexpected("a packet only a server sends, or a second CONNECT"),
         },
         MqttPacket::V5(p) => match p {
-            v5::Packet::Publish(p) => In::Publish(publish_in(*p)),
+            v5::Packet::Publish(p) => In::Publish(Box::new(publish_in(*p))),
             v5::Packet::PublishAck(a) => In::PubAck(a.packet_id.get()),
             v5::Packet::PublishReceived(a) => In::PubRec(a.packet_id.get()),
             v5::Packet::PublishRelease(a) => In::PubRel(a.packet_id.get()),
