@@ -136,7 +136,8 @@ pub enum WriteCommand {
     },
     /// Forget the saved positions of every consumer group whose key starts with `prefix`.
     DeleteConsumers {
-        /// Key prefix (a group name followed by `\n`).
+        /// Key prefix: a group name followed by `\n` for one group, or the start of
+        /// group names.
         prefix: String,
     },
     /// Persist a consumer group's acknowledged position.

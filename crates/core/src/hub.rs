@@ -122,7 +122,9 @@ impl Hub {
         self.inner.store.close().await;
     }
 
-    pub(crate) fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> HubResult<()> {
+    /// Asks the policy; for adapters with side effects of their own (MQTT retained
+    /// messages) that must not happen for a call the Hub would refuse.
+    pub fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> HubResult<()> {
         self.inner.policy.authorize(ctx, action)
     }
 
@@ -462,6 +464,15 @@ impl Hub {
     /// Every entry of one namespace of adapter state.
     pub async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>> {
         self.inner.store.load_state(namespace).await
+    }
+
+    /// Forgets every group whose name starts with `prefix` (see [`Hub::delete_group`]).
+    pub async fn delete_groups_with_prefix(&self, prefix: &str) -> HubResult<()> {
+        self.write(WriteCommand::DeleteConsumers {
+            prefix: prefix.to_string(),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Forgets where a named group stands for every filter set it was used with, so a

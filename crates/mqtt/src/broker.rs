@@ -48,8 +48,8 @@ pub(crate) struct Parked {
     pub(crate) awaiting_rel: HashSet<u16>,
     /// Outbound QoS 2 packet ids whose PUBCOMP has not arrived (PUBREL is resent).
     pub(crate) awaiting_comp: Vec<u16>,
-    /// Sequences sent and not acknowledged (resent with DUP).
-    pub(crate) unacked: HashSet<u64>,
+    /// Sequences sent and not acknowledged, with their packet ids (resent with DUP).
+    pub(crate) unacked: HashMap<u64, u16>,
     pub(crate) since: Instant,
 }
 
@@ -97,7 +97,7 @@ impl Broker {
                             saved,
                             awaiting_rel: HashSet::new(),
                             awaiting_comp: Vec::new(),
-                            unacked: HashSet::new(),
+                            unacked: HashMap::new(),
                             since: now,
                         },
                     );
@@ -151,9 +151,7 @@ impl Broker {
         takeover: CancellationToken,
         done: CancellationToken,
     ) -> Option<CancellationToken> {
-        if let Some((_, w)) = self.wills.lock().remove(client_id) {
-            w.cancel();
-        }
+        self.cancel_will(client_id);
         let old = self.live.lock().insert(
             client_id.to_string(),
             Live {
@@ -166,6 +164,13 @@ impl Broker {
             l.takeover.cancel();
             l.done
         })
+    }
+
+    /// Cancels a will still waiting out its delay: the client is back.
+    pub(crate) fn cancel_will(&self, client_id: &str) {
+        if let Some((_, w)) = self.wills.lock().remove(client_id) {
+            w.cancel();
+        }
     }
 
     /// Removes the registration if it is still this connection's.
@@ -223,7 +228,7 @@ impl Broker {
     pub(crate) async fn forget_groups(&self, client_id: &str, generation: &str) {
         if let Err(e) = self
             .hub
-            .delete_group(&session_group(client_id, generation))
+            .delete_groups_with_prefix(&session_groups(generation))
             .await
         {
             tracing::warn!(client = %client_id, error = %e, "dropping MQTT session positions failed");
@@ -332,8 +337,14 @@ impl Broker {
     }
 }
 
-/// The Hub group name of a persistent session's subscriptions. The generation changes
-/// with every new session, so positions left by an earlier one are never resumed.
-pub(crate) fn session_group(client_id: &str, generation: &str) -> String {
-    format!("mqtt-session:{generation}:{client_id}")
+/// The Hub group name of one subscription of a persistent session. The generation
+/// changes with every new session and the nonce with every new subscription, so
+/// positions left by an earlier one are never resumed.
+pub(crate) fn session_group(client_id: &str, generation: &str, nonce: &str) -> String {
+    format!("{}{nonce}:{client_id}", session_groups(generation))
+}
+
+/// The prefix of every group name of one session (generations are unique ULIDs).
+pub(crate) fn session_groups(generation: &str) -> String {
+    format!("mqtt-session:{generation}:")
 }

@@ -48,6 +48,12 @@ const NO_REDELIVERY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// at its other inputs again.
 const BATCH: usize = 64;
 
+/// How long a takeover waits for the previous connection to hand its session over.
+const HANDOVER: Duration = Duration::from_secs(10);
+
+/// How long one write may take before the client counts as gone (it stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Unacknowledged sequences a parked session remembers for the DUP flag.
 const MAX_REMEMBERED_UNACKED: usize = 65_536;
 
@@ -140,8 +146,13 @@ struct Session {
     client_alias_max: u16,
     client_max_packet: u32,
     /// Sequences an earlier connection of this session sent without getting an
-    /// acknowledgement: sent again, they carry DUP.
-    sent_before: Arc<HashSet<u64>>,
+    /// acknowledgement, with the packet id used: sent again, they carry DUP and the
+    /// same id (MQTT 4.4).
+    sent_before: Arc<HashMap<u64, u16>>,
+    /// Packet ids of `sent_before` not sent again yet: not handed to new messages.
+    reserved: HashSet<u16>,
+    /// Messages waiting for room under the client's receive maximum.
+    backlog: std::collections::VecDeque<Box<Outgoing>>,
 }
 
 /// Why the loop ended; decides the will.
@@ -277,8 +288,19 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
     let takeover = CancellationToken::new();
     let done = CancellationToken::new();
     if let Some(previous) = broker.claim(&client_id, conn, takeover.clone(), done.clone()) {
-        // Let the connection we took over park its session first.
-        let _ = tokio::time::timeout(Duration::from_secs(5), previous.cancelled()).await;
+        // Let the connection we took over park its session (and register its will)
+        // first; resuming without it would silently start an empty session.
+        if tokio::time::timeout(HANDOVER, previous.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(client = %client_id, "previous connection did not hand its session over");
+            let _ = framed.send(refuse(3, rc::SERVER_UNAVAILABLE)).await;
+            broker.release(&client_id, conn);
+            done.cancel();
+            return None;
+        }
+        broker.cancel_will(&client_id);
     }
     let resumed = match resume(broker, &client_id, &c).await {
         Ok(r) => r,
@@ -313,7 +335,7 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
     let (out_tx, out_rx) = mpsc::channel(cfg.receive_max.max(16) as usize);
     let (saved, awaiting_rel, awaiting_comp, sent_before) = match resumed.parked {
         Some(p) => (p.saved, p.awaiting_rel, p.awaiting_comp, p.unacked),
-        None => (resumed.fresh, HashSet::new(), Vec::new(), HashSet::new()),
+        None => (resumed.fresh, HashSet::new(), Vec::new(), HashMap::new()),
     };
     let s = Session {
         ver,
@@ -334,7 +356,9 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
         out_aliases: HashMap::new(),
         client_alias_max: c.topic_alias_max,
         client_max_packet: c.max_packet_size,
+        reserved: sent_before.values().copied().collect(),
         sent_before: Arc::new(sent_before),
+        backlog: Default::default(),
     };
     Some(Accepted {
         s,
@@ -380,17 +404,19 @@ async fn finish(
             .filter(|(_, st)| matches!(st, OutState::Comp))
             .map(|(id, _)| *id)
             .collect();
-        let mut unacked: HashSet<u64> = s
+        let mut unacked: HashMap<u64, u16> = s
             .inflight
-            .values()
-            .filter_map(|st| match st {
-                OutState::Ack(Some((_, seq))) | OutState::Rec(Some((_, seq))) => Some(*seq),
+            .iter()
+            .filter_map(|(id, st)| match st {
+                OutState::Ack(Some((_, seq))) | OutState::Rec(Some((_, seq))) => Some((*seq, *id)),
                 _ => None,
             })
             .collect();
-        // Acknowledged ones linger in the earlier set harmlessly; the cap bounds them.
-        if s.sent_before.len() + unacked.len() <= MAX_REMEMBERED_UNACKED {
-            unacked.extend(s.sent_before.iter().copied());
+        // Ones from an earlier connection that were not sent again keep their ids.
+        for (seq, id) in s.sent_before.iter() {
+            if s.reserved.contains(id) && unacked.len() < MAX_REMEMBERED_UNACKED {
+                unacked.entry(*seq).or_insert(*id);
+            }
         }
         broker.park(
             &client_id,
@@ -405,15 +431,13 @@ async fn finish(
     } else if s.persisted {
         broker.forget_session(&client_id, &s.saved).await;
     }
-    // Released only now: a reconnect that finds no live connection must find the
-    // session parked.
-    broker.release(&client_id, conn);
-    done.cancel();
     let publish_will = match end {
         End::Clean { with_will } => with_will,
         End::Abnormal => true,
         End::Shutdown => false,
     };
+    // The will is registered before the client id is released, so a reconnect (which
+    // waits for `done`) can cancel a delayed one.
     if publish_will && let Some(w) = will {
         // MQTT 5: the will goes out after its delay or when the session ends, whichever
         // comes first; a reconnect before then cancels it.
@@ -423,6 +447,7 @@ async fn finish(
             let _ = publish_to_hub(&broker, &ctx, &client_id, *w).await;
         } else {
             let cancel = broker.delay_will(&client_id, conn);
+            let (broker, client_id) = (broker.clone(), client_id.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {
@@ -434,6 +459,10 @@ async fn finish(
             });
         }
     }
+    // Released only now: a reconnect that finds no live connection must find the
+    // session parked.
+    broker.release(&client_id, conn);
+    done.cancel();
 }
 
 /// The session a CONNECT gets: the parked one (clean start off), or a fresh one.
@@ -512,6 +541,10 @@ async fn publish_to_hub(
         .message_expiry
         .map(|s| now_ms() + u64::from(s) * 1000);
     if p.retain {
+        // No retained message for a publish the Hub would refuse.
+        broker
+            .hub
+            .authorize(ctx, polyport_core::auth::Action::Publish(&p.topic))?;
         broker
             .retain(
                 &p.topic,
@@ -581,7 +614,7 @@ async fn forward(
     opts: SubOpts,
     sub_id: Option<u32>,
     client_id: String,
-    sent_before: Arc<HashSet<u64>>,
+    sent_before: Arc<HashMap<u64, u16>>,
     tx: mpsc::Sender<Box<Outgoing>>,
 ) {
     let acker = sub.acker();
@@ -646,7 +679,8 @@ async fn forward(
                 message_expiry,
             },
             sub_ids: sub_id.into_iter().collect(),
-            dup: qos > 0 && (d.redeliveries > 0 || e.seq.is_some_and(|s| sent_before.contains(&s))),
+            dup: qos > 0
+                && (d.redeliveries > 0 || e.seq.is_some_and(|s| sent_before.contains_key(&s))),
             ack,
         });
         if qos == 0 {
@@ -677,7 +711,25 @@ impl Session {
         let _ = self.conn.flush().await;
     }
 
-    fn pkid(&mut self) -> u16 {
+    /// A packet id for `seq`: the one it had on an earlier connection if any, else a
+    /// free one (not in flight, not reserved for such a resend).
+    fn pkid(&mut self, seq: Option<u64>) -> u16 {
+        if let Some(id) = seq.and_then(|s| self.sent_before.get(&s).copied())
+            && self.reserved.remove(&id)
+            && !self.inflight.contains_key(&id)
+        {
+            return id;
+        }
+        for _ in 0..=u16::MAX {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            let id = self.next_pkid;
+            if id != 0 && !self.inflight.contains_key(&id) && !self.reserved.contains(&id) {
+                return id;
+            }
+        }
+        // Every id is in flight or reserved: give up the reservations (those messages
+        // will be sent with new ids) rather than spin.
+        self.reserved.clear();
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
             if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
@@ -708,14 +760,22 @@ impl Session {
     }
 
     async fn deliver(&mut self, mut o: Box<Outgoing>) -> bool {
-        if self.ver == Ver::V5 && approx_size(&o) > self.client_max_packet as usize {
-            // MQTT 5 (3.1.2.11.4): a message too large for the client is discarded as if
-            // it had been delivered.
-            tracing::debug!(client = %self.client_id, topic = %o.topic, "message exceeds the client's maximum packet size; dropped");
+        // Larger than the client takes (MQTT 5, 3.1.2.11.4) or than our own packet limit
+        // (messages from HTTP may be larger): discarded as if delivered, never a reason
+        // to drop the connection — it would only be redelivered on the next one.
+        let limit = self.client_max_packet.min(self.broker.cfg.max_packet_size) as usize;
+        if approx_size(&o) > limit {
+            tracing::warn!(client = %self.client_id, topic = %o.topic, limit, "message exceeds the maximum packet size; not delivered to this client");
+            metrics::counter!("polyport_mqtt_oversized_dropped_total").increment(1);
             o.settle();
             return true;
         }
-        let id = if o.qos > 0 { Some(self.pkid()) } else { None };
+        let seq = o.ack.as_ref().map(|(_, seq)| *seq);
+        let id = if o.qos > 0 {
+            Some(self.pkid(seq))
+        } else {
+            None
+        };
         if let Some(id) = id {
             let ack = o.ack.take();
             let st = if o.qos == 1 {
@@ -763,12 +823,39 @@ impl Session {
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         let shutdown = self.broker.hub.shutdown_token();
         loop {
-            // Whatever the last step queued goes out in one write.
-            if self.conn.has_pending_writes() && self.conn.flush().await.is_err() {
-                return End::Abnormal;
+            // Whatever the last step queued goes out in one write. A client that stops
+            // reading must not pin this task: the write is bounded and still yields to
+            // takeover and shutdown.
+            if self.conn.has_pending_writes() {
+                tokio::select! {
+                    r = tokio::time::timeout(WRITE_TIMEOUT, self.conn.flush()) => {
+                        if !matches!(r, Ok(Ok(()))) {
+                            return End::Abnormal;
+                        }
+                    }
+                    _ = takeover.cancelled() => return End::Abnormal,
+                    _ = stop.cancelled() => return End::Shutdown,
+                    _ = shutdown.cancelled() => return End::Shutdown,
+                }
             }
             let can_read = self.pending.len() < self.broker.cfg.receive_max as usize;
+            if !can_read && let Some(k) = keep_alive {
+                // We are the ones not reading: the client is not silent.
+                deadline = Some(Instant::now() + k);
+            }
             let can_send = self.inflight.len() < self.client_receive_max;
+            if can_send && !self.backlog.is_empty() {
+                // Retained messages waiting for the client's receive maximum.
+                while self.inflight.len() < self.client_receive_max {
+                    let Some(o) = self.backlog.pop_front() else {
+                        break;
+                    };
+                    if !self.deliver(o).await {
+                        return End::Abnormal;
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 pkt = self.conn.next(), if can_read => {
                     if let Some(k) = keep_alive {
@@ -865,6 +952,10 @@ impl Session {
             Ok(()) => self.send_ack(kind, id, None).await,
             Err(e) => {
                 tracing::warn!(client = %self.client_id, error = %e, "MQTT publish refused by the hub");
+                if matches!(kind, Ack::Pubrec) {
+                    // The flow ends here: the packet id is free for a new message.
+                    self.awaiting_rel.remove(&id);
+                }
                 if self.ver == Ver::V3 {
                     // 3.1.1 has no negative acknowledgement: close instead.
                     return Some(End::Abnormal);
@@ -967,7 +1058,18 @@ impl Session {
                     })
                     .collect();
                 if found.iter().any(|f| *f) {
-                    self.saved.subs.retain(|s| !filters.contains(&s.filter));
+                    let (gone, kept) = std::mem::take(&mut self.saved.subs)
+                        .into_iter()
+                        .partition(|s| filters.contains(&s.filter));
+                    self.saved.subs = kept;
+                    let gone: Vec<SubSpec> = gone;
+                    if self.saved.expiry > 0 {
+                        for g in &gone {
+                            let name =
+                                session_group(&self.client_id, &self.saved.generation, &g.nonce);
+                            let _ = Box::pin(self.broker.hub.delete_group(&name)).await;
+                        }
+                    }
                     if !Box::pin(self.store_session()).await {
                         self.disconnect(rc::SERVER_UNAVAILABLE, "session could not be stored")
                             .await;
@@ -1127,7 +1229,11 @@ impl Session {
         let (group, ack) = match share {
             Some(g) => (Some(format!("mqtt-share:{g}")), Some(ack)),
             None if self.saved.expiry > 0 => (
-                Some(session_group(&self.client_id, &self.saved.generation)),
+                Some(session_group(
+                    &self.client_id,
+                    &self.saved.generation,
+                    &spec.nonce,
+                )),
                 Some(ack),
             ),
             None => (None, None),
@@ -1197,7 +1303,15 @@ impl Session {
         let mut changed = false;
         for (text, mut opts) in filters {
             opts.qos = opts.qos.min(2);
-            let spec = SubSpec::new(text.clone(), opts, sub_id);
+            // A replaced subscription keeps its stream; a new one starts live.
+            let nonce = self
+                .saved
+                .subs
+                .iter()
+                .find(|s| s.filter == text)
+                .map(|s| s.nonce.clone())
+                .unwrap_or_else(polyport_core::record::new_id);
+            let spec = SubSpec::new(text.clone(), opts, sub_id, nonce);
             let is_new = !self.subs.contains_key(&text);
             if let Some(old) = self.subs.remove(&text) {
                 old.task.abort();
@@ -1259,11 +1373,8 @@ impl Session {
         if !self.send(ack).await {
             return false;
         }
-        for r in retained {
-            if !self.deliver(Box::new(r)).await {
-                return false;
-            }
-        }
+        // Through the backlog, so the client's receive maximum holds for them too.
+        self.backlog.extend(retained.into_iter().map(Box::new));
         true
     }
 }

@@ -27,10 +27,14 @@ pub(crate) struct SubSpec {
     pub(crate) retain_handling: u8,
     #[serde(default)]
     pub(crate) id: Option<u32>,
+    /// Names this subscription's Hub group within the session: new for a new
+    /// subscription, so one made after an UNSUBSCRIBE starts live instead of resuming.
+    #[serde(default)]
+    pub(crate) nonce: String,
 }
 
 impl SubSpec {
-    pub(crate) fn new(filter: String, o: SubOpts, id: Option<u32>) -> Self {
+    pub(crate) fn new(filter: String, o: SubOpts, id: Option<u32>, nonce: String) -> Self {
         Self {
             filter,
             qos: o.qos,
@@ -38,6 +42,7 @@ impl SubSpec {
             retain_as_published: o.retain_as_published,
             retain_handling: o.retain_handling,
             id,
+            nonce,
         }
     }
 
@@ -156,6 +161,7 @@ mod tests {
                     retain_handling: 1,
                 },
                 Some(7),
+                "n1".into(),
             )],
         };
         assert_eq!(decode_session(&encode_session(&s)), Some(s));

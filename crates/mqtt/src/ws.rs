@@ -36,9 +36,14 @@ pub(crate) fn routes(broker: Arc<Broker>, tracker: TaskTracker, stop: Cancellati
 }
 
 async fn upgrade(State(st): State<WsState>, ws: WebSocketUpgrade) -> Response {
-    let max = st.broker.cfg.max_packet_size as usize;
+    // A frame may carry several packets (or part of one): the packet limit is enforced
+    // by the decoder, the frame limit only bounds buffering.
+    let max = (st.broker.cfg.max_packet_size as usize)
+        .saturating_mul(4)
+        .max(64 * 1024);
     ws.protocols(["mqtt", "mqttv3.1"])
-        .max_message_size(max.saturating_add(16))
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| {
             let run = connection::run(transport(socket), st.broker, st.stop);
             st.tracker.track_future(run)

@@ -466,3 +466,114 @@ async fn server_keep_alive_is_announced_to_v5_and_enforced_on_v311() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn resubscribing_after_unsubscribe_starts_live_in_a_persistent_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let (c, mut rx) = v4(broker.addr, "re-sub", false);
+    connack4(&mut rx).await;
+    c.subscribe("re/#", QoS::AtLeastOnce).await.unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+    c.unsubscribe("re/#").await.unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::UnsubAck(_)).then_some(())).await;
+    let (p, mut prx) = v4(broker.addr, "re-pub", true);
+    connack4(&mut prx).await;
+    p.publish("re/x", QoS::AtLeastOnce, false, "while unsubscribed")
+        .await
+        .unwrap();
+    next_matching(&mut prx, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+    c.subscribe("re/#", QoS::AtLeastOnce).await.unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+    p.publish("re/x", QoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
+    let m = publish4(&mut rx).await;
+    assert_eq!(
+        &m.payload[..],
+        b"after",
+        "nothing from while it was unsubscribed"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_larger_than_the_packet_limit_skips_the_client_without_dropping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = MqttConfig {
+        max_packet_size: 1024,
+        ..MqttConfig::default()
+    };
+    let broker = start_with(dir.path(), cfg).await;
+    let (c, mut rx) = v4(broker.addr, "big-sub", true);
+    connack4(&mut rx).await;
+    c.subscribe("big/#", QoS::AtLeastOnce).await.unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+    // Another door (HTTP takes bodies up to 4 MiB) publishes more than MQTT may carry.
+    let ctx = polyport_core::AuthContext::anonymous(polyport_core::Origin("http"));
+    for body in [vec![b'x'; 4096], b"small".to_vec()] {
+        let d = polyport_core::EventDraft::new(polyport_core::Topic::new("big/x").unwrap(), body);
+        broker.hub.publish(&ctx, d).await.unwrap();
+    }
+    let m = publish4(&mut rx).await;
+    assert_eq!(
+        &m.payload[..],
+        b"small",
+        "the oversized one is skipped, the connection kept"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delayed_will_is_cancelled_when_the_client_takes_its_session_back() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let (w, mut wrx) = v5(broker.addr, "will-watch");
+    w.subscribe("wills/#", QoS5::AtLeastOnce).await.unwrap();
+    suback5(&mut wrx).await;
+    let device = |addr: SocketAddr| {
+        let mut o = rumqttc::v5::MqttOptions::new("will-dev", addr.ip().to_string(), addr.port());
+        o.set_clean_start(false);
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = Some(60);
+        o.set_connect_properties(props);
+        let mut will = LastWill::new("wills/dev", "gone", QoS5::AtLeastOnce, false, None);
+        will.properties = Some(LastWillProperties {
+            delay_interval: Some(2),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        });
+        o.set_last_will(will);
+        o
+    };
+    // The first connection is still open when the second one takes the session over.
+    let (_a, mut ael) = rumqttc::v5::AsyncClient::new(device(broker.addr), 8);
+    let first = tokio::spawn(async move { while ael.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_b, mut bel) = rumqttc::v5::AsyncClient::new(device(broker.addr), 8);
+    let second = tokio::spawn(async move { while bel.poll().await.is_ok() {} });
+    // Past the will delay: the device is back, so no will.
+    quiet_for(&mut wrx, Duration::from_secs(3)).await;
+    first.abort();
+    second.abort();
+    broker.shutdown().await;
+}
+
+async fn quiet_for(rx: &mut mpsc::UnboundedReceiver<Packet5>, d: Duration) {
+    let r = tokio::time::timeout(d, async {
+        loop {
+            match rx.recv().await {
+                Some(Packet5::Publish(p)) => return p,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(r.is_err(), "unexpected {:?}", r.ok());
+}
