@@ -51,6 +51,9 @@ pub(crate) struct Parked {
     /// Sequences sent and not acknowledged, with their packet ids (resent with DUP).
     pub(crate) unacked: HashMap<u64, u16>,
     pub(crate) since: Instant,
+    /// Set while expiry is deleting the session's durable state; fires when done. A
+    /// reconnect meanwhile waits for it, so the deletion cannot hit its new session.
+    pub(crate) expiring: Option<CancellationToken>,
 }
 
 /// Counters behind `$SYS/broker/…`.
@@ -99,6 +102,7 @@ impl Broker {
                             awaiting_comp: Vec::new(),
                             unacked: HashMap::new(),
                             since: now,
+                            expiring: None,
                         },
                     );
                 }
@@ -238,23 +242,32 @@ impl Broker {
     /// Ends parked sessions whose expiry has passed.
     pub(crate) async fn expire_sessions(&self) {
         let now = Instant::now();
-        let expired: Vec<(String, Parked)> = {
+        let expired: Vec<(String, SavedSession, CancellationToken)> = {
             let mut parked = self.parked.lock();
-            let ids: Vec<String> = parked
-                .iter()
+            parked
+                .iter_mut()
                 .filter(|(_, p)| {
-                    p.saved.expiry != u32::MAX
+                    p.expiring.is_none()
+                        && p.saved.expiry != u32::MAX
                         && p.since + Duration::from_secs(u64::from(p.saved.expiry)) <= now
                 })
-                .map(|(k, _)| k.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|k| parked.remove(&k).map(|p| (k, p)))
+                .map(|(k, p)| {
+                    let t = CancellationToken::new();
+                    p.expiring = Some(t.clone());
+                    (k.clone(), p.saved.clone(), t)
+                })
                 .collect()
         };
-        for (client_id, p) in expired {
+        for (client_id, saved, done) in expired {
             tracing::debug!(client = %client_id, "MQTT session expired");
-            self.forget_session(&client_id, &p.saved).await;
+            self.forget_session(&client_id, &saved).await;
+            {
+                let mut parked = self.parked.lock();
+                if parked.get(&client_id).is_some_and(|p| p.expiring.is_some()) {
+                    parked.remove(&client_id);
+                }
+            }
+            done.cancel();
         }
     }
 

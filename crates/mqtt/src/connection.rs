@@ -153,6 +153,8 @@ struct Session {
     reserved: HashSet<u16>,
     /// Messages waiting for room under the client's receive maximum.
     backlog: std::collections::VecDeque<Box<Outgoing>>,
+    /// QoS 2 packet ids whose publish is still on its way to the log.
+    publishing: HashSet<u16>,
 }
 
 /// Why the loop ended; decides the will.
@@ -359,6 +361,7 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
         reserved: sent_before.values().copied().collect(),
         sent_before: Arc::new(sent_before),
         backlog: Default::default(),
+        publishing: HashSet::new(),
     };
     Some(Accepted {
         s,
@@ -426,6 +429,7 @@ async fn finish(
                 awaiting_comp,
                 unacked,
                 since: Instant::now(),
+                expiring: None,
             },
         );
     } else if s.persisted {
@@ -476,7 +480,16 @@ struct Resumed {
 /// Resumes or replaces the client's session and stores what must outlive it, before the
 /// CONNACK says so.
 async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resumed, HubError> {
-    let parked = broker.unpark(client_id);
+    let parked = match broker.unpark(client_id) {
+        // Expiring right now: it is gone once its deletion is done.
+        Some(Parked {
+            expiring: Some(t), ..
+        }) => {
+            t.cancelled().await;
+            None
+        }
+        other => other,
+    };
     let fresh = SavedSession {
         generation: polyport_core::record::new_id(),
         expiry: c.session_expiry,
@@ -948,6 +961,9 @@ impl Session {
         &mut self,
         (kind, id, result): (Ack, u16, Result<(), HubError>),
     ) -> Option<End> {
+        if matches!(kind, Ack::Pubrec) {
+            self.publishing.remove(&id);
+        }
         let ok = match result {
             Ok(()) => self.send_ack(kind, id, None).await,
             Err(e) => {
@@ -1181,8 +1197,12 @@ impl Session {
             return None;
         };
         if p.qos == 2 && self.awaiting_rel.contains(&id) {
-            // A retransmission of a QoS 2 message already accepted: acknowledge again,
-            // never publish twice (exactly once).
+            // A retransmission of a QoS 2 message already accepted: never publish twice
+            // (exactly once). If the first copy is still being stored, its PUBREC follows
+            // once it is durable; otherwise acknowledge again.
+            if self.publishing.contains(&id) {
+                return None;
+            }
             return (!self.send_ack(Ack::Pubrec, id, None).await).then_some(End::Abnormal);
         }
         if self.pending.len() >= self.broker.cfg.receive_max as usize && self.ver == Ver::V5 {
@@ -1192,6 +1212,7 @@ impl Session {
         let kind = if p.qos == 1 { Ack::Puback } else { Ack::Pubrec };
         if p.qos == 2 {
             self.awaiting_rel.insert(id);
+            self.publishing.insert(id);
         }
         let broker = self.broker.clone();
         let (ctx, client) = (self.ctx.clone(), self.client_id.clone());
