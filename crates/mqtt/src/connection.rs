@@ -846,7 +846,7 @@ impl Session {
                             return End::Abnormal;
                         }
                     }
-                    _ = takeover.cancelled() => return End::Abnormal,
+                    _ = takeover.cancelled() => return Box::pin(self.taken_over()).await,
                     _ = stop.cancelled() => return End::Shutdown,
                     _ = shutdown.cancelled() => return End::Shutdown,
                 }
@@ -933,17 +933,7 @@ impl Session {
                     self.disconnect(rc::KEEP_ALIVE, "keep-alive timeout").await;
                     return End::Abnormal;
                 }
-                _ = takeover.cancelled() => {
-                    // What the client sent before it reconnected (a last PUBACK, its
-                    // DISCONNECT) is already here: honour it before handing over.
-                    while let Some(Ok(p)) = self.conn.try_next() {
-                        if let Some(end) = self.handle(wire::inbound(p)).await {
-                            return end;
-                        }
-                    }
-                    self.disconnect(rc::TAKEN_OVER, "another connection took over this client id").await;
-                    return End::Abnormal;
-                }
+                _ = takeover.cancelled() => return Box::pin(self.taken_over()).await,
                 _ = stop.cancelled() => {
                     self.disconnect(rc::SHUTTING_DOWN, "server shutting down").await;
                     return End::Shutdown;
@@ -954,6 +944,23 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Another connection took this client id over. What the client sent before it
+    /// reconnected (a last PUBACK, its DISCONNECT) has arrived — buffered here or still
+    /// in the socket: it is honoured before the session is handed over.
+    async fn taken_over(&mut self) -> End {
+        while let Some(Some(Ok(p))) = self.conn.next().now_or_never() {
+            if let Some(end) = self.handle(wire::inbound(p)).await {
+                return end;
+            }
+        }
+        self.disconnect(
+            rc::TAKEN_OVER,
+            "another connection took over this client id",
+        )
+        .await;
+        End::Abnormal
     }
 
     /// Acknowledges a publish the Hub has finished with (or refuses it, on MQTT 5).
