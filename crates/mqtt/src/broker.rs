@@ -50,6 +50,8 @@ pub(crate) struct Parked {
     pub(crate) awaiting_comp: Vec<u16>,
     /// Sequences sent and not acknowledged, with their packet ids (resent with DUP).
     pub(crate) unacked: HashMap<u64, u16>,
+    /// Packet ids of outbound messages the client may still hold: kept free on resume.
+    pub(crate) reserved_ids: HashSet<u16>,
     pub(crate) since: Instant,
     /// Set while expiry is deleting the session's durable state; fires when done. A
     /// reconnect meanwhile waits for it, so the deletion cannot hit its new session.
@@ -101,6 +103,7 @@ impl Broker {
                             awaiting_rel: HashSet::new(),
                             awaiting_comp: Vec::new(),
                             unacked: HashMap::new(),
+                            reserved_ids: HashSet::new(),
                             since: now,
                             expiring: None,
                         },

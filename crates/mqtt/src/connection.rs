@@ -298,8 +298,14 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
         {
             tracing::warn!(client = %client_id, "previous connection did not hand its session over");
             let _ = framed.send(refuse(3, rc::SERVER_UNAVAILABLE)).await;
-            broker.release(&client_id, conn);
-            done.cancel();
+            // Stay registered until the old connection has parked, so the client's next
+            // attempt still waits for it instead of starting an empty session.
+            let (b, id) = (broker.clone(), client_id.clone());
+            tokio::spawn(async move {
+                previous.cancelled().await;
+                b.release(&id, conn);
+                done.cancel();
+            });
             return None;
         }
         broker.cancel_will(&client_id);
@@ -335,9 +341,21 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
     }
     metrics::gauge!("polyport_mqtt_connections").increment(1.0);
     let (out_tx, out_rx) = mpsc::channel(cfg.receive_max.max(16) as usize);
-    let (saved, awaiting_rel, awaiting_comp, sent_before) = match resumed.parked {
-        Some(p) => (p.saved, p.awaiting_rel, p.awaiting_comp, p.unacked),
-        None => (resumed.fresh, HashSet::new(), Vec::new(), HashMap::new()),
+    let (saved, awaiting_rel, awaiting_comp, sent_before, reserved) = match resumed.parked {
+        Some(p) => (
+            p.saved,
+            p.awaiting_rel,
+            p.awaiting_comp,
+            p.unacked,
+            p.reserved_ids,
+        ),
+        None => (
+            resumed.fresh,
+            HashSet::new(),
+            Vec::new(),
+            HashMap::new(),
+            HashSet::new(),
+        ),
     };
     let s = Session {
         ver,
@@ -358,7 +376,7 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
         out_aliases: HashMap::new(),
         client_alias_max: c.topic_alias_max,
         client_max_packet: c.max_packet_size,
-        reserved: sent_before.values().copied().collect(),
+        reserved,
         sent_before: Arc::new(sent_before),
         backlog: Default::default(),
         publishing: HashSet::new(),
@@ -407,20 +425,24 @@ async fn finish(
             .filter(|(_, st)| matches!(st, OutState::Comp))
             .map(|(id, _)| *id)
             .collect();
-        let mut unacked: HashMap<u64, u16> = s
+        let unacked: HashMap<u64, u16> = s
             .inflight
             .iter()
             .filter_map(|(id, st)| match st {
                 OutState::Ack(Some((_, seq))) | OutState::Rec(Some((_, seq))) => Some((*seq, *id)),
                 _ => None,
             })
+            .take(MAX_REMEMBERED_UNACKED)
             .collect();
-        // Ones from an earlier connection that were not sent again keep their ids.
-        for (seq, id) in s.sent_before.iter() {
-            if s.reserved.contains(id) && unacked.len() < MAX_REMEMBERED_UNACKED {
-                unacked.entry(*seq).or_insert(*id);
-            }
-        }
+        // Every id the client may still hold (overlapping subscriptions can send one
+        // event under two ids; retained messages have no sequence) stays unused for the
+        // next connection, which resends or releases them.
+        let reserved_ids: HashSet<u16> = s
+            .inflight
+            .iter()
+            .filter(|(_, st)| !matches!(st, OutState::Comp))
+            .map(|(id, _)| *id)
+            .collect();
         broker.park(
             &client_id,
             Parked {
@@ -428,6 +450,7 @@ async fn finish(
                 awaiting_rel: std::mem::take(&mut s.awaiting_rel),
                 awaiting_comp,
                 unacked,
+                reserved_ids,
                 since: Instant::now(),
                 expiring: None,
             },
@@ -721,7 +744,8 @@ impl Session {
         if let Some(p) = wire::disconnect(self.ver, reason, why) {
             let _ = self.conn.feed(p);
         }
-        let _ = self.conn.flush().await;
+        // Best effort: a client that stopped reading must not hold the ending up.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.flush()).await;
     }
 
     /// A packet id for `seq`: the one it had on an earlier connection if any, else a
@@ -950,7 +974,10 @@ impl Session {
     /// reconnected (a last PUBACK, its DISCONNECT) has arrived — buffered here or still
     /// in the socket: it is honoured before the session is handed over.
     async fn taken_over(&mut self) -> End {
-        while let Some(Some(Ok(p))) = self.conn.next().now_or_never() {
+        for _ in 0..BATCH {
+            let Some(Some(Ok(p))) = self.conn.next().now_or_never() else {
+                break;
+            };
             if let Some(end) = self.handle(wire::inbound(p)).await {
                 return end;
             }
