@@ -83,7 +83,7 @@ mod rc {
     pub(crate) const PKID_NOT_FOUND: u8 = 0x92;
     pub(crate) const ALIAS_INVALID: u8 = 0x94;
     pub(crate) const TOO_LARGE: u8 = 0x95;
-    pub(crate) const QUOTA: u8 = 0x97;
+    pub(crate) const RECEIVE_MAX: u8 = 0x93;
     pub(crate) const PAYLOAD_FORMAT: u8 = 0x99;
 }
 
@@ -155,6 +155,8 @@ struct Session {
     backlog: std::collections::VecDeque<Box<Outgoing>>,
     /// QoS 2 packet ids whose publish is still on its way to the log.
     publishing: HashSet<u16>,
+    /// QoS 1 packet ids whose publish is still on its way to the log.
+    acking: HashSet<u16>,
 }
 
 /// Why the loop ended; decides the will.
@@ -380,6 +382,7 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
         sent_before: Arc::new(sent_before),
         backlog: Default::default(),
         publishing: HashSet::new(),
+        acking: HashSet::new(),
     };
     Some(Accepted {
         s,
@@ -735,6 +738,17 @@ fn valid_topic_name(t: &str) -> bool {
 }
 
 impl Session {
+    /// Inbound QoS 1/2 publishes not yet finished: QoS 1 until its PUBACK is sent, QoS 2
+    /// until its PUBREL arrives (and the PUBCOMP goes out at once).
+    fn inbound_in_flight(&self) -> usize {
+        self.acking.len() + self.awaiting_rel.len()
+    }
+
+    /// A 3.1.1 client cannot be told a receive maximum: past it we stop reading.
+    fn inbound_full(&self) -> bool {
+        self.pending.len() >= self.broker.cfg.receive_max as usize
+    }
+
     /// Queues a packet; the run loop flushes once per step, so a batch is one write.
     async fn send(&mut self, p: MqttPacket) -> bool {
         self.conn.feed(p).is_ok()
@@ -797,15 +811,46 @@ impl Session {
     }
 
     async fn deliver(&mut self, mut o: Box<Outgoing>) -> bool {
+        // The alias this message would use (MQTT 5), decided before the size check but
+        // only committed once it is sent: a dropped message must not leave the client
+        // without the mapping later ones rely on.
+        let (alias, new_alias) = if self.ver == Ver::V5 && self.client_alias_max > 0 {
+            match self.out_aliases.get(&o.topic) {
+                Some(a) => (Some(*a), false),
+                None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
+                    (Some(self.out_aliases.len() as u16 + 1), true)
+                }
+                None => (None, false),
+            }
+        } else {
+            (None, false)
+        };
+        o.props.topic_alias = alias;
+        let topic = if alias.is_some() && !new_alias {
+            ""
+        } else {
+            o.topic.as_str()
+        };
         // Larger than the client takes (MQTT 5, 3.1.2.11.4) or than our own packet limit
         // (messages from HTTP may be larger): discarded as if delivered, never a reason
         // to drop the connection — it would only be redelivered on the next one.
         let limit = self.client_max_packet.min(self.broker.cfg.max_packet_size) as usize;
-        if approx_size(&o) > limit {
-            tracing::warn!(client = %self.client_id, topic = %o.topic, limit, "message exceeds the maximum packet size; not delivered to this client");
+        let size = wire::publish_size(
+            self.ver,
+            topic,
+            o.payload.len(),
+            o.qos,
+            &o.props,
+            &o.sub_ids,
+        );
+        if size > limit {
+            tracing::warn!(client = %self.client_id, topic = %o.topic, size, limit, "message exceeds the maximum packet size; not delivered to this client");
             metrics::counter!("polyport_mqtt_oversized_dropped_total").increment(1);
             o.settle();
             return true;
+        }
+        if let (Some(a), true) = (alias, new_alias) {
+            self.out_aliases.insert(o.topic.clone(), a);
         }
         let seq = o.ack.as_ref().map(|(_, seq)| *seq);
         let id = if o.qos > 0 {
@@ -822,26 +867,16 @@ impl Session {
             };
             self.inflight.insert(id, st);
         }
-        let mut topic = o.topic.as_str();
-        if self.ver == Ver::V5 && self.client_alias_max > 0 {
-            match self.out_aliases.get(topic) {
-                Some(a) => {
-                    o.props.topic_alias = Some(*a);
-                    topic = "";
-                }
-                None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
-                    let a = self.out_aliases.len() as u16 + 1;
-                    self.out_aliases.insert(o.topic.clone(), a);
-                    o.props.topic_alias = Some(a);
-                }
-                None => {}
-            }
-        }
         metrics::counter!("polyport_mqtt_messages_out_total").increment(1);
         self.broker
             .stats
             .messages_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let topic = if alias.is_some() && !new_alias {
+            ""
+        } else {
+            o.topic.as_str()
+        };
         let p = wire::publish(
             self.ver, topic, o.payload, o.qos, o.retain, o.dup, id, &o.props, &o.sub_ids,
         );
@@ -875,7 +910,7 @@ impl Session {
                     _ = shutdown.cancelled() => return End::Shutdown,
                 }
             }
-            let can_read = self.pending.len() < self.broker.cfg.receive_max as usize;
+            let can_read = self.ver == Ver::V5 || !self.inbound_full();
             if !can_read && let Some(k) = keep_alive {
                 // We are the ones not reading: the client is not silent.
                 deadline = Some(Instant::now() + k);
@@ -917,7 +952,7 @@ impl Session {
                             }
                             None => return End::Abnormal,
                         }
-                        if self.pending.len() >= self.broker.cfg.receive_max as usize {
+                        if self.ver == Ver::V3 && self.inbound_full() {
                             break;
                         }
                         match self.conn.try_next() {
@@ -995,9 +1030,10 @@ impl Session {
         &mut self,
         (kind, id, result): (Ack, u16, Result<(), HubError>),
     ) -> Option<End> {
-        if matches!(kind, Ack::Pubrec) {
-            self.publishing.remove(&id);
-        }
+        match kind {
+            Ack::Pubrec => self.publishing.remove(&id),
+            _ => self.acking.remove(&id),
+        };
         let ok = match result {
             Ok(()) => self.send_ack(kind, id, None).await,
             Err(e) => {
@@ -1113,7 +1149,7 @@ impl Session {
                         .partition(|s| filters.contains(&s.filter));
                     self.saved.subs = kept;
                     let gone: Vec<SubSpec> = gone;
-                    if self.saved.expiry > 0 {
+                    if self.saved.expiry > 0 || self.persisted {
                         for g in &gone {
                             let name =
                                 session_group(&self.client_id, &self.saved.generation, &g.nonce);
@@ -1239,14 +1275,24 @@ impl Session {
             }
             return (!self.send_ack(Ack::Pubrec, id, None).await).then_some(End::Abnormal);
         }
-        if self.pending.len() >= self.broker.cfg.receive_max as usize && self.ver == Ver::V5 {
-            self.disconnect(rc::QUOTA, "receive maximum exceeded").await;
+        if p.qos == 1 && self.acking.contains(&id) {
+            // A resend of a QoS 1 message still being stored: its PUBACK follows.
+            return None;
+        }
+        if self.ver == Ver::V5 && self.inbound_in_flight() >= self.broker.cfg.receive_max as usize {
+            // MQTT 5 §4.9: a client may have at most Receive Maximum QoS 1/2 publishes
+            // unacknowledged (QoS 2 until PUBCOMP). We keep reading while it is full, so
+            // the violation is seen rather than hidden by back-pressure.
+            self.disconnect(rc::RECEIVE_MAX, "receive maximum exceeded")
+                .await;
             return Some(End::Abnormal);
         }
         let kind = if p.qos == 1 { Ack::Puback } else { Ack::Pubrec };
         if p.qos == 2 {
             self.awaiting_rel.insert(id);
             self.publishing.insert(id);
+        } else {
+            self.acking.insert(id);
         }
         let broker = self.broker.clone();
         let (ctx, client) = (self.ctx.clone(), self.client_id.clone());
@@ -1283,7 +1329,10 @@ impl Session {
         };
         let (group, ack) = match share {
             Some(g) => (Some(format!("mqtt-share:{g}")), Some(ack)),
-            None if self.saved.expiry > 0 => (
+            // A resumed session keeps reading from its saved positions even when this
+            // CONNECT's expiry is 0 (that only decides what happens at the next
+            // disconnect, [MQTT-3.1.2-5]): `persisted` says the groups exist.
+            None if self.saved.expiry > 0 || self.persisted => (
                 Some(session_group(
                     &self.client_id,
                     &self.saved.generation,
@@ -1432,21 +1481,6 @@ impl Session {
         self.backlog.extend(retained.into_iter().map(Box::new));
         true
     }
-}
-
-/// An upper bound of a PUBLISH's encoded size, for the client's maximum packet size.
-fn approx_size(o: &Outgoing) -> usize {
-    let p = &o.props;
-    let props = p.content_type.as_ref().map_or(0, |s| s.len() + 3)
-        + p.response_topic.as_ref().map_or(0, |s| s.len() + 3)
-        + p.correlation_data.as_ref().map_or(0, |s| s.len() + 3)
-        + p.user_properties
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 5)
-            .sum::<usize>()
-        + o.sub_ids.len() * 5
-        + 16;
-    5 + 2 + o.topic.len() + 2 + 4 + props + o.payload.len()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

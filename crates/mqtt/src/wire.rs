@@ -258,6 +258,51 @@ pub(crate) fn publish(
     }
 }
 
+/// Bytes a variable byte integer takes (MQTT 1.5.5).
+fn vbi_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The exact encoded size of the PUBLISH [`publish`] builds from the same arguments
+/// (fixed header included), for the client's Maximum Packet Size: a packet that fits
+/// must never be dropped as too large [MQTT-3.1.2-24/25].
+pub(crate) fn publish_size(
+    ver: Ver,
+    topic: &str,
+    payload_len: usize,
+    qos: u8,
+    props: &MsgProps,
+    sub_ids: &[u32],
+) -> usize {
+    let mut remaining = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload_len;
+    if ver == Ver::V5 {
+        let string = |s: &Option<String>| s.as_ref().map_or(0, |s| 3 + s.len());
+        let props_len = props.topic_alias.filter(|a| *a != 0).map_or(0, |_| 3)
+            + props.correlation_data.as_ref().map_or(0, |c| 3 + c.len())
+            + props.message_expiry.filter(|e| *e != 0).map_or(0, |_| 5)
+            + string(&props.content_type)
+            + if props.payload_is_utf8 { 2 } else { 0 }
+            + string(&props.response_topic)
+            + sub_ids
+                .iter()
+                .filter(|i| **i != 0)
+                .map(|i| 1 + vbi_len(*i as usize))
+                .sum::<usize>()
+            + props
+                .user_properties
+                .iter()
+                .map(|(k, v)| 5 + k.len() + v.len())
+                .sum::<usize>();
+        remaining += vbi_len(props_len) + props_len;
+    }
+    1 + vbi_len(remaining) + remaining
+}
+
 /// The four acknowledgement kinds of the QoS flows.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Ack {
@@ -500,4 +545,57 @@ pub(crate) struct ServerCaps {
     pub(crate) max_packet_size: u32,
     pub(crate) topic_alias_max: u16,
     pub(crate) keep_alive_override: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio_util::codec::Encoder;
+
+    fn encoded_len(ver: Ver, p: MqttPacket) -> usize {
+        let mut buf = bytes::BytesMut::new();
+        let mut codec = match ver {
+            Ver::V3 => rmqtt_codec::MqttCodec::V3(v3::Codec::new(u32::MAX)),
+            Ver::V5 => rmqtt_codec::MqttCodec::V5(v5::Codec::new(u32::MAX, u32::MAX)),
+        };
+        codec.encode(p, &mut buf).expect("encodes");
+        buf.len()
+    }
+
+    proptest! {
+        /// The size the broker checks against a client's Maximum Packet Size is the size
+        /// rmqtt-codec writes, byte for byte, whatever the properties.
+        #[test]
+        fn publish_size_is_exact(
+            v5 in any::<bool>(),
+            topic in "[a-z/]{0,300}",
+            payload_len in prop_oneof![0usize..200, 16_000usize..17_000],
+            qos in 0u8..3,
+            alias in proptest::option::of(0u16..3),
+            expiry in proptest::option::of(0u32..3),
+            content_type in proptest::option::of("[a-z/]{0,140}"),
+            response_topic in proptest::option::of("[a-z]{0,20}"),
+            correlation in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+            utf8 in any::<bool>(),
+            users in proptest::collection::vec(("[a-z]{0,9}", "[a-z]{0,30}"), 0..5),
+            sub_ids in proptest::collection::vec(prop_oneof![1u32..200, 200u32..=268_435_455], 0..4),
+        ) {
+            let ver = if v5 { Ver::V5 } else { Ver::V3 };
+            let props = MsgProps {
+                content_type,
+                response_topic,
+                correlation_data: correlation.map(Bytes::from),
+                user_properties: users,
+                payload_is_utf8: utf8,
+                topic_alias: alias,
+                message_expiry: expiry,
+            };
+            let payload = Bytes::from(vec![b'x'; payload_len]);
+            let pkid = (qos > 0).then_some(7);
+            let want = publish_size(ver, &topic, payload_len, qos, &props, &sub_ids);
+            let p = publish(ver, &topic, payload, qos, false, false, pkid, &props, &sub_ids);
+            prop_assert_eq!(want, encoded_len(ver, p));
+        }
+    }
 }
