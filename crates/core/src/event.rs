@@ -155,6 +155,17 @@ impl Event {
             .as_ref()
     }
 
+    /// The payload as text, when it is text: a textual content type (see
+    /// [`is_text_type`]) or none at all, and valid UTF-8. Transports that distinguish text
+    /// from binary (WebSocket frames, CloudEvents `data` vs `data_base64`) ask this.
+    pub fn text_payload(&self) -> Option<&str> {
+        if self.content_type.as_deref().is_none_or(is_text_type) {
+            std::str::from_utf8(&self.payload).ok()
+        } else {
+            None
+        }
+    }
+
     /// The CloudEvents 1.0 structured-mode JSON of this event, rendered once.
     pub fn cloudevent_json(&self) -> &Bytes {
         self.rendered.get_or_init(|| {
@@ -196,9 +207,7 @@ impl Event {
         }
         if let Some(v) = self.json_payload() {
             m.insert("data".into(), v.clone());
-        } else if self.content_type.as_deref().is_none_or(is_text_type)
-            && let Ok(s) = std::str::from_utf8(&self.payload)
-        {
+        } else if let Some(s) = self.text_payload() {
             m.insert("data".into(), s.into());
         } else {
             m.insert(
@@ -243,14 +252,32 @@ pub fn is_json_type(ct: &str) -> bool {
         || essence.to_ascii_lowercase().ends_with("+json")
 }
 
-fn is_text_type(ct: &str) -> bool {
+/// Media types whose payload is text: `text/*`, JSON and XML (with their `+json` / `+xml`
+/// suffixes), HTML forms (`curl -d`'s default), and the usual textual `application/*`s.
+pub fn is_text_type(ct: &str) -> bool {
+    const TEXTUAL: &[&str] = &[
+        "application/json",
+        "application/xml",
+        "application/x-www-form-urlencoded",
+        "application/javascript",
+        "application/ecmascript",
+        "application/yaml",
+        "application/x-yaml",
+        "application/toml",
+        "application/x-ndjson",
+        "application/graphql",
+        "application/sql",
+    ];
     let essence = ct
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    essence.starts_with("text/") || essence == "application/xml" || essence.ends_with("+xml")
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || TEXTUAL.contains(&essence.as_str())
 }
 
 /// A notice a subscription yields in-band, so no client silently misses a fact about its
@@ -332,6 +359,24 @@ mod tests {
         let v = ev(Some("application/octet-stream"), &[0xff, 0x00]).to_cloudevent();
         assert_eq!(v["data_base64"], "/wA=");
         assert!(v.get("data").is_none());
+    }
+
+    #[test]
+    fn textual_media_types_go_in_data_as_a_string() {
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "text/csv; charset=utf-8",
+            "application/xml",
+            "application/soap+xml",
+            "application/problem+json",
+            "application/json",
+        ] {
+            let v = ev(Some(ct), "25°C".as_bytes()).to_cloudevent();
+            assert_eq!(v["data"], "25°C", "{ct}");
+            assert!(v.get("data_base64").is_none(), "{ct}");
+        }
+        let v = ev(Some("application/x-www-form-urlencoded"), &[0xff]).to_cloudevent();
+        assert_eq!(v["data_base64"], "/w==", "invalid UTF-8 stays binary");
     }
 
     #[test]

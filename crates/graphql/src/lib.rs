@@ -10,11 +10,13 @@
 //! | collection → type/field names | `names.rs` |
 //! | schema generation + resolvers | `schema.rs` |
 //! | batched relation loading | `loaders.rs` |
-//! | HTTP, WebSocket, GraphiQL, SDL | this file |
+//! | GraphQL over HTTP: requests, media types, status codes | `over_http.rs` |
+//! | routes, WebSocket, GraphiQL, SDL | this file |
 
 mod errors;
 mod loaders;
 mod names;
+mod over_http;
 mod schema;
 
 use std::sync::Arc;
@@ -23,11 +25,12 @@ use arc_swap::ArcSwap;
 use async_graphql::dataloader::DataLoader;
 use async_graphql::dynamic::Schema;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use polyport_core::Hub;
@@ -144,65 +147,32 @@ async fn rebuild_on_change(hub: Hub, cfg: GraphqlConfig, swap: Arc<ArcSwap<Schem
 async fn post_graphql(
     State(s): State<GqlState>,
     headers: HeaderMap,
-    req: Result<GraphQLRequest, GraphQLRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let req = match req {
-        Ok(r) => r,
-        Err(rej) => return rejection(rej),
+    let media = over_http::negotiate(&headers);
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return over_http::Refusal::too_large().into_response(media);
+        }
+        Err(rej) => return over_http::Refusal::bad_request(rej.body_text()).into_response(media),
     };
-    let schema = s.schema();
-    let (a, b) = s.loaders();
-    let resp = schema.execute(req.into_inner().data(a).data(b)).await;
-    // GraphQL-over-HTTP: with `application/graphql-response+json`, a request that never
-    // executed (parse or validation failure) is a 400; legacy `application/json` stays 200.
-    let request_error = resp.data == async_graphql::Value::Null
-        && resp.errors.iter().any(|e| {
-            e.extensions
-                .as_ref()
-                .and_then(|x| x.get("code"))
-                .is_some_and(|c| {
-                    *c == async_graphql::Value::from(errors::PARSE_FAILED)
-                        || *c == async_graphql::Value::from(errors::VALIDATION_FAILED)
-                })
-        });
-    let modern = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/graphql-response+json"));
-    let mut out = GraphQLResponse::from(resp).into_response();
-    if request_error && modern {
-        *out.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+    match over_http::parse_post(&headers, &body) {
+        Ok(req) => execute(&s, req, media).await,
+        Err(r) => r.into_response(media),
     }
-    out
 }
 
-/// A body that is not a GraphQL request gets a GraphQL-shaped error, not debug text.
-fn rejection(rej: GraphQLRejection) -> Response {
-    let (status, msg) = match rej.0 {
-        async_graphql::ParseRequestError::PayloadTooLarge => (
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large".to_string(),
-        ),
-        other => (
-            axum::http::StatusCode::BAD_REQUEST,
-            format!("not a GraphQL request: {other}"),
-        ),
-    };
-    let body = serde_json::json!({
-        "errors": [{"message": msg, "extensions": {"code": "bad_request"}}]
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+async fn execute(s: &GqlState, req: async_graphql::Request, media: over_http::Media) -> Response {
+    let schema = s.schema();
+    let (a, b) = s.loaders();
+    over_http::respond(schema.execute(req.data(a).data(b)).await, media)
 }
 
 /// GET: a WebSocket upgrade (subscriptions, both `graphql-transport-ws` and the legacy
 /// `graphql-ws`), GraphiQL for a browser, or a query in the URL.
 async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request) -> Response {
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, _body) = req.into_parts();
     if headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -241,9 +211,11 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         )
         .into_response();
     }
-    let req = Request::from_parts(parts, body);
-    let q = <GraphQLRequest as axum::extract::FromRequest<GqlState>>::from_request(req, &s).await;
-    post_graphql(State(s), headers, q).await
+    let media = over_http::negotiate(&headers);
+    match over_http::parse_get(parts.uri.query()) {
+        Ok(req) => execute(&s, req, media).await,
+        Err(r) => r.into_response(media),
+    }
 }
 
 async fn sdl(State(s): State<GqlState>) -> Response {

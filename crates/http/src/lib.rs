@@ -7,6 +7,7 @@
 //! | REST handlers | `rest.rs` |
 //! | SSE, NDJSON, long-poll | `realtime.rs` |
 //! | WebSocket JSON protocol | `ws.rs` |
+//! | raw topic WebSockets (`/ws/topics/…`) | `ws_topics.rs` |
 //! | OpenAPI 3.1 generation | `openapi.rs` |
 //! | HubError → problem+json | `error.rs` |
 //! | query/body parsing | `params.rs` |
@@ -22,6 +23,7 @@ mod realtime;
 mod rest;
 mod webhooks;
 mod ws;
+mod ws_topics;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,6 +178,7 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
         .route("/api/stream", get(realtime::ndjson))
         .route("/api/poll", get(realtime::poll))
         .route("/ws", get(ws::upgrade))
+        .route("/ws/topics/{*topic}", get(ws_topics::upgrade))
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -5,6 +5,8 @@ wrong argument types, unknown fields and collections. All of them go to one serv
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from graphql_clients import http_client, query, query_errors
@@ -131,3 +133,43 @@ def test_many_bad_requests_in_a_row_leave_the_server_healthy(shared_blog, shared
             r = shared_client.post("/graphql", json=body)
             assert r.status_code < 500 and r.json()["errors"], r.text
     assert_healthy(shared_client, http_client(shared_blog))
+
+
+def test_writes_need_a_post_with_a_json_body(shared_client):
+    """What a page on another site can send without CORS preflight — a GET (a link, an
+    `<img>`) or a `text/plain` POST (a form) — cannot run a mutation."""
+    mutation = 'mutation { createPost(input: {title: "csrf", author: "123"}) { id } }'
+    r = shared_client.get("/graphql", params={"query": mutation})
+    assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
+    assert r.json()["errors"][0]["extensions"]["code"] == "method_not_allowed"
+    r = shared_client.post("/graphql", content=json.dumps({"query": mutation}), headers={"content-type": "text/plain"})
+    assert r.status_code == 415, r.text
+    r = shared_client.post("/graphql", content=json.dumps({"query": mutation}), headers={"content-type": ""})
+    assert r.status_code == 415, r.text
+    listed = shared_client.get("/api/collections/posts/records", params={"filter": 'title = "csrf"'}).json()
+    assert listed["items"] == [], "nothing was written"
+
+
+@pytest.mark.parametrize(
+    "accept, want",
+    [
+        (None, "application/json"),
+        ("application/json", "application/json"),
+        ("*/*", "application/json"),
+        ("application/graphql-response+json", "application/graphql-response+json"),
+        ("application/graphql-response+json, application/json;q=0.9", "application/graphql-response+json"),
+        ("application/json, application/graphql-response+json;q=0.5", "application/json"),
+    ],
+)
+def test_the_response_media_type_follows_accept(shared_client, accept, want):
+    headers = {"content-type": "application/json"}
+    if accept:
+        headers["accept"] = accept
+    r = shared_client.post("/graphql", json={"query": "{ __typename }"}, headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"].split(";")[0] == want, (r.status_code, r.headers)
+    # A request that never executes: 200 with data null for JSON, 400 without data otherwise.
+    r = shared_client.post("/graphql", json={"query": "{ nope }"}, headers=headers)
+    if want == "application/json":
+        assert r.status_code == 200 and "data" in r.json() and r.json()["data"] is None
+    else:
+        assert r.status_code == 400 and "data" not in r.json()

@@ -176,3 +176,22 @@ def test_unknown_record_and_endpoint_are_404_problems(client: httpx.Client):
     body = assert_problem(client.get("/api/collections/posts/records/nope"), 404)
     assert body["code"] == "record_not_found"
     assert_problem(client.get("/api/nothing-here"), 404)
+
+
+def test_textual_payloads_are_strings_in_every_envelope(client: httpx.Client):
+    # `curl -d '25°C' …` sends application/x-www-form-urlencoded.
+    cases = {
+        "application/x-www-form-urlencoded": "25°C",
+        "application/xml": "<t>25</t>",
+        "application/soap+xml; charset=utf-8": "<Envelope/>",
+        "text/csv": "a,b\n1,2",
+    }
+    for ctype, text in cases.items():
+        r = client.post("/api/topics/sensors/temperature", content=text.encode(), headers={"content-type": ctype})
+        assert r.status_code == 202, r.text
+    binary = client.post("/api/topics/sensors/temperature", content=b"\xff\x00", headers={"content-type": "application/octet-stream"})
+    assert binary.status_code == 202
+    events = client.get("/api/poll", params={"topic": "sensors/temperature", "since": 0, "wait": 0}).json()["events"]
+    assert [e.get("data") for e in events[:4]] == list(cases.values())
+    assert all("data_base64" not in e for e in events[:4])
+    assert events[4]["data_base64"] == "/wA=" and "data" not in events[4]
