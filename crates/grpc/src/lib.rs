@@ -89,13 +89,24 @@ struct GrpcState {
     max_message: usize,
 }
 
+/// Reflection over everything this port serves: the catalog, health, and both
+/// reflection versions — each tonic builder would otherwise list only itself, so
+/// `grpcurl list` would miss health and the other reflection version.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
 fn builtins(catalog: &Catalog) -> Result<Builtins, GrpcError> {
     let fds = catalog.file_descriptor_set();
-    let v1 = tonic_reflection::server::Builder::configure()
+    let v1 = reflection()
         .register_file_descriptor_set(fds.clone())
         .build_v1()
         .map_err(|e| GrpcError::Reflection(e.to_string()))?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
+    let v1alpha = reflection()
         .register_file_descriptor_set(fds)
         .build_v1alpha()
         .map_err(|e| GrpcError::Reflection(e.to_string()))?;
