@@ -10,6 +10,7 @@
 //! | raw topic WebSockets (`/ws/topics/…`) | `ws_topics.rs` |
 //! | OpenAPI 3.1 generation | `openapi.rs` |
 //! | HubError → problem+json | `error.rs` |
+//! | `GET /`: every face and where it lives | `index.rs` |
 //! | query/body parsing | `params.rs` |
 //!
 //! The adapter holds a [`Hub`] and nothing else; every handler is generic over
@@ -17,6 +18,7 @@
 
 mod error;
 mod hooks;
+mod index;
 mod openapi;
 mod params;
 mod realtime;
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use hooks::{HookScheme, HookSource, HooksConfig};
+pub use index::{Index, IndexEndpoint, IndexListener};
 
 /// Renders the Prometheus text exposition (installed by the binary).
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -65,6 +68,8 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// Inbound webhook sources.
     pub hooks: HooksConfig,
+    /// What `GET /` lists besides this face's own endpoints.
+    pub index: Index,
 }
 
 impl Default for HttpConfig {
@@ -79,6 +84,7 @@ impl Default for HttpConfig {
             metrics: None,
             cors_origins: vec!["*".into()],
             hooks: HooksConfig::default(),
+            index: Index::default(),
         }
     }
 }
@@ -179,6 +185,7 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
         .route("/api/poll", get(realtime::poll))
         .route("/ws", get(ws::upgrade))
         .route("/ws/topics/{*topic}", get(ws_topics::upgrade))
+        .route("/", get(index::index))
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+/// Where each listener goes unless told otherwise.
+pub(crate) const DEFAULT_HTTP: SocketAddr = SocketAddr::new(LOOPBACK, 8080);
+pub(crate) const DEFAULT_GRPC: SocketAddr = SocketAddr::new(LOOPBACK, 50051);
+pub(crate) const DEFAULT_MQTT: SocketAddr = SocketAddr::new(LOOPBACK, 1883);
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -49,7 +55,8 @@ impl Default for AuthSection {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct MqttSection {
     pub(crate) enabled: bool,
-    pub(crate) listen: SocketAddr,
+    /// `None`: the default address, which is skipped (loudly) when taken.
+    pub(crate) listen: Option<SocketAddr>,
     pub(crate) max_packet_size: u32,
     pub(crate) receive_max: u16,
     /// Also log QoS 0 messages durably.
@@ -69,7 +76,7 @@ impl Default for MqttSection {
         let d = polyport_mqtt::MqttConfig::default();
         Self {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen: None,
             max_packet_size: d.max_packet_size,
             receive_max: d.receive_max,
             durable_qos0: d.durable_qos0,
@@ -114,7 +121,8 @@ impl Default for WebhooksSection {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct GrpcSection {
     pub(crate) enabled: bool,
-    pub(crate) listen: SocketAddr,
+    /// `None`: the default address, which is skipped (loudly) when taken.
+    pub(crate) listen: Option<SocketAddr>,
     pub(crate) max_message: usize,
 }
 
@@ -122,7 +130,7 @@ impl Default for GrpcSection {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            listen: None,
             max_message: polyport_grpc::GrpcConfig::default().max_message,
         }
     }
@@ -154,7 +162,8 @@ impl Default for GraphqlSection {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct HttpSection {
     pub(crate) enabled: bool,
-    pub(crate) listen: SocketAddr,
+    /// `None`: the default address, which is skipped (loudly) when taken.
+    pub(crate) listen: Option<SocketAddr>,
     pub(crate) max_body: usize,
     pub(crate) max_page_size: usize,
     pub(crate) heartbeat_secs: u64,
@@ -196,7 +205,7 @@ impl Default for HttpSection {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: None,
             max_body: 4 << 20,
             max_page_size: 1000,
             heartbeat_secs: 15,
@@ -249,7 +258,11 @@ mod tests {
             "#,
         )
         .expect("valid config");
-        assert_eq!(c.http.listen.port(), 9000);
+        assert_eq!(c.http.listen.map(|a| a.port()), Some(9000));
+        assert_eq!(
+            c.grpc.listen, None,
+            "not given: the default, skipped when taken"
+        );
         assert_eq!(c.events.retention_max_events, Some(100));
         assert!(toml::from_str::<Config>("[http]\nlisten_addr = \"x\"").is_err());
     }

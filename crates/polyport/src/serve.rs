@@ -13,20 +13,151 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ServeArgs;
-use crate::config::Config;
+use crate::config::{self, Config};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Binds a listener, naming the way to move it when the port is taken.
-async fn bind(name: &str, addr: SocketAddr, how_to_move: &str) -> anyhow::Result<TcpListener> {
-    match TcpListener::bind(addr).await {
-        Ok(l) => Ok(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
-            "cannot start the {name} listener: {addr} is already in use by another program. \
-             Move it with {how_to_move} (port 0 picks a free port)."
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot start the {name} listener on {addr}")),
+/// A listener the server wants, and whether the user chose its address.
+struct Want {
+    /// Key in listeners.json and the index (`http`, `grpc`, `mqtt`).
+    key: &'static str,
+    /// As printed (`HTTP`, `gRPC`, `MQTT`).
+    label: &'static str,
+    about: &'static str,
+    addr: SocketAddr,
+    /// Given by a flag, a `POLYPORT_*` variable or `polyport.toml`.
+    explicit: bool,
+    how_to_move: &'static str,
+    switch_off: &'static str,
+}
+
+impl Want {
+    fn new(
+        key: &'static str,
+        label: &'static str,
+        about: &'static str,
+        chosen: Option<SocketAddr>,
+        default: SocketAddr,
+    ) -> Self {
+        let (how_to_move, switch_off) = match key {
+            "http" => (
+                "--http ADDR, POLYPORT_HTTP=ADDR or `[http] listen` in polyport.toml",
+                "`[http] enabled = false`",
+            ),
+            "grpc" => (
+                "--grpc ADDR, POLYPORT_GRPC=ADDR or `[grpc] listen` in polyport.toml",
+                "`[grpc] enabled = false`",
+            ),
+            _ => (
+                "--mqtt ADDR, POLYPORT_MQTT=ADDR or `[mqtt] listen` in polyport.toml",
+                "`[mqtt] enabled = false`",
+            ),
+        };
+        Self {
+            key,
+            label,
+            about,
+            addr: chosen.unwrap_or(default),
+            explicit: chosen.is_some(),
+            how_to_move,
+            switch_off,
+        }
+    }
+}
+
+/// What became of the listeners: for listeners.json, the index and the summary.
+#[derive(Default)]
+struct Listeners {
+    started: BTreeMap<&'static str, String>,
+    not_started: BTreeMap<&'static str, serde_json::Value>,
+    index: Vec<polyport_http::IndexListener>,
+}
+
+impl Listeners {
+    /// Binds `w`. A port the user asked for that is taken stops start-up with a message
+    /// naming the listener and how to move it; a *default* port that is taken (Mosquitto
+    /// on 1883, say) only skips that listener, loudly.
+    async fn bind(&mut self, w: &Want) -> anyhow::Result<Option<TcpListener>> {
+        match TcpListener::bind(w.addr).await {
+            Ok(l) => {
+                let addr = l.local_addr()?;
+                self.started.insert(w.key, addr.to_string());
+                self.index.push(polyport_http::IndexListener {
+                    name: w.key.into(),
+                    about: w.about.into(),
+                    address: addr.to_string(),
+                    not_started: None,
+                });
+                Ok(Some(l))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && w.explicit => bail!(
+                "cannot start the {} listener: {} is already in use by another program. \
+                 Move it with {} (port 0 picks a free port).",
+                w.label,
+                w.addr,
+                w.how_to_move
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let why = format!(
+                    "the default address {} is in use by another program",
+                    w.addr
+                );
+                tracing::warn!(
+                    "{} NOT STARTED: {why}. Polyport runs without it; to serve {} move it with {} \
+                     (port 0 picks a free port), or switch it off with {}.",
+                    w.label,
+                    w.label,
+                    w.how_to_move,
+                    w.switch_off
+                );
+                self.not_started.insert(
+                    w.key,
+                    serde_json::json!({
+                        "address": w.addr.to_string(),
+                        "reason": why,
+                        "move_with": w.how_to_move,
+                    }),
+                );
+                self.index.push(polyport_http::IndexListener {
+                    name: w.key.into(),
+                    about: w.about.into(),
+                    address: w.addr.to_string(),
+                    not_started: Some(format!("{why}; move it with {}", w.how_to_move)),
+                });
+                Ok(None)
+            }
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot start the {} listener on {}", w.label, w.addr)),
+        }
+    }
+
+    /// `{data_dir}/listeners.json`: started listeners by name, and `not_started`.
+    fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!(self.started);
+        if !self.not_started.is_empty() {
+            v["not_started"] = serde_json::json!(self.not_started);
+        }
+        v
+    }
+
+    /// The start-up summary: one line, WARN when something did not start.
+    fn summary(&self) {
+        let mut parts: Vec<String> = self
+            .started
+            .iter()
+            .map(|(k, a)| format!("{k} {a}"))
+            .collect();
+        parts.extend(
+            self.not_started
+                .keys()
+                .map(|k| format!("{k} NOT STARTED (port in use)")),
+        );
+        if self.not_started.is_empty() {
+            tracing::info!("ready: {}", parts.join(", "));
+        } else {
+            tracing::warn!("ready without every listener: {}", parts.join(", "));
+        }
     }
 }
 
@@ -35,15 +166,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
     }
-    if let Some(h) = args.http {
-        cfg.http.listen = h;
-    }
-    if let Some(g) = args.grpc {
-        cfg.grpc.listen = g;
-    }
-    if let Some(m) = args.mqtt {
-        cfg.mqtt.listen = m;
-    }
+    cfg.http.listen = args.http.or(cfg.http.listen);
+    cfg.grpc.listen = args.grpc.or(cfg.grpc.listen);
+    cfg.mqtt.listen = args.mqtt.or(cfg.mqtt.listen);
     if args.retention_max_events.is_some() {
         cfg.events.retention_max_events = args.retention_max_events;
     }
@@ -109,7 +234,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
-    let mut bound = BTreeMap::new();
 
     let mqtt = if cfg.mqtt.enabled {
         let mqtt_cfg = polyport_mqtt::MqttConfig {
@@ -130,16 +254,64 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
 
-    if cfg.http.enabled {
-        let listener = bind(
-            "HTTP",
-            cfg.http.listen,
-            "--http ADDR, POLYPORT_HTTP=ADDR or `[http] listen` in polyport.toml",
-        )
-        .await?;
+    // Every listener is bound before any face is built, so the index at `GET /` can
+    // say where each one lives (or why it is not there).
+    let mut listeners = Listeners::default();
+    let http_listener = match cfg.http.enabled {
+        true => {
+            let w = Want::new(
+                "http",
+                "HTTP",
+                "REST, SSE, NDJSON, long-poll, WebSocket, GraphQL, OpenAPI",
+                cfg.http.listen,
+                config::DEFAULT_HTTP,
+            );
+            listeners.bind(&w).await?
+        }
+        false => None,
+    };
+    let grpc_listener = match cfg.grpc.enabled {
+        true => {
+            let w = Want::new(
+                "grpc",
+                "gRPC",
+                "gRPC and gRPC-Web: Records, Topics, typed collection services, reflection, health",
+                cfg.grpc.listen,
+                config::DEFAULT_GRPC,
+            );
+            listeners.bind(&w).await?
+        }
+        false => None,
+    };
+    let mqtt_listener = match mqtt.is_some() {
+        true => {
+            let w = Want::new(
+                "mqtt",
+                "MQTT",
+                "MQTT 3.1, 3.1.1 and 5.0",
+                cfg.mqtt.listen,
+                config::DEFAULT_MQTT,
+            );
+            listeners.bind(&w).await?
+        }
+        false => None,
+    };
+    if listeners.started.is_empty() {
+        bail!("no listener could start; see the warnings above");
+    }
+
+    if let Some(listener) = http_listener {
         let addr = listener.local_addr()?;
         let render = prometheus.clone();
+        let mut index = polyport_http::Index {
+            listeners: listeners.index.clone(),
+            endpoints: Vec::new(),
+        };
         let extra = if cfg.graphql.enabled {
+            index.endpoints.push(polyport_http::IndexEndpoint::new(
+                "POST /graphql",
+                "GraphQL (GET for queries and GraphiQL, WebSocket for subscriptions; SDL at /graphql/schema.graphql)",
+            ));
             polyport_graphql::routes(
                 hub.clone(),
                 polyport_graphql::GraphqlConfig {
@@ -154,7 +326,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let mqtt_ws = mqtt.as_ref().filter(|_| cfg.mqtt.websocket);
         let extra = match mqtt_ws {
-            Some(m) => extra.merge(m.websocket_routes(stop_accepting.clone())),
+            Some(m) => {
+                index.endpoints.push(polyport_http::IndexEndpoint::new(
+                    "GET /mqtt",
+                    "MQTT over WebSocket (subprotocol mqtt)",
+                ));
+                extra.merge(m.websocket_routes(stop_accepting.clone()))
+            }
             None => extra,
         };
         let app = polyport_http::router_with(
@@ -166,12 +344,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 metrics: Some(Arc::new(move || render.render())),
                 cors_origins: cfg.http.cors_origins.clone(),
                 hooks: cfg.hooks.clone(),
+                index,
                 ..polyport_http::HttpConfig::default()
             },
             extra,
         );
         tracing::info!(
-            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws, OpenAPI /openapi.json{}{})",
+            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws and /ws/topics, OpenAPI /openapi.json{}{})",
             if cfg.graphql.enabled {
                 ", GraphQL /graphql"
             } else {
@@ -183,7 +362,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ""
             }
         );
-        bound.insert("http", addr.to_string());
         let stop = stop_accepting.clone();
         tracker.spawn(async move {
             if let Err(e) = polyport_http::serve(listener, app, stop).await {
@@ -191,13 +369,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    if cfg.grpc.enabled {
-        let listener = bind(
-            "gRPC",
-            cfg.grpc.listen,
-            "--grpc ADDR, POLYPORT_GRPC=ADDR or `[grpc] listen` in polyport.toml",
-        )
-        .await?;
+    if let Some(listener) = grpc_listener {
         let addr = listener.local_addr()?;
         let app = polyport_grpc::router(
             hub.clone(),
@@ -210,7 +382,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(
             "gRPC listening on {addr} (Records, Topics, typed collection services, reflection, health)"
         );
-        bound.insert("grpc", addr.to_string());
         let stop = stop_accepting.clone();
         tracker.spawn(async move {
             if let Err(e) = polyport_http::serve(listener, app, stop).await {
@@ -218,24 +389,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(broker) = mqtt {
-        let listener = bind(
-            "MQTT",
-            cfg.mqtt.listen,
-            "--mqtt ADDR, POLYPORT_MQTT=ADDR or `[mqtt] listen` in polyport.toml",
-        )
-        .await?;
+    if let (Some(broker), Some(listener)) = (mqtt, mqtt_listener) {
         let addr = listener.local_addr()?;
         tracing::info!("MQTT listening on {addr} (3.1, 3.1.1, 5.0)");
-        bound.insert("mqtt", addr.to_string());
         let stop = stop_accepting.clone();
         tracker.spawn(async move { broker.serve(listener, stop).await });
     }
     tracker.close();
 
-    let listeners = cfg.data_dir.join("listeners.json");
-    std::fs::write(&listeners, serde_json::to_vec_pretty(&bound)?)
-        .with_context(|| format!("writing {}", listeners.display()))?;
+    let listeners_json = cfg.data_dir.join("listeners.json");
+    std::fs::write(
+        &listeners_json,
+        serde_json::to_vec_pretty(&listeners.json())?,
+    )
+    .with_context(|| format!("writing {}", listeners_json.display()))?;
+    listeners.summary();
 
     wait_for_signal().await;
     tracing::info!("shutting down: closing streams and draining requests");
@@ -254,7 +422,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(DRAIN_DEADLINE, w).await;
     }
     hub.shutdown().await;
-    let _ = std::fs::remove_file(&listeners);
+    let _ = std::fs::remove_file(&listeners_json);
     tracing::info!("stopped");
     Ok(())
 }

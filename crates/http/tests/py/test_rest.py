@@ -3,6 +3,8 @@ RFC 9457 problem+json for every kind of bad request (on the `--demo blog` data).
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from helpers import assert_problem
@@ -195,3 +197,18 @@ def test_textual_payloads_are_strings_in_every_envelope(client: httpx.Client):
     assert [e.get("data") for e in events[:4]] == list(cases.values())
     assert all("data_base64" not in e for e in events[:4])
     assert events[4]["data_base64"] == "/wA=" and "data" not in events[4]
+
+
+def test_the_root_is_a_map_of_every_face(blog):
+    listeners = json.loads((blog.data_dir / "listeners.json").read_text())
+    with httpx.Client(base_url=blog.url, timeout=10) as c:
+        doc = c.get("/", headers={"accept": "application/json"}).json()
+        by_name = {l["name"]: l["address"] for l in doc["listeners"]}
+        assert by_name == {k: listeners[k] for k in ("http", "grpc", "mqtt")}
+        paths = {e["path"] for e in doc["endpoints"]}
+        assert {"GET /openapi.json", "GET /ws", "GET /ws/topics/{topic…}", "POST /graphql", "GET /mqtt",
+                "GET /api/events?topic=…", "GET /metrics"} <= paths, paths
+        page = c.get("/", headers={"accept": "text/html,application/xhtml+xml"})
+        assert page.headers["content-type"].startswith("text/html")
+        for needle in ('href="/openapi.json"', listeners["grpc"], listeners["mqtt"], "/graphql"):
+            assert needle in page.text, needle
