@@ -14,8 +14,7 @@ HTTP_TESTS = Path(__file__).resolve().parents[3] / "http" / "tests" / "py"
 if str(HTTP_TESTS) not in sys.path:
     sys.path.append(str(HTTP_TESTS))
 
-from polyport_server import Server, base_url, blog, client, spawn, start_server  # noqa: E402, F401  (fixtures)
-from mqtt_clients import Servers  # noqa: E402
+from polyport_server import base_url, blog, client, spawn, start_server  # noqa: E402, F401  (fixtures)
 
 
 @pytest.fixture
@@ -24,17 +23,3 @@ def mqtt_port(blog) -> int:
     listeners = json.loads((blog.data_dir / "listeners.json").read_text())
     return int(listeners["mqtt"].rsplit(":", 1)[1])
 
-
-@pytest.fixture
-def servers(tmp_path_factory):
-    """Servers started with `servers.start(config)`, which a test may SIGKILL and restart;
-    every one still running at the end must stop with exit code 0 on SIGTERM."""
-    sv = Servers(tmp_path_factory)
-    yield sv
-    failures = sv.stop_all()
-    assert not failures, "\n\n".join(failures)
-
-
-@pytest.fixture
-def server(servers) -> Server:
-    return servers.start()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from polyport_server import Server, start_server
@@ -359,3 +360,22 @@ def read_lines(proc: subprocess.Popen) -> queue.Queue:
 
     threading.Thread(target=run, daemon=True).start()
     return q
+
+
+# Fixtures: imported by each test module that uses them (not in conftest.py, whose
+# fixtures would clash with the webhook suite's `servers` when all suites run at once).
+
+
+@pytest.fixture
+def servers(tmp_path_factory):
+    """Servers started with `servers.start(config)`, which a test may SIGKILL and restart;
+    every one still running at the end must stop with exit code 0 on SIGTERM."""
+    sv = Servers(tmp_path_factory)
+    yield sv
+    failures = sv.stop_all()
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture
+def server(servers) -> Server:
+    return servers.start()

@@ -17,10 +17,12 @@ import struct
 import time
 
 import httpx
-from mqtt_clients import (
+from mqtt_clients import (  # noqa: F401  (servers, server: fixtures)
     QUIET,
     WAIT,
     Paho,
+    server,
+    servers,
     Raw,
     connected,
     mqtt_port,

@@ -25,12 +25,14 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from mqtt_clients import (
+from mqtt_clients import (  # noqa: F401  (servers, server: fixtures)
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
     QUIET,
     WAIT,
     Paho,
+    server,
+    servers,
     Raw,
     connect_packet,
     connected,
