@@ -252,6 +252,15 @@ pub fn is_json_type(ct: &str) -> bool {
         || essence.to_ascii_lowercase().ends_with("+json")
 }
 
+/// A media type without its parameters, lowercased: `Text/Plain; charset=x` → `text/plain`.
+pub fn media_essence(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Media types whose payload is text: `text/*`, JSON and XML (with their `+json` / `+xml`
 /// suffixes), HTML forms (`curl -d`'s default), and the usual textual `application/*`s.
 pub fn is_text_type(ct: &str) -> bool {
@@ -268,12 +277,7 @@ pub fn is_text_type(ct: &str) -> bool {
         "application/graphql",
         "application/sql",
     ];
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_essence(ct);
     essence.starts_with("text/")
         || essence.ends_with("+json")
         || essence.ends_with("+xml")

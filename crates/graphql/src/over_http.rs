@@ -129,12 +129,7 @@ pub(crate) fn parse_post(headers: &HeaderMap, body: &Bytes) -> Result<Request, R
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = polyport_core::event::media_essence(ct);
     if essence == "application/graphql" {
         let text = std::str::from_utf8(body)
             .map_err(|_| Refusal::bad_request("the request body is not UTF-8"))?;

@@ -84,6 +84,25 @@ fn default_mqtt_port_taken() -> Option<std::net::TcpListener> {
     std::net::TcpListener::bind("127.0.0.1:1883").ok()
 }
 
+/// `polyport serve` in `dir` (data dir and cwd) with HTTP and gRPC on port 0 and MQTT
+/// wherever `dir/polyport.toml` or, without one, the default puts it.
+fn serve_with_mqtt_unset(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(bin());
+    c.args([
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--grpc",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .current_dir(dir)
+    .env_remove("POLYPORT_MQTT")
+    .env_remove("POLYPORT_CONFIG");
+    c
+}
+
 /// Reads `listeners.json` once the server has written it.
 fn wait_listeners(dir: &std::path::Path) -> serde_json::Value {
     let path = dir.join("listeners.json");
@@ -104,19 +123,7 @@ fn a_taken_default_port_skips_that_listener_loudly_and_the_rest_serve() {
     let _hold = default_mqtt_port_taken();
     let dir = tempfile::tempdir().unwrap();
     // No --mqtt, no POLYPORT_MQTT, no polyport.toml: MQTT gets its default, 1883.
-    let child = Command::new(bin())
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .current_dir(dir.path())
-        .env_remove("POLYPORT_MQTT")
-        .env_remove("POLYPORT_CONFIG")
+    let child = serve_with_mqtt_unset(dir.path())
         .env("POLYPORT_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -177,21 +184,7 @@ fn a_taken_port_chosen_in_polyport_toml_still_stops_start_up() {
         format!("[mqtt]\nlisten = \"{addr}\"\n"),
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .current_dir(dir.path())
-        .env_remove("POLYPORT_MQTT")
-        .env_remove("POLYPORT_CONFIG")
-        .output()
-        .unwrap();
+    let out = serve_with_mqtt_unset(dir.path()).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
