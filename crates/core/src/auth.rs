@@ -5,6 +5,7 @@
 //! of identities. [`AllowAll`] accepts anyone; [`StaticUsers`] checks a configured
 //! user list. Per-action rules plug in through [`Policy::authorize`].
 
+use crate::attributes::Sender;
 use crate::error::HubError;
 use crate::event::Origin;
 
@@ -15,6 +16,9 @@ pub struct AuthContext {
     pub principal: Option<String>,
     /// The adapter the call came through.
     pub origin: Origin,
+    /// The connection behind the call, where the protocol has one; the Hub stamps it on
+    /// every event the caller publishes.
+    pub sender: Option<Sender>,
 }
 
 impl AuthContext {
@@ -23,7 +27,14 @@ impl AuthContext {
         Self {
             principal: None,
             origin,
+            sender: None,
         }
+    }
+
+    /// The same caller, on the given connection.
+    pub fn with_sender(mut self, sender: Sender) -> Self {
+        self.sender = Some(sender);
+        self
     }
 }
 

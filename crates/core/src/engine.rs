@@ -102,6 +102,8 @@ pub enum WriteCommand {
         draft: EventDraft,
         /// Who published.
         origin: Origin,
+        /// The connection that published, from the caller's auth context.
+        sender: Option<crate::attributes::Sender>,
     },
     /// Create or replace a webhook endpoint (the Hub fills id, secret and times).
     PutEndpoint(Box<Endpoint>),

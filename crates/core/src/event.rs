@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::attributes::{Attributes, EXTENSIONS, Sender};
 use crate::topic::Topic;
 
 /// The protocol or component an event entered through, e.g. `http`, `ws`, `mqtt`.
@@ -60,7 +61,10 @@ pub struct EventDraft {
     pub content_type: Option<String>,
     /// CloudEvents `type`; defaults to [`DEFAULT_EVENT_TYPE`].
     pub event_type: Option<String>,
-    /// Free-form metadata carried with the event (MQTT user properties, AMQP headers …).
+    /// Typed attributes (reply-to, correlation, expiry, …).
+    pub attrs: Attributes,
+    /// User headers (MQTT user properties, AMQP headers, …): carried along, never read
+    /// as an attribute.
     pub headers: Vec<(String, String)>,
     /// Requested durability.
     pub durability: Durability,
@@ -74,6 +78,7 @@ impl EventDraft {
             payload: payload.into(),
             content_type: None,
             event_type: None,
+            attrs: Attributes::default(),
             headers: Vec::new(),
             durability: Durability::Auto,
         }
@@ -98,12 +103,16 @@ pub struct Event {
     pub time: DateTime<Utc>,
     /// MIME type of the payload.
     pub content_type: Option<String>,
-    /// Metadata.
+    /// Typed attributes.
+    pub attrs: Attributes,
+    /// User headers.
     pub headers: Vec<(String, String)>,
     /// Payload bytes, exactly as published.
     pub payload: Bytes,
-    /// Where it came from.
+    /// The adapter it came through.
     pub origin: Origin,
+    /// The connection it came from, as the Hub knew it (not stored for record changes).
+    pub sender: Option<Sender>,
     rendered: OnceLock<Bytes>,
     parsed: OnceLock<Option<Value>>,
 }
@@ -129,12 +138,21 @@ impl Event {
             event_type,
             time,
             content_type,
+            attrs: Attributes::default(),
             headers,
             payload,
             origin,
+            sender: None,
             rendered: OnceLock::new(),
             parsed: OnceLock::new(),
         }
+    }
+
+    /// The same event with its attributes and sender.
+    pub fn with_attrs(mut self, attrs: Attributes, sender: Option<Sender>) -> Self {
+        self.attrs = attrs;
+        self.sender = sender;
+        self
     }
 
     /// True when the payload is JSON (by content type).
@@ -200,8 +218,11 @@ impl Event {
         if let Some(ct) = &self.content_type {
             m.insert("datacontenttype".into(), ct.clone().into());
         }
+        self.attrs.to_extensions(&mut m);
         for (k, v) in &self.headers {
-            if let Some(name) = extension_name(k) {
+            if let Some(name) = extension_name(k)
+                && !EXTENSIONS.contains(&name.as_str())
+            {
                 m.entry(name).or_insert_with(|| v.clone().into());
             }
         }

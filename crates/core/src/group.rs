@@ -56,6 +56,8 @@ pub(crate) struct Groups {
 /// How to start a dispatcher for a group not yet running.
 pub(crate) struct GroupSpawn {
     pub(crate) key: String,
+    /// Where an earlier release kept this group's position, if its key differed.
+    pub(crate) legacy_key: Option<String>,
     pub(crate) persist: bool,
     pub(crate) ack_timeout: Option<Duration>,
     pub(crate) store: Arc<dyn Store>,
@@ -148,10 +150,16 @@ impl Groups {
                 None => join,
             }
         };
-        let saved = if spawn.persist {
-            spawn.store.load_consumer(&spawn.key).await?
-        } else {
-            None
+        let saved = match (spawn.persist, &spawn.legacy_key) {
+            (false, _) => None,
+            (true, legacy) => match spawn.store.load_consumer(&spawn.key).await? {
+                Some(p) => Some(p),
+                // Saved under the new key from the first acknowledgement on.
+                None => match legacy {
+                    Some(l) => spawn.store.load_consumer(l).await?,
+                    None => None,
+                },
+            },
         };
         let source = make_source(saved).await?;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();

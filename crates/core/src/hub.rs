@@ -438,7 +438,11 @@ impl Hub {
         password: Option<&[u8]>,
     ) -> HubResult<AuthContext> {
         let principal = self.inner.policy.authenticate(username, password)?;
-        Ok(AuthContext { principal, origin })
+        Ok(AuthContext {
+            principal,
+            origin,
+            sender: None,
+        })
     }
 
     // ----- adapter state -----
@@ -514,6 +518,7 @@ impl Hub {
                 .write(WriteCommand::Publish {
                     draft,
                     origin: ctx.origin,
+                    sender: ctx.sender.clone(),
                 })
                 .await?
             {
@@ -521,19 +526,22 @@ impl Hub {
                 other => Err(unexpected(other)),
             }
         } else {
-            let event = Arc::new(crate::event::Event::new(
-                None,
-                crate::record::new_id(),
-                draft.topic,
-                draft
-                    .event_type
-                    .unwrap_or_else(|| crate::event::DEFAULT_EVENT_TYPE.into()),
-                chrono::Utc::now(),
-                draft.content_type,
-                draft.headers,
-                draft.payload,
-                ctx.origin,
-            ));
+            let event = Arc::new(
+                crate::event::Event::new(
+                    None,
+                    crate::record::new_id(),
+                    draft.topic,
+                    draft
+                        .event_type
+                        .unwrap_or_else(|| crate::event::DEFAULT_EVENT_TYPE.into()),
+                    chrono::Utc::now(),
+                    draft.content_type,
+                    draft.headers,
+                    draft.payload,
+                    ctx.origin,
+                )
+                .with_attrs(draft.attrs, ctx.sender.clone()),
+            );
             self.inner.bus.deliver(&event);
             Ok(PublishReceipt { event })
         }
@@ -584,25 +592,16 @@ impl Hub {
         let prefetch = req
             .ack
             .map(|a| a.prefetch.clamp(1, self.inner.config.max_prefetch));
-        let (key, persist) = match &req.group {
+        let (key, legacy_key, persist) = match &req.group {
             Some(name) => {
-                let mut key = format!("{name}\n");
-                for f in &filters {
-                    key.push_str(f.as_str());
-                    key.push('\n');
-                }
-                if let Some(r) = &req.records {
-                    key.push_str(&format!("{:?}", r.filter));
-                }
-                if ack_timeout.is_some() {
-                    key.push_str("\nack");
-                }
-                (key, true)
+                let (key, legacy) = group_keys(name, &filters, &req, ack_timeout.is_some());
+                (key, legacy, true)
             }
-            None => (format!("\0anon\n{}", crate::record::new_id()), false),
+            None => (format!("\0anon\n{}", crate::record::new_id()), None, false),
         };
         let spawn = GroupSpawn {
             key,
+            legacy_key,
             persist,
             ack_timeout,
             store: self.inner.store.clone(),
@@ -694,6 +693,38 @@ impl Hub {
             },
             closed: false,
         })
+    }
+}
+
+/// A named group's key — its name, its filters, the record filter's canonical text, and
+/// whether it acks — and, for a record-filter group, the key release 1 used (with the
+/// filter's `Debug` text), whose saved position the group adopts once.
+fn group_keys(
+    name: &str,
+    filters: &[TopicFilter],
+    req: &SubscribeRequest,
+    ack: bool,
+) -> (String, Option<String>) {
+    let mut key = format!("{name}\n");
+    for f in filters {
+        key.push_str(f.as_str());
+        key.push('\n');
+    }
+    let suffix = if ack { "\nack" } else { "" };
+    match &req.records {
+        Some(r) => {
+            let legacy = format!("{key}{:?}{suffix}", r.filter);
+            match &r.filter {
+                Some(f) => key.push_str(&format!("where {f}")),
+                None => key.push_str("records"),
+            }
+            key.push_str(suffix);
+            (key, Some(legacy))
+        }
+        None => {
+            key.push_str(suffix);
+            (key, None)
+        }
     }
 }
 

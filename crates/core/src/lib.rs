@@ -10,6 +10,7 @@
 //! deliver committed events to an [`engine::EventSink`] (the in-process [`Bus`]).
 //! Nothing here knows any wire protocol.
 
+pub mod attributes;
 pub mod auth;
 mod bus;
 pub mod engine;
@@ -26,6 +27,7 @@ pub mod topic;
 pub mod webhook;
 mod webhook_hub;
 
+pub use attributes::{Attributes, Guarantee, Sender};
 pub use auth::{AuthContext, Policy};
 pub use bus::Bus;
 pub use error::{HubError, HubResult};

@@ -328,6 +328,38 @@ impl Parser<'_> {
     }
 }
 
+/// The canonical text of a filter: it parses back to the same filter, so it can name
+/// things that must stay stable across releases (consumer-group keys).
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Filter::And(a, b) => write!(f, "({a} && {b})"),
+            Filter::Or(a, b) => write!(f, "({a} || {b})"),
+            Filter::Cmp { path, op, value } => {
+                write!(f, "{} {op} ", path.join("."))?;
+                match value {
+                    Literal::Str(s) => {
+                        f.write_str("\"")?;
+                        for c in s.chars() {
+                            match c {
+                                '"' => f.write_str("\\\"")?,
+                                '\\' => f.write_str("\\\\")?,
+                                '\n' => f.write_str("\\n")?,
+                                '\t' => f.write_str("\\t")?,
+                                c => write!(f, "{c}")?,
+                            }
+                        }
+                        f.write_str("\"")
+                    }
+                    Literal::Num(n) => write!(f, "{n}"),
+                    Literal::Bool(b) => write!(f, "{b}"),
+                    Literal::Null => f.write_str("null"),
+                }
+            }
+        }
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -486,6 +518,25 @@ mod tests {
             }
             let _ = parse_sort(&src);
         }
+
+        /// A filter's canonical text parses back to the same filter (group keys rely on it).
+        #[test]
+        fn display_round_trips(src in "[ -~]{0,64}|[a-z.=<>!~&|()\"' 0-9-]{0,64}") {
+            if let Ok(f) = Filter::parse(&src) {
+                let text = f.to_string();
+                let back = Filter::parse(&text);
+                proptest::prop_assert_eq!(back, Ok(f), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn display_is_canonical() {
+        let f = Filter::parse(r#"a.b="x\"y" && (n > -1.5 || ok = true) || z != null"#).unwrap();
+        assert_eq!(
+            f.to_string(),
+            r#"((a.b = "x\"y" && (n > -1.5 || ok = true)) || z != null)"#
+        );
     }
 
     #[test]

@@ -753,6 +753,29 @@ fn event_type() -> Object {
                 Ev::Notice(_) => None,
             },
         ))
+        .field(
+            f("attributes", TypeRef::named("JSON"), |e| match e {
+                Ev::Event(e) => {
+                    let mut m = serde_json::Map::new();
+                    e.attrs.to_extensions(&mut m);
+                    Some(json_value(&serde_json::Value::Object(m)))
+                }
+                Ev::Notice(_) => None,
+            })
+            .description("Message attributes by their CloudEvents extension names (replyto, correlationid, expirytime, …)"),
+        )
+        .field(
+            f("headers", TypeRef::named("JSON"), |e| match e {
+                Ev::Event(e) => Some(json_value(&serde_json::Value::Array(
+                    e.headers
+                        .iter()
+                        .map(|(k, v)| serde_json::json!([k, v]))
+                        .collect(),
+                ))),
+                Ev::Notice(_) => None,
+            })
+            .description("User headers as [name, value] pairs, in order (repeats kept)"),
+        )
 }
 
 fn record_change_type() -> Object {

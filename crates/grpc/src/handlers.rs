@@ -484,6 +484,15 @@ fn event_json(item: &Item) -> Value {
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect();
+            let mut attributes = Map::new();
+            e.attrs.to_extensions(&mut attributes);
+            let attributes: Map<String, Value> = attributes
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => (k, Value::String(s)),
+                    other => (k, Value::String(other.to_string())),
+                })
+                .collect();
             json!({
                 "id": e.id,
                 "sequence": e.seq,
@@ -493,6 +502,7 @@ fn event_json(item: &Item) -> Value {
                 "content_type": e.content_type.clone().unwrap_or_default(),
                 "payload": b64(&e.payload),
                 "headers": headers,
+                "attributes": attributes,
             })
         }
         Item::Notice(n) => notice_json(
@@ -571,6 +581,20 @@ fn publish_draft(v: &Value) -> Result<EventDraft, Status> {
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(attrs) = v.get("attributes").and_then(Value::as_object) {
+        for (k, val) in attrs {
+            let known = d
+                .attrs
+                .set_extension(k, val.as_str().unwrap_or(""))
+                .map_err(|e| status(HubError::InvalidRequest(format!("attributes: {e}"))))?;
+            if !known {
+                return Err(status(HubError::InvalidRequest(format!(
+                    "attributes: unknown attribute '{k}' (one of {})",
+                    polyport_core::attributes::EXTENSIONS.join(", ")
+                ))));
+            }
+        }
+    }
     d.durability = match v.get("durable").and_then(Value::as_bool) {
         Some(true) => Durability::Durable,
         Some(false) => Durability::Ephemeral,

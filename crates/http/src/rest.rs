@@ -371,6 +371,9 @@ pub(crate) async fn publish(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // CloudEvents binary mode: `ce-type`, the documented attribute extensions (`ce-replyto`,
+    // `ce-correlationid`, …) and, for any other `ce-*`, a user header — which no protocol
+    // reads as an attribute.
     for (name, value) in &headers {
         let n = name.as_str();
         if let Some(ext) = n.strip_prefix("ce-")
@@ -378,7 +381,12 @@ pub(crate) async fn publish(
         {
             if ext == "type" {
                 draft.event_type = Some(v.to_string());
-            } else if !matches!(ext, "id" | "specversion" | "source" | "time" | "subject") {
+            } else if !matches!(ext, "id" | "specversion" | "source" | "time" | "subject")
+                && !draft
+                    .attrs
+                    .set_extension(ext, v)
+                    .map_err(|e| ApiError::bad_request(format!("header ce-{e}")))?
+            {
                 draft.headers.push((ext.to_string(), v.to_string()));
             }
         }

@@ -74,6 +74,12 @@ enum Request {
         event_type: Option<String>,
         #[serde(default)]
         durable: Option<bool>,
+        /// Message attributes by their CloudEvents extension names (`replyto`, …).
+        #[serde(default)]
+        attributes: Map<String, Value>,
+        /// User headers (string values).
+        #[serde(default)]
+        headers: Map<String, Value>,
     },
     Ack {
         subscription: String,
@@ -385,6 +391,8 @@ impl Session {
                 content_type,
                 event_type,
                 durable,
+                attributes,
+                headers,
             } => {
                 let topic = Topic::new(&topic)?;
                 let (payload, ct) = match (data, data_base64) {
@@ -415,6 +423,30 @@ impl Session {
                 let mut draft = EventDraft::new(topic, payload);
                 draft.content_type = ct;
                 draft.event_type = event_type;
+                for (k, v) in &attributes {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let known = draft
+                        .attrs
+                        .set_extension(k, &text)
+                        .map_err(|e| HubError::InvalidRequest(format!("attributes.{e}")))?;
+                    if !known {
+                        return Err(HubError::InvalidRequest(format!(
+                            "attributes: unknown attribute '{k}' (one of {}); put other metadata in 'headers'",
+                            polyport_core::attributes::EXTENSIONS.join(", ")
+                        )));
+                    }
+                }
+                for (k, v) in headers {
+                    let Value::String(v) = v else {
+                        return Err(HubError::InvalidRequest(format!(
+                            "headers.{k}: header values are strings"
+                        )));
+                    };
+                    draft.headers.push((k, v));
+                }
                 draft.durability = match durable {
                     Some(true) => Durability::Durable,
                     Some(false) => Durability::Ephemeral,

@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -29,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::attrs;
 use crate::broker::{Broker, Parked, Retained, now_ms, session_group};
 use crate::framing::Conn;
 use crate::state::{self, SavedSession, SubSpec};
@@ -56,17 +56,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Unacknowledged sequences a parked session remembers for the DUP flag.
 const MAX_REMEMBERED_UNACKED: usize = 65_536;
-
-/// Internal event headers that carry MQTT semantics through the Hub.
-const H_QOS: &str = "mqtt-qos";
-const H_CLIENT: &str = "mqtt-client";
-const H_RETAIN: &str = "mqtt-retain";
-const H_RESPONSE_TOPIC: &str = "mqtt-response-topic";
-const H_CORRELATION: &str = "mqtt-correlation-data";
-/// Unix milliseconds after which the message is not delivered (MQTT 5 message expiry).
-const H_EXPIRES: &str = "mqtt-expires";
-/// The publisher declared the payload UTF-8 (MQTT 5 payload format indicator).
-const H_UTF8: &str = "mqtt-utf8";
 
 /// MQTT 5 reason codes used here.
 mod rc {
@@ -289,6 +278,11 @@ async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
             }
         };
     let conn = broker.next_connection();
+    // The Hub stamps this on every event the client publishes (no-local reads it back).
+    let ctx = ctx.with_sender(polyport_core::Sender {
+        connection: conn,
+        client_id: Some(client_id.as_str().into()),
+    });
     let takeover = CancellationToken::new();
     let done = CancellationToken::new();
     if let Some(previous) = broker.claim(&client_id, conn, takeover.clone(), done.clone()) {
@@ -474,14 +468,14 @@ async fn finish(
         let delay = Duration::from_secs(u64::from(will_delay.min(expiry)));
         let ctx = s.ctx.clone();
         if delay.is_zero() {
-            let _ = publish_to_hub(&broker, &ctx, &client_id, *w).await;
+            let _ = publish_to_hub(&broker, &ctx, *w).await;
         } else {
             let cancel = broker.delay_will(&client_id, conn);
             let (broker, client_id) = (broker.clone(), client_id.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {
-                        let _ = publish_to_hub(&broker, &ctx, &client_id, *w).await;
+                        let _ = publish_to_hub(&broker, &ctx, *w).await;
                     }
                     _ = cancel.cancelled() => {}
                 }
@@ -568,13 +562,9 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
 }
 
 /// Publishes an MQTT message into the Hub (and the retained store).
-async fn publish_to_hub(
-    broker: &Broker,
-    ctx: &AuthContext,
-    client_id: &str,
-    p: PublishIn,
-) -> Result<(), HubError> {
+async fn publish_to_hub(broker: &Broker, ctx: &AuthContext, p: PublishIn) -> Result<(), HubError> {
     let topic = Topic::new(&p.topic)?;
+    let now = chrono::Utc::now();
     let expires_at = p
         .props
         .message_expiry
@@ -600,33 +590,14 @@ async fn publish_to_hub(
             )
             .await?;
     }
-    let mut d = EventDraft::new(topic, p.payload);
+    let mut d = EventDraft::new(topic, p.payload.clone());
     d.content_type = p.props.content_type.clone().or_else(|| {
         p.props
             .payload_is_utf8
             .then(|| "text/plain; charset=utf-8".into())
     });
-    d.headers = p.props.user_properties.clone();
-    d.headers.push((H_QOS.into(), p.qos.to_string()));
-    d.headers.push((H_CLIENT.into(), client_id.to_string()));
-    if p.retain {
-        d.headers.push((H_RETAIN.into(), "1".into()));
-    }
-    if let Some(rt) = &p.props.response_topic {
-        d.headers.push((H_RESPONSE_TOPIC.into(), rt.clone()));
-    }
-    if let Some(cd) = &p.props.correlation_data {
-        d.headers.push((
-            H_CORRELATION.into(),
-            base64::engine::general_purpose::STANDARD.encode(cd),
-        ));
-    }
-    if let Some(e) = expires_at {
-        d.headers.push((H_EXPIRES.into(), e.to_string()));
-    }
-    if p.props.payload_is_utf8 {
-        d.headers.push((H_UTF8.into(), "1".into()));
-    }
+    d.attrs = attrs::inbound(&p, now);
+    d.headers = p.props.user_properties;
     d.durability = if p.qos == 0 && !broker.cfg.durable_qos0 {
         Durability::Ephemeral
     } else {
@@ -638,13 +609,6 @@ async fn publish_to_hub(
         .messages_received
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     broker.hub.publish(ctx, d).await.map(|_| ())
-}
-
-fn header<'a>(e: &'a polyport_core::Event, name: &str) -> Option<&'a str> {
-    e.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// Turns one Hub subscription into outgoing MQTT messages for this session.
@@ -673,50 +637,22 @@ async fn forward(
                 a.ack(seq);
             }
         };
-        if opts.no_local && header(e, H_CLIENT) == Some(client_id.as_str()) {
+        if opts.no_local && attrs::from_client(e, &client_id) {
             settle(ack);
             continue;
         }
-        let message_expiry = match header(e, H_EXPIRES).and_then(|v| v.parse::<u64>().ok()) {
-            Some(at) => {
-                let now = now_ms();
-                if at <= now {
-                    settle(ack);
-                    continue;
-                }
-                Some((at - now).div_ceil(1000) as u32)
-            }
-            None => None,
+        let Some(out) = attrs::outbound(e, chrono::Utc::now()) else {
+            // Expired while queued (MQTT 5 message expiry).
+            settle(ack);
+            continue;
         };
-        let published_qos = header(e, H_QOS)
-            .and_then(|q| q.parse::<u8>().ok())
-            .unwrap_or(if e.seq.is_some() { 1 } else { 0 });
-        let user_properties = e
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with("mqtt-"))
-            .cloned()
-            .collect();
-        let qos = published_qos.min(opts.qos);
+        let qos = out.published_qos.min(opts.qos);
         let mut out = Box::new(Outgoing {
             topic: e.topic.as_str().to_string(),
             payload: e.payload.clone(),
             qos,
-            retain: opts.retain_as_published && header(e, H_RETAIN) == Some("1"),
-            props: MsgProps {
-                content_type: e.content_type.clone(),
-                response_topic: header(e, H_RESPONSE_TOPIC).map(str::to_string),
-                correlation_data: header(e, H_CORRELATION).and_then(|c| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(c)
-                        .ok()
-                        .map(Bytes::from)
-                }),
-                user_properties,
-                payload_is_utf8: header(e, H_UTF8) == Some("1"),
-                topic_alias: None,
-                message_expiry,
-            },
+            retain: opts.retain_as_published && out.retain,
+            props: out.props,
             sub_ids: sub_id.into_iter().collect(),
             dup: qos > 0
                 && (d.redeliveries > 0 || e.seq.is_some_and(|s| sent_before.contains_key(&s))),
@@ -1260,7 +1196,7 @@ impl Session {
             // QoS 0: fire and forget, fanned out in memory unless configured durable.
             // Boxed (as QoS 1/2 publishes are): the connection task would otherwise
             // carry this future's space for its whole life.
-            let publish = Box::pin(publish_to_hub(&self.broker, &self.ctx, &self.client_id, *p));
+            let publish = Box::pin(publish_to_hub(&self.broker, &self.ctx, *p));
             if let Err(e) = publish.await {
                 tracing::debug!(error = %e, "MQTT QoS 0 publish dropped");
             }
@@ -1295,10 +1231,10 @@ impl Session {
             self.acking.insert(id);
         }
         let broker = self.broker.clone();
-        let (ctx, client) = (self.ctx.clone(), self.client_id.clone());
+        let ctx = self.ctx.clone();
         self.pending.push_back(
             async move {
-                let r = publish_to_hub(&broker, &ctx, &client, *p).await;
+                let r = publish_to_hub(&broker, &ctx, *p).await;
                 (kind, id, r)
             }
             .boxed(),

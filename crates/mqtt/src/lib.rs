@@ -6,6 +6,7 @@
 //! | concern | file |
 //! |---|---|
 //! | rmqtt-codec's v3/v5 packets ↔ version-neutral values | `wire.rs` |
+//! | PUBLISH properties ↔ the Hub's typed message attributes | `attrs.rs` |
 //! | one connection: CONNECT, session resumption, QoS 0/1/2 flows, subscriptions, keep-alive, will | `connection.rs` |
 //! | shared state: takeover, parked sessions, retained messages, `$SYS` | `broker.rs` |
 //! | what is kept in the Hub's adapter state, and its encoding | `state.rs` |
@@ -18,6 +19,7 @@
 //! sessions are acknowledged Hub groups, so what a client has not acknowledged is
 //! replayed from the event log when it (or, for shared ones, another member) comes back.
 
+mod attrs;
 mod broker;
 mod connection;
 mod framing;
@@ -185,7 +187,7 @@ async fn publish_sys(broker: &broker::Broker) {
         let mut d = EventDraft::new(t, payload);
         d.content_type = Some("text/plain; charset=utf-8".into());
         d.durability = Durability::Ephemeral;
-        d.headers.push(("mqtt-retain".into(), "1".into()));
+        d.attrs.retain = true;
         let _ = broker.hub.publish(&ctx, d).await;
     }
 }

@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS events (
     content_type TEXT,
     headers      TEXT,
     payload      BLOB NOT NULL,
-    origin       TEXT NOT NULL
+    origin       TEXT NOT NULL,
+    attrs        TEXT,
+    sender       TEXT
 );
 CREATE TABLE IF NOT EXISTS consumers (
     key      TEXT PRIMARY KEY,
@@ -69,6 +71,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::webhooks::SCHEMA)?;
+    crate::migrate::run(&conn)?;
     Ok(conn)
 }
 
@@ -106,7 +109,7 @@ pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
 
 /// Columns of an event row, in this order.
 pub(crate) const EVENT_COLS: &str =
-    "seq, id, topic, type, time, content_type, headers, payload, origin";
+    "seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender";
 
 pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Arc<Event>> {
     let seq: i64 = row.get(0)?;
@@ -115,23 +118,33 @@ pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Arc<Event>> {
     let headers: Option<String> = row.get(6)?;
     let payload: Vec<u8> = row.get(7)?;
     let origin: String = row.get(8)?;
+    let attrs: Option<String> = row.get(9)?;
+    let sender: Option<String> = row.get(10)?;
     let topic = Topic::new(&topic).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
     })?;
     let headers: Vec<(String, String)> = headers
         .and_then(|h| serde_json::from_str(&h).ok())
         .unwrap_or_default();
-    Ok(Arc::new(Event::new(
-        Some(u64::try_from(seq).unwrap_or(0)),
-        row.get(1)?,
-        topic,
-        row.get(3)?,
-        from_micros(micros),
-        row.get(5)?,
-        headers,
-        Bytes::from(payload),
-        Origin::from_label(&origin),
-    )))
+    Ok(Arc::new(
+        Event::new(
+            Some(u64::try_from(seq).unwrap_or(0)),
+            row.get(1)?,
+            topic,
+            row.get(3)?,
+            from_micros(micros),
+            row.get(5)?,
+            headers,
+            Bytes::from(payload),
+            Origin::from_label(&origin),
+        )
+        .with_attrs(
+            attrs
+                .and_then(|a| serde_json::from_str(&a).ok())
+                .unwrap_or_default(),
+            sender.and_then(|s| serde_json::from_str(&s).ok()),
+        ),
+    ))
 }
 
 pub(crate) fn from_micros(m: i64) -> DateTime<Utc> {

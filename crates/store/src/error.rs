@@ -14,6 +14,9 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The data directory's schema is one this release cannot read.
+    #[error("schema: {0}")]
+    Schema(String),
     /// The writer thread is gone (shut down or crashed).
     #[error("the store's writer has stopped")]
     WriterStopped,

@@ -12,6 +12,7 @@
 
 mod db;
 mod error;
+mod migrate;
 mod sql;
 mod webhooks;
 mod writer;
@@ -214,7 +215,7 @@ impl Store for SqliteStore {
     async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome> {
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Job::Write(cmd, tx))
+            .send(Job::Write(Box::new(cmd), tx))
             .await
             .map_err(|_| HubError::ShuttingDown)?;
         rx.await.map_err(|_| HubError::ShuttingDown)?

@@ -20,7 +20,7 @@ use polyport_core::event::{DEFAULT_EVENT_TYPE, Event, EventDraft, EventRef, Orig
 use polyport_core::record::{Record, format_time, merge_patch, new_id};
 use polyport_core::schema::{Collection, CollectionSpec, FieldError, Rule};
 use polyport_core::webhook::Endpoint;
-use polyport_core::{HubError, HubResult};
+use polyport_core::{Attributes, HubError, HubResult, Sender};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -30,7 +30,8 @@ use crate::webhooks;
 
 /// Work for the writer thread.
 pub(crate) enum Job {
-    Write(WriteCommand, oneshot::Sender<HubResult<WriteOutcome>>),
+    /// Boxed: a command (an event draft with its attributes) is much larger than the rest.
+    Write(Box<WriteCommand>, oneshot::Sender<HubResult<WriteOutcome>>),
     /// Apply retention.
     Maintain,
     /// Checkpoint and stop.
@@ -108,7 +109,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Write(cmd, reply) => writes.push((cmd, reply)),
+                    Job::Write(cmd, reply) => writes.push((*cmd, reply)),
                     Job::Maintain => maintain = true,
                     Job::Close(done) => {
                         close = Some(done);
@@ -484,9 +485,13 @@ fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<W
                 event,
             })
         }
-        WriteCommand::Publish { draft, origin } => {
+        WriteCommand::Publish {
+            draft,
+            origin,
+            sender,
+        } => {
             let seq = take_seq(st);
-            let event = Arc::new(event_from_draft(draft, seq, origin));
+            let event = Arc::new(event_from_draft(draft, seq, origin, sender));
             insert_event(tx, st, &event)?;
             Ok(WriteOutcome::Published(event))
         }
@@ -509,7 +514,7 @@ fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<W
             match draft {
                 Some(d) => {
                     let seq = take_seq(st);
-                    let event = Arc::new(event_from_draft(d, seq, webhooks::ORIGIN));
+                    let event = Arc::new(event_from_draft(d, seq, webhooks::ORIGIN, None));
                     insert_event(tx, st, &event)?;
                     Ok(WriteOutcome::Published(event))
                 }
@@ -571,7 +576,7 @@ fn take_seq(st: &mut State) -> u64 {
     s
 }
 
-fn event_from_draft(d: EventDraft, seq: u64, origin: Origin) -> Event {
+fn event_from_draft(d: EventDraft, seq: u64, origin: Origin, sender: Option<Sender>) -> Event {
     Event::new(
         Some(seq),
         new_id(),
@@ -584,6 +589,7 @@ fn event_from_draft(d: EventDraft, seq: u64, origin: Origin) -> Event {
         d.payload,
         origin,
     )
+    .with_attrs(d.attrs, sender)
 }
 
 /// Appends an event and, in the same transaction, queues its webhook deliveries.
@@ -593,9 +599,16 @@ fn insert_event(tx: &Transaction<'_>, st: &State, e: &Event) -> HubResult<()> {
     } else {
         serde_json::to_string(&e.headers).ok()
     };
+    let attrs = (e.attrs != Attributes::default())
+        .then(|| serde_json::to_string(&e.attrs).ok())
+        .flatten();
+    let sender = e
+        .sender
+        .as_ref()
+        .and_then(|s| serde_json::to_string(s).ok());
     tx.prepare_cached(
-        "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -608,6 +621,8 @@ fn insert_event(tx: &Transaction<'_>, st: &State, e: &Event) -> HubResult<()> {
             headers,
             &e.payload[..],
             e.origin.0,
+            attrs,
+            sender,
         ])
     })
     .map_err(sql_err)?;

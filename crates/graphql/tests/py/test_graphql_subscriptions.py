@@ -170,3 +170,26 @@ def test_subscription_errors_carry_codes_and_the_connection_stays_usable(blog, s
             await sub.close()
 
     run(scenario())
+
+
+def test_events_carry_message_attributes_and_user_headers(blog):
+    query = """subscription { events(topic: "orders/#", since: 0) { subject attributes headers data } }"""
+
+    async def scenario():
+        async with async_client(blog) as http:
+            r = await http.post(
+                "/api/topics/orders/7",
+                json={"n": 7},
+                headers={"ce-replyto": "orders/replies", "ce-correlationid": "o-7", "ce-priority": "5", "ce-trace": "t"},
+            )
+            assert r.status_code == 202, r.text
+            async with Client(transport=ws_transport(blog, SUBPROTOCOLS[0])) as session:
+                sub = Subscription(session, query)
+                ev = (await sub.next())["events"]
+                await sub.close()
+                return ev
+
+    ev = run(scenario())
+    assert ev["attributes"] == {"replyto": "orders/replies", "correlationid": "o-7", "priority": 5}
+    assert ev["headers"] == [["trace", "t"]]
+    assert ev["data"] == {"n": 7}
