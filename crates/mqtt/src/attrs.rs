@@ -64,17 +64,21 @@ pub(crate) struct Outbound {
     pub(crate) props: MsgProps,
 }
 
-/// The PUBLISH properties of an event at `now`; `None` when it has expired.
-pub(crate) fn outbound(e: &Event, now: DateTime<Utc>) -> Option<Outbound> {
+/// The PUBLISH properties of an event; `None` when it has expired. The clock is read
+/// only for a message with an expiry: this runs once per delivery.
+pub(crate) fn outbound(e: &Event, now: impl FnOnce() -> DateTime<Utc>) -> Option<Outbound> {
     let a = &e.attrs;
     let message_expiry = match a.expires_at {
-        Some(at) if at <= now => return None,
-        // Whole seconds left, rounded up: a message is never cut short.
+        None => None,
         Some(at) => {
+            let now = now();
+            if at <= now {
+                return None;
+            }
+            // Whole seconds left, rounded up: a message is never cut short.
             let ms = (at - now).num_milliseconds();
             Some(u32::try_from((ms + 999) / 1000).unwrap_or(u32::MAX))
         }
-        None => None,
     };
     Some(Outbound {
         // Without a stated guarantee: durable events at least once, others at most once.
@@ -140,11 +144,11 @@ mod tests {
             polyport_core::Origin("mqtt"),
         )
         .with_attrs(inbound(&p, now), None);
-        let out = outbound(&e, now).expect("not expired");
+        let out = outbound(&e, || now).expect("not expired");
         assert_eq!((out.published_qos, out.retain), (2, true));
         assert_eq!(out.props, p.props);
         assert!(
-            outbound(&e, now + Duration::seconds(61)).is_none(),
+            outbound(&e, || now + Duration::seconds(61)).is_none(),
             "expired"
         );
     }

@@ -641,7 +641,7 @@ async fn forward(
             settle(ack);
             continue;
         }
-        let Some(out) = attrs::outbound(e, chrono::Utc::now()) else {
+        let Some(out) = attrs::outbound(e, chrono::Utc::now) else {
             // Expired while queued (MQTT 5 message expiry).
             settle(ack);
             continue;
