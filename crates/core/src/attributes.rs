@@ -267,6 +267,27 @@ impl Attributes {
         Ok(true)
     }
 
+    /// Sets attributes given by extension name, as a JSON `attributes` object (WebSocket,
+    /// gRPC) carries them: a name that is no attribute is an error here, since such
+    /// clients have a separate place for user headers.
+    pub fn set_named<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> Result<(), AttributeError> {
+        for (name, value) in pairs {
+            if !self.set_extension(name, &value)? {
+                return Err(AttributeError {
+                    name: name.to_string(),
+                    reason: format!(
+                        "not an attribute (one of {}); put other metadata in 'headers'",
+                        EXTENSIONS.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the message is past its expiry at `now`.
     pub fn expired(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|t| t <= now)

@@ -582,18 +582,13 @@ fn publish_draft(v: &Value) -> Result<EventDraft, Status> {
         })
         .unwrap_or_default();
     if let Some(attrs) = v.get("attributes").and_then(Value::as_object) {
-        for (k, val) in attrs {
-            let known = d
-                .attrs
-                .set_extension(k, val.as_str().unwrap_or(""))
-                .map_err(|e| status(HubError::InvalidRequest(format!("attributes: {e}"))))?;
-            if !known {
-                return Err(status(HubError::InvalidRequest(format!(
-                    "attributes: unknown attribute '{k}' (one of {})",
-                    polyport_core::attributes::EXTENSIONS.join(", ")
-                ))));
-            }
-        }
+        d.attrs
+            .set_named(
+                attrs
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or("").to_string())),
+            )
+            .map_err(|e| status(HubError::InvalidRequest(format!("attributes: {e}"))))?;
     }
     d.durability = match v.get("durable").and_then(Value::as_bool) {
         Some(true) => Durability::Durable,

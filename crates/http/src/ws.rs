@@ -423,22 +423,16 @@ impl Session {
                 let mut draft = EventDraft::new(topic, payload);
                 draft.content_type = ct;
                 draft.event_type = event_type;
-                for (k, v) in &attributes {
-                    let text = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    let known = draft
-                        .attrs
-                        .set_extension(k, &text)
-                        .map_err(|e| HubError::InvalidRequest(format!("attributes.{e}")))?;
-                    if !known {
-                        return Err(HubError::InvalidRequest(format!(
-                            "attributes: unknown attribute '{k}' (one of {}); put other metadata in 'headers'",
-                            polyport_core::attributes::EXTENSIONS.join(", ")
-                        )));
-                    }
-                }
+                draft
+                    .attrs
+                    .set_named(attributes.iter().map(|(k, v)| {
+                        let text = match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.as_str(), text)
+                    }))
+                    .map_err(|e| HubError::InvalidRequest(format!("attributes.{e}")))?;
                 for (k, v) in headers {
                     let Value::String(v) = v else {
                         return Err(HubError::InvalidRequest(format!(

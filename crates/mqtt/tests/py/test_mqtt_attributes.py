@@ -163,3 +163,29 @@ def test_a_bad_attribute_header_is_a_problem_naming_it(server):
     assert "ce-priority" in r.json()["detail"]
     r = httpx.post(f"{server.url}/api/topics/ce/bad", content=b"x", headers={"ce-replyto": "a/#"})
     assert r.status_code == 400 and "ce-replyto" in r.json()["detail"]
+
+
+def test_a_websocket_publish_with_attributes_reaches_mqtt5_as_properties(server):
+    port = mqtt_port(server)
+    sub = connected(port, "ws-attr-sub", "wsattr/#", v5=True)
+
+    async def scenario():
+        ws = await WsClient.connect(server.ws_url)
+        ok = await ws.ok("publish", topic="wsattr/q", data={"ask": 1},
+                         attributes={"replyto": "wsattr/answers", "correlationid": "q-1", "priority": 3},
+                         headers={"app": "browser"})
+        bad = await ws.request("publish", topic="wsattr/q", data={}, attributes={"mqtt-qos": "0"})
+        bad_value = await ws.request("publish", topic="wsattr/q", data={}, attributes={"priority": 42})
+        await ws.close()
+        return ok, bad, bad_value
+
+    ok, bad, bad_value = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert isinstance(ok["sequence"], int)
+    assert bad["type"] == "error" and "mqtt-qos" in bad["message"] and "headers" in bad["message"], bad
+    assert bad_value["type"] == "error" and "priority" in bad_value["message"], bad_value
+    (m,) = sub.take(1)  # the refused publishes were not published
+    assert m.properties.ResponseTopic == "wsattr/answers"
+    assert m.properties.CorrelationData == b"q-1"
+    assert m.properties.UserProperty == [("app", "browser")]
+    sub.nothing_more()
+    sub.close()
