@@ -402,8 +402,13 @@ async fn finish(
 ) {
     let broker = s.broker.clone();
     let client_id = s.client_id.clone();
+    // Wait for each forwarder to be gone, so its Hub subscriptions have left their groups
+    // (handing what this connection never acknowledged back) before the session is
+    // parked: a reconnect must not join a group its old member still holds, or its
+    // first messages would overtake the ones being handed back.
     for (_, sub) in s.subs.drain() {
         sub.task.abort();
+        let _ = sub.task.await;
     }
     // Publishes accepted but not yet acknowledged still complete: dropping one midway
     // could lose a QoS 2 message whose retransmission we would then refuse as a
