@@ -51,6 +51,9 @@ pub enum Action<'a> {
     Publish(&'a str),
     /// Subscribe to a filter.
     Subscribe(&'a str),
+    /// Read or change an adapter's own durable state (a namespace such as
+    /// `mqtt.session`), or forget group positions (`groups`).
+    AdapterState(&'a str),
 }
 
 /// Decides who a caller is and whether they may perform an action.

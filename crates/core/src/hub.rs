@@ -452,10 +452,12 @@ impl Hub {
     /// (MQTT sessions and retained messages, AMQP declarations). Returns once committed.
     pub async fn put_state(
         &self,
+        ctx: &AuthContext,
         namespace: &str,
         key: &str,
         value: Option<Bytes>,
     ) -> HubResult<()> {
+        self.authorize(ctx, Action::AdapterState(namespace))?;
         self.write(WriteCommand::PutState {
             namespace: namespace.to_string(),
             key: key.to_string(),
@@ -466,12 +468,22 @@ impl Hub {
     }
 
     /// Every entry of one namespace of adapter state.
-    pub async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>> {
+    pub async fn load_state(
+        &self,
+        ctx: &AuthContext,
+        namespace: &str,
+    ) -> HubResult<Vec<(String, Bytes)>> {
+        self.authorize(ctx, Action::AdapterState(namespace))?;
         self.inner.store.load_state(namespace).await
     }
 
     /// Forgets every group whose name starts with `prefix` (see [`Hub::delete_group`]).
-    pub async fn delete_groups_with_prefix(&self, prefix: &str) -> HubResult<()> {
+    pub async fn delete_groups_with_prefix(
+        &self,
+        ctx: &AuthContext,
+        prefix: &str,
+    ) -> HubResult<()> {
+        self.authorize(ctx, Action::AdapterState("groups"))?;
         self.write(WriteCommand::DeleteConsumers {
             prefix: prefix.to_string(),
         })
@@ -481,7 +493,8 @@ impl Hub {
 
     /// Forgets where a named group stands for every filter set it was used with, so a
     /// later join with the same name starts live (MQTT clean start, session expiry).
-    pub async fn delete_group(&self, name: &str) -> HubResult<()> {
+    pub async fn delete_group(&self, ctx: &AuthContext, name: &str) -> HubResult<()> {
+        self.authorize(ctx, Action::AdapterState("groups"))?;
         self.write(WriteCommand::DeleteConsumers {
             prefix: format!("{name}\n"),
         })

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use polyport_core::{Hub, HubError, Topic, TopicFilter};
+use polyport_core::{AuthContext, Hub, HubError, Topic, TopicFilter};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,9 @@ pub(crate) struct Stats {
 
 pub(crate) struct Broker {
     pub(crate) hub: Hub,
+    /// The broker's own identity, for its adapter state (sessions, retained messages)
+    /// and `$SYS`: not any client's.
+    pub(crate) ctx: AuthContext,
     pub(crate) cfg: MqttConfig,
     pub(crate) stats: Stats,
     started: Instant,
@@ -90,9 +93,10 @@ pub(crate) fn now_ms() -> u64 {
 impl Broker {
     /// Loads persistent sessions and retained messages from the Hub's adapter state.
     pub(crate) async fn load(hub: Hub, cfg: MqttConfig) -> Result<Arc<Self>, HubError> {
+        let ctx = AuthContext::anonymous(polyport_core::Origin("mqtt"));
         let now = Instant::now();
         let mut parked = HashMap::new();
-        for (client_id, bytes) in hub.load_state(state::SESSIONS).await? {
+        for (client_id, bytes) in hub.load_state(&ctx, state::SESSIONS).await? {
             match state::decode_session(&bytes) {
                 // Expiry counts from the restart: when the client left is not kept.
                 Some(saved) => {
@@ -115,7 +119,7 @@ impl Broker {
             }
         }
         let mut retained = BTreeMap::new();
-        for (topic, bytes) in hub.load_state(state::RETAINED).await? {
+        for (topic, bytes) in hub.load_state(&ctx, state::RETAINED).await? {
             match state::decode_retained(&bytes) {
                 Some(r) => {
                     retained.insert(topic, r);
@@ -132,6 +136,7 @@ impl Broker {
         }
         Ok(Arc::new(Self {
             hub,
+            ctx,
             cfg,
             stats: Stats::default(),
             started: now,
@@ -225,7 +230,11 @@ impl Broker {
 
     /// Drops a session's durable traces: its saved state and its group positions.
     pub(crate) async fn forget_session(&self, client_id: &str, saved: &SavedSession) {
-        if let Err(e) = self.hub.put_state(state::SESSIONS, client_id, None).await {
+        if let Err(e) = self
+            .hub
+            .put_state(&self.ctx, state::SESSIONS, client_id, None)
+            .await
+        {
             tracing::warn!(client = %client_id, error = %e, "dropping MQTT session state failed");
         }
         self.forget_groups(client_id, &saved.generation).await;
@@ -235,7 +244,7 @@ impl Broker {
     pub(crate) async fn forget_groups(&self, client_id: &str, generation: &str) {
         if let Err(e) = self
             .hub
-            .delete_groups_with_prefix(&session_groups(generation))
+            .delete_groups_with_prefix(&self.ctx, &session_groups(generation))
             .await
         {
             tracing::warn!(client = %client_id, error = %e, "dropping MQTT session positions failed");
@@ -289,7 +298,9 @@ impl Broker {
             // `$SYS` values are regenerated, never persisted.
             return Ok(());
         }
-        self.hub.put_state(state::RETAINED, topic, value).await
+        self.hub
+            .put_state(&self.ctx, state::RETAINED, topic, value)
+            .await
     }
 
     /// Retained messages matching a filter that have not expired.

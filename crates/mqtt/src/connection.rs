@@ -528,6 +528,7 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
             let stored = broker
                 .hub
                 .put_state(
+                    &broker.ctx,
                     state::SESSIONS,
                     client_id,
                     Some(state::encode_session(&p.saved)),
@@ -550,7 +551,7 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
             if persisted || old.is_some() {
                 broker
                     .hub
-                    .put_state(state::SESSIONS, client_id, value)
+                    .put_state(&broker.ctx, state::SESSIONS, client_id, value)
                     .await?;
             }
             if let Some(old) = old {
@@ -1094,7 +1095,8 @@ impl Session {
                         for g in &gone {
                             let name =
                                 session_group(&self.client_id, &self.saved.generation, &g.nonce);
-                            let _ = Box::pin(self.broker.hub.delete_group(&name)).await;
+                            let _ = Box::pin(self.broker.hub.delete_group(&self.broker.ctx, &name))
+                                .await;
                         }
                     }
                     if !Box::pin(self.store_session()).await {
@@ -1323,7 +1325,12 @@ impl Session {
         match self
             .broker
             .hub
-            .put_state(state::SESSIONS, &self.client_id, Some(value))
+            .put_state(
+                &self.broker.ctx,
+                state::SESSIONS,
+                &self.client_id,
+                Some(value),
+            )
             .await
         {
             Ok(()) => {

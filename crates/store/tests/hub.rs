@@ -2356,19 +2356,19 @@ async fn a_named_group_position_survives_a_restart() {
 async fn adapter_state_survives_a_restart_and_groups_can_be_forgotten() {
     let mut env = Env::new();
     let hub = &env.hub;
-    hub.put_state("ns.a", "k1", Some("one".into()))
+    hub.put_state(&env.ctx, "ns.a", "k1", Some("one".into()))
         .await
         .unwrap();
-    hub.put_state("ns.a", "k2", Some("two".into()))
+    hub.put_state(&env.ctx, "ns.a", "k2", Some("two".into()))
         .await
         .unwrap();
-    hub.put_state("ns.a", "k1", Some("uno".into()))
+    hub.put_state(&env.ctx, "ns.a", "k1", Some("uno".into()))
         .await
         .unwrap();
-    hub.put_state("ns.b", "k1", Some(vec![0u8, 255].into()))
+    hub.put_state(&env.ctx, "ns.b", "k1", Some(vec![0u8, 255].into()))
         .await
         .unwrap();
-    hub.put_state("ns.a", "k2", None).await.unwrap();
+    hub.put_state(&env.ctx, "ns.a", "k2", None).await.unwrap();
     for i in 0..3 {
         env.publish("forget/x", &i.to_string()).await;
     }
@@ -2385,20 +2385,67 @@ async fn adapter_state_survives_a_restart_and_groups_can_be_forgotten() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     env.reopen().await;
     let hub = &env.hub;
-    let a = hub.load_state("ns.a").await.unwrap();
+    let a = hub.load_state(&env.ctx, "ns.a").await.unwrap();
     assert_eq!(a, vec![("k1".to_string(), bytes::Bytes::from("uno"))]);
-    let b = hub.load_state("ns.b").await.unwrap();
+    let b = hub.load_state(&env.ctx, "ns.b").await.unwrap();
     assert_eq!(
         b,
         vec![("k1".to_string(), bytes::Bytes::from(vec![0u8, 255]))]
     );
-    assert!(hub.load_state("ns.c").await.unwrap().is_empty());
+    assert!(hub.load_state(&env.ctx, "ns.c").await.unwrap().is_empty());
 
     // "g1" is forgotten; "g10" (which shares the prefix text) is not.
-    hub.delete_group("g1").await.unwrap();
+    hub.delete_group(&env.ctx, "g1").await.unwrap();
     let mut g10 = subscribe(&env, req("g10")).await;
     assert_eq!(seq(&next_delivery(&mut g10).await.event), 2);
     let mut g1 = subscribe(&env, req("g1")).await;
     // Without a saved position the group starts where the request says: from 0.
     assert_eq!(seq(&next_delivery(&mut g1).await.event), 1);
+}
+
+/// Adapter state goes through the policy like every other verb: a caller the policy
+/// refuses can neither read nor write it, and nothing is changed.
+#[tokio::test]
+async fn adapter_state_is_authorized_by_the_policy() {
+    use polyport_core::{AuthContext, Bus, Hub, HubConfig, Origin};
+    use polyport_store::{SqliteStore, StoreConfig};
+    use std::sync::Arc;
+
+    struct OnlyMqtt;
+    impl polyport_core::Policy for OnlyMqtt {
+        fn authorize(
+            &self,
+            ctx: &AuthContext,
+            action: polyport_core::auth::Action<'_>,
+        ) -> polyport_core::HubResult<()> {
+            match action {
+                polyport_core::auth::Action::AdapterState(_) if ctx.origin.0 != "mqtt" => Err(
+                    polyport_core::HubError::Forbidden("adapter state is the adapter's".into()),
+                ),
+                _ => Ok(()),
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::new();
+    let store =
+        Arc::new(SqliteStore::open(StoreConfig::new(dir.path()), Arc::new(bus.clone())).unwrap());
+    let hub = Hub::with_policy(store, bus, HubConfig::default(), Box::new(OnlyMqtt));
+    let mqtt = AuthContext::anonymous(Origin("mqtt"));
+    let http = AuthContext::anonymous(Origin("http"));
+    hub.put_state(&mqtt, "mqtt.session", "c1", Some("s".into()))
+        .await
+        .unwrap();
+    let refused = hub.put_state(&http, "mqtt.session", "c1", None).await;
+    assert!(
+        matches!(refused, Err(polyport_core::HubError::Forbidden(_))),
+        "{refused:?}"
+    );
+    assert!(hub.load_state(&http, "mqtt.session").await.is_err());
+    assert!(hub.delete_group(&http, "g").await.is_err());
+    assert_eq!(
+        hub.load_state(&mqtt, "mqtt.session").await.unwrap().len(),
+        1,
+        "unchanged"
+    );
 }
