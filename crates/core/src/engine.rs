@@ -4,7 +4,6 @@
 //! Only engines (the embedded SQLite store, later the cluster store) implement these;
 //! adapters never see them — they hold a [`crate::Hub`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,8 +19,8 @@ use crate::schema::{Collection, CollectionSpec};
 use crate::topic::Topic;
 use crate::webhook::{Attempt, AttemptOutcome, Delivery, DeliveryStatus, Endpoint};
 
-/// A snapshot of all collections by name.
-pub type CollectionMap = BTreeMap<String, Arc<Collection>>;
+pub use crate::schema::CollectionMap;
+pub use crate::webhook::Redeliver;
 
 /// Where the event log stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,18 +148,6 @@ pub enum WriteCommand {
         /// Everything up to and including this sequence is acknowledged.
         position: u64,
     },
-}
-
-/// Which deliveries to queue again.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Redeliver {
-    /// One event.
-    One(u64),
-    /// Every dead-lettered delivery.
-    Dead,
-    /// Every matching event in the log after this sequence (recovery after an outage);
-    /// existing deliveries are reset, missing ones created.
-    Since(u64),
 }
 
 /// What a write produced.

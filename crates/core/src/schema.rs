@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::record::{SYSTEM_FIELDS, parse_time};
 
+/// A snapshot of all collections by name.
+pub type CollectionMap = std::collections::BTreeMap<String, std::sync::Arc<Collection>>;
+
 /// The type of a field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]

@@ -367,3 +367,15 @@ mod tests {
         assert!(!valid_secret("nope"));
     }
 }
+
+/// Which deliveries to queue again.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Redeliver {
+    /// One event.
+    One(u64),
+    /// Every dead-lettered delivery.
+    Dead,
+    /// Every matching event in the log after this sequence (recovery after an outage);
+    /// existing deliveries are reset, missing ones created.
+    Since(u64),
+}

@@ -12,9 +12,9 @@ use async_graphql::dynamic::{
 };
 use async_graphql::{ErrorExtensions, Value};
 use futures::StreamExt;
-use polyport_core::engine::CollectionMap;
 use polyport_core::query::{Filter, ListQuery, parse_sort};
 use polyport_core::record::format_time;
+use polyport_core::schema::CollectionMap;
 use polyport_core::schema::{Collection, FieldType};
 use polyport_core::webhook::Endpoint;
 use polyport_core::{

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use polyport_core::engine::CollectionMap;
+use polyport_core::schema::CollectionMap;
 use prost_reflect::{DescriptorPool, MessageDescriptor};
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 

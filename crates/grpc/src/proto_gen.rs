@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
-use polyport_core::engine::CollectionMap;
 use polyport_core::naming::{singular, upper_camel};
+use polyport_core::schema::CollectionMap;
 use polyport_core::schema::{Collection, FieldType};
 
 /// The file name the generated schema is compiled under.

@@ -8,7 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use polyport_core::engine::Redeliver;
+use polyport_core::webhook::Redeliver;
 use polyport_core::webhook::{DeliveryStatus, EndpointSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
