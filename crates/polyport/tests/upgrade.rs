@@ -33,13 +33,12 @@ fn mqtt_addr(dir: &Path) -> (String, u16) {
     (host.to_string(), port.parse().unwrap())
 }
 
+async fn get_json(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 async fn poll(base: &str, topic: &str) -> Vec<Value> {
-    let v: Value = reqwest::get(format!("{base}/api/poll?topic={topic}&since=0&wait=0"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(format!("{base}/api/poll?topic={topic}&since=0&wait=0")).await;
     v["events"].as_array().unwrap().clone()
 }
 
@@ -69,19 +68,9 @@ async fn release_1_events_replay_with_their_attributes() {
     assert_eq!(http["trace"], "t-1");
     assert!(http.get("replyto").is_none());
     // Records and webhook endpoints are there.
-    let post: Value = reqwest::get(format!("{}/api/collections/posts/records/1", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = get_json(format!("{}/api/collections/posts/records/1", s.base)).await;
     assert_eq!(post["title"], "Hello again");
-    let eps: Value = reqwest::get(format!("{}/api/webhooks/endpoints", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let eps = get_json(format!("{}/api/webhooks/endpoints", s.base)).await;
     assert_eq!(eps["items"][0]["topics"], json!(["fx/#"]));
 }
 

@@ -124,6 +124,73 @@ def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Serv
     pytest.fail(f"no {listeners} after {STARTUP_TIMEOUT}s:\n{log_path.read_text(errors='replace')}", pytrace=False)
 
 
+class Servers:
+    """Servers for one test, for suites that need more than `spawn`: `start(config=TOML,
+    env={...}, data_dir=…)` runs `polyport serve` (on a fresh data dir unless given),
+    `kill9(s)` SIGKILLs one, `restart(s)` starts it again on the same data dir with the
+    same arguments. `stop_all()` stops every server still running with SIGTERM and returns
+    a failure for each that did not exit 0 (a killed one is left alone)."""
+
+    def __init__(self, tmp_path_factory):
+        self._tmp = tmp_path_factory
+        self.running: list[Server] = []
+        self._how: dict[int, tuple[tuple[str, ...], dict[str, str] | None]] = {}
+
+    def start(self, config: str | None = None, *extra: str, env: dict[str, str] | None = None,
+              data_dir: Path | None = None) -> Server:
+        data_dir = data_dir or self._tmp.mktemp("polyport-data")
+        args = list(extra)
+        if config is not None:
+            cfg = data_dir.parent / f"{data_dir.name}.toml"
+            cfg.write_text(config)
+            args += ["--config", str(cfg)]
+        return self._start(data_dir, tuple(args), env)
+
+    def _start(self, data_dir: Path, args: tuple[str, ...], env: dict[str, str] | None) -> Server:
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})  # start_server copies os.environ into the child
+        try:
+            s = start_server(data_dir, *args)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self._how[id(s)] = (args, env)
+        self.running.append(s)
+        return s
+
+    def kill9(self, s: Server) -> None:
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait(timeout=SHUTDOWN_TIMEOUT)
+        s.stopped = True
+        self.running.remove(s)
+
+    def restart(self, s: Server) -> Server:
+        assert s.stopped, "restart() is for a server that was stopped or killed"
+        args, env = self._how[id(s)]
+        return self._start(s.data_dir, args, env)
+
+    def stop_all(self) -> list[str]:
+        failures = []
+        for s in self.running:
+            code = s.stop()
+            if code != 0:
+                failures.append(f"polyport on {s.http} exited with {code!r} after SIGTERM; log:\n{s.log()[-4000:]}")
+        return failures
+
+
+@pytest.fixture
+def servers(tmp_path_factory):
+    """A `Servers` for the test; every server still running at the end must stop with exit
+    code 0 on SIGTERM."""
+    sv = Servers(tmp_path_factory)
+    yield sv
+    failures = sv.stop_all()
+    assert not failures, "\n\n".join(failures)
+
+
 @pytest.fixture
 def spawn(tmp_path_factory):
     """Starts servers on demand (`spawn("--demo", "blog")`); stops each with SIGTERM at the

@@ -1,5 +1,5 @@
-"""What the MQTT suites share: the `Servers` runner (start, SIGKILL, restart on the same
-data dir), a paho-mqtt wrapper whose callbacks land in queues (so every wait has a
+"""What the MQTT suites share: the `servers` fixture (polyport_server.Servers: start,
+SIGKILL, restart on the same data dir), a paho-mqtt wrapper whose callbacks land in queues (so every wait has a
 timeout), and raw MQTT bytes for what client libraries hide (reason codes, flags,
 unacknowledged deliveries)."""
 
@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import queue
-import signal
 import socket
 import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from polyport_server import Server, start_server
+from polyport_server import Server, servers  # noqa: F401  (fixture, re-exported)
 
 WAIT = 10  # the longest any single expected thing may take
 QUIET = 1.0  # how long "nothing (more) arrives" is watched for
@@ -30,50 +28,6 @@ MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"
 
 # ---------------------------------------------------------------------------------------
 # servers
-
-
-class Servers:
-    """`start(config=TOML)` runs `polyport serve` on a fresh data dir; `kill9(s)` SIGKILLs
-    one and `restart(s)` starts it again on the same data dir with the same arguments. At
-    the end every server still running is stopped with SIGTERM and must exit 0."""
-
-    def __init__(self, tmp_path_factory):
-        self._tmp = tmp_path_factory
-        self.running: list[Server] = []
-        self.args: dict[int, tuple[str, ...]] = {}
-
-    def start(self, config: str | None = None, *extra: str) -> Server:
-        data_dir = self._tmp.mktemp("polyport-data")
-        args = list(extra)
-        if config is not None:
-            cfg = data_dir.parent / f"{data_dir.name}.toml"
-            cfg.write_text(config)
-            args += ["--config", str(cfg)]
-        return self._start(data_dir, tuple(args))
-
-    def _start(self, data_dir: Path, args: tuple[str, ...]) -> Server:
-        s = start_server(data_dir, *args)
-        self.args[id(s)] = args
-        self.running.append(s)
-        return s
-
-    def kill9(self, s: Server) -> None:
-        s.proc.send_signal(signal.SIGKILL)
-        s.proc.wait(timeout=WAIT)
-        s.stopped = True
-        self.running.remove(s)
-
-    def restart(self, s: Server) -> Server:
-        assert s.stopped, "restart() is for a server that was stopped or killed"
-        return self._start(s.data_dir, self.args[id(s)])
-
-    def stop_all(self) -> list[str]:
-        failures = []
-        for s in self.running:
-            code = s.stop()
-            if code != 0:
-                failures.append(f"polyport on {s.http} exited with {code!r} after SIGTERM; log:\n{s.log()[-4000:]}")
-        return failures
 
 
 def mqtt_port(s: Server) -> int:
@@ -364,16 +318,6 @@ def read_lines(proc: subprocess.Popen) -> queue.Queue:
 
 # Fixtures: imported by each test module that uses them (not in conftest.py, whose
 # fixtures would clash with the webhook suite's `servers` when all suites run at once).
-
-
-@pytest.fixture
-def servers(tmp_path_factory):
-    """Servers started with `servers.start(config)`, which a test may SIGKILL and restart;
-    every one still running at the end must stop with exit code 0 on SIGTERM."""
-    sv = Servers(tmp_path_factory)
-    yield sv
-    failures = sv.stop_all()
-    assert not failures, "\n\n".join(failures)
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ printed in the terminal summary.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +24,7 @@ HTTP_TESTS = Path(__file__).resolve().parents[3] / "http" / "tests" / "py"
 if str(HTTP_TESTS) not in sys.path:
     sys.path.append(str(HTTP_TESTS))
 
-from polyport_server import Server, start_server  # noqa: E402
+from polyport_server import Server, servers  # noqa: E402, F401  (fixture)
 from webhook_receivers import FIGURES, Api, BlackHole, Receiver  # noqa: E402
 
 
@@ -35,61 +33,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("webhook figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
-
-
-class Servers:
-    """Starts `polyport serve` processes for one test: `start(config=TOML, env={...})`.
-    At the end every server still running is stopped with SIGTERM and must exit 0 within
-    10 s; one the test killed with `kill9` is left alone."""
-
-    def __init__(self, tmp_path_factory):
-        self._tmp = tmp_path_factory
-        self.started: list[Server] = []
-        self.killed: set[int] = set()
-
-    def start(self, config: str | None = None, env: dict[str, str] | None = None, data_dir: Path | None = None, *extra: str) -> Server:
-        data_dir = data_dir or self._tmp.mktemp("polyport-data")
-        args = list(extra)
-        if config is not None:
-            cfg = data_dir.parent / f"{data_dir.name}.toml"
-            cfg.write_text(config)
-            args += ["--config", str(cfg)]
-        saved = {k: os.environ.get(k) for k in (env or {})}
-        os.environ.update(env or {})  # start_server copies os.environ into the child
-        try:
-            s = start_server(data_dir, *args)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        self.started.append(s)
-        return s
-
-    def kill9(self, s: Server):
-        s.proc.send_signal(signal.SIGKILL)
-        s.proc.wait(timeout=10)
-        s.stopped = True
-        self.killed.add(id(s))
-
-    def stop_all(self) -> list[str]:
-        failures = []
-        for s in self.started:
-            if id(s) in self.killed:
-                continue
-            code = s.stop()
-            if code != 0:
-                failures.append(f"polyport on {s.http} exited with {code!r} after SIGTERM; log:\n{s.log()[-4000:]}")
-        return failures
-
-
-@pytest.fixture
-def servers(tmp_path_factory):
-    sv = Servers(tmp_path_factory)
-    yield sv
-    failures = sv.stop_all()
-    assert not failures, "\n\n".join(failures)
 
 
 @pytest.fixture
