@@ -10,6 +10,7 @@
 //! deliver committed events to an [`engine::EventSink`] (the in-process [`Bus`]).
 //! Nothing here knows any wire protocol.
 
+pub mod adapter;
 pub mod attributes;
 pub mod auth;
 mod bus;

@@ -37,6 +37,14 @@ use polyport_core::Hub;
 
 use crate::loaders::{RecordLoader, ReverseLoader};
 
+/// This face in the server's adapter list (mounted on the HTTP listener).
+pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
+    name: "graphql",
+    label: "GraphQL",
+    about: "GraphQL queries, mutations and subscriptions at /graphql",
+    default_addr: None,
+};
+
 /// GraphQL settings.
 #[derive(Clone, Debug)]
 pub struct GraphqlConfig {

@@ -42,6 +42,14 @@ use crate::catalog::Catalog;
 use crate::codec::DynCodec;
 use crate::handlers::Handlers;
 
+/// This face in the server's adapter list.
+pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
+    name: "grpc",
+    label: "gRPC",
+    about: "gRPC and gRPC-Web: Records, Topics, typed collection services, reflection, health",
+    default_addr: Some(polyport_core::adapter::loopback(50051)),
+};
+
 /// gRPC settings.
 #[derive(Clone, Debug)]
 pub struct GrpcConfig {

@@ -38,6 +38,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use polyport_core::{AuthContext, Hub, Origin};
 use tokio::net::TcpListener;
+
+/// This face in the server's adapter list.
+pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
+    name: "http",
+    label: "HTTP",
+    about: "REST, SSE, NDJSON, long-poll, WebSocket, GraphQL, OpenAPI",
+    default_addr: Some(polyport_core::adapter::loopback(8080)),
+};
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;

@@ -35,6 +35,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// This face in the server's adapter list.
+pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
+    name: "mqtt",
+    label: "MQTT",
+    about: "MQTT 3.1, 3.1.1 and 5.0",
+    default_addr: Some(polyport_core::adapter::loopback(1883)),
+};
+
 /// Broker settings.
 #[derive(Clone, Debug)]
 pub struct MqttConfig {

@@ -9,12 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-/// Where each listener goes unless told otherwise.
-pub(crate) const DEFAULT_HTTP: SocketAddr = SocketAddr::new(LOOPBACK, 8080);
-pub(crate) const DEFAULT_GRPC: SocketAddr = SocketAddr::new(LOOPBACK, 50051);
-pub(crate) const DEFAULT_MQTT: SocketAddr = SocketAddr::new(LOOPBACK, 1883);
-const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

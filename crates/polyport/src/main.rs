@@ -8,9 +8,9 @@ mod bench;
 mod cli;
 mod config;
 mod demo;
+mod registry;
 mod serve;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +38,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the .proto of the typed per-collection gRPC services of a running server.
     Proto(cli::ProtoArgs),
+    /// List every face: its listener's default address, flag, variable and section.
+    Adapters {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage webhook endpoints of a running server.
     #[command(subcommand)]
     Webhooks(cli::WebhooksCmd),
@@ -52,15 +58,8 @@ pub(crate) struct ServeArgs {
     /// Data directory.
     #[arg(long, env = "POLYPORT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// HTTP listen address (REST, realtime, WebSocket, GraphQL); port 0 picks a free port.
-    #[arg(long, env = "POLYPORT_HTTP")]
-    http: Option<SocketAddr>,
-    /// gRPC listen address (HTTP/2); port 0 picks a free port.
-    #[arg(long, env = "POLYPORT_GRPC")]
-    grpc: Option<SocketAddr>,
-    /// MQTT listen address; port 0 picks a free port.
-    #[arg(long, env = "POLYPORT_MQTT")]
-    mqtt: Option<SocketAddr>,
+    #[command(flatten)]
+    listen: registry::ListenFlags,
     /// Seed example data (`blog`: users and posts from the seed articles).
     #[arg(long, value_parser = ["blog"])]
     demo: Option<String>,
@@ -94,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Proto(args) => cli::proto(args).await,
             Command::Webhooks(cmd) => cli::webhooks(cmd).await,
+            Command::Adapters { json } => registry::print(json),
         }
     })
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use polyport_core::adapter::Spec;
 use polyport_core::{Bus, Hub, HubConfig, TopicFilter};
 use polyport_store::{Retention, SqliteStore, StoreConfig};
 use tokio::net::TcpListener;
@@ -13,56 +14,27 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ServeArgs;
-use crate::config::{self, Config};
+use crate::config::Config;
+use crate::registry::{self, Ctx, Host};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A listener the server wants, and whether the user chose its address.
 struct Want {
-    /// Key in listeners.json and the index (`http`, `grpc`, `mqtt`).
-    key: &'static str,
-    /// As printed (`HTTP`, `gRPC`, `MQTT`).
-    label: &'static str,
-    about: &'static str,
+    spec: &'static Spec,
     addr: SocketAddr,
     /// Given by a flag, a `POLYPORT_*` variable or `polyport.toml`.
     explicit: bool,
-    how_to_move: &'static str,
-    switch_off: &'static str,
 }
 
 impl Want {
-    fn new(
-        key: &'static str,
-        label: &'static str,
-        about: &'static str,
-        chosen: Option<SocketAddr>,
-        default: SocketAddr,
-    ) -> Self {
-        let (how_to_move, switch_off) = match key {
-            "http" => (
-                "--http ADDR, POLYPORT_HTTP=ADDR or `[http] listen` in polyport.toml",
-                "`[http] enabled = false`",
-            ),
-            "grpc" => (
-                "--grpc ADDR, POLYPORT_GRPC=ADDR or `[grpc] listen` in polyport.toml",
-                "`[grpc] enabled = false`",
-            ),
-            _ => (
-                "--mqtt ADDR, POLYPORT_MQTT=ADDR or `[mqtt] listen` in polyport.toml",
-                "`[mqtt] enabled = false`",
-            ),
-        };
-        Self {
-            key,
-            label,
-            about,
-            addr: chosen.unwrap_or(default),
-            explicit: chosen.is_some(),
-            how_to_move,
-            switch_off,
-        }
+    fn how_to_move(&self) -> String {
+        let n = self.spec.name;
+        format!(
+            "--{n} ADDR, {}=ADDR or `[{n}] listen` in polyport.toml",
+            self.spec.env_var()
+        )
     }
 }
 
@@ -82,10 +54,10 @@ impl Listeners {
         match TcpListener::bind(w.addr).await {
             Ok(l) => {
                 let addr = l.local_addr()?;
-                self.started.insert(w.key, addr.to_string());
+                self.started.insert(w.spec.name, addr.to_string());
                 self.index.push(polyport_http::IndexListener {
-                    name: w.key.into(),
-                    about: w.about.into(),
+                    name: w.spec.name.into(),
+                    about: w.spec.about.into(),
                     address: addr.to_string(),
                     not_started: None,
                 });
@@ -94,9 +66,9 @@ impl Listeners {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && w.explicit => bail!(
                 "cannot start the {} listener: {} is already in use by another program. \
                  Move it with {} (port 0 picks a free port).",
-                w.label,
+                w.spec.label,
                 w.addr,
-                w.how_to_move
+                w.how_to_move()
             ),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 let why = format!(
@@ -106,29 +78,30 @@ impl Listeners {
                 tracing::warn!(
                     "{} NOT STARTED: {why}. Polyport runs without it; to serve {} move it with {} \
                      (port 0 picks a free port), or switch it off with {}.",
-                    w.label,
-                    w.label,
-                    w.how_to_move,
-                    w.switch_off
+                    w.spec.label,
+                    w.spec.label,
+                    w.how_to_move(),
+                    format_args!("`[{}] enabled = false`", w.spec.name)
                 );
                 self.not_started.insert(
-                    w.key,
+                    w.spec.name,
                     serde_json::json!({
                         "address": w.addr.to_string(),
                         "reason": why,
-                        "move_with": w.how_to_move,
+                        "move_with": w.how_to_move(),
                     }),
                 );
                 self.index.push(polyport_http::IndexListener {
-                    name: w.key.into(),
-                    about: w.about.into(),
+                    name: w.spec.name.into(),
+                    about: w.spec.about.into(),
                     address: w.addr.to_string(),
-                    not_started: Some(format!("{why}; move it with {}", w.how_to_move)),
+                    not_started: Some(format!("{why}; move it with {}", w.how_to_move())),
                 });
                 Ok(None)
             }
-            Err(e) => Err(e)
-                .with_context(|| format!("cannot start the {} listener on {}", w.label, w.addr)),
+            Err(e) => Err(e).with_context(|| {
+                format!("cannot start the {} listener on {}", w.spec.label, w.addr)
+            }),
         }
     }
 
@@ -166,9 +139,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
     }
-    cfg.http.listen = args.http.or(cfg.http.listen);
-    cfg.grpc.listen = args.grpc.or(cfg.grpc.listen);
-    cfg.mqtt.listen = args.mqtt.or(cfg.mqtt.listen);
     if args.retention_max_events.is_some() {
         cfg.events.retention_max_events = args.retention_max_events;
     }
@@ -234,166 +204,51 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
-
-    let mqtt = if cfg.mqtt.enabled {
-        let mqtt_cfg = polyport_mqtt::MqttConfig {
-            max_packet_size: cfg.mqtt.max_packet_size,
-            receive_max: cfg.mqtt.receive_max.max(1),
-            durable_qos0: cfg.mqtt.durable_qos0,
-            sys_interval: Duration::from_secs(cfg.mqtt.sys_interval_secs),
-            max_queued_messages: cfg.mqtt.max_queued_messages.max(1),
-            max_keep_alive: cfg.mqtt.max_keep_alive,
-            ..polyport_mqtt::MqttConfig::default()
-        };
-        Some(
-            polyport_mqtt::MqttBroker::start(hub.clone(), mqtt_cfg)
-                .await
-                .context("restoring MQTT sessions and retained messages")?,
-        )
-    } else {
-        None
+    let ctx = Ctx {
+        hub: &hub,
+        cfg: &cfg,
+        prometheus: &prometheus,
+        stop: &stop_accepting,
     };
+    let mut faces = Vec::new();
+    let mut mounts = Vec::new();
+    for e in registry::ENTRIES {
+        let section = (e.section)(&cfg);
+        if !section.enabled {
+            continue;
+        }
+        let prepared = (e.prepare)(&ctx).await?;
+        mounts.extend(prepared.mounts);
+        if let (Some(serve), Some(default)) = (prepared.serve, e.spec.default_addr) {
+            let chosen = args.listen.0.get(e.spec.name).copied().or(section.listen);
+            let want = Want {
+                spec: e.spec,
+                addr: chosen.unwrap_or(default),
+                explicit: chosen.is_some(),
+            };
+            faces.push((want, serve));
+        }
+    }
 
-    // Every listener is bound before any face is built, so the index at `GET /` can
-    // say where each one lives (or why it is not there).
+    // Every listener is bound before any face starts, so the index at `GET /` can say
+    // where each one lives (or why it is not there).
     let mut listeners = Listeners::default();
-    let http_listener = match cfg.http.enabled {
-        true => {
-            let w = Want::new(
-                "http",
-                "HTTP",
-                "REST, SSE, NDJSON, long-poll, WebSocket, GraphQL, OpenAPI",
-                cfg.http.listen,
-                config::DEFAULT_HTTP,
-            );
-            listeners.bind(&w).await?
+    let mut bound = Vec::new();
+    for (want, serve) in faces {
+        if let Some(l) = listeners.bind(&want).await? {
+            bound.push((l, serve));
         }
-        false => None,
-    };
-    let grpc_listener = match cfg.grpc.enabled {
-        true => {
-            let w = Want::new(
-                "grpc",
-                "gRPC",
-                "gRPC and gRPC-Web: Records, Topics, typed collection services, reflection, health",
-                cfg.grpc.listen,
-                config::DEFAULT_GRPC,
-            );
-            listeners.bind(&w).await?
-        }
-        false => None,
-    };
-    let mqtt_listener = match mqtt.is_some() {
-        true => {
-            let w = Want::new(
-                "mqtt",
-                "MQTT",
-                "MQTT 3.1, 3.1.1 and 5.0",
-                cfg.mqtt.listen,
-                config::DEFAULT_MQTT,
-            );
-            listeners.bind(&w).await?
-        }
-        false => None,
-    };
+    }
     if listeners.started.is_empty() {
         bail!("no listener could start; see the warnings above");
     }
-
-    if let Some(listener) = http_listener {
-        let addr = listener.local_addr()?;
-        let render = prometheus.clone();
-        let mut index = polyport_http::Index {
-            listeners: listeners.index.clone(),
-            endpoints: Vec::new(),
-        };
-        let extra = if cfg.graphql.enabled {
-            index.endpoints.push(polyport_http::IndexEndpoint::new(
-                "POST /graphql",
-                "GraphQL (GET for queries and GraphiQL, WebSocket for subscriptions; SDL at /graphql/schema.graphql)",
-            ));
-            polyport_graphql::routes(
-                hub.clone(),
-                polyport_graphql::GraphqlConfig {
-                    introspection: cfg.graphql.introspection,
-                    max_depth: cfg.graphql.max_depth,
-                    max_complexity: cfg.graphql.max_complexity,
-                    max_page_size: cfg.http.max_page_size,
-                },
-            )?
-        } else {
-            axum::Router::new()
-        };
-        let mqtt_ws = mqtt.as_ref().filter(|_| cfg.mqtt.websocket);
-        let extra = match mqtt_ws {
-            Some(m) => {
-                index.endpoints.push(polyport_http::IndexEndpoint::new(
-                    "GET /mqtt",
-                    "MQTT over WebSocket (subprotocol mqtt)",
-                ));
-                extra.merge(m.websocket_routes(stop_accepting.clone()))
-            }
-            None => extra,
-        };
-        let app = polyport_http::router_with(
-            hub.clone(),
-            polyport_http::HttpConfig {
-                max_body: cfg.http.max_body,
-                max_page_size: cfg.http.max_page_size,
-                heartbeat: Duration::from_secs(cfg.http.heartbeat_secs.max(1)),
-                metrics: Some(Arc::new(move || render.render())),
-                cors_origins: cfg.http.cors_origins.clone(),
-                hooks: cfg.hooks.clone(),
-                index,
-                ..polyport_http::HttpConfig::default()
-            },
-            extra,
-        );
-        tracing::info!(
-            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws and /ws/topics, OpenAPI /openapi.json{}{})",
-            if cfg.graphql.enabled {
-                ", GraphQL /graphql"
-            } else {
-                ""
-            },
-            if mqtt_ws.is_some() {
-                ", MQTT over WebSocket /mqtt"
-            } else {
-                ""
-            }
-        );
-        let stop = stop_accepting.clone();
-        tracker.spawn(async move {
-            if let Err(e) = polyport_http::serve(listener, app, stop).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-    }
-    if let Some(listener) = grpc_listener {
-        let addr = listener.local_addr()?;
-        let app = polyport_grpc::router(
-            hub.clone(),
-            polyport_grpc::GrpcConfig {
-                max_message: cfg.grpc.max_message,
-                max_page_size: cfg.http.max_page_size,
-            },
-        )
-        .await?;
-        tracing::info!(
-            "gRPC listening on {addr} (Records, Topics, typed collection services, reflection, health)"
-        );
-        let stop = stop_accepting.clone();
-        tracker.spawn(async move {
-            if let Err(e) = polyport_http::serve(listener, app, stop).await {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-        });
-    }
-    if let (Some(broker), Some(listener)) = (mqtt, mqtt_listener) {
-        let addr = listener.local_addr()?;
-        tracing::info!("MQTT listening on {addr} (3.1, 3.1.1, 5.0)");
-        let stop = stop_accepting.clone();
-        tracker.spawn(async move { broker.serve(listener, stop).await });
+    let mut host = Host {
+        index: listeners.index.clone(),
+        mounts,
+        stop: stop_accepting.clone(),
+    };
+    for (listener, serve) in bound {
+        tracker.spawn(serve(listener, &mut host)?);
     }
     tracker.close();
 

@@ -192,3 +192,191 @@ fn a_taken_port_chosen_in_polyport_toml_still_stops_start_up() {
         "{err}"
     );
 }
+
+/// Every face `polyport adapters` lists has a README row, a section that switches it
+/// off, and — when it has a listener — a flag, a variable and a `listen` key that each
+/// put it on port 0.
+#[test]
+fn every_adapter_is_configurable_documented_and_can_be_switched_off() {
+    let out = Command::new(bin())
+        .args(["adapters", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let faces: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<String> = faces
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    for must in ["http", "graphql", "grpc", "mqtt"] {
+        assert!(names.iter().any(|n| n == must), "{names:?}");
+    }
+    let listeners: Vec<String> = faces
+        .iter()
+        .filter(|f| f["listener"].is_object())
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let help = Command::new(bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    for name in &names {
+        assert!(
+            readme.contains(&format!("| `{name}` | `[{name}]` |")),
+            "README row for {name}"
+        );
+    }
+    for name in &listeners {
+        assert!(help.contains(&format!("--{name} <ADDR>")), "{help}");
+        assert!(help.contains(&env_var(name)), "{help}");
+    }
+
+    // Each way of moving a listener, for all of them at once.
+    let port0 = "127.0.0.1:0";
+    for how in ["flag", "env", "toml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = serve_in(dir.path());
+        for n in &listeners {
+            match how {
+                "flag" => {
+                    cmd.arg(format!("--{n}")).arg(port0);
+                }
+                "env" => {
+                    cmd.env(env_var(n), port0);
+                }
+                _ => {}
+            }
+        }
+        if how == "toml" {
+            let toml: String = listeners
+                .iter()
+                .map(|n| format!("[{n}]\nlisten = \"{port0}\"\n"))
+                .collect();
+            cmd.arg("--config").arg(write_config(dir.path(), &toml));
+        }
+        let (_server, started) = start(cmd, dir.path());
+        for name in &listeners {
+            let addr = started[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{how}: {name} missing: {started}"));
+            let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(
+                port != 0 && addr != default_addr(&faces, name),
+                "{how}: {name} at {addr}"
+            );
+        }
+    }
+
+    // Switching one face off leaves every other one running.
+    for name in &names {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml: String = listeners
+            .iter()
+            .filter(|n| *n != name)
+            .map(|n| format!("[{n}]\nlisten = \"{port0}\"\n"))
+            .collect();
+        toml.push_str(&format!("[{name}]\nenabled = false\n"));
+        let mut cmd = serve_in(dir.path());
+        cmd.arg("--config").arg(write_config(dir.path(), &toml));
+        let (_server, started) = start(cmd, dir.path());
+        assert!(
+            started.get(name).is_none(),
+            "{name} off but listed: {started}"
+        );
+        for other in listeners.iter().filter(|o| *o != name) {
+            assert!(
+                started[other].is_string(),
+                "{other} should run when {name} is off: {started}"
+            );
+        }
+        let Some(http) = started["http"].as_str() else {
+            continue;
+        };
+        let (_, index) = get(&format!("http://{http}/"));
+        let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+        let listed: Vec<&str> = index["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["name"].as_str())
+            .collect();
+        assert!(
+            !listed.contains(&name.as_str()),
+            "{name} off but in the index: {index}"
+        );
+        if name == "graphql" {
+            let (status, _) = get(&format!("http://{http}/graphql/schema.graphql"));
+            assert_eq!(status, 404, "GraphQL switched off still answers");
+            assert!(!index["endpoints"].to_string().contains("/graphql"));
+        }
+    }
+}
+
+fn get(url: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::get(url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+fn env_var(name: &str) -> String {
+    format!("POLYPORT_{}", name.to_uppercase())
+}
+
+fn default_addr<'a>(faces: &'a [serde_json::Value], name: &str) -> &'a str {
+    let f = faces.iter().find(|f| f["name"] == name).unwrap();
+    f["listener"]["default"].as_str().unwrap()
+}
+
+fn serve_in(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir)
+        .env("POLYPORT_LOG", "warn");
+    cmd
+}
+
+fn write_config(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
+    let path = dir.join("polyport.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Kills the server when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and waits for its listeners.json.
+fn start(mut cmd: Command, dir: &std::path::Path) -> (Running, serde_json::Value) {
+    let child = Running(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let file = dir.join("listeners.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(b) = std::fs::read(&file)
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+        {
+            return (child, v);
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,36 @@
+//! What a protocol crate tells `polyport serve` about itself.
+//!
+//! Each protocol crate exports one [`Spec`]. The server walks one list of them: it
+//! binds each listener (a taken *default* port skips that face, a port the user chose
+//! stops start-up), writes `listeners.json`, starts the faces and drains them on
+//! shutdown. A spec's `name` is the contract with the user: it is the `[name]` section
+//! of `polyport.toml`, the `--name` flag, the `POLYPORT_NAME` variable and the key in
+//! `listeners.json` — so a new protocol gets all four by existing.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// One face of the server.
+#[derive(Debug)]
+pub struct Spec {
+    /// Lowercase, no spaces: section, flag, variable suffix and `listeners.json` key.
+    pub name: &'static str,
+    /// As printed in logs and errors (`MQTT`, `gRPC`).
+    pub label: &'static str,
+    /// One line on what clients find there.
+    pub about: &'static str,
+    /// Where its own listener goes by default; `None` for a face mounted on the
+    /// HTTP listener (GraphQL, SOAP).
+    pub default_addr: Option<SocketAddr>,
+}
+
+impl Spec {
+    /// The environment variable that sets this face's listen address.
+    pub fn env_var(&self) -> String {
+        format!("POLYPORT_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+/// A loopback address: every default binds loopback only, like Mosquitto 2.
+pub const fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}

@@ -1,0 +1,346 @@
+//! The one list of faces `serve` walks. Adding a protocol is a crate that exports a
+//! [`Spec`], a `[name]` section in `config.rs`, and one [`Entry`] below; its `--name`
+//! flag, `POLYPORT_NAME` variable, `listeners.json` key, index entry, "port taken" rule
+//! and drain come from walking this list.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use polyport_core::Hub;
+use polyport_core::adapter::Spec;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// One face in the list.
+pub(crate) struct Entry {
+    pub(crate) spec: &'static Spec,
+    /// Its `[name]` section's `enabled` and `listen`.
+    pub(crate) section: fn(&Config) -> Section,
+    /// Builds the face before any listener is bound (restoring state, compiling schemas).
+    pub(crate) prepare: for<'a> fn(&'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>>,
+}
+
+/// Every face, in start order. The HTTP face hosts the others' [`Mount`]s.
+pub(crate) const ENTRIES: &[Entry] = &[
+    Entry {
+        spec: &polyport_http::ADAPTER,
+        section: |c| Section::new(c.http.enabled, c.http.listen),
+        prepare: http,
+    },
+    Entry {
+        spec: &polyport_graphql::ADAPTER,
+        section: |c| Section::new(c.graphql.enabled, None),
+        prepare: graphql,
+    },
+    Entry {
+        spec: &polyport_grpc::ADAPTER,
+        section: |c| Section::new(c.grpc.enabled, c.grpc.listen),
+        prepare: grpc,
+    },
+    Entry {
+        spec: &polyport_mqtt::ADAPTER,
+        section: |c| Section::new(c.mqtt.enabled, c.mqtt.listen),
+        prepare: mqtt,
+    },
+];
+
+/// The faces that have a listener of their own.
+pub(crate) fn listeners() -> impl Iterator<Item = &'static Entry> {
+    ENTRIES.iter().filter(|e| e.spec.default_addr.is_some())
+}
+
+/// A face's switch and address as configured.
+pub(crate) struct Section {
+    pub(crate) enabled: bool,
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+impl Section {
+    fn new(enabled: bool, listen: Option<SocketAddr>) -> Self {
+        Self { enabled, listen }
+    }
+}
+
+/// What a face gets to build itself.
+pub(crate) struct Ctx<'a> {
+    pub(crate) hub: &'a Hub,
+    pub(crate) cfg: &'a Config,
+    pub(crate) prometheus: &'a metrics_exporter_prometheus::PrometheusHandle,
+    /// Fires when listeners stop accepting (shutdown has begun).
+    pub(crate) stop: &'a CancellationToken,
+}
+
+/// Runs a face on its bound listener; the future ends once the face has drained.
+pub(crate) type Serve =
+    Box<dyn FnOnce(TcpListener, &mut Host) -> anyhow::Result<BoxFuture<'static, ()>> + Send>;
+
+/// A prepared face: its own listener's server, and routes it adds to the HTTP port.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    pub(crate) serve: Option<Serve>,
+    pub(crate) mounts: Vec<Mount>,
+}
+
+/// Routes one face adds to the HTTP listener.
+pub(crate) struct Mount {
+    /// For the index at `GET /`, e.g. `POST /graphql`.
+    pub(crate) endpoint: &'static str,
+    pub(crate) about: &'static str,
+    /// For the start-up line, e.g. `GraphQL /graphql`.
+    pub(crate) label: &'static str,
+    pub(crate) routes: axum::Router,
+}
+
+/// What exists once every listener is bound: the index and the mounts.
+pub(crate) struct Host {
+    pub(crate) index: Vec<polyport_http::IndexListener>,
+    pub(crate) mounts: Vec<Mount>,
+    pub(crate) stop: CancellationToken,
+}
+
+fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
+    let hub = cx.hub.clone();
+    let c = cx.cfg.http.clone();
+    let hooks = cx.cfg.hooks.clone();
+    let render = cx.prometheus.clone();
+    let serve: Serve = Box::new(move |listener, host| {
+        let addr = listener.local_addr()?;
+        let mounts = std::mem::take(&mut host.mounts);
+        let index = polyport_http::Index {
+            listeners: host.index.clone(),
+            endpoints: mounts
+                .iter()
+                .map(|m| polyport_http::IndexEndpoint::new(m.endpoint, m.about))
+                .collect(),
+        };
+        let labels: String = mounts.iter().map(|m| format!(", {}", m.label)).collect();
+        let extra = mounts
+            .into_iter()
+            .fold(axum::Router::new(), |r, m| r.merge(m.routes));
+        let app = polyport_http::router_with(
+            hub,
+            polyport_http::HttpConfig {
+                max_body: c.max_body,
+                max_page_size: c.max_page_size,
+                heartbeat: Duration::from_secs(c.heartbeat_secs.max(1)),
+                metrics: Some(Arc::new(move || render.render())),
+                cors_origins: c.cors_origins,
+                hooks,
+                index,
+                ..polyport_http::HttpConfig::default()
+            },
+            extra,
+        );
+        tracing::info!(
+            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws and /ws/topics, OpenAPI /openapi.json{labels})"
+        );
+        let stop = host.stop.clone();
+        Ok(Box::pin(async move {
+            if let Err(e) = polyport_http::serve(listener, app, stop).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }) as BoxFuture<'static, ()>)
+    });
+    Box::pin(async move {
+        Ok(Prepared {
+            serve: Some(serve),
+            mounts: Vec::new(),
+        })
+    })
+}
+
+fn graphql<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
+    Box::pin(async move {
+        let c = &cx.cfg.graphql;
+        let routes = polyport_graphql::routes(
+            cx.hub.clone(),
+            polyport_graphql::GraphqlConfig {
+                introspection: c.introspection,
+                max_depth: c.max_depth,
+                max_complexity: c.max_complexity,
+                max_page_size: cx.cfg.http.max_page_size,
+            },
+        )?;
+        Ok(Prepared {
+            serve: None,
+            mounts: vec![Mount {
+                endpoint: "POST /graphql",
+                about: "GraphQL (GET for queries and GraphiQL, WebSocket for subscriptions; SDL at /graphql/schema.graphql)",
+                label: "GraphQL /graphql",
+                routes,
+            }],
+        })
+    })
+}
+
+fn grpc<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
+    Box::pin(async move {
+        let app = polyport_grpc::router(
+            cx.hub.clone(),
+            polyport_grpc::GrpcConfig {
+                max_message: cx.cfg.grpc.max_message,
+                max_page_size: cx.cfg.http.max_page_size,
+            },
+        )
+        .await?;
+        let serve: Serve = Box::new(move |listener, host| {
+            tracing::info!(
+                "gRPC listening on {} ({})",
+                listener.local_addr()?,
+                polyport_grpc::ADAPTER.about
+            );
+            let stop = host.stop.clone();
+            Ok(Box::pin(async move {
+                if let Err(e) = polyport_http::serve(listener, app, stop).await {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            }))
+        });
+        Ok(Prepared {
+            serve: Some(serve),
+            mounts: Vec::new(),
+        })
+    })
+}
+
+fn mqtt<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
+    Box::pin(async move {
+        let c = &cx.cfg.mqtt;
+        let mqtt_cfg = polyport_mqtt::MqttConfig {
+            max_packet_size: c.max_packet_size,
+            receive_max: c.receive_max.max(1),
+            durable_qos0: c.durable_qos0,
+            sys_interval: Duration::from_secs(c.sys_interval_secs),
+            max_queued_messages: c.max_queued_messages.max(1),
+            max_keep_alive: c.max_keep_alive,
+            ..polyport_mqtt::MqttConfig::default()
+        };
+        let broker = polyport_mqtt::MqttBroker::start(cx.hub.clone(), mqtt_cfg)
+            .await
+            .context("restoring MQTT sessions and retained messages")?;
+        let mounts = match c.websocket {
+            true => vec![Mount {
+                endpoint: "GET /mqtt",
+                about: "MQTT over WebSocket (subprotocol mqtt)",
+                label: "MQTT over WebSocket /mqtt",
+                routes: broker.websocket_routes(cx.stop.clone()),
+            }],
+            false => Vec::new(),
+        };
+        let serve: Serve = Box::new(move |listener, host| {
+            tracing::info!(
+                "MQTT listening on {} ({})",
+                listener.local_addr()?,
+                polyport_mqtt::ADAPTER.about
+            );
+            let stop = host.stop.clone();
+            Ok(Box::pin(async move { broker.serve(listener, stop).await }))
+        });
+        Ok(Prepared {
+            serve: Some(serve),
+            mounts,
+        })
+    })
+}
+
+/// `--NAME ADDR` / `POLYPORT_NAME` for every face with a listener, generated from
+/// [`ENTRIES`] so no face can forget one.
+#[derive(Debug, Default)]
+pub(crate) struct ListenFlags(pub(crate) BTreeMap<&'static str, SocketAddr>);
+
+impl clap::FromArgMatches for ListenFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(
+            listeners()
+                .filter_map(|e| {
+                    m.get_one::<SocketAddr>(e.spec.name)
+                        .map(|a| (e.spec.name, *a))
+                })
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for ListenFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        listeners().fold(cmd, |cmd, e| {
+            cmd.arg(
+                clap::Arg::new(e.spec.name)
+                    .long(e.spec.name)
+                    .value_name("ADDR")
+                    .env(e.spec.env_var())
+                    .value_parser(clap::value_parser!(SocketAddr))
+                    .help(format!(
+                        "{} listen address ({}); port 0 picks a free port [default: {}]",
+                        e.spec.label,
+                        e.spec.about,
+                        e.spec
+                            .default_addr
+                            .map(|a| a.to_string())
+                            .unwrap_or_default()
+                    )),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// `polyport adapters`: every face, where it listens by default and how to move it.
+pub(crate) fn print(json: bool) -> anyhow::Result<()> {
+    let rows: Vec<serde_json::Value> = ENTRIES
+        .iter()
+        .map(|e| {
+            let listen = e.spec.default_addr.map(|a| {
+                serde_json::json!({
+                    "default": a.to_string(),
+                    "flag": format!("--{}", e.spec.name),
+                    "env": e.spec.env_var(),
+                })
+            });
+            serde_json::json!({
+                "name": e.spec.name,
+                "label": e.spec.label,
+                "about": e.spec.about,
+                "section": format!("[{}]", e.spec.name),
+                "listener": listen,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for e in ENTRIES {
+        let s = e.spec;
+        match s.default_addr {
+            Some(a) => println!(
+                "{:<8} {:<21} --{} / {} / [{}] listen   {}",
+                s.name,
+                a,
+                s.name,
+                s.env_var(),
+                s.name,
+                s.about
+            ),
+            None => println!(
+                "{:<8} {:<21} on the HTTP listener; [{}] enabled   {}",
+                s.name, "-", s.name, s.about
+            ),
+        }
+    }
+    Ok(())
+}
