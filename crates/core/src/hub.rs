@@ -69,7 +69,8 @@ pub(crate) struct HubInner {
     config: HubConfig,
     shutdown: CancellationToken,
     collections_gen: watch::Sender<u64>,
-    pub(crate) url_guard: parking_lot::RwLock<Option<Arc<dyn crate::webhook::UrlGuard>>>,
+    pub(crate) delivery_policy:
+        parking_lot::RwLock<Option<Arc<dyn crate::webhook::DeliveryPolicy>>>,
 }
 
 /// The facade.
@@ -106,7 +107,7 @@ impl Hub {
                 config,
                 shutdown: CancellationToken::new(),
                 collections_gen: watch::Sender::new(0),
-                url_guard: parking_lot::RwLock::new(None),
+                delivery_policy: parking_lot::RwLock::new(None),
             }),
         }
     }

@@ -2,6 +2,8 @@
 //! and attempts (the log). The store writes a delivery for every matching endpoint in the
 //! same transaction as the event, so an acknowledged write can never lose its webhook;
 //! the delivery engine (crates/webhooks) only reads and updates these through the Hub.
+//! How deliveries are made — secret format, retry schedule, which URLs may be called,
+//! what an attempt leads to — is the engine's policy, asked through [`DeliveryPolicy`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,9 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::schema::{FieldError, Rule};
 use crate::topic::{Topic, TopicFilter};
-
-/// Svix's schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
-pub const DEFAULT_RETRY_SCHEDULE: &[u64] = &[5, 300, 1800, 7200, 18000, 36000, 36000];
 
 /// What a client sends to register or change an endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,10 +36,10 @@ pub struct EndpointSpec {
     /// Most deliveries per second to this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
-    /// Seconds to wait before each retry (default [`DEFAULT_RETRY_SCHEDULE`]).
+    /// Seconds to wait before each retry (default: the delivery engine's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_schedule: Option<Vec<u64>>,
-    /// A `whsec_…` secret to use instead of a generated one.
+    /// A signing secret to use instead of a generated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
@@ -90,14 +89,6 @@ impl Endpoint {
         out
     }
 
-    /// The retry schedule in seconds.
-    pub fn retry_schedule(&self) -> &[u64] {
-        self.spec
-            .retry_schedule
-            .as_deref()
-            .unwrap_or(DEFAULT_RETRY_SCHEDULE)
-    }
-
     /// Whether an event is for this endpoint: any event-type glob or topic filter matches
     /// (no filters at all means every event).
     pub fn wants(&self, e: &Event) -> bool {
@@ -144,8 +135,8 @@ pub fn glob(pattern: &str, s: &str) -> bool {
 }
 
 impl EndpointSpec {
-    /// Checks the definition; the URL's network safety is checked by the delivery engine
-    /// (it needs DNS), the shape here.
+    /// Checks the definition's shape; the delivery engine's [`DeliveryPolicy`] checks
+    /// the rest (URL safety needs DNS; secrets and retries are its own format).
     pub fn check(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let url = self.url.trim();
@@ -174,24 +165,6 @@ impl EndpointSpec {
                 ));
             }
         }
-        if let Some(s) = &self.secret
-            && !valid_secret(s)
-        {
-            errors.push(FieldError::new(
-                "secret",
-                Rule::Format,
-                "must be whsec_ followed by base64 of 24 to 64 bytes",
-            ));
-        }
-        if let Some(r) = &self.retry_schedule
-            && (r.len() > 20 || r.iter().any(|s| *s > 7 * 24 * 3600))
-        {
-            errors.push(FieldError::new(
-                "retry_schedule",
-                Rule::Format,
-                "at most 20 retries, each at most 7 days",
-            ));
-        }
         for k in self.headers.keys() {
             let lower = k.to_ascii_lowercase();
             if lower.starts_with("webhook-") || lower == "content-type" || lower == "host" {
@@ -208,28 +181,6 @@ impl EndpointSpec {
             Err(errors)
         }
     }
-}
-
-/// `whsec_` + base64 of 24..=64 bytes.
-pub fn valid_secret(s: &str) -> bool {
-    use base64::Engine as _;
-    s.strip_prefix("whsec_")
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .is_some_and(|k| (24..=64).contains(&k.len()))
-}
-
-/// A fresh `whsec_` secret.
-pub fn new_secret() -> String {
-    use base64::Engine as _;
-    let a = ulid::Ulid::new().0.to_le_bytes();
-    let b = ulid::Ulid::new().0.to_le_bytes();
-    let mut key = Vec::with_capacity(32);
-    key.extend_from_slice(&a);
-    key.extend_from_slice(&b);
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
 }
 
 /// Where a delivery stands.
@@ -320,7 +271,7 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
-/// What the engine decided after an attempt.
+/// What the engine decided after an attempt: the transition the store records.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttemptOutcome {
     /// 2xx: done.
@@ -334,13 +285,15 @@ pub enum AttemptOutcome {
     DisableEndpoint(String),
 }
 
-/// Decides whether a webhook URL may be called (SSRF protection). The delivery engine
-/// provides the implementation; the Hub asks it at registration so a refused URL is a
-/// validation error up front, not only a failed delivery later.
+/// The delivery engine's rules for endpoint definitions, installed into the Hub so a
+/// definition the engine could not deliver to is refused at registration, on every face.
 #[async_trait::async_trait]
-pub trait UrlGuard: Send + Sync + 'static {
-    /// `Err(reason)` when the URL must not be called.
-    async fn check(&self, url: &str) -> Result<(), String>;
+pub trait DeliveryPolicy: Send + Sync + 'static {
+    /// What is wrong with a definition beyond its shape: a URL that must not be called,
+    /// a secret the engine cannot sign with, a retry schedule out of range.
+    async fn check(&self, spec: &EndpointSpec) -> Vec<FieldError>;
+    /// A fresh signing secret.
+    fn new_secret(&self) -> String;
 }
 
 #[cfg(test)]
@@ -357,14 +310,6 @@ mod tests {
         assert!(!glob("posts.created", "posts.updated"));
         assert!(glob("a*c*e", "abcde"));
         assert!(!glob("a*c*e", "abde"));
-    }
-
-    #[test]
-    fn secrets() {
-        let s = new_secret();
-        assert!(valid_secret(&s), "{s}");
-        assert!(!valid_secret("whsec_short"));
-        assert!(!valid_secret("nope"));
     }
 }
 

@@ -12,9 +12,9 @@ use crate::error::{HubError, HubResult};
 use crate::event::EventRef;
 use crate::hub::{Hub, unexpected};
 use crate::record::merge_patch;
-use crate::schema::{FieldError, Rule};
+use crate::schema::FieldError;
 use crate::webhook::{
-    Attempt, AttemptOutcome, Delivery, DeliveryStatus, Endpoint, EndpointSpec, UrlGuard, new_secret,
+    Attempt, AttemptOutcome, Delivery, DeliveryPolicy, DeliveryStatus, Endpoint, EndpointSpec,
 };
 
 fn not_found(id: &str) -> HubError {
@@ -22,24 +22,24 @@ fn not_found(id: &str) -> HubError {
 }
 
 impl Hub {
-    /// Installs the SSRF guard the registry checks URLs with.
-    pub fn set_url_guard(&self, guard: Arc<dyn UrlGuard>) {
-        *self.inner.url_guard.write() = Some(guard);
+    /// Installs the delivery engine's rules (secrets, retries, URL safety).
+    pub fn set_delivery_policy(&self, policy: Arc<dyn DeliveryPolicy>) {
+        *self.inner.delivery_policy.write() = Some(policy);
+    }
+
+    fn delivery_policy(&self) -> HubResult<Arc<dyn DeliveryPolicy>> {
+        self.inner.delivery_policy.read().clone().ok_or_else(|| {
+            HubError::InvalidRequest("webhooks are not available on this server".into())
+        })
     }
 
     async fn check_endpoint(&self, spec: &EndpointSpec) -> HubResult<()> {
-        spec.check().map_err(HubError::Validation)?;
-        let guard = self.inner.url_guard.read().clone();
-        if let Some(g) = guard
-            && let Err(reason) = g.check(&spec.url).await
-        {
-            return Err(HubError::Validation(vec![FieldError::new(
-                "url",
-                Rule::Format,
-                format!("is refused: {reason}"),
-            )]));
+        let mut errors = spec.check().err().unwrap_or_default();
+        errors.extend(self.delivery_policy()?.check(spec).await);
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(HubError::Validation(errors)),
         }
-        Ok(())
     }
 
     async fn put_endpoint(&self, ep: Endpoint) -> HubResult<Arc<Endpoint>> {
@@ -57,7 +57,9 @@ impl Hub {
     ) -> HubResult<Arc<Endpoint>> {
         self.authorize(ctx, Action::Admin)?;
         self.check_endpoint(&spec).await?;
-        spec.secret.get_or_insert_with(new_secret);
+        if spec.secret.is_none() {
+            spec.secret = Some(self.delivery_policy()?.new_secret());
+        }
         let now = Utc::now();
         self.put_endpoint(Endpoint {
             id: format!("ep_{}", crate::record::new_id()),
@@ -130,13 +132,23 @@ impl Hub {
         overlap: std::time::Duration,
     ) -> HubResult<Arc<Endpoint>> {
         let mut ep = (*self.endpoint(ctx, id)?).clone();
-        let new = secret.unwrap_or_else(new_secret);
-        if !crate::webhook::valid_secret(&new) {
-            return Err(HubError::Validation(vec![FieldError::new(
-                "secret",
-                Rule::Format,
-                "must be whsec_ followed by base64 of 24 to 64 bytes",
-            )]));
+        let policy = self.delivery_policy()?;
+        let new = match secret {
+            Some(s) => s,
+            None => policy.new_secret(),
+        };
+        let probe = EndpointSpec {
+            secret: Some(new.clone()),
+            ..ep.spec.clone()
+        };
+        let errors: Vec<FieldError> = policy
+            .check(&probe)
+            .await
+            .into_iter()
+            .filter(|e| e.field == "secret")
+            .collect();
+        if !errors.is_empty() {
+            return Err(HubError::Validation(errors));
         }
         ep.previous_secret = ep.spec.secret.replace(new);
         ep.previous_until = Some(

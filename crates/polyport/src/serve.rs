@@ -183,19 +183,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Hub::with_policy(Arc::new(store), bus, hub_cfg, Box::new(policy))
     };
 
-    let webhooks = if cfg.webhooks.enabled {
-        Some(polyport_webhooks::start(
-            &hub,
-            polyport_webhooks::WebhookConfig {
-                timeout: Duration::from_secs(cfg.webhooks.timeout_secs.max(1)),
-                max_in_flight: cfg.webhooks.max_in_flight,
-                disable_after: Duration::from_secs(cfg.webhooks.disable_after_hours * 3600),
-                allow_networks: cfg.webhooks.allow_networks.clone(),
-                allow_public: cfg.webhooks.allow_public,
-            },
-        )?)
-    } else {
-        None
+    let webhook_cfg = polyport_webhooks::WebhookConfig {
+        timeout: Duration::from_secs(cfg.webhooks.timeout_secs.max(1)),
+        max_in_flight: cfg.webhooks.max_in_flight,
+        disable_after: Duration::from_secs(cfg.webhooks.disable_after_hours * 3600),
+        allow_networks: cfg.webhooks.allow_networks.clone(),
+        allow_public: cfg.webhooks.allow_public,
+    };
+    // Endpoints can be registered (and are checked) even with delivery switched off.
+    let webhooks = match cfg.webhooks.enabled {
+        true => Some(polyport_webhooks::start(&hub, webhook_cfg)?),
+        false => {
+            polyport_webhooks::install(&hub, &webhook_cfg)?;
+            None
+        }
     };
 
     if let Some(demo) = args.demo.as_deref() {

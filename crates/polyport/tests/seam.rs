@@ -57,3 +57,21 @@ fn adapters_depend_on_no_engine_outside_their_tests() {
         }
     }
 }
+
+/// Core keeps the webhook registry's nouns; how deliveries are made (secret format,
+/// retry schedule) is the delivery engine's, so another engine could bring its own.
+#[test]
+fn webhook_delivery_policy_lives_in_the_webhooks_crate() {
+    let mut files = Vec::new();
+    rust_files(&crates_dir().join("core").join("src"), &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for policy in ["whsec_", "RETRY_SCHEDULE", "fn new_secret()"] {
+            assert!(
+                !text.contains(policy),
+                "{} holds delivery policy ({policy})",
+                f.display()
+            );
+        }
+    }
+}

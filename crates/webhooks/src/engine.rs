@@ -226,7 +226,7 @@ fn failure(
             shared.cfg.disable_after.as_secs() / 3600
         ));
     }
-    let schedule = ep.retry_schedule();
+    let schedule = crate::policy::retry_schedule(ep);
     let Some(base) = schedule.get(number as usize - 1) else {
         return AttemptOutcome::Dead;
     };

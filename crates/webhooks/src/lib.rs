@@ -4,6 +4,7 @@
 //! | concern | file |
 //! |---|---|
 //! | per-endpoint workers, retries, backoff, disabling | `engine.rs` |
+//! | secrets, retry schedule, definition checks (the Hub's `DeliveryPolicy`) | `policy.rs` |
 //! | Standard Webhooks signing | `sign.rs` |
 //! | SSRF guard (address policy, vetted resolver) | `ssrf.rs` |
 //!
@@ -11,6 +12,7 @@
 //! webhooks from a durable outbox; signing is a few lines of `hmac`/`sha2`.
 
 mod engine;
+mod policy;
 mod sign;
 pub mod ssrf;
 
@@ -20,6 +22,7 @@ use std::time::Duration;
 use polyport_core::Hub;
 use tokio::sync::{Notify, Semaphore};
 
+pub use policy::{DEFAULT_RETRY_SCHEDULE, new_secret, valid_secret};
 pub use sign::sign;
 
 /// Delivery settings.
@@ -61,11 +64,17 @@ pub enum WebhookError {
     Client(String),
 }
 
-/// Installs the URL guard into the hub and starts delivering; runs until the hub shuts
-/// down.
-pub fn start(hub: &Hub, cfg: WebhookConfig) -> Result<tokio::task::JoinHandle<()>, WebhookError> {
+/// Installs the delivery rules into the hub, so endpoints can be registered (and are
+/// checked) on every face even while delivery itself is switched off.
+pub fn install(hub: &Hub, cfg: &WebhookConfig) -> Result<Arc<ssrf::Policy>, WebhookError> {
     let policy = Arc::new(ssrf::Policy::new(&cfg.allow_networks, cfg.allow_public)?);
-    hub.set_url_guard(Arc::new(ssrf::Guard(policy.clone())));
+    hub.set_delivery_policy(Arc::new(policy::Rules(policy.clone())));
+    Ok(policy)
+}
+
+/// [`install`]s the rules and starts delivering; runs until the hub shuts down.
+pub fn start(hub: &Hub, cfg: WebhookConfig) -> Result<tokio::task::JoinHandle<()>, WebhookError> {
+    let policy = install(hub, &cfg)?;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

@@ -7,7 +7,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use polyport_core::webhook::UrlGuard;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
@@ -156,6 +155,16 @@ impl Policy {
         }
     }
 
+    /// The registration check: the literal check, then a host name's addresses.
+    pub async fn check_url(&self, url: &str) -> Result<(), String> {
+        let u = self.check_literal(url)?;
+        if let Some(url::Host::Domain(d)) = u.host() {
+            self.resolve(d, u.port_or_known_default().unwrap_or(443))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Resolves a host name and keeps only allowed addresses.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         let all: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
@@ -193,22 +202,6 @@ impl Resolve for SafeResolver {
                 .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
-    }
-}
-
-/// The registry's URL check: the same policy, applied at registration.
-pub(crate) struct Guard(pub(crate) Arc<Policy>);
-
-#[async_trait::async_trait]
-impl UrlGuard for Guard {
-    async fn check(&self, url: &str) -> Result<(), String> {
-        let u = self.0.check_literal(url)?;
-        if let Some(url::Host::Domain(d)) = u.host() {
-            self.0
-                .resolve(d, u.port_or_known_default().unwrap_or(443))
-                .await?;
-        }
-        Ok(())
     }
 }
 
