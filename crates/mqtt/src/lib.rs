@@ -7,7 +7,12 @@
 //! |---|---|
 //! | rmqtt-codec's v3/v5 packets ↔ version-neutral values | `wire.rs` |
 //! | PUBLISH properties ↔ the Hub's typed message attributes | `attrs.rs` |
-//! | one connection: CONNECT, session resumption, QoS 0/1/2 flows, subscriptions, keep-alive, will | `connection.rs` |
+//! | MQTT 5 reason codes and the texts clients see, in one place | `error.rs` |
+//! | session bookkeeping without I/O: packet ids, windows, aliases, QoS flows, timing | `session.rs` |
+//! | one connection's I/O loop: keep-alive, batching, takeover, shutdown | `connection/mod.rs` |
+//! | CONNECT, takeover, resumption, CONNACK; parking and the will at the end | `connection/handshake.rs` |
+//! | PUBLISH both ways | `connection/publish.rs` |
+//! | SUBSCRIBE / UNSUBSCRIBE, retained messages, forwarders | `connection/subscribe.rs` |
 //! | shared state: takeover, parked sessions, retained messages, `$SYS` | `broker.rs` |
 //! | what is kept in the Hub's adapter state, and its encoding | `state.rs` |
 //! | MQTT over WebSocket (`/mqtt`, subprotocol `mqtt`) | `ws.rs` |
@@ -22,7 +27,9 @@
 mod attrs;
 mod broker;
 mod connection;
+mod error;
 mod framing;
+mod session;
 mod state;
 mod wire;
 mod ws;

@@ -304,7 +304,7 @@ pub(crate) fn publish_size(
 }
 
 /// The four acknowledgement kinds of the QoS flows.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ack {
     Puback,
     Pubrec,

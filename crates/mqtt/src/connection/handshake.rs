@@ -1,0 +1,360 @@
+//! The two ends of a connection: CONNECT (authentication, takeover, session
+//! resumption, CONNACK) and the ending (parking or dropping the session, the will).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use polyport_core::{HubError, Origin};
+use rmqtt_codec::version::VersionCodec;
+use rmqtt_codec::{MqttCodec, MqttPacket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::publish::publish_to_hub;
+use super::{Accepted, End, HANDOVER, MAX_REMEMBERED_UNACKED, Session, Transport, max_codec};
+use crate::broker::{Broker, Parked};
+use crate::error::Reason;
+use crate::framing::Conn;
+use crate::session::{self, Inbound, Outbound};
+use crate::state::{self, SavedSession};
+use crate::wire::{self, ConnectIn, PublishIn, Ver};
+
+/// Reads CONNECT, authenticates, takes the client id over, resumes or starts the
+/// session and answers CONNACK.
+pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
+    let cfg = broker.cfg.clone();
+    let mut framed = Conn::new(stream, MqttCodec::Version(VersionCodec));
+    // The CONNECT must arrive in time; nothing is buffered for a silent socket.
+    let version = match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
+        Ok(Some(Ok(MqttPacket::Version(v)))) => v,
+        Ok(Some(Err(e))) => {
+            tracing::debug!(error = %e, "MQTT handshake refused");
+            return None;
+        }
+        _ => return None,
+    };
+    framed.codec = max_codec(version, cfg.max_packet_size);
+    let connect = match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
+        Ok(Some(Ok(p))) => wire::connect_in(p),
+        _ => return None,
+    };
+    let Ok((ver, mut c)) = connect else {
+        return None;
+    };
+    // Server keep-alive (MQTT 5): a client asking for none or more than the maximum is
+    // told the maximum in CONNACK; a 3.1.1 client cannot be told, so it is refused
+    // (identifier rejected), as Mosquitto does.
+    let max_ka = cfg.max_keep_alive;
+    let over = max_ka > 0 && (c.keep_alive == 0 || c.keep_alive > max_ka);
+    let keep_alive_override = (over && ver == Ver::V5).then_some(max_ka);
+    let caps = wire::ServerCaps {
+        receive_max: cfg.receive_max,
+        max_packet_size: cfg.max_packet_size,
+        topic_alias_max: cfg.topic_alias_max,
+        keep_alive_override,
+    };
+    let refuse = |code3: u8, code5: u8| {
+        let code = if ver == Ver::V3 { code3 } else { code5 };
+        wire::connack(ver, false, Some(code), None, &caps)
+    };
+    if over && ver == Ver::V3 {
+        let _ = framed.send(refuse(2, 0x85)).await;
+        return None;
+    }
+    if let Some(k) = keep_alive_override {
+        c.keep_alive = k;
+    }
+    let (client_id, assigned) = if c.client_id.is_empty() {
+        if ver == Ver::V3 && !c.clean {
+            // 3.1.1: a persistent session needs an identifier.
+            let _ = framed.send(refuse(2, 0x85)).await;
+            return None;
+        }
+        let id = format!("auto-{}", polyport_core::record::new_id());
+        (id.clone(), Some(id))
+    } else if c.client_id.len() > 256 {
+        let _ = framed.send(refuse(2, 0x85)).await;
+        return None;
+    } else {
+        (c.client_id.clone(), None)
+    };
+    let ctx =
+        match broker
+            .hub
+            .authenticate(Origin("mqtt"), c.username.as_deref(), c.password.as_deref())
+        {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                tracing::info!(client = %client_id, error = %e, "MQTT CONNECT refused");
+                let _ = framed.send(refuse(4, 0x86)).await;
+                return None;
+            }
+        };
+    let conn = broker.next_connection();
+    // The Hub stamps this on every event the client publishes (no-local reads it back).
+    let ctx = ctx.with_sender(polyport_core::Sender {
+        connection: conn,
+        client_id: Some(client_id.as_str().into()),
+    });
+    let takeover = CancellationToken::new();
+    let done = CancellationToken::new();
+    if let Some(previous) = broker.claim(&client_id, conn, takeover.clone(), done.clone()) {
+        // Let the connection we took over park its session (and register its will)
+        // first; resuming without it would silently start an empty session.
+        if tokio::time::timeout(HANDOVER, previous.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(client = %client_id, "previous connection did not hand its session over");
+            let _ = framed
+                .send(refuse(3, Reason::ServerUnavailable.code()))
+                .await;
+            // Stay registered until the old connection has parked, so the client's next
+            // attempt still waits for it instead of starting an empty session.
+            let (b, id) = (broker.clone(), client_id.clone());
+            tokio::spawn(async move {
+                previous.cancelled().await;
+                b.release(&id, conn);
+                done.cancel();
+            });
+            return None;
+        }
+        broker.cancel_will(&client_id);
+    }
+    let resumed = match resume(broker, &client_id, &c).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(client = %client_id, error = %e, "MQTT session could not be stored");
+            let _ = framed
+                .send(refuse(3, Reason::ServerUnavailable.code()))
+                .await;
+            broker.release(&client_id, conn);
+            done.cancel();
+            return None;
+        }
+    };
+    if framed
+        .send(wire::connack(
+            ver,
+            resumed.present,
+            None,
+            assigned.as_deref(),
+            &caps,
+        ))
+        .await
+        .is_err()
+    {
+        // The session is unchanged: park it again for a later attempt.
+        if let Some(p) = resumed.parked {
+            broker.park(&client_id, p);
+        }
+        broker.release(&client_id, conn);
+        done.cancel();
+        return None;
+    }
+    metrics::gauge!("polyport_mqtt_connections").increment(1.0);
+    let (out_tx, out_rx) = mpsc::channel(cfg.receive_max.max(16) as usize);
+    let (saved, awaiting_rel, awaiting_comp, sent_before, reserved) = match resumed.parked {
+        Some(p) => (
+            p.saved,
+            p.awaiting_rel,
+            p.awaiting_comp,
+            p.unacked,
+            p.reserved_ids,
+        ),
+        None => (
+            resumed.fresh,
+            HashSet::new(),
+            Vec::new(),
+            HashMap::new(),
+            HashSet::new(),
+        ),
+    };
+    let s = Session {
+        ver,
+        broker: broker.clone(),
+        conn: framed,
+        ctx,
+        client_id: client_id.clone(),
+        saved,
+        persisted: resumed.persisted,
+        subs: HashMap::new(),
+        out_tx,
+        out: Outbound::new(
+            ver,
+            c.receive_max,
+            c.topic_alias_max,
+            c.max_packet_size.min(cfg.max_packet_size),
+            sent_before,
+            reserved,
+        ),
+        inb: Inbound::new(ver, cfg.receive_max, cfg.topic_alias_max, awaiting_rel),
+        pending: FuturesOrdered::new(),
+        backlog: Default::default(),
+    };
+    Some(Accepted {
+        s,
+        out_rx,
+        takeover,
+        done,
+        conn,
+        awaiting_comp,
+        keep_alive: c.keep_alive,
+        will: c.will.map(Box::new),
+        will_delay: c.will_delay,
+    })
+}
+
+/// Ends a connection: parks or drops its session, then publishes the will if due.
+pub(super) async fn finish(
+    mut s: Session,
+    end: End,
+    conn: u64,
+    done: CancellationToken,
+    will: Option<Box<PublishIn>>,
+    will_delay: u32,
+) {
+    let broker = s.broker.clone();
+    let client_id = s.client_id.clone();
+    // Wait for each forwarder to be gone, so its Hub subscriptions have left their groups
+    // (handing what this connection never acknowledged back) before the session is
+    // parked: a reconnect must not join a group its old member still holds, or its
+    // first messages would overtake the ones being handed back.
+    for (_, sub) in s.subs.drain() {
+        sub.task.abort();
+        let _ = sub.task.await;
+    }
+    // Publishes accepted but not yet acknowledged still complete: dropping one midway
+    // could lose a QoS 2 message whose retransmission we would then refuse as a
+    // duplicate. One that failed is forgotten, so a retransmission publishes it.
+    while let Some((kind, id, result)) = s.pending.next().await {
+        s.inb.stored(kind, id, result.is_ok());
+    }
+    metrics::gauge!("polyport_mqtt_connections").decrement(1.0);
+    let expiry = s.saved.expiry;
+    if expiry > 0 {
+        let out = s.out.park(MAX_REMEMBERED_UNACKED);
+        broker.park(
+            &client_id,
+            Parked {
+                saved: s.saved.clone(),
+                awaiting_rel: s.inb.take_awaiting_rel(),
+                awaiting_comp: out.awaiting_comp,
+                unacked: out.unacked,
+                reserved_ids: out.reserved,
+                since: Instant::now(),
+                expiring: None,
+            },
+        );
+    } else if s.persisted {
+        broker.forget_session(&client_id, &s.saved).await;
+    }
+    let publish_will = match end {
+        End::Clean { with_will } => with_will,
+        End::Abnormal => true,
+        End::Shutdown => false,
+    };
+    // The will is registered before the client id is released, so a reconnect (which
+    // waits for `done`) can cancel a delayed one.
+    if publish_will && let Some(w) = will {
+        // MQTT 5: the will goes out after its delay or when the session ends, whichever
+        // comes first; a reconnect before then cancels it.
+        let delay = session::will_delay(will_delay, expiry);
+        let ctx = s.ctx.clone();
+        if delay.is_zero() {
+            let _ = publish_to_hub(&broker, &ctx, *w).await;
+        } else {
+            let cancel = broker.delay_will(&client_id, conn);
+            let (broker, client_id) = (broker.clone(), client_id.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {
+                        let _ = publish_to_hub(&broker, &ctx, *w).await;
+                    }
+                    _ = cancel.cancelled() => {}
+                }
+                broker.will_done(&client_id, conn);
+            });
+        }
+    }
+    // Released only now: a reconnect that finds no live connection must find the
+    // session parked.
+    broker.release(&client_id, conn);
+    done.cancel();
+}
+
+/// The session a CONNECT gets: the parked one (clean start off), or a fresh one.
+struct Resumed {
+    present: bool,
+    parked: Option<Parked>,
+    fresh: SavedSession,
+    persisted: bool,
+}
+
+/// Resumes or replaces the client's session and stores what must outlive it, before the
+/// CONNACK says so.
+async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resumed, HubError> {
+    let parked = match broker.unpark(client_id) {
+        // Expiring right now: it is gone once its deletion is done.
+        Some(Parked {
+            expiring: Some(t), ..
+        }) => {
+            t.cancelled().await;
+            None
+        }
+        other => other,
+    };
+    let fresh = SavedSession {
+        generation: polyport_core::record::new_id(),
+        expiry: c.session_expiry,
+        subs: Vec::new(),
+    };
+    match parked {
+        Some(mut p) if !c.clean => {
+            p.saved.expiry = c.session_expiry;
+            // Stored even when the expiry became 0: it is dropped when this connection
+            // ends, and a crash before then must not lose it.
+            let stored = broker
+                .hub
+                .put_state(
+                    &broker.ctx,
+                    state::SESSIONS,
+                    client_id,
+                    Some(state::encode_session(&p.saved)),
+                )
+                .await;
+            if let Err(e) = stored {
+                broker.park(client_id, p);
+                return Err(e);
+            }
+            Ok(Resumed {
+                present: true,
+                parked: Some(p),
+                fresh,
+                persisted: true,
+            })
+        }
+        old => {
+            let value = (c.session_expiry > 0).then(|| state::encode_session(&fresh));
+            let persisted = value.is_some();
+            if persisted || old.is_some() {
+                broker
+                    .hub
+                    .put_state(&broker.ctx, state::SESSIONS, client_id, value)
+                    .await?;
+            }
+            if let Some(old) = old {
+                broker.forget_groups(client_id, &old.saved.generation).await;
+            }
+            Ok(Resumed {
+                present: false,
+                parked: None,
+                fresh,
+                persisted,
+            })
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! SUBSCRIBE and UNSUBSCRIBE: one Hub subscription per MQTT subscription (a group
+//! for shared subscriptions and persistent sessions), retained messages, and the
+//! forwarders that turn Hub deliveries into outgoing messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use polyport_core::subscription::Acker;
+use polyport_core::{AckPolicy, Item, Overflow, SubscribeRequest, TopicFilter};
+use tokio::sync::mpsc;
+
+use super::{End, NO_REDELIVERY, Outgoing, Session, Sub};
+use crate::attrs;
+use crate::broker::{now_ms, session_group};
+use crate::error::Reason;
+use crate::state::{self, SubSpec};
+use crate::wire::{self, Ack, MsgProps, SubOpts};
+
+impl Session {
+    /// Resubscribes a resumed session and resends the PUBRELs it still owes.
+    pub(super) async fn restore(&mut self, awaiting_comp: Vec<u16>) -> bool {
+        for spec in self.saved.subs.clone() {
+            match self.open_sub(&spec).await {
+                Ok((_, sub)) => {
+                    self.subs.insert(spec.filter.clone(), sub);
+                }
+                Err(e) => {
+                    tracing::warn!(client = %self.client_id, filter = %spec.filter, error = %e, "restoring MQTT subscription failed");
+                }
+            }
+        }
+        for id in awaiting_comp {
+            self.out.resume_comp(id);
+            if !self.send_ack(Ack::Pubrel, id, None).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Opens the Hub subscription behind one MQTT subscription and starts forwarding.
+    /// Returns the filter (for retained messages, `None` for shared subscriptions).
+    pub(super) async fn open_sub(
+        &mut self,
+        spec: &SubSpec,
+    ) -> Result<(Option<TopicFilter>, Sub), u8> {
+        let invalid = Reason::FilterInvalid.suback_code(self.ver);
+        // `$share/{group}/{filter}`: competing consumers, a Hub group.
+        let (share, filter_text) = match spec.filter.strip_prefix("$share/") {
+            Some(rest) => match rest.split_once('/') {
+                Some((g, f)) if !g.is_empty() && !g.contains(['+', '#']) => (Some(g), f),
+                _ => return Err(invalid),
+            },
+            None => (None, spec.filter.as_str()),
+        };
+        let filter = TopicFilter::new(filter_text).map_err(|_| invalid)?;
+        let ack = AckPolicy {
+            prefetch: self.out.receive_max(),
+            ack_timeout: NO_REDELIVERY,
+        };
+        let (group, ack) = match share {
+            Some(g) => (Some(format!("mqtt-share:{g}")), Some(ack)),
+            // A resumed session keeps reading from its saved positions even when this
+            // CONNECT's expiry is 0 (that only decides what happens at the next
+            // disconnect, [MQTT-3.1.2-5]): `persisted` says the groups exist.
+            None if self.saved.expiry > 0 || self.persisted => (
+                Some(session_group(
+                    &self.client_id,
+                    &self.saved.generation,
+                    &spec.nonce,
+                )),
+                Some(ack),
+            ),
+            None => (None, None),
+        };
+        let req = SubscribeRequest {
+            filters: vec![filter.clone()],
+            group,
+            ack,
+            overflow: Overflow::Notify,
+            queue: Some(self.broker.cfg.max_queued_messages),
+            ..SubscribeRequest::default()
+        };
+        match self.broker.hub.subscribe(&self.ctx, req).await {
+            Ok(sub) => {
+                let task = tokio::spawn(forward(
+                    sub,
+                    spec.opts(),
+                    spec.id,
+                    self.client_id.clone(),
+                    self.out.sent_before(),
+                    self.out_tx.clone(),
+                ));
+                Ok((share.is_none().then_some(filter), Sub { task }))
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = %e, "MQTT subscribe refused by the hub");
+                Err(Reason::from_hub(&e).suback_code(self.ver))
+            }
+        }
+    }
+
+    /// Writes the session to the Hub's adapter state when it is persistent.
+    pub(super) async fn store_session(&mut self) -> bool {
+        if self.saved.expiry == 0 {
+            return true;
+        }
+        let value = state::encode_session(&self.saved);
+        match self
+            .broker
+            .hub
+            .put_state(
+                &self.broker.ctx,
+                state::SESSIONS,
+                &self.client_id,
+                Some(value),
+            )
+            .await
+        {
+            Ok(()) => {
+                self.persisted = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, error = %e, "storing MQTT session failed");
+                false
+            }
+        }
+    }
+
+    pub(super) async fn on_subscribe(
+        &mut self,
+        pkid: u16,
+        sub_id: Option<u32>,
+        filters: Vec<(String, SubOpts)>,
+    ) -> bool {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        let mut changed = false;
+        for (text, mut opts) in filters {
+            opts.qos = opts.qos.min(2);
+            // A replaced subscription keeps its stream; a new one starts live.
+            let nonce = self
+                .saved
+                .subs
+                .iter()
+                .find(|s| s.filter == text)
+                .map(|s| s.nonce.clone())
+                .unwrap_or_else(polyport_core::record::new_id);
+            let spec = SubSpec::new(text.clone(), opts, sub_id, nonce);
+            let is_new = !self.subs.contains_key(&text);
+            if let Some(old) = self.subs.remove(&text) {
+                old.task.abort();
+            }
+            match self.open_sub(&spec).await {
+                Ok((filter, sub)) => {
+                    self.subs.insert(text.clone(), sub);
+                    self.saved.subs.retain(|s| s.filter != text);
+                    self.saved.subs.push(spec);
+                    changed = true;
+                    codes.push(opts.qos);
+                    let send_retained =
+                        opts.retain_handling == 0 || (opts.retain_handling == 1 && is_new);
+                    if let (Some(filter), true) = (filter, send_retained) {
+                        for (topic, r) in self.broker.retained_for(&filter) {
+                            let message_expiry = r
+                                .expires_at
+                                .map(|at| (at.saturating_sub(now_ms())).div_ceil(1000) as u32);
+                            retained.push(Outgoing {
+                                topic,
+                                payload: r.payload,
+                                qos: r.qos.min(opts.qos),
+                                retain: true,
+                                props: MsgProps {
+                                    message_expiry,
+                                    ..r.props
+                                },
+                                sub_ids: sub_id.into_iter().collect(),
+                                dup: false,
+                                ack: None,
+                            });
+                        }
+                    }
+                }
+                Err(code) => {
+                    if !is_new {
+                        self.saved.subs.retain(|s| s.filter != text);
+                        changed = true;
+                    }
+                    codes.push(code);
+                }
+            }
+        }
+        // A persistent session's subscriptions are stored before SUBACK promises them.
+        if changed && !self.store_session().await {
+            for c in &mut codes {
+                if *c <= 2 {
+                    *c = Reason::Unspecified.suback_code(self.ver);
+                }
+            }
+        }
+        let Some(ack) = wire::suback(self.ver, pkid, &codes) else {
+            return true;
+        };
+        if !self.send(ack).await {
+            return false;
+        }
+        // Through the backlog, so the client's receive maximum holds for them too.
+        self.backlog.extend(retained.into_iter().map(Box::new));
+        true
+    }
+    /// UNSUBSCRIBE: ends the forwarders, forgets the session's groups, UNSUBACK.
+    pub(super) async fn on_unsubscribe(&mut self, pkid: u16, filters: Vec<String>) -> Option<End> {
+        let found: Vec<bool> = filters
+            .iter()
+            .map(|f| match self.subs.remove(f) {
+                Some(s) => {
+                    s.task.abort();
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        if found.iter().any(|f| *f) {
+            let (gone, kept) = std::mem::take(&mut self.saved.subs)
+                .into_iter()
+                .partition(|s| filters.contains(&s.filter));
+            self.saved.subs = kept;
+            let gone: Vec<SubSpec> = gone;
+            if self.saved.expiry > 0 || self.persisted {
+                for g in &gone {
+                    let name = session_group(&self.client_id, &self.saved.generation, &g.nonce);
+                    let _ = Box::pin(self.broker.hub.delete_group(&self.broker.ctx, &name)).await;
+                }
+            }
+            if !Box::pin(self.store_session()).await {
+                self.disconnect(Reason::ServerUnavailable).await;
+                return Some(End::Abnormal);
+            }
+        }
+        if let Some(p) = wire::unsuback(self.ver, pkid, &found)
+            && !self.send(p).await
+        {
+            return Some(End::Abnormal);
+        }
+        None
+    }
+}
+
+/// Turns one Hub subscription into outgoing MQTT messages for this session.
+async fn forward(
+    mut sub: polyport_core::Subscription,
+    opts: SubOpts,
+    sub_id: Option<u32>,
+    client_id: String,
+    sent_before: Arc<HashMap<u64, u16>>,
+    tx: mpsc::Sender<Box<Outgoing>>,
+) {
+    let acker = sub.acker();
+    while let Some(item) = sub.next().await {
+        let d = match item {
+            Ok(Item::Event(d)) => d,
+            Ok(Item::Notice(n)) => {
+                tracing::debug!(client = %client_id, notice = ?n, "MQTT subscriber missed messages");
+                continue;
+            }
+            Err(_) => break,
+        };
+        let e = &d.event;
+        let ack = e.seq.map(|seq| (acker.clone(), seq));
+        let settle = |ack: Option<(Acker, u64)>| {
+            if let Some((a, seq)) = ack {
+                a.ack(seq);
+            }
+        };
+        if opts.no_local && attrs::from_client(e, &client_id) {
+            settle(ack);
+            continue;
+        }
+        let Some(out) = attrs::outbound(e, chrono::Utc::now) else {
+            // Expired while queued (MQTT 5 message expiry).
+            settle(ack);
+            continue;
+        };
+        let qos = out.published_qos.min(opts.qos);
+        let mut out = Box::new(Outgoing {
+            topic: e.topic.as_str().to_string(),
+            payload: e.payload.clone(),
+            qos,
+            retain: opts.retain_as_published && out.retain,
+            props: out.props,
+            sub_ids: sub_id.into_iter().collect(),
+            dup: qos > 0
+                && (d.redeliveries > 0 || e.seq.is_some_and(|s| sent_before.contains_key(&s))),
+            ack,
+        });
+        if qos == 0 {
+            // At most once: nothing to wait for.
+            out.settle();
+        }
+        if tx.send(out).await.is_err() {
+            break;
+        }
+    }
+}
