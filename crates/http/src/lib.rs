@@ -6,9 +6,9 @@
 //! |---|---|
 //! | REST handlers | `rest.rs` |
 //! | SSE, NDJSON, long-poll | `realtime.rs` |
-//! | WebSocket JSON protocol | `ws.rs` |
+//! | WebSocket JSON protocol: session and dispatch; one file per op family | `ws/` |
 //! | raw topic WebSockets (`/ws/topics/…`) | `ws_topics.rs` |
-//! | OpenAPI 3.1 generation | `openapi.rs` |
+//! | OpenAPI 3.1 generation, one file per noun | `openapi/` |
 //! | HubError → problem+json | `error.rs` |
 //! | `GET /`: every face and where it lives | `index.rs` |
 //! | query/body parsing | `params.rs` |

@@ -1,0 +1,138 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document generated from the live collections, so
+//! the typed schema of every collection's records is always the one the server enforces.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+mod collections;
+mod events;
+mod webhooks;
+
+use polyport_core::schema::Collection;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::error::ApiResult;
+
+pub(crate) async fn document(State(app): State<AppState>) -> ApiResult<Response> {
+    let colls = app.hub.collections(&app.ctx())?;
+    let doc = build(colls.values().map(|c| &**c), app.cfg.max_page_size);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        doc.to_string(),
+    )
+        .into_response())
+}
+
+pub(super) fn problem(desc: &str) -> Value {
+    json!({
+        "description": desc,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    })
+}
+
+pub(super) fn json_content(schema: Value) -> Value {
+    json!({"application/json": {"schema": schema}})
+}
+
+pub(super) fn ok(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "content": json_content(schema)})
+}
+
+pub(super) fn record_ok(desc: &str, schema: Value) -> Value {
+    json!({
+        "description": desc,
+        "headers": {"ETag": {"description": "the record's version", "schema": {"type": "string"}}},
+        "content": json_content(schema),
+    })
+}
+
+pub(super) fn id_param() -> Value {
+    json!({
+        "name": "id", "in": "path", "required": true,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
+    })
+}
+
+pub(super) fn if_match() -> Value {
+    json!({
+        "name": "If-Match", "in": "header", "required": false,
+        "description": "the record's ETag (its version); a mismatch answers 412",
+        "schema": {"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]+\")$"}
+    })
+}
+
+pub(super) fn responses(pairs: &[(&str, Value)]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        m.insert((*k).to_string(), v.clone());
+    }
+    Value::Object(m)
+}
+
+/// The whole document.
+pub(crate) fn build<'a>(colls: impl Iterator<Item = &'a Collection>, max_page: usize) -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "description": "RFC 9457 problem details",
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+                "errors": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "field": {"type": "string"},
+                        "rule": {"type": "string", "enum": ["required", "type", "unique", "unknown", "reserved", "relation", "format"]},
+                        "message": {"type": "string"},
+                    },
+                    "required": ["field", "rule", "message"],
+                }},
+            },
+            "required": ["type", "title", "status", "code"],
+        }),
+    );
+    collections::meta_paths(&mut paths, &mut schemas);
+    for c in colls {
+        collections::collection_paths(c, &mut paths, &mut schemas, max_page);
+    }
+    webhooks::paths(&mut paths, &mut schemas);
+    events::paths(&mut paths);
+    for (p, op, desc) in [
+        ("/healthz", "healthz", "the process is up"),
+        ("/readyz", "readyz", "the store accepts requests"),
+    ] {
+        paths.insert(
+            p.into(),
+            json!({"get": {"operationId": op, "tags": ["ops"], "responses": responses(&[
+                ("200", ok(desc, json!({"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}))),
+                ("503", ok("not ready", json!({"type": "object"}))),
+            ])}}),
+        );
+    }
+    paths.insert(
+        "/metrics".into(),
+        json!({"get": {"operationId": "metrics", "tags": ["ops"], "responses": responses(&[
+            ("200", json!({"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}})),
+        ])}}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Polyport",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Records, topics and events. Generated from the live collections.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
