@@ -8,7 +8,12 @@
 //! | concern | file |
 //! |---|---|
 //! | collection → type/field names | `names.rs` |
-//! | schema generation + resolvers | `schema.rs` |
+//! | schema assembly, shared argument and error helpers | `schema/mod.rs` |
+//! | record object types, forward and reverse relations | `schema/records.rs` |
+//! | single-record and list queries, Relay connections | `schema/queries.rs` |
+//! | create/update/delete mutations, input objects | `schema/mutations.rs` |
+//! | `Event`/`RecordChange` types, subscriptions | `schema/events.rs` |
+//! | webhook endpoint type, query and mutations | `schema/webhooks.rs` |
 //! | batched relation loading | `loaders.rs` |
 //! | GraphQL over HTTP: requests, media types, status codes | `over_http.rs` |
 //! | routes, WebSocket, GraphiQL, SDL | this file |

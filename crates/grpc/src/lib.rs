@@ -13,7 +13,11 @@
 //! | collections → `.proto` text | `proto_gen.rs` |
 //! | compiling protos, routing table | `catalog.rs` |
 //! | dynamic message codec | `codec.rs` |
-//! | method behaviour (Hub calls) | `handlers.rs` |
+//! | method dispatch, shared request and stream helpers | `handlers/mod.rs` |
+//! | `Records` service, change streams | `handlers/records.rs` |
+//! | typed per-collection services | `handlers/typed.rs` |
+//! | `Topics` service (Publish, Subscribe, Chat) | `handlers/topics.rs` |
+//! | `Webhooks` service | `handlers/webhooks.rs` |
 //! | JSON mapping, HubError → Status | `convert.rs` |
 
 mod catalog;

@@ -135,53 +135,12 @@ impl Listeners {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut cfg = Config::load(args.config.as_deref())?;
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
-    }
-    if args.retention_max_events.is_some() {
-        cfg.events.retention_max_events = args.retention_max_events;
-    }
-    if let Some(n) = args.webhooks_allow_networks {
-        cfg.webhooks.allow_networks = n.into_iter().filter(|s| !s.is_empty()).collect();
-    }
-    if let Some(p) = args.webhooks_allow_public {
-        cfg.webhooks.allow_public = p;
-    }
-
+    let cfg = config(&args)?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
 
-    let bus = Bus::new();
-    let mut store_cfg = StoreConfig::new(&cfg.data_dir);
-    store_cfg.retention = Retention {
-        max_events: cfg.events.retention_max_events,
-        max_age: cfg.events.retention_max_age_secs.map(Duration::from_secs),
-    };
-    let store = SqliteStore::open(store_cfg, Arc::new(bus.clone()))
-        .with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?;
-    let ephemeral_topics = cfg
-        .events
-        .ephemeral_topics
-        .iter()
-        .map(|t| TopicFilter::new(t).with_context(|| format!("events.ephemeral_topics: '{t}'")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let hub_cfg = HubConfig {
-        auto_create_collections: cfg.auto_create_collections,
-        subscriber_queue: cfg.events.subscriber_queue,
-        ephemeral_topics,
-        ..HubConfig::default()
-    };
-    let hub = if cfg.auth.users.is_empty() && cfg.auth.anonymous {
-        Hub::new(Arc::new(store), bus, hub_cfg)
-    } else {
-        let policy = polyport_core::auth::StaticUsers {
-            users: cfg.auth.users.clone(),
-            allow_anonymous: cfg.auth.anonymous,
-        };
-        Hub::with_policy(Arc::new(store), bus, hub_cfg, Box::new(policy))
-    };
+    let hub = open_hub(&cfg)?;
 
     let webhook_cfg = polyport_webhooks::WebhookConfig {
         timeout: Duration::from_secs(cfg.webhooks.timeout_secs.max(1)),
@@ -281,6 +240,59 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&listeners_json);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The file, then the flags that override it (listen addresses are read per face).
+fn config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if args.retention_max_events.is_some() {
+        cfg.events.retention_max_events = args.retention_max_events;
+    }
+    if let Some(n) = &args.webhooks_allow_networks {
+        cfg.webhooks.allow_networks = n.iter().filter(|s| !s.is_empty()).cloned().collect();
+    }
+    if let Some(p) = args.webhooks_allow_public {
+        cfg.webhooks.allow_public = p;
+    }
+
+    Ok(cfg)
+}
+
+/// The store on the data directory and the Hub over it.
+fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
+    let bus = Bus::new();
+    let mut store_cfg = StoreConfig::new(&cfg.data_dir);
+    store_cfg.retention = Retention {
+        max_events: cfg.events.retention_max_events,
+        max_age: cfg.events.retention_max_age_secs.map(Duration::from_secs),
+    };
+    let store = SqliteStore::open(store_cfg, Arc::new(bus.clone()))
+        .with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?;
+    let ephemeral_topics = cfg
+        .events
+        .ephemeral_topics
+        .iter()
+        .map(|t| TopicFilter::new(t).with_context(|| format!("events.ephemeral_topics: '{t}'")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hub_cfg = HubConfig {
+        auto_create_collections: cfg.auto_create_collections,
+        subscriber_queue: cfg.events.subscriber_queue,
+        ephemeral_topics,
+        ..HubConfig::default()
+    };
+    let hub = if cfg.auth.users.is_empty() && cfg.auth.anonymous {
+        Hub::new(Arc::new(store), bus, hub_cfg)
+    } else {
+        let policy = polyport_core::auth::StaticUsers {
+            users: cfg.auth.users.clone(),
+            allow_anonymous: cfg.auth.anonymous,
+        };
+        Hub::with_policy(Arc::new(store), bus, hub_cfg, Box::new(policy))
+    };
+    Ok(hub)
 }
 
 async fn wait_for_signal() {

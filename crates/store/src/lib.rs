@@ -1,8 +1,11 @@
 //! The embedded engine: records, collections and the event log in one SQLite database
 //! (WAL mode) in the data directory.
 //!
-//! - `writer.rs`: the single writer thread with group commit; the only place sequences
-//!   are assigned and the only place that calls the [`EventSink`].
+//! - `writer/`: the single writer thread with group commit (`mod.rs`); the only place
+//!   sequences are assigned and the only place that calls the [`EventSink`]. Commands are
+//!   applied per noun: `collections.rs`, `records.rs`, `events.rs`, `consumers.rs`
+//!   (group positions, adapter state); `retention.rs` trims the log.
+//! - `webhooks.rs`: the webhook outbox (endpoints, deliveries, attempts).
 //! - `db.rs`: schema and row decoding; `sql.rs`: the filter language compiled to SQL.
 //! - this file: opening, the read-only connection pool, and the [`Store`] impl.
 //!

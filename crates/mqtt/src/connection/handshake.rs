@@ -27,59 +27,18 @@ use crate::wire::{self, ConnectIn, PublishIn, Ver};
 pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
     let cfg = broker.cfg.clone();
     let mut framed = Conn::new(stream, MqttCodec::Version(VersionCodec));
-    // The CONNECT must arrive in time; nothing is buffered for a silent socket.
-    let version = match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
-        Ok(Some(Ok(MqttPacket::Version(v)))) => v,
-        Ok(Some(Err(e))) => {
-            tracing::debug!(error = %e, "MQTT handshake refused");
-            return None;
-        }
-        _ => return None,
-    };
-    framed.codec = max_codec(version, cfg.max_packet_size);
-    let connect = match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
-        Ok(Some(Ok(p))) => wire::connect_in(p),
-        _ => return None,
-    };
-    let Ok((ver, mut c)) = connect else {
-        return None;
-    };
-    // Server keep-alive (MQTT 5): a client asking for none or more than the maximum is
-    // told the maximum in CONNACK; a 3.1.1 client cannot be told, so it is refused
-    // (identifier rejected), as Mosquitto does.
-    let max_ka = cfg.max_keep_alive;
-    let over = max_ka > 0 && (c.keep_alive == 0 || c.keep_alive > max_ka);
-    let keep_alive_override = (over && ver == Ver::V5).then_some(max_ka);
-    let caps = wire::ServerCaps {
-        receive_max: cfg.receive_max,
-        max_packet_size: cfg.max_packet_size,
-        topic_alias_max: cfg.topic_alias_max,
-        keep_alive_override,
-    };
+    let (ver, mut c) = read_connect(&mut framed, &cfg).await?;
+    let caps = server_caps(ver, &c, &cfg);
     let refuse = |code3: u8, code5: u8| {
         let code = if ver == Ver::V3 { code3 } else { code5 };
         wire::connack(ver, false, Some(code), None, &caps)
     };
-    if over && ver == Ver::V3 {
-        let _ = framed.send(refuse(2, 0x85)).await;
-        return None;
-    }
-    if let Some(k) = keep_alive_override {
-        c.keep_alive = k;
-    }
-    let (client_id, assigned) = if c.client_id.is_empty() {
-        if ver == Ver::V3 && !c.clean {
-            // 3.1.1: a persistent session needs an identifier.
-            let _ = framed.send(refuse(2, 0x85)).await;
+    let (client_id, assigned) = match admit(ver, &mut c, &caps, &cfg) {
+        Ok(v) => v,
+        Err((code3, code5)) => {
+            let _ = framed.send(refuse(code3, code5)).await;
             return None;
         }
-        let id = format!("auto-{}", polyport_core::record::new_id());
-        (id.clone(), Some(id))
-    } else if c.client_id.len() > 256 {
-        let _ = framed.send(refuse(2, 0x85)).await;
-        return None;
-    } else {
-        (c.client_id.clone(), None)
     };
     let ctx =
         match broker
@@ -99,31 +58,12 @@ pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Ac
         connection: conn,
         client_id: Some(client_id.as_str().into()),
     });
-    let takeover = CancellationToken::new();
-    let done = CancellationToken::new();
-    if let Some(previous) = broker.claim(&client_id, conn, takeover.clone(), done.clone()) {
-        // Let the connection we took over park its session (and register its will)
-        // first; resuming without it would silently start an empty session.
-        if tokio::time::timeout(HANDOVER, previous.cancelled())
-            .await
-            .is_err()
-        {
-            tracing::warn!(client = %client_id, "previous connection did not hand its session over");
-            let _ = framed
-                .send(refuse(3, Reason::ServerUnavailable.code()))
-                .await;
-            // Stay registered until the old connection has parked, so the client's next
-            // attempt still waits for it instead of starting an empty session.
-            let (b, id) = (broker.clone(), client_id.clone());
-            tokio::spawn(async move {
-                previous.cancelled().await;
-                b.release(&id, conn);
-                done.cancel();
-            });
-            return None;
-        }
-        broker.cancel_will(&client_id);
-    }
+    let Some((takeover, done)) = claim(broker, &client_id, conn).await else {
+        let _ = framed
+            .send(refuse(3, Reason::ServerUnavailable.code()))
+            .await;
+        return None;
+    };
     let resumed = match resume(broker, &client_id, &c).await {
         Ok(r) => r,
         Err(e) => {
@@ -206,6 +146,99 @@ pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Ac
         will: c.will.map(Box::new),
         will_delay: c.will_delay,
     })
+}
+
+/// Registers this connection as the client id's, after the one it takes over (if any)
+/// has parked its session and registered its will: resuming without it would silently
+/// start an empty session. `None` when the old one did not hand over in time.
+async fn claim(
+    broker: &Arc<Broker>,
+    client_id: &str,
+    conn: u64,
+) -> Option<(CancellationToken, CancellationToken)> {
+    let takeover = CancellationToken::new();
+    let done = CancellationToken::new();
+    if let Some(previous) = broker.claim(client_id, conn, takeover.clone(), done.clone()) {
+        if tokio::time::timeout(HANDOVER, previous.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(client = %client_id, "previous connection did not hand its session over");
+            // Stay registered until the old connection has parked, so the client's next
+            // attempt still waits for it instead of starting an empty session.
+            let (b, id) = (broker.clone(), client_id.to_string());
+            tokio::spawn(async move {
+                previous.cancelled().await;
+                b.release(&id, conn);
+                done.cancel();
+            });
+            return None;
+        }
+        broker.cancel_will(client_id);
+    }
+    Some((takeover, done))
+}
+
+/// The protocol header and CONNECT, each in time: nothing is buffered for a silent
+/// socket.
+async fn read_connect(framed: &mut Conn, cfg: &crate::MqttConfig) -> Option<(Ver, ConnectIn)> {
+    let version = match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
+        Ok(Some(Ok(MqttPacket::Version(v)))) => v,
+        Ok(Some(Err(e))) => {
+            tracing::debug!(error = %e, "MQTT handshake refused");
+            return None;
+        }
+        _ => return None,
+    };
+    framed.codec = max_codec(version, cfg.max_packet_size);
+    match tokio::time::timeout(cfg.connect_timeout, framed.next()).await {
+        Ok(Some(Ok(p))) => wire::connect_in(p).ok(),
+        _ => None,
+    }
+}
+
+/// What CONNACK tells the client. Server keep-alive (MQTT 5): a client asking for none
+/// or more than the maximum is told the maximum.
+fn server_caps(ver: Ver, c: &ConnectIn, cfg: &crate::MqttConfig) -> wire::ServerCaps {
+    let max_ka = cfg.max_keep_alive;
+    let over = max_ka > 0 && (c.keep_alive == 0 || c.keep_alive > max_ka);
+    wire::ServerCaps {
+        receive_max: cfg.receive_max,
+        max_packet_size: cfg.max_packet_size,
+        topic_alias_max: cfg.topic_alias_max,
+        keep_alive_override: (over && ver == Ver::V5).then_some(max_ka),
+    }
+}
+
+/// The CONNECT rules before authentication: the keep-alive (a 3.1.1 client over the
+/// maximum cannot be told, so it is refused as Mosquitto does) and the client id (an
+/// empty one is assigned, except for a 3.1.1 persistent session). `Err` carries the
+/// 3.1.1 and MQTT 5 return codes.
+fn admit(
+    ver: Ver,
+    c: &mut ConnectIn,
+    caps: &wire::ServerCaps,
+    cfg: &crate::MqttConfig,
+) -> Result<(String, Option<String>), (u8, u8)> {
+    const IDENTIFIER_REJECTED: (u8, u8) = (2, 0x85);
+    let max_ka = cfg.max_keep_alive;
+    if ver == Ver::V3 && max_ka > 0 && (c.keep_alive == 0 || c.keep_alive > max_ka) {
+        return Err(IDENTIFIER_REJECTED);
+    }
+    if let Some(k) = caps.keep_alive_override {
+        c.keep_alive = k;
+    }
+    if c.client_id.is_empty() {
+        if ver == Ver::V3 && !c.clean {
+            return Err(IDENTIFIER_REJECTED);
+        }
+        let id = format!("auto-{}", polyport_core::record::new_id());
+        return Ok((id.clone(), Some(id)));
+    }
+    if c.client_id.len() > 256 {
+        return Err(IDENTIFIER_REJECTED);
+    }
+    Ok((c.client_id.clone(), None))
 }
 
 /// Ends a connection: parks or drops its session, then publishes the will if due.

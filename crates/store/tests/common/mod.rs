@@ -1,15 +1,21 @@
 //! Shared harness for the Hub-over-SQLite integration tests: a real `Hub` on a real
 //! `SqliteStore` in a temporary directory, plus small helpers to read subscriptions with
 //! timeouts so a broken guarantee fails the test instead of hanging it.
+// Each test file uses a different subset of the helpers.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
+use std::cmp::Ordering;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use polyport_core::query::parse_sort;
+use polyport_core::schema::Rule;
 use polyport_core::subscription::Delivery;
 use polyport_core::{
-    AuthContext, Bus, Durability, EventDraft, EventRef, Hub, HubConfig, Item, Origin, Subscription,
-    Topic, TopicFilter,
+    AuthContext, Bus, CollectionSpec, Durability, EventDraft, EventRef, Filter, Hub, HubConfig,
+    HubError, Item, ListQuery, Origin, Record, SubscribeRequest, Subscription, Topic, TopicFilter,
 };
 use polyport_store::{SqliteStore, StoreConfig};
 use serde_json::{Map, Value};
@@ -147,4 +153,114 @@ pub(crate) fn change(e: &EventRef) -> (String, String) {
         p["type"].as_str().expect("type").to_string(),
         p["record"]["id"].as_str().expect("record id").to_string(),
     )
+}
+
+pub(crate) fn spec(v: Value) -> CollectionSpec {
+    serde_json::from_value(v).unwrap()
+}
+
+pub(crate) fn rules(e: &HubError) -> Vec<(String, Rule)> {
+    e.field_errors()
+        .iter()
+        .map(|f| (f.field.clone(), f.rule))
+        .collect()
+}
+
+pub(crate) fn query(filter: Option<&str>, sort: &str, limit: usize) -> ListQuery {
+    ListQuery {
+        filter: filter.map(|f| Filter::parse(f).unwrap()),
+        sort: if sort.is_empty() {
+            Vec::new()
+        } else {
+            parse_sort(sort).unwrap()
+        },
+        limit,
+        cursor: None,
+        count: false,
+    }
+}
+
+pub(crate) fn ids(records: &[Record]) -> Vec<String> {
+    records.iter().map(|r| r.id.clone()).collect()
+}
+
+/// Walks every page of a list with the given page size.
+pub(crate) async fn walk(env: &Env, collection: &str, mut q: ListQuery) -> (Vec<Record>, usize) {
+    let mut out = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = env
+            .hub
+            .list_records(&env.ctx, collection, &q)
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.items.len() <= q.limit, "page larger than the limit");
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 10_000, "pagination does not terminate");
+    }
+    (out, pages)
+}
+
+pub(crate) fn subscribe_req(filter: &str) -> SubscribeRequest {
+    SubscribeRequest {
+        filters: vec![tf(filter)],
+        ..Default::default()
+    }
+}
+
+pub(crate) async fn subscribe(env: &Env, req: SubscribeRequest) -> Subscription {
+    match env.hub.subscribe(&env.ctx, req).await {
+        Ok(s) => s,
+        Err(e) => panic!("subscribe failed: {e}"),
+    }
+}
+
+/// Reads durable events until `n` have arrived; fails on notices.
+pub(crate) async fn read_seqs(sub: &mut Subscription, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(seq(&next_delivery(sub).await.event));
+    }
+    out
+}
+
+/// Sort-key ordering as SQLite's `ORDER BY` sees `json_extract` values: NULL, then
+/// numbers (bools are 0/1), then text by bytes.
+#[derive(Clone, Debug, PartialEq, PartialOrd)]
+enum SortVal {
+    Null,
+    Num(f64),
+    Text(String),
+}
+
+fn sort_val(r: &Record, path: &[String]) -> SortVal {
+    match r.lookup(path) {
+        None | Some(Value::Null) => SortVal::Null,
+        Some(Value::Bool(b)) => SortVal::Num(if b { 1.0 } else { 0.0 }),
+        Some(Value::Number(n)) => SortVal::Num(n.as_f64().unwrap()),
+        Some(Value::String(s)) => SortVal::Text(s),
+        Some(other) => SortVal::Text(other.to_string()),
+    }
+}
+
+pub(crate) fn model_order(records: &[Record], sort: &str) -> Vec<String> {
+    let keys = parse_sort(sort).unwrap();
+    let mut v = records.to_vec();
+    v.sort_by(|a, b| {
+        for k in &keys {
+            let (x, y) = (sort_val(a, &k.path), sort_val(b, &k.path));
+            let o = x.partial_cmp(&y).unwrap_or(Ordering::Equal);
+            let o = if k.desc { o.reverse() } else { o };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        a.id.cmp(&b.id)
+    });
+    ids(&v)
 }

@@ -1,0 +1,216 @@
+//! Exchanges and routing keys on the shared topic tree.
+//!
+//! - `amq.topic` is the tree itself, as RabbitMQ's MQTT plugin maps it: routing key
+//!   `a.b.c` is topic `a/b/c`, binding pattern `*` is `+` and `#` is `#`.
+//! - The default exchange `""` with key `q` is `amqp/q/{q}`: every queue is bound to it
+//!   under its own name.
+//! - Any other exchange `x` is `amqp/x/{x}/…`: a topic exchange's key words become levels,
+//!   a direct or fanout exchange's key is one level.
+//!
+//! Levels are percent-encoded where a routing key holds what a topic level cannot (`/`,
+//! `+`, `#`, `%`, NUL), so every key survives the round trip.
+
+use polyport_core::{Topic, TopicFilter};
+
+/// The prefix of messages published to exchanges other than `amq.topic`.
+pub(crate) const PREFIX: &str = "amqp";
+
+/// An exchange's routing behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Direct,
+    Fanout,
+    Topic,
+}
+
+impl Kind {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "direct" => Some(Kind::Direct),
+            "fanout" => Some(Kind::Fanout),
+            "topic" => Some(Kind::Topic),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Fanout => "fanout",
+            Kind::Topic => "topic",
+        }
+    }
+}
+
+fn encode(level: &str) -> String {
+    let mut out = String::with_capacity(level.len());
+    for c in level.chars() {
+        match c {
+            '/' | '+' | '#' | '%' | '\0' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn decode(level: &str) -> String {
+    let b = level.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(hex) = b.get(i + 1..i + 3)
+            && let Ok(hex) = std::str::from_utf8(hex)
+            && let Ok(v) = u8::from_str_radix(hex, 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn words(key: &str) -> String {
+    key.split('.').map(encode).collect::<Vec<_>>().join("/")
+}
+
+/// Where a message published to `exchange` with `key` goes on the tree.
+pub(crate) fn publish_topic(exchange: &str, kind: Kind, key: &str) -> Option<Topic> {
+    let name = match (exchange, kind) {
+        ("", _) => format!("{PREFIX}/q/{}", encode(key)),
+        ("amq.topic", _) => words(key),
+        (x, Kind::Topic) => format!("{PREFIX}/x/{}/{}", encode(x), words(key)),
+        (x, _) => format!("{PREFIX}/x/{}/{}", encode(x), encode(key)),
+    };
+    Topic::new(&name).ok()
+}
+
+/// What a binding of `exchange` with `key` subscribes to. For a topic exchange a `#`
+/// that is not the last word has no MQTT equivalent: the filter then covers the whole
+/// exchange and [`key_matches`] decides.
+pub(crate) fn binding_filter(exchange: &str, kind: Kind, key: &str) -> Option<TopicFilter> {
+    let pattern = |key: &str| -> String {
+        let ws: Vec<&str> = key.split('.').collect();
+        let last = ws.len() - 1;
+        if ws[..last].contains(&"#") {
+            return "#".into();
+        }
+        ws.iter()
+            .map(|w| match *w {
+                "*" => "+".to_string(),
+                "#" => "#".to_string(),
+                w => encode(w),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let name = match (exchange, kind) {
+        ("", _) => format!("{PREFIX}/q/{}", encode(key)),
+        ("amq.topic", _) => pattern(key),
+        (x, Kind::Topic) => format!("{PREFIX}/x/{}/{}", encode(x), pattern(key)),
+        (x, Kind::Fanout) => format!("{PREFIX}/x/{}/#", encode(x)),
+        (x, Kind::Direct) => format!("{PREFIX}/x/{}/{}", encode(x), encode(key)),
+    };
+    TopicFilter::new(&name).ok()
+}
+
+/// The routing key a topic carries for `exchange` (the key it was published with, or
+/// for `amq.topic` the topic's levels as words); `None` when the topic is not one of
+/// that exchange's.
+pub(crate) fn routing_key(exchange: &str, kind: Kind, topic: &str) -> Option<String> {
+    match (exchange, kind) {
+        ("", _) => topic.strip_prefix(&format!("{PREFIX}/q/")).map(decode),
+        ("amq.topic", _) => Some(topic.split('/').map(decode).collect::<Vec<_>>().join(".")),
+        (x, Kind::Topic) => topic
+            .strip_prefix(&format!("{PREFIX}/x/{}/", encode(x)))
+            .map(|rest| rest.split('/').map(decode).collect::<Vec<_>>().join(".")),
+        (x, _) => topic
+            .strip_prefix(&format!("{PREFIX}/x/{}/", encode(x)))
+            .map(decode),
+    }
+}
+
+/// AMQP topic matching: `*` is exactly one word, `#` zero or more.
+pub(crate) fn key_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amq_topic_is_the_tree() {
+        let t = publish_topic("amq.topic", Kind::Topic, "sensors.temperature").unwrap();
+        assert_eq!(t.as_str(), "sensors/temperature");
+        let f = binding_filter("amq.topic", Kind::Topic, "sensors.*").unwrap();
+        assert!(f.matches(&t));
+        assert_eq!(
+            routing_key("amq.topic", Kind::Topic, "sensors/temperature").as_deref(),
+            Some("sensors.temperature")
+        );
+        assert!(
+            binding_filter("amq.topic", Kind::Topic, "collections.#")
+                .unwrap()
+                .matches(&Topic::new("collections/posts/p1").unwrap())
+        );
+    }
+
+    #[test]
+    fn other_exchanges_live_under_the_prefix_and_keys_round_trip() {
+        for key in ["", "a/b", "x+y#z", "50%", "plain"] {
+            let t = publish_topic("logs", Kind::Direct, key).unwrap();
+            assert!(t.as_str().starts_with("amqp/x/logs/"), "{t:?}");
+            assert_eq!(
+                routing_key("logs", Kind::Direct, t.as_str()).as_deref(),
+                Some(key)
+            );
+            assert!(
+                binding_filter("logs", Kind::Direct, key)
+                    .unwrap()
+                    .matches(&t)
+            );
+            assert!(
+                binding_filter("logs", Kind::Fanout, "ignored")
+                    .unwrap()
+                    .matches(&t)
+            );
+        }
+        let q = publish_topic("", Kind::Direct, "hello").unwrap();
+        assert_eq!(q.as_str(), "amqp/q/hello");
+        assert_eq!(
+            routing_key("", Kind::Direct, "amqp/q/hello").as_deref(),
+            Some("hello")
+        );
+    }
+
+    #[test]
+    fn topic_patterns() {
+        assert!(key_matches("a.*.c", "a.b.c"));
+        assert!(!key_matches("a.*.c", "a.c"));
+        assert!(key_matches("#.c", "a.b.c"));
+        assert!(key_matches("#", ""));
+        assert!(key_matches("a.#", "a"));
+        assert!(!key_matches("a.#.z", "a.b"));
+        assert!(key_matches("a.#.z", "a.b.c.z"));
+        let f = binding_filter("t", Kind::Topic, "#.c").unwrap();
+        assert!(
+            f.matches(&publish_topic("t", Kind::Topic, "x.y").unwrap()),
+            "widened"
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! The single writer thread and its group commit.
+//!
+//! All writes funnel into one OS thread that owns the only read-write connection. It
+//! drains whatever is queued (up to `max_batch`), applies each command inside its own
+//! savepoint (so one bad write cannot fail its neighbours), commits once — one fsync for
+//! the whole batch — and only then publishes the batch's events, in sequence order, and
+//! answers the callers. Sequences are assigned here, so they are gap-free: a failed
+//! command gives its number back, a failed commit gives the whole batch's back.
+//!
+//! This file holds the thread, the group commit and the dispatch over commands; each
+//! noun's commands are applied in its own file (`collections`, `records`, `events`,
+//! `consumers`), webhook commands in the store's outbox (`crate::webhooks`).
+
+mod collections;
+mod consumers;
+mod events;
+mod records;
+mod retention;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, SubsecRound, Utc};
+use parking_lot::Mutex;
+use polyport_core::engine::{CollectionMap, EventSink, LogState, WriteCommand, WriteOutcome};
+use polyport_core::event::EventRef;
+use polyport_core::schema::{FieldError, Rule};
+use polyport_core::webhook::{Attempt, AttemptOutcome, Endpoint};
+use polyport_core::{HubError, HubResult};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+pub use retention::Retention;
+
+use crate::webhooks;
+
+/// Work for the writer thread.
+pub(crate) enum Job {
+    /// Boxed: a command (an event draft with its attributes) is much larger than the rest.
+    Write(Box<WriteCommand>, oneshot::Sender<HubResult<WriteOutcome>>),
+    /// Apply retention.
+    Maintain,
+    /// Checkpoint and stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// State the writer publishes for readers on the async side.
+pub(crate) struct Shared {
+    pub(crate) collections: ArcSwap<CollectionMap>,
+    pub(crate) endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    pub(crate) log: Mutex<LogState>,
+}
+
+#[derive(Clone)]
+struct State {
+    next_seq: u64,
+    collections: CollectionMap,
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sink: Arc<dyn EventSink>,
+    pub(crate) retention: Retention,
+    pub(crate) max_batch: usize,
+    state: State,
+}
+
+type Reply = oneshot::Sender<HubResult<WriteOutcome>>;
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        shared: Arc<Shared>,
+        sink: Arc<dyn EventSink>,
+        retention: Retention,
+        max_batch: usize,
+    ) -> Self {
+        let (next_seq, collections, endpoints) = {
+            let log = shared.log.lock();
+            (
+                log.last_seq + 1,
+                (**shared.collections.load()).clone(),
+                (**shared.endpoints.load()).clone(),
+            )
+        };
+        Self {
+            conn,
+            shared,
+            sink,
+            retention,
+            max_batch,
+            state: State {
+                next_seq,
+                collections,
+                endpoints,
+            },
+        }
+    }
+
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut writes: Vec<(WriteCommand, Reply)> = Vec::new();
+            let mut maintain = false;
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write(cmd, reply) => writes.push((*cmd, reply)),
+                    Job::Maintain => maintain = true,
+                    Job::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if writes.len() < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !writes.is_empty() {
+                self.commit_batch(writes);
+            }
+            if maintain {
+                self.maintain();
+            }
+            if let Some(done) = close {
+                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                    tracing::warn!(error = %e, "checkpoint at close failed");
+                }
+                let _ = done.send(());
+                break;
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn commit_batch(&mut self, jobs: Vec<(WriteCommand, Reply)>) {
+        let started = Instant::now();
+        let size = jobs.len();
+        let start = self.state.clone();
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "cannot begin write transaction");
+                fail_all(jobs.into_iter().map(|(_, reply)| reply), &msg);
+                return;
+            }
+        };
+        let mut results: Vec<(Reply, HubResult<WriteOutcome>)> = Vec::with_capacity(size);
+        let mut events: Vec<EventRef> = Vec::new();
+        let mut collections_changed = false;
+        for (cmd, reply) in jobs {
+            let (result, is_collection_op) = apply_one(&tx, &mut self.state, cmd);
+            if let Ok(out) = &result {
+                if let Some(e) = outcome_event(out) {
+                    events.push(e.clone());
+                }
+                collections_changed |= is_collection_op;
+            }
+            results.push((reply, result));
+        }
+        let last_seq = self.state.next_seq - 1;
+        if let Err(e) = commit(tx, !events.is_empty(), last_seq) {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "commit failed; batch rolled back");
+            self.state = start;
+            fail_all(results.into_iter().map(|(reply, _)| reply), &msg);
+            return;
+        }
+        metrics::histogram!("polyport_store_batch_size").record(size as f64);
+        metrics::histogram!("polyport_store_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        self.publish_committed(&start.endpoints, collections_changed, &events, last_seq);
+        for (reply, result) in results {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Makes a committed batch visible: the shared maps, the log position, the sink.
+    fn publish_committed(
+        &self,
+        start_endpoints: &[Arc<Endpoint>],
+        collections_changed: bool,
+        events: &[EventRef],
+        last_seq: u64,
+    ) {
+        let endpoints_changed = start_endpoints.len() != self.state.endpoints.len()
+            || start_endpoints
+                .iter()
+                .zip(&self.state.endpoints)
+                .any(|(a, b)| !Arc::ptr_eq(a, b));
+        if endpoints_changed {
+            self.shared
+                .endpoints
+                .store(Arc::new(self.state.endpoints.clone()));
+        }
+        if collections_changed {
+            self.shared
+                .collections
+                .store(Arc::new(self.state.collections.clone()));
+        }
+        if !events.is_empty() {
+            self.shared.log.lock().last_seq = last_seq;
+            self.sink.committed(events);
+        }
+    }
+}
+
+/// Applies one command in its own savepoint; when it fails, the in-memory state is rolled
+/// back with it. Also says whether a success may have changed the collection map.
+fn apply_one(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    cmd: WriteCommand,
+) -> (HubResult<WriteOutcome>, bool) {
+    let seq_before = st.next_seq;
+    let is_collection_op = matches!(
+        cmd,
+        WriteCommand::CreateCollection(_)
+            | WriteCommand::ReplaceCollection(_)
+            | WriteCommand::DeleteCollection(_)
+            | WriteCommand::CreateRecord { .. }
+            | WriteCommand::ReplaceRecord { .. }
+    );
+    // A record write may auto-create its collection; if the write then fails, the
+    // savepoint drops the collection's row and the in-memory map must follow.
+    let new_collection = match &cmd {
+        WriteCommand::CreateRecord { collection, .. }
+        | WriteCommand::ReplaceRecord { collection, .. }
+            if !st.collections.contains_key(collection) =>
+        {
+            Some(collection.clone())
+        }
+        _ => None,
+    };
+    let endpoints_before = st.endpoints.clone();
+    let result = savepoint(tx, |tx| apply(tx, st, cmd));
+    if result.is_err() {
+        st.next_seq = seq_before;
+        st.endpoints = endpoints_before;
+        if let Some(name) = new_collection {
+            st.collections.remove(&name);
+        }
+    }
+    (result, is_collection_op)
+}
+
+/// Records the batch's last sequence (when it appended events) and commits: one fsync.
+fn commit(tx: Transaction<'_>, appended: bool, last_seq: u64) -> rusqlite::Result<()> {
+    if appended {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![last_seq.to_string()],
+        )?;
+    }
+    tx.commit()
+}
+
+fn fail_all(replies: impl IntoIterator<Item = Reply>, msg: &str) {
+    for reply in replies {
+        let _ = reply.send(Err(HubError::Storage(msg.to_string())));
+    }
+}
+
+fn outcome_event(out: &WriteOutcome) -> Option<&EventRef> {
+    match out {
+        WriteOutcome::Record { event, .. }
+        | WriteOutcome::Deleted { event, .. }
+        | WriteOutcome::Published(event) => Some(event),
+        _ => None,
+    }
+}
+
+/// Runs `f` in a savepoint: released on success, rolled back on error.
+fn savepoint<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> HubResult<T>,
+) -> HubResult<T> {
+    tx.execute_batch("SAVEPOINT op").map_err(sql_err)?;
+    match f(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE op").map_err(sql_err)?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO op; RELEASE op")
+                .map_err(sql_err)?;
+            Err(e)
+        }
+    }
+}
+
+fn sql_err(e: rusqlite::Error) -> HubError {
+    if let Some((_, field)) = collections::unique_violation(&e) {
+        return HubError::Conflict(vec![FieldError::new(
+            &field,
+            Rule::Unique,
+            "must be unique; the value is already used",
+        )]);
+    }
+    tracing::error!(error = %e, "sqlite error in write");
+    HubError::Storage(e.to_string())
+}
+
+/// The current time at the precision timestamps are stored with (microseconds), so the
+/// record or event a write returns equals the one later read back.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<WriteOutcome> {
+    match cmd {
+        WriteCommand::CreateCollection(spec) => collections::create(tx, st, spec),
+        WriteCommand::ReplaceCollection(spec) => collections::replace(tx, st, spec),
+        WriteCommand::DeleteCollection(name) => collections::delete(tx, st, name),
+        WriteCommand::CreateRecord {
+            collection,
+            id,
+            data,
+            auto_create,
+            origin,
+        } => records::create(tx, st, collection, id, data, auto_create, origin),
+        WriteCommand::ReplaceRecord {
+            collection,
+            id,
+            data,
+            expected_version: expected,
+            auto_create,
+            origin,
+        } => records::replace(tx, st, collection, id, data, expected, auto_create, origin),
+        WriteCommand::PatchRecord {
+            collection,
+            id,
+            patch,
+            expected_version: expected,
+            origin,
+        } => records::patch(tx, st, collection, id, patch, expected, origin),
+        WriteCommand::DeleteRecord {
+            collection,
+            id,
+            expected_version: expected,
+            origin,
+        } => records::delete(tx, st, collection, id, expected, origin),
+        WriteCommand::Publish {
+            draft,
+            origin,
+            sender,
+        } => events::publish(tx, st, draft, origin, sender),
+        WriteCommand::PutEndpoint(ep) => webhooks::put_endpoint(tx, &mut st.endpoints, *ep),
+        WriteCommand::DeleteEndpoint(id) => webhooks::delete_endpoint(tx, &mut st.endpoints, &id),
+        WriteCommand::RecordAttempt {
+            endpoint_id,
+            seq,
+            attempt,
+            outcome,
+        } => record_attempt(tx, st, &endpoint_id, seq, &attempt, &outcome),
+        WriteCommand::Redeliver { endpoint_id, which } => {
+            webhooks::redeliver(tx, &st.endpoints, &endpoint_id, &which)
+        }
+        WriteCommand::PutState {
+            namespace,
+            key,
+            value,
+        } => consumers::put_state(tx, &namespace, &key, value),
+        WriteCommand::DeleteConsumers { prefix } => consumers::delete(tx, &prefix),
+        WriteCommand::SaveConsumer { key, position } => consumers::save(tx, &key, position),
+    }
+}
+
+/// The outbox records the attempt; an endpoint it disables is announced with an event,
+/// whose sequence the writer assigns.
+fn record_attempt(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    endpoint_id: &str,
+    seq: u64,
+    attempt: &Attempt,
+    outcome: &AttemptOutcome,
+) -> HubResult<WriteOutcome> {
+    let draft =
+        webhooks::record_attempt(tx, &mut st.endpoints, endpoint_id, seq, attempt, outcome)?;
+    match draft {
+        Some(d) => events::publish(tx, st, d, webhooks::ORIGIN, None),
+        None => Ok(WriteOutcome::Done),
+    }
+}

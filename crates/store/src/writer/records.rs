@@ -1,0 +1,251 @@
+//! Record writes: create, replace, merge-patch and delete, each validated against its
+//! collection and appending exactly one change event.
+
+use polyport_core::engine::{ChangeKind, WriteOutcome};
+use polyport_core::event::Origin;
+use polyport_core::record::{Record, format_time, merge_patch, new_id};
+use polyport_core::schema::{Collection, FieldError, Rule};
+use polyport_core::{HubError, HubResult};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde_json::{Map, Value};
+
+use super::collections::ensure_collection;
+use super::events::append_change;
+use super::{State, now, sql_err};
+use crate::db::{RECORD_COLS, record_from_row};
+
+pub(super) fn create(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    collection: String,
+    id: Option<String>,
+    data: Map<String, Value>,
+    auto_create: bool,
+    origin: Origin,
+) -> HubResult<WriteOutcome> {
+    let coll = ensure_collection(tx, st, &collection, auto_create)?;
+    let id = id.unwrap_or_else(new_id);
+    if load_record(tx, &collection, &id)?.is_some() {
+        return Err(HubError::AlreadyExists(format!(
+            "record '{id}' in collection '{collection}'"
+        )));
+    }
+    insert_new(tx, st, &coll, id, data, origin)
+}
+
+/// Replaces the whole document; creates the record when missing and no version is expected.
+#[allow(clippy::too_many_arguments)] // one per field of the command
+pub(super) fn replace(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    collection: String,
+    id: String,
+    data: Map<String, Value>,
+    expected_version: Option<u64>,
+    auto_create: bool,
+    origin: Origin,
+) -> HubResult<WriteOutcome> {
+    let coll = ensure_collection(tx, st, &collection, auto_create)?;
+    match load_record(tx, &collection, &id)? {
+        None if expected_version.is_some() => Err(HubError::RecordNotFound { collection, id }),
+        None => insert_new(tx, st, &coll, id, data, origin),
+        Some(prev) => {
+            check_version(&prev, expected_version)?;
+            update_existing(tx, st, &coll, prev, data, true, origin)
+        }
+    }
+}
+
+/// Applies an RFC 7396 merge patch to the stored document.
+pub(super) fn patch(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    collection: String,
+    id: String,
+    patch: Value,
+    expected_version: Option<u64>,
+    origin: Origin,
+) -> HubResult<WriteOutcome> {
+    let coll = st
+        .collections
+        .get(&collection)
+        .cloned()
+        .ok_or_else(|| HubError::CollectionNotFound(collection.clone()))?;
+    let prev =
+        load_record(tx, &collection, &id)?.ok_or(HubError::RecordNotFound { collection, id })?;
+    check_version(&prev, expected_version)?;
+    if !patch.is_object() {
+        return Err(HubError::InvalidRequest(
+            "a merge patch for a record must be a JSON object".into(),
+        ));
+    }
+    let mut doc = Value::Object(prev.data.clone());
+    merge_patch(&mut doc, &patch);
+    let Value::Object(data) = doc else {
+        return Err(HubError::InvalidRequest(
+            "patch must yield an object".into(),
+        ));
+    };
+    update_existing(tx, st, &coll, prev, data, false, origin)
+}
+
+pub(super) fn delete(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    collection: String,
+    id: String,
+    expected_version: Option<u64>,
+    origin: Origin,
+) -> HubResult<WriteOutcome> {
+    if !st.collections.contains_key(&collection) {
+        return Err(HubError::CollectionNotFound(collection));
+    }
+    let prev =
+        load_record(tx, &collection, &id)?.ok_or(HubError::RecordNotFound { collection, id })?;
+    check_version(&prev, expected_version)?;
+    tx.execute(
+        "DELETE FROM records WHERE collection = ?1 AND id = ?2",
+        params![prev.collection, prev.id],
+    )
+    .map_err(sql_err)?;
+    let event = append_change(tx, st, ChangeKind::Deleted, &prev, None, origin)?;
+    Ok(WriteOutcome::Deleted {
+        record: prev,
+        event,
+    })
+}
+
+fn check_version(rec: &Record, expected: Option<u64>) -> HubResult<()> {
+    match expected {
+        Some(v) if v != rec.version => Err(HubError::VersionMismatch {
+            expected: v,
+            current: rec.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn load_record(tx: &Transaction<'_>, collection: &str, id: &str) -> HubResult<Option<Record>> {
+    tx.prepare_cached(&format!(
+        "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![collection, id], record_from_row)
+            .optional()
+    })
+    .map_err(sql_err)
+}
+
+/// Validates a document and checks its relations exist.
+fn validate(
+    tx: &Transaction<'_>,
+    st: &State,
+    coll: &Collection,
+    data: &mut Map<String, Value>,
+    apply_defaults: bool,
+) -> HubResult<()> {
+    let relations = coll
+        .validate(data, apply_defaults)
+        .map_err(HubError::Validation)?;
+    let mut errors = Vec::new();
+    for r in relations {
+        let exists = st.collections.contains_key(&r.collection)
+            && load_record(tx, &r.collection, &r.id)?.is_some();
+        if !exists {
+            errors.push(FieldError::new(
+                &r.field,
+                Rule::Relation,
+                format!(
+                    "refers to '{}', which does not exist in '{}'",
+                    r.id, r.collection
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(HubError::Validation(errors))
+    }
+}
+
+fn insert_new(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    coll: &Collection,
+    id: String,
+    mut data: Map<String, Value>,
+    origin: Origin,
+) -> HubResult<WriteOutcome> {
+    validate(tx, st, coll, &mut data, true)?;
+    let now = now();
+    let record = Record {
+        collection: coll.name().to_string(),
+        id,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        data,
+    };
+    let ts = format_time(&now);
+    tx.prepare_cached(
+        "INSERT INTO records (collection, id, data, created_at, updated_at, version)
+         VALUES (?1, ?2, ?3, ?4, ?4, 1)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            record.collection,
+            record.id,
+            Value::Object(record.data.clone()).to_string(),
+            ts
+        ])
+    })
+    .map_err(sql_err)?;
+    let event = append_change(tx, st, ChangeKind::Created, &record, None, origin)?;
+    Ok(WriteOutcome::Record {
+        record,
+        created: true,
+        event,
+    })
+}
+
+fn update_existing(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    coll: &Collection,
+    prev: Record,
+    mut data: Map<String, Value>,
+    apply_defaults: bool,
+    origin: Origin,
+) -> HubResult<WriteOutcome> {
+    validate(tx, st, coll, &mut data, apply_defaults)?;
+    let now = now();
+    let record = Record {
+        collection: prev.collection.clone(),
+        id: prev.id.clone(),
+        created_at: prev.created_at,
+        updated_at: now,
+        version: prev.version + 1,
+        data,
+    };
+    tx.prepare_cached(
+        "UPDATE records SET data = ?3, updated_at = ?4, version = ?5
+         WHERE collection = ?1 AND id = ?2",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            record.collection,
+            record.id,
+            Value::Object(record.data.clone()).to_string(),
+            format_time(&now),
+            record.version as i64
+        ])
+    })
+    .map_err(sql_err)?;
+    let event = append_change(tx, st, ChangeKind::Updated, &record, Some(&prev), origin)?;
+    Ok(WriteOutcome::Record {
+        record,
+        created: false,
+        event,
+    })
+}
