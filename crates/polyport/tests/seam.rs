@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// Protocol adapters (every crate but core, the engines and the binary).
-const ADAPTERS: &[&str] = &["http", "graphql", "grpc", "mqtt", "webhooks"];
+const ADAPTERS: &[&str] = &["http", "graphql", "grpc", "mqtt", "amqp", "webhooks"];
 
 fn crates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
