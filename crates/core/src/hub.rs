@@ -2,25 +2,24 @@
 //!
 //! It is cheap to clone (one `Arc`). Every verb takes an [`AuthContext`] and asks the
 //! [`Policy`] first, so no adapter can bypass authorization. Storage and fanout are behind
-//! the [`Store`] and [`Bus`] seams; adapters never see either.
+//! the [`Store`] and [`Bus`] seams; adapters never see either. This file holds the
+//! lifecycle, authorization, adapter state and events; the collection and record verbs
+//! are in `records_hub.rs`, the webhook ones in `webhook_hub.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Action, AllowAll, AuthContext, Policy};
 use crate::bus::Bus;
-use crate::engine::{CollectionMap, LogState, Store, WriteCommand, WriteOutcome};
+use crate::engine::{LogState, Store, WriteCommand, WriteOutcome};
 use crate::error::{HubError, HubResult};
 use crate::event::{Durability, EventDraft, EventRef, Notice};
 use crate::group::{GroupSpawn, Groups};
-use crate::query::{ListQuery, Page};
-use crate::record::{Record, validate_id};
-use crate::schema::{Collection, CollectionSpec};
+use crate::record::validate_id;
 use crate::subscription::{Direct, Inner, Overflow, SubscribeRequest, Subscription};
 use crate::topic::TopicFilter;
 
@@ -66,9 +65,9 @@ pub(crate) struct HubInner {
     bus: Bus,
     groups: Arc<Groups>,
     policy: Box<dyn Policy>,
-    config: HubConfig,
+    pub(crate) config: HubConfig,
     shutdown: CancellationToken,
-    collections_gen: watch::Sender<u64>,
+    pub(crate) collections_gen: watch::Sender<u64>,
     pub(crate) delivery_policy:
         parking_lot::RwLock<Option<Arc<dyn crate::webhook::DeliveryPolicy>>>,
 }
@@ -134,301 +133,6 @@ impl Hub {
             return Err(HubError::ShuttingDown);
         }
         self.inner.store.write(cmd).await
-    }
-
-    // ----- collections -----
-
-    /// All collections.
-    pub fn collections(&self, ctx: &AuthContext) -> HubResult<Arc<CollectionMap>> {
-        self.authorize(ctx, Action::Read("*"))?;
-        Ok(self.inner.store.collections())
-    }
-
-    /// One collection.
-    pub fn collection(&self, ctx: &AuthContext, name: &str) -> HubResult<Arc<Collection>> {
-        self.authorize(ctx, Action::Read(name))?;
-        self.inner
-            .store
-            .collections()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| HubError::CollectionNotFound(name.to_string()))
-    }
-
-    /// Ticks whenever a collection definition changes (for generated schemas).
-    pub fn watch_collections(&self) -> watch::Receiver<u64> {
-        self.inner.collections_gen.subscribe()
-    }
-
-    fn bump_collections(&self) {
-        self.inner.collections_gen.send_modify(|g| *g += 1);
-    }
-
-    /// Creates a collection.
-    pub async fn create_collection(
-        &self,
-        ctx: &AuthContext,
-        spec: CollectionSpec,
-    ) -> HubResult<Arc<Collection>> {
-        self.define_collection(ctx, spec, WriteCommand::CreateCollection)
-            .await
-    }
-
-    /// Replaces a collection's definition.
-    pub async fn replace_collection(
-        &self,
-        ctx: &AuthContext,
-        spec: CollectionSpec,
-    ) -> HubResult<Arc<Collection>> {
-        self.define_collection(ctx, spec, WriteCommand::ReplaceCollection)
-            .await
-    }
-
-    async fn define_collection(
-        &self,
-        ctx: &AuthContext,
-        spec: CollectionSpec,
-        cmd: fn(CollectionSpec) -> WriteCommand,
-    ) -> HubResult<Arc<Collection>> {
-        self.authorize(ctx, Action::Admin)?;
-        spec.check().map_err(HubError::Validation)?;
-        let out = self.write(cmd(spec)).await?;
-        self.bump_collections();
-        expect_collection(out)
-    }
-
-    /// Deletes a collection and all its records (no change events are emitted per record).
-    pub async fn delete_collection(&self, ctx: &AuthContext, name: &str) -> HubResult<()> {
-        self.authorize(ctx, Action::Admin)?;
-        self.write(WriteCommand::DeleteCollection(name.to_string()))
-            .await?;
-        self.bump_collections();
-        Ok(())
-    }
-
-    // ----- records -----
-
-    /// Creates a record.
-    pub async fn create_record(
-        &self,
-        ctx: &AuthContext,
-        collection: &str,
-        id: Option<String>,
-        data: Map<String, Value>,
-    ) -> HubResult<Record> {
-        self.authorize(ctx, Action::Write(collection))?;
-        if let Some(id) = &id {
-            validate_id(id)?;
-        }
-        let auto_create = self.check_auto_create(collection)?;
-        let out = self
-            .write(WriteCommand::CreateRecord {
-                collection: collection.to_string(),
-                id,
-                data,
-                auto_create,
-                origin: ctx.origin,
-            })
-            .await?;
-        self.after_record_write(auto_create);
-        expect_record(out).map(|(r, _)| r)
-    }
-
-    /// Replaces a record's document (creating it when absent and no version is expected).
-    /// Returns the record and whether it was created.
-    pub async fn replace_record(
-        &self,
-        ctx: &AuthContext,
-        collection: &str,
-        id: &str,
-        data: Map<String, Value>,
-        expected_version: ExpectedVersion,
-    ) -> HubResult<(Record, bool)> {
-        self.authorize(ctx, Action::Write(collection))?;
-        validate_id(id)?;
-        let auto_create = self.check_auto_create(collection)?;
-        let out = self
-            .write(WriteCommand::ReplaceRecord {
-                collection: collection.to_string(),
-                id: id.to_string(),
-                data,
-                expected_version,
-                auto_create,
-                origin: ctx.origin,
-            })
-            .await?;
-        self.after_record_write(auto_create);
-        expect_record(out)
-    }
-
-    /// Applies a JSON merge patch to a record.
-    pub async fn patch_record(
-        &self,
-        ctx: &AuthContext,
-        collection: &str,
-        id: &str,
-        patch: Value,
-        expected_version: ExpectedVersion,
-    ) -> HubResult<Record> {
-        self.authorize(ctx, Action::Write(collection))?;
-        validate_id(id)?;
-        let out = self
-            .write(WriteCommand::PatchRecord {
-                collection: collection.to_string(),
-                id: id.to_string(),
-                patch,
-                expected_version,
-                origin: ctx.origin,
-            })
-            .await?;
-        expect_record(out).map(|(r, _)| r)
-    }
-
-    /// Deletes a record, returning it as it was.
-    pub async fn delete_record(
-        &self,
-        ctx: &AuthContext,
-        collection: &str,
-        id: &str,
-        expected_version: ExpectedVersion,
-    ) -> HubResult<Record> {
-        self.authorize(ctx, Action::Write(collection))?;
-        validate_id(id)?;
-        match self
-            .write(WriteCommand::DeleteRecord {
-                collection: collection.to_string(),
-                id: id.to_string(),
-                expected_version,
-                origin: ctx.origin,
-            })
-            .await?
-        {
-            WriteOutcome::Deleted { record, .. } => Ok(record),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// One record.
-    pub async fn get_record(
-        &self,
-        ctx: &AuthContext,
-        collection: &str,
-        id: &str,
-    ) -> HubResult<Record> {
-        self.authorize(ctx, Action::Read(collection))?;
-        self.require_collection(collection)?;
-        validate_id(id)?;
-        self.inner
-            .store
-            .get_record(collection, id)
-            .await?
-            .ok_or_else(|| HubError::RecordNotFound {
-                collection: collection.to_string(),
-                id: id.to_string(),
-            })
-    }
-
-    /// A page of records.
-    pub async fn list_records(
-        &self,
-        ctx: &AuthContext,
-        collection: &str,
-        query: &ListQuery,
-    ) -> HubResult<Page> {
-        self.authorize(ctx, Action::Read(collection))?;
-        self.require_collection(collection)?;
-        self.inner.store.list_records(collection, query).await
-    }
-
-    /// Resolves relation fields of `records` named in `fields`: returns, per record, a
-    /// map from field name to the related record(s). One store query per field, whatever
-    /// the page size (no N+1).
-    pub async fn expand(
-        &self,
-        ctx: &AuthContext,
-        collection: &str,
-        records: &[Record],
-        fields: &[String],
-    ) -> HubResult<Vec<Map<String, Value>>> {
-        let coll = self.collection(ctx, collection)?;
-        let mut out = vec![Map::new(); records.len()];
-        for field in fields {
-            let def = coll.field(field).ok_or_else(|| {
-                HubError::InvalidRequest(format!(
-                    "cannot expand '{field}': not a field of '{collection}'"
-                ))
-            })?;
-            let target = def.ty.relation_target().ok_or_else(|| {
-                HubError::InvalidRequest(format!("cannot expand '{field}': not a relation"))
-            })?;
-            self.authorize(ctx, Action::Read(target))?;
-            let is_array = matches!(def.ty, crate::schema::FieldType::Array { .. });
-            let mut ids: Vec<String> = records
-                .iter()
-                .filter_map(|r| r.data.get(field))
-                .flat_map(|v| match v {
-                    Value::Array(a) => a.iter().filter_map(relation_id).collect(),
-                    other => relation_id(other).into_iter().collect::<Vec<_>>(),
-                })
-                .collect();
-            ids.sort();
-            ids.dedup();
-            let related = self.inner.store.get_records(target, &ids).await?;
-            let by_id: std::collections::HashMap<&str, Value> = related
-                .iter()
-                .map(|r| (r.id.as_str(), r.to_json()))
-                .collect();
-            for (i, r) in records.iter().enumerate() {
-                let Some(v) = r.data.get(field) else { continue };
-                let expanded = if is_array {
-                    Value::Array(
-                        v.as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|x| relation_id(x).and_then(|id| by_id.get(id.as_str())))
-                            .cloned()
-                            .collect(),
-                    )
-                } else {
-                    match relation_id(v).and_then(|id| by_id.get(id.as_str())) {
-                        Some(x) => x.clone(),
-                        None => continue,
-                    }
-                };
-                out[i].insert(field.clone(), expanded);
-            }
-        }
-        Ok(out)
-    }
-
-    fn require_collection(&self, name: &str) -> HubResult<()> {
-        if self.inner.store.collections().contains_key(name) {
-            Ok(())
-        } else {
-            Err(HubError::CollectionNotFound(name.to_string()))
-        }
-    }
-
-    /// Returns whether this write may create the collection.
-    fn check_auto_create(&self, collection: &str) -> HubResult<bool> {
-        if self.inner.store.collections().contains_key(collection) {
-            return Ok(false);
-        }
-        if !self.inner.config.auto_create_collections {
-            return Err(HubError::AutoCreateDisabled(collection.to_string()));
-        }
-        if !crate::schema::is_identifier(collection, 64) {
-            return Err(HubError::InvalidRequest(format!(
-                "invalid collection name '{collection}': start with a letter, then letters, digits or _ (at most 64)"
-            )));
-        }
-        Ok(true)
-    }
-
-    fn after_record_write(&self, maybe_created_collection: bool) {
-        if maybe_created_collection {
-            self.bump_collections();
-        }
     }
 
     /// Turns credentials presented to any adapter into an [`AuthContext`] for it.
@@ -739,30 +443,6 @@ fn group_keys(
             key.push_str(suffix);
             (key, None)
         }
-    }
-}
-
-fn relation_id(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn expect_collection(out: WriteOutcome) -> HubResult<Arc<Collection>> {
-    match out {
-        WriteOutcome::Collection(c) => Ok(c),
-        other => Err(unexpected(other)),
-    }
-}
-
-fn expect_record(out: WriteOutcome) -> HubResult<(Record, bool)> {
-    match out {
-        WriteOutcome::Record {
-            record, created, ..
-        } => Ok((record, created)),
-        other => Err(unexpected(other)),
     }
 }
 

@@ -22,6 +22,7 @@ mod hub;
 pub mod naming;
 pub mod query;
 pub mod record;
+mod records_hub;
 pub mod schema;
 pub mod subscription;
 pub mod topic;
