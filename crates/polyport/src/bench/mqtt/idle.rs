@@ -1,0 +1,179 @@
+//! Idle connections: resident memory per connection, and the processes measured.
+
+use super::ulid_like;
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+#[derive(Default)]
+pub(super) struct Idle {
+    pub(super) connected: usize,
+    pub(super) before: Option<u64>,
+    pub(super) after: Option<u64>,
+    pub(super) kib_per_conn: Option<f64>,
+}
+
+/// Opens `n` idle connections and reads the broker's VmRSS before and after.
+pub(super) async fn idle_rss(t: &Target, n: usize, run_id: &str) -> anyhow::Result<Idle> {
+    let rss = || t.pid.and_then(vm_rss_kib);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss();
+    // A long keep-alive: nothing polls these connections while they sit idle.
+    let (conns, err) = connect_all(n, |_| {
+        connect(t.addr, client_id(run_id), Duration::from_secs(600))
+    })
+    .await;
+    if let Some(e) = &err {
+        println!(
+            "  {}: {} of {n} idle connections failed, first: {e:#}",
+            t.name,
+            n - conns.len()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss();
+    let connected = conns.len();
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kib_per_conn = match (before, after) {
+        (Some(b), Some(a)) if connected > 0 => Some(a.saturating_sub(b) as f64 / connected as f64),
+        _ => None,
+    };
+    Ok(Idle {
+        connected,
+        before,
+        after,
+        kib_per_conn,
+    })
+}
+
+/// VmRSS of a process in KiB, from /proc.
+pub(super) fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Pids whose /proc/<pid>/comm is `name`.
+pub(super) fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
+/// Raises the soft RLIMIT_NOFILE to `want` (at most the hard limit); returns the limit
+/// now in force.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(super) fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed by exclusive reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return want;
+    }
+    if lim.rlim_cur >= want {
+        return lim.rlim_cur;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want.min(lim.rlim_max),
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct passed by shared reference.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        raised.rlim_cur
+    } else {
+        lim.rlim_cur
+    }
+}
+
+#[cfg(not(unix))]
+pub(super) fn raise_nofile(want: u64) -> u64 {
+    want
+}
+
+/// `polyport serve` on ephemeral ports over a throw-away data directory.
+pub(super) struct PolyportChild {
+    pub(super) child: tokio::process::Child,
+    pub(super) pid: u32,
+    pub(super) addr: SocketAddr,
+    pub(super) dir: PathBuf,
+}
+
+impl PolyportChild {
+    pub(super) async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("polyport-bench-mqtt-{}", ulid_like()));
+        std::fs::create_dir_all(&dir)?;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(["--mqtt", "127.0.0.1:0"])
+            // No stray ./polyport.toml or POLYPORT_CONFIG changes what is measured.
+            .current_dir(&dir)
+            .env_remove("POLYPORT_CONFIG")
+            // Warnings (e.g. slow-subscriber drops) would split the tables; the tables
+            // report loss themselves. POLYPORT_LOG=warn brings them back.
+            .env(
+                "POLYPORT_LOG",
+                std::env::var("POLYPORT_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `polyport serve`")?;
+        let pid = child.id().context("`polyport serve` has no pid")?;
+        let listeners = dir.join("listeners.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(b) = std::fs::read(&listeners)
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+                && let Some(a) = v.get("mqtt").and_then(|m| m.as_str())
+            {
+                break a
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("MQTT address {a:?} in listeners.json"))?;
+            }
+            if let Some(st) = child.try_wait()? {
+                bail!("`polyport serve` exited early ({st})");
+            }
+            if Instant::now() > deadline {
+                bail!("`polyport serve` wrote no MQTT listener to listeners.json within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            dir,
+        })
+    }
+
+    pub(super) async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,404 @@
+//! `polyport bench mqtt`: Polyport's MQTT broker vs the Mosquitto broker already running
+//! on this machine, driven by one load generator (rumqttc, MQTT 3.1.1, in this process)
+//! with the same load, interleaved in one run.
+//!
+//! Polyport runs as a child process (`polyport serve` on ephemeral ports), not in-process,
+//! for every scenario: Mosquitto is its own process too, so neither broker shares a tokio
+//! runtime with the load generator, and the child's VmRSS is the broker's alone, which the
+//! idle-connection scenario needs.
+//!
+//! The idle-connection scenario runs first, while neither broker's heap has been grown and
+//! freed by earlier load (reused free memory would hide per-connection growth). Latency is
+//! measured from a monotonic timestamp in the first 8 bytes of each payload, so it counts
+//! queueing in the client, the kernel and the broker alike for both brokers.
+
+mod idle;
+mod load;
+
+use idle::*;
+use load::*;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+
+use super::{Summary, summarize, ulid_like};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct MqttArgs {
+    /// Mosquitto to compare against (host:port); Polyport runs alone if it is not there.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mosquitto: String,
+    /// Fan-in publishers [default: 16].
+    #[arg(long)]
+    publishers: Option<usize>,
+    /// Fan-out subscribers [default: 100].
+    #[arg(long)]
+    subscribers: Option<usize>,
+    /// Fan-in messages in total, at each QoS [default: 50000 at QoS 0, 20000 at QoS 1].
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Messages the fan-out publisher sends, at each QoS [default: 1000].
+    #[arg(long)]
+    fanout_messages: Option<usize>,
+    /// Payload bytes (at least 8: the send timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Idle connections per broker for the memory scenario [default: 2000].
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Small counts (a smoke test); explicit flags still win.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// The resolved counts.
+struct Plan {
+    publishers: usize,
+    subscribers: usize,
+    fanin_q0: usize,
+    fanin_q1: usize,
+    fanout: usize,
+    payload: usize,
+    idle: usize,
+    /// How long delivery may stall after publishing ends before the rest counts as lost.
+    quiet: Duration,
+}
+
+impl Plan {
+    fn new(a: &MqttArgs) -> Self {
+        let q = a.quick;
+        Self {
+            publishers: a.publishers.unwrap_or(if q { 4 } else { 16 }).max(1),
+            subscribers: a.subscribers.unwrap_or(if q { 10 } else { 100 }).max(1),
+            fanin_q0: a.messages.unwrap_or(if q { 2_000 } else { 50_000 }).max(1),
+            fanin_q1: a.messages.unwrap_or(if q { 1_000 } else { 20_000 }).max(1),
+            fanout: a
+                .fanout_messages
+                .unwrap_or(if q { 100 } else { 1_000 })
+                .max(1),
+            payload: a.payload.max(8),
+            idle: a.idle.unwrap_or(if q { 200 } else { 2_000 }),
+            quiet: Duration::from_secs(if q { 1 } else { 3 }),
+        }
+    }
+}
+
+/// Connections opened at once, so neither broker's accept backlog overflows.
+const CONNECT_CONCURRENCY: usize = 64;
+/// Longest wait for all publishers to finish (QoS 1: for every PUBACK).
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(180);
+/// Longest wait for deliveries once publishing has ended, even while they still trickle in.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// One broker under test.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// For VmRSS; `None` when the process cannot be identified.
+    pid: Option<u32>,
+}
+
+/// Nanoseconds since the first call: the shared clock of publishers and subscribers.
+fn nanos() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Unique client ids across the whole run, so no load ever takes over an earlier session.
+fn client_id(run: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{run}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
+    let mut plan = Plan::new(&args);
+    // This process holds one socket per idle client; the Polyport child inherits the limit.
+    let limit = raise_nofile(plan.idle as u64 + 1024);
+    if limit < plan.idle as u64 + 512 {
+        let capped = (limit as usize).saturating_sub(512);
+        println!(
+            "note: RLIMIT_NOFILE is {limit}; idle connections capped at {capped} (raise `ulimit -n` for more)"
+        );
+        plan.idle = capped;
+    }
+    let run_id = format!("pb{:x}", super::now_micros() & 0xffff_ffff_ffff);
+    let prefix = format!("polyport-bench/{}", ulid_like());
+
+    let pp_child = PolyportChild::start().await?;
+    let pp = Target {
+        name: "polyport",
+        addr: pp_child.addr,
+        pid: Some(pp_child.pid),
+    };
+    let mosq = match probe(&args.mosquitto, &run_id).await {
+        Ok(addr) => {
+            let pids = pids_named("mosquitto");
+            Some(Target {
+                name: "mosquitto",
+                addr,
+                pid: if pids.len() == 1 {
+                    pids.first().copied()
+                } else {
+                    None
+                },
+            })
+        }
+        Err(e) => {
+            println!(
+                "Mosquitto not reachable at {}: {e:#}. Running Polyport only (no ratios).",
+                args.mosquitto
+            );
+            None
+        }
+    };
+
+    println!(
+        "polyport bench mqtt: Polyport (`polyport serve` child, pid {}, {}) vs Mosquitto ({})",
+        pp_child.pid,
+        pp.addr,
+        match &mosq {
+            Some(m) => format!(
+                "{}, pid {}",
+                m.addr,
+                m.pid.map_or("unknown".into(), |p| p.to_string())
+            ),
+            None => "not reachable".into(),
+        }
+    );
+    println!(
+        "one load generator for both: rumqttc (MQTT 3.1.1, clean sessions) in this process; topic prefix {prefix}/"
+    );
+    println!("ratio = Polyport / Mosquitto; `better` says which way is better for Polyport.");
+
+    let result = scenarios(&plan, &pp, mosq.as_ref(), &run_id, &prefix).await;
+    pp_child.stop().await;
+    result?;
+    if mosq.is_some() {
+        println!(
+            "(Polyport acknowledges a QoS 1 PUBLISH only once it is fsync'd to its event log; Mosquitto as configured here keeps messages in memory.)"
+        );
+    }
+    Ok(())
+}
+
+async fn scenarios(
+    plan: &Plan,
+    pp: &Target,
+    mosq: Option<&Target>,
+    run_id: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    // 1. Memory per idle connection.
+    println!();
+    println!(
+        "idle connections: {} per broker, RSS growth of the broker process",
+        plan.idle
+    );
+    header("");
+    if plan.idle > 0 {
+        let p = idle_rss(pp, plan.idle, run_id).await?;
+        let m = match mosq {
+            Some(t) => idle_rss(t, plan.idle, run_id).await.unwrap_or_else(|e| {
+                println!("  mosquitto: {e:#}");
+                Idle::default()
+            }),
+            None => Idle::default(),
+        };
+        num_row(
+            "",
+            "KiB/conn",
+            p.kib_per_conn,
+            m.kib_per_conn,
+            1,
+            Better::Lower,
+        );
+        num_row(
+            "",
+            "RSS before KiB",
+            p.before.map(|v| v as f64),
+            m.before.map(|v| v as f64),
+            0,
+            Better::Lower,
+        );
+        num_row(
+            "",
+            "RSS after KiB",
+            p.after.map(|v| v as f64),
+            m.after.map(|v| v as f64),
+            0,
+            Better::Lower,
+        );
+        text_row(
+            "",
+            "connected",
+            &format!("{}/{}", p.connected, plan.idle),
+            mosq.map(|_| format!("{}/{}", m.connected, plan.idle)),
+        );
+    }
+
+    // 2. Fan-in.
+    println!();
+    println!(
+        "fan-in: {} publishers -> 1 subscriber (wildcard), {}-byte payload, {} msgs at QoS 0, {} at QoS 1",
+        plan.publishers, plan.payload, plan.fanin_q0, plan.fanin_q1
+    );
+    println!(
+        "(publishers send as fast as their connection takes it: latencies are under saturation, mostly queueing)"
+    );
+    header("QoS");
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let total = if qos == QoS::AtMostOnce {
+            plan.fanin_q0
+        } else {
+            plan.fanin_q1
+        };
+        let load = |t: &Target| Load::fan_in(prefix, t.name, qos, plan, total);
+        compare(pp, mosq, load, run_id, plan.quiet).await?;
+    }
+
+    // 3. Fan-out.
+    println!();
+    println!(
+        "fan-out: 1 publisher -> {} subscribers, {}-byte payload, {} msgs at each QoS ({} deliveries)",
+        plan.subscribers,
+        plan.payload,
+        plan.fanout,
+        plan.fanout * plan.subscribers
+    );
+    header("QoS");
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let load = |t: &Target| Load::fan_out(prefix, t.name, qos, plan);
+        compare(pp, mosq, load, run_id, plan.quiet).await?;
+    }
+    Ok(())
+}
+
+/// Runs one load against Polyport, then Mosquitto, and prints its rows.
+async fn compare(
+    pp: &Target,
+    mosq: Option<&Target>,
+    load: impl Fn(&Target) -> Load,
+    run_id: &str,
+    quiet: Duration,
+) -> anyhow::Result<()> {
+    let l = load(pp);
+    let label = if l.qos == QoS::AtMostOnce { "0" } else { "1" };
+    let p = run_load(pp, &l, run_id, quiet).await?;
+    let m = match mosq {
+        Some(t) => match run_load(t, &load(t), run_id, quiet).await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                println!("  mosquitto QoS {label}: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    num_row(
+        label,
+        "delivered msgs/s",
+        Some(p.rate),
+        m.as_ref().map(|m| m.rate),
+        0,
+        Better::Higher,
+    );
+    let lat = |o: &Outcome, f: fn(&Summary) -> u64| f(&o.lat) as f64;
+    num_row(
+        label,
+        "p50 µs",
+        Some(lat(&p, |s| s.p50)),
+        m.as_ref().map(|m| lat(m, |s| s.p50)),
+        0,
+        Better::Lower,
+    );
+    num_row(
+        label,
+        "p99 µs",
+        Some(lat(&p, |s| s.p99)),
+        m.as_ref().map(|m| lat(m, |s| s.p99)),
+        0,
+        Better::Lower,
+    );
+    text_row(
+        label,
+        "delivered",
+        &format!("{}/{}", p.delivered, p.expected),
+        m.as_ref()
+            .map(|m| format!("{}/{}", m.delivered, m.expected)),
+    );
+    // A ratio of loss percentages says nothing; the note below says what loss means.
+    text_row(
+        label,
+        "lost %",
+        &format!("{:.1}", p.lost_pct()),
+        m.as_ref().map(|m| format!("{:.1}", m.lost_pct())),
+    );
+    for (name, o) in [("polyport", Some(&p)), ("mosquitto", m.as_ref())] {
+        let Some(o) = o else { continue };
+        if o.delivered < o.expected {
+            println!(
+                "  note ({name}, QoS {label}): the broker dropped {} of {} deliveries; its msgs/s and latencies cover delivered messages only",
+                o.expected - o.delivered,
+                o.expected
+            );
+        }
+        if let Some(note) = o.note.as_deref() {
+            println!("  note ({name}, QoS {label}): {note}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+fn header(first: &str) {
+    println!(
+        "  {:<4} {:<18} {:>14} {:>14} {:>8}  better",
+        first, "metric", "polyport", "mosquitto", "ratio"
+    );
+}
+
+fn num_row(
+    label: &str,
+    metric: &str,
+    pp: Option<f64>,
+    mosq: Option<f64>,
+    decimals: usize,
+    better: Better,
+) {
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.decimals$}"));
+    let ratio = match (pp, mosq) {
+        (Some(p), Some(m)) if m > 0.0 => format!("{:.2}x", p / m),
+        _ => "-".into(),
+    };
+    let better = match better {
+        Better::Higher => "higher",
+        Better::Lower => "lower",
+    };
+    println!(
+        "  {:<4} {:<18} {:>14} {:>14} {:>8}  {better}",
+        label,
+        metric,
+        fmt(pp),
+        fmt(mosq),
+        ratio
+    );
+}
+
+fn text_row(label: &str, metric: &str, pp: &str, mosq: Option<String>) {
+    println!(
+        "  {:<4} {:<18} {:>14} {:>14} {:>8}",
+        label,
+        metric,
+        pp,
+        mosq.as_deref().unwrap_or("-"),
+        ""
+    );
+}
