@@ -49,15 +49,28 @@ enum Ctl {
 /// The registry of running group dispatchers.
 #[derive(Default)]
 pub(crate) struct Groups {
-    map: Mutex<HashMap<String, mpsc::UnboundedSender<Ctl>>>,
+    map: Mutex<HashMap<String, Running>>,
     next_member: std::sync::atomic::AtomicU64,
 }
+
+/// A running dispatcher, and the filters its source reads.
+struct Running {
+    ctl: mpsc::UnboundedSender<Ctl>,
+    filters: String,
+}
+
+/// How long a joiner with new filters waits for the dispatcher with the old ones to
+/// retire (a group positioned by name whose filters changed).
+const REFILTER_WAIT: Duration = Duration::from_secs(5);
 
 /// How to start a dispatcher for a group not yet running.
 pub(crate) struct GroupSpawn {
     pub(crate) key: String,
     /// Where an earlier release kept this group's position, if its key differed.
     pub(crate) legacy_key: Option<String>,
+    /// The filters' canonical text: a group keyed by name alone that is running with
+    /// other filters is let retire first, so the new filters take effect.
+    pub(crate) filters: String,
     pub(crate) persist: bool,
     pub(crate) ack_timeout: Option<Duration>,
     pub(crate) store: Arc<dyn Store>,
@@ -124,6 +137,23 @@ impl Groups {
         let id = self
             .next_member
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + REFILTER_WAIT;
+        loop {
+            let busy = self
+                .map
+                .lock()
+                .get(&spawn.key)
+                .is_some_and(|r| r.filters != spawn.filters && !r.ctl.is_closed());
+            if !busy {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(crate::error::HubError::InvalidRequest(
+                    "this group is in use with other topic filters".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let queue = prefetch.unwrap_or(DEFAULT_MEMBER_QUEUE);
         let (tx, rx) = mpsc::channel(queue.max(1));
         let join = Ctl::Join {
@@ -134,7 +164,7 @@ impl Groups {
         // Sending under the registry lock orders this join against a retiring dispatcher.
         let join = {
             let map = self.map.lock();
-            match map.get(&spawn.key) {
+            match map.get(&spawn.key).map(|r| &r.ctl) {
                 Some(ctl) => match ctl.send(join) {
                     Ok(()) => {
                         return Ok(Member {
@@ -167,10 +197,10 @@ impl Groups {
         // other joins the winner, dropping its unneeded source.
         {
             let mut map = self.map.lock();
-            if let Some(ctl) = map.get(&spawn.key)
-                && !ctl.is_closed()
+            if let Some(r) = map.get(&spawn.key)
+                && !r.ctl.is_closed()
             {
-                let ctl = ctl.clone();
+                let ctl = r.ctl.clone();
                 let _ = ctl.send(join);
                 return Ok(Member {
                     id,
@@ -179,7 +209,13 @@ impl Groups {
                     shutdown: spawn.shutdown,
                 });
             }
-            map.insert(spawn.key.clone(), ctl_tx.clone());
+            map.insert(
+                spawn.key.clone(),
+                Running {
+                    ctl: ctl_tx.clone(),
+                    filters: spawn.filters.clone(),
+                },
+            );
         }
         let _ = ctl_tx.send(join);
         let dispatcher = Dispatcher {

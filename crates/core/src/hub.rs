@@ -320,6 +320,11 @@ impl Hub {
         let spawn = GroupSpawn {
             key,
             legacy_key,
+            filters: filters
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
             persist,
             ack_timeout,
             store: self.inner.store.clone(),
@@ -414,8 +419,8 @@ impl Hub {
     }
 }
 
-/// A named group's key — its name, its filters, the record filter's canonical text, and
-/// whether it acks — and, for a record-filter group, the key release 1 used (with the
+/// A named group's key — its name, its filters (unless the position belongs to the name
+/// alone), the record filter's canonical text, and whether it acks — and, for a record-filter group, the key release 1 used (with the
 /// filter's `Debug` text), whose saved position the group adopts once.
 fn group_keys(
     name: &str,
@@ -424,9 +429,13 @@ fn group_keys(
     ack: bool,
 ) -> (String, Option<String>) {
     let mut key = format!("{name}\n");
-    for f in filters {
-        key.push_str(f.as_str());
-        key.push('\n');
+    if req.position_by_name {
+        key.push_str("\0by-name\n");
+    } else {
+        for f in filters {
+            key.push_str(f.as_str());
+            key.push('\n');
+        }
     }
     let suffix = if ack { "\nack" } else { "" };
     match &req.records {

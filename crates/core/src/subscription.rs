@@ -71,6 +71,11 @@ pub struct SubscribeRequest {
     pub overflow: Overflow,
     /// Share the stream with other members of this group (competing consumers).
     pub group: Option<String>,
+    /// The group's saved position belongs to its name alone, so its filters may change
+    /// from one run to the next (a JetStream durable consumer whose subjects are edited;
+    /// an AMQP queue that gains a binding). Off: name and filters together name the
+    /// group, so two clients using one name with different filters do not share.
+    pub position_by_name: bool,
     /// Require acknowledgements.
     pub ack: Option<AckPolicy>,
     /// Events buffered for this subscriber before it counts as lagging (default: the

@@ -55,6 +55,7 @@ pub(crate) fn subscribe_request(p: &Params, default_strict: bool) -> ApiResult<S
         ));
     }
     Ok(SubscribeRequest {
+        position_by_name: false,
         filters,
         records,
         since: p.u64("since", u64::MAX)?,

@@ -303,3 +303,34 @@ async fn adapter_state_is_authorized_by_the_policy() {
         "unchanged"
     );
 }
+
+/// A group whose position belongs to its name keeps that position when its filters
+/// change (an AMQP queue gaining a binding); by default other filters are another group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_positioned_by_name_keeps_its_place_across_new_filters() {
+    let env = Env::new();
+    let a1 = seq(&env.publish("a/1", "x").await);
+    let a2 = seq(&env.publish("a/2", "y").await);
+    let req = |filters: &[&str], by_name: bool| SubscribeRequest {
+        since: Some(0),
+        position_by_name: by_name,
+        filters: filters
+            .iter()
+            .map(|f| polyport_core::TopicFilter::new(f).unwrap())
+            .collect(),
+        ..acked(Some("q"), "unused", 10, 30_000)
+    };
+    let mut s = subscribe(&env, req(&["a/#"], true)).await;
+    expect_acked_run(&mut s, &[a1, a2], "first run").await;
+    // Rejoined at once: the dispatcher with the old filters retires first.
+    drop(s);
+    let b1 = seq(&env.publish("b/1", "z").await);
+    let a3 = seq(&env.publish("a/3", "w").await);
+    // A binding more: acked events are not replayed, new ones on either filter arrive.
+    let mut s = subscribe(&env, req(&["a/#", "b/#"], true)).await;
+    expect_acked_run(&mut s, &[b1, a3], "after the new filter").await;
+    drop(s);
+    // Keyed by filters (the default), the same name with other filters starts afresh.
+    let mut other = subscribe(&env, req(&["a/#", "b/#"], false)).await;
+    expect_acked_run(&mut other, &[a1, a2, b1, a3], "a different group").await;
+}

@@ -88,6 +88,7 @@ impl Session {
             ack_timeout: Duration::from_millis(op.ack_timeout_ms.unwrap_or(30_000)),
         });
         let req = SubscribeRequest {
+            position_by_name: false,
             filters,
             records,
             since: op.since,

@@ -1,0 +1,173 @@
+//! AMQP basic properties ↔ the Hub's message attributes, following RabbitMQ's mapping
+//! between its AMQP and MQTT sides: `expiration` ↔ expiry, `correlation_id` ↔
+//! correlation data, `reply_to` ↔ response topic (`.` ↔ `/`), headers ↔ user headers.
+//!
+//! Header values that are not strings travel as their text (numbers, booleans) and come
+//! back as strings; a table or array travels as its debug text. Exact typed round trips
+//! of headers between AMQP clients are not kept yet.
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use chrono::{DateTime, TimeZone, Utc};
+use polyport_core::{Attributes, Durability, EventDraft, Topic};
+
+/// A short string from anything, cut (on a char boundary) to the 255 bytes AMQP allows.
+pub(crate) fn short(s: &str) -> ShortString {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::try_new(&s[..end]).unwrap_or_default()
+}
+
+fn value_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Void => String::new(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Fills a draft from a publish's properties, at `now`.
+pub(crate) fn inbound(p: &BasicProperties, d: &mut EventDraft, now: DateTime<Utc>) {
+    let a: &mut Attributes = &mut d.attrs;
+    d.content_type = p.content_type().as_ref().map(|s| s.as_str().to_string());
+    a.content_encoding = p.content_encoding().as_ref().map(|s| s.as_str().to_string());
+    a.message_id = p.message_id().as_ref().map(|s| s.as_str().to_string());
+    a.correlation_id = p
+        .correlation_id()
+        .as_ref()
+        .map(|s| bytes::Bytes::copy_from_slice(s.as_str().as_bytes()));
+    a.reply_to = p
+        .reply_to()
+        .as_ref()
+        .and_then(|s| Topic::new(&s.as_str().replace('.', "/")).ok());
+    a.priority = *p.priority();
+    a.persistent = p.delivery_mode().map(|m| m == 2);
+    a.timestamp = p
+        .timestamp()
+        .and_then(|t| Utc.timestamp_opt(t as i64, 0).single());
+    a.expires_at = p
+        .expiration()
+        .as_ref()
+        .and_then(|s| s.as_str().parse::<i64>().ok())
+        .map(|ms| now + chrono::Duration::milliseconds(ms.max(0)));
+    d.event_type = p.kind().as_ref().map(|s| s.as_str().to_string());
+    if let Some(h) = p.headers() {
+        d.headers = h
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), value_text(v)))
+            .collect();
+    }
+    if p.delivery_mode() == &Some(2) {
+        d.durability = Durability::Durable;
+    }
+}
+
+/// The properties a delivery of `e` carries, at `now`; `None` when it has expired.
+pub(crate) fn outbound(e: &polyport_core::Event, now: DateTime<Utc>) -> Option<BasicProperties> {
+    let a = &e.attrs;
+    let mut p = BasicProperties::default();
+    if let Some(ct) = &e.content_type {
+        p = p.with_content_type(short(ct));
+    }
+    if let Some(ce) = &a.content_encoding {
+        p = p.with_content_encoding(short(ce));
+    }
+    if let Some(m) = &a.message_id {
+        p = p.with_message_id(short(m));
+    }
+    if let Some(c) = &a.correlation_id {
+        p = p.with_correlation_id(short(&String::from_utf8_lossy(c)));
+    }
+    if let Some(r) = &a.reply_to {
+        p = p.with_reply_to(short(&r.as_str().replace('/', ".")));
+    }
+    if let Some(pr) = a.priority {
+        p = p.with_priority(pr);
+    }
+    if let Some(persistent) = a.persistent {
+        p = p.with_delivery_mode(if persistent { 2 } else { 1 });
+    }
+    if let Some(t) = a.timestamp {
+        p = p.with_timestamp(t.timestamp().max(0) as u64);
+    }
+    if let Some(at) = a.expires_at {
+        let left = (at - now).num_milliseconds();
+        if left <= 0 {
+            return None;
+        }
+        p = p.with_expiration(short(&left.to_string()));
+    }
+    if e.event_type != polyport_core::event::DEFAULT_EVENT_TYPE {
+        p = p.with_kind(short(&e.event_type));
+    }
+    if !e.headers.is_empty() {
+        let mut t = FieldTable::default();
+        for (k, v) in &e.headers {
+            t.insert(short(k), AMQPValue::LongString(v.as_bytes().to_vec().into()));
+        }
+        p = p.with_headers(t);
+    }
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_round_trip_through_attributes() {
+        let mut h = FieldTable::default();
+        h.insert("k".into(), AMQPValue::LongString("v".into()));
+        h.insert("n".into(), AMQPValue::LongInt(7));
+        let p = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_message_id("m1".into())
+            .with_correlation_id("c1".into())
+            .with_reply_to("replies.client1".into())
+            .with_priority(5)
+            .with_delivery_mode(2)
+            .with_expiration("60000".into())
+            .with_headers(h);
+        let now = Utc::now();
+        let mut d = EventDraft::new(Topic::new("t").unwrap(), "x");
+        inbound(&p, &mut d, now);
+        assert_eq!(d.attrs.reply_to.as_ref().map(|t| t.as_str()), Some("replies/client1"));
+        assert_eq!(d.durability, Durability::Durable);
+        assert_eq!(d.headers, vec![("k".into(), "v".into()), ("n".into(), "7".into())]);
+        let e = polyport_core::Event::new(
+            Some(1),
+            "e1".into(),
+            d.topic.clone(),
+            "polyport.message".into(),
+            now,
+            d.content_type.clone(),
+            d.headers.clone(),
+            d.payload.clone(),
+            polyport_core::Origin("amqp"),
+        )
+        .with_attrs(d.attrs.clone(), None);
+        let out = outbound(&e, now).unwrap();
+        assert_eq!(out.message_id().as_ref().map(|s| s.as_str()), Some("m1"));
+        assert_eq!(out.correlation_id().as_ref().map(|s| s.as_str()), Some("c1"));
+        assert_eq!(out.reply_to().as_ref().map(|s| s.as_str()), Some("replies.client1"));
+        assert_eq!(out.priority(), &Some(5));
+        assert_eq!(out.delivery_mode(), &Some(2));
+        assert_eq!(out.expiration().as_ref().map(|s| s.as_str()), Some("60000"));
+        assert!(outbound(&e, now + chrono::Duration::seconds(61)).is_none(), "expired");
+    }
+}

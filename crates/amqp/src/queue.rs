@@ -1,0 +1,505 @@
+//! A queue: a Hub group over the event log, whose filters are the queue's bindings.
+//!
+//! One feeder per queue is the group's only member on this node. It reads up to a
+//! window of messages ahead of the consumers into `ready`, and hands them out to the
+//! queue's consumers round-robin within each one's prefetch. An AMQP ack settles the
+//! message with the group; a requeue puts it back at the front, flagged redelivered.
+//! Messages past the window stay in the log (durable) or, if ephemeral and the window
+//! is full, are dropped as a slow subscriber's would be. The group's position is kept
+//! by name (`position_by_name`), so a new binding keeps the queue's place.
+//!
+//! A change of bindings restarts the feeder: what it held unacknowledged is handed back
+//! to the group and comes again, flagged redelivered.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use polyport_core::subscription::Acker;
+use polyport_core::{
+    AckPolicy, AuthContext, EventRef, Hub, HubError, Item, Overflow, SubscribeRequest, TopicFilter,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::naming::{self, Kind};
+
+/// Acknowledgements are AMQP's to give: the group never redelivers on a timer.
+const NO_REDELIVERY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// How often a queue retries consumers that had no room.
+const PUMP_EVERY: Duration = Duration::from_millis(20);
+
+/// One binding of the queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Binding {
+    pub(crate) exchange: String,
+    pub(crate) kind: Kind,
+    pub(crate) key: String,
+    pub(crate) filter: TopicFilter,
+}
+
+impl Binding {
+    pub(crate) fn new(exchange: &str, kind: Kind, key: &str) -> Option<Self> {
+        Some(Self {
+            exchange: exchange.to_string(),
+            kind,
+            key: key.to_string(),
+            filter: naming::binding_filter(exchange, kind, key)?,
+        })
+    }
+
+    /// The routing key a topic carries through this binding, if it routes here.
+    pub(crate) fn route(&self, topic: &polyport_core::Topic) -> Option<String> {
+        if !self.filter.matches(topic) {
+            return None;
+        }
+        let key = naming::routing_key(&self.exchange, self.kind, topic.as_str())?;
+        let hit = match self.kind {
+            Kind::Topic => naming::key_matches(&self.key, &key),
+            Kind::Direct => key == self.key,
+            Kind::Fanout => true,
+        };
+        hit.then_some(key)
+    }
+}
+
+/// A message in a queue.
+#[derive(Clone)]
+pub(crate) struct Message {
+    pub(crate) event: EventRef,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) redelivered: bool,
+    /// Settles it with the group (none for ephemeral events).
+    acker: Option<Acker>,
+}
+
+impl Message {
+    pub(crate) fn settle(&self) {
+        if let (Some(a), Some(seq)) = (&self.acker, self.event.seq) {
+            a.ack(seq);
+        }
+    }
+}
+
+/// Room a consumer (or, with `global` qos, a whole channel) has for unacked messages.
+#[derive(Debug, Default)]
+pub(crate) struct Credit {
+    /// 0: unlimited.
+    pub(crate) limit: AtomicUsize,
+    pub(crate) used: AtomicUsize,
+}
+
+impl Credit {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit: AtomicUsize::new(limit),
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    fn has_room(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || self.used.load(Ordering::Relaxed) < limit
+    }
+
+    pub(crate) fn release(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
+    }
+}
+
+/// What the queue sends a connection.
+pub(crate) enum Out {
+    Deliver {
+        channel: u16,
+        consumer_tag: String,
+        no_ack: bool,
+        queue: Arc<Queue>,
+        message: Message,
+        credit: Arc<Credit>,
+    },
+    /// The queue is gone: the consumer is cancelled (`basic.cancel` from the server).
+    Cancelled { channel: u16, consumer_tag: String },
+}
+
+struct Consumer {
+    tag: String,
+    channel: u16,
+    conn: u64,
+    no_ack: bool,
+    credit: Arc<Credit>,
+    tx: mpsc::Sender<Out>,
+}
+
+#[derive(Default)]
+struct State {
+    bindings: Vec<Binding>,
+    ready: VecDeque<Message>,
+    consumers: Vec<Consumer>,
+    rr: usize,
+    feeder: Option<JoinHandle<()>>,
+    had_consumer: bool,
+    deleted: bool,
+}
+
+/// How a queue was declared.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Declared {
+    pub(crate) name: String,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    /// The connection that owns an exclusive queue.
+    #[serde(skip)]
+    pub(crate) exclusive: Option<u64>,
+    /// The log position at declaration: a new queue holds what was published after it.
+    pub(crate) since: u64,
+    /// `(exchange, kind, key)` of every binding but the default exchange's.
+    pub(crate) bindings: Vec<(String, String, String)>,
+}
+
+pub(crate) struct Queue {
+    pub(crate) declared: Mutex<Declared>,
+    hub: Hub,
+    ctx: AuthContext,
+    window: usize,
+    state: Mutex<State>,
+}
+
+impl Queue {
+    /// The queue, fed from the log from its declaration on.
+    pub(crate) fn open(
+        hub: Hub,
+        ctx: AuthContext,
+        declared: Declared,
+        bindings: Vec<Binding>,
+        window: usize,
+    ) -> Arc<Self> {
+        let mut all = Binding::new("", Kind::Direct, &declared.name)
+            .into_iter()
+            .collect::<Vec<_>>();
+        all.extend(bindings);
+        let q = Arc::new(Self {
+            declared: Mutex::new(declared),
+            hub,
+            ctx,
+            window,
+            state: Mutex::new(State {
+                bindings: all,
+                ..State::default()
+            }),
+        });
+        q.restart_feeder();
+        q
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.declared.lock().name.clone()
+    }
+
+    fn group(&self) -> String {
+        format!("amqp:/:{}", self.declared.lock().name)
+    }
+
+    pub(crate) fn message_count(&self) -> u32 {
+        self.state.lock().ready.len() as u32
+    }
+
+    pub(crate) fn consumer_count(&self) -> u32 {
+        self.state.lock().consumers.len() as u32
+    }
+
+    /// Whether a message on `topic` would land here.
+    pub(crate) fn routes(&self, topic: &polyport_core::Topic) -> bool {
+        self.state
+            .lock()
+            .bindings
+            .iter()
+            .any(|b| b.route(topic).is_some())
+    }
+
+    fn restart_feeder(self: &Arc<Self>) {
+        let filters: Vec<TopicFilter> = {
+            let mut st = self.state.lock();
+            if let Some(f) = st.feeder.take() {
+                f.abort();
+            }
+            // Held for the old feeder's group membership: the group hands them back.
+            st.ready.clear();
+            let mut fs: Vec<TopicFilter> = st.bindings.iter().map(|b| b.filter.clone()).collect();
+            fs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            fs.dedup_by(|a, b| a.as_str() == b.as_str());
+            fs
+        };
+        let req = SubscribeRequest {
+            filters,
+            since: Some(self.declared.lock().since),
+            strict: false,
+            group: Some(self.group()),
+            position_by_name: true,
+            ack: Some(AckPolicy {
+                prefetch: self.window,
+                ack_timeout: NO_REDELIVERY,
+            }),
+            overflow: Overflow::Notify,
+            ..SubscribeRequest::default()
+        };
+        let q = self.clone();
+        let task = tokio::spawn(async move {
+            match q.hub.subscribe(&q.ctx, req).await {
+                Ok(sub) => q.feed(sub).await,
+                Err(e) => tracing::warn!(queue = %q.name(), error = %e, "AMQP queue cannot read the log"),
+            }
+        });
+        self.state.lock().feeder = Some(task);
+    }
+
+    async fn feed(self: &Arc<Self>, mut sub: polyport_core::Subscription) {
+        let acker = sub.acker();
+        let mut tick = tokio::time::interval(PUMP_EVERY);
+        loop {
+            tokio::select! {
+                item = sub.next() => match item {
+                    Some(Ok(Item::Event(d))) => self.arrive(d, &acker),
+                    Some(Ok(Item::Notice(n))) => {
+                        tracing::debug!(queue = %self.name(), notice = ?n, "AMQP queue missed messages");
+                    }
+                    Some(Err(_)) | None => return,
+                },
+                _ = tick.tick() => self.dispatch(),
+            }
+        }
+    }
+
+    fn arrive(self: &Arc<Self>, d: polyport_core::Delivery, acker: &Acker) {
+        let route = {
+            let st = self.state.lock();
+            st.bindings.iter().find_map(|b| {
+                b.route(&d.event.topic)
+                    .map(|key| (b.exchange.clone(), key))
+            })
+        };
+        let message = Message {
+            acker: Some(acker.clone()),
+            exchange: route.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
+            routing_key: route.as_ref().map(|r| r.1.clone()).unwrap_or_default(),
+            redelivered: d.redeliveries > 0,
+            event: d.event,
+        };
+        if route.is_none() {
+            // A widened filter (a `#` mid-pattern) that the AMQP pattern rejects.
+            message.settle();
+            return;
+        }
+        self.state.lock().ready.push_back(message);
+        self.dispatch();
+    }
+
+    /// Hands ready messages to consumers with room, round-robin.
+    pub(crate) fn dispatch(self: &Arc<Self>) {
+        let me = self;
+        let mut st = self.state.lock();
+        let n = st.consumers.len();
+        if n == 0 {
+            return;
+        }
+        let mut idle = 0;
+        while !st.ready.is_empty() && idle < n {
+            let idx = st.rr % n;
+            st.rr = st.rr.wrapping_add(1);
+            let c = &st.consumers[idx];
+            if !c.no_ack && !c.credit.has_room() {
+                idle += 1;
+                continue;
+            }
+            let permit = match c.tx.try_reserve() {
+                Ok(p) => p,
+                Err(_) => {
+                    idle += 1;
+                    continue;
+                }
+            };
+            idle = 0;
+            let Some(message) = st.ready.pop_front() else {
+                break;
+            };
+            let c = &st.consumers[idx];
+            if c.no_ack {
+                message.settle();
+            } else {
+                c.credit.used.fetch_add(1, Ordering::Relaxed);
+            }
+            permit.send(Out::Deliver {
+                channel: c.channel,
+                consumer_tag: c.tag.clone(),
+                no_ack: c.no_ack,
+                queue: me.clone(),
+                message,
+                credit: c.credit.clone(),
+            });
+        }
+    }
+
+    /// A consumer starts; `Err` names why not (an exclusive consumer holds the queue).
+    pub(crate) fn consume(
+        self: &Arc<Self>,
+        tag: &str,
+        channel: u16,
+        conn: u64,
+        no_ack: bool,
+        credit: Arc<Credit>,
+        tx: mpsc::Sender<Out>,
+    ) {
+        {
+            let mut st = self.state.lock();
+            st.had_consumer = true;
+            st.consumers.push(Consumer {
+                tag: tag.to_string(),
+                channel,
+                conn,
+                no_ack,
+                credit,
+                tx,
+            });
+        }
+        self.dispatch();
+    }
+
+    /// Ends a consumer; `true` when that leaves an auto-delete queue without any.
+    pub(crate) fn cancel(&self, conn: u64, channel: u16, tag: &str) -> bool {
+        let mut st = self.state.lock();
+        st.consumers
+            .retain(|c| !(c.conn == conn && c.channel == channel && c.tag == tag));
+        st.consumers.is_empty() && st.had_consumer && self.declared.lock().auto_delete
+    }
+
+    /// `basic.get`: the next ready message, if any.
+    pub(crate) fn get(&self) -> Option<(Message, u32)> {
+        let mut st = self.state.lock();
+        let m = st.ready.pop_front()?;
+        Some((m, st.ready.len() as u32))
+    }
+
+    /// Puts unacknowledged messages back at the front, in their order, flagged
+    /// redelivered.
+    pub(crate) fn requeue(self: &Arc<Self>, messages: Vec<Message>) {
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return;
+            }
+            for mut m in messages.into_iter().rev() {
+                m.redelivered = true;
+                st.ready.push_front(m);
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Adds a binding (a no-op if present); the feeder restarts with the new filters.
+    pub(crate) fn bind(self: &Arc<Self>, b: Binding) {
+        {
+            let mut st = self.state.lock();
+            if st
+                .bindings
+                .iter()
+                .any(|x| x.exchange == b.exchange && x.key == b.key)
+            {
+                return;
+            }
+            self.declared.lock().bindings.push((
+                b.exchange.clone(),
+                b.kind.as_str().to_string(),
+                b.key.clone(),
+            ));
+            st.bindings.push(b);
+        }
+        self.restart_feeder();
+    }
+
+    /// Removes a binding; `false` when there was none.
+    pub(crate) fn unbind(self: &Arc<Self>, exchange: &str, key: &str) -> bool {
+        {
+            let mut st = self.state.lock();
+            let before = st.bindings.len();
+            st.bindings
+                .retain(|x| exchange.is_empty() || !(x.exchange == exchange && x.key == key));
+            if st.bindings.len() == before {
+                return false;
+            }
+            self.declared
+                .lock()
+                .bindings
+                .retain(|(x, _, k)| !(x == exchange && k == key));
+        }
+        self.restart_feeder();
+        true
+    }
+
+    /// Drops the bindings of a deleted exchange.
+    pub(crate) fn forget_exchange(self: &Arc<Self>, exchange: &str) {
+        let had = self
+            .state
+            .lock()
+            .bindings
+            .iter()
+            .any(|b| b.exchange == exchange);
+        if had {
+            self.state.lock().bindings.retain(|b| b.exchange != exchange);
+            self.declared
+                .lock()
+                .bindings
+                .retain(|(x, _, _)| x != exchange);
+            self.restart_feeder();
+        }
+    }
+
+    /// `queue.purge`: settles every ready message; returns how many.
+    pub(crate) fn purge(&self) -> u32 {
+        let mut st = self.state.lock();
+        let n = st.ready.len() as u32;
+        for m in st.ready.drain(..) {
+            m.settle();
+        }
+        n
+    }
+
+    /// Stops the queue: its consumers are cancelled, its feeder ends, its group's
+    /// position is forgotten. Returns the messages it held.
+    pub(crate) async fn delete(&self) -> Result<u32, HubError> {
+        let (consumers, n) = {
+            let mut st = self.state.lock();
+            st.deleted = true;
+            if let Some(f) = st.feeder.take() {
+                f.abort();
+            }
+            let n = st.ready.len() as u32;
+            st.ready.clear();
+            (std::mem::take(&mut st.consumers), n)
+        };
+        for c in consumers {
+            let _ = c
+                .tx
+                .send(Out::Cancelled {
+                    channel: c.channel,
+                    consumer_tag: c.tag,
+                })
+                .await;
+        }
+        self.hub.delete_group(&self.ctx, &self.group()).await?;
+        Ok(n)
+    }
+
+    /// Consumers of a closing connection leave.
+    pub(crate) fn drop_connection(&self, conn: u64) {
+        self.state.lock().consumers.retain(|c| c.conn != conn);
+    }
+
+    pub(crate) fn consumers_of(&self, conn: u64) -> bool {
+        self.state.lock().consumers.iter().any(|c| c.conn == conn)
+    }
+}
