@@ -1,14 +1,125 @@
-//! Polyport's AMQP 0-9-1 broker — in progress (issue 11). What is here so far:
+//! Polyport's AMQP 0-9-1 broker, on the one event model: every publish is an event on
+//! the shared topic tree, and every queue is a Hub group over the event log, so MQTT,
+//! HTTP and record changes reach AMQP queues and AMQP publishes reach everyone else.
 //!
 //! | concern | file |
 //! |---|---|
 //! | frames: protocol header, `frame_max`, amq-protocol's parser and generator | `codec.rs` |
 //! | exchanges and routing keys on the shared topic tree | `naming.rs` |
+//! | basic properties ↔ message attributes | `props.rs` |
+//! | reply codes; closing a channel or the connection | `error.rs` |
+//! | exchanges, queues, durable topology in the Hub's adapter state | `broker.rs` |
+//! | a queue: its bindings, its Hub group, consumers, prefetch, requeue | `queue.rs` |
+//! | one connection: handshake, heartbeats, frame loop, publishes and confirms | `connection.rs` |
+//! | one channel's methods, content assembly, deliveries and acks | `channel.rs` |
 //!
-//! amq-protocol parses and generates every method; the framing rules, the broker and
-//! its mapping onto the Hub are ours. Not yet served by `polyport serve`.
+//! amq-protocol parses and generates every method; framing rules, the broker and its
+//! mapping onto the Hub are ours (no maintained crate is an AMQP server).
+//!
+//! Where Polyport differs from RabbitMQ, deliberately or not yet:
+//! - A message published to an exchange is always an event on the tree, also when no
+//!   queue takes it (a `mandatory` one still comes back as `basic.return`).
+//! - Queue contents live in the event log (the queue is a durable consumer over it),
+//!   so transient messages are logged like persistent ones unless their topic is in
+//!   `events.ephemeral_topics`; `delivery_mode` 2 forces a durable write.
+//! - `message_count` counts what the queue has read ahead (up to its window), not the
+//!   whole backlog in the log.
+//! - Not yet: headers exchanges, exchange-to-exchange bindings, transactions,
+//!   `x-*` queue arguments (TTL, length limits, dead-lettering), priorities,
+//!   `connection.blocked`. They are refused with `NOT_IMPLEMENTED` where a client asks.
 
-#![allow(dead_code)] // wired into the server with the connection layer (issue 11)
-
+mod broker;
+mod channel;
 mod codec;
+mod connection;
+mod error;
 mod naming;
+mod props;
+mod queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use polyport_core::{Hub, HubError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// This face in the server's adapter list.
+pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
+    name: "amqp",
+    label: "AMQP",
+    about: "AMQP 0-9-1 (RabbitMQ's clients: pika, amqplib, lapin, kombu)",
+    default_addr: Some(polyport_core::adapter::loopback(5672)),
+};
+
+/// Broker settings.
+#[derive(Clone, Debug)]
+pub struct AmqpConfig {
+    /// Largest frame, offered in `connection.tune`.
+    pub frame_max: u32,
+    /// Most channels per connection.
+    pub channel_max: u16,
+    /// Heartbeat interval offered, seconds (the client may lower it; 0 turns it off).
+    pub heartbeat: u16,
+    /// Largest message body accepted.
+    pub max_message: usize,
+    /// Messages a queue reads ahead of its consumers.
+    pub queue_window: usize,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message: 16 << 20,
+            queue_window: 1024,
+        }
+    }
+}
+
+/// A running broker.
+pub struct AmqpBroker {
+    broker: Arc<broker::Broker>,
+    tracker: TaskTracker,
+}
+
+impl AmqpBroker {
+    /// Restores the durable exchanges, queues and bindings.
+    pub async fn start(hub: Hub, cfg: AmqpConfig) -> Result<Self, HubError> {
+        Ok(Self {
+            broker: broker::Broker::load(hub, cfg).await?,
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Accepts connections on `listener` until `stop` fires, then waits for them to close.
+    pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+        let shutdown = self.broker.hub.shutdown_token();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => break,
+                _ = shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.tracker.spawn(connection::run(
+                        Box::new(stream),
+                        self.broker.clone(),
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "AMQP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}

@@ -7,8 +7,10 @@
 //! - Any other exchange `x` is `amqp/x/{x}/…`: a topic exchange's key words become levels,
 //!   a direct or fanout exchange's key is one level.
 //!
-//! Levels are percent-encoded where a routing key holds what a topic level cannot (`/`,
-//! `+`, `#`, `%`, NUL), so every key survives the round trip.
+//! A direct or fanout key (one level) is percent-encoded where it holds what a level
+//! cannot (`/`, `+`, `#`, `%`, NUL), so every key survives the round trip. In a topic
+//! key, as in RabbitMQ's MQTT plugin, a `.` inside a topic level is `%2E` in the routing
+//! key and a `/`, `+` or `#` inside a key word is `%2F`, `%2B`, `%23` in the topic.
 
 use polyport_core::{Topic, TopicFilter};
 
@@ -73,8 +75,35 @@ fn decode(level: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A topic key's word as a topic level.
+fn word_to_level(w: &str) -> String {
+    w.replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('#', "%23")
+        .replace("%2E", ".")
+}
+
+/// A topic level as a topic key's word.
+fn level_to_word(l: &str) -> String {
+    l.replace('.', "%2E")
+        .replace("%2F", "/")
+        .replace("%2B", "+")
+        .replace("%23", "#")
+}
+
 fn words(key: &str) -> String {
-    key.split('.').map(encode).collect::<Vec<_>>().join("/")
+    key.split('.')
+        .map(word_to_level)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn levels(topic: &str) -> String {
+    topic
+        .split('/')
+        .map(level_to_word)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Where a message published to `exchange` with `key` goes on the tree.
@@ -102,7 +131,7 @@ pub(crate) fn binding_filter(exchange: &str, kind: Kind, key: &str) -> Option<To
             .map(|w| match *w {
                 "*" => "+".to_string(),
                 "#" => "#".to_string(),
-                w => encode(w),
+                w => word_to_level(w),
             })
             .collect::<Vec<_>>()
             .join("/")
@@ -123,10 +152,10 @@ pub(crate) fn binding_filter(exchange: &str, kind: Kind, key: &str) -> Option<To
 pub(crate) fn routing_key(exchange: &str, kind: Kind, topic: &str) -> Option<String> {
     match (exchange, kind) {
         ("", _) => topic.strip_prefix(&format!("{PREFIX}/q/")).map(decode),
-        ("amq.topic", _) => Some(topic.split('/').map(decode).collect::<Vec<_>>().join(".")),
+        ("amq.topic", _) => Some(levels(topic)),
         (x, Kind::Topic) => topic
             .strip_prefix(&format!("{PREFIX}/x/{}/", encode(x)))
-            .map(|rest| rest.split('/').map(decode).collect::<Vec<_>>().join(".")),
+            .map(levels),
         (x, _) => topic
             .strip_prefix(&format!("{PREFIX}/x/{}/", encode(x)))
             .map(decode),
@@ -196,6 +225,14 @@ mod tests {
             routing_key("", Kind::Direct, "amqp/q/hello").as_deref(),
             Some("hello")
         );
+    }
+
+    #[test]
+    fn dots_in_levels_and_slashes_in_words_are_escaped() {
+        let t = Topic::new("v1.2/a%2Fb").unwrap();
+        let key = routing_key("amq.topic", Kind::Topic, t.as_str()).unwrap();
+        assert_eq!(key, "v1%2E2.a/b");
+        assert_eq!(publish_topic("amq.topic", Kind::Topic, &key).unwrap(), t);
     }
 
     #[test]

@@ -44,7 +44,10 @@ fn value_text(v: &AMQPValue) -> String {
 pub(crate) fn inbound(p: &BasicProperties, d: &mut EventDraft, now: DateTime<Utc>) {
     let a: &mut Attributes = &mut d.attrs;
     d.content_type = p.content_type().as_ref().map(|s| s.as_str().to_string());
-    a.content_encoding = p.content_encoding().as_ref().map(|s| s.as_str().to_string());
+    a.content_encoding = p
+        .content_encoding()
+        .as_ref()
+        .map(|s| s.as_str().to_string());
     a.message_id = p.message_id().as_ref().map(|s| s.as_str().to_string());
     a.correlation_id = p
         .correlation_id()
@@ -113,12 +116,15 @@ pub(crate) fn outbound(e: &polyport_core::Event, now: DateTime<Utc>) -> Option<B
         p = p.with_expiration(short(&left.to_string()));
     }
     if e.event_type != polyport_core::event::DEFAULT_EVENT_TYPE {
-        p = p.with_kind(short(&e.event_type));
+        p = p.with_type(short(&e.event_type));
     }
     if !e.headers.is_empty() {
         let mut t = FieldTable::default();
         for (k, v) in &e.headers {
-            t.insert(short(k), AMQPValue::LongString(v.as_bytes().to_vec().into()));
+            t.insert(
+                short(k),
+                AMQPValue::LongString(v.as_bytes().to_vec().into()),
+            );
         }
         p = p.with_headers(t);
     }
@@ -146,9 +152,15 @@ mod tests {
         let now = Utc::now();
         let mut d = EventDraft::new(Topic::new("t").unwrap(), "x");
         inbound(&p, &mut d, now);
-        assert_eq!(d.attrs.reply_to.as_ref().map(|t| t.as_str()), Some("replies/client1"));
+        assert_eq!(
+            d.attrs.reply_to.as_ref().map(|t| t.as_str()),
+            Some("replies/client1")
+        );
         assert_eq!(d.durability, Durability::Durable);
-        assert_eq!(d.headers, vec![("k".into(), "v".into()), ("n".into(), "7".into())]);
+        assert_eq!(
+            d.headers,
+            vec![("k".into(), "v".into()), ("n".into(), "7".into())]
+        );
         let e = polyport_core::Event::new(
             Some(1),
             "e1".into(),
@@ -163,11 +175,20 @@ mod tests {
         .with_attrs(d.attrs.clone(), None);
         let out = outbound(&e, now).unwrap();
         assert_eq!(out.message_id().as_ref().map(|s| s.as_str()), Some("m1"));
-        assert_eq!(out.correlation_id().as_ref().map(|s| s.as_str()), Some("c1"));
-        assert_eq!(out.reply_to().as_ref().map(|s| s.as_str()), Some("replies.client1"));
+        assert_eq!(
+            out.correlation_id().as_ref().map(|s| s.as_str()),
+            Some("c1")
+        );
+        assert_eq!(
+            out.reply_to().as_ref().map(|s| s.as_str()),
+            Some("replies.client1")
+        );
         assert_eq!(out.priority(), &Some(5));
         assert_eq!(out.delivery_mode(), &Some(2));
         assert_eq!(out.expiration().as_ref().map(|s| s.as_str()), Some("60000"));
-        assert!(outbound(&e, now + chrono::Duration::seconds(61)).is_none(), "expired");
+        assert!(
+            outbound(&e, now + chrono::Duration::seconds(61)).is_none(),
+            "expired"
+        );
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -163,6 +163,12 @@ pub(crate) struct Declared {
 }
 
 pub(crate) struct Queue {
+    name: String,
+    /// The highest sequence the feeder has seen, and the highest a publish on this
+    /// broker routed here: `basic.get` right after a publish waits for it to arrive.
+    arrived: AtomicU64,
+    expected: AtomicU64,
+    arrival: tokio::sync::Notify,
     pub(crate) declared: Mutex<Declared>,
     hub: Hub,
     ctx: AuthContext,
@@ -184,6 +190,10 @@ impl Queue {
             .collect::<Vec<_>>();
         all.extend(bindings);
         let q = Arc::new(Self {
+            name: declared.name.clone(),
+            arrived: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            arrival: tokio::sync::Notify::new(),
             declared: Mutex::new(declared),
             hub,
             ctx,
@@ -198,11 +208,11 @@ impl Queue {
     }
 
     pub(crate) fn name(&self) -> String {
-        self.declared.lock().name.clone()
+        self.name.clone()
     }
 
     fn group(&self) -> String {
-        format!("amqp:/:{}", self.declared.lock().name)
+        format!("amqp:/:{}", self.name)
     }
 
     pub(crate) fn message_count(&self) -> u32 {
@@ -235,9 +245,10 @@ impl Queue {
             fs.dedup_by(|a, b| a.as_str() == b.as_str());
             fs
         };
+        let since = self.declared.lock().since;
         let req = SubscribeRequest {
             filters,
-            since: Some(self.declared.lock().since),
+            since: Some(since),
             strict: false,
             group: Some(self.group()),
             position_by_name: true,
@@ -252,7 +263,9 @@ impl Queue {
         let task = tokio::spawn(async move {
             match q.hub.subscribe(&q.ctx, req).await {
                 Ok(sub) => q.feed(sub).await,
-                Err(e) => tracing::warn!(queue = %q.name(), error = %e, "AMQP queue cannot read the log"),
+                Err(e) => {
+                    tracing::warn!(queue = %q.name(), error = %e, "AMQP queue cannot read the log")
+                }
             }
         });
         self.state.lock().feeder = Some(task);
@@ -276,12 +289,15 @@ impl Queue {
     }
 
     fn arrive(self: &Arc<Self>, d: polyport_core::Delivery, acker: &Acker) {
+        if let Some(seq) = d.event.seq {
+            self.arrived.fetch_max(seq, Ordering::Relaxed);
+            self.arrival.notify_waiters();
+        }
         let route = {
             let st = self.state.lock();
-            st.bindings.iter().find_map(|b| {
-                b.route(&d.event.topic)
-                    .map(|key| (b.exchange.clone(), key))
-            })
+            st.bindings
+                .iter()
+                .find_map(|b| b.route(&d.event.topic).map(|key| (b.exchange.clone(), key)))
         };
         let message = Message {
             acker: Some(acker.clone()),
@@ -316,7 +332,8 @@ impl Queue {
                 idle += 1;
                 continue;
             }
-            let permit = match c.tx.try_reserve() {
+            let tx = c.tx.clone();
+            let permit = match tx.try_reserve() {
                 Ok(p) => p,
                 Err(_) => {
                     idle += 1;
@@ -377,6 +394,26 @@ impl Queue {
         st.consumers.is_empty() && st.had_consumer && self.declared.lock().auto_delete
     }
 
+    /// A publish routed here got sequence `seq`.
+    pub(crate) fn expect(&self, seq: u64) {
+        self.expected.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Waits (briefly) until what publishes routed here has reached the queue, so a
+    /// `basic.get` after a publish sees it, as on RabbitMQ.
+    pub(crate) async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let wait = self.arrival.notified();
+            if self.arrived.load(Ordering::Relaxed) >= self.expected.load(Ordering::Relaxed) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// `basic.get`: the next ready message, if any.
     pub(crate) fn get(&self) -> Option<(Message, u32)> {
         let mut st = self.state.lock();
@@ -392,9 +429,19 @@ impl Queue {
             if st.deleted {
                 return;
             }
+            // Back where they were: the ready list is in log order, and a client that
+            // returns its unacked messages one by one must not reverse them.
             for mut m in messages.into_iter().rev() {
                 m.redelivered = true;
-                st.ready.push_front(m);
+                let at = match m.event.seq {
+                    Some(seq) => st
+                        .ready
+                        .iter()
+                        .position(|r| r.event.seq.is_some_and(|s| s > seq))
+                        .unwrap_or(st.ready.len()),
+                    None => 0,
+                };
+                st.ready.insert(at, m);
             }
         }
         self.dispatch();
@@ -440,6 +487,15 @@ impl Queue {
         true
     }
 
+    /// Whether a binding names `exchange`.
+    pub(crate) fn bound_to(&self, exchange: &str) -> bool {
+        self.state
+            .lock()
+            .bindings
+            .iter()
+            .any(|b| b.exchange == exchange)
+    }
+
     /// Drops the bindings of a deleted exchange.
     pub(crate) fn forget_exchange(self: &Arc<Self>, exchange: &str) {
         let had = self
@@ -449,7 +505,10 @@ impl Queue {
             .iter()
             .any(|b| b.exchange == exchange);
         if had {
-            self.state.lock().bindings.retain(|b| b.exchange != exchange);
+            self.state
+                .lock()
+                .bindings
+                .retain(|b| b.exchange != exchange);
             self.declared
                 .lock()
                 .bindings
@@ -482,9 +541,8 @@ impl Queue {
             (std::mem::take(&mut st.consumers), n)
         };
         for c in consumers {
-            let _ = c
-                .tx
-                .send(Out::Cancelled {
+            let _ =
+                c.tx.send(Out::Cancelled {
                     channel: c.channel,
                     consumer_tag: c.tag,
                 })

@@ -19,6 +19,7 @@ pub(crate) struct Config {
     pub(crate) graphql: GraphqlSection,
     pub(crate) grpc: GrpcSection,
     pub(crate) mqtt: MqttSection,
+    pub(crate) amqp: AmqpSection,
     pub(crate) webhooks: WebhooksSection,
     pub(crate) hooks: polyport_http::HooksConfig,
     pub(crate) events: EventsSection,
@@ -78,6 +79,37 @@ impl Default for MqttSection {
             sys_interval_secs: d.sys_interval.as_secs(),
             max_queued_messages: d.max_queued_messages,
             max_keep_alive: d.max_keep_alive,
+        }
+    }
+}
+
+/// The AMQP 0-9-1 broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AmqpSection {
+    pub(crate) enabled: bool,
+    /// `None`: the default address, which is skipped (loudly) when taken.
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) frame_max: u32,
+    pub(crate) channel_max: u16,
+    /// Seconds offered in `connection.tune` (0: off).
+    pub(crate) heartbeat: u16,
+    pub(crate) max_message: usize,
+    /// Messages each queue reads ahead of its consumers.
+    pub(crate) queue_window: usize,
+}
+
+impl Default for AmqpSection {
+    fn default() -> Self {
+        let d = polyport_amqp::AmqpConfig::default();
+        Self {
+            enabled: true,
+            listen: None,
+            frame_max: d.frame_max,
+            channel_max: d.channel_max,
+            heartbeat: d.heartbeat,
+            max_message: d.max_message,
+            queue_window: d.queue_window,
         }
     }
 }
@@ -187,6 +219,7 @@ impl Default for Config {
             graphql: GraphqlSection::default(),
             grpc: GrpcSection::default(),
             mqtt: MqttSection::default(),
+            amqp: AmqpSection::default(),
             webhooks: WebhooksSection::default(),
             hooks: polyport_http::HooksConfig::default(),
             events: EventsSection::default(),

@@ -48,6 +48,11 @@ pub(crate) const ENTRIES: &[Entry] = &[
         section: |c| Section::new(c.mqtt.enabled, c.mqtt.listen),
         prepare: mqtt,
     },
+    Entry {
+        spec: &polyport_amqp::ADAPTER,
+        section: |c| Section::new(c.amqp.enabled, c.amqp.listen),
+        prepare: amqp,
+    },
 ];
 
 /// The faces that have a listener of their own.
@@ -245,6 +250,35 @@ fn mqtt<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
         Ok(Prepared {
             serve: Some(serve),
             mounts,
+        })
+    })
+}
+
+fn amqp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
+    Box::pin(async move {
+        let c = &cx.cfg.amqp;
+        let amqp_cfg = polyport_amqp::AmqpConfig {
+            frame_max: c.frame_max.max(4096),
+            channel_max: c.channel_max.max(1),
+            heartbeat: c.heartbeat,
+            max_message: c.max_message,
+            queue_window: c.queue_window.max(1),
+        };
+        let broker = polyport_amqp::AmqpBroker::start(cx.hub.clone(), amqp_cfg)
+            .await
+            .context("restoring AMQP exchanges and queues")?;
+        let serve: Serve = Box::new(move |listener, host| {
+            tracing::info!(
+                "AMQP listening on {} ({})",
+                listener.local_addr()?,
+                polyport_amqp::ADAPTER.about
+            );
+            let stop = host.stop.clone();
+            Ok(Box::pin(async move { broker.serve(listener, stop).await }))
+        });
+        Ok(Prepared {
+            serve: Some(serve),
+            mounts: Vec::new(),
         })
     })
 }

@@ -214,6 +214,7 @@ export async function startServer({ dataDir, http = '127.0.0.1:0', extra = [] } 
     'serve', '--data-dir', dataDir, '--http', http,
     ...(extra.includes('--grpc') ? [] : ['--grpc', '127.0.0.1:0']),
     ...(extra.includes('--mqtt') ? [] : ['--mqtt', '127.0.0.1:0']),
+    ...(extra.includes('--amqp') ? [] : ['--amqp', '127.0.0.1:0']),
     ...extra,
   ];
   const proc = spawn(exe, args, {

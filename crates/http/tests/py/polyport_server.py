@@ -101,7 +101,8 @@ def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Serv
         proc = subprocess.Popen(
             [str(exe), "serve", "--data-dir", str(data_dir), "--http", http,
              *([] if "--grpc" in extra else ["--grpc", "127.0.0.1:0"]),
-             *([] if "--mqtt" in extra else ["--mqtt", "127.0.0.1:0"]), *extra],
+             *([] if "--mqtt" in extra else ["--mqtt", "127.0.0.1:0"]),
+             *([] if "--amqp" in extra else ["--amqp", "127.0.0.1:0"]), *extra],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -1,0 +1,215 @@
+//! What all connections share: the exchanges, the queues, and the durable topology in
+//! the Hub's adapter state (namespaces `amqp.exchanges`, `amqp.queues`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use polyport_core::{AuthContext, Hub, HubError, Origin, Topic};
+use serde::{Deserialize, Serialize};
+
+use crate::AmqpConfig;
+use crate::naming::Kind;
+use crate::queue::{Binding, Declared, Queue};
+
+const EXCHANGES: &str = "amqp.exchanges";
+const QUEUES: &str = "amqp.queues";
+
+/// A declared exchange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Exchange {
+    pub(crate) kind: String,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) internal: bool,
+}
+
+impl Exchange {
+    fn builtin(kind: Kind) -> Self {
+        Self {
+            kind: kind.as_str().into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        Kind::parse(&self.kind).unwrap_or(Kind::Direct)
+    }
+}
+
+pub(crate) struct Broker {
+    pub(crate) hub: Hub,
+    pub(crate) cfg: AmqpConfig,
+    /// The broker's own identity, for its adapter state and queue groups.
+    pub(crate) ctx: AuthContext,
+    pub(crate) exchanges: Mutex<HashMap<String, Exchange>>,
+    pub(crate) queues: Mutex<HashMap<String, Arc<Queue>>>,
+    next_conn: AtomicU64,
+}
+
+impl Broker {
+    /// The built-in exchanges plus the durable topology saved by earlier runs.
+    pub(crate) async fn load(hub: Hub, cfg: AmqpConfig) -> Result<Arc<Self>, HubError> {
+        let ctx = AuthContext::anonymous(Origin("amqp"));
+        let mut exchanges: HashMap<String, Exchange> = [
+            ("", Kind::Direct),
+            ("amq.direct", Kind::Direct),
+            ("amq.fanout", Kind::Fanout),
+            ("amq.topic", Kind::Topic),
+        ]
+        .into_iter()
+        .map(|(n, k)| (n.to_string(), Exchange::builtin(k)))
+        .collect();
+        for (name, bytes) in hub.load_state(&ctx, EXCHANGES).await? {
+            match serde_json::from_slice::<Exchange>(&bytes) {
+                Ok(x) => {
+                    exchanges.insert(name, x);
+                }
+                Err(e) => {
+                    tracing::warn!(exchange = %name, error = %e, "unreadable saved AMQP exchange skipped")
+                }
+            }
+        }
+        let broker = Arc::new(Self {
+            hub: hub.clone(),
+            cfg,
+            ctx: ctx.clone(),
+            exchanges: Mutex::new(exchanges),
+            queues: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        });
+        for (name, bytes) in hub.load_state(&ctx, QUEUES).await? {
+            let d: Declared = match serde_json::from_slice(&bytes) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(queue = %name, error = %e, "unreadable saved AMQP queue skipped");
+                    continue;
+                }
+            };
+            let bindings = broker.bindings_of(&d);
+            let q = Queue::open(
+                hub.clone(),
+                ctx.clone(),
+                d,
+                bindings,
+                broker.cfg.queue_window,
+            );
+            broker.queues.lock().insert(name, q);
+        }
+        Ok(broker)
+    }
+
+    pub(crate) fn next_connection(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn bindings_of(&self, d: &Declared) -> Vec<Binding> {
+        d.bindings
+            .iter()
+            .filter_map(|(x, kind, key)| Binding::new(x, Kind::parse(kind)?, key))
+            .collect()
+    }
+
+    pub(crate) fn exchange(&self, name: &str) -> Option<Exchange> {
+        self.exchanges.lock().get(name).cloned()
+    }
+
+    pub(crate) fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.lock().get(name).cloned()
+    }
+
+    pub(crate) async fn save_exchange(
+        &self,
+        name: &str,
+        x: Option<&Exchange>,
+    ) -> Result<(), HubError> {
+        let value = match x {
+            Some(x) => Some(Bytes::from(
+                serde_json::to_vec(x).map_err(|e| HubError::Storage(e.to_string()))?,
+            )),
+            None => None,
+        };
+        self.hub.put_state(&self.ctx, EXCHANGES, name, value).await
+    }
+
+    /// Stores a durable queue's declaration (and bindings); removes it with `None`.
+    pub(crate) async fn save_queue(&self, name: &str, q: Option<&Queue>) -> Result<(), HubError> {
+        let value = match q {
+            Some(q) => {
+                let d = q.declared.lock().clone();
+                if !d.durable {
+                    return Ok(());
+                }
+                Some(Bytes::from(
+                    serde_json::to_vec(&d).map_err(|e| HubError::Storage(e.to_string()))?,
+                ))
+            }
+            None => None,
+        };
+        self.hub.put_state(&self.ctx, QUEUES, name, value).await
+    }
+
+    /// Opens a new queue.
+    pub(crate) fn create_queue(&self, d: Declared) -> Arc<Queue> {
+        let name = d.name.clone();
+        let q = Queue::open(
+            self.hub.clone(),
+            self.ctx.clone(),
+            d,
+            Vec::new(),
+            self.cfg.queue_window,
+        );
+        self.queues.lock().insert(name, q.clone());
+        q
+    }
+
+    /// Deletes a queue everywhere; returns the messages it held.
+    pub(crate) async fn delete_queue(&self, name: &str) -> Result<u32, HubError> {
+        let Some(q) = self.queues.lock().remove(name) else {
+            return Ok(0);
+        };
+        let durable = q.declared.lock().durable;
+        let n = q.delete().await?;
+        if durable {
+            self.save_queue(name, None).await?;
+        }
+        Ok(n)
+    }
+
+    /// The queues a message on `topic` lands in.
+    pub(crate) fn queues_for(&self, topic: &Topic) -> Vec<Arc<Queue>> {
+        self.queues
+            .lock()
+            .values()
+            .filter(|q| q.routes(topic))
+            .cloned()
+            .collect()
+    }
+
+    /// A connection ends: its exclusive queues go, its consumers leave.
+    pub(crate) async fn connection_closed(&self, conn: u64) {
+        let mut gone = Vec::new();
+        let queues: Vec<Arc<Queue>> = self.queues.lock().values().cloned().collect();
+        for q in queues {
+            let exclusive = q.declared.lock().exclusive == Some(conn);
+            if exclusive {
+                gone.push(q.name());
+                continue;
+            }
+            let had = q.consumers_of(conn);
+            q.drop_connection(conn);
+            if had && q.consumer_count() == 0 && q.declared.lock().auto_delete {
+                gone.push(q.name());
+            }
+        }
+        for name in gone {
+            if let Err(e) = self.delete_queue(&name).await {
+                tracing::warn!(queue = %name, error = %e, "deleting an AMQP queue failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,686 @@
+//! One AMQP connection: protocol header, start / tune / open, then a loop over the
+//! socket, the deliveries from this connection's consumers, publishes on their way into
+//! the Hub (confirmed in order once the Hub has them), heartbeats and shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection as conn};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, SinkExt, StreamExt};
+use polyport_core::{AuthContext, HubError, Origin};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::channel::{Channel, Ctx, Ready};
+use crate::codec::{Codec, CodecError, Incoming, PROTOCOL_HEADER};
+use crate::error::{Closing, Code};
+use crate::props::short;
+use crate::queue::Out;
+
+/// Frame size before tune: the spec's minimum.
+const MIN_FRAME: usize = 4096;
+/// Time to finish the handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Deliveries queued towards one connection before queues hold back.
+const OUTBOX: usize = 1024;
+/// Frames handled per step before the loop writes.
+const BATCH: usize = 64;
+
+type Transport = Framed<Box<dyn Io>, Codec>;
+
+/// A byte stream carrying AMQP.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Publishing = BoxFuture<'static, (u16, Option<u64>, Result<(), HubError>)>;
+
+struct Connection {
+    broker: Arc<Broker>,
+    id: u64,
+    ctx: AuthContext,
+    io: Transport,
+    frame_max: usize,
+    channel_max: u16,
+    channels: HashMap<u16, Channel>,
+    deliveries: mpsc::Sender<Out>,
+    publishing: FuturesOrdered<Publishing>,
+    out: Vec<AMQPFrame>,
+}
+
+/// Serves one connection to its end.
+pub(crate) async fn run(stream: Box<dyn Io>, broker: Arc<Broker>, stop: CancellationToken) {
+    let mut io = Framed::new(stream, Codec::new(MIN_FRAME));
+    let Some((ctx, frame_max, channel_max, heartbeat)) =
+        tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker))
+            .await
+            .ok()
+            .flatten()
+    else {
+        return;
+    };
+    io.codec_mut().frame_max = frame_max;
+    let id = broker.next_connection();
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let mut c = Connection {
+        broker: broker.clone(),
+        id,
+        ctx,
+        io,
+        frame_max,
+        channel_max,
+        channels: HashMap::new(),
+        deliveries: tx,
+        publishing: FuturesOrdered::new(),
+        out: Vec::new(),
+    };
+    metrics::gauge!("polyport_amqp_connections").increment(1.0);
+    c.serve(rx, heartbeat, stop).await;
+    for (ch, mut channel) in std::mem::take(&mut c.channels) {
+        channel.close(&broker, id, ch).await;
+    }
+    // Publishes already accepted still reach the Hub.
+    while c.publishing.next().await.is_some() {}
+    broker.connection_closed(id).await;
+    metrics::gauge!("polyport_amqp_connections").decrement(1.0);
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        caps.insert(short(cap), AMQPValue::Boolean(true));
+    }
+    for cap in [
+        "exchange_exchange_bindings",
+        "connection.blocked",
+        "consumer_priorities",
+        "direct_reply_to",
+    ] {
+        caps.insert(short(cap), AMQPValue::Boolean(false));
+    }
+    let mut p = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+    p.insert(short("product"), text("Polyport"));
+    p.insert(short("version"), text(env!("CARGO_PKG_VERSION")));
+    p.insert(short("platform"), text("Rust"));
+    p.insert(short("information"), text("https://github.com/polyport"));
+    p.insert(short("capabilities"), AMQPValue::FieldTable(caps));
+    p
+}
+
+async fn next_method(io: &mut Transport) -> Option<AMQPClass> {
+    loop {
+        match io.next().await? {
+            Ok(Incoming::Frame(f)) => match *f {
+                AMQPFrame::Method(0, m) => return Some(m),
+                AMQPFrame::Heartbeat => continue,
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+}
+
+/// The credentials of `start-ok`: PLAIN (`\0user\0pass`) or AMQPLAIN (a table).
+fn credentials(s: &conn::StartOk) -> Option<(String, Vec<u8>)> {
+    let r = s.response.as_bytes();
+    match s.mechanism.as_str() {
+        "PLAIN" => {
+            let mut parts = r.split(|b| *b == 0);
+            let _authzid = parts.next()?;
+            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            let pass = parts.next()?.to_vec();
+            Some((user, pass))
+        }
+        "AMQPLAIN" => {
+            // A field table without its length prefix.
+            let mut framed = (r.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(r);
+            let (_, t) = amq_protocol::types::parsing::parse_field_table(framed.as_slice()).ok()?;
+            let get = |k: &str| match t.inner().get(k)? {
+                AMQPValue::LongString(s) => Some(s.as_bytes().to_vec()),
+                AMQPValue::ShortString(s) => Some(s.as_str().as_bytes().to_vec()),
+                _ => None,
+            };
+            Some((String::from_utf8(get("LOGIN")?).ok()?, get("PASSWORD")?))
+        }
+        _ => None,
+    }
+}
+
+async fn close_connection(
+    io: &mut Transport,
+    code: Code,
+    text: &str,
+    class_id: u16,
+    method_id: u16,
+) {
+    let m = AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+        reply_code: code.value(),
+        reply_text: short(text),
+        class_id,
+        method_id,
+    }));
+    let _ = io.send(AMQPFrame::Method(0, m)).await;
+    // Wait briefly for close-ok, then hang up.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(Incoming::Frame(f))) = io.next().await {
+            if matches!(
+                *f,
+                AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)))
+            ) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Start, start-ok (authentication), tune, tune-ok, open.
+async fn handshake(io: &mut Transport, broker: &Broker) -> Option<(AuthContext, usize, u16, u16)> {
+    match io.next().await? {
+        Ok(Incoming::Header) => {}
+        Err(CodecError::BadHeader) => {
+            // The spec: answer with the header we do speak, then close.
+            let _ = io.get_mut().write_all(PROTOCOL_HEADER).await;
+            let _ = io.get_mut().shutdown().await;
+            return None;
+        }
+        _ => return None,
+    }
+    let start = conn::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: server_properties(),
+        mechanisms: "PLAIN AMQPLAIN".into(),
+        locales: "en_US".into(),
+    };
+    io.send(AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Start(start)),
+    ))
+    .await
+    .ok()?;
+    let AMQPClass::Connection(conn::AMQPMethod::StartOk(ok)) = next_method(io).await? else {
+        return None;
+    };
+    let ctx = match credentials(&ok) {
+        Some((user, pass)) => broker
+            .hub
+            .authenticate(Origin("amqp"), Some(&user), Some(&pass)),
+        None => Err(HubError::Unauthenticated(format!(
+            "unsupported mechanism {}",
+            ok.mechanism
+        ))),
+    };
+    let ctx = match ctx {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, "AMQP login refused");
+            let text = format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism {}",
+                ok.mechanism
+            );
+            close_connection(io, Code::AccessRefused, &text, 10, 11).await;
+            return None;
+        }
+    };
+    let cfg = &broker.cfg;
+    let tune = conn::Tune {
+        channel_max: cfg.channel_max,
+        frame_max: cfg.frame_max,
+        heartbeat: cfg.heartbeat,
+    };
+    io.send(AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Tune(tune)),
+    ))
+    .await
+    .ok()?;
+    let AMQPClass::Connection(conn::AMQPMethod::TuneOk(t)) = next_method(io).await? else {
+        return None;
+    };
+    let pick = |ours: u32, theirs: u32| if theirs == 0 { ours } else { ours.min(theirs) };
+    let frame_max = pick(cfg.frame_max, t.frame_max).max(MIN_FRAME as u32) as usize;
+    let channel_max = pick(u32::from(cfg.channel_max), u32::from(t.channel_max)) as u16;
+    io.codec_mut().frame_max = frame_max;
+    let AMQPClass::Connection(conn::AMQPMethod::Open(open)) = next_method(io).await? else {
+        return None;
+    };
+    if open.virtual_host.as_str() != "/" {
+        let text = format!("NOT_ALLOWED - vhost {} not found", open.virtual_host);
+        close_connection(io, Code::NotAllowed, &text, 10, 40).await;
+        return None;
+    }
+    io.send(AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::OpenOk(conn::OpenOk {})),
+    ))
+    .await
+    .ok()?;
+    Some((ctx, frame_max, channel_max, t.heartbeat))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    async fn serve(
+        &mut self,
+        mut rx: mpsc::Receiver<Out>,
+        heartbeat: u16,
+        stop: CancellationToken,
+    ) {
+        let beat = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
+        let mut send_at = beat.map(|b| Instant::now() + b / 2);
+        let mut dead_at = beat.map(|b| Instant::now() + b * 2);
+        let shutdown = self.broker.hub.shutdown_token();
+        loop {
+            if !self.out.is_empty() {
+                for f in self.out.drain(..) {
+                    if self.io.feed(f).await.is_err() {
+                        return;
+                    }
+                }
+                if self.io.flush().await.is_err() {
+                    return;
+                }
+                send_at = beat.map(|b| Instant::now() + b / 2);
+            }
+            tokio::select! {
+                f = self.io.next() => {
+                    dead_at = beat.map(|b| Instant::now() + b * 2);
+                    let mut f = f;
+                    for _ in 0..BATCH {
+                        match f {
+                            Some(Ok(Incoming::Frame(frame))) => {
+                                if let Err(end) = self.frame(*frame).await {
+                                    match end {
+                                        Some(closing) => self.close(closing).await,
+                                        None => self.flush_out().await,
+                                    }
+                                    return;
+                                }
+                            }
+                            Some(Err(CodecError::TooLarge { size, max })) => {
+                                let text = format!("FRAME_ERROR - frame of {size} bytes exceeds frame_max {max}");
+                                self.close(Closing::Connection { code: Code::FrameError, text, class_id: 0, method_id: 0 }).await;
+                                return;
+                            }
+                            Some(Err(CodecError::Malformed)) => {
+                                let text = "FRAME_ERROR - malformed frame or unknown method".to_string();
+                                self.close(Closing::Connection { code: Code::FrameError, text, class_id: 0, method_id: 0 }).await;
+                                return;
+                            }
+                            _ => return,
+                        }
+                        match self.io.next().now_or_never() {
+                            Some(next) => f = next,
+                            None => break,
+                        }
+                    }
+                }
+                Some(d) = rx.recv() => {
+                    self.outbound(d);
+                    for _ in 0..BATCH {
+                        match rx.try_recv() {
+                            Ok(d) => self.outbound(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some((ch, confirm, result)) = self.publishing.next(), if !self.publishing.is_empty() => {
+                    self.confirmed(ch, confirm, result);
+                }
+                _ = sleep_until(send_at) => {
+                    self.out.push(AMQPFrame::Heartbeat);
+                }
+                _ = sleep_until(dead_at) => {
+                    tracing::info!(conn = self.id, "AMQP client missed heartbeats; closing");
+                    return;
+                }
+                _ = stop.cancelled() => {
+                    let text = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".to_string();
+                    self.close(Closing::Connection { code: Code::ConnectionForced, text, class_id: 0, method_id: 0 }).await;
+                    return;
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn confirmed(&mut self, ch: u16, confirm: Option<u64>, result: Result<(), HubError>) {
+        if let Err(e) = &result {
+            tracing::warn!(conn = self.id, error = %e, "AMQP publish refused by the hub");
+        }
+        let Some(tag) = confirm else { return };
+        if !self.channels.contains_key(&ch) {
+            return;
+        }
+        let m = match result {
+            Ok(()) => basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: tag,
+                multiple: false,
+            }),
+            Err(_) => basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag: tag,
+                multiple: false,
+                requeue: false,
+            }),
+        };
+        self.out.push(AMQPFrame::Method(ch, AMQPClass::Basic(m)));
+    }
+
+    fn outbound(&mut self, d: Out) {
+        let (ch, frame_max) = match &d {
+            Out::Deliver { channel, .. } | Out::Cancelled { channel, .. } => {
+                (*channel, self.frame_max)
+            }
+        };
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            if let Out::Deliver {
+                queue,
+                message,
+                credit,
+                no_ack,
+                ..
+            } = d
+                && !no_ack
+            {
+                credit.release();
+                queue.requeue(vec![message]);
+            }
+            return;
+        };
+        let mut cx = Ctx {
+            broker: &self.broker,
+            conn: self.id,
+            id: ch,
+            out: &mut self.out,
+            deliveries: &self.deliveries,
+            frame_max,
+        };
+        match d {
+            Out::Deliver {
+                consumer_tag,
+                no_ack,
+                queue,
+                message,
+                credit,
+                ..
+            } => channel.deliver(&mut cx, consumer_tag, no_ack, queue, message, credit),
+            Out::Cancelled { consumer_tag, .. } => channel.cancelled(&mut cx, &consumer_tag),
+        }
+    }
+
+    /// Handles one frame. `Err(None)`: the connection ended cleanly; `Err(Some)`: it
+    /// must be closed with that error.
+    async fn frame(&mut self, f: AMQPFrame) -> Result<(), Option<Closing>> {
+        match f {
+            AMQPFrame::Heartbeat => Ok(()),
+            AMQPFrame::Method(0, m) => self.connection_method(m),
+            AMQPFrame::Method(ch, m) => self.channel_method(ch, m).await.map_err(Some),
+            AMQPFrame::Header(ch, h) => {
+                let max = self.broker.cfg.max_message;
+                let ready = self.with_channel(ch, |c| c.header(h, max))?;
+                self.publish(ch, ready);
+                Ok(())
+            }
+            AMQPFrame::Body(ch, b) => {
+                let ready = self.with_channel(ch, |c| c.body(b))?;
+                self.publish(ch, ready);
+                Ok(())
+            }
+            AMQPFrame::ProtocolHeader(_) | AMQPFrame::InvalidHeartbeat(_) => {
+                Err(Some(Closing::Connection {
+                    code: Code::UnexpectedFrame,
+                    text: "UNEXPECTED_FRAME - unexpected frame".into(),
+                    class_id: 0,
+                    method_id: 0,
+                }))
+            }
+        }
+    }
+
+    fn with_channel<T>(
+        &mut self,
+        ch: u16,
+        f: impl FnOnce(&mut Channel) -> Result<Option<T>, Closing>,
+    ) -> Result<Option<T>, Option<Closing>> {
+        match self.channels.get_mut(&ch) {
+            Some(c) if c.closing => Ok(None),
+            Some(c) => f(c).map_err(Some),
+            None => Err(Some(Closing::Connection {
+                code: Code::ChannelError,
+                text: format!("CHANNEL_ERROR - expected 'channel.open' on channel {ch}"),
+                class_id: 0,
+                method_id: 0,
+            })),
+        }
+    }
+
+    fn connection_method(&mut self, m: AMQPClass) -> Result<(), Option<Closing>> {
+        match m {
+            AMQPClass::Connection(conn::AMQPMethod::Close(_)) => {
+                self.out.push(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                ));
+                Err(None)
+            }
+            AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)) => Err(None),
+            AMQPClass::Connection(
+                conn::AMQPMethod::Blocked(_) | conn::AMQPMethod::Unblocked(_),
+            ) => Ok(()),
+            other => Err(Some(Closing::Connection {
+                code: Code::CommandInvalid,
+                text: "COMMAND_INVALID - unexpected method on channel 0".into(),
+                class_id: other.get_amqp_class_id(),
+                method_id: other.get_amqp_method_id(),
+            })),
+        }
+    }
+
+    async fn channel_method(&mut self, ch: u16, m: AMQPClass) -> Result<(), Closing> {
+        match &m {
+            AMQPClass::Channel(chan::AMQPMethod::Open(_)) => {
+                if self.channels.contains_key(&ch) || ch > self.channel_max {
+                    return Err(Closing::Connection {
+                        code: Code::ChannelError,
+                        text: format!(
+                            "CHANNEL_ERROR - channel {ch} is already open or out of range"
+                        ),
+                        class_id: 20,
+                        method_id: 10,
+                    });
+                }
+                self.channels.insert(ch, Channel::default());
+                self.out.push(AMQPFrame::Method(
+                    ch,
+                    AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+                ));
+                return Ok(());
+            }
+            AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
+                if let Some(mut c) = self.channels.remove(&ch) {
+                    c.close(&self.broker, self.id, ch).await;
+                }
+                self.out.push(AMQPFrame::Method(
+                    ch,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                ));
+                return Ok(());
+            }
+            AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => {
+                if let Some(mut c) = self.channels.remove(&ch) {
+                    c.close(&self.broker, self.id, ch).await;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return Err(Closing::Connection {
+                code: Code::ChannelError,
+                text: format!("CHANNEL_ERROR - expected 'channel.open' on channel {ch}"),
+                class_id: m.get_amqp_class_id(),
+                method_id: m.get_amqp_method_id(),
+            });
+        };
+        if channel.closing {
+            return Ok(());
+        }
+        if matches!(m, AMQPClass::Basic(basic::AMQPMethod::Get(_))) && !self.publishing.is_empty() {
+            // This connection's publishes reach their queues before it reads one.
+            while let Some((c, confirm, result)) = self.publishing.next().await {
+                self.confirmed(c, confirm, result);
+            }
+        }
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return Ok(());
+        };
+        if channel.pending_publish().is_some() {
+            return Err(Closing::Connection {
+                code: Code::UnexpectedFrame,
+                text: "UNEXPECTED_FRAME - a method arrived while a publish's content was expected"
+                    .into(),
+                class_id: m.get_amqp_class_id(),
+                method_id: m.get_amqp_method_id(),
+            });
+        }
+        let mut cx = Ctx {
+            broker: &self.broker,
+            conn: self.id,
+            id: ch,
+            out: &mut self.out,
+            deliveries: &self.deliveries,
+            frame_max: self.frame_max,
+        };
+        match channel.method(&mut cx, m).await {
+            Ok(()) => Ok(()),
+            Err(Closing::Channel {
+                code,
+                text,
+                class_id,
+                method_id,
+            }) => {
+                tracing::debug!(conn = self.id, channel = ch, %text, "AMQP channel closed");
+                channel.closing = true;
+                channel.content = None;
+                let mut c = std::mem::take(channel);
+                c.closing = true;
+                c.close(&self.broker, self.id, ch).await;
+                self.channels.insert(ch, c);
+                self.out.push(AMQPFrame::Method(
+                    ch,
+                    AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                        reply_code: code.value(),
+                        reply_text: short(&text),
+                        class_id,
+                        method_id,
+                    })),
+                ));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a complete publish into the Hub; a mandatory one no queue takes comes back
+    /// as `basic.return` (it still reaches the tree's other subscribers).
+    fn publish(&mut self, ch: u16, ready: Option<Ready>) {
+        let Some(r) = ready else { return };
+        let queues = r
+            .draft
+            .as_ref()
+            .map(|d| self.broker.queues_for(&d.topic))
+            .unwrap_or_default();
+        if r.method.mandatory && queues.is_empty() {
+            let m = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: Code::NoRoute.value(),
+                reply_text: short("NO_ROUTE"),
+                exchange: r.method.exchange.clone(),
+                routing_key: r.method.routing_key.clone(),
+            }));
+            let mut cx = Ctx {
+                broker: &self.broker,
+                conn: self.id,
+                id: ch,
+                out: &mut self.out,
+                deliveries: &self.deliveries,
+                frame_max: self.frame_max,
+            };
+            cx.send_content(m, r.properties.clone(), &r.body);
+        }
+        metrics::counter!("polyport_amqp_messages_in_total").increment(1);
+        let confirm = r.confirm;
+        let Some(draft) = r.draft else {
+            self.publishing
+                .push_back(async move { (ch, confirm, Ok(())) }.boxed());
+            return;
+        };
+        let hub = self.broker.hub.clone();
+        let ctx = self.ctx.clone();
+        self.publishing.push_back(
+            async move {
+                let r = hub.publish(&ctx, draft).await.map(|receipt| {
+                    if let Some(seq) = receipt.event.seq {
+                        for q in &queues {
+                            q.expect(seq);
+                        }
+                    }
+                });
+                (ch, confirm, r)
+            }
+            .boxed(),
+        );
+    }
+
+    /// Writes what is queued (a last `close-ok`), best effort.
+    async fn flush_out(&mut self) {
+        for f in self.out.drain(..) {
+            let _ = self.io.feed(f).await;
+        }
+        let _ = self.io.flush().await;
+    }
+
+    async fn close(&mut self, c: Closing) {
+        let (code, text, class_id, method_id) = match c {
+            Closing::Connection {
+                code,
+                text,
+                class_id,
+                method_id,
+            }
+            | Closing::Channel {
+                code,
+                text,
+                class_id,
+                method_id,
+            } => (code, text, class_id, method_id),
+        };
+        tracing::debug!(conn = self.id, %text, "AMQP connection closed");
+        for f in self.out.drain(..) {
+            let _ = self.io.feed(f).await;
+        }
+        close_connection(&mut self.io, code, &text, class_id, method_id).await;
+    }
+}

@@ -1,0 +1,188 @@
+"""The broker as pika sees it: queues, routing, acks and redelivery, prefetch, confirms,
+basic.get, mandatory returns, and errors in the protocol's own words (only the failing
+channel closes)."""
+
+from __future__ import annotations
+
+import socket
+
+import pika
+import pytest
+from amqp_clients import connect, drain, port, quiet, servers  # noqa: F401
+
+
+def test_direct_and_topic_routing_and_the_default_exchange(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.exchange_declare("orders", "direct")
+    ch.exchange_declare("events", "topic")
+    for q in ("eu", "us", "all_events", "created"):
+        ch.queue_declare(q)
+    ch.queue_bind("eu", "orders", "eu")
+    ch.queue_bind("us", "orders", "us")
+    ch.queue_bind("all_events", "events", "#")
+    ch.queue_bind("created", "events", "*.created")
+    ch.basic_publish("orders", "eu", b"o1")
+    ch.basic_publish("orders", "us", b"o2")
+    ch.basic_publish("events", "post.created", b"e1")
+    ch.basic_publish("events", "post.deleted.soft", b"e2")
+    ch.basic_publish("", "eu", b"direct-to-queue")
+    assert [b for _, _, b in drain(ch, "eu", 2)] == [b"o1", b"direct-to-queue"]
+    assert [b for _, _, b in drain(ch, "us", 1)] == [b"o2"]
+    got = drain(ch, "all_events", 2)
+    assert [(m.exchange, m.routing_key, b) for m, _, b in got] == [
+        ("events", "post.created", b"e1"),
+        ("events", "post.deleted.soft", b"e2"),
+    ]
+    assert [b for _, _, b in drain(ch, "created", 1)] == [b"e1"]
+    quiet(ch, "created", 0.5)
+
+
+def test_manual_acks_redeliver_what_a_closed_channel_held(servers):
+    s = servers.start()
+    conn = connect(s)
+    ch = conn.channel()
+    ch.queue_declare("work", durable=True)
+    for i in range(5):
+        ch.basic_publish("", "work", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    a = conn.channel()
+    a.basic_qos(prefetch_count=2)
+    seen = []
+    for method, _props, body in a.consume("work", inactivity_timeout=5):
+        assert method is not None
+        seen.append((method.delivery_tag, body))
+        if len(seen) == 2:
+            break
+    a.basic_ack(seen[0][0])  # "0" done; "1" is held unacked when the channel closes
+    a.close()
+    b = conn.channel()
+    got = drain(b, "work", 4, auto_ack=False)
+    assert [body for _, _, body in got] == [b"1", b"2", b"3", b"4"]
+    assert got[0][0].redelivered, "held unacked by the closed channel"
+    assert not got[-1][0].redelivered, "never delivered before (prefetch 2)"
+    for m, _, _ in got:
+        b.basic_ack(m.delivery_tag)
+    quiet(b, "work", 0.5)
+
+
+def test_nack_requeues_and_reject_drops(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.queue_declare("q")
+    ch.basic_publish("", "q", b"a")
+    ch.basic_publish("", "q", b"b")
+    m1, _, body1 = ch.basic_get("q")
+    assert body1 == b"a" and m1.message_count == 1
+    ch.basic_nack(m1.delivery_tag, requeue=True)
+    m2, _, body2 = ch.basic_get("q")
+    assert body2 == b"a" and m2.redelivered
+    ch.basic_reject(m2.delivery_tag, requeue=False)
+    m3, _, body3 = ch.basic_get("q", auto_ack=True)
+    assert body3 == b"b"
+    assert ch.basic_get("q") == (None, None, None)
+
+
+def test_prefetch_bounds_unacked_deliveries(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.queue_declare("p")
+    for i in range(10):
+        ch.basic_publish("", "p", str(i).encode())
+    ch.basic_qos(prefetch_count=3)
+    got = []
+    ch.basic_consume("p", lambda c, m, p, b: got.append(m.delivery_tag))
+    ch.connection.process_data_events(time_limit=1.0)
+    assert len(got) == 3, got
+    ch.basic_ack(got[-1], multiple=True)
+    ch.connection.process_data_events(time_limit=1.0)
+    assert len(got) == 6, got
+
+
+def test_confirms_and_mandatory_returns(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.confirm_delivery()
+    ch.queue_declare("c")
+    ch.basic_publish("", "c", b"confirmed")  # raises unless acked
+    with pytest.raises(pika.exceptions.UnroutableError):
+        ch.basic_publish("amq.direct", "nobody-home", b"lost", mandatory=True)
+    assert [b for _, _, b in drain(ch, "c", 1)] == [b"confirmed"]
+
+
+def test_properties_round_trip(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.queue_declare("props")
+    sent = pika.BasicProperties(
+        content_type="application/json", content_encoding="utf-8", message_id="m-1",
+        correlation_id="corr-1", reply_to="replies", priority=3, delivery_mode=2,
+        type="order.placed", headers={"tenant": "acme"}, expiration="60000",
+    )
+    ch.basic_publish("", "props", b'{"a":1}', sent)
+    (_, got, body), = drain(ch, "props", 1)
+    assert body == b'{"a":1}'
+    for field in ("content_type", "content_encoding", "message_id", "correlation_id", "reply_to",
+                  "priority", "delivery_mode", "type", "headers"):
+        assert getattr(got, field) == getattr(sent, field), field
+    assert 0 < int(got.expiration) <= 60000
+
+
+def test_errors_close_only_the_failing_channel(servers):
+    s = servers.start()
+    conn = connect(s)
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("missing", passive=True)
+    assert e.value.reply_code == 404 and "no queue 'missing' in vhost '/'" in e.value.reply_text
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.exchange_declare("amq.mine", "direct")
+    assert e.value.reply_code == 403
+    ch = conn.channel()
+    ch.exchange_declare("kinds", "direct")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.exchange_declare("kinds", "fanout")
+    assert e.value.reply_code == 406 and "inequivalent arg 'type'" in e.value.reply_text
+    ch = conn.channel()
+    ch.basic_publish("no-such-exchange", "k", b"x")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("after")  # the close arrives before this reply
+    assert e.value.reply_code == 404
+    # The connection and new channels still work.
+    ok = conn.channel()
+    ok.queue_declare("fine")
+    ok.basic_publish("", "fine", b"still here")
+    assert [b for _, _, b in drain(ok, "fine", 1)] == [b"still here"]
+
+
+def test_exclusive_queues_belong_to_their_connection(servers):
+    s = servers.start()
+    owner = connect(s)
+    q = owner.channel().queue_declare("", exclusive=True).method.queue
+    assert q.startswith("amq.gen-")
+    other = connect(s).channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        other.basic_consume(q, lambda *a: None)
+    assert e.value.reply_code == 405
+    owner.close()
+    probe = connect(s).channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        probe.queue_declare(q, passive=True)
+    assert e.value.reply_code == 404, "an exclusive queue goes with its connection"
+
+
+def test_a_wrong_protocol_header_gets_ours_back(servers):
+    s = servers.start()
+    with socket.create_connection(("127.0.0.1", port(s, "amqp")), timeout=5) as sock:
+        sock.sendall(b"AMQP\x01\x01\x00\x0a")
+        assert sock.recv(8) == b"AMQP\x00\x00\x09\x01"
+        assert sock.recv(8) == b"", "then the server closes"
+
+
+def test_bad_credentials_are_refused(servers):
+    s = servers.start('[auth]\nusers = { alice = "s3cret" }\nanonymous = false\n')
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        connect(s, credentials=pika.PlainCredentials("alice", "wrong"))
+    ok = connect(s, credentials=pika.PlainCredentials("alice", "s3cret"))
+    ok.channel().queue_declare("authed")
+    ok.close()
