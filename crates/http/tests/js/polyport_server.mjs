@@ -143,6 +143,7 @@ export class Server {
     this.http = listeners.http; // "127.0.0.1:PORT"
     this.grpc = listeners.grpc;
     this.mqtt = listeners.mqtt;
+    this.amqp = listeners.amqp;
     this.exitCode = undefined;
     this.exited = new Promise((r) => proc.once('exit', (code, signal) => r(code ?? signal)));
     this.exited.then((c) => (this.exitCode = c));
@@ -162,6 +163,10 @@ export class Server {
 
   get mqttUrl() {
     return `mqtt://${this.mqtt}`;
+  }
+
+  get amqpUrl() {
+    return `amqp://${this.amqp}`;
   }
 
   log() {
