@@ -308,8 +308,11 @@ impl Connection {
             tokio::select! {
                 f = self.io.next() => {
                     dead_at = beat.map(|b| Instant::now() + b * 2);
-                    let mut f = f;
-                    for _ in 0..BATCH {
+                    // Frames that arrived together are handled together; the next one
+                    // is only taken when it will be handled.
+                    let mut next = Some(f);
+                    let mut handled = 0;
+                    while let Some(f) = next.take() {
                         match f {
                             Some(Ok(Incoming::Frame(frame))) => {
                                 if let Err(end) = self.frame(*frame).await {
@@ -332,10 +335,11 @@ impl Connection {
                             }
                             _ => return,
                         }
-                        match self.io.next().now_or_never() {
-                            Some(next) => f = next,
-                            None => break,
+                        handled += 1;
+                        if handled == BATCH {
+                            break;
                         }
+                        next = self.io.next().now_or_never();
                     }
                 }
                 Some(d) = rx.recv() => {
@@ -441,12 +445,12 @@ impl Connection {
             AMQPFrame::Header(ch, h) => {
                 let max = self.broker.cfg.max_message;
                 let ready = self.with_channel(ch, |c| c.header(h, max))?;
-                self.publish(ch, ready);
+                self.publish(ch, ready).await;
                 Ok(())
             }
             AMQPFrame::Body(ch, b) => {
                 let ready = self.with_channel(ch, |c| c.body(b))?;
-                self.publish(ch, ready);
+                self.publish(ch, ready).await;
                 Ok(())
             }
             AMQPFrame::ProtocolHeader(_) | AMQPFrame::InvalidHeartbeat(_) => {
@@ -606,7 +610,7 @@ impl Connection {
 
     /// Sends a complete publish into the Hub; a mandatory one no queue takes comes back
     /// as `basic.return` (it still reaches the tree's other subscribers).
-    fn publish(&mut self, ch: u16, ready: Option<Ready>) {
+    async fn publish(&mut self, ch: u16, ready: Option<Ready>) {
         let Some(r) = ready else { return };
         let queues = r
             .draft
@@ -637,17 +641,21 @@ impl Connection {
                 .push_back(async move { (ch, confirm, Ok(())) }.boxed());
             return;
         };
-        let hub = self.broker.hub.clone();
-        let ctx = self.ctx.clone();
+        // Queued now, in arrival order (so the log keeps the client's order); confirmed
+        // in order once published.
+        let submitted = self.broker.hub.submit_publish(&self.ctx, draft).await;
         self.publishing.push_back(
             async move {
-                let r = hub.publish(&ctx, draft).await.map(|receipt| {
-                    if let Some(seq) = receipt.event.seq {
-                        for q in &queues {
-                            q.expect(seq);
+                let r = match submitted {
+                    Ok(published) => published.await.map(|receipt| {
+                        if let Some(seq) = receipt.event.seq {
+                            for q in &queues {
+                                q.expect(seq);
+                            }
                         }
-                    }
-                });
+                    }),
+                    Err(e) => Err(e),
+                };
                 (ch, confirm, r)
             }
             .boxed(),

@@ -181,11 +181,23 @@ pub enum WriteOutcome {
     Done,
 }
 
+/// A queued write's outcome, once it is durable.
+pub type Submitted =
+    std::pin::Pin<Box<dyn std::future::Future<Output = HubResult<WriteOutcome>> + Send>>;
+
 /// Records, collections and the event log.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Executes one write; returns only after it is durable.
     async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome>;
+    /// Queues one write and returns once it is queued, with what resolves when it is
+    /// durable. Writes queued one after another by one caller are applied in that order,
+    /// so an adapter can pipeline a client's writes and still keep them in order. The
+    /// default queues nothing ahead: it finishes the write first.
+    async fn submit(&self, cmd: WriteCommand) -> HubResult<Submitted> {
+        let out = self.write(cmd).await;
+        Ok(Box::pin(std::future::ready(out)))
+    }
     /// One record.
     async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>>;
     /// Several records of one collection by id (missing ones are skipped).

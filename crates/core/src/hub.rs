@@ -23,6 +23,10 @@ use crate::record::validate_id;
 use crate::subscription::{Direct, Inner, Overflow, SubscribeRequest, Subscription};
 use crate::topic::TopicFilter;
 
+/// A submitted publish, resolving once it is published.
+pub type PendingPublish =
+    std::pin::Pin<Box<dyn std::future::Future<Output = HubResult<PublishReceipt>> + Send>>;
+
 /// Hub settings.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -210,11 +214,19 @@ impl Hub {
     // ----- events -----
 
     /// Publishes an event. Durable events are acknowledged after they are in the log.
-    pub async fn publish(
+    pub async fn publish(&self, ctx: &AuthContext, draft: EventDraft) -> HubResult<PublishReceipt> {
+        self.submit_publish(ctx, draft).await?.await
+    }
+
+    /// [`Hub::publish`] in two steps: returns once the event is queued (after the
+    /// authorization check), with what resolves when it is published — durable, with its
+    /// sequence. Publishes submitted one after another are sequenced in that order, so
+    /// an adapter can pipeline a client's messages and keep them in order (MQTT 4.6).
+    pub async fn submit_publish(
         &self,
         ctx: &AuthContext,
         mut draft: EventDraft,
-    ) -> HubResult<PublishReceipt> {
+    ) -> HubResult<PendingPublish> {
         self.authorize(ctx, Action::Publish(draft.topic.as_str()))?;
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
@@ -232,17 +244,24 @@ impl Hub {
         metrics::counter!("polyport_events_published_total", "durable" => if durable { "true" } else { "false" }).increment(1);
         if durable {
             draft.durability = Durability::Durable;
-            match self
-                .write(WriteCommand::Publish {
+            if self.inner.shutdown.is_cancelled() {
+                return Err(HubError::ShuttingDown);
+            }
+            let pending = self
+                .inner
+                .store
+                .submit(WriteCommand::Publish {
                     draft,
                     origin: ctx.origin,
                     sender: ctx.sender.clone(),
                 })
-                .await?
-            {
-                WriteOutcome::Published(event) => Ok(PublishReceipt { event }),
-                other => Err(unexpected(other)),
-            }
+                .await?;
+            Ok(Box::pin(async move {
+                match pending.await? {
+                    WriteOutcome::Published(event) => Ok(PublishReceipt { event }),
+                    other => Err(unexpected(other)),
+                }
+            }))
         } else {
             let event = Arc::new(
                 crate::event::Event::new(
@@ -261,7 +280,7 @@ impl Hub {
                 .with_attrs(draft.attrs, ctx.sender.clone()),
             );
             self.inner.bus.deliver(&event);
-            Ok(PublishReceipt { event })
+            Ok(Box::pin(std::future::ready(Ok(PublishReceipt { event }))))
         }
     }
 

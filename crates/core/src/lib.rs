@@ -34,7 +34,7 @@ pub use auth::{AuthContext, Policy};
 pub use bus::Bus;
 pub use error::{HubError, HubResult};
 pub use event::{Durability, Event, EventDraft, EventRef, Notice, Origin};
-pub use hub::{ExpectedVersion, Hub, HubConfig, PublishReceipt};
+pub use hub::{ExpectedVersion, Hub, HubConfig, PendingPublish, PublishReceipt};
 pub use query::{Filter, ListQuery, Page};
 pub use record::Record;
 pub use schema::{Collection, CollectionSpec, FieldDef, FieldType};

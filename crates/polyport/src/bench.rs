@@ -20,6 +20,8 @@ use polyport_store::{SqliteStore, StoreConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod amqp;
+mod child;
 mod fanout;
 mod graphql;
 mod grpc;
@@ -83,6 +85,8 @@ enum Which {
     },
     /// Polyport's MQTT broker vs the local Mosquitto: fan-in, fan-out, idle memory.
     Mqtt(mqtt::MqttArgs),
+    /// Polyport's AMQP broker vs the local RabbitMQ under the same lapin load.
+    Amqp(amqp::AmqpArgs),
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -108,6 +112,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             writes,
         } => grpc::run(Duration::from_secs(duration), concurrency, watchers, writes).await,
         Which::Mqtt(a) => mqtt::run(a).await,
+        Which::Amqp(a) => amqp::run(a).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
     }
 }

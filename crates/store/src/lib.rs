@@ -216,12 +216,18 @@ fn read_log_state(conn: &Connection) -> Result<LogState, StoreError> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome> {
+        self.submit(cmd).await?.await
+    }
+
+    async fn submit(&self, cmd: WriteCommand) -> HubResult<polyport_core::engine::Submitted> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job::Write(Box::new(cmd), tx))
             .await
             .map_err(|_| HubError::ShuttingDown)?;
-        rx.await.map_err(|_| HubError::ShuttingDown)?
+        Ok(Box::pin(async move {
+            rx.await.map_err(|_| HubError::ShuttingDown)?
+        }))
     }
 
     async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>> {

@@ -5,6 +5,7 @@ channel closes)."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pika
 import pytest
@@ -91,10 +92,17 @@ def test_prefetch_bounds_unacked_deliveries(servers):
     ch.basic_qos(prefetch_count=3)
     got = []
     ch.basic_consume("p", lambda c, m, p, b: got.append(m.delivery_tag))
-    ch.connection.process_data_events(time_limit=1.0)
+
+    def settle(want: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(got) < want and time.monotonic() < deadline:
+            ch.connection.process_data_events(time_limit=0.1)
+        ch.connection.process_data_events(time_limit=0.5)  # and no more than that
+
+    settle(3)
     assert len(got) == 3, got
     ch.basic_ack(got[-1], multiple=True)
-    ch.connection.process_data_events(time_limit=1.0)
+    settle(6)
     assert len(got) == 6, got
 
 

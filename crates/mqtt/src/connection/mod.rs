@@ -240,9 +240,10 @@ impl Session {
                     if let Some(k) = keep_alive {
                         deadline = Some(Instant::now() + k);
                     }
+                    // Packets that arrived together are handled together; the next one
+                    // is only taken from the buffer when it will be handled.
                     let mut pkt = pkt;
-                    // Packets that arrived together are handled together.
-                    for _ in 0..BATCH {
+                    for i in 0..BATCH {
                         match pkt {
                             Some(Ok(p)) => {
                                 if let Some(end) = self.handle(wire::inbound(p)).await {
@@ -259,7 +260,7 @@ impl Session {
                             }
                             None => return End::Abnormal,
                         }
-                        if self.ver == Ver::V3 && self.inbound_full() {
+                        if i + 1 == BATCH || (self.ver == Ver::V3 && self.inbound_full()) {
                             break;
                         }
                         match self.conn.try_next() {

@@ -4,7 +4,7 @@
 //! [`Outbound`]: crate::session::Outbound
 
 use futures::FutureExt;
-use polyport_core::{AuthContext, Durability, EventDraft, HubError, Topic};
+use polyport_core::{AuthContext, Durability, EventDraft, HubError, PendingPublish, Topic};
 
 use super::{End, Outgoing, Session};
 use crate::attrs;
@@ -129,16 +129,27 @@ impl Session {
                 return Some(End::Abnormal);
             }
         };
-        let broker = self.broker.clone();
-        let ctx = self.ctx.clone();
+        Box::pin(self.submit(kind, id, p)).await;
+        None
+    }
+}
+
+impl Session {
+    /// Queues a QoS 1/2 publish now, in arrival order; it is acknowledged, in order,
+    /// once durable. Boxed by its caller: it runs once per message, and its space would
+    /// otherwise be carried by every connection.
+    async fn submit(&mut self, kind: Ack, id: u16, p: Box<PublishIn>) {
+        let submitted = submit_to_hub(&self.broker, &self.ctx, *p).await;
         self.pending.push_back(
             async move {
-                let r = publish_to_hub(&broker, &ctx, *p).await;
+                let r = match submitted {
+                    Ok(published) => published.await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
                 (kind, id, r)
             }
             .boxed(),
         );
-        None
     }
 }
 
@@ -148,6 +159,17 @@ pub(super) async fn publish_to_hub(
     ctx: &AuthContext,
     p: PublishIn,
 ) -> Result<(), HubError> {
+    submit_to_hub(broker, ctx, p).await?.await.map(|_| ())
+}
+
+/// Queues an MQTT message for the Hub (storing a retained one first); the result
+/// resolves once it is published. Submitted in arrival order, a client's messages keep
+/// their order in the log.
+pub(super) async fn submit_to_hub(
+    broker: &Broker,
+    ctx: &AuthContext,
+    p: PublishIn,
+) -> Result<PendingPublish, HubError> {
     let topic = Topic::new(&p.topic)?;
     let now = chrono::Utc::now();
     let expires_at = p
@@ -193,7 +215,7 @@ pub(super) async fn publish_to_hub(
         .stats
         .messages_received
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    broker.hub.publish(ctx, d).await.map(|_| ())
+    broker.hub.submit_publish(ctx, d).await
 }
 
 /// MQTT topic-name rules on top of the tree's own: no wildcards, not empty.

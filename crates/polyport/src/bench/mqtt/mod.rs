@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
 
+use super::child::PolyportChild;
 use super::{Summary, summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
@@ -127,7 +128,7 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
     let run_id = format!("pb{:x}", super::now_micros() & 0xffff_ffff_ffff);
     let prefix = format!("polyport-bench/{}", ulid_like());
 
-    let pp_child = PolyportChild::start().await?;
+    let pp_child = PolyportChild::start("mqtt").await?;
     let pp = Target {
         name: "polyport",
         addr: pp_child.addr,

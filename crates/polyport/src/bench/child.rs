@@ -1,0 +1,82 @@
+//! `polyport serve` as a child process, for benchmarks that measure it beside a peer
+//! server over the same client load.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::ulid_like;
+
+/// `polyport serve` on ephemeral ports over a throw-away data directory.
+pub(crate) struct PolyportChild {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: PathBuf,
+}
+
+impl PolyportChild {
+    /// Starts the server and waits for `listener` (`mqtt`, `amqp`) in listeners.json.
+    pub(crate) async fn start(listener: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("polyport-bench-{listener}-{}", ulid_like()));
+        std::fs::create_dir_all(&dir)?;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(["--mqtt", "127.0.0.1:0", "--amqp", "127.0.0.1:0"])
+            // No stray ./polyport.toml or POLYPORT_CONFIG changes what is measured.
+            .current_dir(&dir)
+            .env_remove("POLYPORT_CONFIG")
+            // Warnings (e.g. slow-subscriber drops) would split the tables; the tables
+            // report loss themselves. POLYPORT_LOG=warn brings them back.
+            .env(
+                "POLYPORT_LOG",
+                std::env::var("POLYPORT_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `polyport serve`")?;
+        let pid = child.id().context("`polyport serve` has no pid")?;
+        let listeners = dir.join("listeners.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(b) = std::fs::read(&listeners)
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+                && let Some(a) = v.get(listener).and_then(|m| m.as_str())
+            {
+                break a
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("{listener} address {a:?} in listeners.json"))?;
+            }
+            if let Some(st) = child.try_wait()? {
+                bail!("`polyport serve` exited early ({st})");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "`polyport serve` wrote no {listener} listener to listeners.json within 30 s"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            dir,
+        })
+    }
+
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
