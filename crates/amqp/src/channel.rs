@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{
-    AMQPClass, BasicProperties, basic, channel as chan, confirm, exchange, queue,
+    AMQPClass, BasicProperties, basic, channel as chan, confirm, exchange, queue, tx,
 };
 use polyport_core::{EventDraft, HubError};
 
@@ -59,6 +59,16 @@ pub(crate) struct Channel {
     global: Option<Arc<Credit>>,
     confirm: bool,
     published: u64,
+    /// In transaction mode (`tx.select`): what waits for `tx.commit`.
+    pub(crate) tx: Option<Tx>,
+}
+
+/// A transaction's publishes and acknowledgements, applied at commit, dropped at
+/// rollback.
+#[derive(Default)]
+pub(crate) struct Tx {
+    pub(crate) publishes: Vec<Ready>,
+    acks: Vec<basic::AMQPMethod>,
 }
 
 /// What a channel method needs from its connection.
@@ -112,6 +122,12 @@ impl Channel {
             AMQPClass::Queue(q) => self.queue(cx, q).await.map_err(|(c, t)| fail(c, t)),
             AMQPClass::Basic(b) => self.basic(cx, b).await.map_err(|(c, t)| fail(c, t)),
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                if self.tx.is_some() {
+                    return Err(fail(
+                        Code::PreconditionFailed,
+                        "PRECONDITION_FAILED - cannot switch from tx to confirm mode".into(),
+                    ));
+                }
                 self.confirm = true;
                 if !s.nowait {
                     cx.send(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
@@ -126,10 +142,43 @@ impl Channel {
                 })));
                 Ok(())
             }
-            AMQPClass::Tx(_) => Err(fail(
-                Code::NotImplemented,
-                "NOT_IMPLEMENTED - transactions are not supported yet".into(),
-            )),
+            AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
+                if self.confirm {
+                    return Err(fail(
+                        Code::PreconditionFailed,
+                        "PRECONDITION_FAILED - cannot switch from confirm to tx mode".into(),
+                    ));
+                }
+                self.tx.get_or_insert_default();
+                cx.send(AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                Ok(())
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
+                let Some(t) = &mut self.tx else {
+                    return Err(fail(
+                        Code::PreconditionFailed,
+                        "PRECONDITION_FAILED - channel is not transactional".into(),
+                    ));
+                };
+                *t = Tx::default();
+                cx.send(AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                Ok(())
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => {
+                let Some(t) = &mut self.tx else {
+                    return Err(fail(
+                        Code::PreconditionFailed,
+                        "PRECONDITION_FAILED - channel is not transactional".into(),
+                    ));
+                };
+                let acks = std::mem::take(&mut t.acks);
+                for a in &acks {
+                    self.acknowledge(a).map_err(|(c, t)| fail(c, t))?;
+                }
+                // The publishes go out through the connection, which answers
+                // `commit-ok` once they are published.
+                Ok(())
+            }
             _ => Err(Closing::Connection {
                 code: Code::CommandInvalid,
                 text: format!("COMMAND_INVALID - unexpected method on channel {}", cx.id),
@@ -283,6 +332,7 @@ impl Channel {
                     }
                     None if d.passive => return Err(not_found("queue", &name)),
                     None => {
+                        let message_ttl = queue_arguments(&d.arguments)?;
                         let declared = Declared {
                             name: name.clone(),
                             durable: d.durable,
@@ -290,6 +340,7 @@ impl Channel {
                             exclusive: d.exclusive.then_some(cx.conn),
                             since: b.hub.log_state().last_seq,
                             bindings: Vec::new(),
+                            message_ttl,
                         };
                         let q = b.create_queue(declared);
                         b.save_queue(&name, Some(&q)).await.map_err(internal)?;
@@ -471,26 +522,24 @@ impl Channel {
                 }
                 Ok(())
             }
-            basic::AMQPMethod::Ack(a) => {
-                for u in self.take(a.delivery_tag, a.multiple)? {
-                    u.message.settle();
-                    if let Some(c) = &u.credit {
-                        c.release();
+            basic::AMQPMethod::Ack(_)
+            | basic::AMQPMethod::Nack(_)
+            | basic::AMQPMethod::Reject(_) => match &mut self.tx {
+                Some(t) => {
+                    let (tag, multiple) = match m {
+                        basic::AMQPMethod::Ack(a) => (a.delivery_tag, a.multiple),
+                        basic::AMQPMethod::Nack(n) => (n.delivery_tag, n.multiple),
+                        basic::AMQPMethod::Reject(r) => (r.delivery_tag, false),
+                        _ => (0, true),
+                    };
+                    if !multiple && !self.unacked.contains_key(&tag) {
+                        return Err(unknown_tag(tag));
                     }
-                    u.queue.dispatch();
+                    t.acks.push(m.clone());
+                    Ok(())
                 }
-                Ok(())
-            }
-            basic::AMQPMethod::Nack(n) => {
-                let taken = self.take(n.delivery_tag, n.multiple)?;
-                self.settle_or_requeue(taken, n.requeue);
-                Ok(())
-            }
-            basic::AMQPMethod::Reject(r) => {
-                let taken = self.take(r.delivery_tag, false)?;
-                self.settle_or_requeue(taken, r.requeue);
-                Ok(())
-            }
+                None => self.acknowledge(m),
+            },
             basic::AMQPMethod::Recover(r) => {
                 self.recover(r.requeue);
                 cx.send(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(
@@ -507,6 +556,31 @@ impl Channel {
                 "COMMAND_INVALID - unexpected basic method".into(),
             )),
         }
+    }
+
+    /// `basic.ack`, `nack` or `reject`, applied now.
+    fn acknowledge(&mut self, m: &basic::AMQPMethod) -> Result<(), (Code, String)> {
+        match m {
+            basic::AMQPMethod::Ack(a) => {
+                for u in self.take(a.delivery_tag, a.multiple)? {
+                    u.message.settle();
+                    if let Some(c) = &u.credit {
+                        c.release();
+                    }
+                    u.queue.dispatch();
+                }
+            }
+            basic::AMQPMethod::Nack(n) => {
+                let taken = self.take(n.delivery_tag, n.multiple)?;
+                self.settle_or_requeue(taken, n.requeue);
+            }
+            basic::AMQPMethod::Reject(r) => {
+                let taken = self.take(r.delivery_tag, false)?;
+                self.settle_or_requeue(taken, r.requeue);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn consume(&mut self, cx: &mut Ctx<'_>, c: &basic::Consume) -> Result<(), (Code, String)> {
@@ -626,10 +700,10 @@ impl Channel {
             let taken = std::mem::replace(&mut self.unacked, keep);
             return Ok(taken.into_values().collect());
         }
-        self.unacked.remove(&tag).map(|u| vec![u]).ok_or((
-            Code::PreconditionFailed,
-            format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
-        ))
+        self.unacked
+            .remove(&tag)
+            .map(|u| vec![u])
+            .ok_or_else(|| unknown_tag(tag))
     }
 
     fn settle_or_requeue(&mut self, taken: Vec<Unacked>, requeue: bool) {
@@ -764,6 +838,62 @@ fn unexpected_frame(what: &str) -> Closing {
         class_id: 60,
         method_id: 40,
     }
+}
+
+/// The `x-*` queue arguments Polyport honours: `x-message-ttl` (returned), and
+/// `x-queue-type` `classic` / `quorum` and `x-expires` (accepted; queues are always
+/// log-backed, and unused queues are not expired yet). Any other is refused rather than
+/// silently ignored.
+fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<Option<u64>, (Code, String)> {
+    use amq_protocol::types::AMQPValue as V;
+    let mut ttl = None;
+    for (k, v) in args.inner() {
+        let int = match v {
+            V::ShortShortInt(n) => Some(i64::from(*n)),
+            V::ShortShortUInt(n) => Some(i64::from(*n)),
+            V::ShortInt(n) => Some(i64::from(*n)),
+            V::ShortUInt(n) => Some(i64::from(*n)),
+            V::LongInt(n) => Some(i64::from(*n)),
+            V::LongUInt(n) => Some(i64::from(*n)),
+            V::LongLongInt(n) => Some(*n),
+            _ => None,
+        };
+        match (k.as_str(), int) {
+            ("x-message-ttl", Some(n)) if n >= 0 => ttl = Some(n as u64),
+            ("x-expires", Some(n)) if n > 0 => {}
+            ("x-queue-type", _) => {
+                let kind = crate::props::value_text(v);
+                if kind != "classic" && kind != "quorum" {
+                    return Err((
+                        Code::PreconditionFailed,
+                        format!("PRECONDITION_FAILED - invalid arg 'x-queue-type': '{kind}'"),
+                    ));
+                }
+            }
+            ("x-message-ttl" | "x-expires", _) => {
+                return Err((
+                    Code::PreconditionFailed,
+                    format!(
+                        "PRECONDITION_FAILED - invalid arg '{k}': must be a non-negative integer"
+                    ),
+                ));
+            }
+            (other, _) => {
+                return Err((
+                    Code::NotImplemented,
+                    format!("NOT_IMPLEMENTED - queue argument '{other}' is not supported yet"),
+                ));
+            }
+        }
+    }
+    Ok(ttl)
+}
+
+fn unknown_tag(tag: u64) -> (Code, String) {
+    (
+        Code::PreconditionFailed,
+        format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+    )
 }
 
 fn not_found(what: &str, name: &str) -> (Code, String) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection as conn};
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection as conn, tx};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -578,7 +578,27 @@ impl Connection {
             deliveries: &self.deliveries,
             frame_max: self.frame_max,
         };
+        let commit = matches!(m, AMQPClass::Tx(tx::AMQPMethod::Commit(_)));
         match channel.method(&mut cx, m).await {
+            Ok(()) if commit => {
+                let publishes = channel
+                    .tx
+                    .as_mut()
+                    .map(|t| std::mem::take(&mut t.publishes))
+                    .unwrap_or_default();
+                for r in publishes {
+                    self.publish_now(ch, r).await;
+                }
+                // Committed means published (durable where durable).
+                while let Some((c, confirm, result)) = self.publishing.next().await {
+                    self.confirmed(c, confirm, result);
+                }
+                self.out.push(AMQPFrame::Method(
+                    ch,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                ));
+                Ok(())
+            }
             Ok(()) => Ok(()),
             Err(Closing::Channel {
                 code,
@@ -612,6 +632,14 @@ impl Connection {
     /// as `basic.return` (it still reaches the tree's other subscribers).
     async fn publish(&mut self, ch: u16, ready: Option<Ready>) {
         let Some(r) = ready else { return };
+        if let Some(t) = self.channels.get_mut(&ch).and_then(|c| c.tx.as_mut()) {
+            t.publishes.push(r);
+            return;
+        }
+        self.publish_now(ch, r).await;
+    }
+
+    async fn publish_now(&mut self, ch: u16, r: Ready) {
         let queues = r
             .draft
             .as_ref()

@@ -24,9 +24,11 @@
 //!   `events.ephemeral_topics`; `delivery_mode` 2 forces a durable write.
 //! - `message_count` counts what the queue has read ahead (up to its window), not the
 //!   whole backlog in the log.
-//! - Not yet: headers exchanges, exchange-to-exchange bindings, transactions,
-//!   `x-*` queue arguments (TTL, length limits, dead-lettering), priorities,
-//!   `connection.blocked`. They are refused with `NOT_IMPLEMENTED` where a client asks.
+//! - Queue arguments: `x-message-ttl` is honoured; `x-queue-type` (`classic`, `quorum`)
+//!   and `x-expires` are accepted (every queue is log-backed; unused queues are not
+//!   expired yet); any other is refused with `NOT_IMPLEMENTED` rather than ignored.
+//! - Not yet: headers exchanges, exchange-to-exchange bindings, length limits,
+//!   dead-lettering, priorities, `connection.blocked` (`NOT_IMPLEMENTED` where asked).
 
 mod broker;
 mod channel;

@@ -20,7 +20,7 @@ pub(crate) fn short(s: &str) -> ShortString {
     ShortString::try_new(&s[..end]).unwrap_or_default()
 }
 
-fn value_text(v: &AMQPValue) -> String {
+pub(crate) fn value_text(v: &AMQPValue) -> String {
     match v {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_string(),

@@ -160,10 +160,14 @@ pub(crate) struct Declared {
     pub(crate) since: u64,
     /// `(exchange, kind, key)` of every binding but the default exchange's.
     pub(crate) bindings: Vec<(String, String, String)>,
+    /// `x-message-ttl`: milliseconds a message may wait in the queue.
+    #[serde(default)]
+    pub(crate) message_ttl: Option<u64>,
 }
 
 pub(crate) struct Queue {
     name: String,
+    message_ttl: Option<u64>,
     /// The highest sequence the feeder has seen, and the highest a publish on this
     /// broker routed here: `basic.get` right after a publish waits for it to arrive.
     arrived: AtomicU64,
@@ -191,6 +195,7 @@ impl Queue {
         all.extend(bindings);
         let q = Arc::new(Self {
             name: declared.name.clone(),
+            message_ttl: declared.message_ttl,
             arrived: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             arrival: tokio::sync::Notify::new(),
@@ -344,6 +349,10 @@ impl Queue {
             let Some(message) = st.ready.pop_front() else {
                 break;
             };
+            if self.expired(&message) {
+                message.settle();
+                continue;
+            }
             let c = &st.consumers[idx];
             if c.no_ack {
                 message.settle();
@@ -417,8 +426,22 @@ impl Queue {
     /// `basic.get`: the next ready message, if any.
     pub(crate) fn get(&self) -> Option<(Message, u32)> {
         let mut st = self.state.lock();
-        let m = st.ready.pop_front()?;
-        Some((m, st.ready.len() as u32))
+        loop {
+            let m = st.ready.pop_front()?;
+            if self.expired(&m) {
+                m.settle();
+                continue;
+            }
+            return Some((m, st.ready.len() as u32));
+        }
+    }
+
+    /// Past the queue's `x-message-ttl` (counted from when Polyport accepted it).
+    fn expired(&self, m: &Message) -> bool {
+        self.message_ttl.is_some_and(|ttl| {
+            let age = chrono::Utc::now() - m.event.time;
+            age.num_milliseconds() > ttl as i64
+        })
     }
 
     /// Puts unacknowledged messages back at the front, in their order, flagged

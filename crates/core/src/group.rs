@@ -71,6 +71,10 @@ pub(crate) struct GroupSpawn {
     /// The filters' canonical text: a group keyed by name alone that is running with
     /// other filters is let retire first, so the new filters take effect.
     pub(crate) filters: String,
+    /// The log head when this join began. A dispatcher with other filters that was
+    /// still running meanwhile may have saved a position past events only the new
+    /// filters match; the new one starts no later than this.
+    pub(crate) cap: u64,
     pub(crate) persist: bool,
     pub(crate) ack_timeout: Option<Duration>,
     pub(crate) store: Arc<dyn Store>,
@@ -191,6 +195,7 @@ impl Groups {
                 },
             },
         };
+        let saved = saved.map(|p| p.min(spawn.cap));
         let source = make_source(saved).await?;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         // Racing joiners may both have reached here; the first to insert wins and the

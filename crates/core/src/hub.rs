@@ -344,6 +344,7 @@ impl Hub {
                 .map(|f| f.as_str())
                 .collect::<Vec<_>>()
                 .join("\n"),
+            cap: state.last_seq,
             persist,
             ack_timeout,
             store: self.inner.store.clone(),

@@ -194,3 +194,42 @@ def test_bad_credentials_are_refused(servers):
     ok = connect(s, credentials=pika.PlainCredentials("alice", "s3cret"))
     ok.channel().queue_declare("authed")
     ok.close()
+
+
+def test_transactions_hold_publishes_and_acks_until_commit(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.queue_declare("txq")
+    ch.tx_select()
+    ch.basic_publish("", "txq", b"rolled back")
+    ch.tx_rollback()
+    ch.basic_publish("", "txq", b"committed")
+    peek = connect(s).channel()
+    assert peek.basic_get("txq") == (None, None, None), "nothing before commit"
+    ch.tx_commit()
+    m, _, body = ch.basic_get("txq")
+    assert body == b"committed"
+    ch.basic_ack(m.delivery_tag)
+    ch.tx_rollback()  # the ack is undone: the message is still ours, unacknowledged
+    ch.basic_ack(m.delivery_tag)
+    ch.tx_commit()
+    assert ch.basic_get("txq") == (None, None, None)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.confirm_delivery()
+    assert e.value.reply_code == 406
+
+
+def test_queue_arguments_message_ttl_and_the_unsupported_ones(servers):
+    s = servers.start()
+    conn = connect(s)
+    ch = conn.channel()
+    ch.queue_declare("short", arguments={"x-message-ttl": 300, "x-queue-type": "quorum"})
+    ch.basic_publish("", "short", b"stale")
+    time.sleep(0.6)
+    ch.basic_publish("", "short", b"fresh")
+    _, _, body = ch.basic_get("short", auto_ack=True)
+    assert body == b"fresh", "the stale one expired in the queue"
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("limited", arguments={"x-max-length": 10})
+    assert e.value.reply_code == 540 and "x-max-length" in e.value.reply_text
