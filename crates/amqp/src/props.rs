@@ -2,9 +2,9 @@
 //! between its AMQP and MQTT sides: `expiration` ↔ expiry, `correlation_id` ↔
 //! correlation data, `reply_to` ↔ response topic (`.` ↔ `/`), headers ↔ user headers.
 //!
-//! Header values that are not strings travel as their text (numbers, booleans) and come
-//! back as strings; a table or array travels as its debug text. Exact typed round trips
-//! of headers between AMQP clients are not kept yet.
+//! Header values that are not strings travel to other protocols as their text; AMQP
+//! consumers get the original typed table back (kept in the `typed_headers` attribute),
+//! so a Celery task's typed headers round-trip exactly.
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
@@ -74,6 +74,12 @@ pub(crate) fn inbound(p: &BasicProperties, d: &mut EventDraft, now: DateTime<Utc
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), value_text(v)))
             .collect();
+        if h.inner()
+            .values()
+            .any(|v| !matches!(v, AMQPValue::LongString(_)))
+        {
+            d.attrs.typed_headers = serde_json::to_string(h).ok().map(Into::into);
+        }
     }
     if p.delivery_mode() == &Some(2) {
         d.durability = Durability::Durable;
@@ -118,7 +124,13 @@ pub(crate) fn outbound(e: &polyport_core::Event, now: DateTime<Utc>) -> Option<B
     if e.event_type != polyport_core::event::DEFAULT_EVENT_TYPE {
         p = p.with_type(short(&e.event_type));
     }
-    if !e.headers.is_empty() {
+    let typed = a
+        .typed_headers
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<FieldTable>(j).ok());
+    if let Some(t) = typed {
+        p = p.with_headers(t);
+    } else if !e.headers.is_empty() {
         let mut t = FieldTable::default();
         for (k, v) in &e.headers {
             t.insert(
@@ -186,9 +198,39 @@ mod tests {
         assert_eq!(out.priority(), &Some(5));
         assert_eq!(out.delivery_mode(), &Some(2));
         assert_eq!(out.expiration().as_ref().map(|s| s.as_str()), Some("60000"));
+        assert_eq!(
+            out.headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("n").cloned()),
+            Some(AMQPValue::LongInt(7)),
+            "typed headers come back typed"
+        );
         assert!(
             outbound(&e, now + chrono::Duration::seconds(61)).is_none(),
             "expired"
         );
+    }
+}
+
+#[cfg(test)]
+mod typed_tests {
+    use super::*;
+
+    #[test]
+    fn celery_like_headers_round_trip() {
+        let mut h = FieldTable::default();
+        h.insert("eta".into(), AMQPValue::Void);
+        h.insert("retries".into(), AMQPValue::LongLongInt(0));
+        h.insert(
+            "stamps".into(),
+            AMQPValue::FieldTable(FieldTable::default()),
+        );
+        h.insert(
+            "timelimit".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::Void, AMQPValue::Void].into()),
+        );
+        let json = serde_json::to_string(&h).unwrap();
+        let back: Result<FieldTable, _> = serde_json::from_str(&json);
+        assert_eq!(back.as_ref().ok(), Some(&h), "{json} {back:?}");
     }
 }

@@ -143,6 +143,9 @@ struct State {
     consumers: Vec<Consumer>,
     rr: usize,
     feeder: Option<JoinHandle<()>>,
+    /// Bumped at each feeder restart: a feeder that was replaced (its abort may land
+    /// only at its next await) must not add to `ready` what its successor re-reads.
+    generation: u64,
     had_consumer: bool,
     deleted: bool,
 }
@@ -243,6 +246,7 @@ impl Queue {
             if let Some(f) = st.feeder.take() {
                 f.abort();
             }
+            st.generation += 1;
             // Held for the old feeder's group membership: the group hands them back.
             st.ready.clear();
             let mut fs: Vec<TopicFilter> = st.bindings.iter().map(|b| b.filter.clone()).collect();
@@ -265,9 +269,10 @@ impl Queue {
             ..SubscribeRequest::default()
         };
         let q = self.clone();
+        let generation = self.state.lock().generation;
         let task = tokio::spawn(async move {
             match q.hub.subscribe(&q.ctx, req).await {
-                Ok(sub) => q.feed(sub).await,
+                Ok(sub) => q.feed(sub, generation).await,
                 Err(e) => {
                     tracing::warn!(queue = %q.name(), error = %e, "AMQP queue cannot read the log")
                 }
@@ -276,13 +281,17 @@ impl Queue {
         self.state.lock().feeder = Some(task);
     }
 
-    async fn feed(self: &Arc<Self>, mut sub: polyport_core::Subscription) {
+    async fn feed(self: &Arc<Self>, mut sub: polyport_core::Subscription, generation: u64) {
         let acker = sub.acker();
         let mut tick = tokio::time::interval(PUMP_EVERY);
         loop {
             tokio::select! {
                 item = sub.next() => match item {
-                    Some(Ok(Item::Event(d))) => self.arrive(d, &acker),
+                    Some(Ok(Item::Event(d))) => {
+                        if !self.arrive(d, &acker, generation) {
+                            return;
+                        }
+                    }
                     Some(Ok(Item::Notice(n))) => {
                         tracing::debug!(queue = %self.name(), notice = ?n, "AMQP queue missed messages");
                     }
@@ -293,7 +302,13 @@ impl Queue {
         }
     }
 
-    fn arrive(self: &Arc<Self>, d: polyport_core::Delivery, acker: &Acker) {
+    /// Adds a message from the group; `false` when this feeder has been replaced.
+    fn arrive(
+        self: &Arc<Self>,
+        d: polyport_core::Delivery,
+        acker: &Acker,
+        generation: u64,
+    ) -> bool {
         if let Some(seq) = d.event.seq {
             self.arrived.fetch_max(seq, Ordering::Relaxed);
             self.arrival.notify_waiters();
@@ -314,10 +329,17 @@ impl Queue {
         if route.is_none() {
             // A widened filter (a `#` mid-pattern) that the AMQP pattern rejects.
             message.settle();
-            return;
+            return true;
         }
-        self.state.lock().ready.push_back(message);
+        {
+            let mut st = self.state.lock();
+            if st.generation != generation {
+                return false;
+            }
+            st.ready.push_back(message);
+        }
         self.dispatch();
+        true
     }
 
     /// Hands ready messages to consumers with room, round-robin.

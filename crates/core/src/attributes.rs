@@ -99,6 +99,13 @@ pub struct Attributes {
     /// The publisher declared the payload UTF-8 text (MQTT payload format indicator).
     #[serde(skip_serializing_if = "is_false")]
     pub utf8: bool,
+    /// The user headers with their value types, as JSON, when the publishing protocol
+    /// types them (AMQP field tables: integers, booleans, void, nested tables). Every
+    /// protocol sees the string form in the event's headers; one that types header
+    /// values gives them back exactly from this (a Celery task's `eta: None`, `retries:
+    /// 0`). It never sets an attribute or steers delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typed_headers: Option<std::sync::Arc<str>>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -319,6 +326,7 @@ mod tests {
             ),
             content_encoding: Some("gzip".into()),
             utf8: false,
+            typed_headers: Some(r#"{"n":{"LongInt":5}}"#.into()),
         }
     }
 
@@ -336,6 +344,11 @@ mod tests {
             };
             assert_eq!(back.set_extension(k, &v), Ok(true), "{k}");
         }
+        // Typed headers stay with the stored event: CloudEvents carry the string headers.
+        let a = Attributes {
+            typed_headers: None,
+            ..a
+        };
         assert_eq!(back, a);
     }
 
