@@ -125,3 +125,15 @@ impl AmqpBroker {
         self.tracker.wait().await;
     }
 }
+
+/// Decodes `data` as what a client sends after the protocol header — every frame the
+/// codec can read, each as the connection would see it — for the fuzz target and the
+/// no-panic property test; must never panic.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8], frame_max: usize) {
+    use tokio_util::codec::Decoder as _;
+    let mut codec = codec::Codec::new(frame_max.max(8));
+    let mut buf = bytes::BytesMut::from(&codec::PROTOCOL_HEADER[..]);
+    buf.extend_from_slice(data);
+    while let Ok(Some(_)) = codec.decode(&mut buf) {}
+}

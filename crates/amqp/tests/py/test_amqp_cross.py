@@ -67,3 +67,37 @@ def test_mqtt_rest_and_record_changes_land_in_bound_queues(servers):
     assert mm.routing_key == "collections.posts.p1"
     assert json.loads(body)["record"]["title"] == "hello"
     m.loop_stop()
+
+
+def test_an_amqp_rpc_is_answered_by_an_mqtt5_responder(servers):
+    """RabbitMQ's mapping: `reply_to` `replies.c1` is response topic `replies/c1`,
+    `correlation_id` is correlation data; the reply queue is bound under that key."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    s = servers.start()
+    responder = mqtt.Client(client_id="responder", protocol=mqtt.MQTTv5)
+    ready: queues.Queue = queues.Queue()
+    responder.on_subscribe = lambda *a: ready.put(True)
+
+    def answer(c, _u, m):
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = m.properties.CorrelationData
+        c.publish(m.properties.ResponseTopic, b"sum=" + m.payload, qos=1, properties=props)
+
+    responder.on_message = answer
+    responder.connect("127.0.0.1", port(s, "mqtt"))
+    responder.loop_start()
+    responder.subscribe("rpc/add", qos=1)
+    ready.get(timeout=WAIT)
+
+    ch = connect(s).channel()
+    reply_q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(reply_q, "amq.topic", "replies.c1")
+    ch.basic_publish("amq.topic", "rpc.add", b"2+3",
+                     pika.BasicProperties(reply_to="replies.c1", correlation_id="req-42"))
+    (m, props, body), = drain(ch, reply_q, 1)
+    assert body == b"sum=2+3"
+    assert props.correlation_id == "req-42"
+    assert m.routing_key == "replies.c1"
+    responder.loop_stop()
