@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use polyport_core::{AuthContext, Hub, HubError, Origin, Topic};
+use polyport_core::{AuthContext, Hub, HubError, Origin};
 use serde::{Deserialize, Serialize};
 
 use crate::AmqpConfig;
@@ -60,6 +60,8 @@ impl Broker {
             ("amq.direct", Kind::Direct),
             ("amq.fanout", Kind::Fanout),
             ("amq.topic", Kind::Topic),
+            ("amq.headers", Kind::Headers),
+            ("amq.match", Kind::Headers),
         ]
         .into_iter()
         .map(|(n, k)| (n.to_string(), Exchange::builtin(k)))
@@ -110,7 +112,9 @@ impl Broker {
     fn bindings_of(&self, d: &Declared) -> Vec<Binding> {
         d.bindings
             .iter()
-            .filter_map(|(x, kind, key)| Binding::new(x, Kind::parse(kind)?, key))
+            .filter_map(|b| {
+                Binding::new(&b.exchange, Kind::parse(&b.kind)?, &b.key, b.args.clone())
+            })
             .collect()
     }
 
@@ -180,12 +184,12 @@ impl Broker {
         Ok(n)
     }
 
-    /// The queues a message on `topic` lands in.
-    pub(crate) fn queues_for(&self, topic: &Topic) -> Vec<Arc<Queue>> {
+    /// The queues a message lands in.
+    pub(crate) fn queues_for(&self, m: &crate::queue::Routed<'_>) -> Vec<Arc<Queue>> {
         self.queues
             .lock()
             .values()
-            .filter(|q| q.routes(topic))
+            .filter(|q| q.routes(m))
             .cloned()
             .collect()
     }

@@ -203,20 +203,12 @@ impl Channel {
                         return Err(not_found("exchange", name));
                     }
                 } else {
-                    let kind = match d.kind.as_str() {
-                        "headers" => {
-                            return Err((
-                                Code::NotImplemented,
-                                "NOT_IMPLEMENTED - headers exchanges are not supported yet".into(),
-                            ));
-                        }
-                        k => Kind::parse(k).ok_or_else(|| {
-                            (
-                                Code::CommandInvalid,
-                                format!("COMMAND_INVALID - invalid exchange type '{k}'"),
-                            )
-                        })?,
-                    };
+                    let kind = Kind::parse(d.kind.as_str()).ok_or_else(|| {
+                        (
+                            Code::CommandInvalid,
+                            format!("COMMAND_INVALID - invalid exchange type '{}'", d.kind),
+                        )
+                    })?;
                     match current {
                         Some(x) if x.kind != kind.as_str() => {
                             return Err((
@@ -371,15 +363,16 @@ impl Channel {
                     ));
                 }
                 let binding =
-                    Binding::new(xname, x.kind(), d.routing_key.as_str()).ok_or_else(|| {
-                        (
-                            Code::PreconditionFailed,
-                            format!(
-                                "PRECONDITION_FAILED - invalid routing key '{}'",
-                                d.routing_key
-                            ),
-                        )
-                    })?;
+                    Binding::new(xname, x.kind(), d.routing_key.as_str(), d.arguments.clone())
+                        .ok_or_else(|| {
+                            (
+                                Code::PreconditionFailed,
+                                format!(
+                                    "PRECONDITION_FAILED - invalid routing key '{}'",
+                                    d.routing_key
+                                ),
+                            )
+                        })?;
                 q.bind(binding);
                 b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
                 if !d.nowait {

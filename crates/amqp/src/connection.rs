@@ -643,7 +643,7 @@ impl Connection {
         let queues = r
             .draft
             .as_ref()
-            .map(|d| self.broker.queues_for(&d.topic))
+            .map(|d| self.broker.queues_for(&crate::queue::Routed::draft(d)))
             .unwrap_or_default();
         if r.method.mandatory && queues.is_empty() {
             let m = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {

@@ -27,7 +27,7 @@
 //! - Queue arguments: `x-message-ttl` is honoured; `x-queue-type` (`classic`, `quorum`)
 //!   and `x-expires` are accepted (every queue is log-backed; unused queues are not
 //!   expired yet); any other is refused with `NOT_IMPLEMENTED` rather than ignored.
-//! - Not yet: headers exchanges, exchange-to-exchange bindings, length limits,
+//! - Not yet: exchange-to-exchange bindings, length limits,
 //!   dead-lettering, priorities, `connection.blocked` (`NOT_IMPLEMENTED` where asked).
 
 mod broker;

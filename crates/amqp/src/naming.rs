@@ -23,6 +23,8 @@ pub(crate) enum Kind {
     Direct,
     Fanout,
     Topic,
+    /// Routed by the message's headers against the binding's arguments.
+    Headers,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             "direct" => Some(Kind::Direct),
             "fanout" => Some(Kind::Fanout),
             "topic" => Some(Kind::Topic),
+            "headers" => Some(Kind::Headers),
             _ => None,
         }
     }
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Fanout => "fanout",
             Kind::Topic => "topic",
+            Kind::Headers => "headers",
         }
     }
 }
@@ -140,7 +144,7 @@ pub(crate) fn binding_filter(exchange: &str, kind: Kind, key: &str) -> Option<To
         ("", _) => format!("{PREFIX}/q/{}", encode(key)),
         ("amq.topic", _) => pattern(key),
         (x, Kind::Topic) => format!("{PREFIX}/x/{}/{}", encode(x), pattern(key)),
-        (x, Kind::Fanout) => format!("{PREFIX}/x/{}/#", encode(x)),
+        (x, Kind::Fanout | Kind::Headers) => format!("{PREFIX}/x/{}/#", encode(x)),
         (x, Kind::Direct) => format!("{PREFIX}/x/{}/{}", encode(x), encode(key)),
     };
     TopicFilter::new(&name).ok()

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::naming::{self, Kind};
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// Acknowledgements are AMQP's to give: the group never redelivers on a timer.
 const NO_REDELIVERY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -39,30 +40,99 @@ pub(crate) struct Binding {
     pub(crate) kind: Kind,
     pub(crate) key: String,
     pub(crate) filter: TopicFilter,
+    /// A headers exchange binding's arguments (`x-match` and the headers to match).
+    pub(crate) args: FieldTable,
+}
+
+/// What routing looks at in a message: its topic and its headers.
+pub(crate) struct Routed<'a> {
+    pub(crate) topic: &'a polyport_core::Topic,
+    pub(crate) headers: &'a [(String, String)],
+    pub(crate) typed: Option<&'a str>,
+}
+
+impl<'a> Routed<'a> {
+    pub(crate) fn event(e: &'a polyport_core::Event) -> Self {
+        Self {
+            topic: &e.topic,
+            headers: &e.headers,
+            typed: e.attrs.typed_headers.as_deref(),
+        }
+    }
+
+    pub(crate) fn draft(d: &'a polyport_core::EventDraft) -> Self {
+        Self {
+            topic: &d.topic,
+            headers: &d.headers,
+            typed: d.attrs.typed_headers.as_deref(),
+        }
+    }
+
+    /// A header's value, typed when the publisher typed it.
+    fn header(&self, name: &str) -> Option<AMQPValue> {
+        if let Some(t) = self
+            .typed
+            .and_then(|j| serde_json::from_str::<FieldTable>(j).ok())
+        {
+            return t.inner().get(name).cloned();
+        }
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| AMQPValue::LongString(v.as_bytes().to_vec().into()))
+    }
 }
 
 impl Binding {
-    pub(crate) fn new(exchange: &str, kind: Kind, key: &str) -> Option<Self> {
+    pub(crate) fn new(exchange: &str, kind: Kind, key: &str, args: FieldTable) -> Option<Self> {
         Some(Self {
             exchange: exchange.to_string(),
             kind,
             key: key.to_string(),
             filter: naming::binding_filter(exchange, kind, key)?,
+            args,
         })
     }
 
-    /// The routing key a topic carries through this binding, if it routes here.
-    pub(crate) fn route(&self, topic: &polyport_core::Topic) -> Option<String> {
-        if !self.filter.matches(topic) {
+    /// The routing key a message carries through this binding, if it routes here.
+    pub(crate) fn route(&self, m: &Routed<'_>) -> Option<String> {
+        if !self.filter.matches(m.topic) {
             return None;
         }
-        let key = naming::routing_key(&self.exchange, self.kind, topic.as_str())?;
+        let key = naming::routing_key(&self.exchange, self.kind, m.topic.as_str())?;
         let hit = match self.kind {
             Kind::Topic => naming::key_matches(&self.key, &key),
             Kind::Direct => key == self.key,
             Kind::Fanout => true,
+            Kind::Headers => self.headers_match(m),
         };
         hit.then_some(key)
+    }
+
+    /// RabbitMQ's headers exchange: `x-match` `all` (the default) or `any` of the
+    /// binding's other arguments; a void argument asks only that the header exists.
+    /// Values compare by their text, so `5` matches `"5"`.
+    fn headers_match(&self, m: &Routed<'_>) -> bool {
+        let mode = self
+            .args
+            .inner()
+            .get("x-match")
+            .map(crate::props::value_text)
+            .unwrap_or_else(|| "all".into());
+        let mut wanted = self
+            .args
+            .inner()
+            .iter()
+            .filter(|(k, _)| !k.as_str().starts_with("x-"))
+            .map(|(k, want)| match m.header(k.as_str()) {
+                None => false,
+                Some(_) if matches!(want, AMQPValue::Void) => true,
+                Some(got) => crate::props::value_text(&got) == crate::props::value_text(want),
+            });
+        match mode.as_str() {
+            "any" | "any-with-x" => wanted.any(|hit| hit),
+            _ => wanted.all(|hit| hit),
+        }
     }
 }
 
@@ -161,11 +231,21 @@ pub(crate) struct Declared {
     pub(crate) exclusive: Option<u64>,
     /// The log position at declaration: a new queue holds what was published after it.
     pub(crate) since: u64,
-    /// `(exchange, kind, key)` of every binding but the default exchange's.
-    pub(crate) bindings: Vec<(String, String, String)>,
+    /// Every binding but the default exchange's.
+    pub(crate) bindings: Vec<SavedBinding>,
     /// `x-message-ttl`: milliseconds a message may wait in the queue.
     #[serde(default)]
     pub(crate) message_ttl: Option<u64>,
+}
+
+/// A binding as stored with a durable queue.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedBinding {
+    pub(crate) exchange: String,
+    pub(crate) kind: String,
+    pub(crate) key: String,
+    #[serde(default)]
+    pub(crate) args: FieldTable,
 }
 
 pub(crate) struct Queue {
@@ -192,7 +272,7 @@ impl Queue {
         bindings: Vec<Binding>,
         window: usize,
     ) -> Arc<Self> {
-        let mut all = Binding::new("", Kind::Direct, &declared.name)
+        let mut all = Binding::new("", Kind::Direct, &declared.name, FieldTable::default())
             .into_iter()
             .collect::<Vec<_>>();
         all.extend(bindings);
@@ -232,12 +312,12 @@ impl Queue {
     }
 
     /// Whether a message on `topic` would land here.
-    pub(crate) fn routes(&self, topic: &polyport_core::Topic) -> bool {
+    pub(crate) fn routes(&self, m: &Routed<'_>) -> bool {
         self.state
             .lock()
             .bindings
             .iter()
-            .any(|b| b.route(topic).is_some())
+            .any(|b| b.route(m).is_some())
     }
 
     fn restart_feeder(self: &Arc<Self>) {
@@ -315,9 +395,10 @@ impl Queue {
         }
         let route = {
             let st = self.state.lock();
-            st.bindings
-                .iter()
-                .find_map(|b| b.route(&d.event.topic).map(|key| (b.exchange.clone(), key)))
+            st.bindings.iter().find_map(|b| {
+                b.route(&Routed::event(&d.event))
+                    .map(|key| (b.exchange.clone(), key))
+            })
         };
         let message = Message {
             acker: Some(acker.clone()),
@@ -499,15 +580,16 @@ impl Queue {
             if st
                 .bindings
                 .iter()
-                .any(|x| x.exchange == b.exchange && x.key == b.key)
+                .any(|x| x.exchange == b.exchange && x.key == b.key && x.args == b.args)
             {
                 return;
             }
-            self.declared.lock().bindings.push((
-                b.exchange.clone(),
-                b.kind.as_str().to_string(),
-                b.key.clone(),
-            ));
+            self.declared.lock().bindings.push(SavedBinding {
+                exchange: b.exchange.clone(),
+                kind: b.kind.as_str().to_string(),
+                key: b.key.clone(),
+                args: b.args.clone(),
+            });
             st.bindings.push(b);
         }
         self.restart_feeder();
@@ -526,7 +608,7 @@ impl Queue {
             self.declared
                 .lock()
                 .bindings
-                .retain(|(x, _, k)| !(x == exchange && k == key));
+                .retain(|b| !(b.exchange == exchange && b.key == key));
         }
         self.restart_feeder();
         true
@@ -557,7 +639,7 @@ impl Queue {
             self.declared
                 .lock()
                 .bindings
-                .retain(|(x, _, _)| x != exchange);
+                .retain(|b| b.exchange != exchange);
             self.restart_feeder();
         }
     }

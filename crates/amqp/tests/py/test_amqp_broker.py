@@ -233,3 +233,21 @@ def test_queue_arguments_message_ttl_and_the_unsupported_ones(servers):
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
         ch.queue_declare("limited", arguments={"x-max-length": 10})
     assert e.value.reply_code == 540 and "x-max-length" in e.value.reply_text
+
+
+def test_headers_exchanges_route_by_header(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.exchange_declare("by-format", "headers")
+    ch.queue_declare("pdf-a4")
+    ch.queue_declare("any-report")
+    ch.queue_bind("pdf-a4", "by-format", arguments={"x-match": "all", "format": "pdf", "size": "a4"})
+    ch.queue_bind("any-report", "amq.headers", arguments={"x-match": "any", "type": "report", "urgent": None})
+    ch.basic_publish("by-format", "", b"both", pika.BasicProperties(headers={"format": "pdf", "size": "a4"}))
+    ch.basic_publish("by-format", "", b"one", pika.BasicProperties(headers={"format": "pdf", "size": "a3"}))
+    ch.basic_publish("amq.headers", "", b"urgent", pika.BasicProperties(headers={"urgent": 1}))
+    ch.basic_publish("amq.headers", "", b"plain", pika.BasicProperties(headers={"type": "memo"}))
+    assert [b for _, _, b in drain(ch, "pdf-a4", 1)] == [b"both"]
+    assert [b for _, _, b in drain(ch, "any-report", 1)] == [b"urgent"]
+    quiet(ch, "pdf-a4", 0.5)
+    quiet(ch, "any-report", 0.5)
