@@ -251,3 +251,17 @@ def test_headers_exchanges_route_by_header(servers):
     assert [b for _, _, b in drain(ch, "any-report", 1)] == [b"urgent"]
     quiet(ch, "pdf-a4", 0.5)
     quiet(ch, "any-report", 0.5)
+
+
+def test_a_client_that_misses_heartbeats_is_disconnected(servers):
+    s = servers.start()
+    silent = connect(s, heartbeat=1)
+    lively = connect(s, heartbeat=1)
+    ch = lively.channel()
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:  # `lively` answers heartbeats, `silent` does not
+        lively.process_data_events(time_limit=0.2)
+    with pytest.raises((pika.exceptions.StreamLostError, pika.exceptions.ConnectionClosed,
+                        pika.exceptions.AMQPConnectionError)):
+        silent.channel().queue_declare("too-late")
+    ch.queue_declare("still-here")
