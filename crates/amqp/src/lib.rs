@@ -40,7 +40,6 @@ mod props;
 mod queue;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use polyport_core::{Hub, HubError};
 use tokio::net::TcpListener;
@@ -100,29 +99,11 @@ impl AmqpBroker {
     /// Accepts connections on `listener` until `stop` fires, then waits for them to close.
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.cancelled() => break,
-                _ = shutdown.cancelled() => break,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    self.tracker.spawn(connection::run(
-                        Box::new(stream),
-                        self.broker.clone(),
-                        stop.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "AMQP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        self.tracker.close();
-        self.tracker.wait().await;
+        let (broker, conn_stop) = (self.broker.clone(), stop.clone());
+        polyport_core::adapter::accept_loop(listener, stop, shutdown, &self.tracker, "AMQP", |s| {
+            connection::run(Box::new(s), broker.clone(), conn_stop.clone())
+        })
+        .await;
     }
 }
 

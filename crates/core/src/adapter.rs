@@ -34,3 +34,39 @@ impl Spec {
 pub const fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
+
+/// The accept loop every TCP face shares: each connection (with `TCP_NODELAY`) runs
+/// `serve` on `tracker` until `stop` or `shutdown` fires; then the loop waits for the
+/// connections to finish. An accept error (out of descriptors, say) backs off instead of
+/// spinning.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    shutdown: tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+    label: &'static str,
+    mut serve: F,
+) where
+    F: FnMut(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(serve(stream));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{label} accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}

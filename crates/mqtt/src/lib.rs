@@ -113,30 +113,11 @@ impl MqttBroker {
     /// down), then waits for this broker's connections to close.
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.cancelled() => break,
-                _ = shutdown.cancelled() => break,
-            };
-            match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    self.tracker.spawn(connection::run(
-                        Box::new(stream),
-                        self.broker.clone(),
-                        stop.clone(),
-                    ));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "MQTT accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        self.tracker.close();
-        self.tracker.wait().await;
+        let (broker, conn_stop) = (self.broker.clone(), stop.clone());
+        polyport_core::adapter::accept_loop(listener, stop, shutdown, &self.tracker, "MQTT", |s| {
+            connection::run(Box::new(s), broker.clone(), conn_stop.clone())
+        })
+        .await;
     }
 
     /// The `/mqtt` WebSocket route (subprotocols `mqtt`, `mqttv3.1`) to merge into the
