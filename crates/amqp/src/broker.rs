@@ -46,7 +46,7 @@ pub(crate) struct Broker {
     pub(crate) cfg: AmqpConfig,
     /// The broker's own identity, for its adapter state and queue groups.
     pub(crate) ctx: AuthContext,
-    pub(crate) exchanges: Mutex<HashMap<String, Exchange>>,
+    pub(crate) exchanges: Arc<Mutex<HashMap<String, Exchange>>>,
     pub(crate) queues: Mutex<HashMap<String, Arc<Queue>>>,
     next_conn: AtomicU64,
 }
@@ -80,7 +80,7 @@ impl Broker {
             hub: hub.clone(),
             cfg,
             ctx: ctx.clone(),
-            exchanges: Mutex::new(exchanges),
+            exchanges: Arc::new(Mutex::new(exchanges)),
             queues: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         });
@@ -99,6 +99,7 @@ impl Broker {
                 d,
                 bindings,
                 broker.cfg.queue_window,
+                broker.exchanges.clone(),
             );
             broker.queues.lock().insert(name, q);
         }
@@ -166,6 +167,7 @@ impl Broker {
             d,
             Vec::new(),
             self.cfg.queue_window,
+            self.exchanges.clone(),
         );
         self.queues.lock().insert(name, q.clone());
         q

@@ -324,7 +324,7 @@ impl Channel {
                     }
                     None if d.passive => return Err(not_found("queue", &name)),
                     None => {
-                        let message_ttl = queue_arguments(&d.arguments)?;
+                        let args = queue_arguments(&d.arguments)?;
                         let declared = Declared {
                             name: name.clone(),
                             durable: d.durable,
@@ -332,7 +332,8 @@ impl Channel {
                             exclusive: d.exclusive.then_some(cx.conn),
                             since: b.hub.log_state().last_seq,
                             bindings: Vec::new(),
-                            message_ttl,
+                            message_ttl: args.message_ttl,
+                            dead_letter: args.dead_letter,
                         };
                         let q = b.create_queue(declared);
                         b.save_queue(&name, Some(&q)).await.map_err(internal)?;
@@ -706,7 +707,7 @@ impl Channel {
                 c.release();
             }
             if !requeue {
-                u.message.settle();
+                u.queue.dead_letter(u.message, "rejected");
                 u.queue.dispatch();
                 continue;
             }
@@ -833,13 +834,15 @@ fn unexpected_frame(what: &str) -> Closing {
     }
 }
 
-/// The `x-*` queue arguments Polyport honours: `x-message-ttl` (returned), and
-/// `x-queue-type` `classic` / `quorum` and `x-expires` (accepted; queues are always
-/// log-backed, and unused queues are not expired yet). Any other is refused rather than
-/// silently ignored.
-fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<Option<u64>, (Code, String)> {
+/// The `x-*` queue arguments Polyport honours: `x-message-ttl`, `x-dead-letter-exchange`
+/// and `x-dead-letter-routing-key`; `x-queue-type` `classic` / `quorum` and `x-expires`
+/// are accepted (queues are always log-backed, and unused queues are not expired yet).
+/// Any other is refused rather than silently ignored.
+fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<QueueArgs, (Code, String)> {
     use amq_protocol::types::AMQPValue as V;
-    let mut ttl = None;
+    let mut out = QueueArgs::default();
+    let mut dlx: Option<String> = None;
+    let mut dlk: Option<String> = None;
     for (k, v) in args.inner() {
         let int = match v {
             V::ShortShortInt(n) => Some(i64::from(*n)),
@@ -852,7 +855,9 @@ fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<Option<u64>
             _ => None,
         };
         match (k.as_str(), int) {
-            ("x-message-ttl", Some(n)) if n >= 0 => ttl = Some(n as u64),
+            ("x-message-ttl", Some(n)) if n >= 0 => out.message_ttl = Some(n as u64),
+            ("x-dead-letter-exchange", _) => dlx = Some(crate::props::value_text(v)),
+            ("x-dead-letter-routing-key", _) => dlk = Some(crate::props::value_text(v)),
             ("x-expires", Some(n)) if n > 0 => {}
             ("x-queue-type", _) => {
                 let kind = crate::props::value_text(v);
@@ -879,7 +884,15 @@ fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<Option<u64>
             }
         }
     }
-    Ok(ttl)
+    out.dead_letter = dlx.map(|x| (x, dlk));
+    Ok(out)
+}
+
+/// The queue arguments that change behaviour.
+#[derive(Default)]
+struct QueueArgs {
+    message_ttl: Option<u64>,
+    dead_letter: Option<(String, Option<String>)>,
 }
 
 fn unknown_tag(tag: u64) -> (Code, String) {

@@ -24,11 +24,12 @@
 //!   `events.ephemeral_topics`; `delivery_mode` 2 forces a durable write.
 //! - `message_count` counts what the queue has read ahead (up to its window), not the
 //!   whole backlog in the log.
-//! - Queue arguments: `x-message-ttl` is honoured; `x-queue-type` (`classic`, `quorum`)
+//! - Queue arguments: `x-message-ttl` and dead-lettering (`x-dead-letter-exchange`,
+//!   `x-dead-letter-routing-key`, with `x-death`) are honoured; `x-queue-type` (`classic`, `quorum`)
 //!   and `x-expires` are accepted (every queue is log-backed; unused queues are not
 //!   expired yet); any other is refused with `NOT_IMPLEMENTED` rather than ignored.
-//! - Not yet: exchange-to-exchange bindings, length limits,
-//!   dead-lettering, priorities, `connection.blocked` (`NOT_IMPLEMENTED` where asked).
+//! - Not yet: exchange-to-exchange bindings, length limits (`x-max-length`,
+//!   `x-overflow`), priorities, `connection.blocked` (`NOT_IMPLEMENTED` where asked).
 
 mod broker;
 mod channel;

@@ -236,6 +236,10 @@ pub(crate) struct Declared {
     /// `x-message-ttl`: milliseconds a message may wait in the queue.
     #[serde(default)]
     pub(crate) message_ttl: Option<u64>,
+    /// `x-dead-letter-exchange` and `x-dead-letter-routing-key`: where rejected and
+    /// expired messages go.
+    #[serde(default)]
+    pub(crate) dead_letter: Option<(String, Option<String>)>,
 }
 
 /// A binding as stored with a durable queue.
@@ -251,6 +255,9 @@ pub(crate) struct SavedBinding {
 pub(crate) struct Queue {
     name: String,
     message_ttl: Option<u64>,
+    dead_letter: Option<(String, Option<String>)>,
+    /// The broker's exchanges, to route dead letters.
+    exchanges: Arc<Mutex<std::collections::HashMap<String, crate::broker::Exchange>>>,
     /// The highest sequence the feeder has seen, and the highest a publish on this
     /// broker routed here: `basic.get` right after a publish waits for it to arrive.
     arrived: AtomicU64,
@@ -271,6 +278,7 @@ impl Queue {
         declared: Declared,
         bindings: Vec<Binding>,
         window: usize,
+        exchanges: Arc<Mutex<std::collections::HashMap<String, crate::broker::Exchange>>>,
     ) -> Arc<Self> {
         let mut all = Binding::new("", Kind::Direct, &declared.name, FieldTable::default())
             .into_iter()
@@ -279,6 +287,8 @@ impl Queue {
         let q = Arc::new(Self {
             name: declared.name.clone(),
             message_ttl: declared.message_ttl,
+            dead_letter: declared.dead_letter.clone(),
+            exchanges,
             arrived: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             arrival: tokio::sync::Notify::new(),
@@ -427,6 +437,15 @@ impl Queue {
     pub(crate) fn dispatch(self: &Arc<Self>) {
         let me = self;
         let mut st = self.state.lock();
+        // Expired messages leave from the head even without consumers (the feeder's
+        // tick comes here), as RabbitMQ expires them.
+        if self.message_ttl.is_some() {
+            while st.ready.front().is_some_and(|m| self.expired(m)) {
+                if let Some(m) = st.ready.pop_front() {
+                    self.dead_letter(m, "expired");
+                }
+            }
+        }
         let n = st.consumers.len();
         if n == 0 {
             return;
@@ -453,7 +472,7 @@ impl Queue {
                 break;
             };
             if self.expired(&message) {
-                message.settle();
+                self.dead_letter(message, "expired");
                 continue;
             }
             let c = &st.consumers[idx];
@@ -532,11 +551,84 @@ impl Queue {
         loop {
             let m = st.ready.pop_front()?;
             if self.expired(&m) {
-                m.settle();
+                self.dead_letter(m, "expired");
                 continue;
             }
             return Some((m, st.ready.len() as u32));
         }
+    }
+
+    /// Settles a message that is rejected (without requeue) or expired, republishing it
+    /// to the dead-letter exchange first when the queue has one, with an `x-death`
+    /// entry as RabbitMQ writes it. A dead-letter exchange that does not exist drops it.
+    pub(crate) fn dead_letter(&self, m: Message, reason: &'static str) {
+        let Some((exchange, key)) = &self.dead_letter else {
+            m.settle();
+            return;
+        };
+        let kind = self.exchanges.lock().get(exchange).map(|x| x.kind());
+        let key = key.clone().unwrap_or_else(|| m.routing_key.clone());
+        let topic = kind.and_then(|k| naming::publish_topic(exchange, k, &key));
+        let Some(topic) = topic else {
+            m.settle();
+            return;
+        };
+        let e = &m.event;
+        let mut table = e
+            .attrs
+            .typed_headers
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<FieldTable>(j).ok())
+            .unwrap_or_else(|| {
+                let mut t = FieldTable::default();
+                for (k, v) in &e.headers {
+                    t.insert(
+                        crate::props::short(k),
+                        AMQPValue::LongString(v.as_bytes().to_vec().into()),
+                    );
+                }
+                t
+            });
+        let mut death = FieldTable::default();
+        let text = |s: &str| AMQPValue::LongString(s.as_bytes().to_vec().into());
+        death.insert("count".into(), AMQPValue::LongLongInt(1));
+        death.insert("reason".into(), text(reason));
+        death.insert("queue".into(), text(&self.name));
+        death.insert("exchange".into(), text(&m.exchange));
+        death.insert(
+            "routing-keys".into(),
+            AMQPValue::FieldArray(vec![text(&m.routing_key)].into()),
+        );
+        death.insert(
+            "time".into(),
+            AMQPValue::Timestamp(chrono::Utc::now().timestamp().max(0) as u64),
+        );
+        table.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        let mut d = polyport_core::EventDraft::new(topic, e.payload.clone());
+        d.content_type = e.content_type.clone();
+        d.attrs = e.attrs.clone();
+        d.attrs.expires_at = None;
+        d.attrs.typed_headers = serde_json::to_string(&table).ok().map(Into::into);
+        d.headers = table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), crate::props::value_text(v)))
+            .collect();
+        if e.event_type != polyport_core::event::DEFAULT_EVENT_TYPE {
+            d.event_type = Some(e.event_type.clone());
+        }
+        let (hub, ctx) = (self.hub.clone(), self.ctx.clone());
+        // Settled only once the dead letter is published: a crash in between gives the
+        // message back to the queue (at least once), never loses it.
+        tokio::spawn(async move {
+            match hub.publish(&ctx, d).await {
+                Ok(_) => m.settle(),
+                Err(e) => tracing::warn!(error = %e, "dead-lettering an AMQP message failed"),
+            }
+        });
     }
 
     /// Past the queue's `x-message-ttl` (counted from when Polyport accepted it).

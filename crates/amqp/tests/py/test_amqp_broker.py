@@ -265,3 +265,28 @@ def test_a_client_that_misses_heartbeats_is_disconnected(servers):
                         pika.exceptions.AMQPConnectionError)):
         silent.channel().queue_declare("too-late")
     ch.queue_declare("still-here")
+
+
+def test_rejected_and_expired_messages_are_dead_lettered_with_x_death(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.exchange_declare("dlx", "fanout")
+    ch.queue_declare("dead")
+    ch.queue_bind("dead", "dlx")
+    ch.queue_declare("work", arguments={"x-dead-letter-exchange": "dlx"})
+    ch.queue_declare("brief", arguments={"x-message-ttl": 200, "x-dead-letter-exchange": "dlx",
+                                         "x-dead-letter-routing-key": "timeouts"})
+    ch.basic_publish("", "work", b"bad job", pika.BasicProperties(headers={"attempt": 3}))
+    m, _, _ = ch.basic_get("work")
+    ch.basic_reject(m.delivery_tag, requeue=False)
+    (dm, props, body), = drain(ch, "dead", 1)
+    assert body == b"bad job"
+    death = props.headers["x-death"][0]
+    assert death["reason"] == "rejected" and death["queue"] == "work"
+    assert props.headers["attempt"] == 3, "the original headers stay, typed"
+    ch.basic_publish("", "brief", b"too slow")
+    # Expired and dead-lettered without anyone reading `brief`.
+    (dm, props, body), = drain(ch, "dead", 1)
+    assert ch.basic_get("brief") == (None, None, None)
+    assert body == b"too slow" and props.headers["x-death"][0]["reason"] == "expired"
+    assert dm.routing_key == "timeouts"
