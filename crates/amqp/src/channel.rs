@@ -334,6 +334,7 @@ impl Channel {
                             bindings: Vec::new(),
                             message_ttl: args.message_ttl,
                             dead_letter: args.dead_letter,
+                            limits: args.limits,
                         };
                         let q = b.create_queue(declared);
                         b.save_queue(&name, Some(&q)).await.map_err(internal)?;
@@ -465,7 +466,7 @@ impl Channel {
                 cx.send(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
                 Ok(())
             }
-            basic::AMQPMethod::Consume(c) => self.consume(cx, c),
+            basic::AMQPMethod::Consume(c) => self.consume(cx, c).await,
             basic::AMQPMethod::Cancel(c) => {
                 let tag = c.consumer_tag.as_str();
                 if let Some(r) = self.consumers.remove(tag)
@@ -577,8 +578,13 @@ impl Channel {
         Ok(())
     }
 
-    fn consume(&mut self, cx: &mut Ctx<'_>, c: &basic::Consume) -> Result<(), (Code, String)> {
+    async fn consume(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        c: &basic::Consume,
+    ) -> Result<(), (Code, String)> {
         let q = Self::usable(cx, c.queue.as_str())?;
+        q.settled().await;
         let tag = match c.consumer_tag.as_str() {
             "" => format!("amq.ctag-{}", polyport_core::record::new_id()),
             t => t.to_string(),
@@ -835,7 +841,7 @@ fn unexpected_frame(what: &str) -> Closing {
 }
 
 /// The `x-*` queue arguments Polyport honours: `x-message-ttl`, `x-dead-letter-exchange`
-/// and `x-dead-letter-routing-key`; `x-queue-type` `classic` / `quorum` and `x-expires`
+/// and `x-dead-letter-routing-key`, `x-max-length`, `x-max-length-bytes`, `x-overflow`; `x-queue-type` `classic` / `quorum` and `x-expires`
 /// are accepted (queues are always log-backed, and unused queues are not expired yet).
 /// Any other is refused rather than silently ignored.
 fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<QueueArgs, (Code, String)> {
@@ -858,6 +864,18 @@ fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<QueueArgs, 
             ("x-message-ttl", Some(n)) if n >= 0 => out.message_ttl = Some(n as u64),
             ("x-dead-letter-exchange", _) => dlx = Some(crate::props::value_text(v)),
             ("x-dead-letter-routing-key", _) => dlk = Some(crate::props::value_text(v)),
+            ("x-max-length", Some(n)) if n >= 0 => out.limits.max_length = Some(n as usize),
+            ("x-max-length-bytes", Some(n)) if n >= 0 => out.limits.max_bytes = Some(n as usize),
+            ("x-overflow", _) => match crate::props::value_text(v).as_str() {
+                "drop-head" => out.limits.reject_new = false,
+                "reject-publish" | "reject-publish-dlx" => out.limits.reject_new = true,
+                other => {
+                    return Err((
+                        Code::PreconditionFailed,
+                        format!("PRECONDITION_FAILED - invalid arg 'x-overflow': '{other}'"),
+                    ));
+                }
+            },
             ("x-expires", Some(n)) if n > 0 => {}
             ("x-queue-type", _) => {
                 let kind = crate::props::value_text(v);
@@ -868,7 +886,7 @@ fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<QueueArgs, 
                     ));
                 }
             }
-            ("x-message-ttl" | "x-expires", _) => {
+            ("x-message-ttl" | "x-expires" | "x-max-length" | "x-max-length-bytes", _) => {
                 return Err((
                     Code::PreconditionFailed,
                     format!(
@@ -893,6 +911,7 @@ fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<QueueArgs, 
 struct QueueArgs {
     message_ttl: Option<u64>,
     dead_letter: Option<(String, Option<String>)>,
+    limits: crate::queue::Limits,
 }
 
 fn unknown_tag(tag: u64) -> (Code, String) {

@@ -552,7 +552,11 @@ impl Connection {
         if channel.closing {
             return Ok(());
         }
-        if matches!(m, AMQPClass::Basic(basic::AMQPMethod::Get(_))) && !self.publishing.is_empty() {
+        let reads = matches!(
+            m,
+            AMQPClass::Basic(basic::AMQPMethod::Get(_) | basic::AMQPMethod::Consume(_))
+        );
+        if reads && !self.publishing.is_empty() {
             // This connection's publishes reach their queues before it reads one.
             while let Some((c, confirm, result)) = self.publishing.next().await {
                 self.confirmed(c, confirm, result);

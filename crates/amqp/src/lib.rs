@@ -28,8 +28,12 @@
 //!   `x-dead-letter-routing-key`, with `x-death`) are honoured; `x-queue-type` (`classic`, `quorum`)
 //!   and `x-expires` are accepted (every queue is log-backed; unused queues are not
 //!   expired yet); any other is refused with `NOT_IMPLEMENTED` rather than ignored.
-//! - Not yet: exchange-to-exchange bindings, length limits (`x-max-length`,
-//!   `x-overflow`), priorities, `connection.blocked` (`NOT_IMPLEMENTED` where asked).
+//!   Length limits (`x-max-length`, `x-max-length-bytes`, `x-overflow` `drop-head` or
+//!   `reject-publish`) count ready messages; `reject-publish` drops the newest for that
+//!   queue but does not nack the publisher (the message is on the tree for everyone
+//!   else), where RabbitMQ would nack it.
+//! - Not yet: exchange-to-exchange bindings, priorities, `connection.blocked`
+//!   (`NOT_IMPLEMENTED` where asked).
 
 mod broker;
 mod channel;

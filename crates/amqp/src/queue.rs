@@ -240,6 +240,24 @@ pub(crate) struct Declared {
     /// expired messages go.
     #[serde(default)]
     pub(crate) dead_letter: Option<(String, Option<String>)>,
+    /// `x-max-length`, `x-max-length-bytes` and whether `x-overflow` is
+    /// `reject-publish` (the newest is refused) rather than `drop-head` (the oldest goes).
+    #[serde(default)]
+    pub(crate) limits: Limits,
+}
+
+/// A queue's length limits.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Limits {
+    pub(crate) max_length: Option<usize>,
+    pub(crate) max_bytes: Option<usize>,
+    pub(crate) reject_new: bool,
+}
+
+impl Limits {
+    fn over(&self, count: usize, bytes: usize) -> bool {
+        self.max_length.is_some_and(|m| count > m) || self.max_bytes.is_some_and(|m| bytes > m)
+    }
 }
 
 /// A binding as stored with a durable queue.
@@ -256,6 +274,7 @@ pub(crate) struct Queue {
     name: String,
     message_ttl: Option<u64>,
     dead_letter: Option<(String, Option<String>)>,
+    limits: Limits,
     /// The broker's exchanges, to route dead letters.
     exchanges: Arc<Mutex<std::collections::HashMap<String, crate::broker::Exchange>>>,
     /// The highest sequence the feeder has seen, and the highest a publish on this
@@ -288,6 +307,7 @@ impl Queue {
             name: declared.name.clone(),
             message_ttl: declared.message_ttl,
             dead_letter: declared.dead_letter.clone(),
+            limits: declared.limits.clone(),
             exchanges,
             arrived: AtomicU64::new(0),
             expected: AtomicU64::new(0),
@@ -428,6 +448,24 @@ impl Queue {
                 return false;
             }
             st.ready.push_back(message);
+            // Length limits count what is ready (not what consumers hold), as RabbitMQ.
+            loop {
+                let bytes: usize = st.ready.iter().map(|m| m.event.payload.len()).sum();
+                if !self.limits.over(st.ready.len(), bytes) {
+                    break;
+                }
+                let gone = match self.limits.reject_new {
+                    true => st.ready.pop_back(),
+                    false => st.ready.pop_front(),
+                };
+                let Some(gone) = gone else { break };
+                let reason = if self.limits.reject_new {
+                    "rejected"
+                } else {
+                    "maxlen"
+                };
+                self.dead_letter(gone, reason);
+            }
         }
         self.dispatch();
         true
@@ -533,10 +571,13 @@ impl Queue {
     /// Waits (briefly) until what publishes routed here has reached the queue, so a
     /// `basic.get` after a publish sees it, as on RabbitMQ.
     pub(crate) async fn settled(&self) {
+        // What was published up to now; later publishes are not waited for.
+        let target = self.expected.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             let wait = self.arrival.notified();
-            if self.arrived.load(Ordering::Relaxed) >= self.expected.load(Ordering::Relaxed) {
+            let backlogged = self.state.lock().ready.len() >= self.window;
+            if backlogged || self.arrived.load(Ordering::Relaxed) >= target {
                 return;
             }
             if tokio::time::timeout_at(deadline, wait).await.is_err() {

@@ -231,8 +231,23 @@ def test_queue_arguments_message_ttl_and_the_unsupported_ones(servers):
     assert body == b"fresh", "the stale one expired in the queue"
     ch = conn.channel()
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
-        ch.queue_declare("limited", arguments={"x-max-length": 10})
-    assert e.value.reply_code == 540 and "x-max-length" in e.value.reply_text
+        ch.queue_declare("prioritised", arguments={"x-max-priority": 10})
+    assert e.value.reply_code == 540 and "x-max-priority" in e.value.reply_text
+
+
+def test_length_limits_drop_the_oldest_or_refuse_the_newest(servers):
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.queue_declare("latest3", arguments={"x-max-length": 3})
+    ch.queue_declare("first3", arguments={"x-max-length": 3, "x-overflow": "reject-publish"})
+    ch.queue_declare("small", arguments={"x-max-length-bytes": 10})
+    for i in range(6):
+        ch.basic_publish("", "latest3", f"m{i}".encode())
+        ch.basic_publish("", "first3", f"m{i}".encode())
+        ch.basic_publish("", "small", f"{i}----".encode())  # 5 bytes each
+    assert [b for _, _, b in drain(ch, "latest3", 3)] == [b"m3", b"m4", b"m5"]
+    assert [b for _, _, b in drain(ch, "first3", 3)] == [b"m0", b"m1", b"m2"]
+    assert [b for _, _, b in drain(ch, "small", 2)] == [b"4----", b"5----"]
 
 
 def test_headers_exchanges_route_by_header(servers):
