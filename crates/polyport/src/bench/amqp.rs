@@ -37,12 +37,21 @@ pub(crate) struct AmqpArgs {
     /// Messages per second for the latency scenario (run for 3 s).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Idle connections for the memory scenario (0: skip it). Opened one by one with
+    /// lapin; a few hundred is what it handles quickly.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
 }
 
 /// One scenario's result: messages per second, or latency percentiles in µs.
 enum Figure {
     Rate(f64),
-    Latency { p50: u64, p99: u64 },
+    Latency {
+        p50: u64,
+        p99: u64,
+    },
+    /// Resident memory the broker grew by per idle connection, KiB.
+    Memory(Option<f64>),
 }
 
 pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
@@ -99,6 +108,17 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         };
         print_row(name, &a, b.as_ref());
     }
+    if args.idle > 0 {
+        super::child::raise_nofile(args.idle as u64 + 1024);
+        let name = format!("memory per idle connection ({}), KiB", args.idle);
+        let a = idle(&pp, Some(child.pid), args.idle).await?;
+        let rabbit_pid = super::child::pids_named("beam.smp").into_iter().next();
+        let b = match rabbit_up {
+            true => Some(idle(&args.rabbitmq, rabbit_pid, args.idle).await?),
+            false => None,
+        };
+        print_row(&name, &a, b.as_ref());
+    }
     child.stop().await;
     Ok(())
 }
@@ -119,6 +139,18 @@ fn print_row(name: &str, a: &Figure, b: Option<&Figure>) {
             *p50 as f64 / (*q50).max(1) as f64,
             *p99 as f64 / (*q99).max(1) as f64
         ),
+        (Figure::Memory(x), y) => {
+            let y = match y {
+                Some(Figure::Memory(y)) => *y,
+                _ => None,
+            };
+            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+            let ratio = match (x, y) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+                _ => "-".into(),
+            };
+            println!("{name:<44} {:>14} {:>14} {ratio:>8}", show(*x), show(y));
+        }
         (Figure::Latency { p50, p99 }, _) => {
             println!(
                 "{name:<44} {:>14} {:>14} {:>8}",
@@ -408,6 +440,36 @@ impl Scenario {
         }
         Ok(Figure::Rate(n as f64 / secs))
     }
+}
+
+/// Opens `n` idle connections (one channel each) and reads how much the broker's
+/// resident memory grew.
+async fn idle(uri: &str, pid: Option<u32>, n: usize) -> anyhow::Result<Figure> {
+    let rss = || pid.and_then(super::child::vm_rss_kib);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        match connect(uri).await {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                println!(
+                    "  {} of {n} idle connections opened; then: {e:#}",
+                    conns.len()
+                );
+                break;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss();
+    let opened = conns.len();
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Figure::Memory(match (before, after) {
+        (Some(b), Some(a)) if opened > 0 => Some(a.saturating_sub(b) as f64 / opened as f64),
+        _ => None,
+    }))
 }
 
 /// One publisher at `a.rate` messages/s for 3 s, each carrying its send time; one

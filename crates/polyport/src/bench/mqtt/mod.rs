@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
 
-use super::child::PolyportChild;
+use super::child::{PolyportChild, pids_named, raise_nofile};
 use super::{Summary, summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
