@@ -9,9 +9,12 @@
 //! | basic properties ↔ message attributes | `props.rs` |
 //! | reply codes; closing a channel or the connection | `error.rs` |
 //! | exchanges, queues, durable topology in the Hub's adapter state | `broker.rs` |
-//! | a queue: its bindings, its Hub group, consumers, prefetch, requeue | `queue.rs` |
+//! | a queue: its Hub group, consumers, prefetch, requeue, limits, dead letters | `queue/mod.rs` |
+//! | bindings: topic filters and the AMQP routing rules (keys, patterns, headers) | `queue/binding.rs` |
 //! | one connection: handshake, heartbeats, frame loop, publishes and confirms | `connection.rs` |
-//! | one channel's methods, content assembly, deliveries and acks | `channel.rs` |
+//! | one channel: basic.*, confirms, transactions, content assembly, acks | `channel/mod.rs` |
+//! | `exchange.*` and `queue.*` | `channel/topology.rs` |
+//! | queue arguments (`x-*`) | `channel/arguments.rs` |
 //!
 //! amq-protocol parses and generates every method; framing rules, the broker and its
 //! mapping onto the Hub are ours (no maintained crate is an AMQP server).

@@ -6,16 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{
-    AMQPClass, BasicProperties, basic, channel as chan, confirm, exchange, queue, tx,
-};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel as chan, confirm, tx};
 use polyport_core::{EventDraft, HubError};
 
-use crate::broker::{Broker, Exchange};
+use crate::broker::Broker;
 use crate::error::{Closing, Code};
 use crate::naming::Kind;
 use crate::props::{self, short};
-use crate::queue::{Binding, Credit, Declared, Message, Out, Queue};
+use crate::queue::{Credit, Message, Out, Queue};
 
 /// A publish waiting for its header and body.
 pub(crate) struct Content {
@@ -113,6 +111,9 @@ fn channel_error(code: Code, text: String, m: &AMQPClass) -> Closing {
     }
 }
 
+mod arguments;
+mod topology;
+
 impl Channel {
     /// Handles one method; `Ok(Some(ready))` when a publish is complete.
     pub(crate) async fn method(&mut self, cx: &mut Ctx<'_>, m: AMQPClass) -> Result<(), Closing> {
@@ -185,258 +186,6 @@ impl Channel {
                 class_id: m.get_amqp_class_id(),
                 method_id: m.get_amqp_method_id(),
             }),
-        }
-    }
-
-    async fn exchange(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        m: &exchange::AMQPMethod,
-    ) -> Result<(), (Code, String)> {
-        let b = cx.broker;
-        match m {
-            exchange::AMQPMethod::Declare(d) => {
-                let name = d.exchange.as_str();
-                let current = b.exchange(name);
-                if d.passive {
-                    if current.is_none() {
-                        return Err(not_found("exchange", name));
-                    }
-                } else {
-                    let kind = Kind::parse(d.kind.as_str()).ok_or_else(|| {
-                        (
-                            Code::CommandInvalid,
-                            format!("COMMAND_INVALID - invalid exchange type '{}'", d.kind),
-                        )
-                    })?;
-                    match current {
-                        Some(x) if x.kind != kind.as_str() => {
-                            return Err((
-                                Code::PreconditionFailed,
-                                format!(
-                                    "PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{name}' in vhost '/': received '{}' but current is '{}'",
-                                    kind.as_str(),
-                                    x.kind
-                                ),
-                            ));
-                        }
-                        Some(_) => {}
-                        None => {
-                            if name.starts_with("amq.") {
-                                return Err(reserved("exchange", name));
-                            }
-                            let x = Exchange {
-                                kind: kind.as_str().into(),
-                                durable: d.durable,
-                                auto_delete: d.auto_delete,
-                                internal: d.internal,
-                            };
-                            if d.durable {
-                                b.save_exchange(name, Some(&x)).await.map_err(internal)?;
-                            }
-                            b.exchanges.lock().insert(name.to_string(), x);
-                        }
-                    }
-                }
-                if !d.nowait {
-                    cx.send(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                        exchange::DeclareOk {},
-                    )));
-                }
-                Ok(())
-            }
-            exchange::AMQPMethod::Delete(d) => {
-                let name = d.exchange.as_str();
-                if name.is_empty() || name.starts_with("amq.") {
-                    return Err(reserved("exchange", name));
-                }
-                let queues: Vec<Arc<Queue>> = b.queues.lock().values().cloned().collect();
-                if d.if_unused && queues.iter().any(|q| q.bound_to(name)) {
-                    return Err((
-                        Code::PreconditionFailed,
-                        format!("PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use"),
-                    ));
-                }
-                if b.exchanges.lock().remove(name).is_some() {
-                    b.save_exchange(name, None).await.map_err(internal)?;
-                    for q in queues {
-                        if q.bound_to(name) {
-                            q.forget_exchange(name);
-                            b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
-                        }
-                    }
-                }
-                if !d.nowait {
-                    cx.send(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
-                        exchange::DeleteOk {},
-                    )));
-                }
-                Ok(())
-            }
-            _ => Err((
-                Code::NotImplemented,
-                "NOT_IMPLEMENTED - exchange-to-exchange bindings are not supported yet".into(),
-            )),
-        }
-    }
-
-    /// A queue this connection may use.
-    fn usable(cx: &Ctx<'_>, name: &str) -> Result<Arc<Queue>, (Code, String)> {
-        let q = cx
-            .broker
-            .queue(name)
-            .ok_or_else(|| not_found("queue", name))?;
-        let owner = q.declared.lock().exclusive;
-        match owner {
-            Some(owner) if owner != cx.conn => Err(locked(name)),
-            _ => Ok(q),
-        }
-    }
-
-    async fn queue(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        m: &queue::AMQPMethod,
-    ) -> Result<(), (Code, String)> {
-        let b = cx.broker;
-        match m {
-            queue::AMQPMethod::Declare(d) => {
-                let mut name = d.queue.as_str().to_string();
-                if name.is_empty() {
-                    name = format!("amq.gen-{}", polyport_core::record::new_id());
-                } else if name.starts_with("amq.") && b.queue(&name).is_none() && !d.passive {
-                    return Err(reserved("queue", &name));
-                }
-                let q = match b.queue(&name) {
-                    Some(_) => {
-                        let q = Self::usable(cx, &name)?;
-                        let durable = q.declared.lock().durable;
-                        if !d.passive && durable != d.durable {
-                            return Err((
-                                Code::PreconditionFailed,
-                                format!(
-                                    "PRECONDITION_FAILED - inequivalent arg 'durable' for queue '{name}' in vhost '/': received '{}' but current is '{durable}'",
-                                    d.durable
-                                ),
-                            ));
-                        }
-                        q
-                    }
-                    None if d.passive => return Err(not_found("queue", &name)),
-                    None => {
-                        let args = queue_arguments(&d.arguments)?;
-                        let declared = Declared {
-                            name: name.clone(),
-                            durable: d.durable,
-                            auto_delete: d.auto_delete,
-                            exclusive: d.exclusive.then_some(cx.conn),
-                            since: b.hub.log_state().last_seq,
-                            bindings: Vec::new(),
-                            message_ttl: args.message_ttl,
-                            dead_letter: args.dead_letter,
-                            limits: args.limits,
-                        };
-                        let q = b.create_queue(declared);
-                        b.save_queue(&name, Some(&q)).await.map_err(internal)?;
-                        q
-                    }
-                };
-                if !d.nowait {
-                    cx.send(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
-                        queue::DeclareOk {
-                            queue: short(&name),
-                            message_count: q.message_count(),
-                            consumer_count: q.consumer_count(),
-                        },
-                    )));
-                }
-                Ok(())
-            }
-            queue::AMQPMethod::Bind(d) => {
-                let q = Self::usable(cx, d.queue.as_str())?;
-                let xname = d.exchange.as_str();
-                let x = b
-                    .exchange(xname)
-                    .ok_or_else(|| not_found("exchange", xname))?;
-                if xname.is_empty() {
-                    return Err((
-                        Code::AccessRefused,
-                        "ACCESS_REFUSED - operation not permitted on the default exchange".into(),
-                    ));
-                }
-                let binding =
-                    Binding::new(xname, x.kind(), d.routing_key.as_str(), d.arguments.clone())
-                        .ok_or_else(|| {
-                            (
-                                Code::PreconditionFailed,
-                                format!(
-                                    "PRECONDITION_FAILED - invalid routing key '{}'",
-                                    d.routing_key
-                                ),
-                            )
-                        })?;
-                q.bind(binding);
-                b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
-                if !d.nowait {
-                    cx.send(AMQPClass::Queue(queue::AMQPMethod::BindOk(
-                        queue::BindOk {},
-                    )));
-                }
-                Ok(())
-            }
-            queue::AMQPMethod::Unbind(d) => {
-                let q = Self::usable(cx, d.queue.as_str())?;
-                q.unbind(d.exchange.as_str(), d.routing_key.as_str());
-                b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
-                cx.send(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
-                    queue::UnbindOk {},
-                )));
-                Ok(())
-            }
-            queue::AMQPMethod::Purge(d) => {
-                let q = Self::usable(cx, d.queue.as_str())?;
-                let n = q.purge();
-                if !d.nowait {
-                    cx.send(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(
-                        queue::PurgeOk { message_count: n },
-                    )));
-                }
-                Ok(())
-            }
-            queue::AMQPMethod::Delete(d) => {
-                let name = d.queue.as_str();
-                let n = match b.queue(name) {
-                    None => 0,
-                    Some(q) => {
-                        Self::usable(cx, name)?;
-                        if d.if_unused && q.consumer_count() > 0 {
-                            return Err((
-                                Code::PreconditionFailed,
-                                format!("PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"),
-                            ));
-                        }
-                        if d.if_empty && q.message_count() > 0 {
-                            return Err((
-                                Code::PreconditionFailed,
-                                format!(
-                                    "PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty"
-                                ),
-                            ));
-                        }
-                        b.delete_queue(name).await.map_err(internal)?
-                    }
-                };
-                if !d.nowait {
-                    cx.send(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
-                        queue::DeleteOk { message_count: n },
-                    )));
-                }
-                Ok(())
-            }
-            _ => Err((
-                Code::CommandInvalid,
-                "COMMAND_INVALID - unexpected queue method".into(),
-            )),
         }
     }
 
@@ -838,80 +587,6 @@ fn unexpected_frame(what: &str) -> Closing {
         class_id: 60,
         method_id: 40,
     }
-}
-
-/// The `x-*` queue arguments Polyport honours: `x-message-ttl`, `x-dead-letter-exchange`
-/// and `x-dead-letter-routing-key`, `x-max-length`, `x-max-length-bytes`, `x-overflow`; `x-queue-type` `classic` / `quorum` and `x-expires`
-/// are accepted (queues are always log-backed, and unused queues are not expired yet).
-/// Any other is refused rather than silently ignored.
-fn queue_arguments(args: &amq_protocol::types::FieldTable) -> Result<QueueArgs, (Code, String)> {
-    use amq_protocol::types::AMQPValue as V;
-    let mut out = QueueArgs::default();
-    let mut dlx: Option<String> = None;
-    let mut dlk: Option<String> = None;
-    for (k, v) in args.inner() {
-        let int = match v {
-            V::ShortShortInt(n) => Some(i64::from(*n)),
-            V::ShortShortUInt(n) => Some(i64::from(*n)),
-            V::ShortInt(n) => Some(i64::from(*n)),
-            V::ShortUInt(n) => Some(i64::from(*n)),
-            V::LongInt(n) => Some(i64::from(*n)),
-            V::LongUInt(n) => Some(i64::from(*n)),
-            V::LongLongInt(n) => Some(*n),
-            _ => None,
-        };
-        match (k.as_str(), int) {
-            ("x-message-ttl", Some(n)) if n >= 0 => out.message_ttl = Some(n as u64),
-            ("x-dead-letter-exchange", _) => dlx = Some(crate::props::value_text(v)),
-            ("x-dead-letter-routing-key", _) => dlk = Some(crate::props::value_text(v)),
-            ("x-max-length", Some(n)) if n >= 0 => out.limits.max_length = Some(n as usize),
-            ("x-max-length-bytes", Some(n)) if n >= 0 => out.limits.max_bytes = Some(n as usize),
-            ("x-overflow", _) => match crate::props::value_text(v).as_str() {
-                "drop-head" => out.limits.reject_new = false,
-                "reject-publish" | "reject-publish-dlx" => out.limits.reject_new = true,
-                other => {
-                    return Err((
-                        Code::PreconditionFailed,
-                        format!("PRECONDITION_FAILED - invalid arg 'x-overflow': '{other}'"),
-                    ));
-                }
-            },
-            ("x-expires", Some(n)) if n > 0 => {}
-            ("x-queue-type", _) => {
-                let kind = crate::props::value_text(v);
-                if kind != "classic" && kind != "quorum" {
-                    return Err((
-                        Code::PreconditionFailed,
-                        format!("PRECONDITION_FAILED - invalid arg 'x-queue-type': '{kind}'"),
-                    ));
-                }
-            }
-            ("x-message-ttl" | "x-expires" | "x-max-length" | "x-max-length-bytes", _) => {
-                return Err((
-                    Code::PreconditionFailed,
-                    format!(
-                        "PRECONDITION_FAILED - invalid arg '{k}': must be a non-negative integer"
-                    ),
-                ));
-            }
-            (other, _) => {
-                return Err((
-                    Code::NotImplemented,
-                    format!("NOT_IMPLEMENTED - queue argument '{other}' is not supported yet"),
-                ));
-            }
-        }
-    }
-    out.dead_letter = dlx.map(|x| (x, dlk));
-    Ok(out)
-}
-
-/// The queue arguments that change behaviour.
-#[derive(Default)]
-struct QueueArgs {
-    message_ttl: Option<u64>,
-    dead_letter: Option<(String, Option<String>)>,
-    limits: crate::queue::Limits,
 }
 
 fn unknown_tag(tag: u64) -> (Code, String) {

@@ -1,0 +1,79 @@
+//! Queue arguments (`x-*`): the ones Polyport honours, and a refusal for the rest.
+
+use crate::error::Code;
+
+/// The `x-*` queue arguments Polyport honours: `x-message-ttl`, `x-dead-letter-exchange`
+/// and `x-dead-letter-routing-key`, `x-max-length`, `x-max-length-bytes`, `x-overflow`; `x-queue-type` `classic` / `quorum` and `x-expires`
+/// are accepted (queues are always log-backed, and unused queues are not expired yet).
+/// Any other is refused rather than silently ignored.
+pub(super) fn queue_arguments(
+    args: &amq_protocol::types::FieldTable,
+) -> Result<QueueArgs, (Code, String)> {
+    use amq_protocol::types::AMQPValue as V;
+    let mut out = QueueArgs::default();
+    let mut dlx: Option<String> = None;
+    let mut dlk: Option<String> = None;
+    for (k, v) in args.inner() {
+        let int = match v {
+            V::ShortShortInt(n) => Some(i64::from(*n)),
+            V::ShortShortUInt(n) => Some(i64::from(*n)),
+            V::ShortInt(n) => Some(i64::from(*n)),
+            V::ShortUInt(n) => Some(i64::from(*n)),
+            V::LongInt(n) => Some(i64::from(*n)),
+            V::LongUInt(n) => Some(i64::from(*n)),
+            V::LongLongInt(n) => Some(*n),
+            _ => None,
+        };
+        match (k.as_str(), int) {
+            ("x-message-ttl", Some(n)) if n >= 0 => out.message_ttl = Some(n as u64),
+            ("x-dead-letter-exchange", _) => dlx = Some(crate::props::value_text(v)),
+            ("x-dead-letter-routing-key", _) => dlk = Some(crate::props::value_text(v)),
+            ("x-max-length", Some(n)) if n >= 0 => out.limits.max_length = Some(n as usize),
+            ("x-max-length-bytes", Some(n)) if n >= 0 => out.limits.max_bytes = Some(n as usize),
+            ("x-overflow", _) => match crate::props::value_text(v).as_str() {
+                "drop-head" => out.limits.reject_new = false,
+                "reject-publish" | "reject-publish-dlx" => out.limits.reject_new = true,
+                other => {
+                    return Err((
+                        Code::PreconditionFailed,
+                        format!("PRECONDITION_FAILED - invalid arg 'x-overflow': '{other}'"),
+                    ));
+                }
+            },
+            ("x-expires", Some(n)) if n > 0 => {}
+            ("x-queue-type", _) => {
+                let kind = crate::props::value_text(v);
+                if kind != "classic" && kind != "quorum" {
+                    return Err((
+                        Code::PreconditionFailed,
+                        format!("PRECONDITION_FAILED - invalid arg 'x-queue-type': '{kind}'"),
+                    ));
+                }
+            }
+            ("x-message-ttl" | "x-expires" | "x-max-length" | "x-max-length-bytes", _) => {
+                return Err((
+                    Code::PreconditionFailed,
+                    format!(
+                        "PRECONDITION_FAILED - invalid arg '{k}': must be a non-negative integer"
+                    ),
+                ));
+            }
+            (other, _) => {
+                return Err((
+                    Code::NotImplemented,
+                    format!("NOT_IMPLEMENTED - queue argument '{other}' is not supported yet"),
+                ));
+            }
+        }
+    }
+    out.dead_letter = dlx.map(|x| (x, dlk));
+    Ok(out)
+}
+
+/// The queue arguments that change behaviour.
+#[derive(Default)]
+pub(super) struct QueueArgs {
+    pub(super) message_ttl: Option<u64>,
+    pub(super) dead_letter: Option<(String, Option<String>)>,
+    pub(super) limits: crate::queue::Limits,
+}

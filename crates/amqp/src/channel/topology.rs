@@ -1,0 +1,267 @@
+//! `exchange.*` and `queue.*`: declaring, binding and deleting the topology.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, exchange, queue};
+
+use super::arguments::queue_arguments;
+use super::{Channel, Ctx, internal, locked, not_found, reserved};
+use crate::broker::Exchange;
+use crate::error::Code;
+use crate::naming::Kind;
+use crate::props::short;
+use crate::queue::{Binding, Declared, Queue};
+
+impl Channel {
+    pub(super) async fn exchange(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        m: &exchange::AMQPMethod,
+    ) -> Result<(), (Code, String)> {
+        let b = cx.broker;
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                let name = d.exchange.as_str();
+                let current = b.exchange(name);
+                if d.passive {
+                    if current.is_none() {
+                        return Err(not_found("exchange", name));
+                    }
+                } else {
+                    let kind = Kind::parse(d.kind.as_str()).ok_or_else(|| {
+                        (
+                            Code::CommandInvalid,
+                            format!("COMMAND_INVALID - invalid exchange type '{}'", d.kind),
+                        )
+                    })?;
+                    match current {
+                        Some(x) if x.kind != kind.as_str() => {
+                            return Err((
+                                Code::PreconditionFailed,
+                                format!(
+                                    "PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{name}' in vhost '/': received '{}' but current is '{}'",
+                                    kind.as_str(),
+                                    x.kind
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            if name.starts_with("amq.") {
+                                return Err(reserved("exchange", name));
+                            }
+                            let x = Exchange {
+                                kind: kind.as_str().into(),
+                                durable: d.durable,
+                                auto_delete: d.auto_delete,
+                                internal: d.internal,
+                            };
+                            if d.durable {
+                                b.save_exchange(name, Some(&x)).await.map_err(internal)?;
+                            }
+                            b.exchanges.lock().insert(name.to_string(), x);
+                        }
+                    }
+                }
+                if !d.nowait {
+                    cx.send(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                        exchange::DeclareOk {},
+                    )));
+                }
+                Ok(())
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                let name = d.exchange.as_str();
+                if name.is_empty() || name.starts_with("amq.") {
+                    return Err(reserved("exchange", name));
+                }
+                let queues: Vec<Arc<Queue>> = b.queues.lock().values().cloned().collect();
+                if d.if_unused && queues.iter().any(|q| q.bound_to(name)) {
+                    return Err((
+                        Code::PreconditionFailed,
+                        format!("PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use"),
+                    ));
+                }
+                if b.exchanges.lock().remove(name).is_some() {
+                    b.save_exchange(name, None).await.map_err(internal)?;
+                    for q in queues {
+                        if q.bound_to(name) {
+                            q.forget_exchange(name);
+                            b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
+                        }
+                    }
+                }
+                if !d.nowait {
+                    cx.send(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
+                        exchange::DeleteOk {},
+                    )));
+                }
+                Ok(())
+            }
+            _ => Err((
+                Code::NotImplemented,
+                "NOT_IMPLEMENTED - exchange-to-exchange bindings are not supported yet".into(),
+            )),
+        }
+    }
+
+    /// A queue this connection may use.
+    pub(super) fn usable(cx: &Ctx<'_>, name: &str) -> Result<Arc<Queue>, (Code, String)> {
+        let q = cx
+            .broker
+            .queue(name)
+            .ok_or_else(|| not_found("queue", name))?;
+        let owner = q.declared.lock().exclusive;
+        match owner {
+            Some(owner) if owner != cx.conn => Err(locked(name)),
+            _ => Ok(q),
+        }
+    }
+
+    pub(super) async fn queue(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        m: &queue::AMQPMethod,
+    ) -> Result<(), (Code, String)> {
+        let b = cx.broker;
+        match m {
+            queue::AMQPMethod::Declare(d) => {
+                let mut name = d.queue.as_str().to_string();
+                if name.is_empty() {
+                    name = format!("amq.gen-{}", polyport_core::record::new_id());
+                } else if name.starts_with("amq.") && b.queue(&name).is_none() && !d.passive {
+                    return Err(reserved("queue", &name));
+                }
+                let q = match b.queue(&name) {
+                    Some(_) => {
+                        let q = Self::usable(cx, &name)?;
+                        let durable = q.declared.lock().durable;
+                        if !d.passive && durable != d.durable {
+                            return Err((
+                                Code::PreconditionFailed,
+                                format!(
+                                    "PRECONDITION_FAILED - inequivalent arg 'durable' for queue '{name}' in vhost '/': received '{}' but current is '{durable}'",
+                                    d.durable
+                                ),
+                            ));
+                        }
+                        q
+                    }
+                    None if d.passive => return Err(not_found("queue", &name)),
+                    None => {
+                        let args = queue_arguments(&d.arguments)?;
+                        let declared = Declared {
+                            name: name.clone(),
+                            durable: d.durable,
+                            auto_delete: d.auto_delete,
+                            exclusive: d.exclusive.then_some(cx.conn),
+                            since: b.hub.log_state().last_seq,
+                            bindings: Vec::new(),
+                            message_ttl: args.message_ttl,
+                            dead_letter: args.dead_letter,
+                            limits: args.limits,
+                        };
+                        let q = b.create_queue(declared);
+                        b.save_queue(&name, Some(&q)).await.map_err(internal)?;
+                        q
+                    }
+                };
+                if !d.nowait {
+                    cx.send(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
+                        queue::DeclareOk {
+                            queue: short(&name),
+                            message_count: q.message_count(),
+                            consumer_count: q.consumer_count(),
+                        },
+                    )));
+                }
+                Ok(())
+            }
+            queue::AMQPMethod::Bind(d) => {
+                let q = Self::usable(cx, d.queue.as_str())?;
+                let xname = d.exchange.as_str();
+                let x = b
+                    .exchange(xname)
+                    .ok_or_else(|| not_found("exchange", xname))?;
+                if xname.is_empty() {
+                    return Err((
+                        Code::AccessRefused,
+                        "ACCESS_REFUSED - operation not permitted on the default exchange".into(),
+                    ));
+                }
+                let binding =
+                    Binding::new(xname, x.kind(), d.routing_key.as_str(), d.arguments.clone())
+                        .ok_or_else(|| {
+                            (
+                                Code::PreconditionFailed,
+                                format!(
+                                    "PRECONDITION_FAILED - invalid routing key '{}'",
+                                    d.routing_key
+                                ),
+                            )
+                        })?;
+                q.bind(binding);
+                b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
+                if !d.nowait {
+                    cx.send(AMQPClass::Queue(queue::AMQPMethod::BindOk(
+                        queue::BindOk {},
+                    )));
+                }
+                Ok(())
+            }
+            queue::AMQPMethod::Unbind(d) => {
+                let q = Self::usable(cx, d.queue.as_str())?;
+                q.unbind(d.exchange.as_str(), d.routing_key.as_str());
+                b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
+                cx.send(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
+                    queue::UnbindOk {},
+                )));
+                Ok(())
+            }
+            queue::AMQPMethod::Purge(d) => {
+                let q = Self::usable(cx, d.queue.as_str())?;
+                let n = q.purge();
+                if !d.nowait {
+                    cx.send(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(
+                        queue::PurgeOk { message_count: n },
+                    )));
+                }
+                Ok(())
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let name = d.queue.as_str();
+                let n = match b.queue(name) {
+                    None => 0,
+                    Some(q) => {
+                        Self::usable(cx, name)?;
+                        if d.if_unused && q.consumer_count() > 0 {
+                            return Err((
+                                Code::PreconditionFailed,
+                                format!("PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"),
+                            ));
+                        }
+                        if d.if_empty && q.message_count() > 0 {
+                            return Err((
+                                Code::PreconditionFailed,
+                                format!(
+                                    "PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty"
+                                ),
+                            ));
+                        }
+                        b.delete_queue(name).await.map_err(internal)?
+                    }
+                };
+                if !d.nowait {
+                    cx.send(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(
+                        queue::DeleteOk { message_count: n },
+                    )));
+                }
+                Ok(())
+            }
+            _ => Err((
+                Code::CommandInvalid,
+                "COMMAND_INVALID - unexpected queue method".into(),
+            )),
+        }
+    }
+}
