@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AmqpConfig;
 use crate::naming::Kind;
-use crate::queue::{Binding, Declared, Queue};
+use crate::queue::{Binding, Declared, Queue, SavedBinding};
 
 const EXCHANGES: &str = "amqp.exchanges";
 const QUEUES: &str = "amqp.queues";
@@ -24,6 +24,10 @@ pub(crate) struct Exchange {
     pub(crate) durable: bool,
     pub(crate) auto_delete: bool,
     pub(crate) internal: bool,
+    /// Exchange-to-exchange bindings that feed this exchange (`exchange` names the
+    /// source); saved with the destination, durable when it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) sources: Vec<SavedBinding>,
 }
 
 impl Exchange {
@@ -33,6 +37,7 @@ impl Exchange {
             durable: true,
             auto_delete: false,
             internal: false,
+            sources: Vec::new(),
         }
     }
 
@@ -184,6 +189,149 @@ impl Broker {
             self.save_queue(name, None).await?;
         }
         Ok(n)
+    }
+
+    /// `exchange.bind`: `destination` receives what `source` routes with `key`/`args`.
+    /// `false` when either exchange is missing.
+    pub(crate) async fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: &amq_protocol::types::FieldTable,
+    ) -> Result<bool, HubError> {
+        let saved = {
+            let mut xs = self.exchanges.lock();
+            let Some(kind) = xs.get(source).map(|x| x.kind.clone()) else {
+                return Ok(false);
+            };
+            let Some(dst) = xs.get_mut(destination) else {
+                return Ok(false);
+            };
+            let b = SavedBinding {
+                exchange: source.to_string(),
+                kind,
+                key: key.to_string(),
+                args: args.clone(),
+            };
+            if !dst.sources.contains(&b) {
+                dst.sources.push(b);
+            }
+            dst.clone()
+        };
+        if saved.durable {
+            self.save_exchange(destination, Some(&saved)).await?;
+        }
+        self.reroute_all().await;
+        Ok(true)
+    }
+
+    /// `exchange.unbind` (a no-op when there is no such binding, as RabbitMQ).
+    pub(crate) async fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: &amq_protocol::types::FieldTable,
+    ) -> Result<(), HubError> {
+        let saved = {
+            let mut xs = self.exchanges.lock();
+            let Some(dst) = xs.get_mut(destination) else {
+                return Ok(());
+            };
+            let before = dst.sources.len();
+            dst.sources
+                .retain(|b| !(b.exchange == source && b.key == key && &b.args == args));
+            if dst.sources.len() == before {
+                return Ok(());
+            }
+            dst.clone()
+        };
+        if saved.durable {
+            self.save_exchange(destination, Some(&saved)).await?;
+        }
+        self.reroute_all().await;
+        Ok(())
+    }
+
+    /// Whether any queue or exchange is bound to `exchange` (it is some binding's source).
+    pub(crate) fn in_use(&self, exchange: &str) -> bool {
+        self.queues.lock().values().any(|q| q.bound_to(exchange))
+            || self
+                .exchanges
+                .lock()
+                .values()
+                .any(|x| x.sources.iter().any(|s| s.exchange == exchange))
+    }
+
+    /// Removes an exchange with every binding to or from it.
+    pub(crate) async fn delete_exchange(&self, name: &str) -> Result<(), HubError> {
+        let changed: Vec<(String, Exchange)> = {
+            let mut xs = self.exchanges.lock();
+            if xs.remove(name).is_none() {
+                return Ok(());
+            }
+            xs.iter_mut()
+                .filter(|(_, x)| x.sources.iter().any(|s| s.exchange == name))
+                .map(|(n, x)| {
+                    x.sources.retain(|s| s.exchange != name);
+                    (n.clone(), x.clone())
+                })
+                .collect()
+        };
+        self.save_exchange(name, None).await?;
+        for (n, x) in changed {
+            if x.durable {
+                self.save_exchange(&n, Some(&x)).await?;
+            }
+        }
+        let queues: Vec<Arc<Queue>> = self.queues.lock().values().cloned().collect();
+        for q in queues {
+            if q.bound_to(name) {
+                q.forget_exchange(name).await;
+                self.save_queue(&q.name(), Some(&q)).await?;
+            }
+        }
+        self.reroute_all().await;
+        Ok(())
+    }
+
+    /// Deletes the queues whose `x-expires` ran out, until the broker is dropped or the
+    /// Hub shuts down.
+    pub(crate) fn expire_unused_queues(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.hub.shutdown_token();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let Some(broker) = weak.upgrade() else { return };
+                let gone: Vec<String> = broker
+                    .queues
+                    .lock()
+                    .values()
+                    .filter(|q| q.unused_past_expiry())
+                    .map(|q| q.name())
+                    .collect();
+                for name in gone {
+                    tracing::debug!(queue = %name, "AMQP queue expired (x-expires)");
+                    if let Err(e) = broker.delete_queue(&name).await {
+                        tracing::warn!(queue = %name, error = %e, "deleting an expired AMQP queue failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Every queue recomputes its paths after exchange bindings changed.
+    async fn reroute_all(&self) {
+        let queues: Vec<Arc<Queue>> = self.queues.lock().values().cloned().collect();
+        for q in queues {
+            q.reroute().await;
+        }
     }
 
     /// The queues a message lands in.

@@ -34,6 +34,12 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 1024;
 /// Frames handled per step before the loop writes.
 const BATCH: usize = 64;
+/// Write-queue fill at which publishing connections are blocked (`connection.blocked`,
+/// and their socket is not read), and at which they are let go again.
+const BLOCK_AT: f32 = 0.9;
+const UNBLOCK_AT: f32 = 0.5;
+/// How often a blocked connection looks at the write queue.
+const PRESSURE_POLL: Duration = Duration::from_millis(20);
 
 type Transport = Framed<Box<dyn Io>, Codec>;
 
@@ -54,16 +60,35 @@ struct Connection {
     deliveries: mpsc::Sender<Out>,
     publishing: FuturesOrdered<Publishing>,
     out: Vec<AMQPFrame>,
+    /// The client asked for `connection.blocked` notices (its capabilities table).
+    notify_blocked: bool,
+    /// This connection has published (only publishers are blocked, as in RabbitMQ).
+    publishes: bool,
+    blocked: bool,
+}
+
+/// What the handshake settled.
+struct Negotiated {
+    ctx: AuthContext,
+    frame_max: usize,
+    channel_max: u16,
+    heartbeat: u16,
+    notify_blocked: bool,
 }
 
 /// Serves one connection to its end.
 pub(crate) async fn run(stream: Box<dyn Io>, broker: Arc<Broker>, stop: CancellationToken) {
     let mut io = Framed::new(stream, Codec::new(MIN_FRAME));
-    let Some((ctx, frame_max, channel_max, heartbeat)) =
-        tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker))
-            .await
-            .ok()
-            .flatten()
+    let Some(Negotiated {
+        ctx,
+        frame_max,
+        channel_max,
+        heartbeat,
+        notify_blocked,
+    }) = tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker))
+        .await
+        .ok()
+        .flatten()
     else {
         return;
     };
@@ -81,6 +106,9 @@ pub(crate) async fn run(stream: Box<dyn Io>, broker: Arc<Broker>, stop: Cancella
         deliveries: tx,
         publishing: FuturesOrdered::new(),
         out: Vec::new(),
+        notify_blocked,
+        publishes: false,
+        blocked: false,
     };
     metrics::gauge!("polyport_amqp_connections").increment(1.0);
     c.serve(rx, heartbeat, stop).await;
@@ -101,15 +129,12 @@ fn server_properties() -> FieldTable {
         "consumer_cancel_notify",
         "authentication_failure_close",
         "per_consumer_qos",
+        "exchange_exchange_bindings",
+        "connection.blocked",
     ] {
         caps.insert(short(cap), AMQPValue::Boolean(true));
     }
-    for cap in [
-        "exchange_exchange_bindings",
-        "connection.blocked",
-        "consumer_priorities",
-        "direct_reply_to",
-    ] {
+    for cap in ["consumer_priorities", "direct_reply_to"] {
         caps.insert(short(cap), AMQPValue::Boolean(false));
     }
     let mut p = FieldTable::default();
@@ -191,7 +216,7 @@ async fn close_connection(
 }
 
 /// Start, start-ok (authentication), tune, tune-ok, open.
-async fn handshake(io: &mut Transport, broker: &Broker) -> Option<(AuthContext, usize, u16, u16)> {
+async fn handshake(io: &mut Transport, broker: &Broker) -> Option<Negotiated> {
     match io.next().await? {
         Ok(Incoming::Header) => {}
         Err(CodecError::BadHeader) => {
@@ -217,6 +242,13 @@ async fn handshake(io: &mut Transport, broker: &Broker) -> Option<(AuthContext, 
     .ok()?;
     let AMQPClass::Connection(conn::AMQPMethod::StartOk(ok)) = next_method(io).await? else {
         return None;
+    };
+    let notify_blocked = match ok.client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => matches!(
+            caps.inner().get("connection.blocked"),
+            Some(AMQPValue::Boolean(true))
+        ),
+        _ => false,
     };
     let ctx = match credentials(&ok) {
         Some((user, pass)) => broker
@@ -272,7 +304,13 @@ async fn handshake(io: &mut Transport, broker: &Broker) -> Option<(AuthContext, 
     ))
     .await
     .ok()?;
-    Some((ctx, frame_max, channel_max, t.heartbeat))
+    Some(Negotiated {
+        ctx,
+        frame_max,
+        channel_max,
+        heartbeat: t.heartbeat,
+        notify_blocked,
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -306,7 +344,7 @@ impl Connection {
                 send_at = beat.map(|b| Instant::now() + b / 2);
             }
             tokio::select! {
-                f = self.io.next() => {
+                f = self.io.next(), if !self.blocked => {
                     dead_at = beat.map(|b| Instant::now() + b * 2);
                     // Frames that arrived together are handled together; the next one
                     // is only taken when it will be handled.
@@ -336,11 +374,17 @@ impl Connection {
                             _ => return,
                         }
                         handled += 1;
-                        if handled == BATCH {
+                        self.check_pressure();
+                        if handled == BATCH || self.blocked {
                             break;
                         }
                         next = self.io.next().now_or_never();
                     }
+                }
+                _ = tokio::time::sleep(PRESSURE_POLL), if self.blocked => {
+                    // Not reading is not the client's silence.
+                    dead_at = beat.map(|b| Instant::now() + b * 2);
+                    self.check_pressure();
                 }
                 Some(d) = rx.recv() => {
                     self.outbound(d);
@@ -368,6 +412,35 @@ impl Connection {
                 }
                 _ = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    /// Blocks a publishing connection while the store's write queue is nearly full, and
+    /// unblocks it once it has drained to half, telling clients that asked.
+    fn check_pressure(&mut self) {
+        if !self.publishes {
+            return;
+        }
+        let p = self.broker.hub.write_pressure();
+        let m = if !self.blocked && p >= BLOCK_AT {
+            tracing::info!(
+                conn = self.id,
+                "AMQP publisher blocked: the store's write queue is full"
+            );
+            metrics::counter!("polyport_amqp_blocked_total").increment(1);
+            self.blocked = true;
+            conn::AMQPMethod::Blocked(conn::Blocked {
+                reason: short("low on disk throughput: the write queue is full"),
+            })
+        } else if self.blocked && p <= UNBLOCK_AT {
+            self.blocked = false;
+            conn::AMQPMethod::Unblocked(conn::Unblocked {})
+        } else {
+            return;
+        };
+        if self.notify_blocked {
+            self.out
+                .push(AMQPFrame::Method(0, AMQPClass::Connection(m)));
         }
     }
 
@@ -667,6 +740,7 @@ impl Connection {
             cx.send_content(m, r.properties.clone(), &r.body);
         }
         metrics::counter!("polyport_amqp_messages_in_total").increment(1);
+        self.publishes = true;
         let confirm = r.confirm;
         let Some(draft) = r.draft else {
             self.publishing

@@ -28,15 +28,17 @@
 //! - `message_count` counts what the queue has read ahead (up to its window), not the
 //!   whole backlog in the log.
 //! - Queue arguments: `x-message-ttl` and dead-lettering (`x-dead-letter-exchange`,
-//!   `x-dead-letter-routing-key`, with `x-death`) are honoured; `x-queue-type` (`classic`, `quorum`)
-//!   and `x-expires` are accepted (every queue is log-backed; unused queues are not
-//!   expired yet); any other is refused with `NOT_IMPLEMENTED` rather than ignored.
+//!   `x-dead-letter-routing-key`, with `x-death`) and `x-expires` are honoured;
+//!   `x-queue-type` (`classic`, `quorum`) is accepted (every queue is log-backed); any
+//!   other is refused with `NOT_IMPLEMENTED` rather than ignored.
 //!   Length limits (`x-max-length`, `x-max-length-bytes`, `x-overflow` `drop-head` or
 //!   `reject-publish`) count ready messages; `reject-publish` drops the newest for that
 //!   queue but does not nack the publisher (the message is on the tree for everyone
 //!   else), where RabbitMQ would nack it.
-//! - Not yet: exchange-to-exchange bindings, priorities, `connection.blocked`
-//!   (`NOT_IMPLEMENTED` where asked).
+//! - Exchange-to-exchange bindings are paths: a queue bound to `x` subscribes to the
+//!   topics of every exchange that feeds `x` and checks each hop's rule on arrival
+//!   (`queue/binding.rs`); a delivery names the exchange the message was published to.
+//! - Not yet: priorities, `connection.blocked` (`NOT_IMPLEMENTED` where asked).
 
 mod broker;
 mod channel;
@@ -98,8 +100,10 @@ pub struct AmqpBroker {
 impl AmqpBroker {
     /// Restores the durable exchanges, queues and bindings.
     pub async fn start(hub: Hub, cfg: AmqpConfig) -> Result<Self, HubError> {
+        let broker = broker::Broker::load(hub, cfg).await?;
+        broker.expire_unused_queues();
         Ok(Self {
-            broker: broker::Broker::load(hub, cfg).await?,
+            broker,
             tracker: TaskTracker::new(),
         })
     }

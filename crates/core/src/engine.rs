@@ -198,6 +198,11 @@ pub trait Store: Send + Sync + 'static {
         let out = self.write(cmd).await;
         Ok(Box::pin(std::future::ready(out)))
     }
+    /// How full the queue of writes waiting for the disk is, from 0 (empty) to 1 (full:
+    /// writers wait), so that adapters can tell their clients to slow down.
+    fn write_pressure(&self) -> f32 {
+        0.0
+    }
     /// One record.
     async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>>;
     /// Several records of one collection by id (missing ones are skipped).

@@ -127,21 +127,9 @@ impl Drop for Member {
 }
 
 impl Groups {
-    /// Joins the group, starting its dispatcher (with `make_source`) if it is not running.
-    pub(crate) async fn join<F, Fut>(
-        self: &Arc<Self>,
-        spawn: GroupSpawn,
-        prefetch: Option<usize>,
-        make_source: F,
-    ) -> HubResult<Member>
-    where
-        F: FnOnce(Option<u64>) -> Fut,
-        Fut: std::future::Future<Output = HubResult<Direct>>,
-    {
-        let id = self
-            .next_member
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let deadline = Instant::now() + REFILTER_WAIT;
+    /// Waits (until `deadline`) while the group runs with other filters: a group keyed
+    /// by name alone whose filters changed lets the old dispatcher retire first.
+    async fn wait_for_other_filters(&self, spawn: &GroupSpawn, deadline: Instant) -> HubResult<()> {
         loop {
             let busy = self
                 .map
@@ -149,7 +137,7 @@ impl Groups {
                 .get(&spawn.key)
                 .is_some_and(|r| r.filters != spawn.filters && !r.ctl.is_closed());
             if !busy {
-                break;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(crate::error::HubError::InvalidRequest(
@@ -158,61 +146,86 @@ impl Groups {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Joins the group, starting its dispatcher (with `make_source`) if it is not running.
+    pub(crate) async fn join<F, Fut>(
+        self: &Arc<Self>,
+        spawn: GroupSpawn,
+        prefetch: Option<usize>,
+        make_source: F,
+    ) -> HubResult<Member>
+    where
+        F: Fn(Option<u64>) -> Fut,
+        Fut: std::future::Future<Output = HubResult<Direct>>,
+    {
+        let id = self
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + REFILTER_WAIT;
         let queue = prefetch.unwrap_or(DEFAULT_MEMBER_QUEUE);
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let join = Ctl::Join {
+        let mut join = Ctl::Join {
             id,
             tx,
             prefetch: queue,
         };
-        // Sending under the registry lock orders this join against a retiring dispatcher.
-        let join = {
-            let map = self.map.lock();
-            match map.get(&spawn.key).map(|r| &r.ctl) {
-                Some(ctl) => match ctl.send(join) {
-                    Ok(()) => {
-                        return Ok(Member {
-                            id,
-                            rx,
-                            ctl: ctl.clone(),
-                            shutdown: spawn.shutdown,
-                        });
-                    }
-                    // The dispatcher exited: start a new one.
-                    Err(mpsc::error::SendError(j)) => j,
+        let (source, saved, ctl_tx, ctl_rx) = loop {
+            self.wait_for_other_filters(&spawn, deadline).await?;
+            // Sending under the registry lock orders this join against a retiring dispatcher.
+            join = {
+                let map = self.map.lock();
+                match map.get(&spawn.key) {
+                    Some(r) if r.filters == spawn.filters => match r.ctl.send(join) {
+                        Ok(()) => {
+                            return Ok(Member {
+                                id,
+                                rx,
+                                ctl: r.ctl.clone(),
+                                shutdown: spawn.shutdown,
+                            });
+                        }
+                        // The dispatcher exited: start a new one.
+                        Err(mpsc::error::SendError(j)) => j,
+                    },
+                    _ => join,
+                }
+            };
+            let saved = match (spawn.persist, &spawn.legacy_key) {
+                (false, _) => None,
+                (true, legacy) => match spawn.store.load_consumer(&spawn.key).await? {
+                    Some(p) => Some(p),
+                    // Saved under the new key from the first acknowledgement on.
+                    None => match legacy {
+                        Some(l) => spawn.store.load_consumer(l).await?,
+                        None => None,
+                    },
                 },
-                None => join,
-            }
-        };
-        let saved = match (spawn.persist, &spawn.legacy_key) {
-            (false, _) => None,
-            (true, legacy) => match spawn.store.load_consumer(&spawn.key).await? {
-                Some(p) => Some(p),
-                // Saved under the new key from the first acknowledgement on.
-                None => match legacy {
-                    Some(l) => spawn.store.load_consumer(l).await?,
-                    None => None,
-                },
-            },
-        };
-        let saved = saved.map(|p| p.min(spawn.cap));
-        let source = make_source(saved).await?;
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        // Racing joiners may both have reached here; the first to insert wins and the
-        // other joins the winner, dropping its unneeded source.
-        {
+            };
+            let saved = saved.map(|p| p.min(spawn.cap));
+            let source = make_source(saved).await?;
+            let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+            // Racing joiners may both have reached here; the first to insert wins and the
+            // other joins the winner (with the same filters), dropping its unneeded source.
             let mut map = self.map.lock();
             if let Some(r) = map.get(&spawn.key)
                 && !r.ctl.is_closed()
             {
-                let ctl = r.ctl.clone();
-                let _ = ctl.send(join);
-                return Ok(Member {
-                    id,
-                    rx,
-                    ctl,
-                    shutdown: spawn.shutdown,
-                });
+                if r.filters == spawn.filters {
+                    let ctl = r.ctl.clone();
+                    let _ = ctl.send(join);
+                    return Ok(Member {
+                        id,
+                        rx,
+                        ctl,
+                        shutdown: spawn.shutdown,
+                    });
+                }
+                // A joiner with other filters won the race: this member must not join
+                // it (it would read the wrong topics); wait for it to retire, then retry.
+                drop(map);
+                drop(source);
+                continue;
             }
             map.insert(
                 spawn.key.clone(),
@@ -221,7 +234,8 @@ impl Groups {
                     filters: spawn.filters.clone(),
                 },
             );
-        }
+            break (source, saved, ctl_tx, ctl_rx);
+        };
         let _ = ctl_tx.send(join);
         let dispatcher = Dispatcher {
             groups: self.clone(),

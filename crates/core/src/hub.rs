@@ -289,6 +289,12 @@ impl Hub {
         self.inner.store.log_state()
     }
 
+    /// How full the store's write queue is (0 to 1): AMQP's `connection.blocked` and
+    /// friends look at it.
+    pub fn write_pressure(&self) -> f32 {
+        self.inner.store.write_pressure()
+    }
+
     /// Number of live bus subscribers (for metrics and tests).
     pub fn subscriber_count(&self) -> usize {
         self.inner.bus.subscriber_count()
@@ -355,9 +361,12 @@ impl Hub {
         let member = self
             .inner
             .groups
-            .join(spawn, prefetch, move |saved| async move {
-                let since = saved.or(req2.since);
-                hub.direct(&req2, filters, since)
+            .join(spawn, prefetch, move |saved| {
+                let (hub, req, filters) = (hub.clone(), req2.clone(), filters.clone());
+                async move {
+                    let since = saved.or(req.since);
+                    hub.direct(&req, filters, since)
+                }
             })
             .await?;
         Ok(Subscription {

@@ -208,6 +208,9 @@ pub(crate) struct EventsSection {
     pub(crate) ephemeral_topics: Vec<String>,
     /// Queue depth per subscriber before it is switched to replay.
     pub(crate) subscriber_queue: usize,
+    /// Writes queued for the disk before publishers wait (AMQP clients are sent
+    /// `connection.blocked` when it is nearly full).
+    pub(crate) write_queue: usize,
 }
 
 impl Default for Config {
@@ -248,6 +251,7 @@ impl Default for EventsSection {
             retention_max_age_secs: None,
             ephemeral_topics: Vec::new(),
             subscriber_queue: 1024,
+            write_queue: 8192,
         }
     }
 }

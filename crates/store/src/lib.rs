@@ -230,6 +230,11 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn write_pressure(&self) -> f32 {
+        let max = self.jobs.max_capacity().max(1);
+        1.0 - self.jobs.capacity() as f32 / max as f32
+    }
+
     async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>> {
         let (c, i) = (collection.to_string(), id.to_string());
         self.read(move |conn| {

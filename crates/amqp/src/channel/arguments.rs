@@ -3,8 +3,9 @@
 use crate::error::Code;
 
 /// The `x-*` queue arguments Polyport honours: `x-message-ttl`, `x-dead-letter-exchange`
-/// and `x-dead-letter-routing-key`, `x-max-length`, `x-max-length-bytes`, `x-overflow`; `x-queue-type` `classic` / `quorum` and `x-expires`
-/// are accepted (queues are always log-backed, and unused queues are not expired yet).
+/// and `x-dead-letter-routing-key`, `x-max-length`, `x-max-length-bytes`, `x-overflow`,
+/// `x-expires`; `x-queue-type` `classic` / `quorum` is accepted (queues are always
+/// log-backed).
 /// Any other is refused rather than silently ignored.
 pub(super) fn queue_arguments(
     args: &amq_protocol::types::FieldTable,
@@ -40,7 +41,7 @@ pub(super) fn queue_arguments(
                     ));
                 }
             },
-            ("x-expires", Some(n)) if n > 0 => {}
+            ("x-expires", Some(n)) if n > 0 => out.expires = Some(n as u64),
             ("x-queue-type", _) => {
                 let kind = crate::props::value_text(v);
                 if kind != "classic" && kind != "quorum" {
@@ -76,4 +77,5 @@ pub(super) struct QueueArgs {
     pub(super) message_ttl: Option<u64>,
     pub(super) dead_letter: Option<(String, Option<String>)>,
     pub(super) limits: crate::queue::Limits,
+    pub(super) expires: Option<u64>,
 }

@@ -200,6 +200,14 @@ impl Channel {
                 let Some(exchange) = cx.broker.exchange(x) else {
                     return Err(not_found("exchange", x));
                 };
+                if exchange.internal {
+                    return Err((
+                        Code::AccessRefused,
+                        format!(
+                            "ACCESS_REFUSED - cannot publish to internal exchange '{x}' in vhost '/'"
+                        ),
+                    ));
+                }
                 self.content = Some(Content {
                     kind: exchange.kind(),
                     method: p.clone(),

@@ -55,6 +55,7 @@ impl Channel {
                                 durable: d.durable,
                                 auto_delete: d.auto_delete,
                                 internal: d.internal,
+                                sources: Vec::new(),
                             };
                             if d.durable {
                                 b.save_exchange(name, Some(&x)).await.map_err(internal)?;
@@ -75,22 +76,13 @@ impl Channel {
                 if name.is_empty() || name.starts_with("amq.") {
                     return Err(reserved("exchange", name));
                 }
-                let queues: Vec<Arc<Queue>> = b.queues.lock().values().cloned().collect();
-                if d.if_unused && queues.iter().any(|q| q.bound_to(name)) {
+                if d.if_unused && b.in_use(name) {
                     return Err((
                         Code::PreconditionFailed,
                         format!("PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use"),
                     ));
                 }
-                if b.exchanges.lock().remove(name).is_some() {
-                    b.save_exchange(name, None).await.map_err(internal)?;
-                    for q in queues {
-                        if q.bound_to(name) {
-                            q.forget_exchange(name);
-                            b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
-                        }
-                    }
-                }
+                b.delete_exchange(name).await.map_err(internal)?;
                 if !d.nowait {
                     cx.send(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
                         exchange::DeleteOk {},
@@ -98,11 +90,53 @@ impl Channel {
                 }
                 Ok(())
             }
+            exchange::AMQPMethod::Bind(d) => {
+                let (dst, src) = (d.destination.as_str(), d.source.as_str());
+                Self::bindable(cx, dst, src)?;
+                b.bind_exchange(dst, src, d.routing_key.as_str(), &d.arguments)
+                    .await
+                    .map_err(internal)?;
+                if !d.nowait {
+                    cx.send(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(
+                        exchange::BindOk {},
+                    )));
+                }
+                Ok(())
+            }
+            exchange::AMQPMethod::Unbind(d) => {
+                let (dst, src) = (d.destination.as_str(), d.source.as_str());
+                Self::bindable(cx, dst, src)?;
+                b.unbind_exchange(dst, src, d.routing_key.as_str(), &d.arguments)
+                    .await
+                    .map_err(internal)?;
+                if !d.nowait {
+                    cx.send(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                        exchange::UnbindOk {},
+                    )));
+                }
+                Ok(())
+            }
             _ => Err((
-                Code::NotImplemented,
-                "NOT_IMPLEMENTED - exchange-to-exchange bindings are not supported yet".into(),
+                Code::CommandInvalid,
+                "COMMAND_INVALID - unexpected exchange method".into(),
             )),
         }
+    }
+
+    /// Both ends of an exchange-to-exchange binding exist and neither is the default.
+    fn bindable(cx: &Ctx<'_>, destination: &str, source: &str) -> Result<(), (Code, String)> {
+        if destination.is_empty() || source.is_empty() {
+            return Err((
+                Code::AccessRefused,
+                "ACCESS_REFUSED - operation not permitted on the default exchange".into(),
+            ));
+        }
+        for name in [source, destination] {
+            if cx.broker.exchange(name).is_none() {
+                return Err(not_found("exchange", name));
+            }
+        }
+        Ok(())
     }
 
     /// A queue this connection may use.
@@ -145,6 +179,9 @@ impl Channel {
                                 ),
                             ));
                         }
+                        if !d.passive {
+                            q.touch(); // redeclaring renews an `x-expires` lease
+                        }
                         q
                     }
                     None if d.passive => return Err(not_found("queue", &name)),
@@ -160,6 +197,7 @@ impl Channel {
                             message_ttl: args.message_ttl,
                             dead_letter: args.dead_letter,
                             limits: args.limits,
+                            expires: args.expires,
                         };
                         let q = b.create_queue(declared);
                         b.save_queue(&name, Some(&q)).await.map_err(internal)?;
@@ -200,7 +238,7 @@ impl Channel {
                                 ),
                             )
                         })?;
-                q.bind(binding);
+                q.bind(binding).await;
                 b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
                 if !d.nowait {
                     cx.send(AMQPClass::Queue(queue::AMQPMethod::BindOk(
@@ -211,7 +249,7 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(d) => {
                 let q = Self::usable(cx, d.queue.as_str())?;
-                q.unbind(d.exchange.as_str(), d.routing_key.as_str());
+                q.unbind(d.exchange.as_str(), d.routing_key.as_str()).await;
                 b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
                 cx.send(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
                     queue::UnbindOk {},

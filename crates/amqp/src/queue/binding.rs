@@ -6,7 +6,9 @@ use polyport_core::TopicFilter;
 
 use crate::naming::{self, Kind};
 
-/// One binding of the queue.
+/// One binding of the queue, or one path to it through exchange-to-exchange bindings:
+/// `exchange` is where a message is published, `then` the rules of the exchanges it
+/// passes on its way here (RabbitMQ keeps the routing key along the path).
 #[derive(Clone, Debug)]
 pub(crate) struct Binding {
     pub(crate) exchange: String,
@@ -15,6 +17,84 @@ pub(crate) struct Binding {
     pub(crate) filter: TopicFilter,
     /// A headers exchange binding's arguments (`x-match` and the headers to match).
     pub(crate) args: FieldTable,
+    pub(crate) then: Vec<Rule>,
+}
+
+/// The routing rule of one exchange on a path: its type and the binding's key and
+/// arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Rule {
+    pub(crate) kind: Kind,
+    pub(crate) key: String,
+    pub(crate) args: FieldTable,
+}
+
+impl Rule {
+    fn admits(&self, key: &str, m: &Routed<'_>) -> bool {
+        admits(self.kind, &self.key, &self.args, key, m)
+    }
+}
+
+/// Whether an exchange of `kind` passes a message with routing `key` along a binding
+/// with `pattern` and `args`.
+fn admits(kind: Kind, pattern: &str, args: &FieldTable, key: &str, m: &Routed<'_>) -> bool {
+    match kind {
+        Kind::Topic => naming::key_matches(pattern, key),
+        Kind::Direct => key == pattern,
+        Kind::Fanout => true,
+        Kind::Headers => headers_match(args, m),
+    }
+}
+
+/// An exchange-to-exchange binding seen from its destination: the source exchange, its
+/// type, and the binding's rule there.
+pub(crate) type Source = (String, Kind, Rule);
+
+/// Paths longer than this are not followed (RabbitMQ has no limit but visits each
+/// exchange once; so do we).
+const MAX_HOPS: usize = 16;
+
+/// A queue's own bindings plus every path to them through exchange-to-exchange
+/// bindings, given each exchange's sources (`exchange -> [(source, rule)]`).
+pub(crate) fn expand(own: &[Binding], sources: &dyn Fn(&str) -> Vec<Source>) -> Vec<Binding> {
+    let mut out = Vec::new();
+    let mut stack: Vec<(Binding, Vec<String>)> = own
+        .iter()
+        .map(|b| (b.clone(), vec![b.exchange.clone()]))
+        .collect();
+    while let Some((b, visited)) = stack.pop() {
+        if visited.len() < MAX_HOPS {
+            for (source, source_kind, rule) in sources(&b.exchange) {
+                if visited.contains(&source) {
+                    continue;
+                }
+                let Some(filter) = naming::binding_filter(&source, source_kind, &rule.key) else {
+                    continue;
+                };
+                let mut then = vec![Rule {
+                    kind: b.kind,
+                    key: b.key.clone(),
+                    args: b.args.clone(),
+                }];
+                then.extend(b.then.iter().cloned());
+                let mut seen = visited.clone();
+                seen.push(source.clone());
+                stack.push((
+                    Binding {
+                        exchange: source,
+                        kind: source_kind,
+                        key: rule.key,
+                        filter,
+                        args: rule.args,
+                        then,
+                    },
+                    seen,
+                ));
+            }
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// What routing looks at in a message: its topic and its headers.
@@ -64,6 +144,7 @@ impl Binding {
             key: key.to_string(),
             filter: naming::binding_filter(exchange, kind, key)?,
             args,
+            then: Vec::new(),
         })
     }
 
@@ -73,38 +154,32 @@ impl Binding {
             return None;
         }
         let key = naming::routing_key(&self.exchange, self.kind, m.topic.as_str())?;
-        let hit = match self.kind {
-            Kind::Topic => naming::key_matches(&self.key, &key),
-            Kind::Direct => key == self.key,
-            Kind::Fanout => true,
-            Kind::Headers => self.headers_match(m),
-        };
+        let hit = admits(self.kind, &self.key, &self.args, &key, m)
+            && self.then.iter().all(|r| r.admits(&key, m));
         hit.then_some(key)
     }
+}
 
-    /// RabbitMQ's headers exchange: `x-match` `all` (the default) or `any` of the
-    /// binding's other arguments; a void argument asks only that the header exists.
-    /// Values compare by their text, so `5` matches `"5"`.
-    fn headers_match(&self, m: &Routed<'_>) -> bool {
-        let mode = self
-            .args
-            .inner()
-            .get("x-match")
-            .map(crate::props::value_text)
-            .unwrap_or_else(|| "all".into());
-        let mut wanted = self
-            .args
-            .inner()
-            .iter()
-            .filter(|(k, _)| !k.as_str().starts_with("x-"))
-            .map(|(k, want)| match m.header(k.as_str()) {
-                None => false,
-                Some(_) if matches!(want, AMQPValue::Void) => true,
-                Some(got) => crate::props::value_text(&got) == crate::props::value_text(want),
-            });
-        match mode.as_str() {
-            "any" | "any-with-x" => wanted.any(|hit| hit),
-            _ => wanted.all(|hit| hit),
-        }
+/// RabbitMQ's headers exchange: `x-match` `all` (the default) or `any` of the
+/// binding's other arguments; a void argument asks only that the header exists.
+/// Values compare by their text, so `5` matches `"5"`.
+fn headers_match(args: &FieldTable, m: &Routed<'_>) -> bool {
+    let mode = args
+        .inner()
+        .get("x-match")
+        .map(crate::props::value_text)
+        .unwrap_or_else(|| "all".into());
+    let mut wanted = args
+        .inner()
+        .iter()
+        .filter(|(k, _)| !k.as_str().starts_with("x-"))
+        .map(|(k, want)| match m.header(k.as_str()) {
+            None => false,
+            Some(_) if matches!(want, AMQPValue::Void) => true,
+            Some(got) => crate::props::value_text(&got) == crate::props::value_text(want),
+        });
+    match mode.as_str() {
+        "any" | "any-with-x" => wanted.any(|hit| hit),
+        _ => wanted.all(|hit| hit),
     }
 }

@@ -21,7 +21,7 @@ use polyport_core::subscription::Acker;
 use polyport_core::{
     AckPolicy, AuthContext, EventRef, Hub, HubError, Item, Overflow, SubscribeRequest, TopicFilter,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod binding;
@@ -109,7 +109,10 @@ struct Consumer {
 
 #[derive(Default)]
 struct State {
+    /// The queue's own bindings, and those plus the paths to them through
+    /// exchange-to-exchange bindings (what routing looks at).
     bindings: Vec<Binding>,
+    routes: Vec<Binding>,
     ready: VecDeque<Message>,
     consumers: Vec<Consumer>,
     rr: usize,
@@ -145,6 +148,10 @@ pub(crate) struct Declared {
     /// `reject-publish` (the newest is refused) rather than `drop-head` (the oldest goes).
     #[serde(default)]
     pub(crate) limits: Limits,
+    /// `x-expires`: milliseconds the queue may go unused (no consumers, no `get`, no
+    /// redeclare) before it is deleted.
+    #[serde(default)]
+    pub(crate) expires: Option<u64>,
 }
 
 /// A queue's length limits.
@@ -161,7 +168,15 @@ impl Limits {
     }
 }
 
-/// A binding as stored with a durable queue.
+/// The distinct topic filters of some routes, sorted.
+fn filters_of(routes: &[Binding]) -> Vec<TopicFilter> {
+    let mut fs: Vec<TopicFilter> = routes.iter().map(|b| b.filter.clone()).collect();
+    fs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    fs.dedup_by(|a, b| a.as_str() == b.as_str());
+    fs
+}
+
+/// A binding as stored with a durable queue (or, as a source, with an exchange).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SavedBinding {
     pub(crate) exchange: String,
@@ -169,6 +184,16 @@ pub(crate) struct SavedBinding {
     pub(crate) key: String,
     #[serde(default)]
     pub(crate) args: FieldTable,
+}
+
+impl SavedBinding {
+    pub(crate) fn rule(&self) -> binding::Rule {
+        binding::Rule {
+            kind: Kind::parse(&self.kind).unwrap_or(Kind::Direct),
+            key: self.key.clone(),
+            args: self.args.clone(),
+        }
+    }
 }
 
 pub(crate) struct Queue {
@@ -183,6 +208,8 @@ pub(crate) struct Queue {
     arrived: AtomicU64,
     expected: AtomicU64,
     arrival: tokio::sync::Notify,
+    /// When the queue was last used, for `x-expires`.
+    used: Mutex<std::time::Instant>,
     pub(crate) declared: Mutex<Declared>,
     hub: Hub,
     ctx: AuthContext,
@@ -213,6 +240,7 @@ impl Queue {
             arrived: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             arrival: tokio::sync::Notify::new(),
+            used: Mutex::new(std::time::Instant::now()),
             declared: Mutex::new(declared),
             hub,
             ctx,
@@ -222,7 +250,7 @@ impl Queue {
                 ..State::default()
             }),
         });
-        q.restart_feeder();
+        drop(q.start_reroute());
         q
     }
 
@@ -242,16 +270,32 @@ impl Queue {
         self.state.lock().consumers.len() as u32
     }
 
+    /// A use that restarts the `x-expires` clock.
+    pub(crate) fn touch(&self) {
+        *self.used.lock() = std::time::Instant::now();
+    }
+
+    /// Whether `x-expires` has run out: no consumers, and unused for that long.
+    pub(crate) fn unused_past_expiry(&self) -> bool {
+        let Some(ms) = self.declared.lock().expires else {
+            return false;
+        };
+        self.consumer_count() == 0 && self.used.lock().elapsed() >= Duration::from_millis(ms)
+    }
+
     /// Whether a message on `topic` would land here.
     pub(crate) fn routes(&self, m: &Routed<'_>) -> bool {
         self.state
             .lock()
-            .bindings
+            .routes
             .iter()
             .any(|b| b.route(m).is_some())
     }
 
-    fn restart_feeder(self: &Arc<Self>) {
+    /// Starts a feeder with the current routes; what it returns resolves once that feeder
+    /// reads the log, so a bind is answered only when what is published next is seen.
+    fn restart_feeder(self: &Arc<Self>) -> oneshot::Receiver<()> {
+        let (live, is_live) = oneshot::channel();
         let filters: Vec<TopicFilter> = {
             let mut st = self.state.lock();
             if let Some(f) = st.feeder.take() {
@@ -260,10 +304,7 @@ impl Queue {
             st.generation += 1;
             // Held for the old feeder's group membership: the group hands them back.
             st.ready.clear();
-            let mut fs: Vec<TopicFilter> = st.bindings.iter().map(|b| b.filter.clone()).collect();
-            fs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-            fs.dedup_by(|a, b| a.as_str() == b.as_str());
-            fs
+            filters_of(&st.routes)
         };
         let since = self.declared.lock().since;
         let req = SubscribeRequest {
@@ -283,13 +324,17 @@ impl Queue {
         let generation = self.state.lock().generation;
         let task = tokio::spawn(async move {
             match q.hub.subscribe(&q.ctx, req).await {
-                Ok(sub) => q.feed(sub, generation).await,
+                Ok(sub) => {
+                    let _ = live.send(());
+                    q.feed(sub, generation).await
+                }
                 Err(e) => {
                     tracing::warn!(queue = %q.name(), error = %e, "AMQP queue cannot read the log")
                 }
             }
         });
         self.state.lock().feeder = Some(task);
+        is_live
     }
 
     async fn feed(self: &Arc<Self>, mut sub: polyport_core::Subscription, generation: u64) {
@@ -326,7 +371,7 @@ impl Queue {
         }
         let route = {
             let st = self.state.lock();
-            st.bindings.iter().find_map(|b| {
+            st.routes.iter().find_map(|b| {
                 b.route(&Routed::event(&d.event))
                     .map(|key| (b.exchange.clone(), key))
             })
@@ -458,6 +503,7 @@ impl Queue {
 
     /// Ends a consumer; `true` when that leaves an auto-delete queue without any.
     pub(crate) fn cancel(&self, conn: u64, channel: u16, tag: &str) -> bool {
+        self.touch();
         let mut st = self.state.lock();
         st.consumers
             .retain(|c| !(c.conn == conn && c.channel == channel && c.tag == tag));
@@ -489,6 +535,7 @@ impl Queue {
 
     /// `basic.get`: the next ready message, if any.
     pub(crate) fn get(&self) -> Option<(Message, u32)> {
+        self.touch();
         let mut st = self.state.lock();
         loop {
             let m = st.ready.pop_front()?;
@@ -608,7 +655,7 @@ impl Queue {
     }
 
     /// Adds a binding (a no-op if present); the feeder restarts with the new filters.
-    pub(crate) fn bind(self: &Arc<Self>, b: Binding) {
+    pub(crate) async fn bind(self: &Arc<Self>, b: Binding) {
         {
             let mut st = self.state.lock();
             if st
@@ -626,11 +673,55 @@ impl Queue {
             });
             st.bindings.push(b);
         }
-        self.restart_feeder();
+        self.reroute().await;
+    }
+
+    /// Recomputes the routes after a change of bindings (the queue's, or between
+    /// exchanges) and returns once the queue reads the log with them.
+    pub(crate) async fn reroute(self: &Arc<Self>) {
+        if let Some(live) = self.start_reroute() {
+            // A feeder that cannot subscribe says so in the log; the client is answered.
+            let _ = tokio::time::timeout(Duration::from_secs(10), live).await;
+        }
+    }
+
+    /// The routes are recomputed; the feeder restarts only when the topic filters change
+    /// (`Some`: resolves when the new one reads the log).
+    fn start_reroute(self: &Arc<Self>) -> Option<oneshot::Receiver<()>> {
+        let own = self.state.lock().bindings.clone();
+        let routes = {
+            let exchanges = self.exchanges.lock();
+            binding::expand(&own, &|name| {
+                exchanges
+                    .get(name)
+                    .map(|x| {
+                        x.sources
+                            .iter()
+                            .filter_map(|s| {
+                                let kind = exchanges.get(&s.exchange)?.kind();
+                                Some((s.exchange.clone(), kind, s.rule()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        };
+        let changed = {
+            let mut st = self.state.lock();
+            let before = filters_of(&st.routes);
+            st.routes = routes;
+            let after = filters_of(&st.routes);
+            let differ = before
+                .iter()
+                .map(|f| f.as_str())
+                .ne(after.iter().map(|f| f.as_str()));
+            !st.deleted && (st.feeder.is_none() || differ)
+        };
+        changed.then(|| self.restart_feeder())
     }
 
     /// Removes a binding; `false` when there was none.
-    pub(crate) fn unbind(self: &Arc<Self>, exchange: &str, key: &str) -> bool {
+    pub(crate) async fn unbind(self: &Arc<Self>, exchange: &str, key: &str) -> bool {
         {
             let mut st = self.state.lock();
             let before = st.bindings.len();
@@ -644,7 +735,7 @@ impl Queue {
                 .bindings
                 .retain(|b| !(b.exchange == exchange && b.key == key));
         }
-        self.restart_feeder();
+        self.reroute().await;
         true
     }
 
@@ -658,7 +749,7 @@ impl Queue {
     }
 
     /// Drops the bindings of a deleted exchange.
-    pub(crate) fn forget_exchange(self: &Arc<Self>, exchange: &str) {
+    pub(crate) async fn forget_exchange(self: &Arc<Self>, exchange: &str) {
         let had = self
             .state
             .lock()
@@ -674,7 +765,7 @@ impl Queue {
                 .lock()
                 .bindings
                 .retain(|b| b.exchange != exchange);
-            self.restart_feeder();
+            self.reroute().await;
         }
     }
 
@@ -715,6 +806,7 @@ impl Queue {
 
     /// Consumers of a closing connection leave.
     pub(crate) fn drop_connection(&self, conn: u64) {
+        self.touch();
         self.state.lock().consumers.retain(|c| c.conn != conn);
     }
 

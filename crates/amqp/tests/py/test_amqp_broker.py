@@ -9,7 +9,7 @@ import time
 
 import pika
 import pytest
-from amqp_clients import connect, drain, port, quiet, servers  # noqa: F401
+from amqp_clients import connect, drain, port, quiet, servers, wait_until  # noqa: F401
 
 
 def test_direct_and_topic_routing_and_the_default_exchange(servers):
@@ -305,3 +305,113 @@ def test_rejected_and_expired_messages_are_dead_lettered_with_x_death(servers):
     assert ch.basic_get("brief") == (None, None, None)
     assert body == b"too slow" and props.headers["x-death"][0]["reason"] == "expired"
     assert dm.routing_key == "timeouts"
+
+
+def test_exchange_to_exchange_bindings_route_along_the_path(servers):
+    s = servers.start()
+    conn = connect(s)
+    ch = conn.channel()
+    ch.exchange_declare("x.src", "topic")
+    ch.exchange_declare("x.dst", "direct", internal=True)
+    ch.exchange_declare("x.all", "fanout")
+    ch.exchange_bind("x.dst", "x.src", "orders.*")
+    ch.exchange_bind("x.all", "amq.topic", "sensors.#")
+    ch.queue_declare("eu_orders")
+    ch.queue_declare("readings")
+    ch.queue_bind("eu_orders", "x.dst", "orders.eu")
+    ch.queue_bind("readings", "x.all", "")
+    ch.basic_publish("x.src", "orders.eu", b"eu")
+    ch.basic_publish("x.src", "orders.us", b"us")  # passes x.src, not x.dst's key
+    ch.basic_publish("x.src", "other.eu", b"other")  # stopped at x.src
+    ch.basic_publish("amq.topic", "sensors.kitchen.temp", b"21.5")
+    got = drain(ch, "eu_orders", 1)
+    # The delivery names the exchange it was published to, with its routing key.
+    assert [(m.exchange, m.routing_key, b) for m, _, b in got] == [("x.src", "orders.eu", b"eu")]
+    quiet(ch, "eu_orders", 0.5)
+    got = drain(ch, "readings", 1)
+    assert [(m.exchange, m.routing_key, b) for m, _, b in got] == [
+        ("amq.topic", "sensors.kitchen.temp", b"21.5")
+    ]
+
+    # A cycle delivers once; deleting a source that is bound from is refused with if-unused.
+    ch.exchange_bind("x.src", "x.dst", "#")
+    ch.basic_publish("x.src", "orders.eu", b"once")
+    assert [b for _, _, b in drain(ch, "eu_orders", 1)] == [b"once"]
+    quiet(ch, "eu_orders", 0.5)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.exchange_delete("x.src", if_unused=True)
+    assert e.value.reply_code == 406
+    ch = conn.channel()
+
+    # Unbinding stops the flow; an internal exchange takes no publishes of its own.
+    ch.exchange_unbind("x.dst", "x.src", "orders.*")
+    ch.basic_publish("x.src", "orders.eu", b"after unbind")
+    quiet(ch, "eu_orders", 0.5)
+    ch.basic_publish("x.dst", "orders.eu", b"direct")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.basic_get("eu_orders")
+    assert e.value.reply_code == 403
+    assert "internal exchange 'x.dst'" in e.value.reply_text
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.exchange_bind("x.dst", "missing", "k")
+    assert (e.value.reply_code, e.value.reply_text) == (
+        404,
+        "NOT_FOUND - no exchange 'missing' in vhost '/'",
+    )
+
+
+def test_x_expires_deletes_a_queue_left_unused(servers):
+    s = servers.start()
+    conn = connect(s)
+    ch = conn.channel()
+    ch.queue_declare("short_lived", arguments={"x-expires": 600})
+    ch.queue_declare("kept_alive", arguments={"x-expires": 600})
+    ch.queue_declare("consumed", arguments={"x-expires": 600})
+    ch.basic_consume("consumed", lambda *a: None, auto_ack=True)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        ch.basic_get("kept_alive")  # a get is a use: the clock restarts
+        conn.process_data_events(time_limit=0.2)
+    ch.queue_declare("kept_alive", passive=True)
+    ch.queue_declare("consumed", passive=True)  # a queue with a consumer never expires
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("short_lived", passive=True)
+    assert (e.value.reply_code, e.value.reply_text) == (
+        404,
+        "NOT_FOUND - no queue 'short_lived' in vhost '/'",
+    )
+    ch = conn.channel()
+    time.sleep(1.0)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        ch.queue_declare("kept_alive", passive=True)
+
+
+def test_publishers_are_blocked_while_the_disk_falls_behind(servers):
+    """With the store's write queue nearly full (here: another process holds SQLite's
+    write lock, like a stalled disk) publishing connections get `connection.blocked` and
+    are not read; once the disk catches up they get `connection.unblocked` and nothing
+    they sent is lost."""
+    import sqlite3
+
+    s = servers.start("[events]\nwrite_queue = 32\n")
+    conn = connect(s)
+    ch = conn.channel()
+    ch.queue_declare("slow_disk", durable=True)
+    events = []
+    conn.add_on_connection_blocked_callback(lambda _c, frame: events.append(("blocked", frame.method.reason)))
+    conn.add_on_connection_unblocked_callback(lambda _c, _f: events.append(("unblocked", None)))
+    db = sqlite3.connect(s.data_dir / "polyport.db", timeout=5, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")  # the writer now waits for the lock
+    try:
+        for i in range(200):
+            ch.basic_publish("", "slow_disk", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        wait_until(lambda: (conn.process_data_events(time_limit=0.1), events)[1], "connection.blocked")
+        assert events[0][0] == "blocked" and "write queue" in events[0][1]
+    finally:
+        db.execute("COMMIT")
+        db.close()
+    wait_until(lambda: (conn.process_data_events(time_limit=0.1), len(events) > 1)[1], "connection.unblocked")
+    assert events[1] == ("unblocked", None)
+    got = [int(b) for _, _, b in drain(ch, "slow_disk", 200)]
+    assert got == list(range(200))
