@@ -19,12 +19,13 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
+use polyport_broker::Broker;
+use crate::AmqpConfig;
 use crate::channel::{Channel, Ctx, Ready};
 use crate::codec::{Codec, CodecError, Incoming, PROTOCOL_HEADER};
 use crate::error::{Closing, Code};
 use crate::props::short;
-use crate::queue::Out;
+use polyport_broker::Out;
 
 /// Frame size before tune: the spec's minimum.
 const MIN_FRAME: usize = 4096;
@@ -51,6 +52,7 @@ type Publishing = BoxFuture<'static, (u16, Option<u64>, Result<(), HubError>)>;
 
 struct Connection {
     broker: Arc<Broker>,
+    cfg: Arc<AmqpConfig>,
     id: u64,
     ctx: AuthContext,
     io: Transport,
@@ -77,7 +79,12 @@ struct Negotiated {
 }
 
 /// Serves one connection to its end.
-pub(crate) async fn run(stream: Box<dyn Io>, broker: Arc<Broker>, stop: CancellationToken) {
+pub(crate) async fn run(
+    stream: Box<dyn Io>,
+    broker: Arc<Broker>,
+    cfg: Arc<AmqpConfig>,
+    stop: CancellationToken,
+) {
     let mut io = Framed::new(stream, Codec::new(MIN_FRAME));
     let Some(Negotiated {
         ctx,
@@ -85,7 +92,7 @@ pub(crate) async fn run(stream: Box<dyn Io>, broker: Arc<Broker>, stop: Cancella
         channel_max,
         heartbeat,
         notify_blocked,
-    }) = tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker))
+    }) = tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker, &cfg))
         .await
         .ok()
         .flatten()
@@ -97,6 +104,7 @@ pub(crate) async fn run(stream: Box<dyn Io>, broker: Arc<Broker>, stop: Cancella
     let (tx, rx) = mpsc::channel(OUTBOX);
     let mut c = Connection {
         broker: broker.clone(),
+        cfg,
         id,
         ctx,
         io,
@@ -216,7 +224,11 @@ async fn close_connection(
 }
 
 /// Start, start-ok (authentication), tune, tune-ok, open.
-async fn handshake(io: &mut Transport, broker: &Broker) -> Option<Negotiated> {
+async fn handshake(
+    io: &mut Transport,
+    broker: &Broker,
+    cfg: &AmqpConfig,
+) -> Option<Negotiated> {
     match io.next().await? {
         Ok(Incoming::Header) => {}
         Err(CodecError::BadHeader) => {
@@ -271,7 +283,6 @@ async fn handshake(io: &mut Transport, broker: &Broker) -> Option<Negotiated> {
             return None;
         }
     };
-    let cfg = &broker.cfg;
     let tune = conn::Tune {
         channel_max: cfg.channel_max,
         frame_max: cfg.frame_max,
@@ -516,7 +527,7 @@ impl Connection {
             AMQPFrame::Method(0, m) => self.connection_method(m),
             AMQPFrame::Method(ch, m) => self.channel_method(ch, m).await.map_err(Some),
             AMQPFrame::Header(ch, h) => {
-                let max = self.broker.cfg.max_message;
+                let max = self.cfg.max_message;
                 let ready = self.with_channel(ch, |c| c.header(h, max))?;
                 self.publish(ch, ready).await;
                 Ok(())
@@ -720,7 +731,7 @@ impl Connection {
         let queues = r
             .draft
             .as_ref()
-            .map(|d| self.broker.queues_for(&crate::queue::Routed::draft(d)))
+            .map(|d| self.broker.queues_for(&polyport_broker::Routed::draft(d)))
             .unwrap_or_default();
         if r.method.mandatory && queues.is_empty() {
             let m = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {

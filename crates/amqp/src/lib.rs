@@ -40,18 +40,16 @@
 //!   (`queue/binding.rs`); a delivery names the exchange the message was published to.
 //! - Not yet: priorities, `connection.blocked` (`NOT_IMPLEMENTED` where asked).
 
-mod broker;
 mod channel;
 mod codec;
 mod connection;
 mod error;
-mod naming;
 mod props;
-mod queue;
 
 use std::sync::Arc;
 
 use polyport_core::{Hub, HubError};
+use polyport_broker::{Broker, BrokerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,8 +73,6 @@ pub struct AmqpConfig {
     pub heartbeat: u16,
     /// Largest message body accepted.
     pub max_message: usize,
-    /// Messages a queue reads ahead of its consumers.
-    pub queue_window: usize,
 }
 
 impl Default for AmqpConfig {
@@ -86,34 +82,39 @@ impl Default for AmqpConfig {
             channel_max: 2047,
             heartbeat: 60,
             max_message: 16 << 20,
-            queue_window: 1024,
         }
     }
 }
 
 /// A running broker.
 pub struct AmqpBroker {
-    broker: Arc<broker::Broker>,
+    broker: Arc<Broker>,
+    cfg: Arc<AmqpConfig>,
     tracker: TaskTracker,
 }
 
 impl AmqpBroker {
-    /// Restores the durable exchanges, queues and bindings.
-    pub async fn start(hub: Hub, cfg: AmqpConfig) -> Result<Self, HubError> {
-        let broker = broker::Broker::load(hub, cfg).await?;
-        broker.expire_unused_queues();
-        Ok(Self {
+    /// The AMQP face of `broker` (which STOMP may share).
+    pub fn new(broker: Arc<Broker>, cfg: AmqpConfig) -> Self {
+        Self {
             broker,
+            cfg: Arc::new(cfg),
             tracker: TaskTracker::new(),
-        })
+        }
+    }
+
+    /// A broker of its own over `hub` (restoring the durable topology) with this face.
+    pub async fn start(hub: Hub, cfg: AmqpConfig) -> Result<Self, HubError> {
+        let broker = Broker::load(hub, BrokerConfig { queue_window: 1024 }).await?;
+        Ok(Self::new(broker, cfg))
     }
 
     /// Accepts connections on `listener` until `stop` fires, then waits for them to close.
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
-        let (broker, conn_stop) = (self.broker.clone(), stop.clone());
+        let (broker, cfg, conn_stop) = (self.broker.clone(), self.cfg.clone(), stop.clone());
         polyport_core::adapter::accept_loop(listener, stop, shutdown, &self.tracker, "AMQP", |s| {
-            connection::run(Box::new(s), broker.clone(), conn_stop.clone())
+            connection::run(Box::new(s), broker.clone(), cfg.clone(), conn_stop.clone())
         })
         .await;
     }

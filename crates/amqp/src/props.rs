@@ -7,38 +7,11 @@
 //! so a Celery task's typed headers round-trip exactly.
 
 use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable};
+pub(crate) use polyport_broker::values::{short, value_text};
 use chrono::{DateTime, TimeZone, Utc};
 use polyport_core::{Attributes, Durability, EventDraft, Topic};
 
-/// A short string from anything, cut (on a char boundary) to the 255 bytes AMQP allows.
-pub(crate) fn short(s: &str) -> ShortString {
-    let mut end = s.len().min(255);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    ShortString::try_new(&s[..end]).unwrap_or_default()
-}
-
-pub(crate) fn value_text(v: &AMQPValue) -> String {
-    match v {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::ShortString(s) => s.as_str().to_string(),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Float(n) => n.to_string(),
-        AMQPValue::Double(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
-        AMQPValue::Void => String::new(),
-        other => format!("{other:?}"),
-    }
-}
 
 /// Fills a draft from a publish's properties, at `now`.
 pub(crate) fn inbound(p: &BasicProperties, d: &mut EventDraft, now: DateTime<Utc>) {

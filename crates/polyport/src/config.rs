@@ -109,7 +109,7 @@ impl Default for AmqpSection {
             channel_max: d.channel_max,
             heartbeat: d.heartbeat,
             max_message: d.max_message,
-            queue_window: d.queue_window,
+            queue_window: 1024,
         }
     }
 }

@@ -79,6 +79,23 @@ pub(crate) struct Ctx<'a> {
     pub(crate) prometheus: &'a metrics_exporter_prometheus::PrometheusHandle,
     /// Fires when listeners stop accepting (shutdown has begun).
     pub(crate) stop: &'a CancellationToken,
+    /// The exchanges and queues AMQP and STOMP share, loaded by the first that asks.
+    pub(crate) broker: &'a tokio::sync::OnceCell<Arc<polyport_broker::Broker>>,
+}
+
+impl Ctx<'_> {
+    /// The shared broker, restoring the durable exchanges, queues and bindings once.
+    pub(crate) async fn broker(&self) -> anyhow::Result<Arc<polyport_broker::Broker>> {
+        let cfg = polyport_broker::BrokerConfig {
+            queue_window: self.cfg.amqp.queue_window.max(1),
+        };
+        let b = self
+            .broker
+            .get_or_try_init(|| polyport_broker::Broker::load(self.hub.clone(), cfg))
+            .await
+            .context("restoring AMQP exchanges and queues")?;
+        Ok(b.clone())
+    }
 }
 
 /// Runs a face on its bound listener; the future ends once the face has drained.
@@ -262,11 +279,8 @@ fn amqp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             channel_max: c.channel_max.max(1),
             heartbeat: c.heartbeat,
             max_message: c.max_message,
-            queue_window: c.queue_window.max(1),
         };
-        let broker = polyport_amqp::AmqpBroker::start(cx.hub.clone(), amqp_cfg)
-            .await
-            .context("restoring AMQP exchanges and queues")?;
+        let broker = polyport_amqp::AmqpBroker::new(cx.broker().await?, amqp_cfg);
         let serve: Serve = Box::new(move |listener, host| {
             tracing::info!(
                 "AMQP listening on {} ({})",

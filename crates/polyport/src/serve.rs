@@ -164,11 +164,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
+    let broker = tokio::sync::OnceCell::new();
     let ctx = Ctx {
         hub: &hub,
         cfg: &cfg,
         prometheus: &prometheus,
         stop: &stop_accepting,
+        broker: &broker,
     };
     let mut faces = Vec::new();
     let mut mounts = Vec::new();

@@ -9,11 +9,11 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel as chan, confirm, tx};
 use polyport_core::{EventDraft, HubError};
 
-use crate::broker::Broker;
+use polyport_broker::Broker;
 use crate::error::{Closing, Code};
-use crate::naming::Kind;
+use polyport_broker::Kind;
 use crate::props::{self, short};
-use crate::queue::{Credit, Message, Out, Queue};
+use polyport_broker::{Credit, Message, Out, Queue};
 
 /// A publish waiting for its header and body.
 pub(crate) struct Content {
@@ -111,7 +111,6 @@ fn channel_error(code: Code, text: String, m: &AMQPClass) -> Closing {
     }
 }
 
-mod arguments;
 mod topology;
 
 impl Channel {
@@ -564,7 +563,7 @@ impl Channel {
         });
         let body = bytes::Bytes::from(c.body);
         let properties = c.properties.unwrap_or_default();
-        let draft = crate::naming::publish_topic(
+        let draft = polyport_broker::naming::publish_topic(
             c.method.exchange.as_str(),
             c.kind,
             c.method.routing_key.as_str(),

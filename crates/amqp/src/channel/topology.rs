@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, exchange, queue};
 
-use super::arguments::queue_arguments;
+use polyport_broker::arguments::{ArgumentError, queue_arguments};
 use super::{Channel, Ctx, internal, locked, not_found, reserved};
-use crate::broker::Exchange;
+use polyport_broker::Exchange;
 use crate::error::Code;
-use crate::naming::Kind;
+use polyport_broker::Kind;
 use crate::props::short;
-use crate::queue::{Binding, Declared, Queue};
+use polyport_broker::{Binding, Declared, Queue};
 
 impl Channel {
     pub(super) async fn exchange(
@@ -60,7 +60,7 @@ impl Channel {
                             if d.durable {
                                 b.save_exchange(name, Some(&x)).await.map_err(internal)?;
                             }
-                            b.exchanges.lock().insert(name.to_string(), x);
+                            b.add_exchange(name, x);
                         }
                     }
                 }
@@ -186,7 +186,10 @@ impl Channel {
                     }
                     None if d.passive => return Err(not_found("queue", &name)),
                     None => {
-                        let args = queue_arguments(&d.arguments)?;
+                        let args = queue_arguments(&d.arguments).map_err(|e| match e {
+                            ArgumentError::Invalid(t) => (Code::PreconditionFailed, t),
+                            ArgumentError::Unsupported(t) => (Code::NotImplemented, t),
+                        })?;
                         let declared = Declared {
                             name: name.clone(),
                             durable: d.durable,

@@ -26,10 +26,10 @@ use tokio::task::JoinHandle;
 
 mod binding;
 
-pub(crate) use binding::{Binding, Routed};
+pub use binding::{Binding, Routed};
 
 use crate::naming::{self, Kind};
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol_types::{AMQPValue, FieldTable};
 
 /// Acknowledgements are AMQP's to give: the group never redelivers on a timer.
 const NO_REDELIVERY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -39,17 +39,22 @@ const PUMP_EVERY: Duration = Duration::from_millis(20);
 
 /// A message in a queue.
 #[derive(Clone)]
-pub(crate) struct Message {
-    pub(crate) event: EventRef,
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
-    pub(crate) redelivered: bool,
+pub struct Message {
+    /// The event carrying it.
+    pub event: EventRef,
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// It was handed out before and came back.
+    pub redelivered: bool,
     /// Settles it with the group (none for ephemeral events).
     acker: Option<Acker>,
 }
 
 impl Message {
-    pub(crate) fn settle(&self) {
+    /// Done with: the group moves past it.
+    pub fn settle(&self) {
         if let (Some(a), Some(seq)) = (&self.acker, self.event.seq) {
             a.ack(seq);
         }
@@ -58,14 +63,15 @@ impl Message {
 
 /// Room a consumer (or, with `global` qos, a whole channel) has for unacked messages.
 #[derive(Debug, Default)]
-pub(crate) struct Credit {
+pub struct Credit {
     /// 0: unlimited.
-    pub(crate) limit: AtomicUsize,
+    pub limit: AtomicUsize,
     pub(crate) used: AtomicUsize,
 }
 
 impl Credit {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
+    /// Room for `limit` messages (0: unlimited).
+    pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
@@ -77,7 +83,8 @@ impl Credit {
         limit == 0 || self.used.load(Ordering::Relaxed) < limit
     }
 
-    pub(crate) fn release(&self) {
+    /// One message settled: room for another.
+    pub fn release(&self) {
         let _ = self
             .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
@@ -85,17 +92,29 @@ impl Credit {
 }
 
 /// What the queue sends a connection.
-pub(crate) enum Out {
+pub enum Out {
+    /// A message for a consumer.
     Deliver {
+        /// The channel the consumer is on (AMQP; 0 elsewhere).
         channel: u16,
+        /// The consumer's tag.
         consumer_tag: String,
+        /// Settled on delivery: no ack will come.
         no_ack: bool,
+        /// Where it came from (for acks and requeues).
         queue: Arc<Queue>,
+        /// The message.
         message: Message,
+        /// The credit it took.
         credit: Arc<Credit>,
     },
     /// The queue is gone: the consumer is cancelled (`basic.cancel` from the server).
-    Cancelled { channel: u16, consumer_tag: String },
+    Cancelled {
+        /// The consumer's channel.
+        channel: u16,
+        /// The consumer's tag.
+        consumer_tag: String,
+    },
 }
 
 struct Consumer {
@@ -126,40 +145,46 @@ struct State {
 
 /// How a queue was declared.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Declared {
-    pub(crate) name: String,
-    pub(crate) durable: bool,
-    pub(crate) auto_delete: bool,
+pub struct Declared {
+    /// The queue's name.
+    pub name: String,
+    /// Survives restarts, with its bindings.
+    pub durable: bool,
+    /// Deleted when its last consumer leaves.
+    pub auto_delete: bool,
     /// The connection that owns an exclusive queue.
     #[serde(skip)]
-    pub(crate) exclusive: Option<u64>,
+    pub exclusive: Option<u64>,
     /// The log position at declaration: a new queue holds what was published after it.
-    pub(crate) since: u64,
+    pub since: u64,
     /// Every binding but the default exchange's.
-    pub(crate) bindings: Vec<SavedBinding>,
+    pub bindings: Vec<SavedBinding>,
     /// `x-message-ttl`: milliseconds a message may wait in the queue.
     #[serde(default)]
-    pub(crate) message_ttl: Option<u64>,
+    pub message_ttl: Option<u64>,
     /// `x-dead-letter-exchange` and `x-dead-letter-routing-key`: where rejected and
     /// expired messages go.
     #[serde(default)]
-    pub(crate) dead_letter: Option<(String, Option<String>)>,
+    pub dead_letter: Option<(String, Option<String>)>,
     /// `x-max-length`, `x-max-length-bytes` and whether `x-overflow` is
     /// `reject-publish` (the newest is refused) rather than `drop-head` (the oldest goes).
     #[serde(default)]
-    pub(crate) limits: Limits,
+    pub limits: Limits,
     /// `x-expires`: milliseconds the queue may go unused (no consumers, no `get`, no
     /// redeclare) before it is deleted.
     #[serde(default)]
-    pub(crate) expires: Option<u64>,
+    pub expires: Option<u64>,
 }
 
 /// A queue's length limits.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Limits {
-    pub(crate) max_length: Option<usize>,
-    pub(crate) max_bytes: Option<usize>,
-    pub(crate) reject_new: bool,
+pub struct Limits {
+    /// Most ready messages.
+    pub max_length: Option<usize>,
+    /// Most ready bytes.
+    pub max_bytes: Option<usize>,
+    /// `reject-publish`: the newest goes, not the oldest.
+    pub reject_new: bool,
 }
 
 impl Limits {
@@ -178,12 +203,16 @@ fn filters_of(routes: &[Binding]) -> Vec<TopicFilter> {
 
 /// A binding as stored with a durable queue (or, as a source, with an exchange).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct SavedBinding {
-    pub(crate) exchange: String,
-    pub(crate) kind: String,
-    pub(crate) key: String,
+pub struct SavedBinding {
+    /// The exchange (for a queue) or the source exchange (for an exchange).
+    pub exchange: String,
+    /// That exchange's type.
+    pub kind: String,
+    /// The binding key.
+    pub key: String,
     #[serde(default)]
-    pub(crate) args: FieldTable,
+    /// The binding arguments (headers exchanges).
+    pub args: FieldTable,
 }
 
 impl SavedBinding {
@@ -196,7 +225,8 @@ impl SavedBinding {
     }
 }
 
-pub(crate) struct Queue {
+/// A queue: a Hub group over the log with its consumers.
+pub struct Queue {
     name: String,
     message_ttl: Option<u64>,
     dead_letter: Option<(String, Option<String>)>,
@@ -210,7 +240,8 @@ pub(crate) struct Queue {
     arrival: tokio::sync::Notify,
     /// When the queue was last used, for `x-expires`.
     used: Mutex<std::time::Instant>,
-    pub(crate) declared: Mutex<Declared>,
+    /// How it was declared (and its bindings).
+    pub declared: Mutex<Declared>,
     hub: Hub,
     ctx: AuthContext,
     window: usize,
@@ -219,7 +250,7 @@ pub(crate) struct Queue {
 
 impl Queue {
     /// The queue, fed from the log from its declaration on.
-    pub(crate) fn open(
+    pub fn open(
         hub: Hub,
         ctx: AuthContext,
         declared: Declared,
@@ -254,7 +285,8 @@ impl Queue {
         q
     }
 
-    pub(crate) fn name(&self) -> String {
+    /// Its name.
+    pub fn name(&self) -> String {
         self.name.clone()
     }
 
@@ -262,21 +294,23 @@ impl Queue {
         format!("amqp:/:{}", self.name)
     }
 
-    pub(crate) fn message_count(&self) -> u32 {
+    /// Ready messages (up to the read-ahead window).
+    pub fn message_count(&self) -> u32 {
         self.state.lock().ready.len() as u32
     }
 
-    pub(crate) fn consumer_count(&self) -> u32 {
+    /// Consumers now.
+    pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
     }
 
     /// A use that restarts the `x-expires` clock.
-    pub(crate) fn touch(&self) {
+    pub fn touch(&self) {
         *self.used.lock() = std::time::Instant::now();
     }
 
     /// Whether `x-expires` has run out: no consumers, and unused for that long.
-    pub(crate) fn unused_past_expiry(&self) -> bool {
+    pub fn unused_past_expiry(&self) -> bool {
         let Some(ms) = self.declared.lock().expires else {
             return false;
         };
@@ -284,7 +318,7 @@ impl Queue {
     }
 
     /// Whether a message on `topic` would land here.
-    pub(crate) fn routes(&self, m: &Routed<'_>) -> bool {
+    pub fn routes(&self, m: &Routed<'_>) -> bool {
         self.state
             .lock()
             .routes
@@ -418,7 +452,7 @@ impl Queue {
     }
 
     /// Hands ready messages to consumers with room, round-robin.
-    pub(crate) fn dispatch(self: &Arc<Self>) {
+    pub fn dispatch(self: &Arc<Self>) {
         let me = self;
         let mut st = self.state.lock();
         // Expired messages leave from the head even without consumers (the feeder's
@@ -477,7 +511,7 @@ impl Queue {
     }
 
     /// A consumer starts; `Err` names why not (an exclusive consumer holds the queue).
-    pub(crate) fn consume(
+    pub fn consume(
         self: &Arc<Self>,
         tag: &str,
         channel: u16,
@@ -502,7 +536,7 @@ impl Queue {
     }
 
     /// Ends a consumer; `true` when that leaves an auto-delete queue without any.
-    pub(crate) fn cancel(&self, conn: u64, channel: u16, tag: &str) -> bool {
+    pub fn cancel(&self, conn: u64, channel: u16, tag: &str) -> bool {
         self.touch();
         let mut st = self.state.lock();
         st.consumers
@@ -511,13 +545,13 @@ impl Queue {
     }
 
     /// A publish routed here got sequence `seq`.
-    pub(crate) fn expect(&self, seq: u64) {
+    pub fn expect(&self, seq: u64) {
         self.expected.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// Waits (briefly) until what publishes routed here has reached the queue, so a
     /// `basic.get` after a publish sees it, as on RabbitMQ.
-    pub(crate) async fn settled(&self) {
+    pub async fn settled(&self) {
         // What was published up to now; later publishes are not waited for.
         let target = self.expected.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -534,7 +568,7 @@ impl Queue {
     }
 
     /// `basic.get`: the next ready message, if any.
-    pub(crate) fn get(&self) -> Option<(Message, u32)> {
+    pub fn get(&self) -> Option<(Message, u32)> {
         self.touch();
         let mut st = self.state.lock();
         loop {
@@ -550,7 +584,7 @@ impl Queue {
     /// Settles a message that is rejected (without requeue) or expired, republishing it
     /// to the dead-letter exchange first when the queue has one, with an `x-death`
     /// entry as RabbitMQ writes it. A dead-letter exchange that does not exist drops it.
-    pub(crate) fn dead_letter(&self, m: Message, reason: &'static str) {
+    pub fn dead_letter(&self, m: Message, reason: &'static str) {
         let Some((exchange, key)) = &self.dead_letter else {
             m.settle();
             return;
@@ -572,7 +606,7 @@ impl Queue {
                 let mut t = FieldTable::default();
                 for (k, v) in &e.headers {
                     t.insert(
-                        crate::props::short(k),
+                        crate::values::short(k),
                         AMQPValue::LongString(v.as_bytes().to_vec().into()),
                     );
                 }
@@ -604,7 +638,7 @@ impl Queue {
         d.headers = table
             .inner()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), crate::props::value_text(v)))
+            .map(|(k, v)| (k.as_str().to_string(), crate::values::value_text(v)))
             .collect();
         if e.event_type != polyport_core::event::DEFAULT_EVENT_TYPE {
             d.event_type = Some(e.event_type.clone());
@@ -630,7 +664,7 @@ impl Queue {
 
     /// Puts unacknowledged messages back at the front, in their order, flagged
     /// redelivered.
-    pub(crate) fn requeue(self: &Arc<Self>, messages: Vec<Message>) {
+    pub fn requeue(self: &Arc<Self>, messages: Vec<Message>) {
         {
             let mut st = self.state.lock();
             if st.deleted {
@@ -655,7 +689,7 @@ impl Queue {
     }
 
     /// Adds a binding (a no-op if present); the feeder restarts with the new filters.
-    pub(crate) async fn bind(self: &Arc<Self>, b: Binding) {
+    pub async fn bind(self: &Arc<Self>, b: Binding) {
         {
             let mut st = self.state.lock();
             if st
@@ -678,7 +712,7 @@ impl Queue {
 
     /// Recomputes the routes after a change of bindings (the queue's, or between
     /// exchanges) and returns once the queue reads the log with them.
-    pub(crate) async fn reroute(self: &Arc<Self>) {
+    pub async fn reroute(self: &Arc<Self>) {
         if let Some(live) = self.start_reroute() {
             // A feeder that cannot subscribe says so in the log; the client is answered.
             let _ = tokio::time::timeout(Duration::from_secs(10), live).await;
@@ -721,7 +755,7 @@ impl Queue {
     }
 
     /// Removes a binding; `false` when there was none.
-    pub(crate) async fn unbind(self: &Arc<Self>, exchange: &str, key: &str) -> bool {
+    pub async fn unbind(self: &Arc<Self>, exchange: &str, key: &str) -> bool {
         {
             let mut st = self.state.lock();
             let before = st.bindings.len();
@@ -740,7 +774,7 @@ impl Queue {
     }
 
     /// Whether a binding names `exchange`.
-    pub(crate) fn bound_to(&self, exchange: &str) -> bool {
+    pub fn bound_to(&self, exchange: &str) -> bool {
         self.state
             .lock()
             .bindings
@@ -749,7 +783,7 @@ impl Queue {
     }
 
     /// Drops the bindings of a deleted exchange.
-    pub(crate) async fn forget_exchange(self: &Arc<Self>, exchange: &str) {
+    pub async fn forget_exchange(self: &Arc<Self>, exchange: &str) {
         let had = self
             .state
             .lock()
@@ -770,7 +804,7 @@ impl Queue {
     }
 
     /// `queue.purge`: settles every ready message; returns how many.
-    pub(crate) fn purge(&self) -> u32 {
+    pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
         for m in st.ready.drain(..) {
@@ -781,7 +815,7 @@ impl Queue {
 
     /// Stops the queue: its consumers are cancelled, its feeder ends, its group's
     /// position is forgotten. Returns the messages it held.
-    pub(crate) async fn delete(&self) -> Result<u32, HubError> {
+    pub async fn delete(&self) -> Result<u32, HubError> {
         let (consumers, n) = {
             let mut st = self.state.lock();
             st.deleted = true;
@@ -805,12 +839,13 @@ impl Queue {
     }
 
     /// Consumers of a closing connection leave.
-    pub(crate) fn drop_connection(&self, conn: u64) {
+    pub fn drop_connection(&self, conn: u64) {
         self.touch();
         self.state.lock().consumers.retain(|c| c.conn != conn);
     }
 
-    pub(crate) fn consumers_of(&self, conn: u64) -> bool {
+    /// Whether `conn` has consumers here.
+    pub fn consumers_of(&self, conn: u64) -> bool {
         self.state.lock().consumers.iter().any(|c| c.conn == conn)
     }
 }

@@ -10,7 +10,6 @@ use parking_lot::Mutex;
 use polyport_core::{AuthContext, Hub, HubError, Origin};
 use serde::{Deserialize, Serialize};
 
-use crate::AmqpConfig;
 use crate::naming::Kind;
 use crate::queue::{Binding, Declared, Queue, SavedBinding};
 
@@ -19,15 +18,19 @@ const QUEUES: &str = "amqp.queues";
 
 /// A declared exchange.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Exchange {
-    pub(crate) kind: String,
-    pub(crate) durable: bool,
-    pub(crate) auto_delete: bool,
-    pub(crate) internal: bool,
+pub struct Exchange {
+    /// `direct`, `fanout`, `topic` or `headers`.
+    pub kind: String,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Declared auto-delete (accepted; not enforced yet).
+    pub auto_delete: bool,
+    /// Takes no publishes of its own, only exchange-to-exchange bindings.
+    pub internal: bool,
     /// Exchange-to-exchange bindings that feed this exchange (`exchange` names the
     /// source); saved with the destination, durable when it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) sources: Vec<SavedBinding>,
+    pub sources: Vec<SavedBinding>,
 }
 
 impl Exchange {
@@ -41,16 +44,27 @@ impl Exchange {
         }
     }
 
-    pub(crate) fn kind(&self) -> Kind {
+    /// Its type (`direct` for anything unknown).
+    pub fn kind(&self) -> Kind {
         Kind::parse(&self.kind).unwrap_or(Kind::Direct)
     }
 }
 
-pub(crate) struct Broker {
-    pub(crate) hub: Hub,
-    pub(crate) cfg: AmqpConfig,
+/// What the broker needs to know.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Messages a queue reads ahead of its consumers.
+    pub queue_window: usize,
+}
+
+/// The exchanges and queues every AMQP and STOMP connection shares.
+pub struct Broker {
+    /// The Hub every queue reads from and publishes to.
+    pub hub: Hub,
+    /// Its settings.
+    pub cfg: BrokerConfig,
     /// The broker's own identity, for its adapter state and queue groups.
-    pub(crate) ctx: AuthContext,
+    pub ctx: AuthContext,
     pub(crate) exchanges: Arc<Mutex<HashMap<String, Exchange>>>,
     pub(crate) queues: Mutex<HashMap<String, Arc<Queue>>>,
     next_conn: AtomicU64,
@@ -58,7 +72,7 @@ pub(crate) struct Broker {
 
 impl Broker {
     /// The built-in exchanges plus the durable topology saved by earlier runs.
-    pub(crate) async fn load(hub: Hub, cfg: AmqpConfig) -> Result<Arc<Self>, HubError> {
+    pub async fn load(hub: Hub, cfg: BrokerConfig) -> Result<Arc<Self>, HubError> {
         let ctx = AuthContext::anonymous(Origin("amqp"));
         let mut exchanges: HashMap<String, Exchange> = [
             ("", Kind::Direct),
@@ -108,10 +122,12 @@ impl Broker {
             );
             broker.queues.lock().insert(name, q);
         }
+        broker.expire_unused_queues();
         Ok(broker)
     }
 
-    pub(crate) fn next_connection(&self) -> u64 {
+    /// A new connection id (the owner of exclusive queues and consumers).
+    pub fn next_connection(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -124,15 +140,23 @@ impl Broker {
             .collect()
     }
 
-    pub(crate) fn exchange(&self, name: &str) -> Option<Exchange> {
+    /// A declared exchange.
+    pub fn exchange(&self, name: &str) -> Option<Exchange> {
         self.exchanges.lock().get(name).cloned()
     }
 
-    pub(crate) fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+    /// Adds a declared exchange (after [`Broker::save_exchange`] when durable).
+    pub fn add_exchange(&self, name: &str, x: Exchange) {
+        self.exchanges.lock().insert(name.to_string(), x);
+    }
+
+    /// A queue by name.
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.lock().get(name).cloned()
     }
 
-    pub(crate) async fn save_exchange(
+    /// Stores a durable exchange; removes it with `None`.
+    pub async fn save_exchange(
         &self,
         name: &str,
         x: Option<&Exchange>,
@@ -147,7 +171,7 @@ impl Broker {
     }
 
     /// Stores a durable queue's declaration (and bindings); removes it with `None`.
-    pub(crate) async fn save_queue(&self, name: &str, q: Option<&Queue>) -> Result<(), HubError> {
+    pub async fn save_queue(&self, name: &str, q: Option<&Queue>) -> Result<(), HubError> {
         let value = match q {
             Some(q) => {
                 let d = q.declared.lock().clone();
@@ -164,7 +188,7 @@ impl Broker {
     }
 
     /// Opens a new queue.
-    pub(crate) fn create_queue(&self, d: Declared) -> Arc<Queue> {
+    pub fn create_queue(&self, d: Declared) -> Arc<Queue> {
         let name = d.name.clone();
         let q = Queue::open(
             self.hub.clone(),
@@ -179,7 +203,7 @@ impl Broker {
     }
 
     /// Deletes a queue everywhere; returns the messages it held.
-    pub(crate) async fn delete_queue(&self, name: &str) -> Result<u32, HubError> {
+    pub async fn delete_queue(&self, name: &str) -> Result<u32, HubError> {
         let Some(q) = self.queues.lock().remove(name) else {
             return Ok(0);
         };
@@ -193,12 +217,12 @@ impl Broker {
 
     /// `exchange.bind`: `destination` receives what `source` routes with `key`/`args`.
     /// `false` when either exchange is missing.
-    pub(crate) async fn bind_exchange(
+    pub async fn bind_exchange(
         &self,
         destination: &str,
         source: &str,
         key: &str,
-        args: &amq_protocol::types::FieldTable,
+        args: &amq_protocol_types::FieldTable,
     ) -> Result<bool, HubError> {
         let saved = {
             let mut xs = self.exchanges.lock();
@@ -227,12 +251,12 @@ impl Broker {
     }
 
     /// `exchange.unbind` (a no-op when there is no such binding, as RabbitMQ).
-    pub(crate) async fn unbind_exchange(
+    pub async fn unbind_exchange(
         &self,
         destination: &str,
         source: &str,
         key: &str,
-        args: &amq_protocol::types::FieldTable,
+        args: &amq_protocol_types::FieldTable,
     ) -> Result<(), HubError> {
         let saved = {
             let mut xs = self.exchanges.lock();
@@ -255,7 +279,7 @@ impl Broker {
     }
 
     /// Whether any queue or exchange is bound to `exchange` (it is some binding's source).
-    pub(crate) fn in_use(&self, exchange: &str) -> bool {
+    pub fn in_use(&self, exchange: &str) -> bool {
         self.queues.lock().values().any(|q| q.bound_to(exchange))
             || self
                 .exchanges
@@ -265,7 +289,7 @@ impl Broker {
     }
 
     /// Removes an exchange with every binding to or from it.
-    pub(crate) async fn delete_exchange(&self, name: &str) -> Result<(), HubError> {
+    pub async fn delete_exchange(&self, name: &str) -> Result<(), HubError> {
         let changed: Vec<(String, Exchange)> = {
             let mut xs = self.exchanges.lock();
             if xs.remove(name).is_none() {
@@ -298,7 +322,7 @@ impl Broker {
 
     /// Deletes the queues whose `x-expires` ran out, until the broker is dropped or the
     /// Hub shuts down.
-    pub(crate) fn expire_unused_queues(self: &Arc<Self>) {
+    fn expire_unused_queues(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let shutdown = self.hub.shutdown_token();
         tokio::spawn(async move {
@@ -335,7 +359,7 @@ impl Broker {
     }
 
     /// The queues a message lands in.
-    pub(crate) fn queues_for(&self, m: &crate::queue::Routed<'_>) -> Vec<Arc<Queue>> {
+    pub fn queues_for(&self, m: &crate::queue::Routed<'_>) -> Vec<Arc<Queue>> {
         self.queues
             .lock()
             .values()
@@ -345,7 +369,7 @@ impl Broker {
     }
 
     /// A connection ends: its exclusive queues go, its consumers leave.
-    pub(crate) async fn connection_closed(&self, conn: u64) {
+    pub async fn connection_closed(&self, conn: u64) {
         let mut gone = Vec::new();
         let queues: Vec<Arc<Queue>> = self.queues.lock().values().cloned().collect();
         for q in queues {

@@ -15,20 +15,24 @@
 use polyport_core::{Topic, TopicFilter};
 
 /// The prefix of messages published to exchanges other than `amq.topic`.
-pub(crate) const PREFIX: &str = "amqp";
+pub const PREFIX: &str = "amqp";
 
 /// An exchange's routing behaviour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// Routes by exact routing key.
     Direct,
+    /// Routes to every binding.
     Fanout,
+    /// Routes by `*` / `#` key patterns.
     Topic,
     /// Routed by the message's headers against the binding's arguments.
     Headers,
 }
 
 impl Kind {
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// From its AMQP name.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "direct" => Some(Kind::Direct),
             "fanout" => Some(Kind::Fanout),
@@ -38,7 +42,8 @@ impl Kind {
         }
     }
 
-    pub(crate) fn as_str(self) -> &'static str {
+    /// Its AMQP name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Fanout => "fanout",
@@ -111,7 +116,7 @@ fn levels(topic: &str) -> String {
 }
 
 /// Where a message published to `exchange` with `key` goes on the tree.
-pub(crate) fn publish_topic(exchange: &str, kind: Kind, key: &str) -> Option<Topic> {
+pub fn publish_topic(exchange: &str, kind: Kind, key: &str) -> Option<Topic> {
     let name = match (exchange, kind) {
         ("", _) => format!("{PREFIX}/q/{}", encode(key)),
         ("amq.topic", _) => words(key),
@@ -124,7 +129,7 @@ pub(crate) fn publish_topic(exchange: &str, kind: Kind, key: &str) -> Option<Top
 /// What a binding of `exchange` with `key` subscribes to. For a topic exchange a `#`
 /// that is not the last word has no MQTT equivalent: the filter then covers the whole
 /// exchange and [`key_matches`] decides.
-pub(crate) fn binding_filter(exchange: &str, kind: Kind, key: &str) -> Option<TopicFilter> {
+pub fn binding_filter(exchange: &str, kind: Kind, key: &str) -> Option<TopicFilter> {
     let pattern = |key: &str| -> String {
         let ws: Vec<&str> = key.split('.').collect();
         let last = ws.len() - 1;
@@ -153,7 +158,7 @@ pub(crate) fn binding_filter(exchange: &str, kind: Kind, key: &str) -> Option<To
 /// The routing key a topic carries for `exchange` (the key it was published with, or
 /// for `amq.topic` the topic's levels as words); `None` when the topic is not one of
 /// that exchange's.
-pub(crate) fn routing_key(exchange: &str, kind: Kind, topic: &str) -> Option<String> {
+pub fn routing_key(exchange: &str, kind: Kind, topic: &str) -> Option<String> {
     match (exchange, kind) {
         ("", _) => topic.strip_prefix(&format!("{PREFIX}/q/")).map(decode),
         ("amq.topic", _) => Some(levels(topic)),
@@ -167,7 +172,7 @@ pub(crate) fn routing_key(exchange: &str, kind: Kind, topic: &str) -> Option<Str
 }
 
 /// AMQP topic matching: `*` is exactly one word, `#` zero or more.
-pub(crate) fn key_matches(pattern: &str, key: &str) -> bool {
+pub fn key_matches(pattern: &str, key: &str) -> bool {
     fn go(p: &[&str], k: &[&str]) -> bool {
         match (p.first(), k.first()) {
             (None, None) => true,

@@ -1,7 +1,7 @@
 //! A queue's bindings: the topic filter each subscribes to on the tree, and the AMQP
 //! rule (exact key, topic pattern, headers) that decides whether a message routes.
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol_types::{AMQPValue, FieldTable};
 use polyport_core::TopicFilter;
 
 use crate::naming::{self, Kind};
@@ -10,13 +10,16 @@ use crate::naming::{self, Kind};
 /// `exchange` is where a message is published, `then` the rules of the exchanges it
 /// passes on its way here (RabbitMQ keeps the routing key along the path).
 #[derive(Clone, Debug)]
-pub(crate) struct Binding {
-    pub(crate) exchange: String,
-    pub(crate) kind: Kind,
-    pub(crate) key: String,
+pub struct Binding {
+    /// Where a message is published.
+    pub exchange: String,
+    /// That exchange's type.
+    pub kind: Kind,
+    /// The binding key there.
+    pub key: String,
     pub(crate) filter: TopicFilter,
     /// A headers exchange binding's arguments (`x-match` and the headers to match).
-    pub(crate) args: FieldTable,
+    pub args: FieldTable,
     pub(crate) then: Vec<Rule>,
 }
 
@@ -24,9 +27,9 @@ pub(crate) struct Binding {
 /// arguments.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Rule {
-    pub(crate) kind: Kind,
-    pub(crate) key: String,
-    pub(crate) args: FieldTable,
+    pub kind: Kind,
+    pub key: String,
+    pub args: FieldTable,
 }
 
 impl Rule {
@@ -98,14 +101,15 @@ pub(crate) fn expand(own: &[Binding], sources: &dyn Fn(&str) -> Vec<Source>) -> 
 }
 
 /// What routing looks at in a message: its topic and its headers.
-pub(crate) struct Routed<'a> {
+pub struct Routed<'a> {
     pub(crate) topic: &'a polyport_core::Topic,
     pub(crate) headers: &'a [(String, String)],
     pub(crate) typed: Option<&'a str>,
 }
 
 impl<'a> Routed<'a> {
-    pub(crate) fn event(e: &'a polyport_core::Event) -> Self {
+    /// What an event carries.
+    pub fn event(e: &'a polyport_core::Event) -> Self {
         Self {
             topic: &e.topic,
             headers: &e.headers,
@@ -113,7 +117,8 @@ impl<'a> Routed<'a> {
         }
     }
 
-    pub(crate) fn draft(d: &'a polyport_core::EventDraft) -> Self {
+    /// What a publish carries.
+    pub fn draft(d: &'a polyport_core::EventDraft) -> Self {
         Self {
             topic: &d.topic,
             headers: &d.headers,
@@ -137,7 +142,8 @@ impl<'a> Routed<'a> {
 }
 
 impl Binding {
-    pub(crate) fn new(exchange: &str, kind: Kind, key: &str, args: FieldTable) -> Option<Self> {
+    /// A binding of `exchange` with `key`; `None` when the key cannot map to a filter.
+    pub fn new(exchange: &str, kind: Kind, key: &str, args: FieldTable) -> Option<Self> {
         Some(Self {
             exchange: exchange.to_string(),
             kind,
@@ -149,7 +155,7 @@ impl Binding {
     }
 
     /// The routing key a message carries through this binding, if it routes here.
-    pub(crate) fn route(&self, m: &Routed<'_>) -> Option<String> {
+    pub fn route(&self, m: &Routed<'_>) -> Option<String> {
         if !self.filter.matches(m.topic) {
             return None;
         }
@@ -167,7 +173,7 @@ fn headers_match(args: &FieldTable, m: &Routed<'_>) -> bool {
     let mode = args
         .inner()
         .get("x-match")
-        .map(crate::props::value_text)
+        .map(crate::values::value_text)
         .unwrap_or_else(|| "all".into());
     let mut wanted = args
         .inner()
@@ -176,7 +182,7 @@ fn headers_match(args: &FieldTable, m: &Routed<'_>) -> bool {
         .map(|(k, want)| match m.header(k.as_str()) {
             None => false,
             Some(_) if matches!(want, AMQPValue::Void) => true,
-            Some(got) => crate::props::value_text(&got) == crate::props::value_text(want),
+            Some(got) => crate::values::value_text(&got) == crate::values::value_text(want),
         });
     match mode.as_str() {
         "any" | "any-with-x" => wanted.any(|hit| hit),
