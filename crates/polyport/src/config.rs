@@ -20,6 +20,7 @@ pub(crate) struct Config {
     pub(crate) grpc: GrpcSection,
     pub(crate) mqtt: MqttSection,
     pub(crate) amqp: AmqpSection,
+    pub(crate) stomp: StompSection,
     pub(crate) webhooks: WebhooksSection,
     pub(crate) hooks: polyport_http::HooksConfig,
     pub(crate) events: EventsSection,
@@ -97,6 +98,34 @@ pub(crate) struct AmqpSection {
     pub(crate) max_message: usize,
     /// Messages each queue reads ahead of its consumers.
     pub(crate) queue_window: usize,
+}
+
+/// The STOMP broker (on the same queues as AMQP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct StompSection {
+    pub(crate) enabled: bool,
+    /// `None`: the default address, which is skipped (loudly) when taken.
+    pub(crate) listen: Option<SocketAddr>,
+    /// Heart-beat interval offered both ways, ms (0: off).
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) max_frame: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) max_header_line: usize,
+}
+
+impl Default for StompSection {
+    fn default() -> Self {
+        let d = polyport_stomp::StompConfig::default();
+        Self {
+            enabled: true,
+            listen: None,
+            heartbeat_ms: d.heartbeat_ms,
+            max_frame: d.limits.max_frame,
+            max_headers: d.limits.max_headers,
+            max_header_line: d.limits.max_header_line,
+        }
+    }
 }
 
 impl Default for AmqpSection {
@@ -223,6 +252,7 @@ impl Default for Config {
             grpc: GrpcSection::default(),
             mqtt: MqttSection::default(),
             amqp: AmqpSection::default(),
+            stomp: StompSection::default(),
             webhooks: WebhooksSection::default(),
             hooks: polyport_http::HooksConfig::default(),
             events: EventsSection::default(),

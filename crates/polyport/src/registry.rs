@@ -53,6 +53,11 @@ pub(crate) const ENTRIES: &[Entry] = &[
         section: |c| Section::new(c.amqp.enabled, c.amqp.listen),
         prepare: amqp,
     },
+    Entry {
+        spec: &polyport_stomp::ADAPTER,
+        section: |c| Section::new(c.stomp.enabled, c.stomp.listen),
+        prepare: stomp,
+    },
 ];
 
 /// The faces that have a listener of their own.
@@ -289,6 +294,34 @@ fn amqp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             );
             let stop = host.stop.clone();
             Ok(Box::pin(async move { broker.serve(listener, stop).await }))
+        });
+        Ok(Prepared {
+            serve: Some(serve),
+            mounts: Vec::new(),
+        })
+    })
+}
+
+fn stomp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
+    Box::pin(async move {
+        let c = &cx.cfg.stomp;
+        let cfg = polyport_stomp::StompConfig {
+            limits: polyport_stomp::Limits {
+                max_frame: c.max_frame.max(1024),
+                max_headers: c.max_headers.max(8),
+                max_header_line: c.max_header_line.max(256),
+            },
+            heartbeat_ms: c.heartbeat_ms,
+        };
+        let server = polyport_stomp::StompServer::new(cx.broker().await?, cfg);
+        let serve: Serve = Box::new(move |listener, host| {
+            tracing::info!(
+                "STOMP listening on {} ({})",
+                listener.local_addr()?,
+                polyport_stomp::ADAPTER.about
+            );
+            let stop = host.stop.clone();
+            Ok(Box::pin(async move { server.serve(listener, stop).await }))
         });
         Ok(Prepared {
             serve: Some(serve),

@@ -220,6 +220,7 @@ export async function startServer({ dataDir, http = '127.0.0.1:0', extra = [] } 
     ...(extra.includes('--grpc') ? [] : ['--grpc', '127.0.0.1:0']),
     ...(extra.includes('--mqtt') ? [] : ['--mqtt', '127.0.0.1:0']),
     ...(extra.includes('--amqp') ? [] : ['--amqp', '127.0.0.1:0']),
+    ...(extra.includes('--stomp') ? [] : ['--stomp', '127.0.0.1:0']),
     ...extra,
   ];
   const proc = spawn(exe, args, {

@@ -28,7 +28,14 @@ impl PolyportChild {
             .arg("--data-dir")
             .arg(&dir)
             .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-            .args(["--mqtt", "127.0.0.1:0", "--amqp", "127.0.0.1:0"])
+            .args([
+                "--mqtt",
+                "127.0.0.1:0",
+                "--amqp",
+                "127.0.0.1:0",
+                "--stomp",
+                "127.0.0.1:0",
+            ])
             // No stray ./polyport.toml or POLYPORT_CONFIG changes what is measured.
             .current_dir(&dir)
             .env_remove("POLYPORT_CONFIG")

@@ -48,6 +48,8 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--amqp")
             .arg("127.0.0.1:0")
+            .arg("--stomp")
+            .arg("127.0.0.1:0")
             .args(extra)
             .env("POLYPORT_LOG", "warn")
             // Tests never let webhook deliveries leave this machine.

@@ -1,0 +1,208 @@
+"""Polyport's STOMP broker as stomp.py sees it: versions, queues with competing
+consumers, the three ack modes, NACK, receipts, transactions, durable topic
+subscriptions, the shared tree with AMQP and MQTT, bad input answered with ERROR, and
+receipted SENDs surviving `kill -9`."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pika
+import pytest
+import stomp
+from stomp_clients import WAIT, connect, port, raw, servers  # noqa: F401
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+def test_every_version_sends_and_receives_on_a_queue(servers, version):
+    s = servers.start()
+    conn, got = connect(s, version)
+    if version != "1.0":
+        assert got.connected["version"] == version
+    assert got.connected["server"].startswith("Polyport/")
+    conn.subscribe("/queue/greetings", id="g1", ack="auto")
+    conn.send("/queue/greetings", "hello, " + version, headers={"receipt": "sent"})
+    assert got.receipt() == "sent"
+    (h, body), = got.take(1)
+    assert body == "hello, " + version
+    assert h["destination"] == "/queue/greetings" and h["subscription"] == "g1"
+    conn.disconnect()
+
+
+def test_a_queue_shares_work_between_consumers_and_acks_per_mode(servers):
+    s = servers.start()
+    a, got_a = connect(s)
+    b, got_b = connect(s)
+    for c, name in ((a, "a"), (b, "b")):
+        c.subscribe("/queue/work", id=name, ack="client-individual", headers={"prefetch-count": "1"})
+    producer, _ = connect(s)
+    for i in range(6):
+        producer.send("/queue/work", f"job {i}")
+    done, by, nacked, deadline = set(), {"a": 0, "b": 0}, None, time.monotonic() + WAIT
+    while len(done) < 6:
+        assert time.monotonic() < deadline, f"done {sorted(done)}"
+        for c, got, name in ((a, got_a, "a"), (b, got_b, "b")):
+            try:
+                h, body = got.messages.get(timeout=0.05)
+            except Exception:  # noqa: BLE001 - queue.Empty
+                continue
+            if nacked is None and name == "b":
+                nacked = body
+                c.nack(h["ack"])  # requeued: it comes again, flagged redelivered
+                continue
+            if body == nacked:
+                assert h.get("redelivered") == "true"
+            assert body not in done, f"{body} delivered twice"
+            done.add(body)
+            by[name] += 1
+            c.ack(h["ack"])
+    assert done == {f"job {i}" for i in range(6)}
+    assert by["a"] > 0 and by["b"] > 0, f"one consumer took everything: {by}"
+    got_a.quiet(0.3)
+    got_b.quiet(0.3)
+
+
+def test_client_ack_is_cumulative_and_unacked_messages_return_on_disconnect(servers):
+    s = servers.start()
+    c, got = connect(s)
+    c.subscribe("/queue/batch", id="1", ack="client")
+    for i in range(3):
+        c.send("/queue/batch", f"m{i}")
+    msgs = got.take(3)
+    c.ack(msgs[1][0]["ack"])  # acks m0 and m1
+    c.disconnect()
+    c2, got2 = connect(s)
+    c2.subscribe("/queue/batch", id="1", ack="auto")
+    (h, body), = got2.take(1)
+    assert body == "m2" and h.get("redelivered") == "true"
+    got2.quiet(0.5)
+
+
+def test_transactions_hold_sends_and_acks_until_commit(servers):
+    s = servers.start()
+    c, got = connect(s)
+    c.subscribe("/queue/tx", id="1", ack="client-individual")
+    tx = c.begin()
+    c.send("/queue/tx", "in tx", transaction=tx)
+    got.quiet(0.5)
+    c.commit(tx)
+    (h, body), = got.take(1)
+    assert body == "in tx"
+    tx2 = c.begin()
+    c.ack(h["ack"], transaction=tx2)
+    c.abort(tx2)  # the ack is dropped: the message is still ours, unacked
+    c.disconnect()
+    c2, got2 = connect(s)
+    c2.subscribe("/queue/tx", id="1")
+    assert got2.take(1)[0][1] == "in tx"
+
+
+def test_topics_are_the_shared_tree_for_mqtt_and_amqp(servers):
+    s = servers.start()
+    c, got = connect(s)
+    c.subscribe("/topic/sensors.*", id="t", ack="auto")
+    time.sleep(0.2)
+    received = []
+    ready = threading.Event()
+    m = mqtt.Client(client_id="stomp-cross")
+    m.on_message = lambda _c, _u, msg: received.append((msg.topic, msg.payload))
+    m.on_subscribe = lambda *a: ready.set()
+    m.connect("127.0.0.1", port(s, "mqtt"))
+    m.subscribe("sensors/#", qos=1)
+    m.loop_start()
+    try:
+        assert ready.wait(WAIT)
+        c.send("/topic/sensors.temperature", "21.5", headers={"receipt": "r"})
+        assert got.receipt() == "r"
+        deadline = time.monotonic() + WAIT
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert received == [("sensors/temperature", b"21.5")]
+        m.publish("sensors/humidity", b"40", qos=1).wait_for_publish(WAIT)
+        bodies = sorted(b for _, b in got.take(2))
+        assert bodies == ["21.5", "40"]
+    finally:
+        m.loop_stop()
+        m.disconnect()
+    # AMQP: pika publishes to queue `jobs`, STOMP consumes /queue/jobs; and back.
+    pc = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port(s, "amqp")))
+    ch = pc.channel()
+    ch.queue_declare("jobs", durable=True)
+    ch.basic_publish("", "jobs", b"from pika", pika.BasicProperties(correlation_id="c-9", headers={"k": "v"}))
+    c.subscribe("/queue/jobs", id="j")
+    (h, body), = got.take(1)
+    assert (body, h["correlation-id"], h["k"], h["destination"]) == ("from pika", "c-9", "v", "/queue/jobs")
+    c.unsubscribe("j", headers={"receipt": "u"})
+    assert got.receipt() == "u"
+    c.send("/amq/queue/jobs", "from stomp", headers={"priority": "3", "receipt": "s"})
+    assert got.receipt() == "s"
+    _m, props, b = ch.basic_get("jobs", auto_ack=True)
+    assert b == b"from stomp" and props.priority == 3
+    pc.close()
+
+
+def test_durable_topic_subscriptions_collect_while_away(servers):
+    s = servers.start()
+    c, got = connect(s)
+    c.subscribe("/topic/news.#", id="reader-1", ack="client-individual", headers={"durable": "true", "auto-delete": "false"})
+    c.disconnect()
+    p, _ = connect(s)
+    p.send("/topic/news.world", "while away", headers={"receipt": "r"})
+    time.sleep(0.3)
+    c2, got2 = connect(s)
+    c2.subscribe("/topic/news.#", id="reader-1", ack="client-individual", headers={"durable": "true", "auto-delete": "false"})
+    (h, body), = got2.take(1)
+    assert body == "while away" and h["destination"] == "/topic/news.world"
+    c2.ack(h["ack"])
+    c2.unsubscribe("reader-1", headers={"durable": "true"})  # drops the durable queue
+    c2.disconnect()
+
+
+def error_of(reply: bytes) -> tuple[str, bytes]:
+    assert b"ERROR\n" in reply, reply
+    frame = reply[reply.index(b"ERROR\n"):]
+    head, _, body = frame.partition(b"\n\n")
+    headers = dict(line.split(":", 1) for line in head.decode().split("\n")[1:])
+    return headers["message"], body.rstrip(b"\0\n")
+
+
+CONNECT = b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0"
+
+
+def test_bad_input_gets_an_error_frame_and_a_close(servers):
+    s = servers.start()
+    message, body = error_of(raw(s, CONNECT + b"FLY\n\n\0"))
+    assert message == "malformed frame" and b"unknown command 'FLY'" in body
+    message, body = error_of(raw(s, CONNECT + b"SUBSCRIBE\ndestination:/queue/a\n\n\0"))
+    assert message == "Missing id" and b"STOMP 1.2" in body
+    message, body = error_of(raw(s, CONNECT + b"ACK\nid:nope\n\n\0"))
+    assert message == "Unknown message"
+    message, body = error_of(raw(s, CONNECT + b"SEND\ndestination:/queue/a\nk:\\t\n\n\0"))
+    assert b"escape" in body
+    message, _ = error_of(raw(s, CONNECT + b"SEND\ndestination:/nowhere/a\n\n\0"))
+    assert message == "Bad destination"
+    reply = raw(s, b"CONNECT\naccept-version:2.0\n\n\0")
+    assert b"version:1.0,1.1,1.2" in reply
+    big = b"SEND\ndestination:/queue/a\ncontent-length:99999999\n\n"
+    message, body = error_of(raw(s, CONNECT + big))
+    assert b"too large" in body
+    # The error closed only that connection: others carry on.
+    c, got = connect(s)
+    c.subscribe("/queue/a", id="1")
+    c.send("/queue/a", "fine")
+    assert got.take(1)[0][1] == "fine"
+
+
+def test_receipted_sends_survive_kill_9(servers):
+    s = servers.start()
+    c, got = connect(s)
+    for i in range(30):
+        c.send("/queue/durable-jobs", f"job {i}", headers={"receipt": f"r{i}"})
+    assert [got.receipt() for _ in range(30)] == [f"r{i}" for i in range(30)]
+    servers.kill9(s)
+    s2 = servers.restart(s)
+    c2, got2 = connect(s2)
+    c2.subscribe("/queue/durable-jobs", id="1")
+    assert [b for _, b in got2.take(30)] == [f"job {i}" for i in range(30)]
