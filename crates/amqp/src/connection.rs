@@ -19,12 +19,12 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use polyport_broker::Broker;
 use crate::AmqpConfig;
 use crate::channel::{Channel, Ctx, Ready};
 use crate::codec::{Codec, CodecError, Incoming, PROTOCOL_HEADER};
 use crate::error::{Closing, Code};
 use crate::props::short;
+use polyport_broker::Broker;
 use polyport_broker::Out;
 
 /// Frame size before tune: the spec's minimum.
@@ -224,11 +224,7 @@ async fn close_connection(
 }
 
 /// Start, start-ok (authentication), tune, tune-ok, open.
-async fn handshake(
-    io: &mut Transport,
-    broker: &Broker,
-    cfg: &AmqpConfig,
-) -> Option<Negotiated> {
+async fn handshake(io: &mut Transport, broker: &Broker, cfg: &AmqpConfig) -> Option<Negotiated> {
     match io.next().await? {
         Ok(Incoming::Header) => {}
         Err(CodecError::BadHeader) => {

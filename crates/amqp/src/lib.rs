@@ -48,8 +48,8 @@ mod props;
 
 use std::sync::Arc;
 
-use polyport_core::{Hub, HubError};
 use polyport_broker::{Broker, BrokerConfig};
+use polyport_core::{Hub, HubError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

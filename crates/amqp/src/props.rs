@@ -8,10 +8,9 @@
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable};
-pub(crate) use polyport_broker::values::{short, value_text};
 use chrono::{DateTime, TimeZone, Utc};
+pub(crate) use polyport_broker::values::{short, value_text};
 use polyport_core::{Attributes, Durability, EventDraft, Topic};
-
 
 /// Fills a draft from a publish's properties, at `now`.
 pub(crate) fn inbound(p: &BasicProperties, d: &mut EventDraft, now: DateTime<Utc>) {

@@ -16,9 +16,7 @@ pub enum ArgumentError {
 /// `x-expires`; `x-queue-type` `classic` / `quorum` is accepted (queues are always
 /// log-backed).
 /// Any other is refused rather than silently ignored.
-pub fn queue_arguments(
-    args: &amq_protocol_types::FieldTable,
-) -> Result<QueueArgs, ArgumentError> {
+pub fn queue_arguments(args: &amq_protocol_types::FieldTable) -> Result<QueueArgs, ArgumentError> {
     use amq_protocol_types::AMQPValue as V;
     let mut out = QueueArgs::default();
     let mut dlx: Option<String> = None;
@@ -44,23 +42,29 @@ pub fn queue_arguments(
                 "drop-head" => out.limits.reject_new = false,
                 "reject-publish" | "reject-publish-dlx" => out.limits.reject_new = true,
                 other => {
-                    return Err(ArgumentError::Invalid(format!("PRECONDITION_FAILED - invalid arg 'x-overflow': '{other}'")));
+                    return Err(ArgumentError::Invalid(format!(
+                        "PRECONDITION_FAILED - invalid arg 'x-overflow': '{other}'"
+                    )));
                 }
             },
             ("x-expires", Some(n)) if n > 0 => out.expires = Some(n as u64),
             ("x-queue-type", _) => {
                 let kind = crate::values::value_text(v);
                 if kind != "classic" && kind != "quorum" {
-                    return Err(ArgumentError::Invalid(format!("PRECONDITION_FAILED - invalid arg 'x-queue-type': '{kind}'")));
+                    return Err(ArgumentError::Invalid(format!(
+                        "PRECONDITION_FAILED - invalid arg 'x-queue-type': '{kind}'"
+                    )));
                 }
             }
             ("x-message-ttl" | "x-expires" | "x-max-length" | "x-max-length-bytes", _) => {
                 return Err(ArgumentError::Invalid(format!(
-                        "PRECONDITION_FAILED - invalid arg '{k}': must be a non-negative integer"
-                    )));
+                    "PRECONDITION_FAILED - invalid arg '{k}': must be a non-negative integer"
+                )));
             }
             (other, _) => {
-                return Err(ArgumentError::Unsupported(format!("NOT_IMPLEMENTED - queue argument '{other}' is not supported yet")));
+                return Err(ArgumentError::Unsupported(format!(
+                    "NOT_IMPLEMENTED - queue argument '{other}' is not supported yet"
+                )));
             }
         }
     }

@@ -156,11 +156,7 @@ impl Broker {
     }
 
     /// Stores a durable exchange; removes it with `None`.
-    pub async fn save_exchange(
-        &self,
-        name: &str,
-        x: Option<&Exchange>,
-    ) -> Result<(), HubError> {
+    pub async fn save_exchange(&self, name: &str, x: Option<&Exchange>) -> Result<(), HubError> {
         let value = match x {
             Some(x) => Some(Bytes::from(
                 serde_json::to_vec(x).map_err(|e| HubError::Storage(e.to_string()))?,

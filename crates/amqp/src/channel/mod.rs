@@ -9,10 +9,10 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel as chan, confirm, tx};
 use polyport_core::{EventDraft, HubError};
 
-use polyport_broker::Broker;
 use crate::error::{Closing, Code};
-use polyport_broker::Kind;
 use crate::props::{self, short};
+use polyport_broker::Broker;
+use polyport_broker::Kind;
 use polyport_broker::{Credit, Message, Out, Queue};
 
 /// A publish waiting for its header and body.

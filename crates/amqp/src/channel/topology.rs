@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, exchange, queue};
 
-use polyport_broker::arguments::{ArgumentError, queue_arguments};
 use super::{Channel, Ctx, internal, locked, not_found, reserved};
-use polyport_broker::Exchange;
 use crate::error::Code;
-use polyport_broker::Kind;
 use crate::props::short;
+use polyport_broker::Exchange;
+use polyport_broker::Kind;
+use polyport_broker::arguments::{ArgumentError, queue_arguments};
 use polyport_broker::{Binding, Declared, Queue};
 
 impl Channel {
