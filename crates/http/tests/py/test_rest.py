@@ -204,7 +204,7 @@ def test_the_root_is_a_map_of_every_face(blog):
     with httpx.Client(base_url=blog.url, timeout=10) as c:
         doc = c.get("/", headers={"accept": "application/json"}).json()
         by_name = {l["name"]: l["address"] for l in doc["listeners"]}
-        assert by_name == {k: listeners[k] for k in ("http", "grpc", "mqtt", "amqp")}
+        assert by_name == {k: listeners[k] for k in ("http", "grpc", "mqtt", "amqp", "stomp")}
         paths = {e["path"] for e in doc["endpoints"]}
         assert {"GET /openapi.json", "GET /ws", "GET /ws/topics/{topic…}", "POST /graphql", "GET /mqtt",
                 "GET /api/events?topic=…", "GET /metrics"} <= paths, paths
