@@ -107,6 +107,8 @@ pub(crate) struct StompSection {
     pub(crate) enabled: bool,
     /// `None`: the default address, which is skipped (loudly) when taken.
     pub(crate) listen: Option<SocketAddr>,
+    /// STOMP over WebSocket at `/stomp` on the HTTP listener.
+    pub(crate) websocket: bool,
     /// Heart-beat interval offered both ways, ms (0: off).
     pub(crate) heartbeat_ms: u64,
     pub(crate) max_frame: usize,
@@ -120,6 +122,7 @@ impl Default for StompSection {
         Self {
             enabled: true,
             listen: None,
+            websocket: true,
             heartbeat_ms: d.heartbeat_ms,
             max_frame: d.limits.max_frame,
             max_headers: d.limits.max_headers,

@@ -314,6 +314,15 @@ fn stomp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             heartbeat_ms: c.heartbeat_ms,
         };
         let server = polyport_stomp::StompServer::new(cx.broker().await?, cfg);
+        let mounts = match c.websocket {
+            true => vec![Mount {
+                endpoint: "GET /stomp",
+                about: "STOMP over WebSocket (subprotocols v12.stomp, v11.stomp, v10.stomp)",
+                label: "STOMP over WebSocket /stomp",
+                routes: server.websocket_routes(cx.stop.clone()),
+            }],
+            false => Vec::new(),
+        };
         let serve: Serve = Box::new(move |listener, host| {
             tracing::info!(
                 "STOMP listening on {} ({})",
@@ -325,7 +334,7 @@ fn stomp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
         });
         Ok(Prepared {
             serve: Some(serve),
-            mounts: Vec::new(),
+            mounts,
         })
     })
 }

@@ -9,6 +9,7 @@
 //! | headers ↔ message attributes | `props.rs` |
 //! | CONNECT, heart-beats, the frame loop, receipts, ERROR | `connection.rs` |
 //! | SEND, SUBSCRIBE, ACK / NACK, transactions | `session.rs` |
+//! | STOMP over WebSocket (`/stomp`) | `ws.rs` |
 //!
 //! The codec is written here: no maintained Rust crate decodes STOMP server-side.
 //!
@@ -24,6 +25,7 @@ mod connection;
 mod destination;
 mod props;
 mod session;
+mod ws;
 
 use std::sync::Arc;
 
@@ -75,6 +77,16 @@ impl StompServer {
             cfg: Arc::new(cfg),
             tracker: TaskTracker::new(),
         }
+    }
+
+    /// The WebSocket endpoint (`GET /stomp`) for the HTTP listener.
+    pub fn websocket_routes(&self, stop: CancellationToken) -> axum::Router {
+        ws::routes(
+            self.broker.clone(),
+            self.cfg.clone(),
+            self.tracker.clone(),
+            stop,
+        )
     }
 
     /// Accepts connections on `listener` until `stop` fires, then waits for them to close.

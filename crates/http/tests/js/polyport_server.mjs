@@ -144,6 +144,7 @@ export class Server {
     this.grpc = listeners.grpc;
     this.mqtt = listeners.mqtt;
     this.amqp = listeners.amqp;
+    this.stomp = listeners.stomp;
     this.exitCode = undefined;
     this.exited = new Promise((r) => proc.once('exit', (code, signal) => r(code ?? signal)));
     this.exited.then((c) => (this.exitCode = c));
