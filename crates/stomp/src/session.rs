@@ -87,6 +87,8 @@ pub(crate) struct Session {
     next: u64,
     deliveries: mpsc::Sender<Out>,
     txs: HashMap<String, Vec<Frame>>,
+    /// `/temp-queue/{name}` → the private queue behind it.
+    temps: HashMap<String, Arc<Queue>>,
     pub(crate) publishing: FuturesOrdered<Publishing>,
     pub(crate) out: Vec<Outgoing>,
 }
@@ -109,6 +111,7 @@ impl Session {
             next: 0,
             deliveries,
             txs: HashMap::new(),
+            temps: HashMap::new(),
             publishing: FuturesOrdered::new(),
             out: Vec::new(),
         }
@@ -272,8 +275,67 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, f: Frame) -> Result<(), Fatal> {
+    /// The private queue behind `/temp-queue/{name}`: exclusive to this connection,
+    /// gone with it, reachable as `/queue/{queue}` (the rewritten `reply-to`), from AMQP
+    /// by its name, and from MQTT as the topic of that name (it is bound on `amq.topic`).
+    async fn temp_queue(&mut self, name: &str) -> Result<Arc<Queue>, Fatal> {
+        if let Some(q) = self.temps.get(name) {
+            return Ok(q.clone());
+        }
+        let queue = format!("stomp-temp-{}-{}", self.conn, self.temps.len() + 1);
+        let d = Declared {
+            name: queue.clone(),
+            durable: false,
+            auto_delete: false,
+            exclusive: Some(self.conn),
+            since: self.broker.hub.log_state().last_seq,
+            bindings: Vec::new(),
+            message_ttl: None,
+            dead_letter: None,
+            limits: Default::default(),
+            expires: None,
+        };
+        let q = self.broker.create_queue(d);
+        if let Some(b) = Binding::new("amq.topic", Kind::Topic, &queue, FieldTable::default()) {
+            q.bind(b).await;
+        }
+        self.temps.insert(name.to_string(), q.clone());
+        Ok(q)
+    }
+
+    async fn send(&mut self, mut f: Frame) -> Result<(), Fatal> {
         let dest = Self::destination(&f)?;
+        // A reply-to of `/temp-queue/x` names a private queue; replies reach this session
+        // (as subscription `/temp-queue/x` unless it subscribed to it itself).
+        if let Some(temp) = f
+            .get("reply-to")
+            .and_then(|r| r.strip_prefix("/temp-queue/"))
+        {
+            let temp = temp.to_string();
+            let q = self.temp_queue(&temp).await?;
+            let tag = format!("/temp-queue/{temp}");
+            if !self.subs.values().any(|s| Arc::ptr_eq(&s.queue, &q)) {
+                q.consume(
+                    &tag,
+                    0,
+                    self.conn,
+                    true,
+                    Credit::new(0),
+                    self.deliveries.clone(),
+                );
+                self.subs.insert(
+                    tag,
+                    Sub {
+                        queue: q.clone(),
+                        ack: AckMode::Auto,
+                    },
+                );
+            }
+            let to = format!("/queue/{}", q.name());
+            if let Some(h) = f.headers.iter_mut().find(|(k, _)| k == "reply-to") {
+                h.1 = to;
+            }
+        }
         let durable_queue = match &dest {
             Destination::Queue(q) => Some(self.declare_queue(q, &f).await?),
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => Some(self.existing_queue(q)?),
@@ -384,12 +446,16 @@ impl Session {
             Destination::Topic(_) | Destination::Exchange { .. } => {
                 self.subscription_queue(&id, &dest, f).await?
             }
-            Destination::TempQueue(_) | Destination::ReplyQueue(_) => {
-                return Err(bad(
-                    "Bad destination",
-                    "temporary queues cannot be subscribed to yet",
-                ));
+            Destination::TempQueue(name) => {
+                let q = self.temp_queue(name).await?;
+                // Replies that arrived before this SUBSCRIBE went to the implicit one.
+                let implicit = format!("/temp-queue/{name}");
+                if implicit != id && self.subs.remove(&implicit).is_some() {
+                    q.cancel(self.conn, 0, &implicit);
+                }
+                q
             }
+            Destination::ReplyQueue(q) => self.existing_queue(q)?,
         };
         let prefetch = f
             .get("prefetch-count")

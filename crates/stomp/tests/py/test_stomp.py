@@ -5,9 +5,11 @@ receipted SENDs surviving `kill -9`."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
+import httpx
 import paho.mqtt.client as mqtt
 import pika
 import pytest
@@ -206,3 +208,56 @@ def test_receipted_sends_survive_kill_9(servers):
     c2, got2 = connect(s2)
     c2.subscribe("/queue/durable-jobs", id="1")
     assert [b for _, b in got2.take(30)] == [f"job {i}" for i in range(30)]
+
+
+def test_rpc_replies_come_back_through_a_temp_queue(servers):
+    """`reply-to: /temp-queue/answers` gives the caller a private queue; a STOMP responder
+    replies to the rewritten `reply-to`, and so does an AMQP one (pika) by its name."""
+    s = servers.start()
+    server, requests = connect(s)
+    server.subscribe("/queue/rpc.square", id="srv")
+    caller, answers = connect(s)
+    caller.send("/queue/rpc.square", "12", headers={"reply-to": "/temp-queue/answers", "correlation-id": "c-1"})
+    (h, body), = requests.take(1)
+    assert h["reply-to"].startswith("/queue/stomp-temp-"), h
+    server.send(h["reply-to"], str(int(body) ** 2), headers={"correlation-id": h["correlation-id"]})
+    (rh, rbody), = answers.take(1)
+    assert (rbody, rh["correlation-id"], rh["subscription"]) == ("144", "c-1", "/temp-queue/answers")
+    server.unsubscribe("srv", headers={"receipt": "u"})
+    assert requests.receipt() == "u"
+
+    pc = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port(s, "amqp")))
+    ch = pc.channel()
+    caller.send("/queue/rpc.square", "5", headers={"reply-to": "/temp-queue/answers", "correlation-id": "c-2"})
+    deadline = time.monotonic() + WAIT
+    while True:
+        m, props, body = ch.basic_get("rpc.square", auto_ack=True)
+        if m is not None:
+            break
+        assert time.monotonic() < deadline, "the request never reached AMQP"
+        time.sleep(0.05)
+    ch.basic_publish("", props.reply_to, b"25", pika.BasicProperties(correlation_id=props.correlation_id))
+    (rh, rbody), = answers.take(1)
+    assert (rbody, rh["correlation-id"]) == ("25", "c-2")
+    pc.close()
+
+
+def test_sse_and_record_changes_meet_stomp_topics(servers):
+    s = servers.start()
+    c, got = connect(s)
+    c.subscribe("/topic/collections.posts.#", id="posts", headers={"receipt": "sub"})
+    assert got.receipt() == "sub"
+    with httpx.Client(base_url=s.url, timeout=WAIT) as http, http.stream(
+        "GET", "/api/events", params={"topic": "sensors/#"}
+    ) as sse:
+        lines = sse.iter_lines()
+        c.send("/topic/sensors.temperature", "21.5", headers={"content-type": "text/plain", "receipt": "r"})
+        assert got.receipt() == "r"
+        data = next(line for line in lines if line.startswith("data:"))
+        event = json.loads(data[5:])
+        assert (event["subject"], event["data"], event["source"]) == ("sensors/temperature", "21.5", "/polyport/stomp")
+        r = http.post("/api/collections/posts/records", json={"id": "p1", "title": "hello"})
+        assert r.status_code == 201, r.text
+    (h, body), = got.take(1)
+    assert h["destination"] == "/topic/collections.posts.p1"
+    assert json.loads(body)["record"]["title"] == "hello"
