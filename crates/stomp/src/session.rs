@@ -338,7 +338,15 @@ impl Session {
         }
         let durable_queue = match &dest {
             Destination::Queue(q) => Some(self.declare_queue(q, &f).await?),
-            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => Some(self.existing_queue(q)?),
+            // Anyone may publish to an exclusive queue; only its owner consumes.
+            Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
+                Some(self.broker.queue(q).ok_or_else(|| {
+                    bad(
+                        "not_found",
+                        format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
+                    )
+                })?)
+            }
             _ => None,
         }
         .is_some_and(|q| q.declared.lock().durable);

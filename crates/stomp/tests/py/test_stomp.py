@@ -241,6 +241,18 @@ def test_rpc_replies_come_back_through_a_temp_queue(servers):
     assert (rbody, rh["correlation-id"]) == ("25", "c-2")
     pc.close()
 
+    # An MQTT responder publishes to the queue's name as a topic; RabbitMQ's
+    # `/reply-queue/` form reaches the same queue.
+    queue_name = h["reply-to"].removeprefix("/queue/")
+    m = mqtt.Client(client_id="rpc-responder")
+    m.connect("127.0.0.1", port(s, "mqtt"))
+    m.loop_start()
+    m.publish(queue_name, b"from mqtt", qos=1).wait_for_publish(WAIT)
+    m.loop_stop()
+    m.disconnect()
+    server.send(f"/reply-queue/{queue_name}", "from reply-queue")
+    assert sorted(b for _, b in answers.take(2)) == ["from mqtt", "from reply-queue"]
+
 
 def test_sse_and_record_changes_meet_stomp_topics(servers):
     s = servers.start()
