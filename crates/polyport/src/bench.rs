@@ -26,6 +26,7 @@ mod fanout;
 mod graphql;
 mod grpc;
 mod mqtt;
+mod stomp;
 mod webhooks;
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +88,8 @@ enum Which {
     Mqtt(mqtt::MqttArgs),
     /// Polyport's AMQP broker vs the local RabbitMQ under the same lapin load.
     Amqp(amqp::AmqpArgs),
+    /// Polyport's STOMP broker vs RabbitMQ's STOMP plugin under the same load.
+    Stomp(stomp::StompArgs),
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -113,6 +116,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         } => grpc::run(Duration::from_secs(duration), concurrency, watchers, writes).await,
         Which::Mqtt(a) => mqtt::run(a).await,
         Which::Amqp(a) => amqp::run(a).await,
+        Which::Stomp(a) => stomp::run(a).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
     }
 }

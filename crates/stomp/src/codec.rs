@@ -9,14 +9,18 @@ use tokio_util::codec::{Decoder, Encoder};
 
 /// The STOMP versions Polyport speaks, oldest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Version {
+pub enum Version {
+    /// STOMP 1.0 (no header escaping, no NACK).
     V1_0,
+    /// STOMP 1.1.
     V1_1,
+    /// STOMP 1.2 (ACK by `id`, `\r` escaped).
     V1_2,
 }
 
 impl Version {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// As `accept-version` and `version` write it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::V1_0 => "1.0",
             Self::V1_1 => "1.1",
@@ -24,7 +28,8 @@ impl Version {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// One of `accept-version`'s entries.
+    pub fn parse(s: &str) -> Option<Self> {
         match s.trim() {
             "1.0" => Some(Self::V1_0),
             "1.1" => Some(Self::V1_1),
@@ -36,26 +41,42 @@ impl Version {
 
 /// Every STOMP command, client's and server's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Command {
+pub enum Command {
+    /// `CONNECT`.
     Connect,
+    /// `STOMP`.
     Stomp,
+    /// `SEND`.
     Send,
+    /// `SUBSCRIBE`.
     Subscribe,
+    /// `UNSUBSCRIBE`.
     Unsubscribe,
+    /// `ACK`.
     Ack,
+    /// `NACK`.
     Nack,
+    /// `BEGIN`.
     Begin,
+    /// `COMMIT`.
     Commit,
+    /// `ABORT`.
     Abort,
+    /// `DISCONNECT`.
     Disconnect,
+    /// `CONNECTED`.
     Connected,
+    /// `MESSAGE`.
     Message,
+    /// `RECEIPT`.
     Receipt,
+    /// `ERROR`.
     Error,
 }
 
 impl Command {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The command line.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "CONNECT",
             Self::Stomp => "STOMP",
@@ -104,14 +125,18 @@ impl Command {
 
 /// One frame. Headers keep their order; a repeated header's first value wins.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Frame {
-    pub(crate) command: Command,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Bytes,
+pub struct Frame {
+    /// What the frame asks.
+    pub command: Command,
+    /// Headers in order, unescaped.
+    pub headers: Vec<(String, String)>,
+    /// The body, exactly.
+    pub body: Bytes,
 }
 
 impl Frame {
-    pub(crate) fn new(command: Command) -> Self {
+    /// A frame with no headers and no body.
+    pub fn new(command: Command) -> Self {
         Self {
             command,
             headers: Vec::new(),
@@ -119,13 +144,14 @@ impl Frame {
         }
     }
 
-    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_string(), value.into()));
         self
     }
 
     /// The first value of `name`.
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -135,32 +161,44 @@ impl Frame {
 
 /// What the decoder yields: a frame, or a heart-beat (an EOL between frames).
 #[derive(Debug, PartialEq)]
-pub(crate) enum Incoming {
+pub enum Incoming {
+    /// A whole frame.
     Frame(Frame),
+    /// An EOL between frames.
     HeartBeat,
 }
 
 /// Why a frame could not be read; the text goes into the ERROR frame.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub(crate) enum FrameError {
+pub enum FrameError {
+    /// Over `max_frame`.
     #[error("frame too large: more than {0} bytes")]
     TooLarge(usize),
+    /// Over `max_headers`.
     #[error("too many headers: more than {0}")]
     TooManyHeaders(usize),
+    /// A line over `max_header_line`.
     #[error("header line too long: more than {0} bytes")]
     HeaderTooLong(usize),
+    /// Not a STOMP command.
     #[error("unknown command '{0}'")]
     UnknownCommand(String),
+    /// A header line without `:`.
     #[error("malformed header line '{0}' (expected name:value)")]
     MalformedHeader(String),
+    /// An escape the spec does not define.
     #[error("undefined escape sequence '\\{0}' in a header")]
     BadEscape(char),
+    /// Headers must be UTF-8.
     #[error("headers are not UTF-8")]
     NotUtf8,
+    /// Not a number.
     #[error("invalid content-length '{0}'")]
     BadContentLength(String),
+    /// The body overran its `content-length`.
     #[error("the body of content-length {0} is not followed by a NUL octet")]
     MissingNul(usize),
+    /// The socket failed.
     #[error("connection read failed: {0}")]
     Io(String),
 }
@@ -192,13 +230,17 @@ impl Default for Limits {
     }
 }
 
-pub(crate) struct Codec {
-    pub(crate) version: Version,
-    pub(crate) limits: Limits,
+/// STOMP's framing for `tokio_util::codec::Framed`.
+pub struct Codec {
+    /// The version agreed in CONNECT (decides header escaping).
+    pub version: Version,
+    /// What it refuses to buffer past.
+    pub limits: Limits,
 }
 
 impl Codec {
-    pub(crate) fn new(limits: Limits) -> Self {
+    /// A codec for a connection that has not sent CONNECT yet.
+    pub fn new(limits: Limits) -> Self {
         // Until CONNECT is answered: 1.2's framing (CONNECT itself is never escaped).
         Self {
             version: Version::V1_2,
@@ -376,8 +418,10 @@ fn escape_into(s: &str, v: Version, dst: &mut BytesMut) {
 }
 
 /// What the server writes.
-pub(crate) enum Outgoing {
+pub enum Outgoing {
+    /// A frame.
     Frame(Frame),
+    /// A lone EOL.
     HeartBeat,
 }
 

@@ -11,7 +11,9 @@
 //! | SEND, SUBSCRIBE, ACK / NACK, transactions | `session.rs` |
 //! | STOMP over WebSocket (`/stomp`) | `ws.rs` |
 //!
-//! The codec is written here: no maintained Rust crate decodes STOMP server-side.
+//! The codec is written here: no maintained Rust crate decodes STOMP server-side. It is
+//! public so that `polyport bench stomp` can drive Polyport and RabbitMQ with the same
+//! frames.
 //!
 //! Where Polyport differs from RabbitMQ's STOMP plugin (deliberately):
 //! - `host` names the virtual host only when it starts with `/` (only `/` exists);
@@ -20,7 +22,7 @@
 //! - A message's `message-id` names the delivery (as in RabbitMQ); an AMQP
 //!   `message_id` travels as `amqp-message-id`.
 
-mod codec;
+pub mod codec;
 mod connection;
 mod destination;
 mod props;
