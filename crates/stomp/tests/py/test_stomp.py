@@ -6,6 +6,7 @@ receipted SENDs surviving `kill -9`."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -273,3 +274,45 @@ def test_sse_and_record_changes_meet_stomp_topics(servers):
     (h, body), = got.take(1)
     assert h["destination"] == "/topic/collections.posts.p1"
     assert json.loads(body)["record"]["title"] == "hello"
+
+
+def test_silent_clients_are_dropped_after_missed_heart_beats(servers):
+    s = servers.start("[stomp]\nheartbeat_ms = 200\n")
+
+    def open_(beats: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port(s)), timeout=WAIT)
+        sock.sendall(f"CONNECT\naccept-version:1.2\nhost:/\nheart-beat:{beats}\n\n\0".encode())
+        assert b"heart-beat:200,200" in sock.recv(4096)
+        return sock
+
+    silent, lively = open_("200,0"), open_("200,0")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        lively.sendall(b"\n")  # a heart-beat
+        time.sleep(0.1)
+    silent.settimeout(0.5)
+    assert silent.recv(4096) == b"", "the silent client is still connected"
+    lively.sendall(b"SUBSCRIBE\nid:1\ndestination:/queue/hb\nreceipt:alive\n\n\0")
+    lively.settimeout(WAIT)
+    assert b"receipt-id:alive" in lively.recv(4096)
+    silent.close()
+    lively.close()
+
+
+def test_queue_arguments_on_subscribe_and_header_limits(servers):
+    s = servers.start("[stomp]\nmax_headers = 16\n")
+    c, got = connect(s)
+    # x-* headers on the first SUBSCRIBE declare the queue with those arguments.
+    c.subscribe("/queue/capped", id="cap", headers={"x-max-length": "2", "receipt": "s"})
+    assert got.receipt() == "s"
+    c.unsubscribe("cap", headers={"receipt": "u"})
+    assert got.receipt() == "u"
+    for i in range(5):
+        c.send("/queue/capped", f"m{i}", headers={"receipt": f"r{i}"})
+    assert [got.receipt() for _ in range(5)] == [f"r{i}" for i in range(5)]
+    c.subscribe("/queue/capped", id="cap2")
+    assert [b for _, b in got.take(2)] == ["m3", "m4"], "drop-head kept the newest two"
+    got.quiet(0.5)
+    many = "".join(f"h{i}:v\n" for i in range(20)).encode()
+    message, body = error_of(raw(s, CONNECT + b"SEND\ndestination:/queue/a\n" + many + b"\n\0"))
+    assert b"too many headers" in body
