@@ -9,6 +9,7 @@
 //! | exchange names and routing keys ↔ topics on the tree | `naming.rs` |
 //! | a queue: a Hub group over the log, its consumers, acks, TTL, limits, dead letters | `queue/mod.rs` |
 //! | bindings and routing rules (keys, patterns, headers, paths) | `queue/binding.rs` |
+//! | how a queue was declared, its saved bindings and limits | `queue/declared.rs` |
 //! | `x-*` queue arguments | `arguments.rs` |
 //!
 //! Queues are Hub subscription groups with acks over the event log (the design's

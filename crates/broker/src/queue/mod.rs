@@ -25,8 +25,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod binding;
+mod declared;
 
 pub use binding::{Binding, Routed};
+pub use declared::{Declared, Limits, SavedBinding};
 
 use crate::naming::{self, Kind};
 use amq_protocol_types::{AMQPValue, FieldTable};
@@ -143,86 +145,12 @@ struct State {
     deleted: bool,
 }
 
-/// How a queue was declared.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Declared {
-    /// The queue's name.
-    pub name: String,
-    /// Survives restarts, with its bindings.
-    pub durable: bool,
-    /// Deleted when its last consumer leaves.
-    pub auto_delete: bool,
-    /// The connection that owns an exclusive queue.
-    #[serde(skip)]
-    pub exclusive: Option<u64>,
-    /// The log position at declaration: a new queue holds what was published after it.
-    pub since: u64,
-    /// Every binding but the default exchange's.
-    pub bindings: Vec<SavedBinding>,
-    /// `x-message-ttl`: milliseconds a message may wait in the queue.
-    #[serde(default)]
-    pub message_ttl: Option<u64>,
-    /// `x-dead-letter-exchange` and `x-dead-letter-routing-key`: where rejected and
-    /// expired messages go.
-    #[serde(default)]
-    pub dead_letter: Option<(String, Option<String>)>,
-    /// `x-max-length`, `x-max-length-bytes` and whether `x-overflow` is
-    /// `reject-publish` (the newest is refused) rather than `drop-head` (the oldest goes).
-    #[serde(default)]
-    pub limits: Limits,
-    /// `x-expires`: milliseconds the queue may go unused (no consumers, no `get`, no
-    /// redeclare) before it is deleted.
-    #[serde(default)]
-    pub expires: Option<u64>,
-}
-
-/// A queue's length limits.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Limits {
-    /// Most ready messages.
-    pub max_length: Option<usize>,
-    /// Most ready bytes.
-    pub max_bytes: Option<usize>,
-    /// `reject-publish`: the newest goes, not the oldest.
-    pub reject_new: bool,
-}
-
-impl Limits {
-    fn over(&self, count: usize, bytes: usize) -> bool {
-        self.max_length.is_some_and(|m| count > m) || self.max_bytes.is_some_and(|m| bytes > m)
-    }
-}
-
 /// The distinct topic filters of some routes, sorted.
 fn filters_of(routes: &[Binding]) -> Vec<TopicFilter> {
     let mut fs: Vec<TopicFilter> = routes.iter().map(|b| b.filter.clone()).collect();
     fs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     fs.dedup_by(|a, b| a.as_str() == b.as_str());
     fs
-}
-
-/// A binding as stored with a durable queue (or, as a source, with an exchange).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SavedBinding {
-    /// The exchange (for a queue) or the source exchange (for an exchange).
-    pub exchange: String,
-    /// That exchange's type.
-    pub kind: String,
-    /// The binding key.
-    pub key: String,
-    #[serde(default)]
-    /// The binding arguments (headers exchanges).
-    pub args: FieldTable,
-}
-
-impl SavedBinding {
-    pub(crate) fn rule(&self) -> binding::Rule {
-        binding::Rule {
-            kind: Kind::parse(&self.kind).unwrap_or(Kind::Direct),
-            key: self.key.clone(),
-            args: self.args.clone(),
-        }
-    }
 }
 
 /// A queue: a Hub group over the log with its consumers.
