@@ -317,11 +317,14 @@ impl Decoder for Codec {
             .transpose()?;
         let body_len = match length {
             Some(n) => {
-                if body_start + n + 1 > self.limits.max_frame {
-                    return Err(FrameError::TooLarge(self.limits.max_frame));
-                }
-                if src.len() < body_start + n + 1 {
-                    src.reserve(body_start + n + 1 - src.len());
+                // A content-length near usize::MAX must not wrap around.
+                let end = body_start
+                    .checked_add(n)
+                    .and_then(|e| e.checked_add(1))
+                    .filter(|e| *e <= self.limits.max_frame)
+                    .ok_or(FrameError::TooLarge(self.limits.max_frame))?;
+                if src.len() < end {
+                    src.reserve(end - src.len());
                     return Ok(None);
                 }
                 if src[body_start + n] != 0 {
@@ -540,6 +543,21 @@ mod tests {
         assert_eq!(e, FrameError::TooManyHeaders(2));
         let e = decode_all(&mut c, b"SEND\ncontent-length:1000\n\n").unwrap_err();
         assert_eq!(e, FrameError::TooLarge(64));
+        let mut wide = Codec::new(Limits {
+            max_frame: 64,
+            max_headers: 2,
+            max_header_line: 64,
+        });
+        let e = decode_all(
+            &mut wide,
+            b"SEND\ncontent-length:18446744073709551615\n\nx\0",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            FrameError::TooLarge(64),
+            "found by cargo fuzz: no overflow"
+        );
         let e = decode_all(&mut c, b"FLY\n\n\0").unwrap_err();
         assert_eq!(e, FrameError::UnknownCommand("FLY".into()));
     }
