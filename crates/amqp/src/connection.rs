@@ -12,6 +12,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use polyport_core::adapter::sleep_until;
 use polyport_core::{AuthContext, HubError, Origin};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -318,13 +319,6 @@ async fn handshake(io: &mut Transport, broker: &Broker, cfg: &AmqpConfig) -> Opt
         heartbeat: t.heartbeat,
         notify_blocked,
     })
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Connection {

@@ -30,6 +30,15 @@ impl Spec {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one: a `select!` arm for an optional
+/// timer (keep-alive, heart-beats, redelivery).
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A loopback address: every default binds loopback only, like Mosquitto 2.
 pub const fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)

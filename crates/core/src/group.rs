@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::adapter::sleep_until;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -475,7 +476,7 @@ impl Dispatcher {
                     }
                     None => break,
                 },
-                _ = sleep_until_opt(next_deadline) => self.expire(),
+                _ = sleep_until(next_deadline) => self.expire(),
                 _ = tick.tick() => self.persist().await,
                 _ = shutdown.cancelled() => break,
             }
@@ -497,12 +498,5 @@ impl Dispatcher {
         map.remove(&self.key);
         self.retired = true;
         true
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

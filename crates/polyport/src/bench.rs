@@ -26,6 +26,7 @@ mod fanout;
 mod graphql;
 mod grpc;
 mod mqtt;
+mod peer;
 mod stomp;
 mod webhooks;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use polyport_broker::Broker;
 use polyport_core::Origin;
+use polyport_core::adapter::sleep_until;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -178,13 +179,6 @@ async fn handshake(
 struct Connection {
     io: Transport,
     session: Session,
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Connection {

@@ -259,6 +259,15 @@ impl Session {
         Ok(q)
     }
 
+    fn exchange(&self, name: &str) -> Result<polyport_broker::Exchange, Fatal> {
+        self.broker.exchange(name).ok_or_else(|| {
+            bad(
+                "not_found",
+                format!("NOT_FOUND - no exchange '{name}' in vhost '/'"),
+            )
+        })
+    }
+
     fn existing_queue(&self, name: &str) -> Result<Arc<Queue>, Fatal> {
         let q = self.broker.queue(name).ok_or_else(|| {
             bad(
@@ -351,12 +360,7 @@ impl Session {
         }
         .is_some_and(|q| q.declared.lock().durable);
         let (exchange, key) = dest.publish_target();
-        let x = self.broker.exchange(&exchange).ok_or_else(|| {
-            bad(
-                "not_found",
-                format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
-            )
-        })?;
+        let x = self.exchange(&exchange)?;
         if x.internal {
             return Err(bad(
                 "access_refused",
@@ -491,12 +495,7 @@ impl Session {
         f: &Frame,
     ) -> Result<Arc<Queue>, Fatal> {
         let (exchange, key) = dest.publish_target();
-        let x = self.broker.exchange(&exchange).ok_or_else(|| {
-            bad(
-                "not_found",
-                format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'"),
-            )
-        })?;
+        let x = self.exchange(&exchange)?;
         let durable = is_true(f.get("durable")) || is_true(f.get("persistent"));
         let name = if durable {
             format!("stomp-subscription-{id}")

@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
+use polyport_core::adapter::sleep_until;
 use polyport_core::subscription::Acker;
 use polyport_core::{AuthContext, HubError};
 use rmqtt_codec::version::ProtocolVersion;
@@ -419,13 +420,6 @@ impl Session {
             }
         }
         None
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -21,6 +21,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use super::child::PolyportChild;
+use super::peer::{Figure, print_header, print_row};
 use super::{summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
@@ -43,17 +44,6 @@ pub(crate) struct AmqpArgs {
     idle: usize,
 }
 
-/// One scenario's result: messages per second, or latency percentiles in µs.
-enum Figure {
-    Rate(f64),
-    Latency {
-        p50: u64,
-        p99: u64,
-    },
-    /// Resident memory the broker grew by per idle connection, KiB.
-    Memory(Option<f64>),
-}
-
 pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
     let child = PolyportChild::start("amqp").await?;
     let pp = format!("amqp://guest:guest@{}/%2f", child.addr);
@@ -66,10 +56,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             args.rabbitmq
         );
     }
-    println!(
-        "{:<44} {:>14} {:>14} {:>8}",
-        "scenario", "Polyport", "RabbitMQ", "ratio"
-    );
+    print_header("RabbitMQ");
     let scenarios: [(&str, Scenario); 6] = [
         (
             "auto-ack, 1 publisher → 1 consumer",
@@ -121,45 +108,6 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
     }
     child.stop().await;
     Ok(())
-}
-
-fn print_row(name: &str, a: &Figure, b: Option<&Figure>) {
-    match (a, b) {
-        (Figure::Rate(x), Some(Figure::Rate(y))) => println!(
-            "{name:<44} {:>12.0}/s {:>12.0}/s {:>7.2}×",
-            x,
-            y,
-            x / y.max(1e-9)
-        ),
-        (Figure::Rate(x), _) => println!("{name:<44} {x:>12.0}/s {:>14} {:>8}", "-", "-"),
-        (Figure::Latency { p50, p99 }, Some(Figure::Latency { p50: q50, p99: q99 })) => println!(
-            "{name:<44} {:>14} {:>14} {:>3.2}/{:.2}×",
-            format!("{p50}/{p99}"),
-            format!("{q50}/{q99}"),
-            *p50 as f64 / (*q50).max(1) as f64,
-            *p99 as f64 / (*q99).max(1) as f64
-        ),
-        (Figure::Memory(x), y) => {
-            let y = match y {
-                Some(Figure::Memory(y)) => *y,
-                _ => None,
-            };
-            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-            let ratio = match (x, y) {
-                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
-                _ => "-".into(),
-            };
-            println!("{name:<44} {:>14} {:>14} {ratio:>8}", show(*x), show(y));
-        }
-        (Figure::Latency { p50, p99 }, _) => {
-            println!(
-                "{name:<44} {:>14} {:>14} {:>8}",
-                format!("{p50}/{p99}"),
-                "-",
-                "-"
-            )
-        }
-    }
 }
 
 #[derive(Clone, Copy)]

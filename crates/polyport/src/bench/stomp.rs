@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::child::PolyportChild;
+use super::peer::{Figure, print_header, print_row};
 use super::{summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
@@ -108,11 +109,6 @@ async fn subscribe(io: &mut Conn, dest: &str, ack: &str, prefetch: usize) -> any
     let f = next_frame(io).await?;
     anyhow::ensure!(f.command == Command::Receipt, "SUBSCRIBE not receipted");
     Ok(())
-}
-
-enum Figure {
-    Rate(f64),
-    Latency { p50: u64, p99: u64 },
 }
 
 #[derive(Clone, Copy)]
@@ -337,10 +333,7 @@ async fn compare(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()> {
             args.rabbitmq
         );
     }
-    println!(
-        "{:<44} {:>14} {:>14} {:>8}",
-        "scenario", "Polyport", "RabbitMQ", "ratio"
-    );
+    print_header("RabbitMQ");
     let scenarios: [(&str, Scenario); 5] = [
         (
             "ack:auto, 1 producer → 1 consumer",
@@ -367,28 +360,7 @@ async fn compare(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()> {
             ),
             false => None,
         };
-        match (a, b) {
-            (Figure::Rate(x), Some(Figure::Rate(y))) => println!(
-                "{name:<44} {x:>12.0}/s {y:>12.0}/s {:>7.2}×",
-                x / y.max(1e-9)
-            ),
-            (Figure::Rate(x), _) => println!("{name:<44} {x:>12.0}/s {:>14} {:>8}", "-", "-"),
-            (Figure::Latency { p50, p99 }, Some(Figure::Latency { p50: q50, p99: q99 })) => {
-                println!(
-                    "{name:<44} {:>14} {:>14} {:>3.2}/{:.2}×",
-                    format!("{p50}/{p99}"),
-                    format!("{q50}/{q99}"),
-                    p50 as f64 / q50.max(1) as f64,
-                    p99 as f64 / q99.max(1) as f64
-                )
-            }
-            (Figure::Latency { p50, p99 }, _) => println!(
-                "{name:<44} {:>14} {:>14} {:>8}",
-                format!("{p50}/{p99}"),
-                "-",
-                "-"
-            ),
-        }
+        print_row(name, &a, b.as_ref());
     }
     Ok(())
 }

@@ -1,0 +1,61 @@
+//! The table every peer benchmark prints: one row per scenario, Polyport's figure,
+//! the peer's, and the ratio (Polyport ÷ peer).
+
+/// One scenario's result: messages per second, or latency percentiles in µs.
+pub(crate) enum Figure {
+    Rate(f64),
+    Latency {
+        p50: u64,
+        p99: u64,
+    },
+    /// Resident memory the broker grew by per idle connection, KiB.
+    Memory(Option<f64>),
+}
+
+/// The column headings, naming the peer.
+pub(crate) fn print_header(peer: &str) {
+    println!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "scenario", "Polyport", peer, "ratio"
+    );
+}
+
+/// One row; `b` is `None` when the peer is not reachable.
+pub(crate) fn print_row(name: &str, a: &Figure, b: Option<&Figure>) {
+    match (a, b) {
+        (Figure::Rate(x), Some(Figure::Rate(y))) => println!(
+            "{name:<44} {:>12.0}/s {:>12.0}/s {:>7.2}×",
+            x,
+            y,
+            x / y.max(1e-9)
+        ),
+        (Figure::Rate(x), _) => println!("{name:<44} {x:>12.0}/s {:>14} {:>8}", "-", "-"),
+        (Figure::Latency { p50, p99 }, Some(Figure::Latency { p50: q50, p99: q99 })) => println!(
+            "{name:<44} {:>14} {:>14} {:>3.2}/{:.2}×",
+            format!("{p50}/{p99}"),
+            format!("{q50}/{q99}"),
+            *p50 as f64 / (*q50).max(1) as f64,
+            *p99 as f64 / (*q99).max(1) as f64
+        ),
+        (Figure::Memory(x), y) => {
+            let y = match y {
+                Some(Figure::Memory(y)) => *y,
+                _ => None,
+            };
+            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+            let ratio = match (x, y) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+                _ => "-".into(),
+            };
+            println!("{name:<44} {:>14} {:>14} {ratio:>8}", show(*x), show(y));
+        }
+        (Figure::Latency { p50, p99 }, _) => {
+            println!(
+                "{name:<44} {:>14} {:>14} {:>8}",
+                format!("{p50}/{p99}"),
+                "-",
+                "-"
+            )
+        }
+    }
+}
