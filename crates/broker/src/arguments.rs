@@ -73,7 +73,7 @@ pub fn queue_arguments(args: &amq_protocol_types::FieldTable) -> Result<QueueArg
 }
 
 /// The queue arguments that change behaviour.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct QueueArgs {
     /// `x-message-ttl`, milliseconds.
     pub message_ttl: Option<u64>,

@@ -183,8 +183,31 @@ impl Broker {
         self.hub.put_state(&self.ctx, QUEUES, name, value).await
     }
 
+    /// Declares a queue that holds what is published from now on.
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        durable: bool,
+        auto_delete: bool,
+        exclusive: Option<u64>,
+        args: crate::arguments::QueueArgs,
+    ) -> Arc<Queue> {
+        self.create_queue(Declared {
+            name: name.to_string(),
+            durable,
+            auto_delete,
+            exclusive,
+            since: self.hub.log_state().last_seq,
+            bindings: Vec::new(),
+            message_ttl: args.message_ttl,
+            dead_letter: args.dead_letter,
+            limits: args.limits,
+            expires: args.expires,
+        })
+    }
+
     /// Opens a new queue.
-    pub fn create_queue(&self, d: Declared) -> Arc<Queue> {
+    fn create_queue(&self, d: Declared) -> Arc<Queue> {
         let name = d.name.clone();
         let q = Queue::open(
             self.hub.clone(),

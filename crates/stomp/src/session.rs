@@ -9,7 +9,8 @@ use amq_protocol_types::{AMQPValue, FieldTable};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use polyport_broker::{Binding, Broker, Credit, Declared, Kind, Message, Out, Queue};
+use polyport_broker::arguments::QueueArgs;
+use polyport_broker::{Binding, Broker, Credit, Kind, Message, Out, Queue};
 use polyport_core::{AuthContext, Durability, EventDraft, HubError};
 use tokio::sync::mpsc;
 
@@ -239,19 +240,7 @@ impl Session {
         }
         let args = polyport_broker::arguments::queue_arguments(&queue_args(f))
             .map_err(|e| bad("Bad queue arguments", e.to_string()))?;
-        let d = Declared {
-            name: name.to_string(),
-            durable: true,
-            auto_delete: false,
-            exclusive: None,
-            since: self.broker.hub.log_state().last_seq,
-            bindings: Vec::new(),
-            message_ttl: args.message_ttl,
-            dead_letter: args.dead_letter,
-            limits: args.limits,
-            expires: args.expires,
-        };
-        let q = self.broker.create_queue(d);
+        let q = self.broker.declare_queue(name, true, false, None, args);
         self.broker
             .save_queue(name, Some(&q))
             .await
@@ -292,19 +281,9 @@ impl Session {
             return Ok(q.clone());
         }
         let queue = format!("stomp-temp-{}-{}", self.conn, self.temps.len() + 1);
-        let d = Declared {
-            name: queue.clone(),
-            durable: false,
-            auto_delete: false,
-            exclusive: Some(self.conn),
-            since: self.broker.hub.log_state().last_seq,
-            bindings: Vec::new(),
-            message_ttl: None,
-            dead_letter: None,
-            limits: Default::default(),
-            expires: None,
-        };
-        let q = self.broker.create_queue(d);
+        let q =
+            self.broker
+                .declare_queue(&queue, false, false, Some(self.conn), QueueArgs::default());
         if let Some(b) = Binding::new("amq.topic", Kind::Topic, &queue, FieldTable::default()) {
             q.bind(b).await;
         }
@@ -507,19 +486,13 @@ impl Session {
             _ => {
                 let args = polyport_broker::arguments::queue_arguments(&queue_args(f))
                     .map_err(|e| bad("Bad queue arguments", e.to_string()))?;
-                let d = Declared {
-                    name: name.clone(),
+                self.broker.declare_queue(
+                    &name,
                     durable,
-                    auto_delete: !durable,
-                    exclusive: (!durable).then_some(self.conn),
-                    since: self.broker.hub.log_state().last_seq,
-                    bindings: Vec::new(),
-                    message_ttl: args.message_ttl,
-                    dead_letter: args.dead_letter,
-                    limits: args.limits,
-                    expires: args.expires,
-                };
-                self.broker.create_queue(d)
+                    !durable,
+                    (!durable).then_some(self.conn),
+                    args,
+                )
             }
         };
         // A topic key maps `.`-words to the tree; other exchanges take the key as is.

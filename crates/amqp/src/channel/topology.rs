@@ -10,7 +10,7 @@ use crate::props::short;
 use polyport_broker::Exchange;
 use polyport_broker::Kind;
 use polyport_broker::arguments::{ArgumentError, queue_arguments};
-use polyport_broker::{Binding, Declared, Queue};
+use polyport_broker::{Binding, Queue};
 
 impl Channel {
     pub(super) async fn exchange(
@@ -190,19 +190,13 @@ impl Channel {
                             ArgumentError::Invalid(t) => (Code::PreconditionFailed, t),
                             ArgumentError::Unsupported(t) => (Code::NotImplemented, t),
                         })?;
-                        let declared = Declared {
-                            name: name.clone(),
-                            durable: d.durable,
-                            auto_delete: d.auto_delete,
-                            exclusive: d.exclusive.then_some(cx.conn),
-                            since: b.hub.log_state().last_seq,
-                            bindings: Vec::new(),
-                            message_ttl: args.message_ttl,
-                            dead_letter: args.dead_letter,
-                            limits: args.limits,
-                            expires: args.expires,
-                        };
-                        let q = b.create_queue(declared);
+                        let q = b.declare_queue(
+                            &name,
+                            d.durable,
+                            d.auto_delete,
+                            d.exclusive.then_some(cx.conn),
+                            args,
+                        );
                         b.save_queue(&name, Some(&q)).await.map_err(internal)?;
                         q
                     }

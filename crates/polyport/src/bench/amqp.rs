@@ -21,7 +21,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use super::child::PolyportChild;
-use super::peer::{Figure, print_header, print_row};
+use super::peer::{Figure, compare, print_row};
 use super::{summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
@@ -56,7 +56,6 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             args.rabbitmq
         );
     }
-    print_header("RabbitMQ");
     let scenarios: [(&str, Scenario); 6] = [
         (
             "auto-ack, 1 publisher → 1 consumer",
@@ -80,21 +79,16 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         ),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    for (name, s) in scenarios {
-        let a = s
-            .run(&pp, &args)
-            .await
-            .with_context(|| format!("Polyport: {name}"))?;
-        let b = match rabbit_up {
-            true => Some(
-                s.run(&args.rabbitmq, &args)
-                    .await
-                    .with_context(|| format!("RabbitMQ: {name}"))?,
-            ),
-            false => None,
+    compare("RabbitMQ", rabbit_up, &scenarios, |s, peer| {
+        let uri = if peer {
+            args.rabbitmq.clone()
+        } else {
+            pp.clone()
         };
-        print_row(name, &a, b.as_ref());
-    }
+        let args = &args;
+        async move { s.run(&uri, args).await }
+    })
+    .await?;
     if args.idle > 0 {
         super::child::raise_nofile(args.idle as u64 + 1024);
         let name = format!("memory per idle connection ({}), KiB", args.idle);

@@ -12,6 +12,37 @@ pub(crate) enum Figure {
     Memory(Option<f64>),
 }
 
+/// Runs each scenario on Polyport (`run(s, false)`) and, when it is up, on the peer
+/// (`run(s, true)`), printing one row each under the headings.
+pub(crate) async fn compare<S: Copy, F, Fut>(
+    peer: &str,
+    peer_up: bool,
+    scenarios: &[(&str, S)],
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(S, bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Figure>>,
+{
+    use anyhow::Context as _;
+    print_header(peer);
+    for (name, s) in scenarios {
+        let a = run(*s, false)
+            .await
+            .with_context(|| format!("Polyport: {name}"))?;
+        let b = match peer_up {
+            true => Some(
+                run(*s, true)
+                    .await
+                    .with_context(|| format!("{peer}: {name}"))?,
+            ),
+            false => None,
+        };
+        print_row(name, &a, b.as_ref());
+    }
+    Ok(())
+}
+
 /// The column headings, naming the peer.
 pub(crate) fn print_header(peer: &str) {
     println!(

@@ -13,14 +13,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::{SinkExt, StreamExt};
 use polyport_stomp::codec::{Codec, Command, Frame, Incoming, Outgoing, Version};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::child::PolyportChild;
-use super::peer::{Figure, print_header, print_row};
+use super::peer::{Figure, compare};
 use super::{summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
@@ -317,7 +317,7 @@ async fn disable_plugin() {
 pub(crate) async fn run(args: StompArgs) -> anyhow::Result<()> {
     let child = PolyportChild::start("stomp").await?;
     let enabled_here = enable_plugin(args.rabbitmq).await;
-    let result = compare(child.addr, &args).await;
+    let result = versus_rabbitmq(child.addr, &args).await;
     if enabled_here {
         disable_plugin().await;
     }
@@ -325,7 +325,7 @@ pub(crate) async fn run(args: StompArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn compare(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()> {
+async fn versus_rabbitmq(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()> {
     let rabbit_up = connect(args.rabbitmq).await.is_ok();
     if !rabbit_up {
         println!(
@@ -333,7 +333,6 @@ async fn compare(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()> {
             args.rabbitmq
         );
     }
-    print_header("RabbitMQ");
     let scenarios: [(&str, Scenario); 5] = [
         (
             "ack:auto, 1 producer → 1 consumer",
@@ -347,20 +346,10 @@ async fn compare(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()> {
         ("receipted persistent SENDs, 4 clients", Scenario::Receipted),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    for (name, s) in scenarios {
-        let a = s
-            .run(pp, args)
-            .await
-            .with_context(|| format!("Polyport: {name}"))?;
-        let b = match rabbit_up {
-            true => Some(
-                s.run(args.rabbitmq, args)
-                    .await
-                    .with_context(|| format!("RabbitMQ: {name}"))?,
-            ),
-            false => None,
-        };
-        print_row(name, &a, b.as_ref());
-    }
+    compare("RabbitMQ", rabbit_up, &scenarios, |s, peer| {
+        let addr = if peer { args.rabbitmq } else { pp };
+        async move { s.run(addr, args).await }
+    })
+    .await?;
     Ok(())
 }
