@@ -1,4 +1,4 @@
-//! One AMQP connection: protocol header, start / tune / open, then a loop over the
+//! One AMQP connection after its handshake (`handshake.rs`): a loop over the
 //! socket, the deliveries from this connection's consumers, publishes on their way into
 //! the Hub (confirmed in order once the Hub has them), heartbeats and shutdown.
 
@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection as conn, tx};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use polyport_core::adapter::sleep_until;
-use polyport_core::{AuthContext, HubError, Origin};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use polyport_core::{AuthContext, HubError};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -22,14 +21,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AmqpConfig;
 use crate::channel::{Channel, Ctx, Ready};
-use crate::codec::{Codec, CodecError, Incoming, PROTOCOL_HEADER};
+use crate::codec::{Codec, CodecError, Incoming};
 use crate::error::{Closing, Code};
+use crate::handshake::{Negotiated, close_connection, handshake};
 use crate::props::short;
 use polyport_broker::Broker;
 use polyport_broker::Out;
 
 /// Frame size before tune: the spec's minimum.
-const MIN_FRAME: usize = 4096;
+pub(crate) const MIN_FRAME: usize = 4096;
 /// Time to finish the handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Deliveries queued towards one connection before queues hold back.
@@ -43,7 +43,7 @@ const UNBLOCK_AT: f32 = 0.5;
 /// How often a blocked connection looks at the write queue.
 const PRESSURE_POLL: Duration = Duration::from_millis(20);
 
-type Transport = Framed<Box<dyn Io>, Codec>;
+pub(crate) type Transport = Framed<Box<dyn Io>, Codec>;
 
 /// A byte stream carrying AMQP.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -68,15 +68,6 @@ struct Connection {
     /// This connection has published (only publishers are blocked, as in RabbitMQ).
     publishes: bool,
     blocked: bool,
-}
-
-/// What the handshake settled.
-struct Negotiated {
-    ctx: AuthContext,
-    frame_max: usize,
-    channel_max: u16,
-    heartbeat: u16,
-    notify_blocked: bool,
 }
 
 /// Serves one connection to its end.
@@ -128,197 +119,6 @@ pub(crate) async fn run(
     while c.publishing.next().await.is_some() {}
     broker.connection_closed(id).await;
     metrics::gauge!("polyport_amqp_connections").decrement(1.0);
-}
-
-fn server_properties() -> FieldTable {
-    let mut caps = FieldTable::default();
-    for cap in [
-        "publisher_confirms",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "authentication_failure_close",
-        "per_consumer_qos",
-        "exchange_exchange_bindings",
-        "connection.blocked",
-    ] {
-        caps.insert(short(cap), AMQPValue::Boolean(true));
-    }
-    for cap in ["consumer_priorities", "direct_reply_to"] {
-        caps.insert(short(cap), AMQPValue::Boolean(false));
-    }
-    let mut p = FieldTable::default();
-    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
-    p.insert(short("product"), text("Polyport"));
-    p.insert(short("version"), text(env!("CARGO_PKG_VERSION")));
-    p.insert(short("platform"), text("Rust"));
-    p.insert(short("information"), text("https://github.com/polyport"));
-    p.insert(short("capabilities"), AMQPValue::FieldTable(caps));
-    p
-}
-
-async fn next_method(io: &mut Transport) -> Option<AMQPClass> {
-    loop {
-        match io.next().await? {
-            Ok(Incoming::Frame(f)) => match *f {
-                AMQPFrame::Method(0, m) => return Some(m),
-                AMQPFrame::Heartbeat => continue,
-                _ => return None,
-            },
-            _ => return None,
-        }
-    }
-}
-
-/// The credentials of `start-ok`: PLAIN (`\0user\0pass`) or AMQPLAIN (a table).
-fn credentials(s: &conn::StartOk) -> Option<(String, Vec<u8>)> {
-    let r = s.response.as_bytes();
-    match s.mechanism.as_str() {
-        "PLAIN" => {
-            let mut parts = r.split(|b| *b == 0);
-            let _authzid = parts.next()?;
-            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
-            let pass = parts.next()?.to_vec();
-            Some((user, pass))
-        }
-        "AMQPLAIN" => {
-            // A field table without its length prefix.
-            let mut framed = (r.len() as u32).to_be_bytes().to_vec();
-            framed.extend_from_slice(r);
-            let (_, t) = amq_protocol::types::parsing::parse_field_table(framed.as_slice()).ok()?;
-            let get = |k: &str| match t.inner().get(k)? {
-                AMQPValue::LongString(s) => Some(s.as_bytes().to_vec()),
-                AMQPValue::ShortString(s) => Some(s.as_str().as_bytes().to_vec()),
-                _ => None,
-            };
-            Some((String::from_utf8(get("LOGIN")?).ok()?, get("PASSWORD")?))
-        }
-        _ => None,
-    }
-}
-
-async fn close_connection(
-    io: &mut Transport,
-    code: Code,
-    text: &str,
-    class_id: u16,
-    method_id: u16,
-) {
-    let m = AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
-        reply_code: code.value(),
-        reply_text: short(text),
-        class_id,
-        method_id,
-    }));
-    let _ = io.send(AMQPFrame::Method(0, m)).await;
-    // Wait briefly for close-ok, then hang up.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(Incoming::Frame(f))) = io.next().await {
-            if matches!(
-                *f,
-                AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)))
-            ) {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// Start, start-ok (authentication), tune, tune-ok, open.
-async fn handshake(io: &mut Transport, broker: &Broker, cfg: &AmqpConfig) -> Option<Negotiated> {
-    match io.next().await? {
-        Ok(Incoming::Header) => {}
-        Err(CodecError::BadHeader) => {
-            // The spec: answer with the header we do speak, then close.
-            let _ = io.get_mut().write_all(PROTOCOL_HEADER).await;
-            let _ = io.get_mut().shutdown().await;
-            return None;
-        }
-        _ => return None,
-    }
-    let start = conn::Start {
-        version_major: 0,
-        version_minor: 9,
-        server_properties: server_properties(),
-        mechanisms: "PLAIN AMQPLAIN".into(),
-        locales: "en_US".into(),
-    };
-    io.send(AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(conn::AMQPMethod::Start(start)),
-    ))
-    .await
-    .ok()?;
-    let AMQPClass::Connection(conn::AMQPMethod::StartOk(ok)) = next_method(io).await? else {
-        return None;
-    };
-    let notify_blocked = match ok.client_properties.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(caps)) => matches!(
-            caps.inner().get("connection.blocked"),
-            Some(AMQPValue::Boolean(true))
-        ),
-        _ => false,
-    };
-    let ctx = match credentials(&ok) {
-        Some((user, pass)) => broker
-            .hub
-            .authenticate(Origin("amqp"), Some(&user), Some(&pass)),
-        None => Err(HubError::Unauthenticated(format!(
-            "unsupported mechanism {}",
-            ok.mechanism
-        ))),
-    };
-    let ctx = match ctx {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::info!(error = %e, "AMQP login refused");
-            let text = format!(
-                "ACCESS_REFUSED - Login was refused using authentication mechanism {}",
-                ok.mechanism
-            );
-            close_connection(io, Code::AccessRefused, &text, 10, 11).await;
-            return None;
-        }
-    };
-    let tune = conn::Tune {
-        channel_max: cfg.channel_max,
-        frame_max: cfg.frame_max,
-        heartbeat: cfg.heartbeat,
-    };
-    io.send(AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(conn::AMQPMethod::Tune(tune)),
-    ))
-    .await
-    .ok()?;
-    let AMQPClass::Connection(conn::AMQPMethod::TuneOk(t)) = next_method(io).await? else {
-        return None;
-    };
-    let pick = |ours: u32, theirs: u32| if theirs == 0 { ours } else { ours.min(theirs) };
-    let frame_max = pick(cfg.frame_max, t.frame_max).max(MIN_FRAME as u32) as usize;
-    let channel_max = pick(u32::from(cfg.channel_max), u32::from(t.channel_max)) as u16;
-    io.codec_mut().frame_max = frame_max;
-    let AMQPClass::Connection(conn::AMQPMethod::Open(open)) = next_method(io).await? else {
-        return None;
-    };
-    if open.virtual_host.as_str() != "/" {
-        let text = format!("NOT_ALLOWED - vhost {} not found", open.virtual_host);
-        close_connection(io, Code::NotAllowed, &text, 10, 40).await;
-        return None;
-    }
-    io.send(AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(conn::AMQPMethod::OpenOk(conn::OpenOk {})),
-    ))
-    .await
-    .ok()?;
-    Some(Negotiated {
-        ctx,
-        frame_max,
-        channel_max,
-        heartbeat: t.heartbeat,
-        notify_blocked,
-    })
 }
 
 impl Connection {

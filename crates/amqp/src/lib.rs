@@ -5,16 +5,15 @@
 //! | concern | file |
 //! |---|---|
 //! | frames: protocol header, `frame_max`, amq-protocol's parser and generator | `codec.rs` |
-//! | exchanges and routing keys on the shared topic tree | `naming.rs` |
 //! | basic properties ↔ message attributes | `props.rs` |
 //! | reply codes; closing a channel or the connection | `error.rs` |
-//! | exchanges, queues, durable topology in the Hub's adapter state | `broker.rs` |
-//! | a queue: its Hub group, consumers, prefetch, requeue, limits, dead letters | `queue/mod.rs` |
-//! | bindings: topic filters and the AMQP routing rules (keys, patterns, headers) | `queue/binding.rs` |
-//! | one connection: handshake, heartbeats, frame loop, publishes and confirms | `connection.rs` |
+//! | header, start (capabilities), login, tune, open | `handshake.rs` |
+//! | one connection: heartbeats, frame loop, publishes and confirms, blocking | `connection.rs` |
 //! | one channel: basic.*, confirms, transactions, content assembly, acks | `channel/mod.rs` |
 //! | `exchange.*` and `queue.*` | `channel/topology.rs` |
-//! | queue arguments (`x-*`) | `channel/arguments.rs` |
+//!
+//! Exchanges, queues, bindings, queue arguments and their mapping onto the tree are
+//! `polyport-broker`'s, shared with STOMP; this crate is the AMQP wire and sessions.
 //!
 //! amq-protocol parses and generates every method; framing rules, the broker and its
 //! mapping onto the Hub are ours (no maintained crate is an AMQP server).
@@ -44,6 +43,7 @@ mod channel;
 mod codec;
 mod connection;
 mod error;
+mod handshake;
 mod props;
 
 use std::sync::Arc;
