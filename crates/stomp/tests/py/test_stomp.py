@@ -6,9 +6,13 @@ receipted SENDs surviving `kill -9`."""
 from __future__ import annotations
 
 import json
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -316,3 +320,30 @@ def test_queue_arguments_on_subscribe_and_header_limits(servers):
     many = "".join(f"h{i}:v\n" for i in range(20)).encode()
     message, body = error_of(raw(s, CONNECT + b"SEND\ndestination:/queue/a\n" + many + b"\n\0"))
     assert b"too many headers" in body
+
+
+def test_the_readme_snippet_runs_as_written(servers):
+    """The README's stomp.py example, only the port changed: its SEND reaches MQTT."""
+    readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "import stomp" in b]
+    s = servers.start()
+    heard = []
+    ready = threading.Event()
+    m = mqtt.Client(client_id="readme-listener")
+    m.on_message = lambda _c, _u, msg: heard.append((msg.topic, msg.payload))
+    m.on_subscribe = lambda *a: ready.set()
+    m.connect("127.0.0.1", port(s, "mqtt"))
+    m.subscribe("sensors/temperature", qos=1)
+    m.loop_start()
+    try:
+        assert ready.wait(WAIT)
+        code = snippet.replace("61613", str(port(s))) + "\nconn.disconnect(receipt='bye')\n"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + WAIT
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert heard == [("sensors/temperature", b"21.5")]
+    finally:
+        m.loop_stop()
+        m.disconnect()
