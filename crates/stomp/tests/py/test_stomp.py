@@ -5,6 +5,7 @@ receipted SENDs surviving `kill -9`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -19,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pika
 import pytest
 import stomp
+import websockets
 from stomp_clients import WAIT, connect, port, raw, servers  # noqa: F401
 
 
@@ -347,3 +349,25 @@ def test_the_readme_snippet_runs_as_written(servers):
     finally:
         m.loop_stop()
         m.disconnect()
+
+
+def test_websocket_carries_several_frames_per_message_and_frames_split_across_messages(servers):
+    s = servers.start()
+
+    async def main():
+        async with websockets.connect(f"ws://{s.http}/stomp", subprotocols=["v12.stomp"]) as ws:
+            assert ws.subprotocol == "v12.stomp"
+            # CONNECT, SUBSCRIBE and half a SEND in one message, the rest in the next.
+            await ws.send(
+                "CONNECT\naccept-version:1.2\nhost:/\n\n\0"
+                "SUBSCRIBE\nid:1\ndestination:/queue/ws-frames\nreceipt:s\n\n\0"
+                "SEND\ndestination:/queue/ws-"
+            )
+            await ws.send("frames\n\nsplit\0")
+            got = ""
+            while "split" not in got:
+                got += await asyncio.wait_for(ws.recv(), WAIT)
+            assert got.startswith("CONNECTED\n") and "receipt-id:s" in got
+            assert "MESSAGE\n" in got and "destination:/queue/ws-frames" in got
+
+    asyncio.run(main())
