@@ -22,6 +22,7 @@ import pytest
 import stomp
 import websockets
 from stomp_clients import WAIT, connect, port, raw, servers  # noqa: F401
+from webhook_receivers import Api, Receiver
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
@@ -371,3 +372,27 @@ def test_websocket_carries_several_frames_per_message_and_frames_split_across_me
             assert "MESSAGE\n" in got and "destination:/queue/ws-frames" in got
 
     asyncio.run(main())
+
+
+def test_a_stomp_send_reaches_sse_and_a_webhook_with_one_sequence(servers):
+    s = servers.start()
+    api = Api(s.url)
+    rx = Receiver()
+    try:
+        ep = api.create_endpoint(rx.url, topics=["sensors/#"])
+        rx.secrets = {"s": ep["secret"]}
+        c, got = connect(s)
+        with httpx.Client(base_url=s.url, timeout=WAIT) as http, http.stream(
+            "GET", "/api/events", params={"topic": "sensors/#"}
+        ) as sse:
+            lines = sse.iter_lines()
+            c.send("/topic/sensors.temperature", "21.5", headers={"receipt": "r"})
+            assert got.receipt() == "r"
+            seq = int(next(line for line in lines if line.startswith("id:"))[3:].strip())
+        [r] = rx.wait_count(1, timeout=WAIT)
+        assert r.verified == {"s": True}
+        assert r.webhook_id == f"msg_{ep['id']}_{seq}", "the webhook carries the SSE event's sequence"
+        assert r.event()["subject"] == "sensors/temperature" and r.event()["data"] == "21.5"
+    finally:
+        rx.close()
+        api.close()
