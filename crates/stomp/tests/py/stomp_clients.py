@@ -3,11 +3,14 @@ stomp.py listener whose waits all have deadlines, and a raw socket for bad input
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import socket
+import threading
 import time
 
+import paho.mqtt.client as mqtt
 import stomp
 from polyport_server import Server, servers  # noqa: F401  (fixture, re-exported)
 
@@ -90,3 +93,31 @@ def raw(s: Server, data: bytes, timeout: float = WAIT) -> bytes:
         out += chunk
     sock.close()
     return out
+
+
+class Heard(list):
+    """What an MQTT listener received, as (topic, payload) pairs."""
+
+    def wait(self, n: int, timeout: float = WAIT) -> "Heard":
+        deadline = time.monotonic() + timeout
+        while len(self) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+
+@contextlib.contextmanager
+def mqtt_listener(s: Server, topic: str):
+    """An MQTT client subscribed (SUBACK received) to `topic`, yielding what it hears."""
+    heard, ready = Heard(), threading.Event()
+    m = mqtt.Client(client_id=f"listener-{time.monotonic_ns()}")
+    m.on_message = lambda _c, _u, msg: heard.append((msg.topic, msg.payload))
+    m.on_subscribe = lambda *a: ready.set()
+    m.connect("127.0.0.1", port(s, "mqtt"))
+    m.subscribe(topic, qos=1)
+    m.loop_start()
+    try:
+        assert ready.wait(WAIT), "no SUBACK"
+        yield m, heard
+    finally:
+        m.loop_stop()
+        m.disconnect()

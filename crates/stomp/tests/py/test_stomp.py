@@ -11,7 +11,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pika
 import pytest
 import stomp
 import websockets
-from stomp_clients import WAIT, connect, port, raw, servers  # noqa: F401
+from stomp_clients import WAIT, connect, mqtt_listener, port, raw, servers  # noqa: F401
 from webhook_receivers import Api, Receiver
 
 
@@ -114,28 +113,13 @@ def test_topics_are_the_shared_tree_for_mqtt_and_amqp(servers):
     c, got = connect(s)
     c.subscribe("/topic/sensors.*", id="t", ack="auto")
     time.sleep(0.2)
-    received = []
-    ready = threading.Event()
-    m = mqtt.Client(client_id="stomp-cross")
-    m.on_message = lambda _c, _u, msg: received.append((msg.topic, msg.payload))
-    m.on_subscribe = lambda *a: ready.set()
-    m.connect("127.0.0.1", port(s, "mqtt"))
-    m.subscribe("sensors/#", qos=1)
-    m.loop_start()
-    try:
-        assert ready.wait(WAIT)
+    with mqtt_listener(s, "sensors/#") as (m, heard):
         c.send("/topic/sensors.temperature", "21.5", headers={"receipt": "r"})
         assert got.receipt() == "r"
-        deadline = time.monotonic() + WAIT
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert received == [("sensors/temperature", b"21.5")]
+        assert heard.wait(1) == [("sensors/temperature", b"21.5")]
         m.publish("sensors/humidity", b"40", qos=1).wait_for_publish(WAIT)
         bodies = sorted(b for _, b in got.take(2))
         assert bodies == ["21.5", "40"]
-    finally:
-        m.loop_stop()
-        m.disconnect()
     # AMQP: pika publishes to queue `jobs`, STOMP consumes /queue/jobs; and back.
     pc = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port(s, "amqp")))
     ch = pc.channel()
@@ -330,26 +314,11 @@ def test_the_readme_snippet_runs_as_written(servers):
     readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
     (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "import stomp" in b]
     s = servers.start()
-    heard = []
-    ready = threading.Event()
-    m = mqtt.Client(client_id="readme-listener")
-    m.on_message = lambda _c, _u, msg: heard.append((msg.topic, msg.payload))
-    m.on_subscribe = lambda *a: ready.set()
-    m.connect("127.0.0.1", port(s, "mqtt"))
-    m.subscribe("sensors/temperature", qos=1)
-    m.loop_start()
-    try:
-        assert ready.wait(WAIT)
+    with mqtt_listener(s, "sensors/temperature") as (_m, heard):
         code = snippet.replace("61613", str(port(s))) + "\nconn.disconnect(receipt='bye')\n"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
         assert out.returncode == 0, out.stderr
-        deadline = time.monotonic() + WAIT
-        while not heard and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert heard == [("sensors/temperature", b"21.5")]
-    finally:
-        m.loop_stop()
-        m.disconnect()
+        assert heard.wait(1) == [("sensors/temperature", b"21.5")]
 
 
 def test_websocket_carries_several_frames_per_message_and_frames_split_across_messages(servers):

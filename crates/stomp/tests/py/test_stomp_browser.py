@@ -8,12 +8,10 @@ from __future__ import annotations
 import http.server
 import os
 import threading
-import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from stomp_clients import WAIT, port, servers  # noqa: F401
+from stomp_clients import WAIT, mqtt_listener, servers  # noqa: F401
 from test_browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright
 
 STOMPJS = Path(__file__).resolve().parents[4] / "node_modules/@stomp/stompjs/bundles/stomp.umd.min.js"
@@ -68,41 +66,31 @@ def test_two_browser_tabs_chat_over_stomp_websocket_and_mqtt_listens(servers):
 
     pages = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=pages.serve_forever, daemon=True).start()
-    heard = []
-    m = mqtt.Client(client_id="chat-listener")
-    m.on_message = lambda _c, _u, msg: heard.append((msg.topic, msg.payload))
-    m.connect("127.0.0.1", port(s, "mqtt"))
-    m.subscribe("chat/room1", qos=1)
-    m.loop_start()
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=20_000)
-            try:
-                ws = f"ws://{s.http}/stomp"
-                tabs = []
-                for me in ("alice", "bob"):
-                    page = browser.new_page()
-                    page.goto(f"http://127.0.0.1:{pages.server_port}/?ws={ws}&me={me}", timeout=WAIT * 1000)
-                    page.wait_for_function("window.ready", polling=50, timeout=WAIT * 1000)
-                    tabs.append(page)
-                alice, bob = tabs
-                alice.evaluate("say('hi bob')")
-                bob.wait_for_function("window.lines.length >= 1", polling=50, timeout=WAIT * 1000)
-                bob.evaluate("say('hi alice')")
-                for tab in tabs:
-                    tab.wait_for_function("window.lines.length >= 2", polling=50, timeout=WAIT * 1000)
-                    assert tab.evaluate("window.lines") == [
-                        {"from": "alice", "text": "hi bob"},
-                        {"from": "bob", "text": "hi alice"},
-                    ]
-            finally:
-                browser.close()
-        deadline = time.monotonic() + WAIT
-        while len(heard) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert [t for t, _ in heard] == ["chat/room1", "chat/room1"]
-        assert b"hi alice" in heard[1][1]
+        with mqtt_listener(s, "chat/room1") as (_m, heard):
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=20_000)
+                try:
+                    ws = f"ws://{s.http}/stomp"
+                    tabs = []
+                    for me in ("alice", "bob"):
+                        page = browser.new_page()
+                        page.goto(f"http://127.0.0.1:{pages.server_port}/?ws={ws}&me={me}", timeout=WAIT * 1000)
+                        page.wait_for_function("window.ready", polling=50, timeout=WAIT * 1000)
+                        tabs.append(page)
+                    alice, bob = tabs
+                    alice.evaluate("say('hi bob')")
+                    bob.wait_for_function("window.lines.length >= 1", polling=50, timeout=WAIT * 1000)
+                    bob.evaluate("say('hi alice')")
+                    for tab in tabs:
+                        tab.wait_for_function("window.lines.length >= 2", polling=50, timeout=WAIT * 1000)
+                        assert tab.evaluate("window.lines") == [
+                            {"from": "alice", "text": "hi bob"},
+                            {"from": "bob", "text": "hi alice"},
+                        ]
+                finally:
+                    browser.close()
+            assert [t for t, _ in heard.wait(2)] == ["chat/room1", "chat/room1"]
+            assert b"hi alice" in heard[1][1]
     finally:
-        m.loop_stop()
-        m.disconnect()
         pages.shutdown()
