@@ -296,10 +296,7 @@ impl Scenario {
                 )
                 .await?;
                 let want = n * queues;
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while got.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
+                wait_for(&got, want).await;
                 let secs = started.elapsed().as_secs_f64();
                 for c in consumers {
                     c.abort();
@@ -368,10 +365,7 @@ impl Scenario {
         for p in publishers {
             p.await??;
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while got.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_for(&got, want).await;
         let secs = started.elapsed().as_secs_f64();
         for c in consumers {
             c.abort();
@@ -461,4 +455,12 @@ async fn latency(uri: &str, queue: &str, a: &AmqpArgs) -> anyhow::Result<Figure>
         p50: s.p50,
         p99: s.p99,
     })
+}
+
+/// Waits (up to a minute) until the consumers have counted `want` deliveries.
+async fn wait_for(got: &AtomicUsize, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
