@@ -29,6 +29,7 @@ const PROTOCOL: &[&str] = &[
     "type",
     "amqp-message-id",
     "redelivered",
+    "sequence",
 ];
 
 /// A `reply-to` destination as a topic: its queue or routing key, `.` as `/`.
@@ -90,6 +91,10 @@ pub(crate) fn inbound(f: &Frame, d: &mut EventDraft, now: DateTime<Utc>) {
 pub(crate) fn outbound(e: &Event, now: DateTime<Utc>) -> Option<Vec<(String, String)>> {
     let a = &e.attrs;
     let mut h: Vec<(String, String)> = Vec::new();
+    // The log position SSE, WebSocket and webhooks show, so a STOMP consumer can match them.
+    if let Some(seq) = e.seq {
+        h.push(("sequence".into(), seq.to_string()));
+    }
     if let Some(at) = a.expires_at {
         if at <= now {
             return None;

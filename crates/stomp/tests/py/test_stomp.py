@@ -355,9 +355,12 @@ def test_a_stomp_send_reaches_sse_and_a_webhook_with_one_sequence(servers):
             "GET", "/api/events", params={"topic": "sensors/#"}
         ) as sse:
             lines = sse.iter_lines()
-            c.send("/topic/sensors.temperature", "21.5", headers={"receipt": "r"})
+            c.subscribe("/topic/sensors.#", id="t")
+            c.send("/topic/sensors.temperature", "21.5", headers={"receipt": "r", "sequence": "999"})
             assert got.receipt() == "r"
             seq = int(next(line for line in lines if line.startswith("id:"))[3:].strip())
+            [(headers, body)] = got.take(1)
+            assert (headers["sequence"], body) == (str(seq), "21.5"), "STOMP shows the log's sequence, not the sender's"
         [r] = rx.wait_count(1, timeout=WAIT)
         assert r.verified == {"s": True}
         assert r.webhook_id == f"msg_{ep['id']}_{seq}", "the webhook carries the SSE event's sequence"
