@@ -23,6 +23,7 @@ pub mod naming;
 pub mod query;
 pub mod record;
 mod records_hub;
+pub use records_hub::CollectionChanges;
 pub mod schema;
 pub mod subscription;
 pub mod topic;

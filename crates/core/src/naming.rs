@@ -50,6 +50,51 @@ pub fn type_name(collection: &str) -> String {
     upper_camel(&singular(collection))
 }
 
+/// The type names one collection takes on a typed face (protobuf, WSDL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeNames {
+    /// The record type, e.g. `User`.
+    pub singular: String,
+    /// For list operations, e.g. `Users`.
+    pub plural: String,
+}
+
+/// Unique type names for collections: `users` → `User`, falling back to `Users`, then
+/// `UsersRecord`, when a name `derived(singular, plural)` lists is taken by an earlier
+/// collection or is `reserved`. Every face that generates types uses this, so a clash
+/// resolves the same way everywhere.
+pub fn assign_type_names<'a>(
+    collections: impl IntoIterator<Item = &'a str>,
+    reserved: &[&str],
+    derived: impl Fn(&str, &str) -> Vec<String>,
+) -> std::collections::BTreeMap<String, TypeNames> {
+    let mut taken: std::collections::HashSet<String> =
+        reserved.iter().map(|s| s.to_string()).collect();
+    let mut out = std::collections::BTreeMap::new();
+    for name in collections {
+        let plural = upper_camel(name);
+        for cand in [
+            upper_camel(&singular(name)),
+            plural.clone(),
+            format!("{plural}Record"),
+        ] {
+            let names = derived(&cand, &plural);
+            if names.iter().all(|d| !taken.contains(d)) {
+                taken.extend(names);
+                out.insert(
+                    name.to_string(),
+                    TypeNames {
+                        singular: cand,
+                        plural: plural.clone(),
+                    },
+                );
+                break;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +109,14 @@ mod tests {
         assert_eq!(singular("data"), "data");
         assert_eq!(type_name("blog_posts"), "BlogPost");
         assert_eq!(lower_camel("blog_post"), "blogPost");
+    }
+
+    #[test]
+    fn clashing_type_names_fall_back() {
+        let derived = |m: &str, p: &str| vec![m.to_string(), format!("List{p}")];
+        let n = assign_type_names(["user", "users", "fault"], &["Fault"], derived);
+        assert_eq!(n["user"].singular, "User");
+        assert_eq!(n["users"].singular, "Users");
+        assert_eq!(n["fault"].singular, "FaultRecord");
     }
 }

@@ -13,6 +13,24 @@ use crate::query::{ListQuery, Page};
 use crate::record::{Record, validate_id};
 use crate::schema::{Collection, CollectionSpec};
 
+/// See [`Hub::collection_changes`].
+pub struct CollectionChanges {
+    hub: Hub,
+    watch: watch::Receiver<u64>,
+}
+
+impl CollectionChanges {
+    /// The next snapshot of the collections, after a change; `None` once the hub stops.
+    pub async fn next(&mut self) -> Option<Arc<CollectionMap>> {
+        let shutdown = self.hub.shutdown_token();
+        tokio::select! {
+            r = self.watch.changed() => r.ok()?,
+            _ = shutdown.cancelled() => return None,
+        }
+        Some(self.hub.inner.store.collections())
+    }
+}
+
 impl Hub {
     // ----- collections -----
 
@@ -36,6 +54,16 @@ impl Hub {
     /// Ticks whenever a collection definition changes (for generated schemas).
     pub fn watch_collections(&self) -> watch::Receiver<u64> {
         self.inner.collections_gen.subscribe()
+    }
+
+    /// The collections after each change, for a face that regenerates a schema from
+    /// them: `next()` waits for a change and yields the new snapshot, or `None` once the
+    /// hub shuts down.
+    pub fn collection_changes(&self) -> CollectionChanges {
+        CollectionChanges {
+            hub: self.clone(),
+            watch: self.watch_collections(),
+        }
     }
 
     fn bump_collections(&self) {

@@ -135,16 +135,8 @@ fn ctx() -> polyport_core::AuthContext {
 }
 
 async fn rebuild_on_change(hub: Hub, cfg: GraphqlConfig, swap: Arc<ArcSwap<Schema>>) {
-    let mut watch = hub.watch_collections();
-    let shutdown = hub.shutdown_token();
-    loop {
-        tokio::select! {
-            r = watch.changed() => if r.is_err() { return },
-            _ = shutdown.cancelled() => return,
-        }
-        let Ok(colls) = hub.collections(&ctx()) else {
-            continue;
-        };
+    let mut changes = hub.collection_changes();
+    while let Some(colls) = changes.next().await {
         match schema::build(&hub, &colls, &cfg) {
             Ok(s) => {
                 swap.store(Arc::new(s));

@@ -4,10 +4,10 @@
 //! Field numbers follow declaration order (system fields 1–4, schema fields from 10), so
 //! appending fields keeps old stubs wire-compatible; reordering does not.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use polyport_core::naming::{singular, upper_camel};
+use polyport_core::naming::assign_type_names;
 use polyport_core::schema::CollectionMap;
 use polyport_core::schema::{Collection, FieldType};
 
@@ -33,31 +33,16 @@ impl ProtoNames {
 
 /// Unique message names: `users` → `User`; a clash keeps the collection's own name.
 pub(crate) fn assign(colls: &CollectionMap) -> BTreeMap<String, ProtoNames> {
-    let mut taken: HashSet<String> = HashSet::new();
-    let mut out = BTreeMap::new();
-    for name in colls.keys() {
-        let plural = upper_camel(name);
-        for cand in [
-            upper_camel(&singular(name)),
-            plural.clone(),
-            format!("{plural}Record"),
-        ] {
-            // Every derived message name must be free too.
-            let derived = derived_names(&cand, &plural);
-            if derived.iter().all(|d| !taken.contains(d)) {
-                taken.extend(derived);
-                out.insert(
-                    name.clone(),
-                    ProtoNames {
-                        message: cand,
-                        plural: plural.clone(),
-                    },
-                );
-                break;
-            }
-        }
-    }
-    out
+    assign_type_names(colls.keys().map(String::as_str), &[], derived_names)
+        .into_iter()
+        .map(|(c, t)| {
+            let names = ProtoNames {
+                message: t.singular,
+                plural: t.plural,
+            };
+            (c, names)
+        })
+        .collect()
 }
 
 fn derived_names(m: &str, p: &str) -> Vec<String> {

@@ -17,6 +17,7 @@ pub(crate) struct Config {
     pub(crate) auto_create_collections: bool,
     pub(crate) http: HttpSection,
     pub(crate) graphql: GraphqlSection,
+    pub(crate) soap: SoapSection,
     pub(crate) grpc: GrpcSection,
     pub(crate) mqtt: MqttSection,
     pub(crate) amqp: AmqpSection,
@@ -216,6 +217,28 @@ impl Default for GraphqlSection {
     }
 }
 
+/// SOAP at `/soap` on the HTTP port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SoapSection {
+    pub(crate) enabled: bool,
+    pub(crate) max_depth: usize,
+    pub(crate) max_elements: usize,
+    pub(crate) max_attributes: usize,
+}
+
+impl Default for SoapSection {
+    fn default() -> Self {
+        let d = polyport_soap::xml::Limits::default();
+        Self {
+            enabled: true,
+            max_depth: d.max_depth,
+            max_elements: d.max_elements,
+            max_attributes: d.max_attributes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct HttpSection {
@@ -252,6 +275,7 @@ impl Default for Config {
             auto_create_collections: true,
             http: HttpSection::default(),
             graphql: GraphqlSection::default(),
+            soap: SoapSection::default(),
             grpc: GrpcSection::default(),
             mqtt: MqttSection::default(),
             amqp: AmqpSection::default(),

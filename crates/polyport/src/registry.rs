@@ -39,6 +39,11 @@ pub(crate) const ENTRIES: &[Entry] = &[
         prepare: graphql,
     },
     Entry {
+        spec: &polyport_soap::ADAPTER,
+        section: |c| Section::new(c.soap.enabled, None),
+        prepare: soap,
+    },
+    Entry {
         spec: &polyport_grpc::ADAPTER,
         section: |c| Section::new(c.grpc.enabled, c.grpc.listen),
         prepare: grpc,
@@ -200,6 +205,32 @@ fn graphql<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
                 endpoint: "POST /graphql",
                 about: "GraphQL (GET for queries and GraphiQL, WebSocket for subscriptions; SDL at /graphql/schema.graphql)",
                 label: "GraphQL /graphql",
+                routes,
+            }],
+        })
+    })
+}
+
+fn soap<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
+    Box::pin(async move {
+        let c = &cx.cfg.soap;
+        let routes = polyport_soap::routes(
+            cx.hub.clone(),
+            polyport_soap::SoapConfig {
+                limits: polyport_soap::xml::Limits {
+                    max_depth: c.max_depth.max(4),
+                    max_elements: c.max_elements.max(16),
+                    max_attributes: c.max_attributes.max(8),
+                },
+                max_page_size: cx.cfg.http.max_page_size,
+            },
+        )?;
+        Ok(Prepared {
+            serve: None,
+            mounts: vec![Mount {
+                endpoint: "POST /soap",
+                about: "SOAP 1.1 and 1.2 (WSDL at /soap?wsdl)",
+                label: "SOAP /soap",
                 routes,
             }],
         })
