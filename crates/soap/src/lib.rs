@@ -24,7 +24,7 @@
 //! other than WS-Security are not processed, so `mustUnderstand` on any of them
 //! (WS-Addressing included) is a `MustUnderstand` fault.
 
-pub mod envelope;
+mod envelope;
 mod fault;
 mod ops;
 mod service;
@@ -271,5 +271,43 @@ fn check_action(t: &envelope::Transport, op: &str) -> Result<(), Fault> {
                 Service::action(op)
             ),
         )),
+    }
+}
+
+/// Parses `data` as a request body (XML, envelope, then the operation's parameters
+/// against a typed and a schemaless collection), for the fuzz target; must never panic.
+#[doc(hidden)]
+pub fn fuzz_envelope(data: &[u8]) {
+    let Ok(src) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(root) = xml::parse(src, &xml::Limits::default()) else {
+        return;
+    };
+    let svc = service::fuzz_service();
+    for v in [Version::V11, Version::V12] {
+        if let Ok(env) = envelope::parse(root.clone(), v) {
+            let _ = fault::Fault::sender("x", "y").render(v);
+            for t in svc.types.values() {
+                let _ = values::document(&env.body, t, &["id", "expected_version"]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    proptest::proptest! {
+        /// Envelopes around arbitrary markup: the parse, envelope and parameter layers
+        /// never panic whatever the body holds.
+        #[test]
+        fn requests_never_panic(body in "[<>/a-zA-Z:=\"' &;#0-9!\\[\\]?-]{0,300}") {
+            for ns in [crate::envelope::SOAP11_NS, crate::envelope::SOAP12_NS] {
+                let doc = format!(
+                    r#"<e:Envelope xmlns:e="{ns}" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><e:Body><CreateItem xmlns="urn:polyport:soap">{body}</CreateItem></e:Body></e:Envelope>"#
+                );
+                super::fuzz_envelope(doc.as_bytes());
+            }
+        }
     }
 }

@@ -125,6 +125,39 @@ impl Service {
     }
 }
 
+/// Collections from specs as JSON, for tests and the fuzz target.
+#[doc(hidden)]
+pub(crate) fn collections(specs: serde_json::Value) -> CollectionMap {
+    let specs: Vec<polyport_core::CollectionSpec> =
+        serde_json::from_value(specs).unwrap_or_default();
+    let now = chrono::Utc::now();
+    specs
+        .into_iter()
+        .map(|spec| {
+            let c = Collection {
+                spec,
+                created_at: now,
+                updated_at: now,
+            };
+            (c.spec.name.clone(), Arc::new(c))
+        })
+        .collect()
+}
+
+/// A service over one typed collection of every field type and one schemaless one.
+#[doc(hidden)]
+pub(crate) fn fuzz_service() -> Service {
+    Service::build(&collections(serde_json::json!([
+        {"name": "items", "fields": [
+            {"name": "t", "type": "text"}, {"name": "n", "type": "number"},
+            {"name": "i", "type": "integer"}, {"name": "b", "type": "bool"},
+            {"name": "d", "type": "datetime"}, {"name": "j", "type": "json"},
+            {"name": "a", "type": "array", "items": {"type": "integer"}},
+        ]},
+        {"name": "notes"},
+    ])))
+}
+
 /// The XSD type of a scalar field (JSON and nested arrays travel as JSON text).
 pub(crate) fn xsd_type(t: &FieldType) -> &'static str {
     match t {
@@ -504,27 +537,10 @@ fn wsdl(types: &BTreeMap<String, Typed>) -> String {
 mod tests {
     use super::*;
     use crate::xml::{Limits, parse};
-    use polyport_core::CollectionSpec;
-
-    fn colls(specs: serde_json::Value) -> CollectionMap {
-        let specs: Vec<CollectionSpec> = serde_json::from_value(specs).unwrap();
-        specs
-            .into_iter()
-            .map(|spec| {
-                let now = chrono::Utc::now();
-                let c = Collection {
-                    spec,
-                    created_at: now,
-                    updated_at: now,
-                };
-                (c.spec.name.clone(), Arc::new(c))
-            })
-            .collect()
-    }
 
     #[test]
     fn the_wsdl_is_well_formed_and_names_every_operation() {
-        let s = Service::build(&colls(serde_json::json!([
+        let s = Service::build(&collections(serde_json::json!([
             {"name": "posts", "fields": [
                 {"name": "title", "type": "text", "required": true},
                 {"name": "tags", "type": "array", "items": {"type": "text"}},

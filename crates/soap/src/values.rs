@@ -240,13 +240,11 @@ fn scalar(t: &FieldType, s: &str, field: &str) -> Result<Value, Fault> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::Service;
+    use crate::service::{Service, collections};
     use crate::xml::{Limits, parse};
-    use polyport_core::{Collection, CollectionSpec};
-    use std::sync::Arc;
 
     fn typed() -> Typed {
-        let spec: CollectionSpec = serde_json::from_value(serde_json::json!({
+        let map = collections(serde_json::json!([{
             "name": "items", "fields": [
                 {"name": "n", "type": "integer"},
                 {"name": "x", "type": "number"},
@@ -254,15 +252,7 @@ mod tests {
                 {"name": "meta", "type": "json"},
                 {"name": "tags", "type": "array", "items": {"type": "text"}},
             ]
-        }))
-        .unwrap();
-        let now = chrono::Utc::now();
-        let c = Arc::new(Collection {
-            spec,
-            created_at: now,
-            updated_at: now,
-        });
-        let map = [("items".to_string(), c)].into_iter().collect();
+        }]));
         Service::build(&map).types["items"].clone()
     }
 
