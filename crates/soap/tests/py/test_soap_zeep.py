@@ -3,6 +3,11 @@ SOAP 1.1 and the SOAP 1.2 binding, in seed 003's `Client(wsdl=…).service.X(…
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 import zeep
@@ -114,3 +119,21 @@ def test_ws_security_username_token_authenticates(servers):
     with httpx.Client(base_url=s.url) as http:
         titles = [p["title"] for p in http.get("/api/collections/posts/records").json()["items"]]
     assert "sneaky" not in titles
+
+
+def test_the_readme_examples_run_as_written(blog):
+    """The README's zeep snippet and seed-002-shaped curl call, only the address changed."""
+    readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "from zeep import" in b]
+    out = subprocess.run([sys.executable, "-c", snippet.replace("localhost:8080", blog.http)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "john_doe"
+    with httpx.Client(base_url=blog.url) as http:
+        titles = [p["title"] for p in http.get("/api/collections/posts/records").json()["items"]]
+    assert "Hello" in titles
+    (curl,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) if "/soap" in b]
+    out = subprocess.run(["bash", "-c", curl.replace("localhost:8080", blog.http)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    root = etree.fromstring(out.stdout.encode())
+    assert root.findtext(f".//{{{TNS}}}username") == "john_doe"
