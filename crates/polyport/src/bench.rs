@@ -6,6 +6,7 @@
 //! - `fanout`: one REST write fanned out to N subscribers (half SSE, half WebSocket),
 //!   against a bare axum + `tokio::sync::broadcast` server; clients run in a child
 //!   process so each side of 10k connections has its own file-descriptor budget.
+//! - `soap`: SOAP Get/Create/List against REST on the same records.
 //! - `mqtt`: Polyport's MQTT broker vs the local Mosquitto under one rumqttc load
 //!   generator: fan-in, fan-out and memory per idle connection.
 
@@ -27,6 +28,7 @@ mod graphql;
 mod grpc;
 mod mqtt;
 mod peer;
+mod soap;
 mod stomp;
 mod webhooks;
 
@@ -91,6 +93,8 @@ enum Which {
     Amqp(amqp::AmqpArgs),
     /// Polyport's STOMP broker vs RabbitMQ's STOMP plugin under the same load.
     Stomp(stomp::StompArgs),
+    /// SOAP Get/Create/List vs REST on the same records.
+    Soap(soap::SoapArgs),
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -118,6 +122,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Mqtt(a) => mqtt::run(a).await,
         Which::Amqp(a) => amqp::run(a).await,
         Which::Stomp(a) => stomp::run(a).await,
+        Which::Soap(a) => soap::run(a).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
     }
 }
@@ -140,10 +145,14 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let graphql =
-            polyport_graphql::routes(hub.clone(), polyport_graphql::GraphqlConfig::default())?;
+        let extra =
+            polyport_graphql::routes(hub.clone(), polyport_graphql::GraphqlConfig::default())?
+                .merge(polyport_soap::routes(
+                    hub.clone(),
+                    polyport_soap::SoapConfig::default(),
+                )?);
         let app =
-            polyport_http::router_with(hub.clone(), polyport_http::HttpConfig::default(), graphql);
+            polyport_http::router_with(hub.clone(), polyport_http::HttpConfig::default(), extra);
         let s = stop.clone();
         tokio::spawn(async move { polyport_http::serve(listener, app, s).await });
         polyport_webhooks::start(

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use polyport_core::HubError;
 
 use crate::TNS;
-use crate::envelope::{Version, WSSE_NS};
+use crate::envelope::{SOAP11_NS, SOAP12_NS, Version, WSSE_NS};
 use crate::xml::Out;
 
 /// The fault's class in SOAP's terms.
@@ -112,6 +112,22 @@ impl Fault {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         o.open(&format!("{env}:Envelope"), &attrs);
+        if self.class == Class::VersionMismatch && v == Version::V12 {
+            // SOAP 1.2 part 1, 5.4.7: name the envelopes this node does speak.
+            o.open(&format!("{env}:Header"), &[])
+                .open(&format!("{env}:Upgrade"), &[]);
+            for (p, ns) in [("v12", SOAP12_NS), ("v11", SOAP11_NS)] {
+                let qname = format!("{p}:Envelope");
+                let decl = format!("xmlns:{p}");
+                o.open(
+                    &format!("{env}:SupportedEnvelope"),
+                    &[("qname", &qname), (&decl, ns)],
+                )
+                .close(&format!("{env}:SupportedEnvelope"));
+            }
+            o.close(&format!("{env}:Upgrade"))
+                .close(&format!("{env}:Header"));
+        }
         if !self.not_understood.is_empty() && v == Version::V12 {
             o.open(&format!("{env}:Header"), &[]);
             for (ns, local) in &self.not_understood {

@@ -24,12 +24,27 @@ where
     F: Fn(S, bool) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Figure>>,
 {
+    compare_named("Polyport", peer, peer_up, scenarios, run).await
+}
+
+/// [`compare`] with the first column named `ours` (one Polyport face against another).
+pub(crate) async fn compare_named<S: Copy, F, Fut>(
+    ours: &str,
+    peer: &str,
+    peer_up: bool,
+    scenarios: &[(&str, S)],
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(S, bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Figure>>,
+{
     use anyhow::Context as _;
-    print_header(peer);
+    print_header(ours, peer);
     for (name, s) in scenarios {
         let a = run(*s, false)
             .await
-            .with_context(|| format!("Polyport: {name}"))?;
+            .with_context(|| format!("{ours}: {name}"))?;
         let b = match peer_up {
             true => Some(
                 run(*s, true)
@@ -43,11 +58,11 @@ where
     Ok(())
 }
 
-/// The column headings, naming the peer.
-pub(crate) fn print_header(peer: &str) {
+/// The column headings.
+fn print_header(ours: &str, peer: &str) {
     println!(
         "{:<44} {:>14} {:>14} {:>8}",
-        "scenario", "Polyport", peer, "ratio"
+        "scenario", ours, peer, "ratio"
     );
 }
 

@@ -91,6 +91,10 @@ def test_versions_and_actions_must_agree(http):
     for sent, as_version in (("1.1", "1.2"), ("1.2", "1.1")):
         f = fault_of(post(http, envelope(body, sent), as_version))
         assert (f["class"], f["version"]) == ("VersionMismatch", as_version), f
+    # SOAP 1.2's Upgrade header names the envelopes Polyport speaks.
+    r = post(http, envelope(body, "1.1"), "1.2")
+    supported = parse(r).findall(f"{{{SOAP12}}}Header/{{{SOAP12}}}Upgrade/{{{SOAP12}}}SupportedEnvelope")
+    assert sorted(e.get("qname").split(":")[0] for e in supported) == ["v11", "v12"]
     other = f'<s:Envelope xmlns:s="urn:not-soap"><s:Body>{body}</s:Body></s:Envelope>'
     assert fault_of(post(http, other, "1.2"))["class"] == "VersionMismatch"
     # SOAP 1.1 without a SOAPAction header, or with one naming another operation.
