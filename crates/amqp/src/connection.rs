@@ -76,6 +76,7 @@ pub(crate) async fn run(
     broker: Arc<Broker>,
     cfg: Arc<AmqpConfig>,
     stop: CancellationToken,
+    refusal: Option<polyport_core::admission::Refusal>,
 ) {
     let mut io = Framed::new(stream, Codec::new(MIN_FRAME));
     let Some(Negotiated {
@@ -84,7 +85,7 @@ pub(crate) async fn run(
         channel_max,
         heartbeat,
         notify_blocked,
-    }) = tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker, &cfg))
+    }) = tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker, &cfg, refusal))
         .await
         .ok()
         .flatten()

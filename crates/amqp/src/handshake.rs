@@ -121,11 +121,14 @@ pub(crate) async fn close_connection(
     .await;
 }
 
-/// Start, start-ok (authentication), tune, tune-ok, open.
+/// Start, start-ok (authentication), tune, tune-ok, open. A connection over the
+/// listener's caps (`refusal`) is refused at open with 530, as RabbitMQ refuses one past a
+/// vhost's connection limit.
 pub(crate) async fn handshake(
     io: &mut Transport,
     broker: &Broker,
     cfg: &AmqpConfig,
+    refusal: Option<polyport_core::admission::Refusal>,
 ) -> Option<Negotiated> {
     match io.next().await? {
         Ok(Incoming::Header) => {}
@@ -202,6 +205,12 @@ pub(crate) async fn handshake(
     let AMQPClass::Connection(conn::AMQPMethod::Open(open)) = next_method(io).await? else {
         return None;
     };
+    if let Some(r) = refusal {
+        tracing::info!(reason = %r, "AMQP connection refused: connection limit");
+        let text = format!("NOT_ALLOWED - connection limit reached: {r}");
+        close_connection(io, Code::NotAllowed, &text, 10, 40).await;
+        return None;
+    }
     if open.virtual_host.as_str() != "/" {
         let text = format!("NOT_ALLOWED - vhost {} not found", open.virtual_host);
         close_connection(io, Code::NotAllowed, &text, 10, 40).await;

@@ -73,6 +73,8 @@ pub struct AmqpConfig {
     pub heartbeat: u16,
     /// Largest message body accepted.
     pub max_message: usize,
+    /// Caps on open connections (per listener, per client address).
+    pub connections: polyport_core::admission::ConnectionLimits,
 }
 
 impl Default for AmqpConfig {
@@ -82,6 +84,7 @@ impl Default for AmqpConfig {
             channel_max: 2047,
             heartbeat: 60,
             max_message: 16 << 20,
+            connections: Default::default(),
         }
     }
 }
@@ -113,9 +116,23 @@ impl AmqpBroker {
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
         let (broker, cfg, conn_stop) = (self.broker.clone(), self.cfg.clone(), stop.clone());
-        polyport_core::adapter::accept_loop(listener, stop, shutdown, &self.tracker, "AMQP", |s| {
-            connection::run(Box::new(s), broker.clone(), cfg.clone(), conn_stop.clone())
-        })
+        let admission = polyport_core::admission::Admission::new("AMQP", cfg.connections);
+        polyport_core::adapter::accept_loop(
+            listener,
+            stop,
+            shutdown,
+            &self.tracker,
+            &admission,
+            |s, refusal| {
+                connection::run(
+                    Box::new(s),
+                    broker.clone(),
+                    cfg.clone(),
+                    conn_stop.clone(),
+                    refusal,
+                )
+            },
+        )
         .await;
     }
 }

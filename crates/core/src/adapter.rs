@@ -44,19 +44,24 @@ pub const fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-/// The accept loop every TCP face shares: each connection (with `TCP_NODELAY`) runs
-/// `serve` on `tracker` until `stop` or `shutdown` fires; then the loop waits for the
-/// connections to finish. An accept error (out of descriptors, say) backs off instead of
-/// spinning.
+/// How long a connection over a cap gets to hear its refusal in its protocol's words.
+const REFUSAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The accept loop every TCP face shares: each connection (with `TCP_NODELAY`) is
+/// admitted against `admission`'s caps and runs `serve(stream, None)` on `tracker`, holding
+/// its place until it ends; a connection over a cap runs `serve(stream, Some(refusal))`,
+/// which answers it in the protocol's words, within a short deadline. Stops at `stop` or
+/// `shutdown`, then waits for the connections to finish. An accept error (out of
+/// descriptors, say) backs off instead of spinning.
 pub async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
     shutdown: tokio_util::sync::CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
-    label: &'static str,
+    admission: &std::sync::Arc<crate::admission::Admission>,
     mut serve: F,
 ) where
-    F: FnMut(tokio::net::TcpStream) -> Fut,
+    F: FnMut(tokio::net::TcpStream, Option<crate::admission::Refusal>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -66,12 +71,30 @@ pub async fn accept_loop<F, Fut>(
             _ = shutdown.cancelled() => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(serve(stream));
+                match admission.admit(peer.ip()) {
+                    Ok(permit) => {
+                        let conn = serve(stream, None);
+                        tracker.spawn(async move {
+                            let _place = permit;
+                            conn.await
+                        });
+                    }
+                    Err(refusal) => {
+                        // Past a bound of refusals in flight, close without an answer.
+                        if let Some(slot) = admission.answer_slot() {
+                            let answer = serve(stream, Some(refusal));
+                            tracker.spawn(async move {
+                                let _slot = slot;
+                                let _ = tokio::time::timeout(REFUSAL_DEADLINE, answer).await;
+                            });
+                        }
+                    }
+                }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "{label} accept failed");
+                tracing::warn!(error = %e, "{} accept failed", admission.label());
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

@@ -11,6 +11,7 @@
 //! Nothing here knows any wire protocol.
 
 pub mod adapter;
+pub mod admission;
 pub mod attributes;
 pub mod auth;
 mod bus;

@@ -23,6 +23,7 @@ mod openapi;
 mod params;
 mod realtime;
 mod rest;
+mod serve;
 mod webhooks;
 mod ws;
 mod ws_topics;
@@ -37,7 +38,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use polyport_core::{AuthContext, Hub, Origin};
-use tokio::net::TcpListener;
 
 /// This face in the server's adapter list.
 pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
@@ -46,11 +46,11 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     about: "REST, SSE, NDJSON, long-poll, WebSocket, GraphQL, OpenAPI",
     default_addr: Some(polyport_core::adapter::loopback(8080)),
 };
-use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use hooks::{HookScheme, HookSource, HooksConfig};
 pub use index::{Index, IndexEndpoint, IndexListener};
+pub use serve::{ServeOptions, serve, serve_with};
 
 /// Renders the Prometheus text exposition (installed by the binary).
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -300,15 +300,4 @@ async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!("polyport_http_request_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     res
-}
-
-/// Serves `app` on `listener` until `shutdown` fires, then drains in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

@@ -37,6 +37,7 @@ mod ws;
 use std::sync::Arc;
 use std::time::Duration;
 
+use polyport_core::admission::Admission;
 use polyport_core::{Durability, EventDraft, Hub, HubError, Origin, Topic};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,8 @@ pub struct MqttConfig {
     pub max_queued_messages: usize,
     /// Longest keep-alive a client may ask for, in seconds (0: any, including none).
     pub max_keep_alive: u16,
+    /// Caps on open connections (per listener, per client address).
+    pub connections: polyport_core::admission::ConnectionLimits,
 }
 
 impl Default for MqttConfig {
@@ -85,6 +88,7 @@ impl Default for MqttConfig {
             sys_interval: Duration::from_secs(10),
             max_queued_messages: 100_000,
             max_keep_alive: 0,
+            connections: Default::default(),
         }
     }
 }
@@ -114,9 +118,15 @@ impl MqttBroker {
     pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
         let (broker, conn_stop) = (self.broker.clone(), stop.clone());
-        polyport_core::adapter::accept_loop(listener, stop, shutdown, &self.tracker, "MQTT", |s| {
-            connection::run(Box::new(s), broker.clone(), conn_stop.clone())
-        })
+        let admission = Admission::new("MQTT", broker.cfg.connections);
+        polyport_core::adapter::accept_loop(
+            listener,
+            stop,
+            shutdown,
+            &self.tracker,
+            &admission,
+            |s, refusal| connection::run(Box::new(s), broker.clone(), conn_stop.clone(), refusal),
+        )
         .await;
     }
 

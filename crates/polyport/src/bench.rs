@@ -154,7 +154,7 @@ impl TestServer {
         let app =
             polyport_http::router_with(hub.clone(), polyport_http::HttpConfig::default(), extra);
         let s = stop.clone();
-        tokio::spawn(async move { polyport_http::serve(listener, app, s).await });
+        tokio::spawn(async move { polyport_http::serve_with(listener, app, s, unlimited()).await });
         polyport_webhooks::start(
             &hub,
             polyport_webhooks::WebhookConfig {
@@ -167,7 +167,9 @@ impl TestServer {
         let grpc_addr = grpc_listener.local_addr()?;
         let grpc = polyport_grpc::router(hub.clone(), polyport_grpc::GrpcConfig::default()).await?;
         let s = stop.clone();
-        tokio::spawn(async move { polyport_http::serve(grpc_listener, grpc, s).await });
+        tokio::spawn(async move {
+            polyport_http::serve_with(grpc_listener, grpc, s, unlimited()).await
+        });
         Ok(Self {
             addr,
             grpc_addr,
@@ -182,6 +184,17 @@ impl TestServer {
         self.stop.cancel();
         self.hub.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A benchmark opens every client from one address: no connection caps.
+fn unlimited() -> polyport_http::ServeOptions {
+    polyport_http::ServeOptions {
+        connections: polyport_core::admission::ConnectionLimits {
+            max_connections: usize::MAX,
+            max_per_address: usize::MAX,
+        },
+        ..polyport_http::ServeOptions::default()
     }
 }
 

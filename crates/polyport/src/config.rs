@@ -26,6 +26,7 @@ pub(crate) struct Config {
     pub(crate) hooks: polyport_http::HooksConfig,
     pub(crate) events: EventsSection,
     pub(crate) auth: AuthSection,
+    pub(crate) limits: LimitsSection,
 }
 
 /// Who may connect. Without users, everyone is let in and a username is taken as given.
@@ -252,6 +253,47 @@ pub(crate) struct HttpSection {
     pub(crate) cors_origins: Vec<String>,
 }
 
+/// Caps every listener applies to itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    /// Connections open at once on each listener.
+    pub(crate) max_connections: usize,
+    /// Connections open at once from one client address, on each listener.
+    pub(crate) max_connections_per_address: usize,
+    /// Seconds an HTTP client has to send a request's headers.
+    pub(crate) http_header_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let c = polyport_core::admission::ConnectionLimits::default();
+        Self {
+            max_connections: c.max_connections,
+            max_connections_per_address: c.max_per_address,
+            http_header_timeout_secs: 10,
+        }
+    }
+}
+
+impl LimitsSection {
+    pub(crate) fn connections(&self) -> polyport_core::admission::ConnectionLimits {
+        polyport_core::admission::ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            max_per_address: self.max_connections_per_address.max(1),
+        }
+    }
+
+    /// The HTTP (or gRPC) listener's guards.
+    pub(crate) fn http(&self, label: &'static str) -> polyport_http::ServeOptions {
+        polyport_http::ServeOptions {
+            label,
+            connections: self.connections(),
+            header_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs.max(1)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct EventsSection {
@@ -284,6 +326,7 @@ impl Default for Config {
             hooks: polyport_http::HooksConfig::default(),
             events: EventsSection::default(),
             auth: AuthSection::default(),
+            limits: LimitsSection::default(),
         }
     }
 }

@@ -138,6 +138,7 @@ pub(crate) struct Host {
 
 fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
     let hub = cx.hub.clone();
+    let guards = cx.cfg.limits.http("HTTP");
     let c = cx.cfg.http.clone();
     let hooks = cx.cfg.hooks.clone();
     let render = cx.prometheus.clone();
@@ -174,7 +175,7 @@ fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
         );
         let stop = host.stop.clone();
         Ok(Box::pin(async move {
-            if let Err(e) = polyport_http::serve(listener, app, stop).await {
+            if let Err(e) = polyport_http::serve_with(listener, app, stop, guards).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }) as BoxFuture<'static, ()>)
@@ -247,6 +248,7 @@ fn grpc<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             },
         )
         .await?;
+        let guards = cx.cfg.limits.http("gRPC");
         let serve: Serve = Box::new(move |listener, host| {
             tracing::info!(
                 "gRPC listening on {} ({})",
@@ -255,7 +257,7 @@ fn grpc<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             );
             let stop = host.stop.clone();
             Ok(Box::pin(async move {
-                if let Err(e) = polyport_http::serve(listener, app, stop).await {
+                if let Err(e) = polyport_http::serve_with(listener, app, stop, guards).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             }))
@@ -277,6 +279,7 @@ fn mqtt<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             sys_interval: Duration::from_secs(c.sys_interval_secs),
             max_queued_messages: c.max_queued_messages.max(1),
             max_keep_alive: c.max_keep_alive,
+            connections: cx.cfg.limits.connections(),
             ..polyport_mqtt::MqttConfig::default()
         };
         let broker = polyport_mqtt::MqttBroker::start(cx.hub.clone(), mqtt_cfg)
@@ -315,6 +318,7 @@ fn amqp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             channel_max: c.channel_max.max(1),
             heartbeat: c.heartbeat,
             max_message: c.max_message,
+            connections: cx.cfg.limits.connections(),
         };
         let broker = polyport_amqp::AmqpBroker::new(cx.broker().await?, amqp_cfg);
         let serve: Serve = Box::new(move |listener, host| {
@@ -343,6 +347,7 @@ fn stomp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
                 max_header_line: c.max_header_line.max(256),
             },
             heartbeat_ms: c.heartbeat_ms,
+            connections: cx.cfg.limits.connections(),
         };
         let server = polyport_stomp::StompServer::new(cx.broker().await?, cfg);
         let mounts = match c.websocket {

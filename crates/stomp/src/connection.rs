@@ -41,11 +41,12 @@ pub(crate) async fn run(
     broker: Arc<Broker>,
     cfg: Arc<StompConfig>,
     stop: CancellationToken,
+    refusal: Option<polyport_core::admission::Refusal>,
 ) {
     let mut io = Framed::new(stream, Codec::new(cfg.limits));
     let (tx, rx) = mpsc::channel(OUTBOX);
     let Ok(Some((session, beats))) =
-        tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker, &cfg, tx)).await
+        tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker, &cfg, tx, refusal)).await
     else {
         return;
     };
@@ -92,6 +93,7 @@ async fn handshake(
     broker: &Arc<Broker>,
     cfg: &StompConfig,
     deliveries: mpsc::Sender<crate::session::Delivery>,
+    refusal: Option<polyport_core::admission::Refusal>,
 ) -> Option<(Session, Beats)> {
     let frame = loop {
         match io.next().await? {
@@ -112,6 +114,15 @@ async fn handshake(
             ),
         );
         refuse(io, f, frame.get("receipt")).await;
+        return None;
+    }
+    if let Some(r) = refusal {
+        refuse(
+            io,
+            Fatal::new("Connection limit reached", r.to_string()),
+            frame.get("receipt"),
+        )
+        .await;
         return None;
     }
     let version = match frame.get("accept-version") {

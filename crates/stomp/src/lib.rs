@@ -53,6 +53,8 @@ pub struct StompConfig {
     pub limits: Limits,
     /// Heart-beat interval the server offers both ways, ms (0 turns it off).
     pub heartbeat_ms: u64,
+    /// Caps on open connections (per listener, per client address).
+    pub connections: polyport_core::admission::ConnectionLimits,
 }
 
 impl Default for StompConfig {
@@ -60,6 +62,7 @@ impl Default for StompConfig {
         Self {
             limits: Limits::default(),
             heartbeat_ms: 10_000,
+            connections: Default::default(),
         }
     }
 }
@@ -100,8 +103,16 @@ impl StompServer {
             stop,
             shutdown,
             &self.tracker,
-            "STOMP",
-            |s| connection::run(Box::new(s), broker.clone(), cfg.clone(), conn_stop.clone()),
+            &polyport_core::admission::Admission::new("STOMP", cfg.connections),
+            |s, refusal| {
+                connection::run(
+                    Box::new(s),
+                    broker.clone(),
+                    cfg.clone(),
+                    conn_stop.clone(),
+                    refusal,
+                )
+            },
         )
         .await;
     }

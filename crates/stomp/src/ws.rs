@@ -50,7 +50,7 @@ async fn upgrade(State(st): State<WsState>, ws: WebSocketUpgrade) -> Response {
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let run = connection::run(transport(socket), st.broker, st.cfg, st.stop);
+            let run = connection::run(transport(socket), st.broker, st.cfg, st.stop, None);
             st.tracker.track_future(run)
         })
 }

@@ -22,6 +22,31 @@ use crate::session::{self, Inbound, Outbound};
 use crate::state::{self, SavedSession};
 use crate::wire::{self, ConnectIn, PublishIn, Ver};
 
+/// Answers the CONNECT of a connection over the listener's caps: MQTT 5 "Quota
+/// exceeded" (0x97), 3.1.1 "Server unavailable" (3).
+pub(super) async fn refuse(
+    stream: Transport,
+    broker: &Arc<Broker>,
+    why: polyport_core::admission::Refusal,
+) {
+    let cfg = broker.cfg.clone();
+    let mut framed = Conn::new(stream, MqttCodec::Version(VersionCodec));
+    let Some((ver, c)) = read_connect(&mut framed, &cfg).await else {
+        return;
+    };
+    tracing::info!(client = %c.client_id, reason = %why, "MQTT CONNECT refused: connection limit");
+    let code = if ver == Ver::V3 { 3 } else { 0x97 };
+    let _ = framed
+        .send(wire::connack(
+            ver,
+            false,
+            Some(code),
+            None,
+            &server_caps(ver, &c, &cfg),
+        ))
+        .await;
+}
+
 /// Reads CONNECT, authenticates, takes the client id over, resumes or starts the
 /// session and answers CONNACK.
 pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {

@@ -145,7 +145,15 @@ struct Accepted {
 ///
 /// The handshake and the ending run boxed: their temporaries would otherwise take space
 /// in this future, which every connection carries for its whole life.
-pub(crate) async fn run(stream: Transport, broker: Arc<Broker>, stop: CancellationToken) {
+pub(crate) async fn run(
+    stream: Transport,
+    broker: Arc<Broker>,
+    stop: CancellationToken,
+    refusal: Option<polyport_core::admission::Refusal>,
+) {
+    if let Some(r) = refusal {
+        return Box::pin(handshake::refuse(stream, &broker, r)).await;
+    }
     // Bound straight from the temporary: a named `Accepted` would keep its own slot.
     let Some(Accepted {
         mut s,
@@ -441,7 +449,7 @@ mod size_tests {
             .await
             .unwrap();
         let (a, _b) = tokio::io::duplex(64);
-        let fut = super::run(Box::new(a), broker, Default::default());
+        let fut = super::run(Box::new(a), broker, Default::default(), None);
         let size = std::mem::size_of_val(&fut);
         // It was 4.8 KB before the cold paths were boxed.
         assert!(size < 2048, "connection future grew to {size} bytes");

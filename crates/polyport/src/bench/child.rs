@@ -23,6 +23,11 @@ impl PolyportChild {
     pub(crate) async fn start(listener: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("polyport-bench-{listener}-{}", ulid_like()));
         std::fs::create_dir_all(&dir)?;
+        // A benchmark opens every client from one address: lift the per-address cap.
+        std::fs::write(
+            dir.join("polyport.toml"),
+            "[limits]\nmax_connections = 1000000\nmax_connections_per_address = 1000000\n",
+        )?;
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("serve")
             .arg("--data-dir")

@@ -368,3 +368,14 @@ def test_a_stomp_send_reaches_sse_and_a_webhook_with_one_sequence(servers):
     finally:
         rx.close()
         api.close()
+
+
+def test_a_client_past_the_connection_cap_gets_an_error_frame(servers):
+    s = servers.start("[limits]\nmax_connections_per_address = 2\n")
+    c1, got1 = connect(s)
+    c2, _ = connect(s)
+    message, body = error_of(raw(s, CONNECT))
+    assert message == "Connection limit reached" and b"maximum of 2" in body
+    c1.subscribe("/queue/limits", id="1")
+    c2.send("/queue/limits", "still here")
+    assert got1.take(1)[0][1] == "still here"

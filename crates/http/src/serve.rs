@@ -1,0 +1,151 @@
+//! The HTTP listener's own accept loop over hyper-util, instead of `axum::serve`, for
+//! what that one does not do: connection caps per listener and per client address (a
+//! connection over a cap gets a 503 problem and is closed), and a deadline for a request's
+//! headers, so a client trickling bytes (slowloris) cannot hold a connection open. HTTP/1.1
+//! with upgrades (WebSocket) and HTTP/2 (h2c, for gRPC) are served alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use polyport_core::admission::{Admission, ConnectionLimits, Refusal};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How an HTTP listener guards itself.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// The listener's name in logs and metrics (`HTTP`, `gRPC`).
+    pub label: &'static str,
+    /// Caps on open connections.
+    pub connections: ConnectionLimits,
+    /// Time a client has to send a request's headers (each request, keep-alive included).
+    pub header_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            label: "HTTP",
+            connections: ConnectionLimits::default(),
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How long shutdown waits for in-flight requests and streams.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How long a refused connection gets to read its 503.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Serves `app` on `listener` until `shutdown` fires, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, app, shutdown, ServeOptions::default()).await
+}
+
+/// [`serve`] with explicit caps and deadlines.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    opts: ServeOptions,
+) -> std::io::Result<()> {
+    let admission = Admission::new(opts.label, opts.connections);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{} accept failed", opts.label);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        match admission.admit(peer.ip()) {
+            Ok(permit) => {
+                let b = builder.clone();
+                let conn = b
+                    .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _place = permit;
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                });
+            }
+            Err(why) => {
+                let Some(slot) = admission.answer_slot() else {
+                    continue;
+                };
+                let b = builder.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        Ok::<_, std::convert::Infallible>(too_many(why))
+                    });
+                    let conn = b.serve_connection(io, svc);
+                    let _ = tokio::time::timeout(REFUSAL_DEADLINE, conn).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{}: connections still open after {DRAIN:?}; closing",
+            opts.label
+        );
+    }
+    Ok(())
+}
+
+/// The 503 a connection over a cap gets, as a problem document, then the connection closes.
+fn too_many(why: Refusal) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "urn:polyport:problem:too_many_connections",
+        "title": "Service Unavailable",
+        "status": 503,
+        "code": "too_many_connections",
+        "detail": why.to_string(),
+    });
+    let mut res = Response::new(Body::from(body.to_string()));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    res
+}

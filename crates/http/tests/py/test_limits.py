@@ -1,0 +1,82 @@
+"""The HTTP listener guards itself (`[limits]`): a connection past the per-address cap
+gets a 503 problem and is closed while the open ones carry on, and a client that trickles
+its headers (slowloris) is cut off after `http_header_timeout_secs`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+from polyport_server import servers  # noqa: F401  (fixture)
+
+LIMITS = "[limits]\nmax_connections_per_address = 3\nhttp_header_timeout_secs = 1\n"
+
+
+def request(sock: socket.socket, path: str = "/healthz") -> bytes:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_connections_past_the_cap_get_503_and_the_open_ones_carry_on(servers):
+    s = servers.start(LIMITS)
+    host, port = s.http.split(":")
+    held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(3)]
+    try:
+        for sock in held:
+            assert request(sock).startswith(b"HTTP/1.1 200")
+        over = socket.create_connection((host, int(port)), timeout=5)
+        reply = request(over)
+        assert reply.startswith(b"HTTP/1.1 503"), reply
+        problem = json.loads(reply.partition(b"\r\n\r\n")[2])
+        assert problem["code"] == "too_many_connections" and "maximum of 3" in problem["detail"]
+        assert over.recv(1) == b"", "the refused connection is closed"
+        assert request(held[0]).startswith(b"HTTP/1.1 200"), "keep-alive connections carry on"
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # the place is free once the server sees the close
+            r = httpx.get(f"{s.url}/healthz")
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_client_trickling_its_headers_is_cut_off(servers):
+    s = servers.start(LIMITS)
+    host, port = s.http.split(":")
+    slow = socket.create_connection((host, int(port)), timeout=10)
+    started = time.monotonic()
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    try:
+        for _ in range(20):  # one header byte every 0.2 s: never a whole request
+            slow.sendall(b"X")
+            time.sleep(0.2)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    slow.settimeout(5)
+    try:
+        rest = slow.recv(65536)
+    except ConnectionResetError:
+        rest = b""
+    elapsed = time.monotonic() - started
+    assert not rest.startswith(b"HTTP/1.1 200"), rest
+    assert elapsed < 6, f"still open after {elapsed:.1f}s"
+    assert httpx.get(f"{s.url}/healthz").status_code == 200, "other clients are served"
