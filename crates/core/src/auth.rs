@@ -129,9 +129,48 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Credentials in an HTTP `Authorization` header (HTTP, and gRPC's `authorization`
+/// metadata): `Basic` gives a username and password; anything else is `Err` naming the
+/// scheme, so the caller refuses it rather than treating the request as anonymous.
+pub fn basic_credentials(header: &str) -> Result<(String, Vec<u8>), String> {
+    use base64::Engine as _;
+    let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(format!(
+            "the {scheme} scheme is not accepted here: use Basic (username and password)"
+        ));
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .map_err(|_| "Basic credentials are not base64".to_string())?;
+    let colon = raw
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or_else(|| "Basic credentials need username:password".to_string())?;
+    let user = String::from_utf8(raw[..colon].to_vec())
+        .map_err(|_| "the username is not UTF-8".to_string())?;
+    Ok((user, raw[colon + 1..].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_credentials_are_parsed_and_other_schemes_named() {
+        // "alice:s3:cret" — a password may hold colons.
+        assert_eq!(
+            basic_credentials("Basic YWxpY2U6czM6Y3JldA=="),
+            Ok(("alice".to_string(), b"s3:cret".to_vec()))
+        );
+        assert!(
+            basic_credentials("Bearer abc")
+                .unwrap_err()
+                .contains("Bearer")
+        );
+        assert!(basic_credentials("Basic !!!").is_err());
+        assert!(basic_credentials("Basic YWxpY2U=").is_err());
+    }
 
     #[test]
     fn static_users_check_passwords_and_anonymity() {

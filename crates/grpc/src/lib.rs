@@ -210,6 +210,22 @@ fn into_axum(r: http::Response<tonic::body::Body>) -> Response {
 }
 
 /// Routes one call by its path, `/package.Service/Method`.
+/// `authorization` metadata (`Basic`) through the Hub's authenticate seam, the `[auth]`
+/// users every face checks; without it the caller is anonymous, if anonymous callers are
+/// let in.
+fn authenticate(hub: &Hub, headers: &http::HeaderMap) -> Result<AuthContext, Status> {
+    let who = match headers.get(http::header::AUTHORIZATION) {
+        Some(v) => polyport_core::auth::basic_credentials(v.to_str().unwrap_or(""))
+            .map_err(polyport_core::HubError::Unauthenticated)
+            .and_then(|(user, pass)| hub.authenticate(Origin("grpc"), Some(&user), Some(&pass))),
+        None => hub.authenticate(Origin("grpc"), None, None),
+    };
+    who.map_err(|e| {
+        metrics::counter!("polyport_auth_failures_total", "origin" => "grpc").increment(1);
+        Status::unauthenticated(e.to_string())
+    })
+}
+
 async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -221,6 +237,12 @@ async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
         "grpc.health.v1.Health" => Some(st.health.clone()),
         _ => None,
     };
+    // Health answers probes without credentials; everything else needs the caller known.
+    if service != "grpc.health.v1.Health"
+        && let Err(status) = authenticate(&st.handlers.hub, req.headers())
+    {
+        return into_axum(status.into_http());
+    }
     if let Some(svc) = builtin {
         return match svc.oneshot(req).await {
             Ok(r) => into_axum(r),

@@ -17,6 +17,7 @@
 //! collections (the collection is a path parameter, its schema is data).
 
 mod error;
+mod gate;
 mod hooks;
 mod index;
 mod openapi;
@@ -203,6 +204,10 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            gate::authenticate,
+        ))
         .layer(middleware::from_fn(track));
     match cors {
         Some(c) => app.layer(c),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import httpx
 from lxml import etree
+import requests
 from zeep import Client, Settings
+from zeep.transports import Transport
 
 TNS = "urn:polyport:soap"
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -13,8 +15,13 @@ SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 BINDINGS = {"1.1": "PolyportSoap11", "1.2": "PolyportSoap12"}
 
 
-def zeep_service(server, version: str = "1.1", **kw):
-    """`Client(wsdl=…)` as seed 003 builds it, bound to the SOAP 1.1 or 1.2 port."""
+def zeep_service(server, version: str = "1.1", http_auth: tuple[str, str] | None = None, **kw):
+    """`Client(wsdl=…)` as seed 003 builds it, bound to the SOAP 1.1 or 1.2 port;
+    `http_auth` fetches the WSDL with HTTP Basic (needed when anonymous callers are off)."""
+    if http_auth:
+        session = requests.Session()
+        session.auth = http_auth
+        kw["transport"] = Transport(session=session)
     client = Client(wsdl=f"{server.url}/soap?wsdl", settings=Settings(strict=True), **kw)
     return client.bind("Polyport", BINDINGS[version])
 

@@ -108,15 +108,16 @@ def test_the_wsdl_follows_the_collections(blog):
 
 def test_ws_security_username_token_authenticates(servers):
     s = servers.start('[auth]\nusers = { alice = "s3cret" }\nanonymous = false\n', "--demo", "blog")
-    ok = zeep_service(s, "1.2", wsse=UsernameToken("alice", "s3cret"))
+    basic = ("alice", "s3cret")  # the WSDL is an HTTP GET: HTTP Basic, like every other route
+    ok = zeep_service(s, "1.2", http_auth=basic, wsse=UsernameToken("alice", "s3cret"))
     assert ok.GetUser(id="123").username == "john_doe"
     for wsse in (UsernameToken("alice", "wrong"), None):
-        svc = zeep_service(s, "1.2", **({"wsse": wsse} if wsse else {}))
+        svc = zeep_service(s, "1.2", http_auth=basic, **({"wsse": wsse} if wsse else {}))
         with pytest.raises(zeep.exceptions.Fault) as f:
             svc.CreatePost(title="sneaky", author="123")
         assert f.value.code == "env:Sender"
         assert [q.localname for q in f.value.subcodes] == ["FailedAuthentication"]
-    with httpx.Client(base_url=s.url) as http:
+    with httpx.Client(base_url=s.url, auth=basic) as http:
         titles = [p["title"] for p in http.get("/api/collections/posts/records").json()["items"]]
     assert "sneaky" not in titles
 

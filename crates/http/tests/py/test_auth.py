@@ -1,0 +1,67 @@
+"""`[auth]` holds on every HTTP route: with `anonymous = false`, REST, SSE, `/ws`,
+GraphQL and the index answer 401 (problem+json, `WWW-Authenticate: Basic`) without
+credentials or with wrong ones, and serve a configured user over `Authorization: Basic`;
+probes and signed inbound hooks stay reachable; nothing is written by a refused call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+import websockets
+import websockets.exceptions
+from polyport_server import servers  # noqa: F401  (fixture)
+
+AUTH = '[auth]\nusers = { alice = "s3cret" }\nanonymous = false\n'
+ALICE = ("alice", "s3cret")
+
+
+@pytest.fixture
+def locked(servers):
+    return servers.start(AUTH, "--demo", "blog")
+
+
+def test_every_route_wants_credentials(locked):
+    with httpx.Client(base_url=locked.url, timeout=10) as anon:
+        for method, path in [("GET", "/"), ("GET", "/api/collections/posts/records"), ("GET", "/api/events"),
+                             ("POST", "/graphql"), ("GET", "/openapi.json"), ("GET", "/metrics"), ("GET", "/nowhere")]:
+            r = anon.request(method, path, json={"query": "{ __typename }"} if method == "POST" else None)
+            assert r.status_code == 401, (path, r.status_code, r.text)
+            assert r.headers["www-authenticate"].startswith("Basic realm=")
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.json()["code"] == "unauthenticated"
+        r = anon.post("/api/collections/posts/records", json={"title": "anon", "author": "123"})
+        assert r.status_code == 401
+        for probe in ("/healthz", "/readyz"):
+            assert anon.get(probe).status_code == 200
+    with httpx.Client(base_url=locked.url, timeout=10, auth=("alice", "wrong")) as wrong:
+        assert wrong.get("/api/collections").status_code == 401
+    with httpx.Client(base_url=locked.url, timeout=10, headers={"Authorization": "Bearer abc"}) as bearer:
+        r = bearer.get("/api/collections")
+        assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+    with httpx.Client(base_url=locked.url, timeout=10, auth=ALICE) as alice:
+        titles = [p["title"] for p in alice.get("/api/collections/posts/records").json()["items"]]
+        assert "anon" not in titles and len(titles) == 2
+        assert alice.post("/api/collections/posts/records", json={"title": "mine", "author": "123"}).status_code == 201
+        r = alice.post("/graphql", json={"query": "{ user(id: 123) { username } }"})
+        assert r.json()["data"]["user"]["username"] == "john_doe"
+
+
+def test_streams_and_sockets_take_the_same_credentials(locked):
+    async def scenario():
+        url = f"ws://{locked.http}/ws"
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(url):
+                pass
+        assert refused.value.response.status_code == 401
+        auth = httpx.BasicAuth(*ALICE)._auth_header
+        async with websockets.connect(url, additional_headers={"Authorization": auth}) as ws:
+            await ws.send(json.dumps({"op": "subscribe", "id": "1", "topic": "sensors/#"}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply["type"] == "ok", reply
+        async with httpx.AsyncClient(base_url=locked.url, auth=ALICE, timeout=10) as alice:
+            async with alice.stream("GET", "/api/events", params={"topic": "sensors/#"}) as sse:
+                assert sse.status_code == 200
+    asyncio.run(asyncio.wait_for(scenario(), 30))
