@@ -75,6 +75,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint as every face shows it after creation: without its signing secrets.
+    /// A secret is shown once, in the answer to the create or rotate that made it, so a
+    /// caller who can list endpoints cannot forge their deliveries.
+    pub fn redacted(&self) -> Self {
+        let mut e = self.clone();
+        e.spec.secret = None;
+        e.previous_secret = None;
+        e
+    }
+
     /// The secrets to sign with now (two during a rotation overlap).
     pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
         let mut out = Vec::with_capacity(2);

@@ -20,7 +20,7 @@ use crate::rest::{body, json_response, object};
 
 pub(crate) async fn list(State(app): State<AppState>) -> ApiResult<Response> {
     let eps = app.hub.endpoints(&app.ctx())?;
-    let items: Vec<Value> = eps.iter().map(|e| json!(e)).collect();
+    let items: Vec<Value> = eps.iter().map(|e| json!(e.redacted())).collect();
     Ok(json_response(StatusCode::OK, json!({ "items": items })))
 }
 
@@ -39,7 +39,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let ep = app.hub.endpoint(&app.ctx(), &id)?;
-    Ok(json_response(StatusCode::OK, json!(ep)))
+    Ok(json_response(StatusCode::OK, json!(ep.redacted())))
 }
 
 pub(crate) async fn patch(
@@ -50,7 +50,7 @@ pub(crate) async fn patch(
 ) -> ApiResult<Response> {
     let patch = Value::Object(object(json_body(&headers, &body(b)?)?)?);
     let ep = app.hub.update_endpoint(&app.ctx(), &id, patch).await?;
-    Ok(json_response(StatusCode::OK, json!(ep)))
+    Ok(json_response(StatusCode::OK, json!(ep.redacted())))
 }
 
 pub(crate) async fn delete(

@@ -87,8 +87,7 @@ pub(super) fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Obj
                 let eps = h.endpoints(&actx()).map_err(gql_err)?;
                 Ok(Some(FieldValue::list(
                     eps.iter()
-                        .cloned()
-                        .map(FieldValue::owned_any)
+                        .map(|e| FieldValue::owned_any(Arc::new(e.redacted())))
                         .collect::<Vec<_>>(),
                 )))
             })
@@ -125,7 +124,7 @@ pub(super) fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Obj
                     .update_endpoint(&actx(), &id, patch)
                     .await
                     .map_err(gql_err)?;
-                Ok(Some(FieldValue::owned_any(ep)))
+                Ok(Some(FieldValue::owned_any(Arc::new(ep.redacted()))))
             })
         },
     )

@@ -9,7 +9,8 @@ use crate::convert::{status, str_field};
 impl Handlers {
     pub(super) fn webhooks_list(&self) -> Result<Value, Status> {
         let eps = self.hub.endpoints(&ctx()).map_err(status)?;
-        Ok(json!({ "endpoints": *eps }))
+        let eps: Vec<_> = eps.iter().map(|e| e.redacted()).collect();
+        Ok(json!({ "endpoints": eps }))
     }
 
     pub(super) async fn webhooks_create(&self, v: &Value) -> Result<Value, Status> {
@@ -29,6 +30,7 @@ impl Handlers {
                 .update_endpoint(&ctx(), str_field(v, "id"), patch)
                 .await
                 .map_err(status)?
+                .redacted()
         ))
     }
 

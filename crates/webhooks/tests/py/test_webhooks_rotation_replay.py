@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -97,3 +98,21 @@ def test_a_resend_requested_while_the_delivery_is_in_flight_is_not_lost(api, rec
     assert [x.webhook_id for x in got] == [f"msg_{ep['id']}_{seq}"] * 2
     d = api.wait_delivery(ep["id"], seq, "delivered", timeout=5)
     assert d["attempts"] == 2 and [a["status"] for a in d["attempt_log"]] == [200, 200]
+
+
+def test_a_secret_is_shown_once_and_never_listed(api, server):
+    """The create and rotate answers carry the secret; REST list/get/patch, GraphQL's
+    `webhookEndpoints` and a later patch never do, so reading the registry is not enough
+    to forge deliveries."""
+    ep = api.create_endpoint("http://127.0.0.1:9/hook", topics=["s/#"])
+    assert ep["secret"].startswith("whsec_")
+    assert "secret" not in api.endpoint(ep["id"])
+    assert all("secret" not in e for e in api.endpoints())
+    assert "secret" not in api.patch_endpoint(ep["id"], description="quiet")
+    rotated = api.rotate(ep["id"], overlap_secs=60)
+    assert rotated["secret"].startswith("whsec_") and rotated["secret"] != ep["secret"]
+    assert rotated["previous_secret"] == ep["secret"], "the rotate answer names what it replaced"
+    after = api.endpoint(ep["id"])
+    assert "secret" not in after and "previous_secret" not in after
+    r = httpx.post(f"{server.url}/graphql", json={"query": "{ webhookEndpoints { id secret } }"})
+    assert r.json()["data"]["webhookEndpoints"] == [{"id": ep["id"], "secret": None}]
