@@ -72,6 +72,10 @@ pub(crate) struct ServeArgs {
     /// Whether webhook deliveries may reach public addresses.
     #[arg(long, env = "POLYPORT_WEBHOOKS_ALLOW_PUBLIC")]
     webhooks_allow_public: Option<bool>,
+    /// Serve anonymous clients on non-loopback addresses even though no users are
+    /// configured (refused by default, as Mosquitto 2 does).
+    #[arg(long, env = "POLYPORT_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
 }
 
 fn main() -> anyhow::Result<()> {

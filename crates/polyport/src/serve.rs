@@ -192,6 +192,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    refuse_open_doors(&cfg, args.allow_anonymous, faces.iter().map(|(w, _)| w))?;
+
     // Every listener is bound before any face starts, so the index at `GET /` can say
     // where each one lives (or why it is not there).
     let mut listeners = Listeners::default();
@@ -245,6 +247,32 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The file, then the flags that override it (listen addresses are read per face).
+/// Safe by default, like Mosquitto 2: with no identity source, anonymous clients are
+/// served on loopback only. A listener on any other address needs `[auth] users` or an
+/// explicit `--allow-anonymous`.
+fn refuse_open_doors<'a>(
+    cfg: &Config,
+    allow_anonymous: bool,
+    wants: impl Iterator<Item = &'a Want>,
+) -> anyhow::Result<()> {
+    if allow_anonymous || !cfg.auth.users.is_empty() {
+        return Ok(());
+    }
+    let open: Vec<String> = wants
+        .filter(|w| !w.addr.ip().is_loopback())
+        .map(|w| format!("{} on {}", w.spec.name, w.addr))
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve anonymous clients beyond loopback ({}) with no users configured: \
+         add users (`[auth] users = {{ alice = \"…\" }}` in polyport.toml) or pass \
+         --allow-anonymous (POLYPORT_ALLOW_ANONYMOUS=true) to let anyone on the network in",
+        open.join(", ")
+    )
+}
+
 fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut cfg = Config::load(args.config.as_deref())?;
     if let Some(d) = &args.data_dir {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 
 import httpx
 import pytest
@@ -65,3 +66,19 @@ def test_streams_and_sockets_take_the_same_credentials(locked):
             async with alice.stream("GET", "/api/events", params={"topic": "sensors/#"}) as sse:
                 assert sse.status_code == 200
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_no_users_means_loopback_only_unless_allowed(tmp_path, spawn):
+    """Like Mosquitto 2: with no identity source, a listener beyond loopback stops
+    start-up with a message saying what to do; `--allow-anonymous` (or users) lets it run."""
+    from polyport_server import polyport_bin
+
+    p = subprocess.run(
+        [str(polyport_bin()), "serve", "--data-dir", str(tmp_path / "d"), "--http", "127.0.0.1:0",
+         "--grpc", "127.0.0.1:0", "--mqtt", "0.0.0.0:0", "--amqp", "127.0.0.1:0", "--stomp", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )
+    assert p.returncode != 0
+    assert "mqtt on 0.0.0.0:0" in p.stderr and "--allow-anonymous" in p.stderr and "[auth] users" in p.stderr, p.stderr
+    s = spawn("--mqtt", "0.0.0.0:0", "--allow-anonymous")
+    assert httpx.get(f"{s.url}/healthz").status_code == 200
