@@ -79,6 +79,8 @@ pub struct HttpConfig {
     pub hooks: HooksConfig,
     /// What `GET /` lists besides this face's own endpoints.
     pub index: Index,
+    /// How long a browser token from `POST /api/auth/token` is good for.
+    pub token_ttl: Duration,
 }
 
 impl Default for HttpConfig {
@@ -94,6 +96,7 @@ impl Default for HttpConfig {
             cors_origins: vec!["*".into()],
             hooks: HooksConfig::default(),
             index: Index::default(),
+            token_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -112,6 +115,7 @@ impl std::fmt::Debug for HttpConfig {
 pub(crate) struct AppState {
     pub(crate) hub: Hub,
     pub(crate) cfg: Arc<HttpConfig>,
+    pub(crate) tokens: Arc<gate::Tokens>,
 }
 
 impl AppState {
@@ -131,6 +135,7 @@ pub fn router(hub: Hub, cfg: HttpConfig) -> Router {
 pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
     let state = AppState {
         hub,
+        tokens: Arc::new(gate::Tokens::new(cfg.token_ttl)),
         cfg: Arc::new(cfg),
     };
     let max_body = state.cfg.max_body;
@@ -189,6 +194,7 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
             post(webhooks::retry),
         )
         .route("/hooks/{source}", post(hooks::receive))
+        .route("/api/auth/token", post(gate::issue_token))
         .route("/api/events", get(realtime::sse))
         .route("/api/stream", get(realtime::ndjson))
         .route("/api/poll", get(realtime::poll))
@@ -298,7 +304,12 @@ async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    // A label per known method only: arbitrary method strings must not grow the series.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     metrics::counter!("polyport_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);

@@ -37,6 +37,8 @@ pub(crate) struct AuthSection {
     pub(crate) users: std::collections::HashMap<String, String>,
     /// Whether callers without credentials are let in.
     pub(crate) anonymous: bool,
+    /// Seconds a browser token (`POST /api/auth/token`) is good for.
+    pub(crate) token_ttl_secs: u64,
 }
 
 impl Default for AuthSection {
@@ -44,6 +46,7 @@ impl Default for AuthSection {
         Self {
             users: Default::default(),
             anonymous: true,
+            token_ttl_secs: 300,
         }
     }
 }
