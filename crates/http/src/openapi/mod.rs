@@ -120,6 +120,24 @@ pub(crate) fn build<'a>(colls: impl Iterator<Item = &'a Collection>, max_page: u
         );
     }
     paths.insert(
+        "/api/auth/token".into(),
+        json!({"post": {
+            "operationId": "issueToken",
+            "tags": ["auth"],
+            "summary": "A short-lived token for EventSource and WebSocket URLs (`?access_token=`)",
+            "security": [{"basic": []}],
+            "responses": responses(&[
+                ("200", ok("the token", json!({"type": "object", "properties": {
+                    "token": {"type": "string"},
+                    "expires_at": {"type": "integer", "description": "Unix seconds"},
+                    "expires_in": {"type": "integer", "description": "seconds"},
+                    "use": {"type": "string"},
+                }, "required": ["token", "expires_at", "expires_in"]}))),
+                ("401", problem("not signed in: send Authorization: Basic")),
+            ]),
+        }}),
+    );
+    paths.insert(
         "/metrics".into(),
         json!({"get": {"operationId": "metrics", "tags": ["ops"], "responses": responses(&[
             ("200", json!({"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}})),
@@ -133,6 +151,15 @@ pub(crate) fn build<'a>(colls: impl Iterator<Item = &'a Collection>, max_page: u
             "description": "Records, topics and events. Generated from the live collections.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        // Anonymous callers are served unless `[auth] anonymous = false`.
+        "security": [{}, {"basic": []}, {"bearer": []}, {"access_token": []}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic", "description": "an [auth] user"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a token from POST /api/auth/token"},
+                "access_token": {"type": "apiKey", "in": "query", "name": "access_token", "description": "the same token, for EventSource and WebSocket URLs"},
+            },
+        },
     })
 }
