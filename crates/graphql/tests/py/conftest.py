@@ -23,17 +23,7 @@ HTTP_TESTS = Path(__file__).resolve().parents[3] / "http" / "tests" / "py"
 if str(HTTP_TESTS) not in sys.path:
     sys.path.append(str(HTTP_TESTS))
 
-from polyport_server import base_url, blog, client, spawn, start_server  # noqa: E402, F401  (fixtures)
-
-
-@pytest.fixture(scope="module")
-def shared_blog(tmp_path_factory):
-    """One `--demo blog` server for a whole module, for tests that only read (or only
-    send bad input) and so cannot disturb each other; stopped like `spawn`'s servers."""
-    server = start_server(tmp_path_factory.mktemp("polyport-data"), "--demo", "blog")
-    yield server
-    code = server.stop()
-    assert code == 0, f"polyport on {server.http} exited with {code!r} after SIGTERM; log:\n{server.log()[-4000:]}"
+from polyport_server import base_url, blog, client, shared_blog, spawn, start_server  # noqa: E402, F401  (fixtures)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from gql import Client
 from gql.transport.exceptions import TransportQueryError
 
 from graphql_clients import SUBPROTOCOLS, Subscription, code_of, request, ws_transport
-from realtime_clients import TIMEOUT, open_sse
+from realtime_clients import TIMEOUT, next_matching, open_sse
 
 RECORD_CHANGED = """subscription($filter: String) {
   recordChanged(collection: "posts", filter: $filter) { type operation sequence collection id record }
@@ -31,14 +31,6 @@ def run(coro):
 
 def async_client(server) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(TIMEOUT, read=30.0))
-
-
-async def next_matching(feed, predicate, what: str, limit: int = 50):
-    for _ in range(limit):
-        item = await feed.next()
-        if predicate(item):
-            return item
-    raise AssertionError(f"{feed.name}: no {what} among {limit} items")
 
 
 @pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)

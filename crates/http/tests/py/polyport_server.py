@@ -215,6 +215,16 @@ def spawn(tmp_path_factory):
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.fixture(scope="module")
+def shared_blog(tmp_path_factory):
+    """One `--demo blog` server for a whole module, for tests that only read (or only
+    send bad input) and so cannot disturb each other; stopped like `spawn`'s servers."""
+    server = start_server(tmp_path_factory.mktemp("polyport-data"), "--demo", "blog")
+    yield server
+    code = server.stop()
+    assert code == 0, f"polyport on {server.http} exited with {code!r} after SIGTERM; log:\n{server.log()[-4000:]}"
+
+
 @pytest.fixture
 def blog(spawn) -> Server:
     """A fresh server seeded with `--demo blog` (users/123 john_doe with posts 1 and 2)."""

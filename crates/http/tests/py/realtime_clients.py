@@ -72,6 +72,15 @@ class Feed:
                 await self.task
 
 
+async def next_matching(feed: Feed, predicate, what: str, limit: int = 50):
+    """The first of the feed's next `limit` items that `predicate` accepts."""
+    for _ in range(limit):
+        item = await feed.next()
+        if predicate(item):
+            return item
+    raise AssertionError(f"{feed.name}: no {what} among {limit} items")
+
+
 async def open_sse(client: httpx.AsyncClient, params, headers: dict | None = None) -> Feed:
     """`GET /api/events`; items are httpx_sse.ServerSentEvent (comments are skipped)."""
     feed = Feed("SSE")

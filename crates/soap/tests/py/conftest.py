@@ -16,16 +16,7 @@ for suite in ("http", "graphql"):
     if str(path) not in sys.path:
         sys.path.append(str(path))
 
-from polyport_server import blog, servers, spawn, start_server  # noqa: E402, F401  (fixtures)
-
-
-@pytest.fixture(scope="module")
-def shared_blog(tmp_path_factory):
-    """One `--demo blog` server for a module whose tests only read or are refused."""
-    server = start_server(tmp_path_factory.mktemp("polyport-data"), "--demo", "blog")
-    yield server
-    code = server.stop()
-    assert code == 0, f"polyport on {server.http} exited with {code!r} after SIGTERM; log:\n{server.log()[-4000:]}"
+from polyport_server import blog, servers, shared_blog, spawn  # noqa: E402, F401  (fixtures)
 
 
 @pytest.fixture

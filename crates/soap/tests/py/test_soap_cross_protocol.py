@@ -12,20 +12,12 @@ import httpx
 from gql import Client
 
 from graphql_clients import GRAPHQL_TRANSPORT_WS, Subscription, http_client, query, ws_transport
-from realtime_clients import TIMEOUT, open_sse
+from realtime_clients import TIMEOUT, next_matching, open_sse
 from soap_clients import zeep_service
 
 RECORD_CHANGED = """subscription {
   recordChanged(collection: "posts") { operation sequence id record }
 }"""
-
-
-async def next_matching(feed, predicate, what: str, limit: int = 50):
-    for _ in range(limit):
-        item = await feed.next()
-        if predicate(item):
-            return item
-    raise AssertionError(f"{feed.name}: no {what} among {limit} items")
 
 
 def test_a_soap_create_reaches_rest_graphql_and_sse_with_one_sequence(blog):
