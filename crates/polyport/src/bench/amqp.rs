@@ -79,7 +79,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         ),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    compare("RabbitMQ", rabbit_up, &scenarios, |s, peer| {
+    compare("Polyport", "RabbitMQ", rabbit_up, &scenarios, |s, peer| {
         let uri = if peer {
             args.rabbitmq.clone()
         } else {

@@ -12,23 +12,9 @@ pub(crate) enum Figure {
     Memory(Option<f64>),
 }
 
-/// Runs each scenario on Polyport (`run(s, false)`) and, when it is up, on the peer
-/// (`run(s, true)`), printing one row each under the headings.
+/// Runs each scenario on our side (`run(s, false)`) and, when it is up, on the peer
+/// (`run(s, true)`), printing one row each under the headings `ours` and `peer`.
 pub(crate) async fn compare<S: Copy, F, Fut>(
-    peer: &str,
-    peer_up: bool,
-    scenarios: &[(&str, S)],
-    run: F,
-) -> anyhow::Result<()>
-where
-    F: Fn(S, bool) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Figure>>,
-{
-    compare_named("Polyport", peer, peer_up, scenarios, run).await
-}
-
-/// [`compare`] with the first column named `ours` (one Polyport face against another).
-pub(crate) async fn compare_named<S: Copy, F, Fut>(
     ours: &str,
     peer: &str,
     peer_up: bool,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
-use super::peer::{Figure, compare_named};
+use super::peer::{Figure, compare};
 use super::{TestServer, load};
 
 #[derive(clap::Args, Debug)]
@@ -128,7 +128,7 @@ pub(crate) async fn run(args: SoapArgs) -> anyhow::Result<()> {
             },
         ),
     ];
-    compare_named("SOAP", "REST", true, &scenarios, |s, rest| {
+    compare("SOAP", "REST", true, &scenarios, |s, rest| {
         let base = base.clone();
         async move {
             let (rps, _lat) = if rest {

@@ -346,7 +346,7 @@ async fn versus_rabbitmq(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()>
         ("receipted persistent SENDs, 4 clients", Scenario::Receipted),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    compare("RabbitMQ", rabbit_up, &scenarios, |s, peer| {
+    compare("Polyport", "RabbitMQ", rabbit_up, &scenarios, |s, peer| {
         let addr = if peer { args.rabbitmq } else { pp };
         async move { s.run(addr, args).await }
     })
