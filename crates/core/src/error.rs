@@ -79,6 +79,9 @@ pub enum HubError {
     /// Writing to an unknown collection while auto-create is off.
     #[error("collection '{0}' does not exist and auto_create_collections is off")]
     AutoCreateDisabled(String),
+    /// A configured cap would be exceeded (e.g. the number of collections).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
     /// The auth policy refused.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -128,6 +131,7 @@ impl HubError {
             HubError::PositionUnavailable { .. } => "position_unavailable",
             HubError::EpochMismatch { .. } => "epoch_mismatch",
             HubError::AutoCreateDisabled(_) => "auto_create_disabled",
+            HubError::LimitReached(_) => "limit_reached",
             HubError::Forbidden(_) => "forbidden",
             HubError::Unauthenticated(_) => "unauthenticated",
             HubError::SlowConsumer { .. } => "slow_consumer",

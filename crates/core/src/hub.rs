@@ -40,6 +40,9 @@ pub struct HubConfig {
     pub ack_timeout: Duration,
     /// Upper bound on a member's prefetch window.
     pub max_prefetch: usize,
+    /// Collections there may be before a write stops creating new ones by itself, so a
+    /// client writing to random names cannot fill the catalogue.
+    pub max_auto_collections: usize,
 }
 
 impl Default for HubConfig {
@@ -50,6 +53,7 @@ impl Default for HubConfig {
             ephemeral_topics: Vec::new(),
             ack_timeout: Duration::from_secs(30),
             max_prefetch: 10_000,
+            max_auto_collections: 1000,
         }
     }
 }

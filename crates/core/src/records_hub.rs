@@ -323,6 +323,12 @@ impl Hub {
         if !self.inner.config.auto_create_collections {
             return Err(HubError::AutoCreateDisabled(collection.to_string()));
         }
+        let max = self.inner.config.max_auto_collections;
+        if self.inner.store.collections().len() >= max {
+            return Err(HubError::LimitReached(format!(
+                "there are {max} collections, the most a write creates by itself; create '{collection}' explicitly (POST /api/collections) or raise [limits] max_auto_collections"
+            )));
+        }
         if !crate::schema::is_identifier(collection, 64) {
             return Err(HubError::InvalidRequest(format!(
                 "invalid collection name '{collection}': start with a letter, then letters, digits or _ (at most 64)"

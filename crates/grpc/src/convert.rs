@@ -43,7 +43,7 @@ pub(crate) fn status(e: HubError) -> Status {
         HubError::PositionUnavailable { .. } | HubError::EpochMismatch { .. } => Code::OutOfRange,
         HubError::Forbidden(_) => Code::PermissionDenied,
         HubError::Unauthenticated(_) => Code::Unauthenticated,
-        HubError::SlowConsumer { .. } => Code::ResourceExhausted,
+        HubError::SlowConsumer { .. } | HubError::LimitReached(_) => Code::ResourceExhausted,
         HubError::ShuttingDown => Code::Unavailable,
         HubError::Storage(_) => Code::Internal,
     };

@@ -90,7 +90,7 @@ impl From<HubError> for ApiError {
             HubError::PositionUnavailable { .. } | HubError::EpochMismatch { .. } => {
                 StatusCode::GONE
             }
-            HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HubError::Forbidden(_) | HubError::LimitReached(_) => StatusCode::FORBIDDEN,
             HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             HubError::ShuttingDown | HubError::SlowConsumer { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

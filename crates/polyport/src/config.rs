@@ -266,6 +266,8 @@ pub(crate) struct LimitsSection {
     pub(crate) max_connections_per_address: usize,
     /// Seconds an HTTP client has to send a request's headers.
     pub(crate) http_header_timeout_secs: u64,
+    /// Collections there may be before writes stop creating new ones by themselves.
+    pub(crate) max_auto_collections: usize,
 }
 
 impl Default for LimitsSection {
@@ -275,6 +277,7 @@ impl Default for LimitsSection {
             max_connections: c.max_connections,
             max_connections_per_address: c.max_per_address,
             http_header_timeout_secs: 10,
+            max_auto_collections: polyport_core::HubConfig::default().max_auto_collections,
         }
     }
 }

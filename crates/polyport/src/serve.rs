@@ -311,6 +311,7 @@ fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
     let hub_cfg = HubConfig {
         auto_create_collections: cfg.auto_create_collections,
         subscriber_queue: cfg.events.subscriber_queue,
+        max_auto_collections: cfg.limits.max_auto_collections,
         ephemeral_topics,
         ..HubConfig::default()
     };

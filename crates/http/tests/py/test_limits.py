@@ -89,3 +89,16 @@ def test_metric_labels_stay_bounded_whatever_the_method(servers):
     metrics = httpx.get(f"{s.url}/metrics").text
     assert 'method="other"' in metrics
     assert "BREW" not in metrics and "PROPFIND" not in metrics and "X-CUSTOM-1" not in metrics
+
+
+def test_writes_stop_creating_collections_past_the_cap(servers):
+    s = servers.start("[limits]\nmax_auto_collections = 3\n")
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        for name in ("a1", "a2", "a3"):
+            assert c.post(f"/api/collections/{name}/records", json={"n": 1}).status_code == 201
+        r = c.post("/api/collections/a4/records", json={"n": 1})
+        assert r.status_code == 403 and r.json()["code"] == "limit_reached", r.text
+        assert "POST /api/collections" in r.json()["detail"]
+        assert c.get("/api/collections/a4").status_code == 404, "nothing was created"
+        assert c.post("/api/collections/a1/records", json={"n": 2}).status_code == 201, "existing ones still take writes"
+        assert c.post("/api/collections", json={"name": "a4"}).status_code == 201, "an explicit create is not capped"
