@@ -41,6 +41,8 @@ pub(crate) enum Reason {
     PayloadFormat,
     #[error("a session that expires at once cannot be made persistent at DISCONNECT")]
     ExpiryAtDisconnect,
+    #[error("this connection holds its maximum of subscriptions")]
+    QuotaExceeded,
 }
 
 impl Reason {
@@ -62,6 +64,7 @@ impl Reason {
             Reason::AliasOutOfRange | Reason::AliasUnknown => 0x94,
             Reason::TooLarge => 0x95,
             Reason::PayloadFormat => 0x99,
+            Reason::QuotaExceeded => 0x97,
         }
     }
 
@@ -71,6 +74,7 @@ impl Reason {
             HubError::Forbidden(_) | HubError::Unauthenticated(_) => Reason::NotAuthorized,
             HubError::InvalidTopic(_) => Reason::TopicInvalid,
             HubError::InvalidFilter(_) => Reason::FilterInvalid,
+            HubError::LimitReached(_) => Reason::QuotaExceeded,
             _ => Reason::Unspecified,
         }
     }

@@ -75,6 +75,8 @@ pub struct MqttConfig {
     pub max_keep_alive: u16,
     /// Caps on open connections (per listener, per client address).
     pub connections: polyport_core::admission::ConnectionLimits,
+    /// Subscriptions one connection may hold; more are refused in SUBACK (0x97).
+    pub max_subscriptions: usize,
 }
 
 impl Default for MqttConfig {
@@ -89,6 +91,7 @@ impl Default for MqttConfig {
             max_queued_messages: 100_000,
             max_keep_alive: 0,
             connections: Default::default(),
+            max_subscriptions: 10_000,
         }
     }
 }

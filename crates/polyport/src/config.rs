@@ -70,6 +70,8 @@ pub(crate) struct MqttSection {
     pub(crate) max_queued_messages: usize,
     /// Longest keep-alive a client may use, seconds (0: any). MQTT 5 clients are told.
     pub(crate) max_keep_alive: u16,
+    /// Subscriptions one connection may hold.
+    pub(crate) max_subscriptions: usize,
 }
 
 impl Default for MqttSection {
@@ -85,6 +87,7 @@ impl Default for MqttSection {
             sys_interval_secs: d.sys_interval.as_secs(),
             max_queued_messages: d.max_queued_messages,
             max_keep_alive: d.max_keep_alive,
+            max_subscriptions: d.max_subscriptions,
         }
     }
 }

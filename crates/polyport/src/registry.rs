@@ -281,6 +281,7 @@ fn mqtt<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             sys_interval: Duration::from_secs(c.sys_interval_secs),
             max_queued_messages: c.max_queued_messages.max(1),
             max_keep_alive: c.max_keep_alive,
+            max_subscriptions: c.max_subscriptions.max(1),
             connections: cx.cfg.limits.connections(),
             ..polyport_mqtt::MqttConfig::default()
         };

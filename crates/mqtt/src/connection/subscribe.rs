@@ -149,6 +149,11 @@ impl Session {
                 .unwrap_or_else(polyport_core::record::new_id);
             let spec = SubSpec::new(text.clone(), opts, sub_id, nonce);
             let is_new = !self.subs.contains_key(&text);
+            if is_new && self.subs.len() >= self.broker.cfg.max_subscriptions {
+                tracing::info!(client = %self.client_id, filter = %text, "MQTT subscription refused: subscription limit");
+                codes.push(Reason::QuotaExceeded.suback_code(self.ver));
+                continue;
+            }
             if let Some(old) = self.subs.remove(&text) {
                 old.task.abort();
             }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from mqtt_clients import Paho, connected, mqtt_port
+from mqtt_clients import Paho, _int, connected, mqtt_port
 from polyport_server import servers  # noqa: F401  (fixture)
 
 LIMITS = "[limits]\nmax_connections_per_address = 3\n"
@@ -36,4 +36,22 @@ def test_a_client_past_the_cap_is_told_why_and_the_others_carry_on(servers):
             time.sleep(0.1)
     finally:
         for c in held:
+            c.close()
+
+
+def test_subscriptions_past_the_per_connection_cap_are_refused_in_suback(servers):
+    s = servers.start("[mqtt]\nmax_subscriptions = 2\n")
+    port = mqtt_port(s)
+    for v5, refused in ((True, 0x97), (False, 0x80)):
+        c = Paho(port, f"subs-{v5}", v5=v5)
+        try:
+            assert c.connect()[1] == 0
+            c.subscribe("cap/0", 1)
+            c.subscribe("cap/1", 1)
+            c.c.subscribe("cap/2", qos=1)
+            assert [_int(g) for g in c.subacks.get(timeout=10)] == [refused], "MQTT 5: Quota exceeded; 3.1.1: failure"
+            c.subscribe("cap/0", 0)  # replacing a subscription is not a new one
+            c.publish("cap/1", b"still subscribed", qos=1)
+            assert [m.payload for m in c.take(1)] == [b"still subscribed"]
+        finally:
             c.close()
