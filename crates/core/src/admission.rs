@@ -60,6 +60,9 @@ pub struct Admission {
     /// Refused connections still being answered; past a bound they are dropped unanswered
     /// so a flood cannot make the refusals themselves the load.
     answering: AtomicUsize,
+    /// When a refusal was last logged at WARN (Unix seconds): a flood of refusals logs
+    /// one line a second, the metric counts them all.
+    last_warned: std::sync::atomic::AtomicU64,
 }
 
 /// Refusals answered at once per listener; more are closed without an answer.
@@ -79,6 +82,7 @@ impl Admission {
             open: AtomicUsize::new(0),
             per_address: Mutex::new(HashMap::new()),
             answering: AtomicUsize::new(0),
+            last_warned: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -98,7 +102,15 @@ impl Admission {
             drop(per);
             metrics::counter!("polyport_connections_refused_total", "listener" => self.label, "reason" => r.reason())
                 .increment(1);
-            tracing::warn!(listener = self.label, %ip, reason = %r, "connection refused");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if self.last_warned.swap(now, Ordering::Relaxed) != now {
+                tracing::warn!(listener = self.label, %ip, reason = %r, "connection refused (polyport_connections_refused_total counts every one)");
+            } else {
+                tracing::debug!(listener = self.label, %ip, reason = %r, "connection refused");
+            }
             return Err(r);
         }
         per.insert(ip, mine + 1);
