@@ -67,6 +67,8 @@ pub struct Broker {
     pub ctx: AuthContext,
     pub(crate) exchanges: Arc<Mutex<HashMap<String, Exchange>>>,
     pub(crate) queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Serialises [`Broker::declare_queue_if_absent`]: its check and its create are one step.
+    declaring: Mutex<()>,
     next_conn: AtomicU64,
 }
 
@@ -101,6 +103,7 @@ impl Broker {
             ctx: ctx.clone(),
             exchanges: Arc::new(Mutex::new(exchanges)),
             queues: Mutex::new(HashMap::new()),
+            declaring: Mutex::new(()),
             next_conn: AtomicU64::new(1),
         });
         for (name, bytes) in hub.load_state(&ctx, QUEUES).await? {
@@ -204,6 +207,25 @@ impl Broker {
             limits: args.limits,
             expires: args.expires,
         })
+    }
+
+    /// [`Broker::declare_queue`] unless a queue of that name exists, then that one; and
+    /// whether it was created. Two connections declaring one queue at once (a STOMP SEND
+    /// and a SUBSCRIBE to a new `/queue/x`) get the same queue, never one each.
+    pub fn declare_queue_if_absent(
+        &self,
+        name: &str,
+        durable: bool,
+        auto_delete: bool,
+        exclusive: Option<u64>,
+        args: crate::arguments::QueueArgs,
+    ) -> (Arc<Queue>, bool) {
+        let _one_at_a_time = self.declaring.lock();
+        if let Some(q) = self.queue(name) {
+            return (q, false);
+        }
+        let q = self.declare_queue(name, durable, auto_delete, exclusive, args);
+        (q, true)
     }
 
     /// Opens a new queue.

@@ -80,7 +80,37 @@ impl Default for SoapConfig {
 struct SoapState {
     hub: Hub,
     cfg: Arc<SoapConfig>,
-    service: Arc<ArcSwap<Service>>,
+    /// The service, and the collections generation it was built from.
+    service: Arc<ArcSwap<(u64, Service)>>,
+    generation: tokio::sync::watch::Receiver<u64>,
+}
+
+impl SoapState {
+    /// The service for the collections as they are now: rebuilt on the first request
+    /// after a change, so a collection created a moment ago is already in the WSDL and
+    /// callable (no window in which a background rebuild has not run yet).
+    fn service(&self) -> Arc<(u64, Service)> {
+        let now = *self.generation.borrow();
+        let current = self.service.load_full();
+        if current.0 == now {
+            return current;
+        }
+        match self
+            .hub
+            .collections(&AuthContext::anonymous(Origin("soap")))
+        {
+            Ok(colls) => {
+                let fresh = Arc::new((now, Service::build(&colls)));
+                self.service.store(fresh.clone());
+                tracing::debug!(collections = colls.len(), "SOAP service regenerated");
+                fresh
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the collections; keeping the previous SOAP service");
+                current
+            }
+        }
+    }
 }
 
 /// Why the SOAP face could not start.
@@ -91,25 +121,20 @@ pub enum SoapError {
     Collections(String),
 }
 
-/// Routes for `/soap` and `/soap.wsdl`. Spawns the task that regenerates the service
-/// when collections change; it ends with the hub.
+/// Routes for `/soap` and `/soap.wsdl`; the service follows the collections as they
+/// change.
 pub fn routes(hub: Hub, cfg: SoapConfig) -> Result<Router, SoapError> {
+    let generation = hub.watch_collections();
+    let built_from = *generation.borrow();
     let colls = hub
         .collections(&AuthContext::anonymous(Origin("soap")))
         .map_err(|e| SoapError::Collections(e.to_string()))?;
-    let service = Arc::new(ArcSwap::from_pointee(Service::build(&colls)));
     let state = SoapState {
-        hub: hub.clone(),
+        hub,
         cfg: Arc::new(cfg),
-        service: service.clone(),
+        service: Arc::new(ArcSwap::from_pointee((built_from, Service::build(&colls)))),
+        generation,
     };
-    tokio::spawn(async move {
-        let mut changes = hub.collection_changes();
-        while let Some(colls) = changes.next().await {
-            service.store(Arc::new(Service::build(&colls)));
-            tracing::debug!(collections = colls.len(), "SOAP service regenerated");
-        }
-    });
     Ok(Router::new()
         .route("/soap", get(get_wsdl).post(post_soap))
         .route("/soap.wsdl", get(get_wsdl))
@@ -126,7 +151,7 @@ async fn get_wsdl(State(s): State<SoapState>, headers: HeaderMap) -> Response {
     let address = format!("{scheme}://{host}/soap");
     (
         [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-        s.service.load().wsdl(&address),
+        s.service().1.wsdl(&address),
     )
         .into_response()
 }
@@ -228,7 +253,8 @@ async fn handle(
         )
     })?;
     let name = &env.body.name;
-    let svc = s.service.load();
+    let svc = s.service();
+    let svc = &svc.1;
     let op = match &name.ns {
         Some(ns) if ns != TNS => None,
         _ => svc.ops.get(&name.local),

@@ -240,11 +240,15 @@ impl Session {
         }
         let args = polyport_broker::arguments::queue_arguments(&queue_args(f))
             .map_err(|e| bad("Bad queue arguments", e.to_string()))?;
-        let q = self.broker.declare_queue(name, true, false, None, args);
-        self.broker
-            .save_queue(name, Some(&q))
-            .await
-            .map_err(|e| bad("Internal error", e.to_string()))?;
+        let (q, created) = self
+            .broker
+            .declare_queue_if_absent(name, true, false, None, args);
+        if created {
+            self.broker
+                .save_queue(name, Some(&q))
+                .await
+                .map_err(|e| bad("Internal error", e.to_string()))?;
+        }
         Ok(q)
     }
 

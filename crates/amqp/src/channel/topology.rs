@@ -190,14 +190,16 @@ impl Channel {
                             ArgumentError::Invalid(t) => (Code::PreconditionFailed, t),
                             ArgumentError::Unsupported(t) => (Code::NotImplemented, t),
                         })?;
-                        let q = b.declare_queue(
+                        let (q, created) = b.declare_queue_if_absent(
                             &name,
                             d.durable,
                             d.auto_delete,
                             d.exclusive.then_some(cx.conn),
                             args,
                         );
-                        b.save_queue(&name, Some(&q)).await.map_err(internal)?;
+                        if created {
+                            b.save_queue(&name, Some(&q)).await.map_err(internal)?;
+                        }
                         q
                     }
                 };
