@@ -366,12 +366,23 @@ impl Session {
         }
         metrics::counter!("polyport_stomp_messages_in_total").increment(1);
         let receipt = f.get("receipt").map(str::to_string);
+        // The queues it is routed to learn its sequence, so a SUBSCRIBE after the RECEIPT
+        // waits until they hold it (and their length limits have applied), as on RabbitMQ.
+        let queues = self
+            .broker
+            .queues_for(&polyport_broker::Routed::draft(&draft));
         // Queued now, in arrival order; the RECEIPT comes once the Hub has it.
         let submitted = self.broker.hub.submit_publish(&self.ctx, draft).await;
         self.publishing.push_back(
             async move {
                 let r = match submitted {
-                    Ok(p) => p.await.map(|_| ()),
+                    Ok(p) => p.await.map(|receipt| {
+                        if let Some(seq) = receipt.event.seq {
+                            for q in &queues {
+                                q.expect(seq);
+                            }
+                        }
+                    }),
                     Err(e) => Err(e),
                 };
                 (receipt, r)
@@ -452,6 +463,7 @@ impl Session {
             }
             Destination::ReplyQueue(q) => self.existing_queue(q)?,
         };
+        queue.settled().await;
         let prefetch = f
             .get("prefetch-count")
             .and_then(|p| p.trim().parse::<usize>().ok())
