@@ -296,6 +296,7 @@ impl Connection {
             out: &mut self.out,
             deliveries: &self.deliveries,
             frame_max,
+            auth: &self.ctx,
         };
         match d {
             Out::Deliver {
@@ -456,6 +457,7 @@ impl Connection {
             out: &mut self.out,
             deliveries: &self.deliveries,
             frame_max: self.frame_max,
+            auth: &self.ctx,
         };
         let commit = matches!(m, AMQPClass::Tx(tx::AMQPMethod::Commit(_)));
         match channel.method(&mut cx, m).await {
@@ -538,6 +540,7 @@ impl Connection {
                 out: &mut self.out,
                 deliveries: &self.deliveries,
                 frame_max: self.frame_max,
+                auth: &self.ctx,
             };
             cx.send_content(m, r.properties.clone(), &r.body);
         }

@@ -75,7 +75,7 @@ pub struct Broker {
 impl Broker {
     /// The built-in exchanges plus the durable topology saved by earlier runs.
     pub async fn load(hub: Hub, cfg: BrokerConfig) -> Result<Arc<Self>, HubError> {
-        let ctx = AuthContext::anonymous(Origin("amqp"));
+        let ctx = AuthContext::system(Origin("amqp"));
         let mut exchanges: HashMap<String, Exchange> = [
             ("", Kind::Direct),
             ("amq.direct", Kind::Direct),

@@ -1,9 +1,18 @@
 //! The auth seam: every Hub call carries an [`AuthContext`], and a [`Policy`] decides.
 //!
-//! Adapters that receive credentials (MQTT CONNECT today) turn them into an
-//! [`AuthContext`] through [`crate::Hub::authenticate`], so every protocol shares one set
-//! of identities. [`AllowAll`] accepts anyone; [`StaticUsers`] checks a configured
-//! user list. Per-action rules plug in through [`Policy::authorize`].
+//! Adapters turn what their wire carries into an [`AuthContext`] through
+//! [`crate::Hub::authenticate`] (username/password — which may be an API key or a JWT) or
+//! [`crate::Hub::authenticate_bearer`], so every protocol shares one set of identities
+//! (`polyport-identity`'s [`Directory`]). [`Roles`], the default policy, keeps
+//! administration to admins and narrows scoped keys; per-collection rules and topic ACLs
+//! plug in through [`Policy::authorize`].
+
+use std::sync::Arc;
+
+pub use polyport_identity::{
+    AuthError, ConfigUser, Credentials, Directory, DirectoryConfig, Identity, JwkSet, JwtConfig,
+    KeySpec, KeyView, Role, Scope, Secret, UserView, Via, hash_password,
+};
 
 use crate::attributes::Sender;
 use crate::error::HubError;
@@ -12,8 +21,8 @@ use crate::event::Origin;
 /// Who is calling and through which door.
 #[derive(Clone, Debug)]
 pub struct AuthContext {
-    /// Authenticated identity, if any.
-    pub principal: Option<String>,
+    /// Who, if anyone: `None` is an anonymous caller the directory let in.
+    pub identity: Option<Arc<Identity>>,
     /// The adapter the call came through.
     pub origin: Origin,
     /// The connection behind the call, where the protocol has one; the Hub stamps it on
@@ -25,7 +34,26 @@ impl AuthContext {
     /// An unauthenticated caller on the given adapter.
     pub fn anonymous(origin: Origin) -> Self {
         Self {
-            principal: None,
+            identity: None,
+            origin,
+            sender: None,
+        }
+    }
+
+    /// The server acting on its own behalf (seeding data, delivering webhooks, reading
+    /// the catalogue to build a schema): every right, whatever the callers may do.
+    pub fn system(origin: Origin) -> Self {
+        Self {
+            identity: Some(Arc::new(Identity::system())),
+            origin,
+            sender: None,
+        }
+    }
+
+    /// A caller with a known identity.
+    pub fn identified(origin: Origin, identity: Option<Arc<Identity>>) -> Self {
+        Self {
+            identity,
             origin,
             sender: None,
         }
@@ -36,6 +64,16 @@ impl AuthContext {
         self.sender = Some(sender);
         self
     }
+
+    /// The identity's id, if any.
+    pub fn principal(&self) -> Option<&str> {
+        self.identity.as_deref().map(|i| i.id.as_str())
+    }
+
+    /// Whether the caller may administer.
+    pub fn is_admin(&self) -> bool {
+        self.identity.as_deref().is_some_and(Identity::is_admin)
+    }
 }
 
 /// What is being attempted, for the policy to judge.
@@ -45,7 +83,7 @@ pub enum Action<'a> {
     Read(&'a str),
     /// Create, update or delete records of a collection.
     Write(&'a str),
-    /// Change collection definitions.
+    /// Change collection definitions, webhook endpoints, users and keys.
     Admin,
     /// Publish on a topic.
     Publish(&'a str),
@@ -56,24 +94,13 @@ pub enum Action<'a> {
     AdapterState(&'a str),
 }
 
-/// Decides who a caller is and whether they may perform an action.
+/// Decides whether a caller may perform an action.
 pub trait Policy: Send + Sync + 'static {
-    /// Checks credentials; returns the principal (`None`: anonymous) or
-    /// `Err(HubError::Unauthenticated)`.
-    fn authenticate(
-        &self,
-        username: Option<&str>,
-        password: Option<&[u8]>,
-    ) -> Result<Option<String>, HubError> {
-        let _ = password;
-        Ok(username.map(str::to_string))
-    }
-
     /// `Ok(())` to allow, `Err(HubError::Forbidden)` to refuse.
     fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> Result<(), HubError>;
 }
 
-/// Allows everything; a username is taken as given (the default).
+/// Allows everything.
 #[derive(Debug, Default)]
 pub struct AllowAll;
 
@@ -83,50 +110,45 @@ impl Policy for AllowAll {
     }
 }
 
-/// A fixed list of users with passwords; anonymous callers allowed or not. Applies where
-/// an adapter authenticates (MQTT CONNECT); internal callers (the webhook engine) and
-/// adapters that take no credentials yet are not refused by it.
-#[derive(Debug, Default, Clone)]
-pub struct StaticUsers {
-    /// Username → password.
-    pub users: std::collections::HashMap<String, String>,
-    /// Whether callers without a username are let in.
-    pub allow_anonymous: bool,
-}
+/// The default policy: admins may do anything; everyone else (users, keys, JWTs and
+/// let-in anonymous callers) may read, write, publish and subscribe but not administer
+/// or subscribe to `$SYS`; a scoped key or token only what its scopes name.
+#[derive(Debug, Default)]
+pub struct Roles;
 
-impl Policy for StaticUsers {
-    fn authenticate(
-        &self,
-        username: Option<&str>,
-        password: Option<&[u8]>,
-    ) -> Result<Option<String>, HubError> {
-        let Some(user) = username else {
-            return if self.allow_anonymous {
-                Ok(None)
-            } else {
-                Err(HubError::Unauthenticated("credentials required".into()))
-            };
-        };
-        let ok = self
-            .users
-            .get(user)
-            .is_some_and(|want| password.is_some_and(|p| constant_time_eq(want.as_bytes(), p)));
-        if ok {
-            Ok(Some(user.to_string()))
-        } else {
-            Err(HubError::Unauthenticated("bad username or password".into()))
+impl Policy for Roles {
+    fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> Result<(), HubError> {
+        let who = ctx.identity.as_deref();
+        if who.is_some_and(|i| i.role == Role::Admin && i.scopes.is_none()) {
+            return Ok(());
         }
-    }
-
-    /// Only who may connect is decided here; per-action rules are a separate policy.
-    fn authorize(&self, _: &AuthContext, _: Action<'_>) -> Result<(), HubError> {
+        let (scope, admin_only) = match action {
+            Action::Read(_) => (Some(Scope::Read), false),
+            Action::Write(_) => (Some(Scope::Write), false),
+            Action::Publish(_) => (Some(Scope::Publish), false),
+            Action::Subscribe(f) => (Some(Scope::Subscribe), f.starts_with("$SYS")),
+            Action::Admin => (Some(Scope::Admin), true),
+            Action::AdapterState(_) => (None, false),
+        };
+        if admin_only && !who.is_some_and(Identity::is_admin) {
+            return Err(HubError::Forbidden(match action {
+                Action::Admin => "this needs an admin".into(),
+                _ => "only admins may subscribe to $SYS topics".into(),
+            }));
+        }
+        if let (Some(s), Some(i)) = (scope, who)
+            && !i.allows(s)
+        {
+            return Err(HubError::Forbidden(format!(
+                "the credentials' scopes do not include {}",
+                serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )));
+        }
         Ok(())
     }
-}
-
-/// Compares without an early exit, so timing does not reveal the matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Credentials in an HTTP `Authorization` header (HTTP, and gRPC's `authorization`
@@ -137,7 +159,7 @@ pub fn basic_credentials(header: &str) -> Result<(String, Vec<u8>), String> {
     let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(format!(
-            "the {scheme} scheme is not accepted here: use Basic (username and password)"
+            "the {scheme} scheme is not accepted here: use Basic (username and password) or Bearer (a token or API key)"
         ));
     }
     let raw = base64::engine::general_purpose::STANDARD
@@ -173,23 +195,37 @@ mod tests {
     }
 
     #[test]
-    fn static_users_check_passwords_and_anonymity() {
-        let p = StaticUsers {
-            users: [("alice".to_string(), "s3cret".to_string())].into(),
-            allow_anonymous: false,
+    fn roles_keep_administration_and_sys_to_admins_and_honour_scopes() {
+        let who = |role, scopes| {
+            AuthContext::identified(
+                Origin("test"),
+                Some(Arc::new(Identity {
+                    id: "x".into(),
+                    role,
+                    via: Via::Password,
+                    scopes,
+                    claims: Default::default(),
+                })),
+            )
         };
-        assert_eq!(
-            p.authenticate(Some("alice"), Some(b"s3cret")).ok(),
-            Some(Some("alice".into()))
+        let admin = who(Role::Admin, None);
+        let user = who(Role::User, None);
+        let anon = AuthContext::anonymous(Origin("test"));
+        let publisher = who(Role::User, Some(vec![Scope::Publish]));
+        let scoped_admin = who(Role::Admin, Some(vec![Scope::Read]));
+        let ok = |c: &AuthContext, a| Roles.authorize(c, a).is_ok();
+        assert!(ok(&admin, Action::Admin) && ok(&admin, Action::Subscribe("$SYS/#")));
+        for c in [&user, &anon] {
+            assert!(!ok(c, Action::Admin) && !ok(c, Action::Subscribe("$SYS/broker/uptime")));
+            assert!(ok(c, Action::Read("posts")) && ok(c, Action::Write("posts")));
+            assert!(ok(c, Action::Publish("a/b")) && ok(c, Action::Subscribe("#")));
+        }
+        assert!(ok(&publisher, Action::Publish("a")) && !ok(&publisher, Action::Read("posts")));
+        assert!(
+            !ok(&publisher, Action::Subscribe("a"))
+                && ok(&publisher, Action::AdapterState("mqtt.session"))
         );
-        assert!(p.authenticate(Some("alice"), Some(b"s3cre")).is_err());
-        assert!(p.authenticate(Some("alice"), None).is_err());
-        assert!(p.authenticate(Some("bob"), Some(b"s3cret")).is_err());
-        assert!(p.authenticate(None, None).is_err());
-        let open = StaticUsers {
-            allow_anonymous: true,
-            ..p
-        };
-        assert_eq!(open.authenticate(None, None).ok(), Some(None));
+        assert!(ok(&scoped_admin, Action::Read("posts")) && !ok(&scoped_admin, Action::Admin));
+        assert!(ok(&AuthContext::system(Origin("t")), Action::Admin));
     }
 }

@@ -88,18 +88,44 @@ pub(crate) struct Member {
     rx: mpsc::Receiver<HubResult<Item>>,
     ctl: mpsc::UnboundedSender<Ctl>,
     shutdown: CancellationToken,
+    /// What this member may not see: such events are acknowledged unseen, so the group
+    /// moves past them (members of one group should share an identity).
+    pub(crate) guard: Option<Arc<crate::rules_hub::Guard>>,
 }
 
 impl Member {
+    /// `Some(seq)` when the item is an event this member may not see (`seq` to ack,
+    /// `None` for an ephemeral one).
+    fn hidden(&self, it: &Option<HubResult<Item>>) -> Option<Option<u64>> {
+        match (it, &self.guard) {
+            (Some(Ok(Item::Event(d))), Some(g)) if !g.admits(&d.event) => Some(d.event.seq),
+            _ => None,
+        }
+    }
+
     pub(crate) async fn next(&mut self) -> Option<HubResult<Item>> {
-        tokio::select! {
-            it = self.rx.recv() => it,
-            _ = self.shutdown.cancelled() => None,
+        loop {
+            let it = tokio::select! {
+                it = self.rx.recv() => it,
+                _ = self.shutdown.cancelled() => None,
+            };
+            match self.hidden(&it) {
+                Some(Some(seq)) => self.ack(seq),
+                Some(None) => {}
+                None => return it,
+            }
         }
     }
 
     pub(crate) fn try_next(&mut self) -> Option<HubResult<Item>> {
-        self.rx.try_recv().ok()
+        loop {
+            let it = self.rx.try_recv().ok();
+            match self.hidden(&it) {
+                Some(Some(seq)) => self.ack(seq),
+                Some(None) => {}
+                None => return it,
+            }
+        }
     }
 
     pub(crate) fn ack(&self, seq: u64) {
@@ -180,6 +206,7 @@ impl Groups {
                     Some(r) if r.filters == spawn.filters => match r.ctl.send(join) {
                         Ok(()) => {
                             return Ok(Member {
+                                guard: None,
                                 id,
                                 rx,
                                 ctl: r.ctl.clone(),
@@ -216,6 +243,7 @@ impl Groups {
                     let ctl = r.ctl.clone();
                     let _ = ctl.send(join);
                     return Ok(Member {
+                        guard: None,
                         id,
                         rx,
                         ctl,
@@ -255,6 +283,7 @@ impl Groups {
         };
         tokio::spawn(dispatcher.run(spawn.shutdown.clone()));
         Ok(Member {
+            guard: None,
             id,
             rx,
             ctl: ctl_tx,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Action, AllowAll, AuthContext, Policy};
+use crate::auth::{Action, AllowAll, AuthContext, Directory, Policy};
 use crate::bus::Bus;
 use crate::engine::{LogState, Store, WriteCommand, WriteOutcome};
 use crate::error::{HubError, HubResult};
@@ -73,6 +73,7 @@ pub(crate) struct HubInner {
     bus: Bus,
     groups: Arc<Groups>,
     policy: Box<dyn Policy>,
+    pub(crate) identities: Directory,
     pub(crate) config: HubConfig,
     shutdown: CancellationToken,
     pub(crate) collections_gen: watch::Sender<u64>,
@@ -94,6 +95,7 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     /// Wires a hub over a store and the bus the store delivers committed events to.
+    /// With no identity source every caller is let in with every right.
     pub fn new(store: Arc<dyn Store>, bus: Bus, config: HubConfig) -> Self {
         Self::with_policy(store, bus, config, Box::new(AllowAll))
     }
@@ -105,12 +107,25 @@ impl Hub {
         config: HubConfig,
         policy: Box<dyn Policy>,
     ) -> Self {
+        Self::with_auth(store, bus, config, Directory::open(), policy)
+    }
+
+    /// Like [`Hub::new`] with identity sources and a policy. Stored users and keys are
+    /// read by [`Hub::load_identities`].
+    pub fn with_auth(
+        store: Arc<dyn Store>,
+        bus: Bus,
+        config: HubConfig,
+        identities: Directory,
+        policy: Box<dyn Policy>,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 store,
                 bus,
                 groups: Arc::default(),
                 policy,
+                identities,
                 config,
                 shutdown: CancellationToken::new(),
                 collections_gen: watch::Sender::new(0),
@@ -141,21 +156,6 @@ impl Hub {
             return Err(HubError::ShuttingDown);
         }
         self.inner.store.write(cmd).await
-    }
-
-    /// Turns credentials presented to any adapter into an [`AuthContext`] for it.
-    pub fn authenticate(
-        &self,
-        origin: crate::event::Origin,
-        username: Option<&str>,
-        password: Option<&[u8]>,
-    ) -> HubResult<AuthContext> {
-        let principal = self.inner.policy.authenticate(username, password)?;
-        Ok(AuthContext {
-            principal,
-            origin,
-            sender: None,
-        })
     }
 
     // ----- adapter state -----
@@ -325,10 +325,14 @@ impl Hub {
             if let Some(id) = &r.id {
                 validate_id(id)?;
             }
+            // Admin-only viewing refuses the subscription outright; a view rule is
+            // applied to every change by the guard below.
+            self.rule(ctx, &r.collection, crate::rules::RuleKind::View, None)?;
         }
+        let guard = self.guard(ctx);
         let state = self.inner.store.log_state();
         if req.group.is_none() && req.ack.is_none() {
-            let direct = self.direct(&req, filters, req.since)?;
+            let direct = self.direct(&req, filters, req.since, guard)?;
             return Ok(Subscription {
                 inner: Inner::Direct(Box::new(direct)),
                 epoch: state.epoch,
@@ -369,10 +373,12 @@ impl Hub {
                 let (hub, req, filters) = (hub.clone(), req2.clone(), filters.clone());
                 async move {
                     let since = saved.or(req.since);
-                    hub.direct(&req, filters, since)
+                    hub.direct(&req, filters, since, None)
                 }
             })
             .await?;
+        let mut member = member;
+        member.guard = guard;
         Ok(Subscription {
             inner: Inner::Member(member),
             epoch: state.epoch,
@@ -385,6 +391,7 @@ impl Hub {
         req: &SubscribeRequest,
         filters: Vec<TopicFilter>,
         since: Option<u64>,
+        guard: Option<Arc<crate::rules_hub::Guard>>,
     ) -> HubResult<Direct> {
         let (reg, rx) = self.inner.bus.register(
             filters.clone(),
@@ -435,6 +442,7 @@ impl Hub {
             rx,
             filters,
             records: req.records.clone(),
+            guard,
             last,
             replaying,
             buffer: Default::default(),

@@ -80,7 +80,7 @@ pub struct FilterError {
 
 /// Longest filter accepted, in bytes.
 pub const MAX_FILTER_LEN: usize = 4096;
-const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 impl Filter {
     /// Parses filter text.
@@ -110,7 +110,7 @@ impl Filter {
     }
 }
 
-fn compare(v: Option<&Value>, op: Op, lit: &Literal) -> bool {
+pub(crate) fn compare(v: Option<&Value>, op: Op, lit: &Literal) -> bool {
     match op {
         Op::Ne => return !compare(v, Op::Eq, lit),
         Op::NotLike => return !compare(v, Op::Like, lit),
@@ -145,13 +145,55 @@ fn ord(op: Op, o: std::cmp::Ordering) -> bool {
     }
 }
 
-struct Parser<'a> {
+/// The filter language's tokenizer, shared with the rule language (`rules.rs`).
+pub(crate) struct Parser<'a> {
     src: &'a str,
     pos: usize,
 }
 
-impl Parser<'_> {
-    fn err(&self, msg: &str) -> FilterError {
+impl<'a> Parser<'a> {
+    pub(crate) fn new(src: &'a str) -> Result<Self, FilterError> {
+        if src.len() > MAX_FILTER_LEN {
+            return Err(FilterError {
+                position: MAX_FILTER_LEN,
+                message: format!("longer than {MAX_FILTER_LEN} bytes"),
+            });
+        }
+        Ok(Parser { src, pos: 0 })
+    }
+
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos >= self.src.len()
+    }
+
+    /// Whether the text continues with one of `toks` (after spaces).
+    pub(crate) fn peek_any(&self, toks: &[&str]) -> bool {
+        let rest = self.src[self.pos..].trim_start();
+        toks.iter().any(|t| rest.starts_with(t))
+    }
+
+    /// Whether a literal (string, number, true, false, null) starts here.
+    pub(crate) fn starts_literal(&self) -> bool {
+        let rest = self.src[self.pos..].trim_start();
+        let word = |w: &str| {
+            rest.starts_with(w)
+                && !rest[w.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        rest.starts_with(['"', '\'', '-'])
+            || rest.starts_with(|c: char| c.is_ascii_digit())
+            || word("true")
+            || word("false")
+            || word("null")
+    }
+
+    pub(crate) fn err(&self, msg: &str) -> FilterError {
         let found = self.src[self.pos..].chars().next();
         FilterError {
             position: self.pos,
@@ -162,12 +204,12 @@ impl Parser<'_> {
         }
     }
 
-    fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         let rest = &self.src[self.pos..];
         self.pos += rest.len() - rest.trim_start().len();
     }
 
-    fn eat(&mut self, tok: &str) -> bool {
+    pub(crate) fn eat(&mut self, tok: &str) -> bool {
         self.ws();
         if self.src[self.pos..].starts_with(tok) {
             self.pos += tok.len();
@@ -226,7 +268,7 @@ impl Parser<'_> {
         Some(rest[..len].to_string())
     }
 
-    fn path(&mut self) -> Result<Vec<String>, FilterError> {
+    pub(crate) fn path(&mut self) -> Result<Vec<String>, FilterError> {
         self.ws();
         let mut path = vec![
             self.ident()
@@ -242,7 +284,7 @@ impl Parser<'_> {
         Ok(path)
     }
 
-    fn op(&mut self) -> Result<Op, FilterError> {
+    pub(crate) fn op(&mut self) -> Result<Op, FilterError> {
         self.ws();
         const OPS: &[(&str, Op)] = &[
             ("!=", Op::Ne),
@@ -263,7 +305,7 @@ impl Parser<'_> {
         Err(self.err("expected an operator (= != > >= < <= ~ !~)"))
     }
 
-    fn literal(&mut self) -> Result<Literal, FilterError> {
+    pub(crate) fn literal(&mut self) -> Result<Literal, FilterError> {
         self.ws();
         let rest = &self.src[self.pos..];
         let Some(c) = rest.chars().next() else {

@@ -11,7 +11,15 @@ use crate::error::{HubError, HubResult};
 use crate::hub::{ExpectedVersion, Hub, unexpected};
 use crate::query::{ListQuery, Page};
 use crate::record::{Record, validate_id};
+use crate::rules::RuleKind;
 use crate::schema::{Collection, CollectionSpec};
+
+/// What a change under rules is checked against.
+enum Pin {
+    Free,
+    Absent,
+    Current(Record),
+}
 
 /// See [`Hub::collection_changes`].
 pub struct CollectionChanges {
@@ -126,6 +134,7 @@ impl Hub {
         if let Some(id) = &id {
             validate_id(id)?;
         }
+        self.check_create(ctx, collection, id.as_deref(), &data)?;
         let auto_create = self.check_auto_create(collection)?;
         let out = self
             .write(WriteCommand::CreateRecord {
@@ -153,18 +162,42 @@ impl Hub {
         self.authorize(ctx, Action::Write(collection))?;
         validate_id(id)?;
         let auto_create = self.check_auto_create(collection)?;
-        let out = self
-            .write(WriteCommand::ReplaceRecord {
-                collection: collection.to_string(),
-                id: id.to_string(),
-                data,
-                expected_version,
-                auto_create,
-                origin: ctx.origin,
-            })
-            .await?;
-        self.after_record_write(auto_create);
-        expect_record(out)
+        let mut attempts = 0;
+        loop {
+            let body = Value::Object(data.clone());
+            let pinned = match self.pin_for_rules(ctx, collection, id).await? {
+                Pin::Free => None,
+                Pin::Absent => {
+                    self.check_create(ctx, collection, Some(id), &data)?;
+                    None
+                }
+                Pin::Current(cur) => {
+                    self.check_change(ctx, &cur, RuleKind::Update, Some(&body))?;
+                    Some(cur.version)
+                }
+            };
+            let out = self
+                .write(WriteCommand::ReplaceRecord {
+                    collection: collection.to_string(),
+                    id: id.to_string(),
+                    data: data.clone(),
+                    expected_version: expected_version.or(pinned),
+                    auto_create,
+                    origin: ctx.origin,
+                })
+                .await;
+            // The record changed between the rule check and the write: check again.
+            if matches!(out, Err(HubError::VersionMismatch { .. }))
+                && expected_version.is_none()
+                && pinned.is_some()
+                && attempts < 3
+            {
+                attempts += 1;
+                continue;
+            }
+            self.after_record_write(auto_create);
+            return expect_record(out?);
+        }
     }
 
     /// Applies a JSON merge patch to a record.
@@ -178,16 +211,34 @@ impl Hub {
     ) -> HubResult<Record> {
         self.authorize(ctx, Action::Write(collection))?;
         validate_id(id)?;
-        let out = self
-            .write(WriteCommand::PatchRecord {
-                collection: collection.to_string(),
-                id: id.to_string(),
-                patch,
-                expected_version,
-                origin: ctx.origin,
-            })
-            .await?;
-        expect_record(out).map(|(r, _)| r)
+        let mut attempts = 0;
+        loop {
+            let pinned = match self.pin_for_rules(ctx, collection, id).await? {
+                Pin::Current(cur) => {
+                    self.check_change(ctx, &cur, RuleKind::Update, Some(&patch))?;
+                    Some(cur.version)
+                }
+                Pin::Free | Pin::Absent => None,
+            };
+            let out = self
+                .write(WriteCommand::PatchRecord {
+                    collection: collection.to_string(),
+                    id: id.to_string(),
+                    patch: patch.clone(),
+                    expected_version: expected_version.or(pinned),
+                    origin: ctx.origin,
+                })
+                .await;
+            if matches!(out, Err(HubError::VersionMismatch { .. }))
+                && expected_version.is_none()
+                && pinned.is_some()
+                && attempts < 3
+            {
+                attempts += 1;
+                continue;
+            }
+            return expect_record(out?).map(|(r, _)| r);
+        }
     }
 
     /// Deletes a record, returning it as it was.
@@ -200,17 +251,35 @@ impl Hub {
     ) -> HubResult<Record> {
         self.authorize(ctx, Action::Write(collection))?;
         validate_id(id)?;
-        match self
-            .write(WriteCommand::DeleteRecord {
-                collection: collection.to_string(),
-                id: id.to_string(),
-                expected_version,
-                origin: ctx.origin,
-            })
-            .await?
-        {
-            WriteOutcome::Deleted { record, .. } => Ok(record),
-            other => Err(unexpected(other)),
+        let mut attempts = 0;
+        loop {
+            let pinned = match self.pin_for_rules(ctx, collection, id).await? {
+                Pin::Current(cur) => {
+                    self.check_change(ctx, &cur, RuleKind::Delete, None)?;
+                    Some(cur.version)
+                }
+                Pin::Free | Pin::Absent => None,
+            };
+            let out = self
+                .write(WriteCommand::DeleteRecord {
+                    collection: collection.to_string(),
+                    id: id.to_string(),
+                    expected_version: expected_version.or(pinned),
+                    origin: ctx.origin,
+                })
+                .await;
+            if matches!(out, Err(HubError::VersionMismatch { .. }))
+                && expected_version.is_none()
+                && pinned.is_some()
+                && attempts < 3
+            {
+                attempts += 1;
+                continue;
+            }
+            return match out? {
+                WriteOutcome::Deleted { record, .. } => Ok(record),
+                other => Err(unexpected(other)),
+            };
         }
     }
 
@@ -224,10 +293,12 @@ impl Hub {
         self.authorize(ctx, Action::Read(collection))?;
         self.require_collection(collection)?;
         validate_id(id)?;
+        let view = self.rule(ctx, collection, RuleKind::View, None)?;
         self.inner
             .store
             .get_record(collection, id)
             .await?
+            .filter(|r| view.as_ref().is_none_or(|v| v.admits(r)))
             .ok_or_else(|| HubError::RecordNotFound {
                 collection: collection.to_string(),
                 id: id.to_string(),
@@ -243,7 +314,72 @@ impl Hub {
     ) -> HubResult<Page> {
         self.authorize(ctx, Action::Read(collection))?;
         self.require_collection(collection)?;
-        self.inner.store.list_records(collection, query).await
+        let Some(rule) = self.rule(ctx, collection, RuleKind::List, None)? else {
+            return self.inner.store.list_records(collection, query).await;
+        };
+        match rule.narrow(query.filter.clone()) {
+            // A list never reveals a record the rule hides, not even in its count.
+            None => Ok(Page {
+                items: Vec::new(),
+                cursors: Vec::new(),
+                next_cursor: None,
+                total: query.count.then_some(0),
+            }),
+            Some(filter) => {
+                let q = ListQuery {
+                    filter,
+                    ..query.clone()
+                };
+                self.inner.store.list_records(collection, &q).await
+            }
+        }
+    }
+
+    fn check_create(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        id: Option<&str>,
+        data: &Map<String, Value>,
+    ) -> HubResult<()> {
+        let body = Value::Object(data.clone());
+        let Some(rule) = self.rule(ctx, collection, RuleKind::Create, Some(&body))? else {
+            return Ok(());
+        };
+        let now = chrono::Utc::now();
+        let new = Record {
+            collection: collection.to_string(),
+            id: id.unwrap_or_default().to_string(),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            data: data.clone(),
+        };
+        match rule.admits(&new) {
+            true => Ok(()),
+            false => Err(HubError::Forbidden(format!(
+                "the create rule of '{collection}' does not admit this record"
+            ))),
+        }
+    }
+
+    /// For a change under rules: the record as it is now (`Absent` when there is
+    /// none), or `Free` when no rule applies and nothing need be read first.
+    async fn pin_for_rules(&self, ctx: &AuthContext, collection: &str, id: &str) -> HubResult<Pin> {
+        let ruled = !ctx.is_admin()
+            && self
+                .inner
+                .store
+                .collections()
+                .get(collection)
+                .is_some_and(|c| c.spec.rules.is_some());
+        if !ruled {
+            return Ok(Pin::Free);
+        }
+        Ok(match self.inner.store.get_record(collection, id).await? {
+            Some(r) => Pin::Current(r),
+            None => Pin::Absent,
+        })
     }
 
     /// Resolves relation fields of `records` named in `fields`: returns, per record, a
@@ -279,7 +415,13 @@ impl Hub {
                 .collect();
             ids.sort();
             ids.dedup();
-            let related = self.inner.store.get_records(target, &ids).await?;
+            let mut related = self.inner.store.get_records(target, &ids).await?;
+            // An expanded relation shows only what the caller could read directly.
+            match self.rule(ctx, target, RuleKind::View, None) {
+                Ok(None) => {}
+                Ok(Some(view)) => related.retain(|r| view.admits(r)),
+                Err(_) => related.clear(),
+            }
             let by_id: std::collections::HashMap<&str, Value> = related
                 .iter()
                 .map(|r| (r.id.as_str(), r.to_json()))

@@ -142,6 +142,10 @@ pub struct CollectionSpec {
     /// Human description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Who may list, view, create, update and delete which records; absent: every
+    /// caller the policy lets in (see [`crate::rules`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::rules::RuleSpec>,
 }
 
 /// A collection as stored.
@@ -265,6 +269,15 @@ impl CollectionSpec {
     /// Relation targets are checked by the store, which knows the other collections.
     pub fn check(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
+        if let Some(rules) = &self.rules
+            && let Err((kind, e)) = rules.check()
+        {
+            errors.push(FieldError::new(
+                &format!("rules.{}", kind.name()),
+                Rule::Format,
+                e.to_string(),
+            ));
+        }
         if !is_identifier(&self.name, 64) {
             errors.push(FieldError::new(
                 "name",

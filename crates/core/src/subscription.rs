@@ -213,6 +213,8 @@ pub(crate) struct Direct {
     pub(crate) rx: tokio::sync::mpsc::Receiver<EventRef>,
     pub(crate) filters: Vec<TopicFilter>,
     pub(crate) records: Option<RecordSelector>,
+    /// Record changes the subscriber may not view, dropped (collection rules).
+    pub(crate) guard: Option<Arc<crate::rules_hub::Guard>>,
     /// Highest durable sequence seen (delivered or skipped).
     pub(crate) last: u64,
     pub(crate) replaying: bool,
@@ -229,10 +231,11 @@ impl Direct {
         if !self.filters.iter().any(|f| f.matches(&ev.topic)) {
             return false;
         }
-        match &self.records {
+        let selected = match &self.records {
             None => true,
             Some(sel) => record_matches(sel, ev),
-        }
+        };
+        selected && self.guard.as_ref().is_none_or(|g| g.admits(ev))
     }
 
     pub(crate) async fn next(&mut self) -> Option<HubResult<Item>> {
@@ -304,11 +307,12 @@ impl Direct {
                 }
                 self.last = s;
             }
-            if self
+            // Live events already matched the bus's topic filters.
+            let selected = self
                 .records
                 .as_ref()
-                .is_none_or(|sel| record_matches(sel, &ev))
-            {
+                .is_none_or(|sel| record_matches(sel, &ev));
+            if selected && self.guard.as_ref().is_none_or(|g| g.admits(&ev)) {
                 return Some(Ok(deliver(ev)));
             }
         }

@@ -38,7 +38,7 @@ use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use polyport_core::Hub;
+use polyport_core::{AuthContext, Hub, HubError, Origin};
 
 use crate::loaders::{RecordLoader, ReverseLoader};
 
@@ -85,20 +85,69 @@ impl GqlState {
         (**self.schema.load()).clone()
     }
 
-    /// Per-request (or per-connection) loaders, so batching never leaks across callers.
-    fn loaders(&self) -> (DataLoader<RecordLoader>, DataLoader<ReverseLoader>) {
-        (
-            DataLoader::new(RecordLoader(self.hub.clone()), tokio::spawn).max_batch_size(500),
-            DataLoader::new(ReverseLoader(self.hub.clone()), tokio::spawn).max_batch_size(500),
-        )
+    /// Per-request (or per-connection) data: the caller and loaders that read as the
+    /// caller, so batching never leaks across callers.
+    fn data(&self, caller: AuthContext) -> async_graphql::Data {
+        let mut d = async_graphql::Data::default();
+        d.insert(
+            DataLoader::new(RecordLoader(self.hub.clone(), caller.clone()), tokio::spawn)
+                .max_batch_size(500),
+        );
+        d.insert(
+            DataLoader::new(
+                ReverseLoader(self.hub.clone(), caller.clone()),
+                tokio::spawn,
+            )
+            .max_batch_size(500),
+        );
+        d.insert(caller);
+        d
     }
 
-    fn data(&self) -> async_graphql::Data {
-        let (a, b) = self.loaders();
-        let mut d = async_graphql::Data::default();
-        d.insert(a);
-        d.insert(b);
-        d
+    /// The caller the HTTP gate identified, as a GraphQL caller; with no gate in front,
+    /// an anonymous one (refused where anonymous callers are).
+    fn caller(&self, parts: &axum::http::Extensions) -> Result<AuthContext, HubError> {
+        match parts.get::<AuthContext>() {
+            Some(c) => Ok(AuthContext {
+                origin: Origin("graphql"),
+                ..c.clone()
+            }),
+            None => self.hub.authenticate(Origin("graphql"), None, None),
+        }
+    }
+}
+
+impl GqlState {
+    /// Who a WebSocket connection is: `connection_init`'s `Authorization` (Basic or
+    /// Bearer, any case), `token`/`access_token`/`accessToken`, or `username` and
+    /// `password`; else whoever the upgrade request was.
+    fn connection_caller(
+        &self,
+        payload: &serde_json::Value,
+        from_gate: Option<AuthContext>,
+    ) -> async_graphql::Result<AuthContext> {
+        const GQL: Origin = Origin("graphql");
+        let field = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                payload
+                    .as_object()?
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .and_then(|(_, v)| v.as_str())
+            })
+        };
+        let who = if let Some(h) = field(&["authorization"]) {
+            self.hub.authenticate_header(GQL, h)
+        } else if let Some(t) = field(&["token", "access_token", "accessToken"]) {
+            self.hub.authenticate_bearer(GQL, t)
+        } else if let (Some(u), Some(p)) = (field(&["username"]), field(&["password"])) {
+            self.hub.authenticate(GQL, Some(u), Some(p.as_bytes()))
+        } else if let Some(c) = from_gate {
+            Ok(AuthContext { origin: GQL, ..c })
+        } else {
+            self.hub.authenticate(GQL, None, None)
+        };
+        who.map_err(schema::gql_err)
     }
 }
 
@@ -130,8 +179,10 @@ pub fn routes(hub: Hub, cfg: GraphqlConfig) -> Result<Router, GraphqlError> {
         .with_state(state))
 }
 
-fn ctx() -> polyport_core::AuthContext {
-    polyport_core::AuthContext::anonymous(polyport_core::Origin("graphql"))
+/// The catalogue is read as the server: the schema shows every collection, and each
+/// call is checked as its caller.
+fn ctx() -> AuthContext {
+    AuthContext::system(Origin("graphql"))
 }
 
 async fn rebuild_on_change(hub: Hub, cfg: GraphqlConfig, swap: Arc<ArcSwap<Schema>>) {
@@ -151,10 +202,15 @@ async fn rebuild_on_change(hub: Hub, cfg: GraphqlConfig, swap: Arc<ArcSwap<Schem
 
 async fn post_graphql(
     State(s): State<GqlState>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let media = over_http::negotiate(&headers);
+    let caller = match s.caller(&extensions) {
+        Ok(c) => c,
+        Err(e) => return over_http::Refusal::from_hub(e).into_response(media),
+    };
     let body = match body {
         Ok(b) => b,
         Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -163,15 +219,20 @@ async fn post_graphql(
         Err(rej) => return over_http::Refusal::bad_request(rej.body_text()).into_response(media),
     };
     match over_http::parse_post(&headers, &body) {
-        Ok(req) => execute(&s, req, media).await,
+        Ok(req) => execute(&s, req, media, caller).await,
         Err(r) => r.into_response(media),
     }
 }
 
-async fn execute(s: &GqlState, req: async_graphql::Request, media: over_http::Media) -> Response {
+async fn execute(
+    s: &GqlState,
+    mut req: async_graphql::Request,
+    media: over_http::Media,
+    caller: AuthContext,
+) -> Response {
     let schema = s.schema();
-    let (a, b) = s.loaders();
-    over_http::respond(schema.execute(req.data(a).data(b)).await, media)
+    req.data = s.data(caller);
+    over_http::respond(schema.execute(req).await, media)
 }
 
 /// GET: a WebSocket upgrade (subscriptions, both `graphql-transport-ws` and the legacy
@@ -192,12 +253,19 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
             Err(r) => return r.into_response(),
         };
         let schema = s.schema();
-        let data = s.data();
+        // Credentials in `connection_init` (graphql-ws clients' `connectionParams`) win
+        // over the upgrade request's; with neither, the connection is refused there when
+        // anonymous callers are.
+        let from_gate = parts.extensions.get::<AuthContext>().cloned();
+        let st = s.clone();
         return upgrade
             .protocols(ALL_WEBSOCKET_PROTOCOLS)
             .on_upgrade(move |socket| async move {
                 GraphQLWebSocket::new(socket, schema, protocol)
-                    .with_data(data)
+                    .on_connection_init(move |payload| async move {
+                        let caller = st.connection_caller(&payload, from_gate)?;
+                        Ok(st.data(caller))
+                    })
                     .serve()
                     .await
             })
@@ -217,8 +285,12 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         .into_response();
     }
     let media = over_http::negotiate(&headers);
+    let caller = match s.caller(&parts.extensions) {
+        Ok(c) => c,
+        Err(e) => return over_http::Refusal::from_hub(e).into_response(media),
+    };
     match over_http::parse_get(parts.uri.query()) {
-        Ok(req) => execute(&s, req, media).await,
+        Ok(req) => execute(&s, req, media, caller).await,
         Err(r) => r.into_response(media),
     }
 }

@@ -6,20 +6,16 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
 use polyport_core::query::{Filter, ListQuery, Literal, Op};
-use polyport_core::{AuthContext, Hub, Origin, Record};
+use polyport_core::{AuthContext, Hub, Record};
 
 /// Largest number of referencing records a reverse relation returns per parent.
 pub(crate) const MAX_REVERSE: usize = 1000;
 
-/// `(collection, id)` → record.
-pub(crate) struct RecordLoader(pub(crate) Hub);
+/// `(collection, id)` → record, read as the request's caller.
+pub(crate) struct RecordLoader(pub(crate) Hub, pub(crate) AuthContext);
 
 /// Errors are shared across waiting resolvers, hence `Arc`.
 pub(crate) type LoadError = Arc<polyport_core::HubError>;
-
-fn ctx() -> AuthContext {
-    AuthContext::anonymous(Origin("graphql"))
-}
 
 impl Loader<(String, String)> for RecordLoader {
     type Value = Record;
@@ -43,7 +39,11 @@ impl Loader<(String, String)> for RecordLoader {
                 cursor: None,
                 count: false,
             };
-            let page = self.0.list_records(&ctx(), c, &q).await.map_err(Arc::new)?;
+            let page = self
+                .0
+                .list_records(&self.1, c, &q)
+                .await
+                .map_err(Arc::new)?;
             for r in page.items {
                 out.insert((c.to_string(), r.id.clone()), r);
             }
@@ -53,7 +53,7 @@ impl Loader<(String, String)> for RecordLoader {
 }
 
 /// `(referencing collection, field, target id)` → the records whose `field` holds it.
-pub(crate) struct ReverseLoader(pub(crate) Hub);
+pub(crate) struct ReverseLoader(pub(crate) Hub, pub(crate) AuthContext);
 
 impl Loader<(String, String, String)> for ReverseLoader {
     type Value = Vec<Record>;
@@ -79,7 +79,11 @@ impl Loader<(String, String, String)> for ReverseLoader {
                 cursor: None,
                 count: false,
             };
-            let page = self.0.list_records(&ctx(), c, &q).await.map_err(Arc::new)?;
+            let page = self
+                .0
+                .list_records(&self.1, c, &q)
+                .await
+                .map_err(Arc::new)?;
             for r in page.items {
                 let target = r.data.get(f).and_then(|v| match v {
                     serde_json::Value::String(s) => Some(s.clone()),

@@ -100,6 +100,16 @@ impl Refusal {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A caller the server refused before running anything (401/403).
+    pub(crate) fn from_hub(e: polyport_core::HubError) -> Self {
+        let status = match &e {
+            polyport_core::HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            polyport_core::HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+
     pub(crate) fn too_large() -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -140,7 +140,7 @@ async fn report_serving(reporter: &tonic_health::server::HealthReporter, catalog
 /// Spawns the task that rebuilds the catalog when collections change.
 pub async fn router(hub: Hub, cfg: GrpcConfig) -> Result<Router, GrpcError> {
     let colls = hub
-        .collections(&AuthContext::anonymous(Origin("grpc")))
+        .collections(&AuthContext::system(Origin("grpc")))
         .map_err(|e| GrpcError::Proto(e.to_string()))?;
     let catalog = Catalog::build(&colls)?;
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -149,6 +149,7 @@ pub async fn router(hub: Hub, cfg: GrpcConfig) -> Result<Router, GrpcError> {
         handlers: Handlers {
             hub: hub.clone(),
             max_page: cfg.max_page_size,
+            ctx: AuthContext::anonymous(Origin("grpc")),
         },
         builtins: Arc::new(ArcSwap::from_pointee(builtins(&catalog)?)),
         catalog: Arc::new(ArcSwap::from_pointee(catalog)),
@@ -184,7 +185,7 @@ async fn rebuild_on_change(hub: Hub, state: GrpcState) {
                 return;
             }
         }
-        let Ok(colls) = hub.collections(&AuthContext::anonymous(Origin("grpc"))) else {
+        let Ok(colls) = hub.collections(&AuthContext::system(Origin("grpc"))) else {
             continue;
         };
         let rebuilt = Catalog::build(&colls).and_then(|c| Ok((builtins(&c)?, c)));
@@ -210,20 +211,19 @@ fn into_axum(r: http::Response<tonic::body::Body>) -> Response {
 }
 
 /// Routes one call by its path, `/package.Service/Method`.
-/// `authorization` metadata (`Basic`) through the Hub's authenticate seam, the `[auth]`
-/// users every face checks; without it the caller is anonymous, if anonymous callers are
-/// let in.
+/// `authorization` metadata (`Basic` or `Bearer`, or `x-api-key`) through the Hub's
+/// authenticate seam, the identities every face checks; without it the caller is
+/// anonymous, if anonymous callers are let in.
 fn authenticate(hub: &Hub, headers: &http::HeaderMap) -> Result<AuthContext, Status> {
+    const GRPC: Origin = Origin("grpc");
     let who = match headers.get(http::header::AUTHORIZATION) {
-        Some(v) => polyport_core::auth::basic_credentials(v.to_str().unwrap_or(""))
-            .map_err(polyport_core::HubError::Unauthenticated)
-            .and_then(|(user, pass)| hub.authenticate(Origin("grpc"), Some(&user), Some(&pass))),
-        None => hub.authenticate(Origin("grpc"), None, None),
+        Some(v) => hub.authenticate_header(GRPC, v.to_str().unwrap_or("")),
+        None => match headers.get("x-api-key") {
+            Some(k) => hub.authenticate_bearer(GRPC, k.to_str().unwrap_or("").trim()),
+            None => hub.authenticate(GRPC, None, None),
+        },
     };
-    who.map_err(|e| {
-        metrics::counter!("polyport_auth_failures_total", "origin" => "grpc").increment(1);
-        Status::unauthenticated(e.to_string())
-    })
+    who.map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
 async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
@@ -238,11 +238,13 @@ async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
         _ => None,
     };
     // Health answers probes without credentials; everything else needs the caller known.
-    if service != "grpc.health.v1.Health"
-        && let Err(status) = authenticate(&st.handlers.hub, req.headers())
-    {
-        return into_axum(status.into_http());
-    }
+    let caller = match service {
+        "grpc.health.v1.Health" => AuthContext::anonymous(Origin("grpc")),
+        _ => match authenticate(&st.handlers.hub, req.headers()) {
+            Ok(c) => c,
+            Err(status) => return into_axum(status.into_http()),
+        },
+    };
     if let Some(svc) = builtin {
         return match svc.oneshot(req).await {
             Ok(r) => into_axum(r),
@@ -256,7 +258,10 @@ async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
     metrics::counter!("polyport_grpc_calls_total", "method" => path.clone()).increment(1);
     let mut grpc = tonic::server::Grpc::new(DynCodec::new(route.input.clone()))
         .max_decoding_message_size(st.max_message);
-    let h = st.handlers.clone();
+    let h = Handlers {
+        ctx: caller,
+        ..st.handlers.clone()
+    };
     let resp = match (route.client_streaming, route.server_streaming) {
         (false, false) => {
             let svc = tower::service_fn(move |r: tonic::Request<DynamicMessage>| {

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use polyport_core::{Durability, EventDraft, Topic};
+use polyport_core::{Durability, EventDraft, Origin, Topic};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
@@ -204,8 +204,22 @@ pub(crate) async fn receive(
             "a hook source is 1-64 of A-Z a-z 0-9 _ -",
         ));
     }
-    match app.cfg.hooks.sources.get(&source) {
-        Some(src) => verify(src, &headers, &payload)?,
+    // A verified sender publishes as `hook:{source}`; an unverified one is an anonymous
+    // caller, refused where anonymous callers are.
+    let caller = match app.cfg.hooks.sources.get(&source) {
+        Some(src) => {
+            verify(src, &headers, &payload)?;
+            polyport_core::AuthContext::identified(
+                Origin("hooks"),
+                Some(std::sync::Arc::new(polyport_core::auth::Identity {
+                    id: format!("hook:{source}"),
+                    role: polyport_core::auth::Role::User,
+                    via: polyport_core::auth::Via::System,
+                    scopes: None,
+                    claims: Default::default(),
+                })),
+            )
+        }
         None if app.cfg.hooks.require_known_sources => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -213,8 +227,8 @@ pub(crate) async fn receive(
                 format!("no hook source '{source}'"),
             ));
         }
-        None => {}
-    }
+        None => app.hub.authenticate(Origin("hooks"), None, None)?,
+    };
     let topic = Topic::new(&format!("hooks/{source}")).map_err(polyport_core::HubError::from)?;
     let mut draft = EventDraft::new(topic, payload.clone());
     draft.content_type = header(&headers, header::CONTENT_TYPE.as_str()).map(str::to_string);
@@ -230,7 +244,7 @@ pub(crate) async fn receive(
         }
     }
     draft.durability = Durability::Durable;
-    let r = app.hub.publish(&app.ctx(), draft).await?;
+    let r = app.hub.publish(&caller, draft).await?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         json!({"id": r.event.id, "sequence": r.event.seq, "topic": r.event.topic.as_str()}),

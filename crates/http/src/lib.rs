@@ -19,6 +19,7 @@
 mod error;
 mod gate;
 mod hooks;
+mod identities;
 mod index;
 mod openapi;
 mod params;
@@ -37,8 +38,8 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use polyport_core::{AuthContext, Hub, Origin};
+use axum::routing::{delete, get, post};
+use polyport_core::Hub;
 
 /// This face in the server's adapter list.
 pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
@@ -79,8 +80,6 @@ pub struct HttpConfig {
     pub hooks: HooksConfig,
     /// What `GET /` lists besides this face's own endpoints.
     pub index: Index,
-    /// How long a browser token from `POST /api/auth/token` is good for.
-    pub token_ttl: Duration,
 }
 
 impl Default for HttpConfig {
@@ -96,7 +95,6 @@ impl Default for HttpConfig {
             cors_origins: vec!["*".into()],
             hooks: HooksConfig::default(),
             index: Index::default(),
-            token_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -115,14 +113,6 @@ impl std::fmt::Debug for HttpConfig {
 pub(crate) struct AppState {
     pub(crate) hub: Hub,
     pub(crate) cfg: Arc<HttpConfig>,
-    pub(crate) tokens: Arc<gate::Tokens>,
-}
-
-impl AppState {
-    /// The caller's auth context (anonymous until authentication lands).
-    pub(crate) fn ctx(&self) -> AuthContext {
-        AuthContext::anonymous(Origin("http"))
-    }
 }
 
 /// The whole HTTP application.
@@ -135,7 +125,6 @@ pub fn router(hub: Hub, cfg: HttpConfig) -> Router {
 pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
     let state = AppState {
         hub,
-        tokens: Arc::new(gate::Tokens::new(cfg.token_ttl)),
         cfg: Arc::new(cfg),
     };
     let max_body = state.cfg.max_body;
@@ -195,6 +184,22 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
         )
         .route("/hooks/{source}", post(hooks::receive))
         .route("/api/auth/token", post(gate::issue_token))
+        .route("/api/auth/me", get(identities::me))
+        .route(
+            "/api/auth/users",
+            get(identities::list_users).post(identities::create_user),
+        )
+        .route(
+            "/api/auth/users/{name}",
+            get(identities::get_user)
+                .patch(identities::patch_user)
+                .delete(identities::delete_user),
+        )
+        .route(
+            "/api/auth/keys",
+            get(identities::list_keys).post(identities::create_key),
+        )
+        .route("/api/auth/keys/{id}", delete(identities::revoke_key))
         .route("/api/events", get(realtime::sse))
         .route("/api/stream", get(realtime::ndjson))
         .route("/api/poll", get(realtime::poll))

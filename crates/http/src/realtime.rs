@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::gate::Caller;
 use crate::params::Params;
 
 /// Builds a subscription request from `topic` (repeatable), `since`, `epoch`, `strict`,
@@ -98,6 +99,7 @@ fn error_event(e: &HubError) -> Value {
 /// EventSource resumes by itself with `Last-Event-ID` after a reconnect.
 pub(crate) async fn sse(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
@@ -110,7 +112,7 @@ pub(crate) async fn sse(
     {
         req.since = Some(last);
     }
-    let sub = app.hub.subscribe(&app.ctx(), req).await?;
+    let sub = app.hub.subscribe(&caller, req).await?;
     metrics::counter!("polyport_http_streams_total", "kind" => "sse").increment(1);
     let hello = SseEvent::default().comment(format!(
         "polyport epoch={} position={}",
@@ -182,11 +184,12 @@ where
 /// `GET /api/stream`: one CloudEvent per line, chunked, for non-browser clients.
 pub(crate) async fn ndjson(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref());
     let req = subscribe_request(&p, true)?;
-    let sub = app.hub.subscribe(&app.ctx(), req).await?;
+    let sub = app.hub.subscribe(&caller, req).await?;
     metrics::counter!("polyport_http_streams_total", "kind" => "ndjson").increment(1);
     let stream = frames(
         sub,
@@ -220,6 +223,7 @@ pub(crate) async fn ndjson(
 /// or empty after `wait` seconds, with the cursor to pass as `since` next time.
 pub(crate) async fn poll(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref());
@@ -231,7 +235,7 @@ pub(crate) async fn poll(
     }
     let wait = Duration::from_secs(p.u64("wait", 120)?.unwrap_or(30));
     let limit = p.u64("limit", 1000)?.unwrap_or(100).max(1) as usize;
-    let mut sub = app.hub.subscribe(&app.ctx(), req).await?;
+    let mut sub = app.hub.subscribe(&caller, req).await?;
     let mut events: Vec<Value> = Vec::new();
     let push = |events: &mut Vec<Value>, item: &Item| {
         events.push(serde_json::from_slice(&item_json(item)).unwrap_or(Value::Null));

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::gate::Caller;
 use crate::params::{Params, json_body};
 
 /// Maps axum's body rejections (413 above the limit, …) to problem+json.
@@ -42,8 +43,11 @@ pub(crate) fn json_response(status: StatusCode, v: Value) -> Response {
 
 // ----- collections -----
 
-pub(crate) async fn list_collections(State(app): State<AppState>) -> ApiResult<Response> {
-    let all = app.hub.collections(&app.ctx())?;
+pub(crate) async fn list_collections(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<Response> {
+    let all = app.hub.collections(&caller)?;
     let items: Vec<Value> = all.values().map(|c| collection_json(c)).collect();
     Ok(json_response(StatusCode::OK, json!({ "items": items })))
 }
@@ -54,11 +58,12 @@ fn collection_json(c: &polyport_core::Collection) -> Value {
 
 pub(crate) async fn create_collection(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let spec: CollectionSpec = json_body(&headers, &body(b)?)?;
-    let c = app.hub.create_collection(&app.ctx(), spec).await?;
+    let c = app.hub.create_collection(&caller, spec).await?;
     let mut res = json_response(StatusCode::CREATED, collection_json(&c));
     if let Ok(loc) = HeaderValue::from_str(&format!("/api/collections/{}", c.name())) {
         res.headers_mut().insert(header::LOCATION, loc);
@@ -68,21 +73,23 @@ pub(crate) async fn create_collection(
 
 pub(crate) async fn get_collection(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let c = app.hub.collection(&app.ctx(), &name)?;
+    let c = app.hub.collection(&caller, &name)?;
     Ok(json_response(StatusCode::OK, collection_json(&c)))
 }
 
 /// PATCH merges the body into the current definition (RFC 7396) and replaces it.
 pub(crate) async fn patch_collection(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let patch = Value::Object(object(json_body(&headers, &body(b)?)?)?);
-    let ctx = app.ctx();
+    let ctx = caller.clone();
     let current = app.hub.collection(&ctx, &name)?;
     let mut doc = serde_json::to_value(&current.spec).unwrap_or(Value::Null);
     merge_patch(&mut doc, &patch);
@@ -97,9 +104,10 @@ pub(crate) async fn patch_collection(
 
 pub(crate) async fn delete_collection(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    app.hub.delete_collection(&app.ctx(), &name).await?;
+    app.hub.delete_collection(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,6 +170,7 @@ fn expand_fields(p: &Params) -> Vec<String> {
 
 pub(crate) async fn list_records(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(collection): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
@@ -190,7 +199,7 @@ pub(crate) async fn list_records(
             .map(str::to_string),
         count: p.bool("count")?.unwrap_or(false),
     };
-    let ctx = app.ctx();
+    let ctx = caller.clone();
     let page = app.hub.list_records(&ctx, &collection, &query).await?;
     let expand = expand_fields(&p);
     let expanded = if expand.is_empty() {
@@ -228,6 +237,7 @@ pub(crate) fn object(v: Value) -> ApiResult<Map<String, Value>> {
 
 pub(crate) async fn create_record(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(collection): Path<String>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
@@ -241,18 +251,19 @@ pub(crate) async fn create_record(
     };
     let r = app
         .hub
-        .create_record(&app.ctx(), &collection, id, data)
+        .create_record(&caller, &collection, id, data)
         .await?;
     Ok(record_response(StatusCode::CREATED, &r, None))
 }
 
 pub(crate) async fn get_record(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let ctx = app.ctx();
+    let ctx = caller.clone();
     let r = app.hub.get_record(&ctx, &collection, &id).await?;
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
@@ -305,6 +316,7 @@ fn strip_system(data: &mut Map<String, Value>, id: &str) -> ApiResult<()> {
 
 pub(crate) async fn replace_record(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
@@ -314,7 +326,7 @@ pub(crate) async fn replace_record(
     strip_system(&mut data, &id)?;
     let (r, created) = app
         .hub
-        .replace_record(&app.ctx(), &collection, &id, data, expected)
+        .replace_record(&caller, &collection, &id, data, expected)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -326,6 +338,7 @@ pub(crate) async fn replace_record(
 
 pub(crate) async fn patch_record(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
@@ -335,19 +348,20 @@ pub(crate) async fn patch_record(
     strip_system(&mut patch, &id)?;
     let r = app
         .hub
-        .patch_record(&app.ctx(), &collection, &id, Value::Object(patch), expected)
+        .patch_record(&caller, &collection, &id, Value::Object(patch), expected)
         .await?;
     Ok(record_response(StatusCode::OK, &r, None))
 }
 
 pub(crate) async fn delete_record(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let expected = if_match(&headers)?;
     app.hub
-        .delete_record(&app.ctx(), &collection, &id, expected)
+        .delete_record(&caller, &collection, &id, expected)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -358,6 +372,7 @@ pub(crate) async fn delete_record(
 /// sets the event type and other `ce-*` headers travel as event headers.
 pub(crate) async fn publish(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(topic): Path<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -396,7 +411,7 @@ pub(crate) async fn publish(
         Some(false) => polyport_core::Durability::Ephemeral,
         None => polyport_core::Durability::Auto,
     };
-    let receipt = app.hub.publish(&app.ctx(), draft).await?;
+    let receipt = app.hub.publish(&caller, draft).await?;
     let e = &receipt.event;
     Ok(json_response(
         StatusCode::ACCEPTED,

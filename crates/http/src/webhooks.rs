@@ -15,49 +15,57 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::gate::Caller;
 use crate::params::{Params, json_body, optional_json_body};
 use crate::rest::{body, json_response, object};
 
-pub(crate) async fn list(State(app): State<AppState>) -> ApiResult<Response> {
-    let eps = app.hub.endpoints(&app.ctx())?;
+pub(crate) async fn list(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<Response> {
+    let eps = app.hub.endpoints(&caller)?;
     let items: Vec<Value> = eps.iter().map(|e| json!(e.redacted())).collect();
     Ok(json_response(StatusCode::OK, json!({ "items": items })))
 }
 
 pub(crate) async fn create(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let spec: EndpointSpec = json_body(&headers, &body(b)?)?;
-    let ep = app.hub.create_endpoint(&app.ctx(), spec).await?;
+    let ep = app.hub.create_endpoint(&caller, spec).await?;
     Ok(json_response(StatusCode::CREATED, json!(ep)))
 }
 
 pub(crate) async fn get(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let ep = app.hub.endpoint(&app.ctx(), &id)?;
+    let ep = app.hub.endpoint(&caller, &id)?;
     Ok(json_response(StatusCode::OK, json!(ep.redacted())))
 }
 
 pub(crate) async fn patch(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let patch = Value::Object(object(json_body(&headers, &body(b)?)?)?);
-    let ep = app.hub.update_endpoint(&app.ctx(), &id, patch).await?;
+    let ep = app.hub.update_endpoint(&caller, &id, patch).await?;
     Ok(json_response(StatusCode::OK, json!(ep.redacted())))
 }
 
 pub(crate) async fn delete(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    app.hub.delete_endpoint(&app.ctx(), &id).await?;
+    app.hub.delete_endpoint(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -73,6 +81,7 @@ struct Rotate {
 
 pub(crate) async fn rotate(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
@@ -81,7 +90,7 @@ pub(crate) async fn rotate(
     let overlap = Duration::from_secs(r.overlap_secs.unwrap_or(24 * 3600).min(30 * 24 * 3600));
     let ep = app
         .hub
-        .rotate_endpoint_secret(&app.ctx(), &id, r.secret, overlap)
+        .rotate_endpoint_secret(&caller, &id, r.secret, overlap)
         .await?;
     Ok(json_response(StatusCode::OK, json!(ep)))
 }
@@ -98,6 +107,7 @@ struct Recover {
 /// it, every matching event after that sequence is (re)sent.
 pub(crate) async fn recover(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
@@ -107,7 +117,7 @@ pub(crate) async fn recover(
         Some(s) => Redeliver::Since(s),
         None => Redeliver::Dead,
     };
-    let n = app.hub.redeliver(&app.ctx(), &id, which).await?;
+    let n = app.hub.redeliver(&caller, &id, which).await?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         json!({ "requeued": n }),
@@ -116,6 +126,7 @@ pub(crate) async fn recover(
 
 pub(crate) async fn deliveries(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
@@ -131,7 +142,7 @@ pub(crate) async fn deliveries(
     let before = p.u64("before", u64::MAX)?;
     let items = app
         .hub
-        .deliveries(&app.ctx(), &id, status, before, limit)
+        .deliveries(&caller, &id, status, before, limit)
         .await?;
     let next = if items.len() == limit {
         items.last().map(|d| d.seq)
@@ -152,10 +163,11 @@ fn seq_of(s: &str) -> ApiResult<u64> {
 
 pub(crate) async fn delivery(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path((id, seq)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let seq = seq_of(&seq)?;
-    let (d, attempts) = app.hub.delivery(&app.ctx(), &id, seq).await?;
+    let (d, attempts) = app.hub.delivery(&caller, &id, seq).await?;
     let mut v = json!(d);
     v["attempt_log"] = json!(attempts);
     Ok(json_response(StatusCode::OK, v))
@@ -164,16 +176,14 @@ pub(crate) async fn delivery(
 /// `POST …/deliveries/{seq}/retry`: send this event to this endpoint again now.
 pub(crate) async fn retry(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path((id, seq)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let seq = seq_of(&seq)?;
     if seq == 0 {
         return Err(ApiError::bad_request("sequences start at 1"));
     }
-    let n = app
-        .hub
-        .redeliver(&app.ctx(), &id, Redeliver::One(seq))
-        .await?;
+    let n = app.hub.redeliver(&caller, &id, Redeliver::One(seq)).await?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         json!({ "requeued": n }),

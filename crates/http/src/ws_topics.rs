@@ -33,6 +33,7 @@ use polyport_core::{
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::gate::Caller;
 use crate::params::Params;
 
 /// WebSocket close codes used here (RFC 6455 §7.4.1).
@@ -53,6 +54,7 @@ struct Publishing {
 /// `GET /ws/topics/{topic…}`.
 pub(crate) async fn upgrade(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     Path(path): Path<String>,
     RawQuery(q): RawQuery,
     ws: WebSocketUpgrade,
@@ -83,7 +85,10 @@ pub(crate) async fn upgrade(
         overflow: crate::realtime::overflow(p.get("overflow"))?,
         ..SubscribeRequest::default()
     };
-    let ctx = AuthContext::anonymous(Origin("ws"));
+    let ctx = AuthContext {
+        origin: Origin("ws"),
+        ..caller
+    };
     let sub = app.hub.subscribe(&ctx, req).await.map_err(ApiError::from)?;
     let max = app.cfg.max_ws_message;
     let hub = app.hub.clone();

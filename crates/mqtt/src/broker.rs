@@ -93,7 +93,7 @@ pub(crate) fn now_ms() -> u64 {
 impl Broker {
     /// Loads persistent sessions and retained messages from the Hub's adapter state.
     pub(crate) async fn load(hub: Hub, cfg: MqttConfig) -> Result<Arc<Self>, HubError> {
-        let ctx = AuthContext::anonymous(polyport_core::Origin("mqtt"));
+        let ctx = AuthContext::system(polyport_core::Origin("mqtt"));
         let now = Instant::now();
         let mut parked = HashMap::new();
         for (client_id, bytes) in hub.load_state(&ctx, state::SESSIONS).await? {

@@ -178,7 +178,7 @@ async fn housekeeping(broker: Arc<broker::Broker>) {
 /// Publishes the `$SYS` values as retained, ephemeral messages: MQTT clients get the
 /// latest on subscribe, and every other protocol can watch `$SYS/#` too.
 async fn publish_sys(broker: &broker::Broker) {
-    let ctx = polyport_core::AuthContext::anonymous(Origin("mqtt"));
+    let ctx = polyport_core::AuthContext::system(Origin("mqtt"));
     for (topic, value) in broker.sys_values() {
         let Ok(t) = Topic::new(topic) else { continue };
         let payload = bytes::Bytes::from(value);

@@ -15,11 +15,47 @@ pub(crate) struct ServerArgs {
     server: Option<String>,
     /// Data directory whose listeners.json names the server (used when --server is absent).
     #[arg(long, env = "POLYPORT_DATA_DIR", default_value = "./polyport-data")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    /// User to sign in as (with --password).
+    #[arg(long, env = "POLYPORT_USER")]
+    user: Option<String>,
+    /// That user's password.
+    #[arg(long, env = "POLYPORT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// An API key, JWT or sign-in token, sent as a bearer token.
+    #[arg(long, env = "POLYPORT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl ServerArgs {
-    fn base(&self) -> String {
+    /// An HTTP client that signs every request in as the flags say.
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
+        use base64::Engine as _;
+        let mut headers = reqwest::header::HeaderMap::new();
+        let auth = match (&self.token, &self.user) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, Some(u)) => {
+                let pass = self.password.as_deref().unwrap_or("");
+                let raw = format!("{u}:{pass}");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
+            }
+            (None, None) => None,
+        };
+        if let Some(a) = auth {
+            let mut v = reqwest::header::HeaderValue::from_str(&a)
+                .context("the credentials cannot be sent in a header")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
+
+    pub(crate) fn base(&self) -> String {
         if let Some(s) = &self.server {
             return s.trim_end_matches('/').to_string();
         }
@@ -97,7 +133,9 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<()> {
         encode(&args.topic),
         if args.ephemeral { "?durable=false" } else { "" }
     );
-    let res = reqwest::Client::new()
+    let res = args
+        .server
+        .client()?
         .post(&url)
         .header("content-type", args.content_type)
         .body(body)
@@ -123,7 +161,9 @@ pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         query.push(format!("since={s}"));
     }
     let url = format!("{}/api/stream?{}", args.server.base(), query.join("&"));
-    let res = reqwest::Client::new()
+    let res = args
+        .server
+        .client()?
         .get(&url)
         .send()
         .await
@@ -167,7 +207,11 @@ pub(crate) struct ProtoArgs {
 /// Prints the generated per-collection `.proto` for the server's current collections.
 pub(crate) async fn proto(args: ProtoArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/collections", args.server.base());
-    let res = reqwest::get(&url)
+    let res = args
+        .server
+        .client()?
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
     if !res.status().is_success() {
@@ -246,7 +290,7 @@ pub(crate) enum WebhooksCmd {
     },
 }
 
-async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
     let res = req.send().await.context("cannot reach the server")?;
     let status = res.status();
     let text = res.text().await?;
@@ -260,7 +304,12 @@ async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value>
 }
 
 pub(crate) async fn webhooks(cmd: WebhooksCmd) -> anyhow::Result<()> {
-    let c = reqwest::Client::new();
+    let c = match &cmd {
+        WebhooksCmd::Add { server, .. }
+        | WebhooksCmd::List { server }
+        | WebhooksCmd::Rm { server, .. }
+        | WebhooksCmd::Deliveries { server, .. } => server.client()?,
+    };
     match cmd {
         WebhooksCmd::Add {
             url,

@@ -29,25 +29,53 @@ pub(crate) struct Config {
     pub(crate) limits: LimitsSection,
 }
 
-/// Who may connect. Without users, everyone is let in and a username is taken as given.
+/// Who may connect: users in this file, users and API keys the server stores
+/// (`polyport users|keys`), JWTs. With none of them, everyone is let in with every right
+/// (loopback only unless `--allow-anonymous`); once any exists, anonymous callers are
+/// refused unless `anonymous = true`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct AuthSection {
-    /// Username → password, checked on MQTT CONNECT.
-    pub(crate) users: std::collections::HashMap<String, String>,
-    /// Whether callers without credentials are let in.
-    pub(crate) anonymous: bool,
-    /// Seconds a browser token (`POST /api/auth/token`) is good for.
+    /// `alice = "s3cret"` or `root = { password_hash = "$argon2id$…", role = "admin" }`.
+    pub(crate) users: std::collections::BTreeMap<String, polyport_core::auth::Secret>,
+    /// Whether callers without credentials are let in (default: only while no identity
+    /// source exists).
+    pub(crate) anonymous: Option<bool>,
+    /// Seconds a sign-in token (`POST /api/auth/token`) is good for.
     pub(crate) token_ttl_secs: u64,
+    /// JWT verification.
+    pub(crate) jwt: Option<polyport_core::auth::JwtConfig>,
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
         Self {
             users: Default::default(),
-            anonymous: true,
+            anonymous: None,
             token_ttl_secs: 300,
+            jwt: None,
         }
+    }
+}
+
+impl AuthSection {
+    /// The identity sources this section names, checked.
+    pub(crate) fn directory(&self) -> anyhow::Result<polyport_core::auth::Directory> {
+        use polyport_core::auth::{ConfigUser, Directory, DirectoryConfig};
+        let cfg = DirectoryConfig {
+            users: self
+                .users
+                .iter()
+                .map(|(name, secret)| ConfigUser {
+                    name: name.clone(),
+                    secret: secret.clone(),
+                })
+                .collect(),
+            anonymous: self.anonymous,
+            jwt: self.jwt.clone(),
+            token_ttl: Some(std::time::Duration::from_secs(self.token_ttl_secs.max(1))),
+        };
+        Directory::new(cfg).map_err(|e| anyhow::anyhow!("[auth]: {e}"))
     }
 }
 

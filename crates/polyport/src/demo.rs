@@ -40,7 +40,7 @@ async fn ensure_record(
 }
 
 async fn blog(hub: &Hub) -> anyhow::Result<()> {
-    let ctx = AuthContext::anonymous(Origin("demo"));
+    let ctx = AuthContext::system(Origin("demo"));
     ensure_collection(
         hub,
         &ctx,

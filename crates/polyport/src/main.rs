@@ -8,6 +8,8 @@ mod bench;
 mod cli;
 mod config;
 mod demo;
+mod identity_cli;
+mod jwks;
 mod registry;
 mod serve;
 
@@ -47,6 +49,15 @@ enum Command {
     /// Manage webhook endpoints of a running server.
     #[command(subcommand)]
     Webhooks(cli::WebhooksCmd),
+    /// Manage the users of a running server (as an admin).
+    #[command(subcommand)]
+    Users(identity_cli::UsersCmd),
+    /// Manage the API keys of a running server (as an admin).
+    #[command(subcommand)]
+    Keys(identity_cli::KeysCmd),
+    /// Bootstrap an admin in a data directory no server is running on.
+    #[command(subcommand)]
+    Admin(identity_cli::AdminCmd),
 }
 
 /// Flags override `POLYPORT_*` variables, which override `polyport.toml`.
@@ -72,8 +83,9 @@ pub(crate) struct ServeArgs {
     /// Whether webhook deliveries may reach public addresses.
     #[arg(long, env = "POLYPORT_WEBHOOKS_ALLOW_PUBLIC")]
     webhooks_allow_public: Option<bool>,
-    /// Serve anonymous clients on non-loopback addresses even though no users are
-    /// configured (refused by default, as Mosquitto 2 does).
+    /// Serve anonymous clients on non-loopback addresses even though no identity source
+    /// is configured (refused by default, as Mosquitto 2 does). POLYPORT_ADMIN_PASSWORD
+    /// (with POLYPORT_ADMIN_USER, default `admin`) makes sure that admin exists first.
     #[arg(long, env = "POLYPORT_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
 }
@@ -99,6 +111,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Proto(args) => cli::proto(args).await,
             Command::Webhooks(cmd) => cli::webhooks(cmd).await,
+            Command::Users(cmd) => identity_cli::users(cmd).await,
+            Command::Keys(cmd) => identity_cli::keys(cmd).await,
+            Command::Admin(cmd) => identity_cli::admin(cmd).await,
             Command::Adapters { json } => registry::print(json),
         }
     })

@@ -139,7 +139,6 @@ pub(crate) struct Host {
 fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
     let hub = cx.hub.clone();
     let guards = cx.cfg.limits.http("HTTP");
-    let token_ttl = cx.cfg.auth.token_ttl_secs;
     let c = cx.cfg.http.clone();
     let hooks = cx.cfg.hooks.clone();
     let render = cx.prometheus.clone();
@@ -165,7 +164,6 @@ fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
                 heartbeat: Duration::from_secs(c.heartbeat_secs.max(1)),
                 metrics: Some(Arc::new(move || render.render())),
                 cors_origins: c.cors_origins,
-                token_ttl: Duration::from_secs(token_ttl.max(1)),
                 hooks,
                 index,
                 ..polyport_http::HttpConfig::default()

@@ -141,6 +141,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
 
     let hub = open_hub(&cfg)?;
+    hub.load_identities()
+        .await
+        .context("reading the stored users and API keys")?;
+    if let Ok(password) = std::env::var("POLYPORT_ADMIN_PASSWORD") {
+        let name = std::env::var("POLYPORT_ADMIN_USER").unwrap_or_else(|_| "admin".into());
+        hub.bootstrap_admin(&name, &password)
+            .await
+            .with_context(|| format!("POLYPORT_ADMIN_PASSWORD: setting up the admin '{name}'"))?;
+        tracing::info!(user = %name, "admin from POLYPORT_ADMIN_PASSWORD is ready");
+    }
+    crate::jwks::start(&hub).await;
 
     let webhook_cfg = polyport_webhooks::WebhookConfig {
         timeout: Duration::from_secs(cfg.webhooks.timeout_secs.max(1)),
@@ -192,7 +203,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    refuse_open_doors(&cfg, args.allow_anonymous, faces.iter().map(|(w, _)| w))?;
+    refuse_open_doors(
+        hub.identities().is_open(),
+        args.allow_anonymous,
+        faces.iter().map(|(w, _)| w),
+    )?;
 
     // Every listener is bound before any face starts, so the index at `GET /` can say
     // where each one lives (or why it is not there).
@@ -248,14 +263,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The file, then the flags that override it (listen addresses are read per face).
 /// Safe by default, like Mosquitto 2: with no identity source, anonymous clients are
-/// served on loopback only. A listener on any other address needs `[auth] users` or an
-/// explicit `--allow-anonymous`.
+/// served on loopback only. A listener on any other address needs an identity source
+/// (users, keys, JWT) or an explicit `--allow-anonymous`.
 fn refuse_open_doors<'a>(
-    cfg: &Config,
+    open: bool,
     allow_anonymous: bool,
     wants: impl Iterator<Item = &'a Want>,
 ) -> anyhow::Result<()> {
-    if allow_anonymous || !cfg.auth.users.is_empty() {
+    if allow_anonymous || !open {
         return Ok(());
     }
     let open: Vec<String> = wants
@@ -266,9 +281,10 @@ fn refuse_open_doors<'a>(
         return Ok(());
     }
     anyhow::bail!(
-        "refusing to serve anonymous clients beyond loopback ({}) with no users configured: \
-         add users (`[auth] users = {{ alice = \"…\" }}` in polyport.toml) or pass \
-         --allow-anonymous (POLYPORT_ALLOW_ANONYMOUS=true) to let anyone on the network in",
+        "refusing to serve anonymous clients beyond loopback ({}) with no identity configured: \
+         add users (`[auth] users = {{ alice = \"…\" }}` in polyport.toml, or an admin with \
+         POLYPORT_ADMIN_PASSWORD), API keys or `[auth.jwt]`, or pass --allow-anonymous \
+         (POLYPORT_ALLOW_ANONYMOUS=true) to let anyone on the network in",
         open.join(", ")
     )
 }
@@ -292,7 +308,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 /// The store on the data directory and the Hub over it.
-fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
+pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
     let bus = Bus::new();
     let mut store_cfg = StoreConfig::new(&cfg.data_dir);
     store_cfg.queue = cfg.events.write_queue;
@@ -315,16 +331,13 @@ fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
         ephemeral_topics,
         ..HubConfig::default()
     };
-    let hub = if cfg.auth.users.is_empty() && cfg.auth.anonymous {
-        Hub::new(Arc::new(store), bus, hub_cfg)
-    } else {
-        let policy = polyport_core::auth::StaticUsers {
-            users: cfg.auth.users.clone(),
-            allow_anonymous: cfg.auth.anonymous,
-        };
-        Hub::with_policy(Arc::new(store), bus, hub_cfg, Box::new(policy))
-    };
-    Ok(hub)
+    Ok(Hub::with_auth(
+        Arc::new(store),
+        bus,
+        hub_cfg,
+        cfg.auth.directory()?,
+        Box::new(polyport_core::auth::Roles),
+    ))
 }
 
 async fn wait_for_signal() {

@@ -67,11 +67,19 @@ pub(crate) struct Transport {
     /// `SOAPAction` (1.1, quotes removed) or the content type's `action` (1.2);
     /// `None` when absent.
     pub(crate) action: Option<String>,
+    /// HTTP-level credentials, used when the envelope carries no WS-Security token:
+    /// `Authorization` as given, or `X-API-Key` as a bearer token.
+    pub(crate) http_credentials: Option<String>,
 }
 
 /// Reads the version from the content type: `text/xml` is 1.1, `application/soap+xml`
 /// is 1.2. Anything else is refused (as a 1.1 fault, the lowest common shape).
 pub(crate) fn transport(headers: &HeaderMap) -> Result<Transport, Fault> {
+    let http_credentials = match (headers.get("authorization"), headers.get("x-api-key")) {
+        (Some(a), _) => Some(a.to_str().unwrap_or("").to_string()),
+        (None, Some(k)) => Some(format!("Bearer {}", k.to_str().unwrap_or("").trim())),
+        (None, None) => None,
+    };
     let ct = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -96,6 +104,7 @@ pub(crate) fn transport(headers: &HeaderMap) -> Result<Transport, Fault> {
             action: headers
                 .get("soapaction")
                 .map(|v| unquote(v.to_str().unwrap_or("").trim()).to_string()),
+            http_credentials,
         }),
         "application/soap+xml" => Ok(Transport {
             version: Version::V12,
@@ -103,6 +112,7 @@ pub(crate) fn transport(headers: &HeaderMap) -> Result<Transport, Fault> {
                 .into_iter()
                 .find(|(k, _)| k == "action")
                 .map(|(_, v)| v),
+            http_credentials,
         }),
         _ => Err(Fault::sender(
             "unsupported_media_type",

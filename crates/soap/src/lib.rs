@@ -95,10 +95,7 @@ impl SoapState {
         if current.0 == now {
             return current;
         }
-        match self
-            .hub
-            .collections(&AuthContext::anonymous(Origin("soap")))
-        {
+        match self.hub.collections(&AuthContext::system(Origin("soap"))) {
             Ok(colls) => {
                 let fresh = Arc::new((now, Service::build(&colls)));
                 self.service.store(fresh.clone());
@@ -127,7 +124,7 @@ pub fn routes(hub: Hub, cfg: SoapConfig) -> Result<Router, SoapError> {
     let generation = hub.watch_collections();
     let built_from = *generation.borrow();
     let colls = hub
-        .collections(&AuthContext::anonymous(Origin("soap")))
+        .collections(&AuthContext::system(Origin("soap")))
         .map_err(|e| SoapError::Collections(e.to_string()))?;
     let state = SoapState {
         hub,
@@ -235,7 +232,10 @@ async fn handle(
     })?;
     let env = envelope::parse(root, t.version).map_err(|f| (f, None))?;
     let ctx = match &env.credentials {
-        None => s.hub.authenticate(Origin("soap"), None, None),
+        None => match &t.http_credentials {
+            Some(h) => s.hub.authenticate_header(Origin("soap"), h),
+            None => s.hub.authenticate(Origin("soap"), None, None),
+        },
         Some(c) => s.hub.authenticate(
             Origin("soap"),
             Some(&c.username),

@@ -524,6 +524,10 @@ impl Session {
                     format!("'{key}' cannot be a binding key"),
                 )
             })?;
+        self.broker
+            .hub
+            .authorize_route(&self.ctx, binding.filter())
+            .map_err(|e| bad("Access refused", e.to_string()))?;
         queue.bind(binding).await;
         self.broker
             .save_queue(&name, Some(&queue))

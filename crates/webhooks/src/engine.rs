@@ -19,7 +19,7 @@ use crate::sign::sign;
 use crate::ssrf::Policy;
 
 fn ctx() -> AuthContext {
-    AuthContext::anonymous(Origin("webhook"))
+    AuthContext::system(Origin("webhook"))
 }
 
 /// State shared by the supervisor and its workers.

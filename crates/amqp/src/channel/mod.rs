@@ -77,6 +77,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) out: &'a mut Vec<AMQPFrame>,
     pub(crate) deliveries: &'a tokio::sync::mpsc::Sender<Out>,
     pub(crate) frame_max: usize,
+    /// Who the connection is, for what the channel routes on its behalf.
+    pub(crate) auth: &'a polyport_core::AuthContext,
 }
 
 impl Ctx<'_> {

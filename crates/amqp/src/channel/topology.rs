@@ -93,6 +93,17 @@ impl Channel {
             exchange::AMQPMethod::Bind(d) => {
                 let (dst, src) = (d.destination.as_str(), d.source.as_str());
                 Self::bindable(cx, dst, src)?;
+                if let Some(x) = b.exchange(src)
+                    && let Some(f) = polyport_broker::naming::binding_filter(
+                        src,
+                        x.kind(),
+                        d.routing_key.as_str(),
+                    )
+                {
+                    b.hub
+                        .authorize_route(cx.auth, &f)
+                        .map_err(|e| (Code::AccessRefused, format!("ACCESS_REFUSED - {e}")))?;
+                }
                 b.bind_exchange(dst, src, d.routing_key.as_str(), &d.arguments)
                     .await
                     .map_err(internal)?;
@@ -237,6 +248,9 @@ impl Channel {
                                 ),
                             )
                         })?;
+                b.hub
+                    .authorize_route(cx.auth, binding.filter())
+                    .map_err(|e| (Code::AccessRefused, format!("ACCESS_REFUSED - {e}")))?;
                 q.bind(binding).await;
                 b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
                 if !d.nowait {

@@ -142,6 +142,11 @@ impl<'a> Routed<'a> {
 }
 
 impl Binding {
+    /// The topic filter it routes.
+    pub fn filter(&self) -> &TopicFilter {
+        &self.filter
+    }
+
     /// A binding of `exchange` with `key`; `None` when the key cannot map to a filter.
     pub fn new(exchange: &str, kind: Kind, key: &str, args: FieldTable) -> Option<Self> {
         Some(Self {

@@ -155,7 +155,7 @@ fn events_field(hub: &Hub) -> SubscriptionField {
                 strict: true,
                 ..SubscribeRequest::default()
             };
-            let sub = h.subscribe(&actx(), req).await.map_err(gql_err)?;
+            let sub = h.subscribe(&actx(&ctx)?, req).await.map_err(gql_err)?;
             Ok(item_stream(sub).map(|r| {
                 r.map(|it| match it {
                     Item::Event(d) => FieldValue::owned_any(Ev::Event(d.event)),
@@ -197,7 +197,7 @@ fn record_changed_field(hub: &Hub) -> SubscriptionField {
                     strict: true,
                     ..SubscribeRequest::default()
                 };
-                let sub = h.subscribe(&actx(), req).await.map_err(gql_err)?;
+                let sub = h.subscribe(&actx(&ctx)?, req).await.map_err(gql_err)?;
                 Ok(item_stream(sub).filter_map(|r| async move {
                     match r {
                         Ok(Item::Event(d)) => Some(Ok(FieldValue::owned_any(d.event))),

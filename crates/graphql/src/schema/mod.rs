@@ -15,13 +15,18 @@ use async_graphql::dynamic::{InputObject, Object, ResolverContext, Scalar, Schem
 use async_graphql::{ErrorExtensions, Value};
 use polyport_core::query::Filter;
 use polyport_core::schema::CollectionMap;
-use polyport_core::{AuthContext, Hub, HubError, Origin};
+use polyport_core::{AuthContext, Hub, HubError};
 
 use crate::GraphqlConfig;
 use crate::names::assign;
 
-fn actx() -> AuthContext {
-    AuthContext::anonymous(Origin("graphql"))
+/// The caller of this request or connection (the HTTP gate's, or `connection_init`'s).
+fn actx(ctx: &async_graphql::Context<'_>) -> async_graphql::Result<AuthContext> {
+    ctx.data::<AuthContext>().cloned().map_err(|_| {
+        gql_err(HubError::Unauthenticated(
+            "no caller: sign in to use this GraphQL endpoint".into(),
+        ))
+    })
 }
 
 /// The single place a [`HubError`] becomes a GraphQL error: `extensions.code` is the

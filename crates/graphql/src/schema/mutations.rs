@@ -115,7 +115,7 @@ fn create_field(hub: &Hub, coll: &str, names: &Names, typed: bool) -> Field {
                 (id, input_doc(ctx.args.try_get("data")?)?)
             };
             let r = h
-                .create_record(&actx(), &cn, id, data)
+                .create_record(&actx(&ctx)?, &cn, id, data)
                 .await
                 .map_err(gql_err)?;
             Ok(Some(FieldValue::owned_any(r)))
@@ -141,7 +141,7 @@ fn update_field(hub: &Hub, coll: &str, names: &Names, typed: bool) -> Field {
             let expected = opt_u64(&ctx, "expectedVersion")?;
             let r = h
                 .patch_record(
-                    &actx(),
+                    &actx(&ctx)?,
                     &cn,
                     &id,
                     serde_json::Value::Object(patch),
@@ -172,7 +172,7 @@ fn delete_field(hub: &Hub, coll: &str, names: &Names) -> Field {
             let id = arg_id(&ctx, "id")?;
             let expected = opt_u64(&ctx, "expectedVersion")?;
             let r = h
-                .delete_record(&actx(), &cn, &id, expected)
+                .delete_record(&actx(&ctx)?, &cn, &id, expected)
                 .await
                 .map_err(gql_err)?;
             Ok(Some(FieldValue::owned_any(r)))

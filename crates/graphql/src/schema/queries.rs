@@ -150,7 +150,7 @@ fn one_field(hub: &Hub, coll: &str, names: &Names) -> Field {
         let (h, cn) = (h.clone(), cn.clone());
         FieldFuture::new(async move {
             let id = arg_id(&ctx, "id")?;
-            match h.get_record(&actx(), &cn, &id).await {
+            match h.get_record(&actx(&ctx)?, &cn, &id).await {
                 Ok(r) => Ok(Some(FieldValue::owned_any(r))),
                 Err(HubError::RecordNotFound { .. }) => Ok(None),
                 Err(e) => Err(gql_err(e)),
@@ -188,7 +188,10 @@ fn list_field(hub: &Hub, coll: &str, names: &Names, max_page: usize) -> Field {
                     cursor: opt_str(&ctx, "after")?,
                     count: ctx.look_ahead().field("totalCount").exists(),
                 };
-                let page = h.list_records(&actx(), &cn, &q).await.map_err(gql_err)?;
+                let page = h
+                    .list_records(&actx(&ctx)?, &cn, &q)
+                    .await
+                    .map_err(gql_err)?;
                 Ok(Some(FieldValue::owned_any(Connection { page })))
             })
         },

@@ -81,10 +81,10 @@ pub(super) fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Obj
     let query = query.field(Field::new(
         "webhookEndpoints",
         TypeRef::named_nn_list_nn("WebhookEndpoint"),
-        move |_| {
+        move |ctx| {
             let h = h.clone();
             FieldFuture::new(async move {
-                let eps = h.endpoints(&actx()).map_err(gql_err)?;
+                let eps = h.endpoints(&actx(&ctx)?).map_err(gql_err)?;
                 Ok(Some(FieldValue::list(
                     eps.iter()
                         .map(|e| FieldValue::owned_any(Arc::new(e.redacted())))
@@ -100,7 +100,7 @@ pub(super) fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Obj
             let v = ctx.args.try_get("input")?.as_value().clone().into_json().map_err(|e| bad(e.to_string()))?;
             let spec: polyport_core::webhook::EndpointSpec =
                 serde_json::from_value(v).map_err(|e| bad(format!("invalid endpoint: {e}")))?;
-            let ep = h.create_endpoint(&actx(), spec).await.map_err(gql_err)?;
+            let ep = h.create_endpoint(&actx(&ctx)?, spec).await.map_err(gql_err)?;
             Ok(Some(FieldValue::owned_any(ep)))
         })
     })
@@ -121,7 +121,7 @@ pub(super) fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Obj
                     .into_json()
                     .map_err(|e| bad(e.to_string()))?;
                 let ep = h
-                    .update_endpoint(&actx(), &id, patch)
+                    .update_endpoint(&actx(&ctx)?, &id, patch)
                     .await
                     .map_err(gql_err)?;
                 Ok(Some(FieldValue::owned_any(Arc::new(ep.redacted()))))
@@ -141,7 +141,9 @@ pub(super) fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Obj
             let h = h.clone();
             FieldFuture::new(async move {
                 let id = arg_id(&ctx, "id")?;
-                h.delete_endpoint(&actx(), &id).await.map_err(gql_err)?;
+                h.delete_endpoint(&actx(&ctx)?, &id)
+                    .await
+                    .map_err(gql_err)?;
                 Ok(Some(Value::from(true)))
             })
         },

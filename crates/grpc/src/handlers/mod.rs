@@ -15,7 +15,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use polyport_core::query::{Filter, ListQuery, parse_sort};
 use polyport_core::schema::Collection;
-use polyport_core::{AuthContext, Hub, Item, Origin};
+use polyport_core::{AuthContext, Hub, Item};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::Value;
 use tonic::Status;
@@ -31,10 +31,8 @@ pub(crate) type MsgStream = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Sta
 pub(crate) struct Handlers {
     pub(crate) hub: Hub,
     pub(crate) max_page: usize,
-}
-
-fn ctx() -> AuthContext {
-    AuthContext::anonymous(Origin("grpc"))
+    /// The caller of the call being served (each call gets its own copy).
+    pub(crate) ctx: AuthContext,
 }
 
 fn nonempty(s: &str) -> Option<String> {
@@ -43,7 +41,7 @@ fn nonempty(s: &str) -> Option<String> {
 
 impl Handlers {
     fn collection(&self, name: &str) -> Result<Arc<Collection>, Status> {
-        self.hub.collection(&ctx(), name).map_err(status)
+        self.hub.collection(&self.ctx, name).map_err(status)
     }
 
     fn list_query(&self, v: &Value) -> Result<ListQuery, Status> {

@@ -9,7 +9,7 @@ use prost_reflect::MessageDescriptor;
 use serde_json::{Value, json};
 use tonic::Status;
 
-use super::{Handlers, MsgStream, ctx, map_items, nonempty};
+use super::{Handlers, MsgStream, map_items, nonempty};
 use crate::convert::{status, str_field, u64_field};
 
 fn generic_record(r: &Record) -> Value {
@@ -35,7 +35,7 @@ impl Handlers {
     pub(super) async fn records_get(&self, v: &Value) -> Result<Value, Status> {
         let r = self
             .hub
-            .get_record(&ctx(), str_field(v, "collection"), str_field(v, "id"))
+            .get_record(&self.ctx, str_field(v, "collection"), str_field(v, "id"))
             .await
             .map_err(status)?;
         Ok(generic_record(&r))
@@ -45,7 +45,7 @@ impl Handlers {
         let q = self.list_query(v)?;
         let page = self
             .hub
-            .list_records(&ctx(), str_field(v, "collection"), &q)
+            .list_records(&self.ctx, str_field(v, "collection"), &q)
             .await
             .map_err(status)?;
         Ok(json!({
@@ -60,7 +60,7 @@ impl Handlers {
         let r = self
             .hub
             .create_record(
-                &ctx(),
+                &self.ctx,
                 str_field(v, "collection"),
                 nonempty(str_field(v, "id")),
                 data,
@@ -76,12 +76,12 @@ impl Handlers {
         let expected = u64_field(v, "expected_version");
         let r = if v.get("replace").and_then(Value::as_bool).unwrap_or(false) {
             self.hub
-                .replace_record(&ctx(), c, id, data, expected)
+                .replace_record(&self.ctx, c, id, data, expected)
                 .await
                 .map(|x| x.0)
         } else {
             self.hub
-                .patch_record(&ctx(), c, id, Value::Object(data), expected)
+                .patch_record(&self.ctx, c, id, Value::Object(data), expected)
                 .await
         }
         .map_err(status)?;
@@ -92,7 +92,7 @@ impl Handlers {
         let r = self
             .hub
             .delete_record(
-                &ctx(),
+                &self.ctx,
                 str_field(v, "collection"),
                 str_field(v, "id"),
                 u64_field(v, "expected_version"),
@@ -135,7 +135,7 @@ impl Handlers {
         };
         // The collection must exist, so a typo is an error rather than a silent stream.
         self.collection(collection)?;
-        self.hub.subscribe(&ctx(), req).await.map_err(status)
+        self.hub.subscribe(&self.ctx, req).await.map_err(status)
     }
 }
 

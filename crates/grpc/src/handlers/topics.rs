@@ -12,14 +12,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::{Handlers, MsgStream, ctx, map_items, nonempty};
+use super::{Handlers, MsgStream, map_items, nonempty};
 use crate::catalog::Route;
 use crate::convert::{status, str_field, to_json, u64_field};
 
 impl Handlers {
     pub(super) async fn topics_publish(&self, v: &Value) -> Result<Value, Status> {
         let draft = publish_draft(v)?;
-        let r = self.hub.publish(&ctx(), draft).await.map_err(status)?;
+        let r = self.hub.publish(&self.ctx, draft).await.map_err(status)?;
         Ok(json!({"id": r.event.id, "sequence": r.event.seq}))
     }
 
@@ -30,7 +30,7 @@ impl Handlers {
     ) -> Result<MsgStream, Status> {
         let sub = self
             .hub
-            .subscribe(&ctx(), topic_request(v)?)
+            .subscribe(&self.ctx, topic_request(v)?)
             .await
             .map_err(status)?;
         Ok(map_items(sub, out, |item| Some(event_json(&item))))
@@ -41,6 +41,7 @@ impl Handlers {
     pub(crate) fn chat(&self, route: &Route, mut input: Streaming<DynamicMessage>) -> MsgStream {
         let (tx, rx) = mpsc::channel::<Result<DynamicMessage, Status>>(256);
         let hub = self.hub.clone();
+        let ctx = self.ctx.clone();
         let out = route.output.clone();
         tokio::spawn(async move {
             let mut forwarders = Vec::new();
@@ -61,7 +62,7 @@ impl Handlers {
                     let v = to_json(&msg)?;
                     if let Some(s) = v.get("subscribe") {
                         let sub = hub
-                            .subscribe(&ctx(), topic_request(s)?)
+                            .subscribe(&ctx, topic_request(s)?)
                             .await
                             .map_err(status)?;
                         let (tx, out) = (tx.clone(), out.clone());
@@ -74,9 +75,7 @@ impl Handlers {
                             }
                         }));
                     } else if let Some(p) = v.get("publish") {
-                        hub.publish(&ctx(), publish_draft(p)?)
-                            .await
-                            .map_err(status)?;
+                        hub.publish(&ctx, publish_draft(p)?).await.map_err(status)?;
                     } else {
                         return Err(Status::invalid_argument(
                             "a ChatRequest needs subscribe or publish",

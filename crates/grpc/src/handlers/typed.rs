@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use tonic::Status;
 
 use super::records::change_json;
-use super::{Handlers, MsgStream, ctx, map_items, nonempty};
+use super::{Handlers, MsgStream, map_items, nonempty};
 use crate::convert::{status, str_field, u64_field};
 
 /// A record shaped as its collection's typed message. Values that no longer fit the
@@ -71,7 +71,7 @@ impl Handlers {
         let coll = self.collection(c)?;
         let r = self
             .hub
-            .get_record(&ctx(), c, str_field(v, "id"))
+            .get_record(&self.ctx, c, str_field(v, "id"))
             .await
             .map_err(status)?;
         Ok(typed_record(&coll, &r))
@@ -80,7 +80,11 @@ impl Handlers {
     pub(super) async fn typed_list(&self, c: &str, v: &Value) -> Result<Value, Status> {
         let coll = self.collection(c)?;
         let q = self.list_query(v)?;
-        let page = self.hub.list_records(&ctx(), c, &q).await.map_err(status)?;
+        let page = self
+            .hub
+            .list_records(&self.ctx, c, &q)
+            .await
+            .map_err(status)?;
         Ok(json!({
             "records": page.items.iter().map(|r| typed_record(&coll, r)).collect::<Vec<_>>(),
             "next_page_token": page.next_cursor.unwrap_or_default(),
@@ -93,7 +97,7 @@ impl Handlers {
         let id = nonempty(str_field(&v, "id"));
         let r = self
             .hub
-            .create_record(&ctx(), c, id, typed_doc(&coll, v))
+            .create_record(&self.ctx, c, id, typed_doc(&coll, v))
             .await
             .map_err(status)?;
         Ok(typed_record(&coll, &r))
@@ -106,7 +110,7 @@ impl Handlers {
         let patch = Value::Object(typed_doc(&coll, v));
         let r = self
             .hub
-            .patch_record(&ctx(), c, &id, patch, expected)
+            .patch_record(&self.ctx, c, &id, patch, expected)
             .await
             .map_err(status)?;
         Ok(typed_record(&coll, &r))
@@ -117,7 +121,7 @@ impl Handlers {
         let r = self
             .hub
             .delete_record(
-                &ctx(),
+                &self.ctx,
                 c,
                 str_field(v, "id"),
                 u64_field(v, "expected_version"),

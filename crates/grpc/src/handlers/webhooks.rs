@@ -3,12 +3,12 @@
 use serde_json::{Value, json};
 use tonic::Status;
 
-use super::{Handlers, ctx};
+use super::Handlers;
 use crate::convert::{status, str_field};
 
 impl Handlers {
     pub(super) fn webhooks_list(&self) -> Result<Value, Status> {
-        let eps = self.hub.endpoints(&ctx()).map_err(status)?;
+        let eps = self.hub.endpoints(&self.ctx).map_err(status)?;
         let eps: Vec<_> = eps.iter().map(|e| e.redacted()).collect();
         Ok(json!({ "endpoints": eps }))
     }
@@ -17,7 +17,7 @@ impl Handlers {
         let spec = endpoint_spec(v.get("endpoint").cloned().unwrap_or(Value::Null))?;
         Ok(json!(
             self.hub
-                .create_endpoint(&ctx(), spec)
+                .create_endpoint(&self.ctx, spec)
                 .await
                 .map_err(status)?
         ))
@@ -27,7 +27,7 @@ impl Handlers {
         let patch = v.get("patch").cloned().unwrap_or_else(|| json!({}));
         Ok(json!(
             self.hub
-                .update_endpoint(&ctx(), str_field(v, "id"), patch)
+                .update_endpoint(&self.ctx, str_field(v, "id"), patch)
                 .await
                 .map_err(status)?
                 .redacted()
@@ -36,7 +36,7 @@ impl Handlers {
 
     pub(super) async fn webhooks_delete(&self, v: &Value) -> Result<Value, Status> {
         self.hub
-            .delete_endpoint(&ctx(), str_field(v, "id"))
+            .delete_endpoint(&self.ctx, str_field(v, "id"))
             .await
             .map_err(status)?;
         Ok(json!({}))

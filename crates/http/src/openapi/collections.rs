@@ -25,6 +25,23 @@ pub(super) fn meta_paths(paths: &mut Map<String, Value>, schemas: &mut Map<Strin
             "required": ["name", "type"],
         }),
     );
+    let rule =
+        |what: &str| json!({"type": ["string", "null"], "maxLength": 4096, "description": what});
+    schemas.insert(
+        "Rules".into(),
+        json!({
+            "type": "object",
+            "description": "filter expressions with @auth.id, @auth.role, @auth.claims.* and @request.body.*; missing, null or empty: admins only; \"true\": everyone",
+            "properties": {
+                "list": rule("which records a list returns"),
+                "view": rule("which records can be read, and whose changes reach subscribers"),
+                "create": rule("which new records may be created"),
+                "update": rule("which records may be changed"),
+                "delete": rule("which records may be deleted"),
+            },
+            "additionalProperties": false,
+        }),
+    );
     schemas.insert(
         "CollectionSpec".into(),
         json!({
@@ -34,6 +51,7 @@ pub(super) fn meta_paths(paths: &mut Map<String, Value>, schemas: &mut Map<Strin
                 "fields": {"type": "array", "items": {"$ref": "#/components/schemas/FieldDef"}},
                 "additional_fields": {"type": "boolean"},
                 "description": {"type": "string"},
+                "rules": {"$ref": "#/components/schemas/Rules"},
             },
             "required": ["name"],
             "additionalProperties": false,
@@ -48,6 +66,7 @@ pub(super) fn meta_paths(paths: &mut Map<String, Value>, schemas: &mut Map<Strin
                 "fields": {"type": "array", "items": {"$ref": "#/components/schemas/FieldDef"}},
                 "additional_fields": {"type": "boolean"},
                 "description": {"type": "string"},
+                "rules": {"$ref": "#/components/schemas/Rules"},
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
             },

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 mod collections;
 mod events;
+mod identities;
 mod webhooks;
 
 use polyport_core::schema::Collection;
@@ -13,9 +14,13 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::ApiResult;
+use crate::gate::Caller;
 
-pub(crate) async fn document(State(app): State<AppState>) -> ApiResult<Response> {
-    let colls = app.hub.collections(&app.ctx())?;
+pub(crate) async fn document(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<Response> {
+    let colls = app.hub.collections(&caller)?;
     let doc = build(colls.values().map(|c| &**c), app.cfg.max_page_size);
     Ok((
         [(
@@ -106,6 +111,7 @@ pub(crate) fn build<'a>(colls: impl Iterator<Item = &'a Collection>, max_page: u
         collections::collection_paths(c, &mut paths, &mut schemas, max_page);
     }
     webhooks::paths(&mut paths, &mut schemas);
+    identities::paths(&mut paths, &mut schemas);
     events::paths(&mut paths);
     for (p, op, desc) in [
         ("/healthz", "healthz", "the process is up"),
@@ -133,7 +139,7 @@ pub(crate) fn build<'a>(colls: impl Iterator<Item = &'a Collection>, max_page: u
                     "expires_in": {"type": "integer", "description": "seconds"},
                     "use": {"type": "string"},
                 }, "required": ["token", "expires_at", "expires_in"]}))),
-                ("401", problem("not signed in: send Authorization: Basic")),
+                ("401", problem("not signed in")),
             ]),
         }}),
     );
@@ -156,8 +162,9 @@ pub(crate) fn build<'a>(colls: impl Iterator<Item = &'a Collection>, max_page: u
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                "basic": {"type": "http", "scheme": "basic", "description": "an [auth] user"},
-                "bearer": {"type": "http", "scheme": "bearer", "description": "a token from POST /api/auth/token"},
+                "basic": {"type": "http", "scheme": "basic", "description": "a user's password, or an API key or JWT as the password"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API key, a JWT, or a sign-in token from POST /api/auth/token"},
+                "api_key": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "an API key"},
                 "access_token": {"type": "apiKey", "in": "query", "name": "access_token", "description": "the same token, for EventSource and WebSocket URLs"},
             },
         },

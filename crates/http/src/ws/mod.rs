@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::AppState;
+use crate::gate::Caller;
 
 /// One client request; each op family's fields live with its handler.
 #[derive(Deserialize)]
@@ -51,11 +52,19 @@ pub(super) fn yes() -> bool {
 }
 
 /// `GET /ws`.
-pub(crate) async fn upgrade(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn upgrade(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    ws: WebSocketUpgrade,
+) -> Response {
     let max = app.cfg.max_ws_message;
+    let ctx = AuthContext {
+        origin: Origin("ws"),
+        ..caller
+    };
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(socket, app))
+        .on_upgrade(move |socket| session(socket, app, ctx))
 }
 
 struct Session {
@@ -68,7 +77,7 @@ struct Session {
     max_subs: usize,
 }
 
-async fn session(socket: WebSocket, app: AppState) {
+async fn session(socket: WebSocket, app: AppState, ctx: AuthContext) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Message>(256);
     let shutdown = app.hub.shutdown_token();
@@ -89,7 +98,7 @@ async fn session(socket: WebSocket, app: AppState) {
     metrics::gauge!("polyport_ws_connections").increment(1.0);
     let mut s = Session {
         hub: app.hub.clone(),
-        ctx: AuthContext::anonymous(Origin("ws")),
+        ctx,
         out,
         subs: HashMap::new(),
         next_sub: 0,

@@ -51,6 +51,11 @@ class Server:
     def ws_url(self) -> str:
         return f"ws://{self.http}/ws"
 
+    def port(self, name: str) -> int:
+        """The port a face (`mqtt`, `amqp`, `stomp`, `grpc`, …) listens on."""
+        listeners = json.loads((self.data_dir / "listeners.json").read_text())
+        return int(listeners[name].rsplit(":", 1)[1])
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

@@ -73,7 +73,13 @@ pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Ac
             Ok(ctx) => ctx,
             Err(e) => {
                 tracing::info!(client = %client_id, error = %e, "MQTT CONNECT refused");
-                let _ = framed.send(refuse(4, 0x86)).await;
+                // No credentials at all: "not authorized"; wrong ones: "bad user name or
+                // password", as Mosquitto answers.
+                let (code3, code5) = match (&c.username, &c.password) {
+                    (None, None) => (5, 0x87),
+                    _ => (4, 0x86),
+                };
+                let _ = framed.send(refuse(code3, code5)).await;
                 return None;
             }
         };

@@ -69,7 +69,7 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
             .await?
             .error_for_status()?;
     }
-    let ctx = AuthContext::anonymous(Origin("cli"));
+    let ctx = AuthContext::system(Origin("cli"));
     let topic = Topic::new("bench/webhooks")?;
     let started = Instant::now();
     let mut pubs = Vec::new();

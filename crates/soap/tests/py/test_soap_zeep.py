@@ -111,12 +111,22 @@ def test_ws_security_username_token_authenticates(servers):
     basic = ("alice", "s3cret")  # the WSDL is an HTTP GET: HTTP Basic, like every other route
     ok = zeep_service(s, "1.2", http_auth=basic, wsse=UsernameToken("alice", "s3cret"))
     assert ok.GetUser(id="123").username == "john_doe"
-    for wsse in (UsernameToken("alice", "wrong"), None):
-        svc = zeep_service(s, "1.2", http_auth=basic, **({"wsse": wsse} if wsse else {}))
-        with pytest.raises(zeep.exceptions.Fault) as f:
-            svc.CreatePost(title="sneaky", author="123")
-        assert f.value.code == "env:Sender"
-        assert [q.localname for q in f.value.subcodes] == ["FailedAuthentication"]
+    # The envelope's token wins over the transport's: a wrong one is refused even though
+    # the HTTP request carries good Basic credentials.
+    svc = zeep_service(s, "1.2", http_auth=basic, wsse=UsernameToken("alice", "wrong"))
+    with pytest.raises(zeep.exceptions.Fault) as f:
+        svc.CreatePost(title="sneaky", author="123")
+    assert f.value.code == "env:Sender"
+    assert [q.localname for q in f.value.subcodes] == ["FailedAuthentication"]
+    # Without a token, HTTP Basic on the POST signs the caller in (transport security).
+    assert zeep_service(s, "1.2", http_auth=basic).GetUser(id="123").username == "john_doe"
+    # With neither, the call is a Fault, not an HTTP 401.
+    envelope = ('<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body>'
+                '<p:CreatePost xmlns:p="urn:polyport:soap"><p:title>sneaky</p:title>'
+                '<p:author>123</p:author></p:CreatePost></e:Body></e:Envelope>')
+    r = httpx.post(f"{s.url}/soap", content=envelope,
+                   headers={"content-type": "application/soap+xml; charset=utf-8"})
+    assert r.status_code == 400 and "FailedAuthentication" in r.text, r.text
     with httpx.Client(base_url=s.url, auth=basic) as http:
         titles = [p["title"] for p in http.get("/api/collections/posts/records").json()["items"]]
     assert "sneaky" not in titles

@@ -76,6 +76,7 @@ pub(super) fn ensure_collection(
         fields: None,
         additional_fields: false,
         description: None,
+        rules: None,
     };
     spec.check().map_err(HubError::Validation)?;
     match put_collection(tx, st, spec, None)? {
