@@ -487,32 +487,61 @@ impl Connection {
                 class_id,
                 method_id,
             }) => {
-                tracing::debug!(conn = self.id, channel = ch, %text, "AMQP channel closed");
-                channel.closing = true;
-                channel.content = None;
-                let mut c = std::mem::take(channel);
-                c.closing = true;
-                c.close(&self.broker, self.id, ch).await;
-                self.channels.insert(ch, c);
-                self.out.push(AMQPFrame::Method(
-                    ch,
-                    AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
-                        reply_code: code.value(),
-                        reply_text: short(&text),
-                        class_id,
-                        method_id,
-                    })),
-                ));
+                self.close_channel(ch, code, text, class_id, method_id)
+                    .await;
                 Ok(())
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Closes one channel with an error, as the server (the connection lives on).
+    async fn close_channel(
+        &mut self,
+        ch: u16,
+        code: Code,
+        text: String,
+        class_id: u16,
+        method_id: u16,
+    ) {
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        tracing::debug!(conn = self.id, channel = ch, %text, "AMQP channel closed");
+        channel.closing = true;
+        channel.content = None;
+        let mut c = std::mem::take(channel);
+        c.closing = true;
+        c.close(&self.broker, self.id, ch).await;
+        self.channels.insert(ch, c);
+        self.out.push(AMQPFrame::Method(
+            ch,
+            AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                reply_code: code.value(),
+                reply_text: short(&text),
+                class_id,
+                method_id,
+            })),
+        ));
+    }
+
     /// Sends a complete publish into the Hub; a mandatory one no queue takes comes back
     /// as `basic.return` (it still reaches the tree's other subscribers).
     async fn publish(&mut self, ch: u16, ready: Option<Ready>) {
         let Some(r) = ready else { return };
+        // A topic the connection may not publish on closes the channel with 403, as
+        // RabbitMQ does for an exchange without write permission.
+        if let Some(d) = &r.draft
+            && let Err(e) = self.broker.hub.authorize(
+                &self.ctx,
+                polyport_core::auth::Action::Publish(d.topic.as_str()),
+            )
+        {
+            let text = format!("ACCESS_REFUSED - {e}");
+            self.close_channel(ch, Code::AccessRefused, text, 60, 40)
+                .await;
+            return;
+        }
         if let Some(t) = self.channels.get_mut(&ch).and_then(|c| c.tx.as_mut()) {
             t.publishes.push(r);
             return;

@@ -112,9 +112,120 @@ impl Policy for AllowAll {
 
 /// The default policy: admins may do anything; everyone else (users, keys, JWTs and
 /// let-in anonymous callers) may read, write, publish and subscribe but not administer
-/// or subscribe to `$SYS`; a scoped key or token only what its scopes name.
+/// or subscribe to `$SYS`; a scoped key or token only what its scopes name; and, with an
+/// [`Acl`], publish and subscribe only where it says.
 #[derive(Debug, Default)]
-pub struct Roles;
+pub struct Roles {
+    acl: Option<Acl>,
+}
+
+impl Roles {
+    /// Roles plus topic ACLs (none: every topic).
+    pub fn with_acl(acl: Option<Acl>) -> Self {
+        Self { acl }
+    }
+}
+
+/// One `[[auth.acl]]` entry, as Mosquitto's acl_file has them: who it is for, and the
+/// topic patterns (with `%u` for the identity and `%c` for the client id) it opens.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclEntry {
+    /// A user id, `*` (anyone signed in), `anonymous`, `role:admin` or `role:user`.
+    pub who: String,
+    /// Topic filters it may publish on (a topic must match one).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Topic filters it may subscribe to (a subscription must lie within one).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+/// Topic ACLs: once there are any, callers other than admins publish and subscribe only
+/// where an entry for them allows (deny by default, as Mosquitto does). Record changes
+/// (`collections/…`) are governed by collection rules instead, so subscriptions within
+/// them are not checked here.
+#[derive(Clone, Debug)]
+pub struct Acl {
+    entries: Vec<AclEntry>,
+}
+
+impl Acl {
+    /// Checks every pattern.
+    pub fn new(entries: Vec<AclEntry>) -> Result<Self, String> {
+        for (i, e) in entries.iter().enumerate() {
+            for p in e.publish.iter().chain(&e.subscribe) {
+                let probe = p.replace("%u", "u").replace("%c", "c");
+                crate::topic::TopicFilter::new(&probe)
+                    .map_err(|err| format!("auth.acl[{i}]: '{p}' is not a topic filter: {err}"))?;
+            }
+        }
+        Ok(Self { entries })
+    }
+
+    fn entries_for<'a>(&'a self, ctx: &'a AuthContext) -> impl Iterator<Item = &'a AclEntry> {
+        let who = ctx.identity.as_deref();
+        self.entries
+            .iter()
+            .filter(move |e| match (e.who.as_str(), who) {
+                ("anonymous", None) => true,
+                ("*", Some(_)) => true,
+                ("role:admin", Some(i)) => i.role == Role::Admin,
+                ("role:user", Some(i)) => i.role == Role::User,
+                (name, Some(i)) => name == i.id,
+                _ => false,
+            })
+    }
+
+    /// `pattern` with `%u` and `%c` filled in; `None` when the caller has no such value
+    /// or it holds a topic's special characters (so an id cannot widen a pattern).
+    fn fill(pattern: &str, ctx: &AuthContext) -> Option<String> {
+        let clean =
+            |v: &str| (!v.is_empty() && !v.contains(['/', '+', '#'])).then(|| v.to_string());
+        let mut out = pattern.to_string();
+        if out.contains("%u") {
+            out = out.replace("%u", &clean(ctx.principal()?)?);
+        }
+        if out.contains("%c") {
+            let id = ctx.sender.as_ref().and_then(|s| s.client_id.as_deref())?;
+            out = out.replace("%c", &clean(id)?);
+        }
+        Some(out)
+    }
+
+    fn publish_allowed(&self, ctx: &AuthContext, topic: &str) -> bool {
+        self.entries_for(ctx)
+            .flat_map(|e| &e.publish)
+            .filter_map(|p| Self::fill(p, ctx))
+            .any(|p| covers(&p, topic))
+    }
+
+    fn subscribe_allowed(&self, ctx: &AuthContext, filter: &str) -> bool {
+        filter.starts_with("collections/")
+            || self
+                .entries_for(ctx)
+                .flat_map(|e| &e.subscribe)
+                .filter_map(|p| Self::fill(p, ctx))
+                .any(|p| covers(&p, filter))
+    }
+}
+
+/// Whether every topic `filter` matches is matched by `pattern` (a topic is a filter
+/// without wildcards, so this also answers whether `pattern` matches a topic).
+fn covers(pattern: &str, filter: &str) -> bool {
+    let (mut p, mut f) = (pattern.split('/'), filter.split('/'));
+    loop {
+        match (p.next(), f.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b && b != "+" => {}
+            // `a/#` also matches `a` itself.
+            _ => return false,
+        }
+    }
+}
 
 impl Policy for Roles {
     fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> Result<(), HubError> {
@@ -135,6 +246,21 @@ impl Policy for Roles {
                 Action::Admin => "this needs an admin".into(),
                 _ => "only admins may subscribe to $SYS topics".into(),
             }));
+        }
+        if let Some(acl) = &self.acl {
+            let who = ctx.principal().unwrap_or("an anonymous caller");
+            let refusal = match action {
+                Action::Publish(t) if !acl.publish_allowed(ctx, t) => {
+                    Some(format!("the ACL does not let {who} publish on '{t}'"))
+                }
+                Action::Subscribe(f) if !acl.subscribe_allowed(ctx, f) => {
+                    Some(format!("the ACL does not let {who} subscribe to '{f}'"))
+                }
+                _ => None,
+            };
+            if let Some(m) = refusal {
+                return Err(HubError::Forbidden(m));
+            }
         }
         if let (Some(s), Some(i)) = (scope, who)
             && !i.allows(s)
@@ -213,7 +339,7 @@ mod tests {
         let anon = AuthContext::anonymous(Origin("test"));
         let publisher = who(Role::User, Some(vec![Scope::Publish]));
         let scoped_admin = who(Role::Admin, Some(vec![Scope::Read]));
-        let ok = |c: &AuthContext, a| Roles.authorize(c, a).is_ok();
+        let ok = |c: &AuthContext, a| Roles::default().authorize(c, a).is_ok();
         assert!(ok(&admin, Action::Admin) && ok(&admin, Action::Subscribe("$SYS/#")));
         for c in [&user, &anon] {
             assert!(!ok(c, Action::Admin) && !ok(c, Action::Subscribe("$SYS/broker/uptime")));
@@ -227,5 +353,86 @@ mod tests {
         );
         assert!(ok(&scoped_admin, Action::Read("posts")) && !ok(&scoped_admin, Action::Admin));
         assert!(ok(&AuthContext::system(Origin("t")), Action::Admin));
+    }
+
+    #[test]
+    fn acl_patterns_cover_topics_and_narrower_filters_with_substitutions() {
+        for (p, f) in [
+            ("sensors/#", "sensors/a/b"),
+            ("sensors/#", "sensors"),
+            ("sensors/#", "sensors/+/t"),
+            ("sensors/+/t", "sensors/a/t"),
+            ("sensors/+/t", "sensors/+/t"),
+            ("#", "#"),
+        ] {
+            assert!(covers(p, f), "{p} covers {f}");
+        }
+        for (p, f) in [
+            ("sensors/+", "sensors/#"),
+            ("sensors/a", "sensors/+"),
+            ("sensors/+/t", "sensors/a/t/u"),
+            ("a/b", "a"),
+            ("sensors/#", "#"),
+        ] {
+            assert!(!covers(p, f), "{p} does not cover {f}");
+        }
+        let acl = Acl::new(vec![AclEntry {
+            who: "*".into(),
+            publish: vec!["sensors/%u/#".into(), "chat/%c".into()],
+            subscribe: vec!["sensors/#".into()],
+        }])
+        .unwrap();
+        let policy = Roles::with_acl(Some(acl));
+        let alice = AuthContext::identified(
+            Origin("t"),
+            Some(Arc::new(Identity {
+                id: "alice".into(),
+                role: Role::User,
+                via: Via::Password,
+                scopes: None,
+                claims: Default::default(),
+            })),
+        )
+        .with_sender(Sender {
+            connection: 1,
+            client_id: Some("phone".into()),
+        });
+        let ok = |c: &AuthContext, a| policy.authorize(c, a).is_ok();
+        assert!(
+            ok(&alice, Action::Publish("sensors/alice/t"))
+                && !ok(&alice, Action::Publish("sensors/bob/t"))
+        );
+        assert!(
+            ok(&alice, Action::Publish("chat/phone")) && !ok(&alice, Action::Publish("chat/other"))
+        );
+        assert!(
+            ok(&alice, Action::Subscribe("sensors/+/t")) && !ok(&alice, Action::Subscribe("#"))
+        );
+        assert!(
+            ok(&alice, Action::Subscribe("collections/posts/#")),
+            "record changes follow collection rules"
+        );
+        let anon = AuthContext::anonymous(Origin("t"));
+        assert!(
+            !ok(&anon, Action::Publish("sensors/x/t")),
+            "%u needs an identity; nothing matches"
+        );
+        let mut sneaky = alice.clone();
+        sneaky.identity = Some(Arc::new(Identity {
+            id: "bob/#".into(),
+            ..(**alice.identity.as_ref().unwrap()).clone()
+        }));
+        assert!(
+            !ok(&sneaky, Action::Publish("sensors/bob/x")),
+            "an id with wildcards never fills a pattern"
+        );
+        assert!(
+            Acl::new(vec![AclEntry {
+                who: "*".into(),
+                publish: vec!["a/#/b".into()],
+                subscribe: vec![]
+            }])
+            .is_err()
+        );
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct AuthSection {
     pub(crate) token_ttl_secs: u64,
     /// JWT verification.
     pub(crate) jwt: Option<polyport_core::auth::JwtConfig>,
+    /// Topic ACLs (`[[auth.acl]]`); none: every topic for everyone let in.
+    pub(crate) acl: Vec<polyport_core::auth::AclEntry>,
 }
 
 impl Default for AuthSection {
@@ -54,6 +56,7 @@ impl Default for AuthSection {
             anonymous: None,
             token_ttl_secs: 300,
             jwt: None,
+            acl: Vec::new(),
         }
     }
 }
@@ -76,6 +79,16 @@ impl AuthSection {
             token_ttl: Some(std::time::Duration::from_secs(self.token_ttl_secs.max(1))),
         };
         Directory::new(cfg).map_err(|e| anyhow::anyhow!("[auth]: {e}"))
+    }
+
+    /// The authorization policy: roles, scopes and the topic ACLs.
+    pub(crate) fn policy(&self) -> anyhow::Result<polyport_core::auth::Roles> {
+        use polyport_core::auth::{Acl, Roles};
+        let acl = match self.acl.is_empty() {
+            true => None,
+            false => Some(Acl::new(self.acl.clone()).map_err(|e| anyhow::anyhow!("[auth] {e}"))?),
+        };
+        Ok(Roles::with_acl(acl))
     }
 }
 

@@ -336,7 +336,7 @@ pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
         bus,
         hub_cfg,
         cfg.auth.directory()?,
-        Box::new(polyport_core::auth::Roles),
+        Box::new(cfg.auth.policy()?),
     ))
 }
 
