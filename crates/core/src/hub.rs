@@ -74,6 +74,7 @@ pub(crate) struct HubInner {
     groups: Arc<Groups>,
     policy: Box<dyn Policy>,
     pub(crate) identities: Directory,
+    pub(crate) audit: Option<tokio::sync::mpsc::Sender<crate::audit::Entry>>,
     pub(crate) config: HubConfig,
     shutdown: CancellationToken,
     pub(crate) collections_gen: watch::Sender<u64>,
@@ -119,19 +120,19 @@ impl Hub {
         identities: Directory,
         policy: Box<dyn Policy>,
     ) -> Self {
-        Self {
-            inner: Arc::new(HubInner {
-                store,
-                bus,
-                groups: Arc::default(),
-                policy,
-                identities,
-                config,
-                shutdown: CancellationToken::new(),
-                collections_gen: watch::Sender::new(0),
-                delivery_policy: parking_lot::RwLock::new(None),
-            }),
-        }
+        let inner = Arc::new_cyclic(|me| HubInner {
+            store,
+            bus,
+            groups: Arc::default(),
+            policy,
+            identities,
+            audit: crate::audit::start(me.clone()),
+            config,
+            shutdown: CancellationToken::new(),
+            collections_gen: watch::Sender::new(0),
+            delivery_policy: parking_lot::RwLock::new(None),
+        });
+        Self { inner }
     }
 
     /// Fires when the hub shuts down; adapters end their streams on it.
@@ -148,7 +149,11 @@ impl Hub {
     /// Asks the policy; for adapters with side effects of their own (MQTT retained
     /// messages) that must not happen for a call the Hub would refuse.
     pub fn authorize(&self, ctx: &AuthContext, action: Action<'_>) -> HubResult<()> {
-        self.inner.policy.authorize(ctx, action)
+        let r = self.inner.policy.authorize(ctx, action);
+        if let Err(HubError::Forbidden(reason)) = &r {
+            self.audit_refused(ctx, &format!("{action:?}"), reason);
+        }
+        r
     }
 
     pub(crate) async fn write(&self, cmd: WriteCommand) -> HubResult<WriteOutcome> {

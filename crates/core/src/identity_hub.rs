@@ -19,11 +19,6 @@ use crate::schema::{FieldError, Rule};
 const USERS: &str = "auth.users";
 const KEYS: &str = "auth.keys";
 
-fn refused(origin: Origin, e: AuthError) -> HubError {
-    metrics::counter!("polyport_auth_failures_total", "origin" => origin.0).increment(1);
-    HubError::Unauthenticated(e.to_string())
-}
-
 fn invalid(field: &str, message: impl Into<String>) -> HubError {
     HubError::Validation(vec![FieldError::new(field, Rule::Format, message)])
 }
@@ -79,8 +74,15 @@ impl Hub {
             .inner
             .identities
             .authenticate(creds)
-            .map_err(|e| refused(origin, e))?;
+            .map_err(|e| self.refused(origin, username, e))?;
         Ok(AuthContext::identified(origin, identity))
+    }
+
+    fn refused(&self, origin: Origin, username: Option<&str>, e: AuthError) -> HubError {
+        metrics::counter!("polyport_auth_failures_total", "origin" => origin.0).increment(1);
+        let reason = e.to_string();
+        self.audit_auth_failed(origin, username, &reason);
+        HubError::Unauthenticated(reason)
     }
 
     /// Like [`Hub::authenticate`] for a bearer token (an API key or a JWT).
@@ -89,7 +91,7 @@ impl Hub {
             .inner
             .identities
             .authenticate(Credentials::Bearer(token))
-            .map_err(|e| refused(origin, e))?;
+            .map_err(|e| self.refused(origin, None, e))?;
         Ok(AuthContext::identified(origin, identity))
     }
 
@@ -103,6 +105,7 @@ impl Hub {
         }
         let (user, pass) = crate::auth::basic_credentials(value).map_err(|e| {
             metrics::counter!("polyport_auth_failures_total", "origin" => origin.0).increment(1);
+            self.audit_auth_failed(origin, None, &e);
             HubError::Unauthenticated(e)
         })?;
         self.authenticate(origin, Some(&user), Some(&pass))
@@ -207,6 +210,7 @@ impl Hub {
         let bytes = serde_json::to_vec(&user).map_err(|e| HubError::Storage(e.to_string()))?;
         self.persist(USERS, name, Some(bytes)).await?;
         d.put_user(user.clone());
+        self.audit_admin(ctx, "put_user", name);
         Ok(UserView {
             name: user.name,
             role: user.role,
@@ -232,6 +236,7 @@ impl Hub {
         }
         self.persist(USERS, name, None).await?;
         d.remove_user(name);
+        self.audit_admin(ctx, "delete_user", name);
         Ok(())
     }
 
@@ -260,6 +265,7 @@ impl Hub {
         self.persist(KEYS, &minted.stored.id, Some(bytes)).await?;
         let view = KeyView::from(&minted.stored);
         self.inner.identities.put_key(minted.stored);
+        self.audit_admin(ctx, "create_api_key", &view.id);
         Ok((minted.key, view))
     }
 
@@ -271,6 +277,7 @@ impl Hub {
         }
         self.persist(KEYS, id, None).await?;
         self.inner.identities.remove_key(id);
+        self.audit_admin(ctx, "revoke_api_key", id);
         Ok(())
     }
 

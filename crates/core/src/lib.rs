@@ -13,6 +13,7 @@
 pub mod adapter;
 pub mod admission;
 pub mod attributes;
+mod audit;
 pub mod auth;
 mod bus;
 pub mod engine;

@@ -84,8 +84,13 @@ impl Hub {
         ctx: &AuthContext,
         spec: CollectionSpec,
     ) -> HubResult<Arc<Collection>> {
-        self.define_collection(ctx, spec, WriteCommand::CreateCollection)
-            .await
+        self.define_collection(
+            ctx,
+            spec,
+            WriteCommand::CreateCollection,
+            "create_collection",
+        )
+        .await
     }
 
     /// Replaces a collection's definition.
@@ -94,8 +99,13 @@ impl Hub {
         ctx: &AuthContext,
         spec: CollectionSpec,
     ) -> HubResult<Arc<Collection>> {
-        self.define_collection(ctx, spec, WriteCommand::ReplaceCollection)
-            .await
+        self.define_collection(
+            ctx,
+            spec,
+            WriteCommand::ReplaceCollection,
+            "replace_collection",
+        )
+        .await
     }
 
     async fn define_collection(
@@ -103,11 +113,14 @@ impl Hub {
         ctx: &AuthContext,
         spec: CollectionSpec,
         cmd: fn(CollectionSpec) -> WriteCommand,
+        op: &'static str,
     ) -> HubResult<Arc<Collection>> {
         self.authorize(ctx, Action::Admin)?;
         spec.check().map_err(HubError::Validation)?;
+        let name = spec.name.clone();
         let out = self.write(cmd(spec)).await?;
         self.bump_collections();
+        self.audit_admin(ctx, op, &name);
         expect_collection(out)
     }
 
@@ -117,6 +130,7 @@ impl Hub {
         self.write(WriteCommand::DeleteCollection(name.to_string()))
             .await?;
         self.bump_collections();
+        self.audit_admin(ctx, "delete_collection", name);
         Ok(())
     }
 

@@ -72,6 +72,7 @@ impl Hub {
             updated_at: now,
         })
         .await
+        .inspect(|ep| self.audit_admin(ctx, "create_endpoint", &ep.id))
     }
 
     /// All endpoints.
@@ -119,7 +120,9 @@ impl Hub {
         }
         ep.spec = spec;
         ep.updated_at = Utc::now();
-        self.put_endpoint(ep).await
+        self.put_endpoint(ep)
+            .await
+            .inspect(|ep| self.audit_admin(ctx, "update_endpoint", &ep.id))
     }
 
     /// Replaces the signing secret; the old one keeps signing too for `overlap` so
@@ -155,7 +158,9 @@ impl Hub {
             Utc::now() + chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::hours(24)),
         );
         ep.updated_at = Utc::now();
-        self.put_endpoint(ep).await
+        self.put_endpoint(ep)
+            .await
+            .inspect(|ep| self.audit_admin(ctx, "rotate_endpoint_secret", &ep.id))
     }
 
     /// Deletes an endpoint with its queue and log.
@@ -163,6 +168,7 @@ impl Hub {
         self.endpoint(ctx, id)?;
         self.write(WriteCommand::DeleteEndpoint(id.to_string()))
             .await?;
+        self.audit_admin(ctx, "delete_endpoint", id);
         Ok(())
     }
 
