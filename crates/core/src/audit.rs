@@ -2,7 +2,8 @@
 //! itself as durable events on `$SYS/audit/{auth,refused,admin}`, so they are tailed,
 //! replayed and delivered like any other event (and only admins can read them).
 //!
-//! Recording never waits: events go through a bounded queue to one task that publishes
+//! Only while an identity source exists (users, keys or JWTs): an open server has
+//! nobody to attribute an entry to. Recording never waits: events go through a bounded queue to one task that publishes
 //! at most [`RATE`] a second; the rest are counted in `polyport_audit_dropped_total`, so
 //! a password-guessing flood cannot fill the log or slow the doors down.
 
@@ -60,6 +61,11 @@ pub(crate) fn start(hub: Weak<HubInner>) -> Option<mpsc::Sender<Entry>> {
 
 impl Hub {
     fn record(&self, entry: Entry) {
+        // With no identity source everyone is an admin and nothing is refused for who
+        // they are: there is nobody to attribute an entry to.
+        if self.inner.identities.is_open() {
+            return;
+        }
         if let Some(tx) = &self.inner.audit
             && tx.try_send(entry).is_err()
         {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use polyport_identity::{
     AuthError, ConfigUser, Credentials, Directory, DirectoryConfig, Identity, JwkSet, JwtConfig,
-    KeySpec, KeyView, Role, Scope, Secret, UserView, Via, hash_password,
+    KeySpec, KeyView, Role, Scope, Secret, UserView, Via, hash_password, unix_now, verify_password,
 };
 
 use crate::attributes::Sender;

@@ -176,42 +176,32 @@ impl Hub {
         self.authorize(ctx, Action::Write(collection))?;
         validate_id(id)?;
         let auto_create = self.check_auto_create(collection)?;
-        let mut attempts = 0;
-        loop {
-            let body = Value::Object(data.clone());
-            let pinned = match self.pin_for_rules(ctx, collection, id).await? {
-                Pin::Free => None,
-                Pin::Absent => {
-                    self.check_create(ctx, collection, Some(id), &data)?;
-                    None
-                }
-                Pin::Current(cur) => {
-                    self.check_change(ctx, &cur, RuleKind::Update, Some(&body))?;
-                    Some(cur.version)
-                }
-            };
-            let out = self
-                .write(WriteCommand::ReplaceRecord {
-                    collection: collection.to_string(),
-                    id: id.to_string(),
-                    data: data.clone(),
-                    expected_version: expected_version.or(pinned),
-                    auto_create,
-                    origin: ctx.origin,
-                })
-                .await;
-            // The record changed between the rule check and the write: check again.
-            if matches!(out, Err(HubError::VersionMismatch { .. }))
-                && expected_version.is_none()
-                && pinned.is_some()
-                && attempts < 3
-            {
-                attempts += 1;
-                continue;
-            }
-            self.after_record_write(auto_create);
-            return expect_record(out?);
-        }
+        let body = Value::Object(data.clone());
+        let data = &data;
+        let on_absent = || self.check_create(ctx, collection, Some(id), data);
+        let out = self
+            .ruled_write(
+                ctx,
+                collection,
+                id,
+                expected_version,
+                RuleKind::Update,
+                Some(&body),
+                on_absent,
+                move |v| {
+                    self.write(WriteCommand::ReplaceRecord {
+                        collection: collection.to_string(),
+                        id: id.to_string(),
+                        data: data.clone(),
+                        expected_version: v,
+                        auto_create,
+                        origin: ctx.origin,
+                    })
+                },
+            )
+            .await;
+        self.after_record_write(auto_create);
+        expect_record(out?)
     }
 
     /// Applies a JSON merge patch to a record.
@@ -225,34 +215,28 @@ impl Hub {
     ) -> HubResult<Record> {
         self.authorize(ctx, Action::Write(collection))?;
         validate_id(id)?;
-        let mut attempts = 0;
-        loop {
-            let pinned = match self.pin_for_rules(ctx, collection, id).await? {
-                Pin::Current(cur) => {
-                    self.check_change(ctx, &cur, RuleKind::Update, Some(&patch))?;
-                    Some(cur.version)
-                }
-                Pin::Free | Pin::Absent => None,
-            };
-            let out = self
-                .write(WriteCommand::PatchRecord {
-                    collection: collection.to_string(),
-                    id: id.to_string(),
-                    patch: patch.clone(),
-                    expected_version: expected_version.or(pinned),
-                    origin: ctx.origin,
-                })
-                .await;
-            if matches!(out, Err(HubError::VersionMismatch { .. }))
-                && expected_version.is_none()
-                && pinned.is_some()
-                && attempts < 3
-            {
-                attempts += 1;
-                continue;
-            }
-            return expect_record(out?).map(|(r, _)| r);
-        }
+        let p = &patch;
+        let out = self
+            .ruled_write(
+                ctx,
+                collection,
+                id,
+                expected_version,
+                RuleKind::Update,
+                Some(p),
+                || Ok(()),
+                move |v| {
+                    self.write(WriteCommand::PatchRecord {
+                        collection: collection.to_string(),
+                        id: id.to_string(),
+                        patch: p.clone(),
+                        expected_version: v,
+                        origin: ctx.origin,
+                    })
+                },
+            )
+            .await?;
+        expect_record(out).map(|(r, _)| r)
     }
 
     /// Deletes a record, returning it as it was.
@@ -265,35 +249,28 @@ impl Hub {
     ) -> HubResult<Record> {
         self.authorize(ctx, Action::Write(collection))?;
         validate_id(id)?;
-        let mut attempts = 0;
-        loop {
-            let pinned = match self.pin_for_rules(ctx, collection, id).await? {
-                Pin::Current(cur) => {
-                    self.check_change(ctx, &cur, RuleKind::Delete, None)?;
-                    Some(cur.version)
-                }
-                Pin::Free | Pin::Absent => None,
-            };
-            let out = self
-                .write(WriteCommand::DeleteRecord {
-                    collection: collection.to_string(),
-                    id: id.to_string(),
-                    expected_version: expected_version.or(pinned),
-                    origin: ctx.origin,
-                })
-                .await;
-            if matches!(out, Err(HubError::VersionMismatch { .. }))
-                && expected_version.is_none()
-                && pinned.is_some()
-                && attempts < 3
-            {
-                attempts += 1;
-                continue;
-            }
-            return match out? {
-                WriteOutcome::Deleted { record, .. } => Ok(record),
-                other => Err(unexpected(other)),
-            };
+        let out = self
+            .ruled_write(
+                ctx,
+                collection,
+                id,
+                expected_version,
+                RuleKind::Delete,
+                None,
+                || Ok(()),
+                move |v| {
+                    self.write(WriteCommand::DeleteRecord {
+                        collection: collection.to_string(),
+                        id: id.to_string(),
+                        expected_version: v,
+                        origin: ctx.origin,
+                    })
+                },
+            )
+            .await?;
+        match out {
+            WriteOutcome::Deleted { record, .. } => Ok(record),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -374,6 +351,51 @@ impl Hub {
             false => Err(HubError::Forbidden(format!(
                 "the create rule of '{collection}' does not admit this record"
             ))),
+        }
+    }
+
+    /// A change to one record under its collection's rules: checks `kind` (or, when
+    /// the record is absent, `on_absent`) and writes pinned to the version it checked,
+    /// checking again when the record changed in between.
+    #[allow(clippy::too_many_arguments)]
+    async fn ruled_write<W, Fut>(
+        &self,
+        ctx: &AuthContext,
+        collection: &str,
+        id: &str,
+        expected: ExpectedVersion,
+        kind: RuleKind,
+        body: Option<&Value>,
+        on_absent: impl Fn() -> HubResult<()>,
+        write: W,
+    ) -> HubResult<WriteOutcome>
+    where
+        W: Fn(ExpectedVersion) -> Fut,
+        Fut: std::future::Future<Output = HubResult<WriteOutcome>>,
+    {
+        let mut attempts = 0;
+        loop {
+            let pinned = match self.pin_for_rules(ctx, collection, id).await? {
+                Pin::Free => None,
+                Pin::Absent => {
+                    on_absent()?;
+                    None
+                }
+                Pin::Current(cur) => {
+                    self.check_change(ctx, &cur, kind, body)?;
+                    Some(cur.version)
+                }
+            };
+            let out = write(expected.or(pinned)).await;
+            if matches!(out, Err(HubError::VersionMismatch { .. }))
+                && expected.is_none()
+                && pinned.is_some()
+                && attempts < 3
+            {
+                attempts += 1;
+                continue;
+            }
+            return out;
         }
     }
 

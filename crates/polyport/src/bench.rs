@@ -7,6 +7,7 @@
 //!   against a bare axum + `tokio::sync::broadcast` server; clients run in a child
 //!   process so each side of 10k connections has its own file-descriptor budget.
 //! - `soap`: SOAP Get/Create/List against REST on the same records.
+//! - `auth`: REST `GET` signed in with each kind of credential against anonymous.
 //! - `mqtt`: Polyport's MQTT broker vs the local Mosquitto under one rumqttc load
 //!   generator: fan-in, fan-out and memory per idle connection.
 
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod amqp;
+mod auth;
 mod child;
 mod fanout;
 mod graphql;
@@ -95,6 +97,9 @@ enum Which {
     Stomp(stomp::StompArgs),
     /// SOAP Get/Create/List vs REST on the same records.
     Soap(soap::SoapArgs),
+    /// REST GET signed in (Basic argon2id, API key, JWT) vs anonymous, and the cost of
+    /// one uncached check.
+    Auth(auth::AuthArgs),
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -123,6 +128,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Amqp(a) => amqp::run(a).await,
         Which::Stomp(a) => stomp::run(a).await,
         Which::Soap(a) => soap::run(a).await,
+        Which::Auth(a) => auth::run(a).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
     }
 }

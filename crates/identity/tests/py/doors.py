@@ -173,6 +173,21 @@ class _Errors(stomp.ConnectionListener):
         self.errors.put(frame)
 
 
+def stomp_session(s, creds) -> tuple[stomp.Connection12, queue.Queue]:
+    """A signed-in stomp.py connection and the `message` headers of the ERROR frames it
+    gets."""
+    errors: queue.Queue = queue.Queue()
+
+    class Errors(stomp.ConnectionListener):
+        def on_error(self, frame):
+            errors.put(frame.headers.get("message", ""))
+
+    conn = stomp.Connection12([("127.0.0.1", s.port("stomp"))], vhost="/")
+    conn.set_listener("", Errors())
+    conn.connect(*creds, wait=True)
+    return conn, errors
+
+
 def stomp_(s, creds) -> bool:
     conn = stomp.Connection12([("127.0.0.1", s.port("stomp"))], vhost="/", timeout=TIMEOUT)
     seen = _Errors()

@@ -14,7 +14,6 @@ import paho.mqtt.client as mqtt
 import pika
 import pika.exceptions
 import pytest
-import stomp
 
 import doors
 
@@ -108,15 +107,7 @@ def test_acls_hold_on_every_protocol(acl):
     assert closed.value.reply_code == 403
     conn.close()
 
-    errors: queue.Queue = queue.Queue()
-
-    class Errors(stomp.ConnectionListener):
-        def on_error(self, frame):
-            errors.put(frame.headers.get("message", ""))
-
-    st = stomp.Connection12([("127.0.0.1", acl.port("stomp"))], vhost="/")
-    st.set_listener("", Errors())
-    st.connect(*ALICE, wait=True)
+    st, errors = doors.stomp_session(acl, ALICE)
     st.send("/topic/sensors.bob.x", "no", headers={"receipt": "r1"})
     assert errors.get(timeout=10), "a STOMP SEND to a refused topic is an ERROR"
 

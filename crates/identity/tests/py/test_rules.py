@@ -157,7 +157,6 @@ def test_shared_queues_cannot_carry_ruled_changes_for_callers_bound_by_rules(rul
     changes is refused (403 ACCESS_REFUSED / STOMP ERROR) unless an admin does it."""
     import pika
     import pika.exceptions
-    import stomp
 
     params = lambda creds: pika.ConnectionParameters(  # noqa: E731
         "127.0.0.1", ruled.port("amqp"), credentials=pika.PlainCredentials(*creds))
@@ -184,14 +183,6 @@ def test_shared_queues_cannot_carry_ruled_changes_for_callers_bound_by_rules(rul
         break
     root.close()
 
-    errors: queue.Queue = queue.Queue()
-
-    class Errors(stomp.ConnectionListener):
-        def on_error(self, frame):
-            errors.put(frame.headers.get("message", ""))
-
-    conn = stomp.Connection12([("127.0.0.1", ruled.port("stomp"))], vhost="/")
-    conn.set_listener("", Errors())
-    conn.connect(*ALICE, wait=True)
+    conn, errors = doors.stomp_session(ruled, ALICE)
     conn.subscribe("/exchange/amq.topic/collections.notes.*", id="1")
     assert "Access refused" in errors.get(timeout=10)
