@@ -110,7 +110,7 @@ def test_a_browser_eventsource_signs_in_with_a_token(locked):
     from test_browser import CHROMIUM, CHROMIUM_ARGS
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=20_000)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=90_000)  # a cold first start of Chromium can take a while
         try:
             page = browser.new_page()
             page.goto(f"{locked.url}/healthz")  # same origin as the API; a probe needs no credentials

@@ -130,7 +130,7 @@ def test_browser_eventsource_receives_events_and_resumes_after_a_server_restart(
     try:
         servers.append(start_server(data_dir, http=addr))
         with sync_playwright() as pw, httpx.Client(timeout=10.0) as client:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=20_000)
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=90_000)  # a cold first start of Chromium can take a while
             try:
                 page = browser.new_page()
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))

@@ -69,7 +69,7 @@ def test_two_browser_tabs_chat_over_stomp_websocket_and_mqtt_listens(servers):
     try:
         with mqtt_listener(s, "chat/room1") as (_m, heard):
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=20_000)
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=90_000)  # a cold first start of Chromium can take a while
                 try:
                     ws = f"ws://{s.http}/stomp"
                     tabs = []
