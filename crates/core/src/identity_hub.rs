@@ -159,7 +159,7 @@ impl Hub {
         Ok(self.inner.identities.users())
     }
 
-    /// Creates a stored user, or changes its password and/or role.
+    /// Creates a stored user, or changes its password and/or role (either way).
     pub async fn put_user(
         &self,
         ctx: &AuthContext,
@@ -218,6 +218,37 @@ impl Hub {
             created_at: Some(user.created_at),
             updated_at: Some(user.updated_at),
         })
+    }
+
+    /// Creates a stored user; a name taken (here or in polyport.toml) is a conflict.
+    pub async fn create_user(
+        &self,
+        ctx: &AuthContext,
+        name: &str,
+        password: &str,
+        role: Option<Role>,
+    ) -> HubResult<UserView> {
+        self.authorize(ctx, Action::Admin)?;
+        if self.inner.identities.stored_user(name).is_some() {
+            return Err(HubError::AlreadyExists(format!("user '{name}'")));
+        }
+        self.put_user(ctx, name, Some(password), role).await
+    }
+
+    /// Changes an existing user's password and/or role.
+    pub async fn update_user(
+        &self,
+        ctx: &AuthContext,
+        name: &str,
+        password: Option<&str>,
+        role: Option<Role>,
+    ) -> HubResult<UserView> {
+        self.authorize(ctx, Action::Admin)?;
+        let d = &self.inner.identities;
+        if d.stored_user(name).is_none() && !d.is_config_user(name) {
+            return Err(HubError::NotFound(format!("user '{name}'")));
+        }
+        self.put_user(ctx, name, password, role).await
     }
 
     /// Removes a stored user; credentials it presented stop working at once.

@@ -65,12 +65,9 @@ pub(crate) async fn create_user(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let u: NewUser = json_body(&headers, &body(b)?)?;
-    if app.hub.users(&caller)?.iter().any(|x| x.name == u.name) {
-        return Err(polyport_core::HubError::AlreadyExists(format!("user '{}'", u.name)).into());
-    }
     let view = app
         .hub
-        .put_user(&caller, &u.name, Some(&u.password), u.role)
+        .create_user(&caller, &u.name, &u.password, u.role)
         .await?;
     Ok(json_response(StatusCode::CREATED, json!(view)))
 }
@@ -97,12 +94,9 @@ pub(crate) async fn patch_user(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let p: UserPatch = json_body(&headers, &body(b)?)?;
-    if !app.hub.users(&caller)?.iter().any(|u| u.name == name) {
-        return Err(polyport_core::HubError::NotFound(format!("user '{name}'")).into());
-    }
     let view = app
         .hub
-        .put_user(&caller, &name, p.password.as_deref(), p.role)
+        .update_user(&caller, &name, p.password.as_deref(), p.role)
         .await?;
     Ok(json_response(StatusCode::OK, json!(view)))
 }

@@ -172,6 +172,11 @@ def test_keys_and_users_through_the_cli_scopes_revocation_and_restart(servers, t
     added = cli(s, "users", "add", "carol", "--password-stdin", stdin="carol-pass-1\n")
     assert added.returncode == 0, added.stderr
     assert doors.amqp(s, ("carol", "carol-pass-1")) and doors.stomp_(s, ("carol", "carol-pass-1"))
+    dup = cli(s, "users", "add", "carol", "--password-stdin", stdin="other-pass-1\n")
+    assert dup.returncode != 0 and "409" in dup.stderr, "a taken name is a conflict"
+    assert doors.amqp(s, ("carol", "carol-pass-1")), "and the existing user is untouched"
+    ghost = cli(s, "users", "set", "nobody", "--password-stdin", stdin="ghost-pass-1\n")
+    assert ghost.returncode != 0 and "404" in ghost.stderr
     too_short = cli(s, "users", "add", "dan", "--password-stdin", stdin="short\n")
     assert too_short.returncode != 0 and "at least 8" in too_short.stderr
     by_user = cli(s, "users", "list", creds=ALICE)
