@@ -11,9 +11,8 @@ use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection as co
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
-use polyport_core::adapter::sleep_until;
+use polyport_core::adapter::{Peer, Stream, sleep_until};
 use polyport_core::{AuthContext, HubError};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -43,11 +42,7 @@ const UNBLOCK_AT: f32 = 0.5;
 /// How often a blocked connection looks at the write queue.
 const PRESSURE_POLL: Duration = Duration::from_millis(20);
 
-pub(crate) type Transport = Framed<Box<dyn Io>, Codec>;
-
-/// A byte stream carrying AMQP.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) type Transport = Framed<Stream, Codec>;
 
 type Publishing = BoxFuture<'static, (u16, Option<u64>, Result<(), HubError>)>;
 
@@ -72,7 +67,8 @@ struct Connection {
 
 /// Serves one connection to its end.
 pub(crate) async fn run(
-    stream: Box<dyn Io>,
+    stream: Stream,
+    peer: Peer,
     broker: Arc<Broker>,
     cfg: Arc<AmqpConfig>,
     stop: CancellationToken,
@@ -85,7 +81,7 @@ pub(crate) async fn run(
         channel_max,
         heartbeat,
         notify_blocked,
-    }) = tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker, &cfg, refusal))
+    }) = tokio::time::timeout(HANDSHAKE, handshake(&mut io, &peer, &broker, &cfg, refusal))
         .await
         .ok()
         .flatten()

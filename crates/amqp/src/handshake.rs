@@ -121,11 +121,14 @@ pub(crate) async fn close_connection(
     .await;
 }
 
-/// Start, start-ok (authentication), tune, tune-ok, open. A connection over the
+/// Start, start-ok (authentication), tune, tune-ok, open. A client with a verified
+/// certificate is also offered EXTERNAL (its certificate names it), as RabbitMQ's
+/// `rabbitmq_auth_mechanism_ssl` does. A connection over the
 /// listener's caps (`refusal`) is refused at open with 530, as RabbitMQ refuses one past a
 /// vhost's connection limit.
 pub(crate) async fn handshake(
     io: &mut Transport,
+    peer: &polyport_core::adapter::Peer,
     broker: &Broker,
     cfg: &AmqpConfig,
     refusal: Option<polyport_core::admission::Refusal>,
@@ -144,7 +147,10 @@ pub(crate) async fn handshake(
         version_major: 0,
         version_minor: 9,
         server_properties: server_properties(),
-        mechanisms: "PLAIN AMQPLAIN".into(),
+        mechanisms: match peer.certificate {
+            Some(_) => "PLAIN AMQPLAIN EXTERNAL".into(),
+            None => "PLAIN AMQPLAIN".into(),
+        },
         locales: "en_US".into(),
     };
     io.send(AMQPFrame::Method(
@@ -163,11 +169,16 @@ pub(crate) async fn handshake(
         ),
         _ => false,
     };
-    let ctx = match credentials(&ok) {
-        Some((user, pass)) => broker
-            .hub
-            .authenticate(Origin("amqp"), Some(&user), Some(&pass)),
-        None => Err(HubError::Unauthenticated(format!(
+    let ctx = match (credentials(&ok), &peer.certificate) {
+        (_, Some(subject)) if ok.mechanism.as_str() == "EXTERNAL" => {
+            broker.hub.authenticate_certificate(Origin("amqp"), subject)
+        }
+        (Some((user, pass)), _) => {
+            broker
+                .hub
+                .authenticate(Origin("amqp"), Some(&user), Some(&pass))
+        }
+        (None, _) => Err(HubError::Unauthenticated(format!(
             "unsupported mechanism {}",
             ok.mechanism
         ))),

@@ -49,8 +49,8 @@ mod props;
 use std::sync::Arc;
 
 use polyport_broker::{Broker, BrokerConfig};
+use polyport_core::adapter::Listener;
 use polyport_core::{Hub, HubError};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,6 +60,11 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     label: "AMQP",
     about: "AMQP 0-9-1 (RabbitMQ's clients: pika, amqplib, lapin, kombu)",
     default_addr: Some(polyport_core::adapter::loopback(5672)),
+    tls: Some(polyport_core::adapter::TlsSpec {
+        name: "amqps",
+        default_addr: polyport_core::adapter::loopback(5671),
+        alpn: &[],
+    }),
 };
 
 /// Broker settings.
@@ -113,19 +118,20 @@ impl AmqpBroker {
     }
 
     /// Accepts connections on `listener` until `stop` fires, then waits for them to close.
-    pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+    pub async fn serve(&self, listener: impl Into<Listener>, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
         let (broker, cfg, conn_stop) = (self.broker.clone(), self.cfg.clone(), stop.clone());
         let admission = polyport_core::admission::Admission::new("AMQP", cfg.connections);
         polyport_core::adapter::accept_loop(
-            listener,
+            listener.into(),
             stop,
             shutdown,
             &self.tracker,
             &admission,
-            |s, refusal| {
+            move |s, peer, refusal| {
                 connection::run(
-                    Box::new(s),
+                    s,
+                    peer,
                     broker.clone(),
                     cfg.clone(),
                     conn_stop.clone(),

@@ -21,6 +21,28 @@ pub struct Spec {
     /// Where its own listener goes by default; `None` for a face mounted on the
     /// HTTP listener (GraphQL, SOAP).
     pub default_addr: Option<SocketAddr>,
+    /// Its TLS listener, served when a certificate is configured.
+    pub tls: Option<TlsSpec>,
+}
+
+/// A face's TLS listener: a name of its own (its URL scheme), for the same four uses as
+/// [`Spec::name`], and a default address.
+#[derive(Debug)]
+pub struct TlsSpec {
+    /// `https`, `mqtts`, … — flag, variable suffix and `listeners.json` key.
+    pub name: &'static str,
+    /// Where it goes by default (the protocol's registered TLS port).
+    pub default_addr: SocketAddr,
+    /// Protocols offered by ALPN; empty lets any client through (the brokers': a
+    /// mismatch would fail clients that send one of their own, like AWS IoT's).
+    pub alpn: &'static [&'static str],
+}
+
+impl TlsSpec {
+    /// The environment variable that sets this listener's address.
+    pub fn env_var(&self) -> String {
+        format!("POLYPORT_{}", self.name.to_ascii_uppercase())
+    }
 }
 
 impl Spec {
@@ -47,58 +69,200 @@ pub const fn loopback(port: u16) -> SocketAddr {
 /// How long a connection over a cap gets to hear its refusal in its protocol's words.
 const REFUSAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The accept loop every TCP face shares: each connection (with `TCP_NODELAY`) is
-/// admitted against `admission`'s caps and runs `serve(stream, None)` on `tracker`, holding
-/// its place until it ends; a connection over a cap runs `serve(stream, Some(refusal))`,
-/// which answers it in the protocol's words, within a short deadline. Stops at `stop` or
-/// `shutdown`, then waits for the connections to finish. An accept error (out of
-/// descriptors, say) backs off instead of spinning.
+/// A connection's byte stream, whatever carries it: TCP, TLS over TCP, a WebSocket.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed [`Io`]: what a protocol's connection task reads and writes.
+pub type Stream = Box<dyn Io>;
+
+/// What a listener knows of whoever connected, beyond the bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address (none for an in-process stream).
+    pub addr: Option<SocketAddr>,
+    /// Whether the connection is encrypted (TLS).
+    pub secure: bool,
+    /// The subject (common name) of a client certificate the listener verified against
+    /// its client CA: an identity for clients that send no credentials.
+    pub certificate: Option<std::sync::Arc<str>>,
+}
+
+/// What TLS (or any other wrapping) made of an accepted TCP connection.
+pub type Secured = (Stream, Option<std::sync::Arc<str>>);
+
+/// Turns an accepted TCP connection into a secured stream: the TLS crate implements it,
+/// so no protocol crate depends on a TLS library.
+pub trait Handshake: Send + Sync + 'static {
+    /// Runs the handshake; the error says why it failed (for the log, not the client).
+    fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<Secured>>;
+}
+
+/// A bound listener: plain TCP, or TLS over it.
+pub struct Listener {
+    /// The socket.
+    pub tcp: tokio::net::TcpListener,
+    /// The handshake every connection goes through first, if any.
+    pub tls: Option<std::sync::Arc<dyn Handshake>>,
+    /// How long a client has to finish the handshake.
+    pub handshake_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("tcp", &self.tcp)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(tcp: tokio::net::TcpListener) -> Self {
+        Self {
+            tcp,
+            tls: None,
+            handshake_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl Listener {
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Whether connections are encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The socket, and what secures each connection accepted on it (which connection
+    /// tasks keep, so the socket closes when the accept loop ends).
+    pub fn into_parts(self) -> (tokio::net::TcpListener, Securer) {
+        let securer = Securer {
+            tls: self.tls,
+            timeout: self.handshake_timeout,
+        };
+        (self.tcp, securer)
+    }
+}
+
+/// Accepts the next connection (with `TCP_NODELAY`) and its address; no handshake yet.
+pub async fn accept(
+    tcp: &tokio::net::TcpListener,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    let (stream, addr) = tcp.accept().await?;
+    let _ = stream.set_nodelay(true);
+    Ok((stream, addr))
+}
+
+/// A listener's handshake, shared by its connection tasks.
+#[derive(Clone)]
+pub struct Securer {
+    tls: Option<std::sync::Arc<dyn Handshake>>,
+    timeout: std::time::Duration,
+}
+
+impl Securer {
+    /// The connection as a stream, after the handshake (within its deadline) on a TLS
+    /// listener. A failed or slow handshake ends the connection here, counted and logged
+    /// at debug: it is the client's mistake, or a scan.
+    pub async fn secure(
+        &self,
+        label: &'static str,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+    ) -> Option<(Stream, Peer)> {
+        let mut peer = Peer {
+            addr: Some(addr),
+            ..Peer::default()
+        };
+        let Some(tls) = &self.tls else {
+            return Some((Box::new(stream), peer));
+        };
+        let why = match tokio::time::timeout(self.timeout, tls.handshake(stream)).await {
+            Ok(Ok((io, certificate))) => {
+                peer.secure = true;
+                peer.certificate = certificate;
+                return Some((io, peer));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the handshake took too long".to_string(),
+        };
+        metrics::counter!("polyport_tls_handshake_failures_total", "listener" => label)
+            .increment(1);
+        tracing::debug!(%addr, error = %why, "{label}: TLS handshake failed");
+        None
+    }
+}
+
+/// The accept loop every TCP face shares: each connection is admitted against
+/// `admission`'s caps, secured (the TLS handshake, off the accept loop) and runs
+/// `serve(stream, peer, None)` on `tracker`, holding its place until it ends; a
+/// connection over a cap runs `serve(stream, peer, Some(refusal))`, which answers it in
+/// the protocol's words, within a short deadline. Stops at `stop` or `shutdown`, then
+/// waits for the connections to finish. An accept error (out of descriptors, say) backs
+/// off instead of spinning.
 pub async fn accept_loop<F, Fut>(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     stop: tokio_util::sync::CancellationToken,
     shutdown: tokio_util::sync::CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
     admission: &std::sync::Arc<crate::admission::Admission>,
-    mut serve: F,
+    serve: F,
 ) where
-    F: FnMut(tokio::net::TcpStream, Option<crate::admission::Refusal>) -> Fut,
+    F: Fn(Stream, Peer, Option<crate::admission::Refusal>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let (tcp, securer) = listener.into_parts();
+    let serve = std::sync::Arc::new(serve);
+    let label = admission.label();
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept(&tcp) => a,
             _ = stop.cancelled() => break,
             _ = shutdown.cancelled() => break,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                match admission.admit(peer.ip()) {
-                    Ok(permit) => {
-                        let conn = serve(stream, None);
-                        tracker.spawn(async move {
-                            let _place = permit;
-                            conn.await
-                        });
-                    }
-                    Err(refusal) => {
-                        // Past a bound of refusals in flight, close without an answer.
-                        if let Some(slot) = admission.answer_slot() {
-                            let answer = serve(stream, Some(refusal));
-                            tracker.spawn(async move {
-                                let _slot = slot;
-                                let _ = tokio::time::timeout(REFUSAL_DEADLINE, answer).await;
-                            });
-                        }
-                    }
-                }
-            }
+        let (stream, addr) = match accepted {
+            Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "{} accept failed", admission.label());
+                tracing::warn!(error = %e, "{label} accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (l, serve) = (securer.clone(), serve.clone());
+        match admission.admit(addr.ip()) {
+            Ok(permit) => {
+                tracker.spawn(async move {
+                    let _place = permit;
+                    if let Some((io, peer)) = l.secure(label, stream, addr).await {
+                        serve(io, peer, None).await
+                    }
+                });
+            }
+            Err(refusal) => {
+                // Past a bound of refusals in flight, close without an answer.
+                if let Some(slot) = admission.answer_slot() {
+                    tracker.spawn(async move {
+                        let _slot = slot;
+                        let answer = async {
+                            if let Some((io, peer)) = l.secure(label, stream, addr).await {
+                                serve(io, peer, Some(refusal)).await
+                            }
+                        };
+                        let _ = tokio::time::timeout(REFUSAL_DEADLINE, answer).await;
+                    });
+                }
             }
         }
     }
+    drop(tcp);
     tracker.close();
     tracker.wait().await;
 }

@@ -9,6 +9,7 @@ use polyport_identity::{
     hash_password, unix_now,
 };
 
+use crate::adapter::Peer;
 use crate::auth::{Action, AuthContext};
 use crate::engine::WriteCommand;
 use crate::error::{HubError, HubResult};
@@ -83,6 +84,35 @@ impl Hub {
         let reason = e.to_string();
         self.audit_auth_failed(origin, username, &reason);
         HubError::Unauthenticated(reason)
+    }
+
+    /// [`Hub::authenticate`] for a connection: credentials it sent win; without any, the
+    /// client certificate its TLS listener verified names the caller.
+    pub fn authenticate_peer(
+        &self,
+        origin: Origin,
+        peer: &Peer,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> HubResult<AuthContext> {
+        match (&peer.certificate, username, password) {
+            (Some(subject), None, None) => self.authenticate_certificate(origin, subject),
+            _ => self.authenticate(origin, username, password),
+        }
+    }
+
+    /// The caller a verified client certificate names (its subject's common name).
+    pub fn authenticate_certificate(
+        &self,
+        origin: Origin,
+        subject: &str,
+    ) -> HubResult<AuthContext> {
+        let identity = self
+            .inner
+            .identities
+            .authenticate(Credentials::Certificate(subject))
+            .map_err(|e| self.refused(origin, Some(subject), e))?;
+        Ok(AuthContext::identified(origin, identity))
     }
 
     /// Like [`Hub::authenticate`] for a bearer token (an API key or a JWT).

@@ -48,6 +48,7 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     label: "GraphQL",
     about: "GraphQL queries, mutations and subscriptions at /graphql",
     default_addr: None,
+    tls: None,
 };
 
 /// GraphQL settings.

@@ -52,6 +52,11 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     label: "gRPC",
     about: "gRPC and gRPC-Web: Records, Topics, typed collection services, reflection, health",
     default_addr: Some(polyport_core::adapter::loopback(50051)),
+    tls: Some(polyport_core::adapter::TlsSpec {
+        name: "grpcs",
+        default_addr: polyport_core::adapter::loopback(50052),
+        alpn: &["h2"],
+    }),
 };
 
 /// gRPC settings.
@@ -210,22 +215,30 @@ fn into_axum(r: http::Response<tonic::body::Body>) -> Response {
     r.map(axum::body::Body::new)
 }
 
-/// Routes one call by its path, `/package.Service/Method`.
-/// `authorization` metadata (`Basic` or `Bearer`, or `x-api-key`) through the Hub's
+/// Who a call is: `authorization` metadata (`Basic` or `Bearer`, or `x-api-key`) through the Hub's
 /// authenticate seam, the identities every face checks; without it the caller is
-/// anonymous, if anonymous callers are let in.
-fn authenticate(hub: &Hub, headers: &http::HeaderMap) -> Result<AuthContext, Status> {
+/// named by the client certificate a TLS listener verified, else anonymous, if anonymous
+/// callers are let in.
+fn authenticate(
+    hub: &Hub,
+    headers: &http::HeaderMap,
+    peer: Option<&polyport_core::adapter::Peer>,
+) -> Result<AuthContext, Status> {
     const GRPC: Origin = Origin("grpc");
     let who = match headers.get(http::header::AUTHORIZATION) {
         Some(v) => hub.authenticate_header(GRPC, v.to_str().unwrap_or("")),
         None => match headers.get("x-api-key") {
             Some(k) => hub.authenticate_bearer(GRPC, k.to_str().unwrap_or("").trim()),
-            None => hub.authenticate(GRPC, None, None),
+            None => match peer {
+                Some(p) => hub.authenticate_peer(GRPC, p, None, None),
+                None => hub.authenticate(GRPC, None, None),
+            },
         },
     };
     who.map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
+/// Routes one call by its path, `/package.Service/Method`.
 async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -240,7 +253,7 @@ async fn dispatch(State(st): State<GrpcState>, req: Request) -> Response {
     // Health answers probes without credentials; everything else needs the caller known.
     let caller = match service {
         "grpc.health.v1.Health" => AuthContext::anonymous(Origin("grpc")),
-        _ => match authenticate(&st.handlers.hub, req.headers()) {
+        _ => match authenticate(&st.handlers.hub, req.headers(), req.extensions().get()) {
             Ok(c) => c,
             Err(status) => return into_axum(status.into_http()),
         },

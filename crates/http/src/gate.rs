@@ -19,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use polyport_core::adapter::Peer;
 use polyport_core::{AuthContext, HubError, Origin};
 
 use crate::AppState;
@@ -46,7 +47,8 @@ pub(crate) async fn authenticate(
     if self_authenticating(&req) {
         return next.run(req).await;
     }
-    match identify(&st, req.headers(), req.uri().query()) {
+    let peer = req.extensions().get::<Peer>();
+    match identify(&st, req.headers(), req.uri().query(), peer) {
         Ok(ctx) => {
             req.extensions_mut().insert(ctx);
             next.run(req).await
@@ -77,11 +79,13 @@ pub(crate) async fn authenticate(
 const HTTP: Origin = Origin("http");
 
 /// Who the request says it is: `Authorization: Basic` (a password, API key or JWT) or
-/// `Bearer` (a browser token, API key or JWT), else `X-API-Key`, else `?access_token=`.
+/// `Bearer` (a browser token, API key or JWT), else `X-API-Key`, else `?access_token=`,
+/// else a verified client certificate.
 fn identify(
     st: &AppState,
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
+    peer: Option<&Peer>,
 ) -> Result<AuthContext, HubError> {
     if let Some(h) = headers.get(header::AUTHORIZATION) {
         return st.hub.authenticate_header(HTTP, text(h, "Authorization")?);
@@ -93,7 +97,7 @@ fn identify(
     }
     match access_token(query) {
         Some(t) => st.hub.authenticate_bearer(HTTP, &t),
-        None => st.hub.authenticate(HTTP, None, None),
+        None => anonymous_or_certified(st, peer),
     }
 }
 
@@ -124,7 +128,17 @@ impl axum::extract::FromRequestParts<AppState> for Caller {
         if let Some(c) = parts.extensions.get::<AuthContext>() {
             return Ok(Caller(c.clone()));
         }
-        Ok(Caller(st.hub.authenticate(HTTP, None, None)?))
+        let peer = parts.extensions.get::<Peer>();
+        Ok(Caller(anonymous_or_certified(st, peer)?))
+    }
+}
+
+/// A caller without credentials: the client certificate the TLS listener verified, if
+/// any, names them.
+fn anonymous_or_certified(st: &AppState, peer: Option<&Peer>) -> Result<AuthContext, HubError> {
+    match peer {
+        Some(p) => st.hub.authenticate_peer(HTTP, p, None, None),
+        None => st.hub.authenticate(HTTP, None, None),
     }
 }
 

@@ -47,6 +47,11 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     label: "HTTP",
     about: "REST, SSE, NDJSON, long-poll, WebSocket, GraphQL, OpenAPI",
     default_addr: Some(polyport_core::adapter::loopback(8080)),
+    tls: Some(polyport_core::adapter::TlsSpec {
+        name: "https",
+        default_addr: polyport_core::adapter::loopback(8443),
+        alpn: &["h2", "http/1.1"],
+    }),
 };
 
 pub use error::ApiError;

@@ -12,11 +12,11 @@ use axum::body::Body;
 use axum::http::{Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use polyport_core::adapter::Listener;
 use polyport_core::admission::{Admission, ConnectionLimits, Refusal};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 /// How an HTTP listener guards itself.
 #[derive(Clone, Copy, Debug)]
@@ -45,8 +45,10 @@ const DRAIN: Duration = Duration::from_secs(10);
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Serves `app` on `listener` until `shutdown` fires, then drains in-flight requests.
+/// Each request carries the connection's [`Peer`](polyport_core::adapter::Peer) as an extension (the client
+/// certificate a TLS listener verified names the caller).
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -55,12 +57,13 @@ pub async fn serve(
 
 /// [`serve`] with explicit caps and deadlines.
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     app: Router,
     shutdown: CancellationToken,
     opts: ServeOptions,
 ) -> std::io::Result<()> {
     let admission = Admission::new(opts.label, opts.connections);
+    let (listener, securer) = listener.into().into_parts();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -68,32 +71,51 @@ pub async fn serve_with(
         .header_read_timeout(opts.header_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let connections = tokio_util::task::TaskTracker::new();
+    let label = opts.label;
     loop {
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
+        let (stream, addr) = tokio::select! {
+            a = polyport_core::adapter::accept(&listener) => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "{} accept failed", opts.label);
+                    tracing::warn!(error = %e, "{label} accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = shutdown.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
-        match admission.admit(peer.ip()) {
+        let (b, securer) = (builder.clone(), securer.clone());
+        match admission.admit(addr.ip()) {
             Ok(permit) => {
-                let b = builder.clone();
-                let conn = b
-                    .serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()))
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                let (app, stop) = (app.clone(), shutdown.clone());
+                connections.spawn(async move {
                     let _place = permit;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    let Some((io, peer)) = securer.secure(label, stream, addr).await else {
+                        return;
+                    };
+                    let app =
+                        app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(peer.clone());
+                            req
+                        });
+                    let conn = b
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(io),
+                            TowerToHyperService::new(app),
+                        )
+                        .into_owned();
+                    tokio::pin!(conn);
+                    let ended = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = stop.cancelled() => {
+                            // Finish the requests in flight, take no more.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "{label} connection ended with an error");
                     }
                 });
             }
@@ -101,20 +123,25 @@ pub async fn serve_with(
                 let Some(slot) = admission.answer_slot() else {
                     continue;
                 };
-                let b = builder.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let svc = hyper::service::service_fn(move |_req| async move {
-                        Ok::<_, std::convert::Infallible>(too_many(why))
-                    });
-                    let conn = b.serve_connection(io, svc);
-                    let _ = tokio::time::timeout(REFUSAL_DEADLINE, conn).await;
+                    let answer = async {
+                        let Some((io, _)) = securer.secure(label, stream, addr).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(move |_req| async move {
+                            Ok::<_, std::convert::Infallible>(too_many(why))
+                        });
+                        let _ = b.serve_connection(TokioIo::new(io), svc).await;
+                    };
+                    let _ = tokio::time::timeout(REFUSAL_DEADLINE, answer).await;
                 });
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
         .await
         .is_err()
     {

@@ -225,6 +225,7 @@ impl Directory {
             // and ACL-free brokers rely on it), with every right.
             let id = match creds {
                 Credentials::Password { username, .. } if !username.is_empty() => username,
+                Credentials::Certificate(subject) => subject,
                 _ => "anonymous",
             };
             return Ok(Some(Arc::new(Identity {
@@ -241,6 +242,7 @@ impl Directory {
                 false => Err(AuthError::Required),
             },
             Credentials::Bearer(t) => self.token(t.as_bytes()),
+            Credentials::Certificate(subject) => Ok(Some(self.certificate(subject))),
             Credentials::Password { password, .. }
                 if looks_like_key(password)
                     || password.starts_with(token::PREFIX.as_bytes())
@@ -281,6 +283,22 @@ impl Directory {
         }
         let (identity, exp) = v.verify(t)?;
         Ok(Some(self.remember(mark, identity, exp)))
+    }
+
+    /// A verified certificate names a user: a configured or stored one of that name keeps
+    /// its role, anyone else the CA vouches for is a plain user.
+    fn certificate(&self, subject: &str) -> Arc<Identity> {
+        let role = match self.config.get(subject) {
+            Some(u) => Some(u.role),
+            None => self.stored.read().users.get(subject).map(|u| u.role),
+        };
+        Arc::new(Identity {
+            id: subject.to_string(),
+            role: role.unwrap_or(Role::User),
+            via: Via::Certificate,
+            scopes: None,
+            claims: Default::default(),
+        })
     }
 
     fn key(&self, presented: &str) -> Result<Arc<Identity>, AuthError> {
@@ -515,6 +533,21 @@ mod tests {
         })
         .unwrap();
         assert!(with_anon.is_open());
+    }
+
+    #[test]
+    fn a_verified_certificate_names_a_user_with_that_users_role() {
+        let d = locked();
+        let root = d
+            .authenticate(Credentials::Certificate("root"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((root.role, &root.via), (Role::Admin, &Via::Certificate));
+        let carol = d
+            .authenticate(Credentials::Certificate("carol"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((carol.id.as_str(), carol.role), ("carol", Role::User));
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub enum Via {
     ApiKey(String),
     /// A JWT.
     Jwt,
+    /// A client certificate verified by a TLS listener.
+    Certificate,
     /// No identity source is configured: everyone is let in with every right (loopback
     /// only, unless `--allow-anonymous`).
     Open,
@@ -150,6 +152,10 @@ pub enum Credentials<'a> {
     },
     /// A bearer token: an API key or a JWT.
     Bearer(&'a str),
+    /// The subject (common name) of a client certificate the TLS listener verified
+    /// against its `client_ca`: the CA is the authority, as with Mosquitto's
+    /// `use_identity_as_username`.
+    Certificate(&'a str),
 }
 
 /// Why credentials were refused. The texts are safe to show the client: they never say

@@ -37,6 +37,7 @@ mod ws;
 use std::sync::Arc;
 use std::time::Duration;
 
+use polyport_core::adapter::Listener;
 use polyport_core::admission::Admission;
 use polyport_core::{Durability, EventDraft, Hub, HubError, Origin, Topic};
 use tokio::net::TcpListener;
@@ -49,6 +50,11 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     label: "MQTT",
     about: "MQTT 3.1, 3.1.1 and 5.0",
     default_addr: Some(polyport_core::adapter::loopback(1883)),
+    tls: Some(polyport_core::adapter::TlsSpec {
+        name: "mqtts",
+        default_addr: polyport_core::adapter::loopback(8883),
+        alpn: &[],
+    }),
 };
 
 /// Broker settings.
@@ -118,17 +124,19 @@ impl MqttBroker {
 
     /// Accepts MQTT connections on `listener` until `stop` fires (or the hub shuts
     /// down), then waits for this broker's connections to close.
-    pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+    pub async fn serve(&self, listener: impl Into<Listener>, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
         let (broker, conn_stop) = (self.broker.clone(), stop.clone());
         let admission = Admission::new("MQTT", broker.cfg.connections);
         polyport_core::adapter::accept_loop(
-            listener,
+            listener.into(),
             stop,
             shutdown,
             &self.tracker,
             &admission,
-            |s, refusal| connection::run(Box::new(s), broker.clone(), conn_stop.clone(), refusal),
+            move |s, peer, refusal| {
+                connection::run(s, peer, broker.clone(), conn_stop.clone(), refusal)
+            },
         )
         .await;
     }

@@ -35,7 +35,12 @@ pub(crate) fn routes(broker: Arc<Broker>, tracker: TaskTracker, stop: Cancellati
         })
 }
 
-async fn upgrade(State(st): State<WsState>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(st): State<WsState>,
+    peer: Option<axum::Extension<polyport_core::adapter::Peer>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let peer = peer.map(|p| p.0).unwrap_or_default();
     // A frame may carry several packets (or part of one): the packet limit is enforced
     // by the decoder, the frame limit only bounds buffering.
     let max = (st.broker.cfg.max_packet_size as usize)
@@ -45,7 +50,7 @@ async fn upgrade(State(st): State<WsState>, ws: WebSocketUpgrade) -> Response {
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let run = connection::run(transport(socket), st.broker, st.stop, None);
+            let run = connection::run(transport(socket), peer, st.broker, st.stop, None);
             st.tracker.track_future(run)
         })
 }

@@ -27,6 +27,88 @@ pub(crate) struct Config {
     pub(crate) events: EventsSection,
     pub(crate) auth: AuthSection,
     pub(crate) limits: LimitsSection,
+    pub(crate) tls: TlsSection,
+}
+
+/// The certificate every face's TLS listener serves (`https`, `grpcs`, `mqtts`, `amqps`,
+/// `stomps`), unless its own `[name.tls]` names another. With a certificate, each face
+/// also listens with TLS; `SIGHUP` reloads the files without dropping connections.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// PEM certificate chain.
+    pub(crate) cert: Option<PathBuf>,
+    /// PEM private key.
+    pub(crate) key: Option<PathBuf>,
+    /// PEM CA that signs client certificates (mTLS); a verified certificate's common name
+    /// is the client's identity when it sends no credentials.
+    pub(crate) client_ca: Option<PathBuf>,
+    /// With `client_ca`: `"required"` (default) or `"optional"`.
+    pub(crate) client_auth: Option<ClientAuth>,
+    /// Serve only the TLS listeners of faces that have one (no plain-text listener).
+    pub(crate) only: bool,
+}
+
+/// Whether a TLS listener with a client CA requires a client certificate.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// A face's TLS listener: where, and anything it serves differently from `[tls]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FaceTls {
+    /// `false` switches this face's TLS listener off even with a certificate.
+    pub(crate) enabled: Option<bool>,
+    /// `None`: the face's registered TLS port on loopback.
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
+    pub(crate) client_auth: Option<ClientAuth>,
+}
+
+impl TlsSection {
+    /// What the face's TLS listener serves, or `None` when it has none: no certificate
+    /// here or in its own section, or switched off.
+    pub(crate) fn for_face(
+        &self,
+        face: &str,
+        own: &FaceTls,
+        alpn: &[&str],
+    ) -> anyhow::Result<Option<polyport_tls::TlsSettings>> {
+        if own.enabled == Some(false) {
+            return Ok(None);
+        }
+        let (cert, key) = match (&own.cert, &own.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            (None, None) => match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => (c.clone(), k.clone()),
+                (None, None) if own.enabled == Some(true) => anyhow::bail!(
+                    "[{face}.tls] enabled = true needs a certificate: set `cert` and `key` \
+                     there or in [tls] (or --tls-cert/--tls-key)"
+                ),
+                (None, None) => return Ok(None),
+                _ => anyhow::bail!("[tls]: set both `cert` and `key`, or neither"),
+            },
+            _ => anyhow::bail!("[{face}.tls]: set both `cert` and `key`, or neither"),
+        };
+        let client_ca = own.client_ca.clone().or_else(|| self.client_ca.clone());
+        let client_auth = match own.client_auth.or(self.client_auth) {
+            Some(ClientAuth::Optional) => polyport_tls::ClientAuth::Optional,
+            Some(ClientAuth::Required) | None => polyport_tls::ClientAuth::Required,
+        };
+        Ok(Some(polyport_tls::TlsSettings {
+            cert,
+            key,
+            client_ca,
+            client_auth,
+            alpn: alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        }))
+    }
 }
 
 /// Who may connect: users in this file, users and API keys the server stores
@@ -99,6 +181,8 @@ pub(crate) struct MqttSection {
     pub(crate) enabled: bool,
     /// `None`: the default address, which is skipped (loudly) when taken.
     pub(crate) listen: Option<SocketAddr>,
+    /// Its TLS listener (`[name.tls]`).
+    pub(crate) tls: FaceTls,
     pub(crate) max_packet_size: u32,
     pub(crate) receive_max: u16,
     /// Also log QoS 0 messages durably.
@@ -121,6 +205,7 @@ impl Default for MqttSection {
         Self {
             enabled: true,
             listen: None,
+            tls: FaceTls::default(),
             max_packet_size: d.max_packet_size,
             receive_max: d.receive_max,
             durable_qos0: d.durable_qos0,
@@ -140,6 +225,8 @@ pub(crate) struct AmqpSection {
     pub(crate) enabled: bool,
     /// `None`: the default address, which is skipped (loudly) when taken.
     pub(crate) listen: Option<SocketAddr>,
+    /// Its TLS listener (`[name.tls]`).
+    pub(crate) tls: FaceTls,
     pub(crate) frame_max: u32,
     pub(crate) channel_max: u16,
     /// Seconds offered in `connection.tune` (0: off).
@@ -156,6 +243,8 @@ pub(crate) struct StompSection {
     pub(crate) enabled: bool,
     /// `None`: the default address, which is skipped (loudly) when taken.
     pub(crate) listen: Option<SocketAddr>,
+    /// Its TLS listener (`[name.tls]`).
+    pub(crate) tls: FaceTls,
     /// STOMP over WebSocket at `/stomp` on the HTTP listener.
     pub(crate) websocket: bool,
     /// Heart-beat interval offered both ways, ms (0: off).
@@ -171,6 +260,7 @@ impl Default for StompSection {
         Self {
             enabled: true,
             listen: None,
+            tls: FaceTls::default(),
             websocket: true,
             heartbeat_ms: d.heartbeat_ms,
             max_frame: d.limits.max_frame,
@@ -186,6 +276,7 @@ impl Default for AmqpSection {
         Self {
             enabled: true,
             listen: None,
+            tls: FaceTls::default(),
             frame_max: d.frame_max,
             channel_max: d.channel_max,
             heartbeat: d.heartbeat,
@@ -230,6 +321,8 @@ pub(crate) struct GrpcSection {
     pub(crate) enabled: bool,
     /// `None`: the default address, which is skipped (loudly) when taken.
     pub(crate) listen: Option<SocketAddr>,
+    /// Its TLS listener (`[name.tls]`).
+    pub(crate) tls: FaceTls,
     pub(crate) max_message: usize,
 }
 
@@ -238,6 +331,7 @@ impl Default for GrpcSection {
         Self {
             enabled: true,
             listen: None,
+            tls: FaceTls::default(),
             max_message: polyport_grpc::GrpcConfig::default().max_message,
         }
     }
@@ -293,6 +387,8 @@ pub(crate) struct HttpSection {
     pub(crate) enabled: bool,
     /// `None`: the default address, which is skipped (loudly) when taken.
     pub(crate) listen: Option<SocketAddr>,
+    /// Its TLS listener (`[name.tls]`).
+    pub(crate) tls: FaceTls,
     pub(crate) max_body: usize,
     pub(crate) max_page_size: usize,
     pub(crate) heartbeat_secs: u64,
@@ -312,6 +408,8 @@ pub(crate) struct LimitsSection {
     pub(crate) http_header_timeout_secs: u64,
     /// Collections there may be before writes stop creating new ones by themselves.
     pub(crate) max_auto_collections: usize,
+    /// Seconds a client of a TLS listener has to finish the handshake.
+    pub(crate) tls_handshake_timeout_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -322,6 +420,7 @@ impl Default for LimitsSection {
             max_connections_per_address: c.max_per_address,
             http_header_timeout_secs: 10,
             max_auto_collections: polyport_core::HubConfig::default().max_auto_collections,
+            tls_handshake_timeout_secs: 10,
         }
     }
 }
@@ -377,6 +476,7 @@ impl Default for Config {
             events: EventsSection::default(),
             auth: AuthSection::default(),
             limits: LimitsSection::default(),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -386,6 +486,7 @@ impl Default for HttpSection {
         Self {
             enabled: true,
             listen: None,
+            tls: FaceTls::default(),
             max_body: 4 << 20,
             max_page_size: 1000,
             heartbeat_secs: 15,

@@ -88,6 +88,17 @@ pub(crate) struct ServeArgs {
     /// (with POLYPORT_ADMIN_USER, default `admin`) makes sure that admin exists first.
     #[arg(long, env = "POLYPORT_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// PEM certificate chain for every face's TLS listener (`[tls] cert`); with it,
+    /// HTTPS, gRPC, MQTT, AMQP and STOMP also listen with TLS. SIGHUP reloads it.
+    #[arg(long, env = "POLYPORT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert` (`[tls] key`).
+    #[arg(long, env = "POLYPORT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that signs client certificates (`[tls] client_ca`): clients must show one,
+    /// and its common name is their identity when they send no credentials.
+    #[arg(long, env = "POLYPORT_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::future::BoxFuture;
+use futures::future::join_all;
 use polyport_core::Hub;
+use polyport_core::adapter::Listener;
 use polyport_core::adapter::Spec;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, FaceTls};
 
 /// One face in the list.
 pub(crate) struct Entry {
@@ -30,37 +31,37 @@ pub(crate) struct Entry {
 pub(crate) const ENTRIES: &[Entry] = &[
     Entry {
         spec: &polyport_http::ADAPTER,
-        section: |c| Section::new(c.http.enabled, c.http.listen),
+        section: |c| Section::new(c.http.enabled, c.http.listen, Some(&c.http.tls)),
         prepare: http,
     },
     Entry {
         spec: &polyport_graphql::ADAPTER,
-        section: |c| Section::new(c.graphql.enabled, None),
+        section: |c| Section::new(c.graphql.enabled, None, None),
         prepare: graphql,
     },
     Entry {
         spec: &polyport_soap::ADAPTER,
-        section: |c| Section::new(c.soap.enabled, None),
+        section: |c| Section::new(c.soap.enabled, None, None),
         prepare: soap,
     },
     Entry {
         spec: &polyport_grpc::ADAPTER,
-        section: |c| Section::new(c.grpc.enabled, c.grpc.listen),
+        section: |c| Section::new(c.grpc.enabled, c.grpc.listen, Some(&c.grpc.tls)),
         prepare: grpc,
     },
     Entry {
         spec: &polyport_mqtt::ADAPTER,
-        section: |c| Section::new(c.mqtt.enabled, c.mqtt.listen),
+        section: |c| Section::new(c.mqtt.enabled, c.mqtt.listen, Some(&c.mqtt.tls)),
         prepare: mqtt,
     },
     Entry {
         spec: &polyport_amqp::ADAPTER,
-        section: |c| Section::new(c.amqp.enabled, c.amqp.listen),
+        section: |c| Section::new(c.amqp.enabled, c.amqp.listen, Some(&c.amqp.tls)),
         prepare: amqp,
     },
     Entry {
         spec: &polyport_stomp::ADAPTER,
-        section: |c| Section::new(c.stomp.enabled, c.stomp.listen),
+        section: |c| Section::new(c.stomp.enabled, c.stomp.listen, Some(&c.stomp.tls)),
         prepare: stomp,
     },
 ];
@@ -70,16 +71,37 @@ pub(crate) fn listeners() -> impl Iterator<Item = &'static Entry> {
     ENTRIES.iter().filter(|e| e.spec.default_addr.is_some())
 }
 
-/// A face's switch and address as configured.
+/// A face's switch, address and TLS listener as configured.
 pub(crate) struct Section {
     pub(crate) enabled: bool,
     pub(crate) listen: Option<SocketAddr>,
+    pub(crate) tls: FaceTls,
 }
 
 impl Section {
-    fn new(enabled: bool, listen: Option<SocketAddr>) -> Self {
-        Self { enabled, listen }
+    fn new(enabled: bool, listen: Option<SocketAddr>, tls: Option<&FaceTls>) -> Self {
+        let tls = tls.cloned().unwrap_or_default();
+        Self {
+            enabled,
+            listen,
+            tls,
+        }
     }
+}
+
+/// `127.0.0.1:1883, TLS 127.0.0.1:8883`: where a face's listeners are, for its log line.
+fn addresses(listeners: &[Listener]) -> String {
+    listeners
+        .iter()
+        .map(|l| {
+            let a = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            match l.is_tls() {
+                true => format!("TLS {a}"),
+                false => a,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What a face gets to build itself.
@@ -108,9 +130,10 @@ impl Ctx<'_> {
     }
 }
 
-/// Runs a face on its bound listener; the future ends once the face has drained.
+/// Runs a face on its bound listeners (plain, TLS or both); the future ends once the
+/// face has drained.
 pub(crate) type Serve =
-    Box<dyn FnOnce(TcpListener, &mut Host) -> anyhow::Result<BoxFuture<'static, ()>> + Send>;
+    Box<dyn FnOnce(Vec<Listener>, &mut Host) -> anyhow::Result<BoxFuture<'static, ()>> + Send>;
 
 /// A prepared face: its own listener's server, and routes it adds to the HTTP port.
 #[derive(Default)]
@@ -142,8 +165,8 @@ fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
     let c = cx.cfg.http.clone();
     let hooks = cx.cfg.hooks.clone();
     let render = cx.prometheus.clone();
-    let serve: Serve = Box::new(move |listener, host| {
-        let addr = listener.local_addr()?;
+    let serve: Serve = Box::new(move |listeners, host| {
+        let addrs = addresses(&listeners);
         let mounts = std::mem::take(&mut host.mounts);
         let index = polyport_http::Index {
             listeners: host.index.clone(),
@@ -171,13 +194,18 @@ fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             extra,
         );
         tracing::info!(
-            "HTTP listening on http://{addr} (REST, SSE, NDJSON, long-poll, WebSocket /ws and /ws/topics, OpenAPI /openapi.json{labels})"
+            "HTTP listening on {addrs} (REST, SSE, NDJSON, long-poll, WebSocket /ws and /ws/topics, OpenAPI /openapi.json{labels})"
         );
         let stop = host.stop.clone();
         Ok(Box::pin(async move {
-            if let Err(e) = polyport_http::serve_with(listener, app, stop, guards).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            join_all(listeners.into_iter().map(|l| async {
+                if let Err(e) =
+                    polyport_http::serve_with(l, app.clone(), stop.clone(), guards).await
+                {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }))
+            .await;
         }) as BoxFuture<'static, ()>)
     });
     Box::pin(async move {
@@ -249,17 +277,22 @@ fn grpc<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
         )
         .await?;
         let guards = cx.cfg.limits.http("gRPC");
-        let serve: Serve = Box::new(move |listener, host| {
+        let serve: Serve = Box::new(move |listeners, host| {
             tracing::info!(
                 "gRPC listening on {} ({})",
-                listener.local_addr()?,
+                addresses(&listeners),
                 polyport_grpc::ADAPTER.about
             );
             let stop = host.stop.clone();
             Ok(Box::pin(async move {
-                if let Err(e) = polyport_http::serve_with(listener, app, stop, guards).await {
-                    tracing::error!(error = %e, "gRPC server failed");
-                }
+                join_all(listeners.into_iter().map(|l| async {
+                    if let Err(e) =
+                        polyport_http::serve_with(l, app.clone(), stop.clone(), guards).await
+                    {
+                        tracing::error!(error = %e, "gRPC server failed");
+                    }
+                }))
+                .await;
             }))
         });
         Ok(Prepared {
@@ -295,14 +328,16 @@ fn mqtt<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             }],
             false => Vec::new(),
         };
-        let serve: Serve = Box::new(move |listener, host| {
+        let serve: Serve = Box::new(move |listeners, host| {
             tracing::info!(
                 "MQTT listening on {} ({})",
-                listener.local_addr()?,
+                addresses(&listeners),
                 polyport_mqtt::ADAPTER.about
             );
             let stop = host.stop.clone();
-            Ok(Box::pin(async move { broker.serve(listener, stop).await }))
+            Ok(Box::pin(async move {
+                join_all(listeners.into_iter().map(|l| broker.serve(l, stop.clone()))).await;
+            }))
         });
         Ok(Prepared {
             serve: Some(serve),
@@ -322,14 +357,16 @@ fn amqp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             connections: cx.cfg.limits.connections(),
         };
         let broker = polyport_amqp::AmqpBroker::new(cx.broker().await?, amqp_cfg);
-        let serve: Serve = Box::new(move |listener, host| {
+        let serve: Serve = Box::new(move |listeners, host| {
             tracing::info!(
                 "AMQP listening on {} ({})",
-                listener.local_addr()?,
+                addresses(&listeners),
                 polyport_amqp::ADAPTER.about
             );
             let stop = host.stop.clone();
-            Ok(Box::pin(async move { broker.serve(listener, stop).await }))
+            Ok(Box::pin(async move {
+                join_all(listeners.into_iter().map(|l| broker.serve(l, stop.clone()))).await;
+            }))
         });
         Ok(Prepared {
             serve: Some(serve),
@@ -360,14 +397,16 @@ fn stomp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             }],
             false => Vec::new(),
         };
-        let serve: Serve = Box::new(move |listener, host| {
+        let serve: Serve = Box::new(move |listeners, host| {
             tracing::info!(
                 "STOMP listening on {} ({})",
-                listener.local_addr()?,
+                addresses(&listeners),
                 polyport_stomp::ADAPTER.about
             );
             let stop = host.stop.clone();
-            Ok(Box::pin(async move { server.serve(listener, stop).await }))
+            Ok(Box::pin(async move {
+                join_all(listeners.into_iter().map(|l| server.serve(l, stop.clone()))).await;
+            }))
         });
         Ok(Prepared {
             serve: Some(serve),
@@ -376,19 +415,40 @@ fn stomp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
     })
 }
 
-/// `--NAME ADDR` / `POLYPORT_NAME` for every face with a listener, generated from
-/// [`ENTRIES`] so no face can forget one.
+/// `--NAME ADDR` / `POLYPORT_NAME` for every listener (a face's own, and its TLS one
+/// as `--mqtts` …), generated from [`ENTRIES`] so no face can forget one.
 #[derive(Debug, Default)]
 pub(crate) struct ListenFlags(pub(crate) BTreeMap<&'static str, SocketAddr>);
+
+/// Every listener name with its label, what it serves and default address.
+fn listen_flags() -> impl Iterator<Item = (&'static str, String, SocketAddr)> {
+    listeners().flat_map(|e| {
+        let plain = e.spec.default_addr.map(|a| {
+            (
+                e.spec.name,
+                format!("{} ({})", e.spec.label, e.spec.about),
+                a,
+            )
+        });
+        let tls = e.spec.tls.as_ref().map(|t| {
+            (
+                t.name,
+                format!(
+                    "{} over TLS, served when a certificate is set",
+                    e.spec.label
+                ),
+                t.default_addr,
+            )
+        });
+        plain.into_iter().chain(tls)
+    })
+}
 
 impl clap::FromArgMatches for ListenFlags {
     fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
         Ok(Self(
-            listeners()
-                .filter_map(|e| {
-                    m.get_one::<SocketAddr>(e.spec.name)
-                        .map(|a| (e.spec.name, *a))
-                })
+            listen_flags()
+                .filter_map(|(name, _, _)| m.get_one::<SocketAddr>(name).map(|a| (name, *a)))
                 .collect(),
         ))
     }
@@ -401,21 +461,15 @@ impl clap::FromArgMatches for ListenFlags {
 
 impl clap::Args for ListenFlags {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        listeners().fold(cmd, |cmd, e| {
+        listen_flags().fold(cmd, |cmd, (name, about, default)| {
             cmd.arg(
-                clap::Arg::new(e.spec.name)
-                    .long(e.spec.name)
+                clap::Arg::new(name)
+                    .long(name)
                     .value_name("ADDR")
-                    .env(e.spec.env_var())
+                    .env(format!("POLYPORT_{}", name.to_ascii_uppercase()))
                     .value_parser(clap::value_parser!(SocketAddr))
                     .help(format!(
-                        "{} listen address ({}); port 0 picks a free port [default: {}]",
-                        e.spec.label,
-                        e.spec.about,
-                        e.spec
-                            .default_addr
-                            .map(|a| a.to_string())
-                            .unwrap_or_default()
+                        "{about} listen address; port 0 picks a free port [default: {default}]"
                     )),
             )
         })
@@ -438,12 +492,22 @@ pub(crate) fn print(json: bool) -> anyhow::Result<()> {
                     "env": e.spec.env_var(),
                 })
             });
+            let tls = e.spec.tls.as_ref().map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "default": t.default_addr.to_string(),
+                    "flag": format!("--{}", t.name),
+                    "env": t.env_var(),
+                    "section": format!("[{}.tls]", e.spec.name),
+                })
+            });
             serde_json::json!({
                 "name": e.spec.name,
                 "label": e.spec.label,
                 "about": e.spec.about,
                 "section": format!("[{}]", e.spec.name),
                 "listener": listen,
+                "tls_listener": tls,
             })
         })
         .collect();
@@ -467,6 +531,17 @@ pub(crate) fn print(json: bool) -> anyhow::Result<()> {
                 "{:<8} {:<21} on the HTTP listener; [{}] enabled   {}",
                 s.name, "-", s.name, s.about
             ),
+        }
+        if let Some(t) = &s.tls {
+            println!(
+                "{:<8} {:<21} --{} / {} / [{}.tls] listen   {} over TLS (with a certificate)",
+                t.name,
+                t.default_addr,
+                t.name,
+                t.env_var(),
+                s.name,
+                s.label
+            );
         }
     }
     Ok(())

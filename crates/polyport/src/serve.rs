@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use polyport_core::adapter::Spec;
+use polyport_core::adapter::Listener;
 use polyport_core::{Bus, Hub, HubConfig, TopicFilter};
 use polyport_store::{Retention, SqliteStore, StoreConfig};
 use tokio::net::TcpListener;
@@ -22,19 +22,34 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A listener the server wants, and whether the user chose its address.
 struct Want {
-    spec: &'static Spec,
+    /// Flag, variable suffix and `listeners.json` key (`mqtt`, `mqtts`).
+    name: &'static str,
+    /// For logs: `MQTT`, `MQTT over TLS`.
+    label: String,
+    about: &'static str,
+    /// Where its settings live: `[mqtt]`, `[mqtt.tls]`.
+    section: String,
     addr: SocketAddr,
     /// Given by a flag, a `POLYPORT_*` variable or `polyport.toml`.
     explicit: bool,
+    tls: Option<Arc<polyport_tls::Tls>>,
 }
 
 impl Want {
     fn how_to_move(&self) -> String {
-        let n = self.spec.name;
+        let n = self.name;
         format!(
-            "--{n} ADDR, {}=ADDR or `[{n}] listen` in polyport.toml",
-            self.spec.env_var()
+            "--{n} ADDR, POLYPORT_{}=ADDR or `{} listen` in polyport.toml",
+            n.to_ascii_uppercase(),
+            self.section
         )
+    }
+
+    /// Whether only clients with a certificate from the client CA get through.
+    fn requires_certificate(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_certificate())
     }
 }
 
@@ -54,10 +69,10 @@ impl Listeners {
         match TcpListener::bind(w.addr).await {
             Ok(l) => {
                 let addr = l.local_addr()?;
-                self.started.insert(w.spec.name, addr.to_string());
+                self.started.insert(w.name, addr.to_string());
                 self.index.push(polyport_http::IndexListener {
-                    name: w.spec.name.into(),
-                    about: w.spec.about.into(),
+                    name: w.name.into(),
+                    about: w.about.into(),
                     address: addr.to_string(),
                     not_started: None,
                 });
@@ -66,7 +81,7 @@ impl Listeners {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && w.explicit => bail!(
                 "cannot start the {} listener: {} is already in use by another program. \
                  Move it with {} (port 0 picks a free port).",
-                w.spec.label,
+                w.label,
                 w.addr,
                 w.how_to_move()
             ),
@@ -78,13 +93,13 @@ impl Listeners {
                 tracing::warn!(
                     "{} NOT STARTED: {why}. Polyport runs without it; to serve {} move it with {} \
                      (port 0 picks a free port), or switch it off with {}.",
-                    w.spec.label,
-                    w.spec.label,
+                    w.label,
+                    w.label,
                     w.how_to_move(),
-                    format_args!("`[{}] enabled = false`", w.spec.name)
+                    format_args!("`{} enabled = false`", w.section)
                 );
                 self.not_started.insert(
-                    w.spec.name,
+                    w.name,
                     serde_json::json!({
                         "address": w.addr.to_string(),
                         "reason": why,
@@ -92,16 +107,15 @@ impl Listeners {
                     }),
                 );
                 self.index.push(polyport_http::IndexListener {
-                    name: w.spec.name.into(),
-                    about: w.spec.about.into(),
+                    name: w.name.into(),
+                    about: w.about.into(),
                     address: w.addr.to_string(),
                     not_started: Some(format!("{why}; move it with {}", w.how_to_move())),
                 });
                 Ok(None)
             }
-            Err(e) => Err(e).with_context(|| {
-                format!("cannot start the {} listener on {}", w.spec.label, w.addr)
-            }),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot start the {} listener on {}", w.label, w.addr)),
         }
     }
 
@@ -192,30 +206,77 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         let prepared = (e.prepare)(&ctx).await?;
         mounts.extend(prepared.mounts);
-        if let (Some(serve), Some(default)) = (prepared.serve, e.spec.default_addr) {
+        let (Some(serve), Some(default)) = (prepared.serve, e.spec.default_addr) else {
+            continue;
+        };
+        let mut wants = Vec::new();
+        let tls = match &e.spec.tls {
+            Some(t) => cfg
+                .tls
+                .for_face(e.spec.name, &section.tls, t.alpn)?
+                .map(|settings| (t, settings)),
+            None => None,
+        };
+        if !(cfg.tls.only && tls.is_some()) {
             let chosen = args.listen.0.get(e.spec.name).copied().or(section.listen);
-            let want = Want {
-                spec: e.spec,
+            wants.push(Want {
+                name: e.spec.name,
+                label: e.spec.label.to_string(),
+                about: e.spec.about,
+                section: format!("[{}]", e.spec.name),
                 addr: chosen.unwrap_or(default),
                 explicit: chosen.is_some(),
-            };
-            faces.push((want, serve));
+                tls: None,
+            });
         }
+        if let Some((t, settings)) = tls {
+            let loaded = polyport_tls::Tls::load(settings)
+                .with_context(|| format!("[{}.tls] (or [tls])", e.spec.name))?;
+            let chosen = args.listen.0.get(t.name).copied().or(section.tls.listen);
+            tracing::info!("{} certificate: {}", t.name, loaded.certificate());
+            wants.push(Want {
+                name: t.name,
+                label: format!("{} over TLS", e.spec.label),
+                about: e.spec.about,
+                section: format!("[{}.tls]", e.spec.name),
+                addr: chosen.unwrap_or(t.default_addr),
+                explicit: chosen.is_some(),
+                tls: Some(loaded),
+            });
+        }
+        faces.push((wants, serve));
     }
 
     refuse_open_doors(
         hub.identities().is_open(),
         args.allow_anonymous,
-        faces.iter().map(|(w, _)| w),
+        faces.iter().flat_map(|(w, _)| w),
     )?;
 
     // Every listener is bound before any face starts, so the index at `GET /` can say
     // where each one lives (or why it is not there).
+    let handshake_timeout = Duration::from_secs(cfg.limits.tls_handshake_timeout_secs.max(1));
     let mut listeners = Listeners::default();
     let mut bound = Vec::new();
-    for (want, serve) in faces {
-        if let Some(l) = listeners.bind(&want).await? {
-            bound.push((l, serve));
+    let mut certificates = Vec::new();
+    for (wants, serve) in faces {
+        let mut face = Vec::new();
+        for want in wants {
+            if let Some(tcp) = listeners.bind(&want).await? {
+                if let Some(t) = &want.tls {
+                    certificates.push((want.name, t.clone()));
+                }
+                face.push(Listener {
+                    tcp,
+                    tls: want
+                        .tls
+                        .map(|t| t as Arc<dyn polyport_core::adapter::Handshake>),
+                    handshake_timeout,
+                });
+            }
+        }
+        if !face.is_empty() {
+            bound.push((face, serve));
         }
     }
     if listeners.started.is_empty() {
@@ -226,10 +287,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         mounts,
         stop: stop_accepting.clone(),
     };
-    for (listener, serve) in bound {
-        tracker.spawn(serve(listener, &mut host)?);
+    for (face, serve) in bound {
+        tracker.spawn(serve(face, &mut host)?);
     }
     tracker.close();
+    if !certificates.is_empty() {
+        tokio::spawn(reload_on_hangup(certificates, stop_accepting.clone()));
+    }
 
     let listeners_json = cfg.data_dir.join("listeners.json");
     std::fs::write(
@@ -273,9 +337,11 @@ fn refuse_open_doors<'a>(
     if allow_anonymous || !open {
         return Ok(());
     }
+    // A listener that lets in only holders of a certificate from its client CA is not
+    // open to the network, whatever the directory says.
     let open: Vec<String> = wants
-        .filter(|w| !w.addr.ip().is_loopback())
-        .map(|w| format!("{} on {}", w.spec.name, w.addr))
+        .filter(|w| !w.addr.ip().is_loopback() && !w.requires_certificate())
+        .map(|w| format!("{} on {}", w.name, w.addr))
         .collect();
     if open.is_empty() {
         return Ok(());
@@ -284,7 +350,8 @@ fn refuse_open_doors<'a>(
         "refusing to serve anonymous clients beyond loopback ({}) with no identity configured: \
          add users (`[auth] users = {{ alice = \"…\" }}` in polyport.toml, or an admin with \
          POLYPORT_ADMIN_PASSWORD), API keys or `[auth.jwt]`, or pass --allow-anonymous \
-         (POLYPORT_ALLOW_ANONYMOUS=true) to let anyone on the network in",
+         (POLYPORT_ALLOW_ANONYMOUS=true) to let anyone on the network in (or require client \
+         certificates: [tls] client_ca)",
         open.join(", ")
     )
 }
@@ -302,6 +369,13 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(p) = args.webhooks_allow_public {
         cfg.webhooks.allow_public = p;
+    }
+    if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls.cert = Some(c.clone());
+        cfg.tls.key = Some(k.clone());
+    }
+    if let Some(ca) = &args.tls_client_ca {
+        cfg.tls.client_ca = Some(ca.clone());
     }
 
     Ok(cfg)
@@ -338,6 +412,50 @@ pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
         cfg.auth.directory()?,
         Box::new(cfg.auth.policy()?),
     ))
+}
+
+/// `SIGHUP` reads every TLS listener's certificate, key and client CA again: new
+/// handshakes use them, open connections keep what they have. A listener whose files do
+/// not load keeps its old ones, and the log says why.
+async fn reload_on_hangup(
+    certificates: Vec<(&'static str, Arc<polyport_tls::Tls>)>,
+    stop: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: TLS certificates will not reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                _ = stop.cancelled() => return,
+            }
+            for (name, tls) in &certificates {
+                match tls.reload() {
+                    Ok(info) => {
+                        metrics::counter!("polyport_tls_reloads_total", "listener" => *name, "result" => "ok").increment(1);
+                        tracing::info!("{name}: TLS certificate reloaded: {info}");
+                    }
+                    Err(e) => {
+                        metrics::counter!("polyport_tls_reloads_total", "listener" => *name, "result" => "error").increment(1);
+                        tracing::error!(
+                            "{name}: TLS reload failed, still serving the previous certificate: {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (certificates, stop);
+    }
 }
 
 async fn wait_for_signal() {

@@ -56,6 +56,7 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     label: "SOAP",
     about: "SOAP 1.1 and 1.2 at /soap, WSDL at /soap?wsdl",
     default_addr: None,
+    tls: None,
 };
 
 /// SOAP settings.

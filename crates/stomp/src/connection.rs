@@ -9,8 +9,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use polyport_broker::Broker;
 use polyport_core::Origin;
-use polyport_core::adapter::sleep_until;
-use tokio::io::{AsyncRead, AsyncWrite};
+use polyport_core::adapter::{Peer, Stream, sleep_until};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -29,15 +28,12 @@ const BATCH: usize = 64;
 /// Grace on top of the client's heart-beat interval before it counts as gone.
 const HEARTBEAT_GRACE: f64 = 2.0;
 
-/// A byte stream carrying STOMP.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-type Transport = Framed<Box<dyn Io>, Codec>;
+type Transport = Framed<Stream, Codec>;
 
 /// Serves one connection to its end.
 pub(crate) async fn run(
-    stream: Box<dyn Io>,
+    stream: Stream,
+    peer: Peer,
     broker: Arc<Broker>,
     cfg: Arc<StompConfig>,
     stop: CancellationToken,
@@ -45,8 +41,11 @@ pub(crate) async fn run(
 ) {
     let mut io = Framed::new(stream, Codec::new(cfg.limits));
     let (tx, rx) = mpsc::channel(OUTBOX);
-    let Ok(Some((session, beats))) =
-        tokio::time::timeout(HANDSHAKE, handshake(&mut io, &broker, &cfg, tx, refusal)).await
+    let Ok(Some((session, beats))) = tokio::time::timeout(
+        HANDSHAKE,
+        handshake(&mut io, &peer, &broker, &cfg, tx, refusal),
+    )
+    .await
     else {
         return;
     };
@@ -90,6 +89,7 @@ async fn refuse(io: &mut Transport, f: Fatal, receipt: Option<&str>) {
 
 async fn handshake(
     io: &mut Transport,
+    peer: &Peer,
     broker: &Arc<Broker>,
     cfg: &StompConfig,
     deliveries: mpsc::Sender<crate::session::Delivery>,
@@ -156,8 +156,9 @@ async fn handshake(
         refuse(io, f, None).await;
         return None;
     }
-    let ctx = match broker.hub.authenticate(
+    let ctx = match broker.hub.authenticate_peer(
         Origin("stomp"),
+        peer,
         frame.get("login"),
         frame.get("passcode").map(str::as_bytes),
     ) {

@@ -32,7 +32,7 @@ mod ws;
 use std::sync::Arc;
 
 use polyport_broker::Broker;
-use tokio::net::TcpListener;
+use polyport_core::adapter::Listener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,6 +44,11 @@ pub const ADAPTER: polyport_core::adapter::Spec = polyport_core::adapter::Spec {
     label: "STOMP",
     about: "STOMP 1.0, 1.1 and 1.2 (stomp.py, stompjs)",
     default_addr: Some(polyport_core::adapter::loopback(61613)),
+    tls: Some(polyport_core::adapter::TlsSpec {
+        name: "stomps",
+        default_addr: polyport_core::adapter::loopback(61614),
+        alpn: &[],
+    }),
 };
 
 /// Broker settings.
@@ -95,18 +100,19 @@ impl StompServer {
     }
 
     /// Accepts connections on `listener` until `stop` fires, then waits for them to close.
-    pub async fn serve(&self, listener: TcpListener, stop: CancellationToken) {
+    pub async fn serve(&self, listener: impl Into<Listener>, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
         let (broker, cfg, conn_stop) = (self.broker.clone(), self.cfg.clone(), stop.clone());
         polyport_core::adapter::accept_loop(
-            listener,
+            listener.into(),
             stop,
             shutdown,
             &self.tracker,
             &polyport_core::admission::Admission::new("STOMP", cfg.connections),
-            |s, refusal| {
+            move |s, peer, refusal| {
                 connection::run(
-                    Box::new(s),
+                    s,
+                    peer,
                     broker.clone(),
                     cfg.clone(),
                     conn_stop.clone(),

@@ -43,19 +43,24 @@ pub(crate) fn routes(
         })
 }
 
-async fn upgrade(State(st): State<WsState>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(st): State<WsState>,
+    peer: Option<axum::Extension<polyport_core::adapter::Peer>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let peer = peer.map(|p| p.0).unwrap_or_default();
     // The frame limit is the decoder's; the message limit only bounds buffering.
     let max = st.cfg.limits.max_frame.saturating_add(64 * 1024);
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp", "stomp"])
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let run = connection::run(transport(socket), st.broker, st.cfg, st.stop, None);
+            let run = connection::run(transport(socket), peer, st.broker, st.cfg, st.stop, None);
             st.tracker.track_future(run)
         })
 }
 
-fn transport(socket: WebSocket) -> Box<dyn connection::Io> {
+fn transport(socket: WebSocket) -> polyport_core::adapter::Stream {
     let (sink, stream) = socket.split();
     let reader = StreamReader::new(stream.filter_map(|m| {
         futures::future::ready(match m {

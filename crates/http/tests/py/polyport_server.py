@@ -82,7 +82,8 @@ def _read_listeners(path: Path) -> dict | None:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # not written yet, or caught half-written
-    return doc if isinstance(doc, dict) and doc.get("http") else None
+    # A server with `[tls] only` has no plain-text HTTP listener, only `https`.
+    return doc if isinstance(doc, dict) and (doc.get("http") or doc.get("https")) else None
 
 
 def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Server:
@@ -119,7 +120,7 @@ def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Serv
     while time.monotonic() < deadline:
         doc = _read_listeners(listeners)
         if doc:
-            return Server(proc=proc, data_dir=data_dir, log_path=log_path, http=doc["http"])
+            return Server(proc=proc, data_dir=data_dir, log_path=log_path, http=doc.get("http") or doc["https"])
         if proc.poll() is not None:
             pytest.fail(
                 f"polyport exited with {proc.returncode} before writing {listeners}:\n{log_path.read_text(errors='replace')}",

@@ -48,8 +48,13 @@ pub(super) async fn refuse(
 }
 
 /// Reads CONNECT, authenticates, takes the client id over, resumes or starts the
-/// session and answers CONNACK.
-pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Accepted> {
+/// session and answers CONNACK. Without a username and password, the client
+/// certificate the TLS listener verified (if any) names the client.
+pub(super) async fn accept(
+    stream: Transport,
+    peer: &polyport_core::adapter::Peer,
+    broker: &Arc<Broker>,
+) -> Option<Accepted> {
     let cfg = broker.cfg.clone();
     let mut framed = Conn::new(stream, MqttCodec::Version(VersionCodec));
     let (ver, mut c) = read_connect(&mut framed, &cfg).await?;
@@ -65,24 +70,25 @@ pub(super) async fn accept(stream: Transport, broker: &Arc<Broker>) -> Option<Ac
             return None;
         }
     };
-    let ctx =
-        match broker
-            .hub
-            .authenticate(Origin("mqtt"), c.username.as_deref(), c.password.as_deref())
-        {
-            Ok(ctx) => ctx,
-            Err(e) => {
-                tracing::info!(client = %client_id, error = %e, "MQTT CONNECT refused");
-                // No credentials at all: "not authorized"; wrong ones: "bad user name or
-                // password", as Mosquitto answers.
-                let (code3, code5) = match (&c.username, &c.password) {
-                    (None, None) => (5, 0x87),
-                    _ => (4, 0x86),
-                };
-                let _ = framed.send(refuse(code3, code5)).await;
-                return None;
-            }
-        };
+    let ctx = match broker.hub.authenticate_peer(
+        Origin("mqtt"),
+        peer,
+        c.username.as_deref(),
+        c.password.as_deref(),
+    ) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::info!(client = %client_id, error = %e, "MQTT CONNECT refused");
+            // No credentials at all: "not authorized"; wrong ones: "bad user name or
+            // password", as Mosquitto answers.
+            let (code3, code5) = match (&c.username, &c.password) {
+                (None, None) => (5, 0x87),
+                _ => (4, 0x86),
+            };
+            let _ = framed.send(refuse(code3, code5)).await;
+            return None;
+        }
+    };
     let conn = broker.next_connection();
     // The Hub stamps this on every event the client publishes (no-local reads it back).
     let ctx = ctx.with_sender(polyport_core::Sender {

@@ -25,7 +25,6 @@ use polyport_core::subscription::Acker;
 use polyport_core::{AuthContext, HubError};
 use rmqtt_codec::version::ProtocolVersion;
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,10 +36,8 @@ use crate::session::{self, Inbound, Outbound};
 use crate::state::SavedSession;
 use crate::wire::{self, Ack, In, MsgProps, PublishIn, Ver};
 
-/// A byte stream carrying MQTT: a TCP socket or a WebSocket.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-pub(crate) type Transport = Box<dyn Io>;
+/// A byte stream carrying MQTT: a TCP socket, TLS or a WebSocket.
+pub(crate) use polyport_core::adapter::Stream as Transport;
 
 /// How long a session's subscriptions wait for an acknowledgement before the group
 /// would redeliver: effectively never while connected (MQTT redelivers only on a new
@@ -147,6 +144,7 @@ struct Accepted {
 /// in this future, which every connection carries for its whole life.
 pub(crate) async fn run(
     stream: Transport,
+    peer: polyport_core::adapter::Peer,
     broker: Arc<Broker>,
     stop: CancellationToken,
     refusal: Option<polyport_core::admission::Refusal>,
@@ -165,7 +163,7 @@ pub(crate) async fn run(
         keep_alive,
         will,
         will_delay,
-    }) = Box::pin(handshake::accept(stream, &broker)).await
+    }) = Box::pin(handshake::accept(stream, &peer, &broker)).await
     else {
         return;
     };
@@ -449,7 +447,13 @@ mod size_tests {
             .await
             .unwrap();
         let (a, _b) = tokio::io::duplex(64);
-        let fut = super::run(Box::new(a), broker, Default::default(), None);
+        let fut = super::run(
+            Box::new(a),
+            Default::default(),
+            broker,
+            Default::default(),
+            None,
+        );
         let size = std::mem::size_of_val(&fut);
         // It was 4.8 KB before the cold paths were boxed.
         assert!(size < 2048, "connection future grew to {size} bytes");
