@@ -280,6 +280,18 @@ async fn readyz(State(app): State<AppState>) -> Response {
         )
             .into_response();
     }
+    if app.hub.identities().awaiting_jwks() {
+        // A load balancer should not send JWT callers here before their keys are known.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            r#"{"status":"not ready","reason":"the [auth.jwt] jwks_url keys have not been fetched yet"}"#,
+        )
+            .into_response();
+    }
     json_ok(r#"{"status":"ready"}"#)
 }
 

@@ -210,6 +210,12 @@ impl Directory {
         self.jwt.as_ref().map(Verifier::config)
     }
 
+    /// Whether `[auth.jwt] jwks_url` is set and its keys have never been fetched: tokens
+    /// its keys signed are refused until they arrive, so the server is not ready.
+    pub fn awaiting_jwks(&self) -> bool {
+        self.jwt.as_ref().is_some_and(Verifier::awaiting_jwks)
+    }
+
     /// Replaces the keys fetched from the JWKS URL.
     pub fn set_jwks(&self, set: &JwkSet) {
         if let Some(v) = &self.jwt {

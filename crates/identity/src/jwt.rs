@@ -100,6 +100,8 @@ pub(crate) struct Verifier {
     cfg: JwtConfig,
     fixed: Vec<Key>,
     jwks: RwLock<Vec<Key>>,
+    /// A JWKS URL's keys have arrived at least once.
+    fetched: std::sync::atomic::AtomicBool,
 }
 
 fn jwk_key(jwk: &Jwk) -> Option<Key> {
@@ -190,6 +192,7 @@ impl Verifier {
             cfg,
             fixed,
             jwks: RwLock::new(jwks),
+            fetched: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -199,6 +202,13 @@ impl Verifier {
 
     pub(crate) fn set_jwks(&self, set: &JwkSet) {
         *self.jwks.write() = jwks_keys(set);
+        self.fetched
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether tokens from the JWKS URL cannot be checked yet (its keys never arrived).
+    pub(crate) fn awaiting_jwks(&self) -> bool {
+        self.cfg.jwks_url.is_some() && !self.fetched.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -262,6 +263,7 @@ audience = "polyport"
 """
     try:
         s = servers.start(config, "--demo", "blog")
+        assert httpx.get(f"{s.url}/readyz").status_code == 200, "the JWKS was fetched before serving"
         now = int(time.time())
         base = {"iss": ISSUER, "aud": "polyport", "exp": now + 120}
         rs = jwt.encode({**base, "sub": "rita"}, rsa_key, algorithm="RS256", headers={"kid": "k1"})
@@ -284,6 +286,20 @@ audience = "polyport"
         assert "expired" in r.json()["detail"]
     finally:
         idp.shutdown()
+
+
+def test_a_jwks_url_not_fetched_yet_keeps_the_server_not_ready(servers):
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: the fetch is refused at once
+    port = dead.getsockname()[1]
+    try:
+        s = servers.start(f'[auth.jwt]\njwks_url = "http://127.0.0.1:{port}/jwks.json"\njwks_refresh_secs = 10\n')
+        r = httpx.get(f"{s.url}/readyz")
+        assert r.status_code == 503 and "jwks_url" in r.json()["reason"], r.text
+        assert httpx.get(f"{s.url}/healthz").status_code == 200, "alive, only not ready"
+        assert "cannot fetch the JWKS" in s.log()
+    finally:
+        dead.close()
 
 
 def _hs256_with(rsa_key, claims) -> str:
