@@ -269,30 +269,23 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
-    if app.hub.shutdown_token().is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            r#"{"status":"shutting down"}"#,
-        )
-            .into_response();
-    }
-    if app.hub.identities().awaiting_jwks() {
+    let not_ready = if app.hub.shutdown_token().is_cancelled() {
+        r#"{"status":"shutting down"}"#
+    } else if app.hub.identities().awaiting_jwks() {
         // A load balancer should not send JWT callers here before their keys are known.
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            r#"{"status":"not ready","reason":"the [auth.jwt] jwks_url keys have not been fetched yet"}"#,
-        )
-            .into_response();
-    }
-    json_ok(r#"{"status":"ready"}"#)
+        r#"{"status":"not ready","reason":"the [auth.jwt] jwks_url keys have not been fetched yet"}"#
+    } else {
+        return json_ok(r#"{"status":"ready"}"#);
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        not_ready,
+    )
+        .into_response()
 }
 
 fn json_ok(body: &'static str) -> Response {
