@@ -51,6 +51,9 @@ struct Connection {
     cfg: Arc<AmqpConfig>,
     id: u64,
     ctx: AuthContext,
+    /// The caller's request-rate bucket: each publish waits its turn (the socket is not
+    /// read meanwhile, as under RabbitMQ's flow control); `None` when unlimited.
+    rate: Option<Arc<polyport_core::rate::Bucket>>,
     io: Transport,
     frame_max: usize,
     channel_max: u16,
@@ -91,11 +94,13 @@ pub(crate) async fn run(
     io.codec_mut().frame_max = frame_max;
     let id = broker.next_connection();
     let (tx, rx) = mpsc::channel(OUTBOX);
+    let rate = broker.hub.rate_bucket(&ctx, peer.addr.map(|a| a.ip()));
     let mut c = Connection {
         broker: broker.clone(),
         cfg,
         id,
         ctx,
+        rate,
         io,
         frame_max,
         channel_max,
@@ -434,6 +439,19 @@ impl Connection {
                 self.confirmed(c, confirm, result);
             }
         }
+        if matches!(m, AMQPClass::Basic(basic::AMQPMethod::Consume(_))) {
+            let open: usize = self.channels.values().map(Channel::consumer_count).sum();
+            if open >= self.cfg.max_consumers {
+                polyport_core::admission::limit_hit("amqp.max_consumers");
+                let text = format!(
+                    "PRECONDITION_FAILED - reached maximum ({}) of consumers per connection ([amqp] max_consumers); cancel some first",
+                    self.cfg.max_consumers
+                );
+                self.close_channel(ch, Code::PreconditionFailed, text, 60, 20)
+                    .await;
+                return Ok(());
+            }
+        }
         let Some(channel) = self.channels.get_mut(&ch) else {
             return Ok(());
         };
@@ -525,6 +543,9 @@ impl Connection {
     /// as `basic.return` (it still reaches the tree's other subscribers).
     async fn publish(&mut self, ch: u16, ready: Option<Ready>) {
         let Some(r) = ready else { return };
+        if let Some(bucket) = &self.rate {
+            bucket.pace(polyport_core::Origin("amqp")).await;
+        }
         // A topic the connection may not publish on closes the channel with 403, as
         // RabbitMQ does for an exchange without write permission.
         if let Some(d) = &r.draft

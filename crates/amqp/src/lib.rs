@@ -80,6 +80,8 @@ pub struct AmqpConfig {
     pub max_message: usize,
     /// Caps on open connections (per listener, per client address).
     pub connections: polyport_core::admission::ConnectionLimits,
+    /// Consumers one connection may hold at once, over all its channels.
+    pub max_consumers: usize,
 }
 
 impl Default for AmqpConfig {
@@ -90,6 +92,7 @@ impl Default for AmqpConfig {
             heartbeat: 60,
             max_message: 16 << 20,
             connections: Default::default(),
+            max_consumers: 10_000,
         }
     }
 }

@@ -11,6 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+/// Counts a configured cap being hit (`polyport_limits_hit_total{limit}`), whichever
+/// face hit it, so one alert covers them all. `limit` names the setting.
+pub fn limit_hit(limit: &'static str) {
+    metrics::counter!("polyport_limits_hit_total", "limit" => limit).increment(1);
+}
+
 /// Caps for one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {

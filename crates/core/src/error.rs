@@ -82,6 +82,12 @@ pub enum HubError {
     /// A configured cap would be exceeded (e.g. the number of collections).
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The caller's identity is over its request rate ([`crate::rate`]).
+    #[error("rate limited: too many requests from this identity; retry in {} ms", .retry_after.as_millis().max(1))]
+    RateLimited {
+        /// When a request would be admitted again.
+        retry_after: std::time::Duration,
+    },
     /// The auth policy refused.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -132,6 +138,7 @@ impl HubError {
             HubError::EpochMismatch { .. } => "epoch_mismatch",
             HubError::AutoCreateDisabled(_) => "auto_create_disabled",
             HubError::LimitReached(_) => "limit_reached",
+            HubError::RateLimited { .. } => "rate_limited",
             HubError::Forbidden(_) => "forbidden",
             HubError::Unauthenticated(_) => "unauthenticated",
             HubError::SlowConsumer { .. } => "slow_consumer",

@@ -43,6 +43,8 @@ pub struct HubConfig {
     /// Collections there may be before a write stops creating new ones by itself, so a
     /// client writing to random names cannot fill the catalogue.
     pub max_auto_collections: usize,
+    /// Requests per identity ([`crate::rate`]); `None`: unlimited.
+    pub request_rate: Option<crate::rate::RateLimit>,
 }
 
 impl Default for HubConfig {
@@ -54,6 +56,7 @@ impl Default for HubConfig {
             ack_timeout: Duration::from_secs(30),
             max_prefetch: 10_000,
             max_auto_collections: 1000,
+            request_rate: None,
         }
     }
 }
@@ -76,6 +79,7 @@ pub(crate) struct HubInner {
     pub(crate) identities: Directory,
     pub(crate) audit: Option<tokio::sync::mpsc::Sender<crate::audit::Entry>>,
     pub(crate) config: HubConfig,
+    pub(crate) rates: crate::rate::Rates,
     shutdown: CancellationToken,
     pub(crate) collections_gen: watch::Sender<u64>,
     pub(crate) delivery_policy:
@@ -127,6 +131,7 @@ impl Hub {
             policy,
             identities,
             audit: crate::audit::start(me.clone()),
+            rates: crate::rate::Rates::new(config.request_rate),
             config,
             shutdown: CancellationToken::new(),
             collections_gen: watch::Sender::new(0),

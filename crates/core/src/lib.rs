@@ -24,6 +24,7 @@ mod hub;
 mod identity_hub;
 pub mod naming;
 pub mod query;
+pub mod rate;
 pub mod record;
 mod records_hub;
 pub mod rules;

@@ -503,6 +503,7 @@ impl Hub {
         }
         let max = self.inner.config.max_auto_collections;
         if self.inner.store.collections().len() >= max {
+            crate::admission::limit_hit("limits.max_auto_collections");
             return Err(HubError::LimitReached(format!(
                 "there are {max} collections, the most a write creates by itself; create '{collection}' explicitly (POST /api/collections) or raise [limits] max_auto_collections"
             )));

@@ -43,12 +43,20 @@ pub(crate) fn status(e: HubError) -> Status {
         HubError::PositionUnavailable { .. } | HubError::EpochMismatch { .. } => Code::OutOfRange,
         HubError::Forbidden(_) => Code::PermissionDenied,
         HubError::Unauthenticated(_) => Code::Unauthenticated,
-        HubError::SlowConsumer { .. } | HubError::LimitReached(_) => Code::ResourceExhausted,
+        HubError::SlowConsumer { .. }
+        | HubError::LimitReached(_)
+        | HubError::RateLimited { .. } => Code::ResourceExhausted,
         HubError::ShuttingDown => Code::Unavailable,
         HubError::Storage(_) => Code::Internal,
     };
     let fields = e.field_errors();
     let msg = format!("{} ({})", e, e.code());
+    if let HubError::RateLimited { retry_after } = &e {
+        // google.rpc.RetryInfo: gRPC clients with retry policies read when to come back.
+        let mut details = ErrorDetails::new();
+        details.set_retry_info(Some(*retry_after));
+        return Status::with_error_details(code, msg, details);
+    }
     if fields.is_empty() {
         return Status::new(code, msg);
     }

@@ -218,7 +218,7 @@ fn into_axum(r: http::Response<tonic::body::Body>) -> Response {
 /// Who a call is: `authorization` metadata (`Basic` or `Bearer`, or `x-api-key`) through the Hub's
 /// authenticate seam, the identities every face checks; without it the caller is
 /// named by the client certificate a TLS listener verified, else anonymous, if anonymous
-/// callers are let in.
+/// callers are let in. Each call counts against the caller's request rate.
 fn authenticate(
     hub: &Hub,
     headers: &http::HeaderMap,
@@ -235,7 +235,10 @@ fn authenticate(
             },
         },
     };
-    who.map_err(|e| Status::unauthenticated(e.to_string()))
+    let who = who.map_err(|e| Status::unauthenticated(e.to_string()))?;
+    hub.admit_request(&who, peer.and_then(|p| p.addr).map(|a| a.ip()))
+        .map_err(convert::status)?;
+    Ok(who)
 }
 
 /// Routes one call by its path, `/package.Service/Method`.

@@ -92,6 +92,7 @@ impl From<HubError> for ApiError {
             }
             HubError::Forbidden(_) | HubError::LimitReached(_) => StatusCode::FORBIDDEN,
             HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            HubError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HubError::ShuttingDown | HubError::SlowConsumer { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -111,6 +112,9 @@ impl From<HubError> for ApiError {
             })),
             HubError::EpochMismatch { current, .. } => Some(json!({ "epoch": current })),
             HubError::InvalidFilter(f) => Some(json!({ "position": f.position })),
+            HubError::RateLimited { retry_after } => {
+                Some(json!({ "retry_after_ms": retry_after.as_millis() as u64 }))
+            }
             HubError::VersionMismatch { current, .. } => {
                 Some(json!({ "current_version": current }))
             }
@@ -137,6 +141,19 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        // RFC 9110's Retry-After is whole seconds: round up so a client that obeys it
+        // is admitted.
+        if let Some(ms) = self
+            .extra
+            .as_ref()
+            .and_then(|x| x.get("retry_after_ms"))
+            .and_then(Value::as_u64)
+        {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(ms.div_ceil(1000).max(1)),
+            );
+        }
         res
     }
 }

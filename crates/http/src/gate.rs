@@ -9,6 +9,9 @@
 //! headers: a signed-in page trades its credentials for a short-lived sign-in token at
 //! `POST /api/auth/token` (RFC 6750's query form).
 //!
+//! Each admitted request counts against its caller's request rate (`[limits]
+//! requests_per_second`, off by default): over it, 429 with `Retry-After`.
+//!
 //! A few paths authenticate some other way and pass untouched: `/healthz` and `/readyz`
 //! (probes), `/hooks/{source}` (each sender's own signature), `/mqtt` and `/stomp` (their
 //! CONNECT carries credentials), `POST /soap` (WS-Security in the envelope), and a
@@ -48,11 +51,15 @@ pub(crate) async fn authenticate(
         return next.run(req).await;
     }
     let peer = req.extensions().get::<Peer>();
-    match identify(&st, req.headers(), req.uri().query(), peer) {
+    let addr = peer.and_then(|p| p.addr).map(|a| a.ip());
+    let who = identify(&st, req.headers(), req.uri().query(), peer)
+        .and_then(|ctx| st.hub.admit_request(&ctx, addr).map(|()| ctx));
+    match who {
         Ok(ctx) => {
             req.extensions_mut().insert(ctx);
             next.run(req).await
         }
+        Err(e @ HubError::RateLimited { .. }) => ApiError::from(e).into_response(),
         Err(e) => {
             tracing::info!(path = %req.uri().path(), error = %e, "HTTP caller refused");
             // A Basic challenge makes a browser prompt for a password, even for a page's
@@ -112,6 +119,16 @@ fn access_token(query: Option<&str>) -> Option<String> {
             .find(|(k, _)| k == "access_token")
             .map(|(_, v)| v.into_owned())
     })
+}
+
+/// The request-rate bucket a long-lived connection (a WebSocket) keeps for its caller.
+pub(crate) fn rate_bucket(
+    st: &AppState,
+    caller: &AuthContext,
+    peer: Option<axum::Extension<Peer>>,
+) -> Option<std::sync::Arc<polyport_core::rate::Bucket>> {
+    let addr = peer.and_then(|axum::Extension(p)| p.addr).map(|a| a.ip());
+    st.hub.rate_bucket(caller, addr)
 }
 
 /// The caller as the gate identified them; a handler behind no gate gets what an

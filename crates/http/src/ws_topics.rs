@@ -55,6 +55,7 @@ struct Publishing {
 pub(crate) async fn upgrade(
     State(app): State<AppState>,
     Caller(caller): Caller,
+    peer: Option<axum::Extension<polyport_core::adapter::Peer>>,
     Path(path): Path<String>,
     RawQuery(q): RawQuery,
     ws: WebSocketUpgrade,
@@ -92,10 +93,11 @@ pub(crate) async fn upgrade(
     let sub = app.hub.subscribe(&ctx, req).await.map_err(ApiError::from)?;
     let max = app.cfg.max_ws_message;
     let hub = app.hub.clone();
+    let rate = crate::gate::rate_bucket(&app, &ctx, peer);
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run(socket, hub, ctx, sub, publishing))
+        .on_upgrade(move |socket| run(socket, hub, ctx, sub, publishing, rate))
         .into_response())
 }
 
@@ -134,6 +136,7 @@ async fn run(
     ctx: AuthContext,
     mut sub: Subscription,
     publishing: Option<Publishing>,
+    rate: Option<std::sync::Arc<polyport_core::rate::Bucket>>,
 ) {
     let (mut sink, mut stream) = socket.split();
     let shutdown = hub.shutdown_token();
@@ -175,6 +178,9 @@ async fn run(
                     (None, true) => "application/octet-stream".into(),
                 });
                 d.durability = p.durability;
+                if let Some(bucket) = &rate {
+                    bucket.pace(Origin("ws")).await;
+                }
                 if let Err(e) = hub.publish(&ctx, d).await {
                     break Some(hub_close(&e));
                 }

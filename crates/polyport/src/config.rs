@@ -234,6 +234,8 @@ pub(crate) struct AmqpSection {
     pub(crate) max_message: usize,
     /// Messages each queue reads ahead of its consumers.
     pub(crate) queue_window: usize,
+    /// Consumers one connection may hold, over all its channels.
+    pub(crate) max_consumers: usize,
 }
 
 /// The STOMP broker (on the same queues as AMQP).
@@ -252,6 +254,8 @@ pub(crate) struct StompSection {
     pub(crate) max_frame: usize,
     pub(crate) max_headers: usize,
     pub(crate) max_header_line: usize,
+    /// Subscriptions one connection may hold.
+    pub(crate) max_subscriptions: usize,
 }
 
 impl Default for StompSection {
@@ -266,6 +270,7 @@ impl Default for StompSection {
             max_frame: d.limits.max_frame,
             max_headers: d.limits.max_headers,
             max_header_line: d.limits.max_header_line,
+            max_subscriptions: d.max_subscriptions,
         }
     }
 }
@@ -282,6 +287,7 @@ impl Default for AmqpSection {
             heartbeat: d.heartbeat,
             max_message: d.max_message,
             queue_window: 1024,
+            max_consumers: d.max_consumers,
         }
     }
 }
@@ -394,6 +400,8 @@ pub(crate) struct HttpSection {
     pub(crate) heartbeat_secs: u64,
     /// Origins browsers may call from; `["*"]` = any, `[]` = CORS off.
     pub(crate) cors_origins: Vec<String>,
+    /// Subscriptions one `/ws` connection may hold.
+    pub(crate) max_ws_subscriptions: usize,
 }
 
 /// Caps every listener applies to itself.
@@ -410,6 +418,11 @@ pub(crate) struct LimitsSection {
     pub(crate) max_auto_collections: usize,
     /// Seconds a client of a TLS listener has to finish the handshake.
     pub(crate) tls_handshake_timeout_secs: u64,
+    /// Requests per second one identity may make over all doors together; 0 = unlimited.
+    pub(crate) requests_per_second: f64,
+    /// Requests one identity may make at once above that rate (0: as many as one second's
+    /// worth).
+    pub(crate) request_burst: f64,
 }
 
 impl Default for LimitsSection {
@@ -421,11 +434,24 @@ impl Default for LimitsSection {
             http_header_timeout_secs: 10,
             max_auto_collections: polyport_core::HubConfig::default().max_auto_collections,
             tls_handshake_timeout_secs: 10,
+            requests_per_second: 0.0,
+            request_burst: 0.0,
         }
     }
 }
 
 impl LimitsSection {
+    /// The per-identity request rate, if one is set.
+    pub(crate) fn request_rate(&self) -> Option<polyport_core::rate::RateLimit> {
+        (self.requests_per_second > 0.0).then(|| polyport_core::rate::RateLimit {
+            per_second: self.requests_per_second,
+            burst: match self.request_burst > 0.0 {
+                true => self.request_burst,
+                false => self.requests_per_second.max(1.0),
+            },
+        })
+    }
+
     pub(crate) fn connections(&self) -> polyport_core::admission::ConnectionLimits {
         polyport_core::admission::ConnectionLimits {
             max_connections: self.max_connections.max(1),
@@ -491,6 +517,7 @@ impl Default for HttpSection {
             max_page_size: 1000,
             heartbeat_secs: 15,
             cors_origins: vec!["*".into()],
+            max_ws_subscriptions: polyport_http::HttpConfig::default().max_ws_subscriptions,
         }
     }
 }

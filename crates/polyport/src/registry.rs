@@ -187,6 +187,7 @@ fn http<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
                 heartbeat: Duration::from_secs(c.heartbeat_secs.max(1)),
                 metrics: Some(Arc::new(move || render.render())),
                 cors_origins: c.cors_origins,
+                max_ws_subscriptions: c.max_ws_subscriptions.max(1),
                 hooks,
                 index,
                 ..polyport_http::HttpConfig::default()
@@ -355,6 +356,7 @@ fn amqp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             heartbeat: c.heartbeat,
             max_message: c.max_message,
             connections: cx.cfg.limits.connections(),
+            max_consumers: c.max_consumers.max(1),
         };
         let broker = polyport_amqp::AmqpBroker::new(cx.broker().await?, amqp_cfg);
         let serve: Serve = Box::new(move |listeners, host| {
@@ -386,6 +388,7 @@ fn stomp<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, anyhow::Result<Prepared>> {
             },
             heartbeat_ms: c.heartbeat_ms,
             connections: cx.cfg.limits.connections(),
+            max_subscriptions: c.max_subscriptions.max(1),
         };
         let server = polyport_stomp::StompServer::new(cx.broker().await?, cfg);
         let mounts = match c.websocket {

@@ -402,6 +402,7 @@ pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
         auto_create_collections: cfg.auto_create_collections,
         subscriber_queue: cfg.events.subscriber_queue,
         max_auto_collections: cfg.limits.max_auto_collections,
+        request_rate: cfg.limits.request_rate(),
         ephemeral_topics,
         ..HubConfig::default()
     };

@@ -48,6 +48,9 @@ pub(crate) struct Fault {
     pub(crate) fields: Vec<FieldFault>,
     /// Header blocks not understood: (namespace, local name).
     pub(crate) not_understood: Vec<(Option<String>, String)>,
+    /// For a rate-limited caller: seconds until it may come back (HTTP `Retry-After`;
+    /// 0: not given). Whole seconds keep the fault small.
+    pub(crate) retry_after_secs: u32,
 }
 
 impl Fault {
@@ -59,6 +62,7 @@ impl Fault {
             reason: reason.into(),
             fields: Vec::new(),
             not_understood: Vec::new(),
+            retry_after_secs: 0,
         }
     }
 
@@ -226,6 +230,10 @@ impl From<HubError> for Fault {
             other => other.to_string(),
         };
         let mut f = Fault::new(class, e.code(), reason);
+        if let HubError::RateLimited { retry_after } = &e {
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            f.retry_after_secs = u32::try_from(secs).unwrap_or(u32::MAX);
+        }
         f.fields = e
             .field_errors()
             .iter()

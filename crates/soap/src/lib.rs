@@ -22,7 +22,9 @@
 //! request must carry a `SOAPAction` header (an empty one dispatches by the body
 //! element), and a non-empty action must name the operation in the body; header blocks
 //! other than WS-Security are not processed, so `mustUnderstand` on any of them
-//! (WS-Addressing included) is a `MustUnderstand` fault.
+//! (WS-Addressing included) is a `MustUnderstand` fault. A caller with neither a
+//! WS-Security token nor HTTP credentials is named by the client certificate an HTTPS
+//! listener verified, as on every other face.
 
 mod envelope;
 mod fault;
@@ -34,6 +36,7 @@ pub mod xml;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -41,6 +44,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use polyport_core::adapter::Peer;
 use polyport_core::{AuthContext, Hub, Origin};
 
 use crate::envelope::Version;
@@ -156,16 +160,24 @@ async fn get_wsdl(State(s): State<SoapState>, headers: HeaderMap) -> Response {
 
 fn fault_response(f: &Fault, v: Version, status: Option<StatusCode>) -> Response {
     metrics::counter!("polyport_soap_faults_total", "code" => f.code).increment(1);
-    (
+    let mut res = (
         status.unwrap_or_else(|| f.status(v)),
         [(header::CONTENT_TYPE, v.content_type())],
         f.render(v),
     )
-        .into_response()
+        .into_response();
+    if f.retry_after_secs > 0 {
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from(f.retry_after_secs),
+        );
+    }
+    res
 }
 
 async fn post_soap(
     State(s): State<SoapState>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -176,7 +188,8 @@ async fn post_soap(
         }
     };
     let v = t.version;
-    match handle(&s, &t, body).await {
+    let peer = peer.map(|Extension(p)| p);
+    match handle(&s, &t, peer.as_ref(), body).await {
         Ok(markup) => {
             metrics::counter!("polyport_soap_requests_total").increment(1);
             let mut o = xml::Out::default();
@@ -201,6 +214,7 @@ type Refusal = (Fault, Option<StatusCode>);
 async fn handle(
     s: &SoapState,
     t: &envelope::Transport,
+    peer: Option<&Peer>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<String, Refusal> {
     let body = match body {
@@ -235,7 +249,10 @@ async fn handle(
     let ctx = match &env.credentials {
         None => match &t.http_credentials {
             Some(h) => s.hub.authenticate_header(Origin("soap"), h),
-            None => s.hub.authenticate(Origin("soap"), None, None),
+            None => match peer {
+                Some(p) => s.hub.authenticate_peer(Origin("soap"), p, None, None),
+                None => s.hub.authenticate(Origin("soap"), None, None),
+            },
         },
         Some(c) => s.hub.authenticate(
             Origin("soap"),
@@ -253,6 +270,9 @@ async fn handle(
             None,
         )
     })?;
+    s.hub
+        .admit_request(&ctx, peer.and_then(|p| p.addr).map(|a| a.ip()))
+        .map_err(|e| (Fault::from(e), Some(StatusCode::TOO_MANY_REQUESTS)))?;
     let name = &env.body.name;
     let svc = s.service();
     let svc = &svc.1;

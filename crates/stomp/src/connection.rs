@@ -182,10 +182,11 @@ async fn handshake(
         .header("heart-beat", offer);
     io.send(Outgoing::Frame(connected)).await.ok()?;
     io.codec_mut().version = version;
-    Some((
-        Session::new(broker.clone(), ctx, conn, version, deliveries),
-        beats,
-    ))
+    let rate = broker.hub.rate_bucket(&ctx, peer.addr.map(|a| a.ip()));
+    let mut session = Session::new(broker.clone(), ctx, conn, version, deliveries);
+    session.rate = rate;
+    session.max_subs = cfg.max_subscriptions.max(1);
+    Some((session, beats))
 }
 
 struct Connection {

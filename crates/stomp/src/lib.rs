@@ -60,6 +60,8 @@ pub struct StompConfig {
     pub heartbeat_ms: u64,
     /// Caps on open connections (per listener, per client address).
     pub connections: polyport_core::admission::ConnectionLimits,
+    /// Subscriptions one connection may hold at once (each holds a queue and a task).
+    pub max_subscriptions: usize,
 }
 
 impl Default for StompConfig {
@@ -68,6 +70,7 @@ impl Default for StompConfig {
             limits: Limits::default(),
             heartbeat_ms: 10_000,
             connections: Default::default(),
+            max_subscriptions: 10_000,
         }
     }
 }

@@ -11,7 +11,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use polyport_broker::arguments::QueueArgs;
 use polyport_broker::{Binding, Broker, Credit, Kind, Message, Out, Queue};
-use polyport_core::{AuthContext, Durability, EventDraft, HubError};
+use polyport_core::{AuthContext, Durability, EventDraft, HubError, Origin};
 use tokio::sync::mpsc;
 
 use crate::codec::{Command, Frame, Outgoing, Version};
@@ -92,6 +92,11 @@ pub(crate) struct Session {
     temps: HashMap<String, Arc<Queue>>,
     pub(crate) publishing: FuturesOrdered<Publishing>,
     pub(crate) out: Vec<Outgoing>,
+    /// The caller's request-rate bucket: each SEND waits its turn (the socket is not read
+    /// meanwhile); `None` when unlimited.
+    pub(crate) rate: Option<Arc<polyport_core::rate::Bucket>>,
+    /// Subscriptions this connection may hold at once.
+    pub(crate) max_subs: usize,
 }
 
 impl Session {
@@ -115,6 +120,8 @@ impl Session {
             temps: HashMap::new(),
             publishing: FuturesOrdered::new(),
             out: Vec::new(),
+            rate: None,
+            max_subs: usize::MAX,
         }
     }
 
@@ -296,6 +303,9 @@ impl Session {
     }
 
     async fn send(&mut self, mut f: Frame) -> Result<(), Fatal> {
+        if let Some(bucket) = &self.rate {
+            bucket.pace(Origin("stomp")).await;
+        }
         let dest = Self::destination(&f)?;
         // A reply-to of `/temp-queue/x` names a private queue; replies reach this session
         // (as subscription `/temp-queue/x` unless it subscribed to it itself).
@@ -432,6 +442,16 @@ impl Session {
             return Err(bad(
                 "Duplicated subscription identifier",
                 format!("subscription '{id}' exists"),
+            ));
+        }
+        if self.subs.len() >= self.max_subs {
+            polyport_core::admission::limit_hit("stomp.max_subscriptions");
+            return Err(bad(
+                "Too many subscriptions",
+                format!(
+                    "this connection holds its maximum of {} subscriptions ([stomp] max_subscriptions); UNSUBSCRIBE some first",
+                    self.max_subs
+                ),
             ));
         }
         let ack = match f.get("ack").unwrap_or("auto") {

@@ -584,6 +584,11 @@ impl Channel {
         })
     }
 
+    /// Consumers open on this channel.
+    pub(crate) fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
     pub(crate) fn pending_publish(&self) -> Option<&basic::Publish> {
         self.content.as_ref().map(|c| &c.method)
     }

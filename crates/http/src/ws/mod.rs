@@ -13,12 +13,16 @@ mod subscriptions;
 mod webhooks;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
+use polyport_core::adapter::Peer;
+use polyport_core::rate::Bucket;
 use polyport_core::{AuthContext, Hub, HubError, Origin};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -55,6 +59,7 @@ pub(super) fn yes() -> bool {
 pub(crate) async fn upgrade(
     State(app): State<AppState>,
     Caller(caller): Caller,
+    peer: Option<Extension<Peer>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let max = app.cfg.max_ws_message;
@@ -62,9 +67,10 @@ pub(crate) async fn upgrade(
         origin: Origin("ws"),
         ..caller
     };
+    let rate = crate::gate::rate_bucket(&app, &ctx, peer);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(socket, app, ctx))
+        .on_upgrade(move |socket| session(socket, app, ctx, rate))
 }
 
 struct Session {
@@ -75,9 +81,12 @@ struct Session {
     next_sub: u64,
     max_page: usize,
     max_subs: usize,
+    /// The caller's request-rate bucket: each request waits its turn (the socket is not
+    /// read meanwhile); `None` when unlimited.
+    rate: Option<Arc<Bucket>>,
 }
 
-async fn session(socket: WebSocket, app: AppState, ctx: AuthContext) {
+async fn session(socket: WebSocket, app: AppState, ctx: AuthContext, rate: Option<Arc<Bucket>>) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Message>(256);
     let shutdown = app.hub.shutdown_token();
@@ -104,6 +113,7 @@ async fn session(socket: WebSocket, app: AppState, ctx: AuthContext) {
         next_sub: 0,
         max_page: app.cfg.max_page_size,
         max_subs: app.cfg.max_ws_subscriptions,
+        rate,
     };
     loop {
         let msg = tokio::select! {
@@ -212,6 +222,11 @@ impl Session {
     }
 
     async fn dispatch(&mut self, id: Option<&Value>, req: Request) -> Result<(), HubError> {
+        if let Some(bucket) = &self.rate
+            && !matches!(req, Request::Ack(_) | Request::Unsubscribe(_))
+        {
+            bucket.pace(Origin("ws")).await;
+        }
         let reply = match req {
             Request::Subscribe(op) => return self.subscribe(id, op).await,
             Request::Unsubscribe(op) => self.unsubscribe(op)?,

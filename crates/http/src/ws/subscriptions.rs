@@ -61,8 +61,9 @@ impl Session {
         op: Subscribe,
     ) -> Result<(), HubError> {
         if self.subs.len() >= self.max_subs {
-            return Err(HubError::InvalidRequest(format!(
-                "at most {} subscriptions per connection",
+            polyport_core::admission::limit_hit("http.max_ws_subscriptions");
+            return Err(HubError::LimitReached(format!(
+                "at most {} subscriptions per connection ([http] max_ws_subscriptions); unsubscribe some first",
                 self.max_subs
             )));
         }

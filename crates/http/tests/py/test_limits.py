@@ -102,3 +102,29 @@ def test_writes_stop_creating_collections_past_the_cap(servers):
         assert c.get("/api/collections/a4").status_code == 404, "nothing was created"
         assert c.post("/api/collections/a1/records", json={"n": 2}).status_code == 201, "existing ones still take writes"
         assert c.post("/api/collections", json={"name": "a4"}).status_code == 201, "an explicit create is not capped"
+
+
+def test_ws_subscriptions_past_the_cap_get_an_error_frame_and_the_socket_carries_on(servers):
+    """`[http] max_ws_subscriptions`: the subscribe past it is answered with an `error`
+    (`limit_reached`, naming the setting); the socket's own subscriptions keep delivering."""
+    import asyncio
+
+    from realtime_clients import WsClient
+
+    s = servers.start("[http]\nmax_ws_subscriptions = 2\n")
+
+    async def run():
+        ws = await WsClient.connect(f"ws://{s.http}/ws")
+        await ws.ok("subscribe", topic="cap/a")
+        await ws.ok("subscribe", topic="cap/b")
+        refused = await ws.request("subscribe", topic="cap/c")
+        assert refused["type"] == "error" and refused["code"] == "limit_reached", refused
+        assert "max_ws_subscriptions" in refused["message"], refused
+        await ws.ok("publish", topic="cap/a", data={"n": 1})
+        event = await ws.next_event()
+        assert event["event"]["subject"] == "cap/a", event
+        await ws.close()
+
+    asyncio.run(run())
+    metrics = httpx.get(f"{s.url}/metrics", timeout=10).text
+    assert 'polyport_limits_hit_total{limit="http.max_ws_subscriptions"} 1' in metrics, metrics

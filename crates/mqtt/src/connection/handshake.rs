@@ -150,11 +150,13 @@ pub(super) async fn accept(
             HashSet::new(),
         ),
     };
+    let rate = broker.hub.rate_bucket(&ctx, peer.addr.map(|a| a.ip()));
     let s = Session {
         ver,
         broker: broker.clone(),
         conn: framed,
         ctx,
+        rate,
         client_id: client_id.clone(),
         saved,
         persisted: resumed.persisted,

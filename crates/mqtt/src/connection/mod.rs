@@ -92,6 +92,9 @@ struct Session {
     conn: Conn,
     client_id: String,
     ctx: AuthContext,
+    /// The caller's request-rate bucket: each PUBLISH waits its turn (read back-pressure,
+    /// nothing dropped); `None` when unlimited.
+    rate: Option<std::sync::Arc<polyport_core::rate::Bucket>>,
     /// What survives the connection when `saved.expiry > 0`.
     saved: SavedSession,
     /// Whether `saved` is in the Hub's adapter state now.

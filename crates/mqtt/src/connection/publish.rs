@@ -72,6 +72,9 @@ impl Session {
     }
 
     pub(super) async fn on_publish(&mut self, mut p: Box<PublishIn>) -> Option<End> {
+        if let Some(bucket) = &self.rate {
+            bucket.pace(polyport_core::Origin("mqtt")).await;
+        }
         if let Err(r) = self.inb.resolve_alias(p.props.topic_alias, &mut p.topic) {
             self.disconnect(r).await;
             return Some(End::Abnormal);

@@ -151,6 +151,7 @@ impl Session {
             let is_new = !self.subs.contains_key(&text);
             if is_new && self.subs.len() >= self.broker.cfg.max_subscriptions {
                 tracing::info!(client = %self.client_id, filter = %text, "MQTT subscription refused: subscription limit");
+                polyport_core::admission::limit_hit("mqtt.max_subscriptions");
                 codes.push(Reason::QuotaExceeded.suback_code(self.ver));
                 continue;
             }

@@ -379,3 +379,22 @@ def test_a_client_past_the_connection_cap_gets_an_error_frame(servers):
     c1.subscribe("/queue/limits", id="1")
     c2.send("/queue/limits", "still here")
     assert got1.take(1)[0][1] == "still here"
+
+
+def test_a_subscription_past_the_cap_gets_an_error_frame_and_others_carry_on(servers):
+    """`[stomp] max_subscriptions`: the SUBSCRIBE past it is an ERROR naming the setting
+    (STOMP closes after ERROR); another connection subscribes and receives as before."""
+    s = servers.start("[stomp]\nmax_subscriptions = 2\n")
+    greedy, got_greedy = connect(s)
+    greedy.subscribe("/topic/cap.a", id="a")
+    greedy.subscribe("/topic/cap.b", id="b")
+    greedy.subscribe("/topic/cap.c", id="c")
+    headers, body = got_greedy.errors.get(timeout=WAIT)
+    assert headers["message"] == "Too many subscriptions", headers
+    assert "max_subscriptions" in body and "maximum of 2" in body, body
+    other, got = connect(s)
+    other.subscribe("/queue/cap-other", id="1", headers={"receipt": "sub"})
+    assert got.receipt() == "sub"
+    other.send("/queue/cap-other", "still here")
+    assert got.take(1)[0][1] == "still here"
+    other.disconnect()
