@@ -211,6 +211,17 @@ def test_a_client_certificate_names_the_caller_on_every_door(servers, tmp_path):
         me = http.get("/api/auth/me", auth=("alice", "alice-pass")).json()
         assert (me["id"], me["via"]["kind"]) == ("alice", "password"), me
 
+        # SOAP with neither a WS-Security token nor HTTP credentials: the certificate.
+        soap = """<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:pp="urn:polyport:soap">
+  <env:Body><pp:Publish><pp:topic>certs/soap</pp:topic><pp:data>hi</pp:data></pp:Publish></env:Body>
+</env:Envelope>"""
+        ct = {"content-type": "application/soap+xml; charset=utf-8"}
+        r = http.post("/soap", content=soap, headers=ct)
+        assert r.status_code == 200 and "PublishResponse" in r.text, r.text
+    with httpx.Client(base_url=base, verify=context(ca), timeout=WAIT) as http:
+        r = http.post("/soap", content=soap, headers=ct)
+        assert r.status_code == 400 and "FailedAuthentication" in r.text, r.text
+
     c, _, rc = mqtts(s, ca)
     assert rc == 5, "MQTT without a certificate or credentials: not authorized"
     c.loop_stop()
