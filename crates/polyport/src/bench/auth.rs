@@ -1,7 +1,9 @@
 //! `polyport bench auth`: what signing in costs. REST `GET` by id on one server, the
 //! same load anonymous and with each credential (an argon2id password over Basic, an API
-//! key, a JWT), printed as a ratio to the anonymous run; then the per-check cost of a
-//! credential the cache has not seen (argon2id, an API key, an HS256 JWT).
+//! key, a JWT), printed as a ratio to the anonymous run; MQTT QoS 0 fan-in against a
+//! `polyport serve` child, every client anonymous vs signed in (a password, a JWT as the
+//! password); then the per-check cost of a credential the cache has not seen (argon2id,
+//! an API key, an HS256 JWT).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +31,12 @@ pub(crate) struct AuthArgs {
     /// Concurrent client connections (repeatable: one run per value).
     #[arg(long, value_delimiter = ',', default_value = "8,64")]
     concurrency: Vec<usize>,
+    /// MQTT fan-in publishers (repeatable: one run per value; 0 skips MQTT).
+    #[arg(long, value_delimiter = ',', default_value = "4,16")]
+    mqtt_publishers: Vec<usize>,
+    /// MQTT QoS 0 messages per fan-in run.
+    #[arg(long, default_value_t = 50_000)]
+    mqtt_messages: usize,
 }
 
 fn hs256(sub: &str, extra: u64) -> String {
@@ -150,6 +158,8 @@ pub(crate) async fn run(args: AuthArgs) -> anyhow::Result<()> {
         }
     }
 
+    mqtt_fan_in(&args).await?;
+
     // What one check costs when the cache has not seen the credential.
     println!(
         "cost of one uncached check (µs per credential, {} each):",
@@ -184,4 +194,61 @@ pub(crate) async fn run(args: AuthArgs) -> anyhow::Result<()> {
     hub.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// MQTT QoS 0 fan-in, anonymous vs signed in, on one `polyport serve` child that lets
+/// both in: a connection authenticates once, so what a publish pays for its identity is
+/// the policy check.
+async fn mqtt_fan_in(args: &AuthArgs) -> anyhow::Result<()> {
+    let runs: Vec<usize> = args
+        .mqtt_publishers
+        .iter()
+        .copied()
+        .filter(|&p| p > 0)
+        .collect();
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let config = format!(
+        "[auth]\nusers = {{ alice = \"alice-password\" }}\nanonymous = true\n[auth.jwt]\nsecret = \"{SECRET}\"\n"
+    );
+    let child = super::child::PolyportChild::start_with("mqtt", &config).await?;
+    let credentials = [
+        (
+            "password",
+            ("alice".to_string(), "alice-password".to_string()),
+        ),
+        ("JWT password", ("dave".to_string(), hs256("dave", 0))),
+    ];
+    let result = async {
+        for &p in &runs {
+            println!(
+                "polyport bench auth: MQTT QoS 0 fan-in, {p} publishers -> 1 subscriber, {} msgs, 64 B; ratio = signed-in ÷ anonymous (delivered msgs/s)",
+                args.mqtt_messages
+            );
+            println!(
+                "{:<14} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
+                "credential", "anon msg/s", "signed msg/s", "ratio", "p50 µs anon/auth", "p99 µs anon/auth"
+            );
+            for (name, creds) in &credentials {
+                let (a_rate, a_lat, a_lost) =
+                    super::mqtt::fan_in_qos0(child.addr, None, p, args.mqtt_messages).await?;
+                let (s_rate, s_lat, s_lost) = super::mqtt::fan_in_qos0(
+                    child.addr,
+                    Some(creds.clone()),
+                    p,
+                    args.mqtt_messages,
+                )
+                .await?;
+                row(name, a_rate, s_rate, a_lat, s_lat);
+                if a_lost > 0.0 || s_lost > 0.0 {
+                    println!("  lost: anonymous {a_lost:.2}%, signed in {s_lost:.2}%");
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    child.stop().await;
+    result
 }

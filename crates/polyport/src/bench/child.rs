@@ -21,12 +21,20 @@ pub(crate) struct PolyportChild {
 impl PolyportChild {
     /// Starts the server and waits for `listener` (`mqtt`, `amqp`) in listeners.json.
     pub(crate) async fn start(listener: &str) -> anyhow::Result<Self> {
+        Self::start_with(listener, "").await
+    }
+
+    /// Like [`PolyportChild::start`] with more `polyport.toml` (sections other than
+    /// `[limits]`).
+    pub(crate) async fn start_with(listener: &str, config: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("polyport-bench-{listener}-{}", ulid_like()));
         std::fs::create_dir_all(&dir)?;
         // A benchmark opens every client from one address: lift the per-address cap.
         std::fs::write(
             dir.join("polyport.toml"),
-            "[limits]\nmax_connections = 1000000\nmax_connections_per_address = 1000000\n",
+            format!(
+                "{config}\n[limits]\nmax_connections = 1000000\nmax_connections_per_address = 1000000\n"
+            ),
         )?;
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("serve")

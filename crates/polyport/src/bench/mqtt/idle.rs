@@ -20,7 +20,7 @@ pub(super) async fn idle_rss(t: &Target, n: usize, run_id: &str) -> anyhow::Resu
     let before = rss();
     // A long keep-alive: nothing polls these connections while they sit idle.
     let (conns, err) = connect_all(n, |_| {
-        connect(t.addr, client_id(run_id), Duration::from_secs(600))
+        connect(t.addr, client_id(run_id), Duration::from_secs(600), None)
     })
     .await;
     if let Some(e) = &err {

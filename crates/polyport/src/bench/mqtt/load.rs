@@ -77,8 +77,12 @@ pub(super) fn options(
     addr: SocketAddr,
     id: String,
     keep_alive: Duration,
+    credentials: Option<&(String, String)>,
 ) -> (AsyncClient, EventLoop) {
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    if let Some((user, password)) = credentials {
+        o.set_credentials(user, password);
+    }
     o.set_keep_alive(keep_alive)
         .set_clean_session(true)
         .set_max_packet_size(1 << 20, 1 << 20);
@@ -95,8 +99,9 @@ pub(super) async fn connect(
     addr: SocketAddr,
     id: String,
     keep_alive: Duration,
+    credentials: Option<&(String, String)>,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let (client, mut el) = options(addr, id, keep_alive);
+    let (client, mut el) = options(addr, id, keep_alive, credentials);
     match tokio::time::timeout(Duration::from_secs(15), el.poll()).await {
         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok((client, el)),
         Ok(Ok(other)) => bail!("expected CONNACK, got {other:?}"),
@@ -140,7 +145,7 @@ pub(super) async fn probe(addr: &str, run_id: &str) -> anyhow::Result<SocketAddr
         .with_context(|| format!("{addr} resolves to nothing"))?;
     let (client, mut el) = tokio::time::timeout(
         Duration::from_secs(5),
-        connect(sock, client_id(run_id), Duration::from_secs(30)),
+        connect(sock, client_id(run_id), Duration::from_secs(30), None),
     )
     .await
     .context("timed out")??;
@@ -191,7 +196,13 @@ pub(super) async fn run_load(
     let expected = (per_sub * load.subscribers) as u64;
     let keep_alive = Duration::from_secs(60);
     let (subs, err) = connect_all(load.subscribers, |_| async {
-        let (c, mut el) = connect(t.addr, client_id(run_id), keep_alive).await?;
+        let (c, mut el) = connect(
+            t.addr,
+            client_id(run_id),
+            keep_alive,
+            t.credentials.as_ref(),
+        )
+        .await?;
         subscribe(&c, &mut el, &load.filter, load.qos).await?;
         anyhow::Ok((c, el))
     })
@@ -200,7 +211,12 @@ pub(super) async fn run_load(
         bail!("{}: subscriber setup failed: {e:#}", t.name);
     }
     let (pubs, err) = connect_all(load.topics.len(), |_| {
-        connect(t.addr, client_id(run_id), keep_alive)
+        connect(
+            t.addr,
+            client_id(run_id),
+            keep_alive,
+            t.credentials.as_ref(),
+        )
     })
     .await;
     if let Some(e) = err {

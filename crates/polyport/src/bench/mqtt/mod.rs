@@ -100,6 +100,8 @@ struct Target {
     addr: SocketAddr,
     /// For VmRSS; `None` when the process cannot be identified.
     pid: Option<u32>,
+    /// User name and password every client of a load signs in with.
+    credentials: Option<(String, String)>,
 }
 
 /// Nanoseconds since the first call: the shared clock of publishers and subscribers.
@@ -133,6 +135,7 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
         name: "polyport",
         addr: pp_child.addr,
         pid: Some(pp_child.pid),
+        credentials: None,
     };
     let mosq = match probe(&args.mosquitto, &run_id).await {
         Ok(addr) => {
@@ -145,6 +148,7 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
                 } else {
                     None
                 },
+                credentials: None,
             })
         }
         Err(e) => {
@@ -402,4 +406,35 @@ fn text_row(label: &str, metric: &str, pp: &str, mosq: Option<String>) {
         mosq.as_deref().unwrap_or("-"),
         ""
     );
+}
+
+/// A QoS 0 fan-in (`publishers` → one wildcard subscriber) against a broker at `addr`,
+/// every client signed in with `credentials` (or none): `bench auth`'s MQTT rows.
+pub(crate) async fn fan_in_qos0(
+    addr: SocketAddr,
+    credentials: Option<(String, String)>,
+    publishers: usize,
+    messages: usize,
+) -> anyhow::Result<(f64, Summary, f64)> {
+    let plan = Plan {
+        publishers: publishers.max(1),
+        subscribers: 1,
+        fanin_q0: messages.max(1),
+        fanin_q1: 0,
+        fanout: 0,
+        payload: 64,
+        idle: 0,
+        quiet: Duration::from_secs(3),
+    };
+    let t = Target {
+        name: "polyport",
+        addr,
+        pid: None,
+        credentials,
+    };
+    let run_id = format!("pa{:x}", super::now_micros() & 0xffff_ffff_ffff);
+    let prefix = format!("polyport-bench/{}", ulid_like());
+    let load = Load::fan_in(&prefix, "auth", QoS::AtMostOnce, &plan, plan.fanin_q0);
+    let o = run_load(&t, &load, &run_id, plan.quiet).await?;
+    Ok((o.rate, o.lat, o.lost_pct()))
 }
