@@ -147,6 +147,8 @@ pub enum WriteCommand {
         key: String,
         /// Everything up to and including this sequence is acknowledged.
         position: u64,
+        /// The identity that created the group (kept from the first save on).
+        owner: Option<std::sync::Arc<str>>,
     },
 }
 
@@ -213,6 +215,8 @@ pub trait Store: Send + Sync + 'static {
     async fn read_events(&self, after: u64, limit: usize) -> HubResult<Vec<EventRef>>;
     /// A consumer group's saved position.
     async fn load_consumer(&self, key: &str) -> HubResult<Option<u64>>;
+    /// How many saved groups `owner` created.
+    async fn count_consumers_owned(&self, owner: &str) -> HubResult<usize>;
     /// Every entry of one namespace of adapter state, by key.
     async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>>;
     /// Deliveries of an endpoint, newest first, optionally of one status, before `before`

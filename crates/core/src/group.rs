@@ -77,6 +77,10 @@ pub(crate) struct GroupSpawn {
     /// filters match; the new one starts no later than this.
     pub(crate) cap: u64,
     pub(crate) persist: bool,
+    /// Who creates the group if it is new (`None`: the server, not counted), and how
+    /// many saved groups that identity may have.
+    pub(crate) owner: Option<Arc<str>>,
+    pub(crate) max_owned: usize,
     pub(crate) ack_timeout: Option<Duration>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
@@ -231,6 +235,18 @@ impl Groups {
                 },
             };
             let saved = saved.map(|p| p.min(spawn.cap));
+            if spawn.persist
+                && saved.is_none()
+                && let Some(owner) = &spawn.owner
+            {
+                let owned = spawn.store.count_consumers_owned(owner).await?;
+                if owned >= spawn.max_owned {
+                    crate::admission::limit_hit("limits.max_groups_per_identity");
+                    return Err(crate::error::HubError::LimitReached(format!(
+                        "'{owner}' keeps {owned} named groups, the most one identity may ([limits] max_groups_per_identity); delete one or reuse a name"
+                    )));
+                }
+            }
             let source = make_source(saved).await?;
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
             // Racing joiners may both have reached here; the first to insert wins and the
@@ -266,10 +282,16 @@ impl Groups {
             break (source, saved, ctl_tx, ctl_rx);
         };
         let _ = ctl_tx.send(join);
+        // A new group is saved at once, so it counts against its owner from the start.
+        let owner = match saved {
+            None => spawn.owner,
+            Some(_) => None,
+        };
         let dispatcher = Dispatcher {
             groups: self.clone(),
             key: spawn.key,
             persist: spawn.persist,
+            owner,
             ack_timeout: spawn.ack_timeout,
             store: spawn.store,
             source,
@@ -310,6 +332,8 @@ struct Dispatcher {
     groups: Arc<Groups>,
     key: String,
     persist: bool,
+    /// The creator of a group that had no saved position, written with its first save.
+    owner: Option<Arc<str>>,
     ack_timeout: Option<Duration>,
     store: Arc<dyn Store>,
     source: Direct,
@@ -367,6 +391,7 @@ impl Dispatcher {
         let cmd = WriteCommand::SaveConsumer {
             key: self.key.clone(),
             position: pos,
+            owner: self.owner.clone(),
         };
         match self.store.write(cmd).await {
             Ok(_) => self.saved_position = Some(pos),
@@ -457,6 +482,9 @@ impl Dispatcher {
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
+        if self.owner.is_some() {
+            self.persist().await;
+        }
         let mut tick = tokio::time::interval(PERSIST_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -45,6 +45,8 @@ pub struct HubConfig {
     pub max_auto_collections: usize,
     /// Requests per identity ([`crate::rate`]); `None`: unlimited.
     pub request_rate: Option<crate::rate::RateLimit>,
+    /// Named groups (saved positions) one identity may create.
+    pub max_groups_per_identity: usize,
 }
 
 impl Default for HubConfig {
@@ -57,6 +59,7 @@ impl Default for HubConfig {
             max_prefetch: 10_000,
             max_auto_collections: 1000,
             request_rate: None,
+            max_groups_per_identity: 1000,
         }
     }
 }
@@ -370,6 +373,11 @@ impl Hub {
                 .join("\n"),
             cap: state.last_seq,
             persist,
+            owner: match req.adapter_managed {
+                true => None,
+                false => group_owner(ctx),
+            },
+            max_owned: self.inner.config.max_groups_per_identity,
             ack_timeout,
             store: self.inner.store.clone(),
             shutdown: self.inner.shutdown.clone(),
@@ -467,6 +475,16 @@ impl Hub {
             },
             closed: false,
         })
+    }
+}
+
+/// Whom a new named group counts against: the caller's identity (anonymous callers
+/// together), never the server itself.
+fn group_owner(ctx: &AuthContext) -> Option<Arc<str>> {
+    match &ctx.identity {
+        Some(id) if id.via == crate::auth::Via::System => None,
+        Some(id) => Some(Arc::from(id.id.as_str())),
+        None => Some(Arc::from("(anonymous)")),
     }
 }
 

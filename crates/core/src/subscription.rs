@@ -81,6 +81,10 @@ pub struct SubscribeRequest {
     /// Events buffered for this subscriber before it counts as lagging (default: the
     /// hub's `subscriber_queue`). Room is only allocated as it fills.
     pub queue: Option<usize>,
+    /// The adapter creates and deletes this group itself (an MQTT session's
+    /// subscriptions, gone when the session expires), so it is not one of the caller's
+    /// named groups (`max_groups_per_identity`).
+    pub adapter_managed: bool,
 }
 
 impl SubscribeRequest {

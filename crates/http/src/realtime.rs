@@ -65,6 +65,7 @@ pub(crate) fn subscribe_request(p: &Params, default_strict: bool) -> ApiResult<S
         group: p.get("group").filter(|g| !g.is_empty()).map(str::to_string),
         ack: None,
         queue: None,
+        adapter_managed: false,
         overflow: overflow(p.get("overflow"))?,
     })
 }

@@ -423,6 +423,8 @@ pub(crate) struct LimitsSection {
     /// Requests one identity may make at once above that rate (0: as many as one second's
     /// worth).
     pub(crate) request_burst: f64,
+    /// Named groups (saved positions) one identity may create.
+    pub(crate) max_groups_per_identity: usize,
 }
 
 impl Default for LimitsSection {
@@ -436,6 +438,7 @@ impl Default for LimitsSection {
             tls_handshake_timeout_secs: 10,
             requests_per_second: 0.0,
             request_burst: 0.0,
+            max_groups_per_identity: polyport_core::HubConfig::default().max_groups_per_identity,
         }
     }
 }

@@ -403,6 +403,7 @@ pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
         subscriber_queue: cfg.events.subscriber_queue,
         max_auto_collections: cfg.limits.max_auto_collections,
         request_rate: cfg.limits.request_rate(),
+        max_groups_per_identity: cfg.limits.max_groups_per_identity.max(1),
         ephemeral_topics,
         ..HubConfig::default()
     };

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS consumers (
     key      TEXT PRIMARY KEY,
-    position INTEGER NOT NULL
+    position INTEGER NOT NULL,
+    owner    TEXT
 );
 CREATE TABLE IF NOT EXISTS adapter_state (
     namespace TEXT NOT NULL,

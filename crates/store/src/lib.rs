@@ -389,6 +389,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_consumers_owned(&self, owner: &str) -> HubResult<usize> {
+        let owner = owner.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT COUNT(*) FROM consumers WHERE owner = ?1")?
+                .query_row(params![owner], |r| r.get::<_, i64>(0))
+                .map(|n| n as usize)
+        })
+        .await
+    }
+
     async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>> {
         let ns = namespace.to_string();
         self.read(move |conn| {

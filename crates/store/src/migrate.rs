@@ -8,6 +8,9 @@
 //!   sender, exactly as today's adapter would have stored them. On events that entered
 //!   through other doors such headers were user input (`ce-mqtt-client: …` over HTTP) and
 //!   stay user headers. `tests/upgrade.rs` in the binary opens a release-1 directory.
+//! - **2 → 3, group owners.** `consumers` gains `owner`: the identity that created a
+//!   named group, so groups can be capped per identity. Groups saved before have none
+//!   and count against nobody.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -19,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::StoreError;
 
 /// The schema this release writes.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 pub(crate) fn run(conn: &Connection) -> Result<(), StoreError> {
     let version: Option<String> = conn
@@ -43,6 +46,25 @@ pub(crate) fn run(conn: &Connection) -> Result<(), StoreError> {
     if version < 2 {
         to_2(conn)?;
     }
+    if version < 3 {
+        to_3(conn)?;
+    }
+    Ok(())
+}
+
+fn to_3(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    if !has_column(&tx, "consumers", "owner")? {
+        tx.execute_batch("ALTER TABLE consumers ADD COLUMN owner TEXT")?;
+    }
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS consumers_owner ON consumers (owner) WHERE owner IS NOT NULL",
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')",
+        [],
+    )?;
+    tx.commit()?;
     Ok(())
 }
 

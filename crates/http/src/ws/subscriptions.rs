@@ -98,6 +98,7 @@ impl Session {
             group: op.group,
             ack,
             queue: None,
+            adapter_managed: false,
             overflow: crate::realtime::overflow(op.overflow.as_deref())
                 .map_err(|e| HubError::InvalidRequest(e.detail.clone()))?,
         };

@@ -75,6 +75,7 @@ impl Session {
         };
         let req = SubscribeRequest {
             filters: vec![filter.clone()],
+            adapter_managed: share.is_none(),
             group,
             ack,
             overflow: Overflow::Notify,

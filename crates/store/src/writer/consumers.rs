@@ -41,12 +41,18 @@ pub(super) fn delete(tx: &Transaction<'_>, prefix: &str) -> HubResult<WriteOutco
     Ok(WriteOutcome::Done)
 }
 
-/// Persists a consumer group's acknowledged position.
-pub(super) fn save(tx: &Transaction<'_>, key: &str, position: u64) -> HubResult<WriteOutcome> {
+/// Persists a consumer group's acknowledged position; the first save names its owner,
+/// which later saves do not change.
+pub(super) fn save(
+    tx: &Transaction<'_>,
+    key: &str,
+    position: u64,
+    owner: Option<&str>,
+) -> HubResult<WriteOutcome> {
     tx.execute(
-        "INSERT INTO consumers (key, position) VALUES (?1, ?2)
+        "INSERT INTO consumers (key, position, owner) VALUES (?1, ?2, ?3)
          ON CONFLICT (key) DO UPDATE SET position = excluded.position",
-        params![key, position as i64],
+        params![key, position as i64, owner],
     )
     .map_err(sql_err)?;
     Ok(WriteOutcome::Done)

@@ -370,7 +370,11 @@ fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<W
             value,
         } => consumers::put_state(tx, &namespace, &key, value),
         WriteCommand::DeleteConsumers { prefix } => consumers::delete(tx, &prefix),
-        WriteCommand::SaveConsumer { key, position } => consumers::save(tx, &key, position),
+        WriteCommand::SaveConsumer {
+            key,
+            position,
+            owner,
+        } => consumers::save(tx, &key, position, owner.as_deref()),
     }
 }
 

@@ -111,3 +111,59 @@ def test_an_mqtt_publisher_past_the_rate_is_paced_and_loses_nothing(servers):
     alice.loop_stop()
     watcher.disconnect()
     watcher.loop_stop()
+
+
+GROUPS = """
+[auth]
+users = { alice = "alice-pass", bob = "bob-pass" }
+[limits]
+max_groups_per_identity = 2
+"""
+
+
+def sse_group(s, creds, group: str) -> httpx.Response:
+    """Opens an SSE stream in `group` and returns its answer (headers only)."""
+    with httpx.stream("GET", f"{s.url}/api/events", params={"topic": "groups/#", "group": group},
+                      headers=doors.authorization(creds), timeout=10) as r:
+        if r.status_code != 200:
+            r.read()
+        return r
+
+
+def test_named_groups_are_capped_per_identity_and_the_cap_survives_a_restart(servers):
+    s = servers.start(GROUPS)
+    assert sse_group(s, ALICE, "one").status_code == 200
+    assert sse_group(s, ALICE, "two").status_code == 200
+    r = sse_group(s, ALICE, "three")
+    assert r.status_code == 403 and r.json()["code"] == "limit_reached", r.text
+    assert "max_groups_per_identity" in r.json()["detail"]
+    assert sse_group(s, ALICE, "one").status_code == 200, "her own groups are hers to reuse"
+    assert sse_group(s, BOB, "three").status_code == 200, "bob's count is his own"
+
+    # MQTT 5 $share groups count too: SUBACK 0x97 Quota exceeded.
+    c = mqtt.Client(client_id="alice-share", protocol=mqtt.MQTTv5)
+    c.username_pw_set(*ALICE)
+    codes: queue.Queue = queue.Queue()
+    c.on_subscribe = lambda cl, u, mid, rc, p=None: codes.put([int(x.value) for x in rc])
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    persistent = Properties(PacketTypes.CONNECT)
+    persistent.SessionExpiryInterval = 300
+    c.connect("127.0.0.1", s.port("mqtt"), clean_start=False, properties=persistent)
+    c.loop_start()
+    c.subscribe("$share/four/groups/x", qos=1)
+    assert codes.get(timeout=10) == [0x97]
+    # A persistent session's own subscriptions are not named groups.
+    for i in range(3):
+        c.subscribe(f"groups/y{i}", qos=1)
+        assert codes.get(timeout=10) == [1]
+    c.disconnect()
+    c.loop_stop()
+
+    s.stop()
+    s = servers.restart(s)
+    r = sse_group(s, ALICE, "five")
+    assert r.status_code == 403 and r.json()["code"] == "limit_reached", "the count is stored"
+    assert sse_group(s, ALICE, "two").status_code == 200
+    assert sse_group(s, ALICE, "three").status_code == 200, "joining bob's group creates nothing"
