@@ -47,6 +47,9 @@ pub struct HubConfig {
     pub request_rate: Option<crate::rate::RateLimit>,
     /// Named groups (saved positions) one identity may create.
     pub max_groups_per_identity: usize,
+    /// Topic filters one caller's subscription may have (each is routed on every
+    /// publish).
+    pub max_filters_per_subscription: usize,
 }
 
 impl Default for HubConfig {
@@ -60,6 +63,7 @@ impl Default for HubConfig {
             max_auto_collections: 1000,
             request_rate: None,
             max_groups_per_identity: 1000,
+            max_filters_per_subscription: 256,
         }
     }
 }
@@ -330,6 +334,14 @@ impl Hub {
                 "subscribe needs at least one topic filter or a collection".into(),
             ));
         }
+        let max = self.inner.config.max_filters_per_subscription;
+        if filters.len() > max && !is_system(ctx) {
+            crate::admission::limit_hit("limits.max_filters_per_subscription");
+            return Err(HubError::LimitReached(format!(
+                "{} topic filters in one subscription; at most {max} ([limits] max_filters_per_subscription): use a wildcard or several subscriptions",
+                filters.len()
+            )));
+        }
         for f in &filters {
             self.authorize(ctx, Action::Subscribe(f.as_str()))?;
         }
@@ -482,10 +494,18 @@ impl Hub {
 /// together), never the server itself.
 fn group_owner(ctx: &AuthContext) -> Option<Arc<str>> {
     match &ctx.identity {
-        Some(id) if id.via == crate::auth::Via::System => None,
+        _ if is_system(ctx) => None,
         Some(id) => Some(Arc::from(id.id.as_str())),
         None => Some(Arc::from("(anonymous)")),
     }
+}
+
+/// The server acting for itself (an AMQP queue reading its bindings), which no
+/// per-caller cap applies to.
+fn is_system(ctx: &AuthContext) -> bool {
+    ctx.identity
+        .as_ref()
+        .is_some_and(|id| id.via == crate::auth::Via::System)
 }
 
 /// A named group's key — its name, its filters (unless the position belongs to the name

@@ -3,8 +3,15 @@
 //! connection over a cap gets a 503 problem and is closed), and a deadline for a request's
 //! headers, so a client trickling bytes (slowloris) cannot hold a connection open. HTTP/1.1
 //! with upgrades (WebSocket) and HTTP/2 (h2c, for gRPC) are served alike.
+//!
+//! hyper's header timeout starts at a request's first byte; a connection that never sends
+//! one is closed by [`FirstByte`] after the same deadline, so silent sockets cannot hold
+//! the per-address cap either.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -73,6 +80,7 @@ pub async fn serve_with(
     let builder = Arc::new(builder);
     let connections = tokio_util::task::TaskTracker::new();
     let label = opts.label;
+    let header_timeout = opts.header_timeout;
     loop {
         let (stream, addr) = tokio::select! {
             a = polyport_core::adapter::accept(&listener) => match a {
@@ -99,6 +107,7 @@ pub async fn serve_with(
                             req.extensions_mut().insert(peer.clone());
                             req
                         });
+                    let (io, spoke) = FirstByte::new(io);
                     let conn = b
                         .serve_connection_with_upgrades(
                             TokioIo::new(io),
@@ -108,6 +117,11 @@ pub async fn serve_with(
                     tokio::pin!(conn);
                     let ended = tokio::select! {
                         r = conn.as_mut() => r,
+                        () = silent_for(&spoke, header_timeout) => {
+                            metrics::counter!("polyport_connections_timed_out_total", "listener" => label, "reason" => "silent").increment(1);
+                            tracing::debug!(%addr, "{label} connection sent nothing; closed");
+                            return;
+                        }
                         _ = stop.cancelled() => {
                             // Finish the requests in flight, take no more.
                             conn.as_mut().graceful_shutdown();
@@ -175,4 +189,77 @@ fn too_many(why: Refusal) -> Response<Body> {
     );
     h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     res
+}
+
+/// Completes once `timeout` has passed without the connection sending a byte; never, once
+/// it has.
+async fn silent_for(spoke: &AtomicBool, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if spoke.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A connection that notes when the client first sends something.
+struct FirstByte<S> {
+    inner: S,
+    spoke: Arc<AtomicBool>,
+}
+
+impl<S> FirstByte<S> {
+    fn new(inner: S) -> (Self, Arc<AtomicBool>) {
+        let spoke = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                spoke: spoke.clone(),
+            },
+            spoke,
+        )
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.spoke.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

@@ -425,6 +425,8 @@ pub(crate) struct LimitsSection {
     pub(crate) request_burst: f64,
     /// Named groups (saved positions) one identity may create.
     pub(crate) max_groups_per_identity: usize,
+    /// Topic filters in one subscription.
+    pub(crate) max_filters_per_subscription: usize,
 }
 
 impl Default for LimitsSection {
@@ -439,6 +441,8 @@ impl Default for LimitsSection {
             requests_per_second: 0.0,
             request_burst: 0.0,
             max_groups_per_identity: polyport_core::HubConfig::default().max_groups_per_identity,
+            max_filters_per_subscription: polyport_core::HubConfig::default()
+                .max_filters_per_subscription,
         }
     }
 }

@@ -404,6 +404,7 @@ pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
         max_auto_collections: cfg.limits.max_auto_collections,
         request_rate: cfg.limits.request_rate(),
         max_groups_per_identity: cfg.limits.max_groups_per_identity.max(1),
+        max_filters_per_subscription: cfg.limits.max_filters_per_subscription.max(1),
         ephemeral_topics,
         ..HubConfig::default()
     };

@@ -82,6 +82,23 @@ def test_a_client_trickling_its_headers_is_cut_off(servers):
     assert httpx.get(f"{s.url}/healthz").status_code == 200, "other clients are served"
 
 
+def test_a_connection_that_never_speaks_is_closed_after_the_header_deadline(servers):
+    """hyper's header timer starts at the first byte; a socket that sends none would hold
+    its place under the per-address cap for ever."""
+    s = servers.start(LIMITS)
+    host, port = s.http.split(":")
+    silent = socket.create_connection((host, int(port)), timeout=10)
+    started = time.monotonic()
+    try:
+        rest = silent.recv(65536)
+    except ConnectionResetError:
+        rest = b""
+    elapsed = time.monotonic() - started
+    assert rest == b"" and 0.8 < elapsed < 5, (rest, elapsed)
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert 'polyport_connections_timed_out_total{listener="HTTP",reason="silent"} 1' in metrics, metrics
+
+
 def test_metric_labels_stay_bounded_whatever_the_method(servers):
     s = servers.start()
     for method in ("BREW", "PROPFIND", "X-CUSTOM-1"):

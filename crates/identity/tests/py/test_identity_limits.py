@@ -167,3 +167,13 @@ def test_named_groups_are_capped_per_identity_and_the_cap_survives_a_restart(ser
     assert r.status_code == 403 and r.json()["code"] == "limit_reached", "the count is stored"
     assert sse_group(s, ALICE, "two").status_code == 200
     assert sse_group(s, ALICE, "three").status_code == 200, "joining bob's group creates nothing"
+
+
+def test_a_subscription_with_too_many_filters_is_refused(servers):
+    s = servers.start("[limits]\nmax_filters_per_subscription = 2\n")
+    ok = httpx.get(f"{s.url}/api/poll", params=[("topic", "a/#"), ("topic", "b/#"), ("wait", "0")], timeout=10)
+    assert ok.status_code == 200, ok.text
+    r = httpx.get(f"{s.url}/api/poll", params=[("topic", "a/#"), ("topic", "b/#"), ("topic", "c/#"),
+                                                      ("wait", "0")], timeout=10)
+    assert r.status_code == 403 and r.json()["code"] == "limit_reached", r.text
+    assert "max_filters_per_subscription" in r.json()["detail"]
