@@ -15,6 +15,8 @@ use serde::Deserialize;
 pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) auto_create_collections: bool,
+    /// Records kept in memory for reads by id (0: off).
+    pub(crate) record_cache: usize,
     pub(crate) http: HttpSection,
     pub(crate) graphql: GraphqlSection,
     pub(crate) soap: SoapSection,
@@ -497,6 +499,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./polyport-data"),
             auto_create_collections: true,
+            record_cache: 10_000,
             http: HttpSection::default(),
             graphql: GraphqlSection::default(),
             soap: SoapSection::default(),

@@ -386,6 +386,7 @@ pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
     let bus = Bus::new();
     let mut store_cfg = StoreConfig::new(&cfg.data_dir);
     store_cfg.queue = cfg.events.write_queue;
+    store_cfg.record_cache = cfg.record_cache;
     store_cfg.retention = Retention {
         max_events: cfg.events.retention_max_events,
         max_age: cfg.events.retention_max_age_secs.map(Duration::from_secs),

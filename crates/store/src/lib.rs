@@ -7,12 +7,14 @@
 //!   (group positions, adapter state); `retention.rs` trims the log.
 //! - `webhooks.rs`: the webhook outbox (endpoints, deliveries, attempts).
 //! - `db.rs`: schema and row decoding; `sql.rs`: the filter language compiled to SQL.
+//! - `cache.rs`: hot records in memory, kept in commit order by the writer.
 //! - this file: opening, the read-only connection pool, and the [`Store`] impl.
 //!
 //! Records and their change events are written in one transaction, so a change is never
 //! visible without its event or the other way round, and after `kill -9` every
 //! acknowledged write is there (the acknowledgement waits for the fsync'd commit).
 
+mod cache;
 mod db;
 mod error;
 mod migrate;
@@ -58,6 +60,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Queued writes before writers wait.
     pub queue: usize,
+    /// Records kept in memory for reads by id (0: off).
+    pub record_cache: usize,
 }
 
 impl StoreConfig {
@@ -69,6 +73,7 @@ impl StoreConfig {
             readers: 4,
             max_batch: 512,
             queue: 8192,
+            record_cache: 10_000,
         }
     }
 }
@@ -105,6 +110,7 @@ impl SqliteStore {
             collections: ArcSwap::from_pointee(collections),
             endpoints: ArcSwap::from_pointee(endpoints),
             log: Mutex::new(log),
+            records: cache::RecordCache::new(config.record_cache),
         });
         let mut readers = Vec::with_capacity(config.readers.max(1));
         for _ in 0..config.readers.max(1) {
@@ -236,15 +242,27 @@ impl Store for SqliteStore {
     }
 
     async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>> {
+        let cache = &self.shared.records;
+        if let Some(hit) = cache.get(collection, id) {
+            metrics::counter!("polyport_record_cache_total", "result" => "hit").increment(1);
+            return Ok(Some(Record::clone(&hit)));
+        }
+        let ticket = cache.enabled().then(|| cache.ticket(collection, id));
         let (c, i) = (collection.to_string(), id.to_string());
-        self.read(move |conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND id = ?2"
-            ))?
-            .query_row(params![c, i], record_from_row)
-            .optional()
-        })
-        .await
+        let found = self
+            .read(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND id = ?2"
+                ))?
+                .query_row(params![c, i], record_from_row)
+                .optional()
+            })
+            .await?;
+        if let (Some(t), Some(r)) = (ticket, &found) {
+            metrics::counter!("polyport_record_cache_total", "result" => "miss").increment(1);
+            cache.fill(t, r);
+        }
+        Ok(found)
     }
 
     async fn get_records(&self, collection: &str, ids: &[String]) -> HubResult<Vec<Record>> {

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) collections: ArcSwap<CollectionMap>,
     pub(crate) endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     pub(crate) log: Mutex<LogState>,
+    /// Hot records, updated here in commit order.
+    pub(crate) records: crate::cache::RecordCache,
 }
 
 #[derive(Clone)]
@@ -155,8 +157,14 @@ impl Writer {
         let mut results: Vec<(Reply, HubResult<WriteOutcome>)> = Vec::with_capacity(size);
         let mut events: Vec<EventRef> = Vec::new();
         let mut collections_changed = false;
+        let mut records_reshaped = false;
         for (cmd, reply) in jobs {
+            let reshapes = matches!(
+                cmd,
+                WriteCommand::ReplaceCollection(_) | WriteCommand::DeleteCollection(_)
+            );
             let (result, is_collection_op) = apply_one(&tx, &mut self.state, cmd);
+            records_reshaped |= reshapes && result.is_ok();
             if let Ok(out) = &result {
                 if let Some(e) = outcome_event(out) {
                     events.push(e.clone());
@@ -176,6 +184,19 @@ impl Writer {
         metrics::histogram!("polyport_store_batch_size").record(size as f64);
         metrics::histogram!("polyport_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
+        // Before any acknowledgement: a read after an acknowledged write sees it.
+        if records_reshaped {
+            self.shared.records.clear();
+        }
+        for (_, result) in &results {
+            match result {
+                Ok(WriteOutcome::Record { record, .. }) => self.shared.records.written(record),
+                Ok(WriteOutcome::Deleted { record, .. }) => {
+                    self.shared.records.deleted(&record.collection, &record.id);
+                }
+                _ => {}
+            }
+        }
         self.publish_committed(&start.endpoints, collections_changed, &events, last_seq);
         for (reply, result) in results {
             let _ = reply.send(result);
