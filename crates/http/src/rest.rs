@@ -139,13 +139,17 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 }
 
 fn record_response(status: StatusCode, r: &Record, expand: Option<Map<String, Value>>) -> Response {
-    let mut v = r.to_json();
-    if let Some(e) = expand
-        && !e.is_empty()
-    {
-        v["expand"] = Value::Object(e);
-    }
-    let mut res = json_response(status, v);
+    let expand = expand.as_ref().filter(|e| !e.is_empty());
+    let body = serde_json::to_vec(&r.json(expand)).unwrap_or_default();
+    let mut res = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
     res.headers_mut().insert(header::ETAG, etag(r));
     if status == StatusCode::CREATED
         && let Ok(loc) = HeaderValue::from_str(&format!(
