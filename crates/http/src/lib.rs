@@ -30,6 +30,7 @@ mod webhooks;
 mod ws;
 mod ws_topics;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -224,7 +225,10 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
             state.clone(),
             gate::authenticate,
         ))
-        .layer(middleware::from_fn(track));
+        .layer(middleware::from_fn_with_state(
+            Arc::new(RequestMetrics::default()),
+            track,
+        ));
     match cors {
         Some(c) => app.layer(c),
         None => app,
@@ -311,24 +315,65 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The request counter and latency histogram of each (route, method, status) seen, so
+/// a request neither builds a label set nor looks it up in the recorder. Routes and
+/// methods are bounded sets (an unknown method is `other`), statuses too.
+#[derive(Default)]
+struct RequestMetrics {
+    /// route label → (method, status) → handles.
+    handles: std::sync::RwLock<HashMap<Box<str>, ByMethodStatus>>,
+}
+
+type Handles = (metrics::Counter, metrics::Histogram);
+type ByMethodStatus = HashMap<(&'static str, u16), Handles>;
+
+impl RequestMetrics {
+    fn record(&self, route: &str, method: &'static str, status: StatusCode, secs: f64) {
+        let key = (method, status.as_u16());
+        let found = self
+            .handles
+            .read()
+            .ok()
+            .and_then(|m| m.get(route).and_then(|by| by.get(&key)).cloned());
+        let (requests, latency) = match found {
+            Some(h) => h,
+            None => {
+                let h: Handles = (
+                    metrics::counter!("polyport_http_requests_total", "method" => method, "route" => route.to_string(), "status" => status.as_u16().to_string()),
+                    metrics::histogram!("polyport_http_request_seconds", "method" => method, "route" => route.to_string()),
+                );
+                if let Ok(mut m) = self.handles.write() {
+                    m.entry(route.into()).or_default().insert(key, h.clone());
+                }
+                h
+            }
+        };
+        requests.increment(1);
+        latency.record(secs);
+    }
+}
+
 /// Counts requests by route and status and records their latency.
-async fn track(req: Request, next: Next) -> Response {
+async fn track(State(m): State<Arc<RequestMetrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     // A label per known method only: arbitrary method strings must not grow the series.
     let method = match req.method().as_str() {
-        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
         _ => "other",
-    }
-    .to_string();
+    };
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("polyport_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("polyport_http_request_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    m.record(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        method,
+        res.status(),
+        started.elapsed().as_secs_f64(),
+    );
     res
 }
