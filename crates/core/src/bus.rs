@@ -6,6 +6,11 @@
 //! the subscriber re-reads the log from its position (nothing is lost); an ephemeral event
 //! that does not fit is counted in `dropped`, reported to the subscriber in-band as a
 //! `Notice::Dropped`, logged and exported as a metric.
+//!
+//! Subscribers are indexed by their filters in a trie over topic segments (literal, `+`,
+//! `#`), so an event costs in proportion to the subscriptions it matches, not to all of
+//! them: a broker with 100k devices each on its own topic does not scan 100k filters per
+//! message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,8 +37,100 @@ pub(crate) struct Slot {
 
 #[derive(Default, Debug)]
 struct Inner {
-    subs: RwLock<HashMap<u64, Arc<Slot>>>,
+    registry: RwLock<Registry>,
     next_id: AtomicU64,
+}
+
+#[derive(Default, Debug)]
+struct Registry {
+    count: usize,
+    root: Node,
+}
+
+/// One level of the filter trie.
+#[derive(Default, Debug)]
+struct Node {
+    lit: HashMap<Box<str>, Node>,
+    one: Option<Box<Node>>,
+    /// Filters ending in `#` here: this level and everything below it.
+    rest: HashMap<u64, Arc<Slot>>,
+    /// Filters ending exactly here.
+    end: HashMap<u64, Arc<Slot>>,
+}
+
+impl Node {
+    fn insert(&mut self, segs: &[&str], id: u64, slot: &Arc<Slot>) {
+        match segs.split_first() {
+            None => {
+                self.end.insert(id, slot.clone());
+            }
+            Some((&"#", _)) => {
+                self.rest.insert(id, slot.clone());
+            }
+            Some((&"+", more)) => self.one.get_or_insert_default().insert(more, id, slot),
+            Some((lit, more)) => self
+                .lit
+                .entry((*lit).into())
+                .or_default()
+                .insert(more, id, slot),
+        }
+    }
+
+    /// Removes `id` under `segs`, pruning levels left empty.
+    fn remove(&mut self, segs: &[&str], id: u64) {
+        match segs.split_first() {
+            None => {
+                self.end.remove(&id);
+            }
+            Some((&"#", _)) => {
+                self.rest.remove(&id);
+            }
+            Some((&"+", more)) => {
+                if let Some(n) = self.one.as_mut() {
+                    n.remove(more, id);
+                    if n.is_empty() {
+                        self.one = None;
+                    }
+                }
+            }
+            Some((lit, more)) => {
+                if let Some(n) = self.lit.get_mut(*lit) {
+                    n.remove(more, id);
+                    if n.is_empty() {
+                        self.lit.remove(*lit);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lit.is_empty() && self.one.is_none() && self.rest.is_empty() && self.end.is_empty()
+    }
+
+    /// Calls `f` for every subscriber whose filter matches the topic `segs`, by the
+    /// trie's rule (`+` one segment, `#` the rest, zero segments included).
+    fn matching<'a>(&'a self, segs: &[&str], f: &mut impl FnMut(u64, &'a Arc<Slot>)) {
+        for (id, s) in &self.rest {
+            f(*id, s);
+        }
+        let Some((first, more)) = segs.split_first() else {
+            for (id, s) in &self.end {
+                f(*id, s);
+            }
+            return;
+        };
+        if let Some(n) = self.lit.get(*first) {
+            n.matching(more, f);
+        }
+        if let Some(n) = &self.one {
+            n.matching(more, f);
+        }
+    }
+}
+
+fn segments(f: &TopicFilter) -> Vec<&str> {
+    f.as_str().split('/').collect()
 }
 
 /// The embedded fanout.
@@ -52,7 +149,13 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.bus.inner.subs.write().remove(&self.id);
+        {
+            let mut r = self.bus.inner.registry.write();
+            for f in &self.slot.filters {
+                r.root.remove(&segments(f), self.id);
+            }
+            r.count -= 1;
+        }
         metrics::gauge!("polyport_subscribers").decrement(1.0);
     }
 }
@@ -77,7 +180,13 @@ impl Bus {
             dropped: AtomicU64::new(0),
         });
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.subs.write().insert(id, slot.clone());
+        {
+            let mut r = self.inner.registry.write();
+            for f in &slot.filters {
+                r.root.insert(&segments(f), id, &slot);
+            }
+            r.count += 1;
+        }
         metrics::gauge!("polyport_subscribers").increment(1.0);
         (
             Registration {
@@ -91,16 +200,26 @@ impl Bus {
 
     /// Number of registered subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.inner.subs.read().len()
+        self.inner.registry.read().count
     }
 
     /// Offers one event to every matching subscriber.
     pub fn deliver(&self, ev: &EventRef) {
-        let subs = self.inner.subs.read();
+        let name = ev.topic.as_str();
+        let segs: Vec<&str> = name.split('/').collect();
+        // The trie matches as filters do except for `$` topics, which wildcards at the
+        // first level must not match: those are checked filter by filter.
+        let dollar = name.starts_with('$');
+        let registry = self.inner.registry.read();
+        let mut seen: Option<std::collections::HashSet<u64>> = None;
         let mut delivered = 0u64;
-        for slot in subs.values() {
-            if !slot.filters.iter().any(|f| f.matches(&ev.topic)) {
-                continue;
+        registry.root.matching(&segs, &mut |id, slot| {
+            if dollar && !slot.filters.iter().any(|f| f.matches(&ev.topic)) {
+                return;
+            }
+            // A subscriber with several filters may match through more than one.
+            if slot.filters.len() > 1 && !seen.get_or_insert_default().insert(id) {
+                return;
             }
             match slot.tx.try_send(ev.clone()) {
                 Ok(()) => delivered += 1,
@@ -116,7 +235,7 @@ impl Bus {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
-        }
+        });
         metrics::counter!("polyport_events_fanned_out_total").increment(delivered);
     }
 }
@@ -166,5 +285,58 @@ mod tests {
         assert_eq!(bus.subscriber_count(), 2);
         drop(reg);
         assert_eq!(bus.subscriber_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_trie_delivers_exactly_what_the_filters_match_once_each() {
+        // Every filter and topic over a small alphabet, `$` topics and overlapping
+        // filters included: each subscriber gets each matching event once, no other.
+        let lits = ["a", "b", "$SYS"];
+        let mut filters = vec!["#".to_string(), "+".to_string()];
+        let mut topics = Vec::new();
+        for x in lits {
+            filters.push(x.into());
+            topics.push(x.to_string());
+            for y in ["a", "b", "+", "#"] {
+                filters.push(format!("{x}/{y}"));
+                filters.push(format!("+/{y}"));
+                if y != "+" && y != "#" {
+                    topics.push(format!("{x}/{y}"));
+                    topics.push(format!("{x}/{y}/c"));
+                }
+            }
+        }
+        filters.sort();
+        filters.dedup();
+        let bus = Bus::new();
+        let mut subs = Vec::new();
+        for (i, f) in filters.iter().enumerate() {
+            // Some subscribers hold two overlapping filters.
+            let mut fs = vec![TopicFilter::new(f).unwrap()];
+            if i % 3 == 0 {
+                fs.push(TopicFilter::new("#").unwrap());
+            }
+            let (reg, rx) = bus.register(fs.clone(), 1024);
+            subs.push((fs, reg, rx));
+        }
+        for t in &topics {
+            bus.deliver(&ev(None, t));
+        }
+        for (fs, _reg, rx) in &mut subs {
+            let mut got = Vec::new();
+            while let Ok(e) = rx.try_recv() {
+                got.push(e.topic.as_str().to_string());
+            }
+            let want: Vec<String> = topics
+                .iter()
+                .filter(|t| fs.iter().any(|f| f.matches(&Topic::new(t).unwrap())))
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "filters {fs:?}");
+        }
+        // Dropping every subscriber leaves an empty trie.
+        subs.clear();
+        assert_eq!(bus.subscriber_count(), 0);
+        assert!(bus.inner.registry.read().root.is_empty());
     }
 }

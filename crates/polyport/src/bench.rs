@@ -8,6 +8,7 @@
 //!   process so each side of 10k connections has its own file-descriptor budget.
 //! - `soap`: SOAP Get/Create/List against REST on the same records.
 //! - `auth`: REST `GET` signed in with each kind of credential against anonymous.
+//! - `filters`: publish cost as subscriptions on unrelated topics grow.
 //! - `mqtt`: Polyport's MQTT broker vs the local Mosquitto under one rumqttc load
 //!   generator: fan-in, fan-out and memory per idle connection.
 
@@ -26,6 +27,7 @@ mod amqp;
 mod auth;
 mod child;
 mod fanout;
+mod filters;
 mod graphql;
 mod grpc;
 mod mqtt;
@@ -100,6 +102,8 @@ enum Which {
     /// REST GET signed in (Basic argon2id, API key, JWT) vs anonymous, and the cost of
     /// one uncached check.
     Auth(auth::AuthArgs),
+    /// Publish cost as subscriptions on other topics grow (10, 10k, 100k filters).
+    Filters(filters::FiltersArgs),
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
@@ -129,6 +133,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Stomp(a) => stomp::run(a).await,
         Which::Soap(a) => soap::run(a).await,
         Which::Auth(a) => auth::run(a).await,
+        Which::Filters(a) => filters::run(a).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
     }
 }
