@@ -94,11 +94,7 @@ impl Hub {
     /// An admin changed users, keys, collections or webhook endpoints. The server's own
     /// changes (seeding, the environment's admin) are not a person's and are not recorded.
     pub(crate) fn audit_admin(&self, ctx: &AuthContext, op: &str, target: &str) {
-        if ctx
-            .identity
-            .as_deref()
-            .is_some_and(|i| i.via == crate::auth::Via::System)
-        {
+        if ctx.is_system() {
             return;
         }
         self.record((

@@ -65,6 +65,14 @@ impl AuthContext {
         self
     }
 
+    /// Whether this is the server acting for itself ([`AuthContext::system`]), which no
+    /// per-caller cap, rate or audit entry applies to.
+    pub fn is_system(&self) -> bool {
+        self.identity
+            .as_deref()
+            .is_some_and(|i| i.via == Via::System)
+    }
+
     /// The identity's id, if any.
     pub fn principal(&self) -> Option<&str> {
         self.identity.as_deref().map(|i| i.id.as_str())

@@ -335,7 +335,7 @@ impl Hub {
             ));
         }
         let max = self.inner.config.max_filters_per_subscription;
-        if filters.len() > max && !is_system(ctx) {
+        if filters.len() > max && !ctx.is_system() {
             crate::admission::limit_hit("limits.max_filters_per_subscription");
             return Err(HubError::LimitReached(format!(
                 "{} topic filters in one subscription; at most {max} ([limits] max_filters_per_subscription): use a wildcard or several subscriptions",
@@ -494,18 +494,10 @@ impl Hub {
 /// together), never the server itself.
 fn group_owner(ctx: &AuthContext) -> Option<Arc<str>> {
     match &ctx.identity {
-        _ if is_system(ctx) => None,
+        _ if ctx.is_system() => None,
         Some(id) => Some(Arc::from(id.id.as_str())),
         None => Some(Arc::from("(anonymous)")),
     }
-}
-
-/// The server acting for itself (an AMQP queue reading its bindings), which no
-/// per-caller cap applies to.
-fn is_system(ctx: &AuthContext) -> bool {
-    ctx.identity
-        .as_ref()
-        .is_some_and(|id| id.via == crate::auth::Via::System)
 }
 
 /// A named group's key — its name, its filters (unless the position belongs to the name

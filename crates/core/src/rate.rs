@@ -35,6 +35,12 @@ pub struct RateLimit {
     pub burst: f64,
 }
 
+/// Whole seconds for a `Retry-After` header, rounded up so a client that obeys it is
+/// admitted (RFC 9110 has no fractions).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_millis().div_ceil(1000) as u64).max(1)
+}
+
 /// One caller's tokens.
 #[derive(Debug)]
 pub struct Bucket {
@@ -143,8 +149,10 @@ impl Rates {
 
     fn bucket(&self, ctx: &AuthContext, addr: Option<IpAddr>) -> Option<Arc<Bucket>> {
         let limit = self.limit?;
+        if ctx.is_system() {
+            return None;
+        }
         let key = match (&ctx.identity, addr) {
-            (Some(id), _) if id.via == crate::auth::Via::System => return None,
             (Some(id), _) => Key::Identity(Arc::from(id.id.as_str())),
             (None, Some(a)) => Key::Address(a),
             (None, None) => Key::Identity(Arc::from("")),

@@ -141,18 +141,15 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        // RFC 9110's Retry-After is whole seconds: round up so a client that obeys it
-        // is admitted.
         if let Some(ms) = self
             .extra
             .as_ref()
             .and_then(|x| x.get("retry_after_ms"))
             .and_then(Value::as_u64)
         {
-            res.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(ms.div_ceil(1000).max(1)),
-            );
+            let secs = polyport_core::rate::retry_after_secs(std::time::Duration::from_millis(ms));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

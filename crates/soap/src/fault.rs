@@ -231,7 +231,7 @@ impl From<HubError> for Fault {
         };
         let mut f = Fault::new(class, e.code(), reason);
         if let HubError::RateLimited { retry_after } = &e {
-            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            let secs = polyport_core::rate::retry_after_secs(*retry_after);
             f.retry_after_secs = u32::try_from(secs).unwrap_or(u32::MAX);
         }
         f.fields = e
