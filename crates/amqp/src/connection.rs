@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use polyport_core::adapter::{Peer, Stream, sleep_until};
+use polyport_core::hot_metrics::HotCounter;
 use polyport_core::{AuthContext, HubError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -590,7 +591,8 @@ impl Connection {
             };
             cx.send_content(m, r.properties.clone(), &r.body);
         }
-        metrics::counter!("polyport_amqp_messages_in_total").increment(1);
+        static IN: HotCounter = HotCounter::new("polyport_amqp_messages_in_total");
+        IN.increment(1);
         self.publishes = true;
         let confirm = r.confirm;
         let Some(draft) = r.draft else {

@@ -12,7 +12,13 @@
 //! them: a broker with 100k devices each on its own topic does not scan 100k filters per
 //! message.
 
-use std::collections::HashMap;
+/// The trie's maps: keys are topic segments and subscriber ids, hashed on every publish,
+/// so a fast hasher (foldhash) rather than SipHash; the keys come from subscribers,
+/// and foldhash's per-process seed still keeps their layout unpredictable.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Topic segments of one publish, on the stack for any usual depth.
+type Segments<'a> = smallvec::SmallVec<[&'a str; 16]>;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -21,12 +27,15 @@ use tokio::sync::mpsc;
 
 use crate::engine::EventSink;
 use crate::event::EventRef;
+use crate::hot_metrics::HotCounter;
 use crate::topic::TopicFilter;
 
 /// One subscriber's slot, shared between the bus (producer) and the subscription.
 #[derive(Debug)]
 pub(crate) struct Slot {
     filters: Vec<TopicFilter>,
+    /// Skip ephemeral events (`SubscribeRequest::durable_only`).
+    durable_only: bool,
     tx: mpsc::Sender<EventRef>,
     /// Set by the bus when a durable event did not fit; cleared by the subscription,
     /// which then catches up from the log.
@@ -171,10 +180,12 @@ impl Bus {
         &self,
         filters: Vec<TopicFilter>,
         capacity: usize,
+        durable_only: bool,
     ) -> (Registration, mpsc::Receiver<EventRef>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let slot = Arc::new(Slot {
             filters,
+            durable_only,
             tx,
             lagged: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -206,15 +217,18 @@ impl Bus {
     /// Offers one event to every matching subscriber.
     pub fn deliver(&self, ev: &EventRef) {
         let name = ev.topic.as_str();
-        let segs: Vec<&str> = name.split('/').collect();
+        let segs: Segments<'_> = name.split('/').collect();
         // The trie matches as filters do except for `$` topics, which wildcards at the
         // first level must not match: those are checked filter by filter.
         let dollar = name.starts_with('$');
+        let ephemeral = ev.seq.is_none();
         let registry = self.inner.registry.read();
         let mut seen: Option<std::collections::HashSet<u64>> = None;
         let mut delivered = 0u64;
         registry.root.matching(&segs, &mut |id, slot| {
-            if dollar && !slot.filters.iter().any(|f| f.matches(&ev.topic)) {
+            if (ephemeral && slot.durable_only)
+                || (dollar && !slot.filters.iter().any(|f| f.matches(&ev.topic)))
+            {
                 return;
             }
             // A subscriber with several filters may match through more than one.
@@ -236,7 +250,8 @@ impl Bus {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         });
-        metrics::counter!("polyport_events_fanned_out_total").increment(delivered);
+        static FANNED_OUT: HotCounter = HotCounter::new("polyport_events_fanned_out_total");
+        FANNED_OUT.increment(delivered);
     }
 }
 
@@ -272,8 +287,8 @@ mod tests {
     #[tokio::test]
     async fn full_queue_sets_lagged_or_counts_drops_without_blocking() {
         let bus = Bus::new();
-        let (reg, mut rx) = bus.register(vec![TopicFilter::new("a/#").unwrap()], 1);
-        let (_other, mut rx2) = bus.register(vec![TopicFilter::new("b").unwrap()], 4);
+        let (reg, mut rx) = bus.register(vec![TopicFilter::new("a/#").unwrap()], 1, false);
+        let (_other, mut rx2) = bus.register(vec![TopicFilter::new("b").unwrap()], 4, false);
         bus.deliver(&ev(Some(1), "a/x"));
         bus.deliver(&ev(Some(2), "a/x"));
         bus.deliver(&ev(None, "a/y"));
@@ -285,6 +300,16 @@ mod tests {
         assert_eq!(bus.subscriber_count(), 2);
         drop(reg);
         assert_eq!(bus.subscriber_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_durable_only_subscriber_is_offered_logged_events_only() {
+        let bus = Bus::new();
+        let (_reg, mut rx) = bus.register(vec![TopicFilter::new("#").unwrap()], 8, true);
+        bus.deliver(&ev(None, "a"));
+        bus.deliver(&ev(Some(7), "a"));
+        assert_eq!(rx.recv().await.unwrap().seq, Some(7));
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]
@@ -316,7 +341,7 @@ mod tests {
             if i % 3 == 0 {
                 fs.push(TopicFilter::new("#").unwrap());
             }
-            let (reg, rx) = bus.register(fs.clone(), 1024);
+            let (reg, rx) = bus.register(fs.clone(), 1024, false);
             subs.push((fs, reg, rx));
         }
         for t in &topics {

@@ -19,9 +19,15 @@ use crate::engine::{LogState, Store, WriteCommand, WriteOutcome};
 use crate::error::{HubError, HubResult};
 use crate::event::{Durability, EventDraft, EventRef, Notice};
 use crate::group::{GroupSpawn, Groups};
+use crate::hot_metrics::HotCounter;
 use crate::record::validate_id;
 use crate::subscription::{Direct, Inner, Overflow, SubscribeRequest, Subscription};
 use crate::topic::TopicFilter;
+
+static PUBLISHED_DURABLE: HotCounter =
+    HotCounter::labelled("polyport_events_published_total", "durable", "true");
+static PUBLISHED_EPHEMERAL: HotCounter =
+    HotCounter::labelled("polyport_events_published_total", "durable", "false");
 
 /// A submitted publish, resolving once it is published.
 pub type PendingPublish =
@@ -262,7 +268,12 @@ impl Hub {
                 .iter()
                 .any(|f| f.matches(&draft.topic)),
         };
-        metrics::counter!("polyport_events_published_total", "durable" => if durable { "true" } else { "false" }).increment(1);
+        if durable {
+            &PUBLISHED_DURABLE
+        } else {
+            &PUBLISHED_EPHEMERAL
+        }
+        .increment(1);
         if durable {
             draft.durability = Durability::Durable;
             if self.inner.shutdown.is_cancelled() {
@@ -284,25 +295,43 @@ impl Hub {
                 }
             }))
         } else {
-            let event = Arc::new(
-                crate::event::Event::new(
-                    None,
-                    crate::record::new_id(),
-                    draft.topic,
-                    draft
-                        .event_type
-                        .unwrap_or_else(|| crate::event::DEFAULT_EVENT_TYPE.into()),
-                    chrono::Utc::now(),
-                    draft.content_type,
-                    draft.headers,
-                    draft.payload,
-                    ctx.origin,
-                )
-                .with_attrs(draft.attrs, ctx.sender.clone()),
-            );
-            self.inner.bus.deliver(&event);
+            let event = self.fan_out_now(ctx, draft);
             Ok(Box::pin(std::future::ready(Ok(PublishReceipt { event }))))
         }
+    }
+
+    /// Publishes a message in memory only, whatever its draft or the topic configuration
+    /// say, and returns it once every subscriber has been offered it: the path for
+    /// fire-and-forget messages (MQTT QoS 0), which needs no I/O and so nothing to await.
+    pub fn publish_ephemeral(&self, ctx: &AuthContext, draft: EventDraft) -> HubResult<EventRef> {
+        self.authorize(ctx, Action::Publish(draft.topic.as_str()))?;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        PUBLISHED_EPHEMERAL.increment(1);
+        Ok(self.fan_out_now(ctx, draft))
+    }
+
+    /// An ephemeral event from `draft`, offered to every matching subscriber.
+    fn fan_out_now(&self, ctx: &AuthContext, draft: EventDraft) -> EventRef {
+        let event = Arc::new(
+            crate::event::Event::new(
+                None,
+                crate::record::new_id(),
+                draft.topic,
+                draft
+                    .event_type
+                    .unwrap_or_else(|| crate::event::DEFAULT_EVENT_TYPE.into()),
+                chrono::Utc::now(),
+                draft.content_type,
+                draft.headers,
+                draft.payload,
+                ctx.origin,
+            )
+            .with_attrs(draft.attrs, ctx.sender.clone()),
+        );
+        self.inner.bus.deliver(&event);
+        event
     }
 
     /// Where the event log stands.
@@ -426,6 +455,7 @@ impl Hub {
         let (reg, rx) = self.inner.bus.register(
             filters.clone(),
             req.queue.unwrap_or(self.inner.config.subscriber_queue),
+            req.durable_only,
         );
         // Read the log state only after registering, so nothing falls between.
         let state = self.inner.store.log_state();

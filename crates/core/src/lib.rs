@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 mod group;
+pub mod hot_metrics;
 mod hub;
 mod identity_hub;
 pub mod naming;

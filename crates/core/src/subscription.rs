@@ -85,6 +85,10 @@ pub struct SubscribeRequest {
     /// subscriptions, gone when the session expires), so it is not one of the caller's
     /// named groups (`max_groups_per_identity`).
     pub adapter_managed: bool,
+    /// Only events in the log: ephemeral ones are never offered to this subscriber, so
+    /// a consumer that only cares about durable positions (the webhook engine's wake-up)
+    /// costs nothing per ephemeral message.
+    pub durable_only: bool,
 }
 
 impl SubscribeRequest {
@@ -295,7 +299,11 @@ impl Direct {
                         return Some(r);
                     }
                     if wait {
+                        // The queue first: a ready event costs no registration with the
+                        // shutdown token (a lock), and a queue being drained at shutdown
+                        // ends at the next wait.
                         tokio::select! {
+                            biased;
                             ev = self.rx.recv() => ev,
                             _ = self.shutdown.cancelled() => None,
                         }

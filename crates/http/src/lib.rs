@@ -31,6 +31,10 @@ mod ws;
 mod ws_topics;
 
 use std::collections::HashMap;
+
+/// Events written to SSE, NDJSON, long-poll and WebSocket clients.
+pub(crate) static EVENTS_DELIVERED: polyport_core::hot_metrics::HotCounter =
+    polyport_core::hot_metrics::HotCounter::new("polyport_events_delivered_total");
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -66,6 +66,7 @@ pub(crate) fn subscribe_request(p: &Params, default_strict: bool) -> ApiResult<S
         ack: None,
         queue: None,
         adapter_managed: false,
+        durable_only: false,
         overflow: overflow(p.get("overflow"))?,
     })
 }
@@ -172,7 +173,7 @@ where
     .map(move |r| {
         Ok(match r {
             Ok(item) => {
-                metrics::counter!("polyport_events_delivered_total").increment(1);
+                crate::EVENTS_DELIVERED.increment(1);
                 render(item)
             }
             Err(e) => render_err(e),

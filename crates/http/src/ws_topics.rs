@@ -147,7 +147,7 @@ async fn run(
         tokio::select! {
             item = sub.next() => match item {
                 Some(Ok(Item::Event(d))) => {
-                    metrics::counter!("polyport_events_delivered_total").increment(1);
+                    crate::EVENTS_DELIVERED.increment(1);
                     if sink.send(frame(&d.event)).await.is_err() {
                         break None;
                     }

@@ -115,6 +115,20 @@ impl Default for Directory {
     }
 }
 
+/// Who a caller is on a server with no identity source: named as it says, every right.
+fn open_identity(id: &str) -> Identity {
+    Identity {
+        id: id.to_string(),
+        role: Role::Admin,
+        via: Via::Open,
+        scopes: None,
+        claims: Default::default(),
+    }
+}
+
+static OPEN_ANONYMOUS: std::sync::LazyLock<Arc<Identity>> =
+    std::sync::LazyLock::new(|| Arc::new(open_identity("anonymous")));
+
 impl Directory {
     /// No identity source: everyone is let in with every right.
     pub fn open() -> Self {
@@ -232,15 +246,11 @@ impl Directory {
             let id = match creds {
                 Credentials::Password { username, .. } if !username.is_empty() => username,
                 Credentials::Certificate(subject) => subject,
-                _ => "anonymous",
+                // One identity shared by every nameless caller: an open broker with
+                // many idle devices does not keep a copy per connection.
+                _ => return Ok(Some(OPEN_ANONYMOUS.clone())),
             };
-            return Ok(Some(Arc::new(Identity {
-                id: id.to_string(),
-                role: Role::Admin,
-                via: Via::Open,
-                scopes: None,
-                claims: Default::default(),
-            })));
+            return Ok(Some(Arc::new(open_identity(id))));
         }
         match creds {
             Credentials::None => match self.anonymous_allowed() {

@@ -35,8 +35,8 @@ fn qos_of(g: Guarantee) -> u8 {
     }
 }
 
-/// The attributes of an inbound PUBLISH arriving `now`.
-pub(crate) fn inbound(p: &PublishIn, now: DateTime<Utc>) -> Attributes {
+/// The attributes of an inbound PUBLISH arriving `now` (read only when it expires).
+pub(crate) fn inbound(p: &PublishIn, now: impl FnOnce() -> DateTime<Utc>) -> Attributes {
     Attributes {
         guarantee: Some(guarantee(p.qos)),
         retain: p.retain,
@@ -50,7 +50,7 @@ pub(crate) fn inbound(p: &PublishIn, now: DateTime<Utc>) -> Attributes {
         expires_at: p
             .props
             .message_expiry
-            .map(|s| now + Duration::seconds(i64::from(s))),
+            .map(|s| now() + Duration::seconds(i64::from(s))),
         utf8: p.props.payload_is_utf8,
         ..Attributes::default()
     }
@@ -143,7 +143,7 @@ mod tests {
             p.payload.clone(),
             polyport_core::Origin("mqtt"),
         )
-        .with_attrs(inbound(&p, now), None);
+        .with_attrs(inbound(&p, || now), None);
         let out = outbound(&e, || now).expect("not expired");
         assert_eq!((out.published_qos, out.retain), (2, true));
         assert_eq!(out.props, p.props);

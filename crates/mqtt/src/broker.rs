@@ -7,7 +7,9 @@
 //! anywhere — they are the event log itself, read from the session's saved group
 //! positions when the client returns.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::session::{Map, Set};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,23 +37,158 @@ pub(crate) struct Retained {
 /// A connected client.
 struct Live {
     conn: u64,
-    /// Ends the connection when another takes the client id over.
-    takeover: CancellationToken,
-    /// Fires once the connection has parked or dropped its session.
-    done: CancellationToken,
+    /// Ends the connection (takeover, keep-alive, a stuck write); says when it is gone.
+    watch: Arc<Watch>,
+}
+
+/// A one-shot signal: fired once, seen by every waiter then and after. What
+/// `CancellationToken` does for a tree of tokens, in a third of its size, for the two
+/// signals every connection carries.
+#[derive(Default)]
+pub(crate) struct Signal {
+    fired: std::sync::atomic::AtomicBool,
+    waiters: tokio::sync::Notify,
+}
+
+impl Signal {
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        self.waiters.notify_waiters();
+    }
+
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once fired. Cancel-safe.
+    pub(crate) async fn fired(&self) {
+        loop {
+            let wait = self.waiters.notified();
+            tokio::pin!(wait);
+            // Registered before the check, so a fire between the two is not missed.
+            wait.as_mut().enable();
+            if self.is_fired() {
+                return;
+            }
+            wait.await;
+        }
+    }
+}
+
+/// Why the broker ended a connection through its [`Watch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// Another connection took the client id over.
+    TakenOver,
+    /// Nothing heard from the client for 1.5 × its keep-alive.
+    KeepAlive,
+    /// A write has not finished for [`WRITE_TIMEOUT`]: the client stopped reading.
+    WriteStuck,
+}
+
+/// How long one write may take before the client counts as gone (it stopped reading).
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the broker watches on a live connection, and the one token that ends it.
+///
+/// Deadlines (keep-alive, a stuck write) are checked for every connection by one sweep
+/// a second ([`Broker::sweep`]), as Mosquitto does, instead of each connection owning
+/// timers: a connection then costs no timer memory and no timer-wheel work per packet,
+/// and detection is at most a second late (the keep-alive window is already 1.5 ×).
+pub(crate) struct Watch {
+    /// Fired with the reason set first.
+    pub(crate) end: Signal,
+    /// Fired once the connection has parked or dropped its session: a connection taking
+    /// its client id over waits for it.
+    pub(crate) done: Signal,
+    reason: std::sync::atomic::AtomicU8,
+    /// When the client was last heard from, in ms since the broker started.
+    heard: AtomicU64,
+    /// 1.5 × the keep-alive in ms; 0: none.
+    window_ms: AtomicU64,
+    /// When the write in progress began (ms since start); 0: none.
+    writing_since: AtomicU64,
+}
+
+impl Watch {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            end: Signal::default(),
+            done: Signal::default(),
+            reason: Default::default(),
+            heard: AtomicU64::new(0),
+            window_ms: AtomicU64::new(0),
+            writing_since: AtomicU64::new(0),
+        })
+    }
+
+    /// Ends the connection for `why` (the first reason wins).
+    pub(crate) fn kick(&self, why: Kick) {
+        let code = match why {
+            Kick::TakenOver => 1,
+            Kick::KeepAlive => 2,
+            Kick::WriteStuck => 3,
+        };
+        let _ = self
+            .reason
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.end.fire();
+    }
+
+    /// Why the connection was ended; `None` while it was not.
+    pub(crate) fn kicked(&self) -> Option<Kick> {
+        match self.reason.load(Ordering::SeqCst) {
+            1 => Some(Kick::TakenOver),
+            2 => Some(Kick::KeepAlive),
+            3 => Some(Kick::WriteStuck),
+            _ => None,
+        }
+    }
+
+    /// Starts watching the keep-alive window (`None`: the client asked for none).
+    pub(crate) fn keep_alive(&self, window: Option<Duration>, now_ms: u64) {
+        self.heard.store(now_ms, Ordering::Relaxed);
+        let ms = window.map_or(0, |w| w.as_millis().max(1) as u64);
+        self.window_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The client was heard from (or we are the ones not reading).
+    pub(crate) fn heard(&self, now_ms: u64) {
+        self.heard.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// A write is in progress since `now_ms` (`None`: it finished).
+    pub(crate) fn writing(&self, now_ms: Option<u64>) {
+        // `max(1)`: 0 means "not writing".
+        self.writing_since
+            .store(now_ms.map_or(0, |n| n.max(1)), Ordering::Relaxed);
+    }
+
+    /// The reason this connection is overdue at `now_ms`, if it is.
+    fn overdue(&self, now_ms: u64) -> Option<Kick> {
+        let window = self.window_ms.load(Ordering::Relaxed);
+        if window > 0 && now_ms.saturating_sub(self.heard.load(Ordering::Relaxed)) > window {
+            return Some(Kick::KeepAlive);
+        }
+        let since = self.writing_since.load(Ordering::Relaxed);
+        if since > 0 && now_ms.saturating_sub(since) > WRITE_TIMEOUT.as_millis() as u64 {
+            return Some(Kick::WriteStuck);
+        }
+        None
+    }
 }
 
 /// A persistent session whose client is away.
 pub(crate) struct Parked {
     pub(crate) saved: SavedSession,
     /// Inbound QoS 2 packet ids released by PUBREL not yet received.
-    pub(crate) awaiting_rel: HashSet<u16>,
+    pub(crate) awaiting_rel: Set<u16>,
     /// Outbound QoS 2 packet ids whose PUBCOMP has not arrived (PUBREL is resent).
     pub(crate) awaiting_comp: Vec<u16>,
     /// Sequences sent and not acknowledged, with their packet ids (resent with DUP).
-    pub(crate) unacked: HashMap<u64, u16>,
+    pub(crate) unacked: Map<u64, u16>,
     /// Packet ids of outbound messages the client may still hold: kept free on resume.
-    pub(crate) reserved_ids: HashSet<u16>,
+    pub(crate) reserved_ids: Set<u16>,
     pub(crate) since: Instant,
     /// Set while expiry is deleting the session's durable state; fires when done. A
     /// reconnect meanwhile waits for it, so the deletion cannot hit its new session.
@@ -104,10 +241,10 @@ impl Broker {
                         client_id,
                         Parked {
                             saved,
-                            awaiting_rel: HashSet::new(),
+                            awaiting_rel: Set::default(),
                             awaiting_comp: Vec::new(),
-                            unacked: HashMap::new(),
-                            reserved_ids: HashSet::new(),
+                            unacked: Map::default(),
+                            reserved_ids: Set::default(),
                             since: now,
                             expiring: None,
                         },
@@ -155,27 +292,41 @@ impl Broker {
 
     /// Registers a connection under its client id, ending any earlier connection with the
     /// same id (takeover) and cancelling a will still waiting out its delay. Returns the
-    /// earlier connection's `done` token: its session is only handed over once it fires.
+    /// earlier connection's watch: its session is only handed over once `done` fires.
     pub(crate) fn claim(
         &self,
         client_id: &str,
         conn: u64,
-        takeover: CancellationToken,
-        done: CancellationToken,
-    ) -> Option<CancellationToken> {
+        watch: Arc<Watch>,
+    ) -> Option<Arc<Watch>> {
         self.cancel_will(client_id);
-        let old = self.live.lock().insert(
-            client_id.to_string(),
-            Live {
-                conn,
-                takeover,
-                done,
-            },
-        );
+        let old = self
+            .live
+            .lock()
+            .insert(client_id.to_string(), Live { conn, watch });
         old.map(|l| {
-            l.takeover.cancel();
-            l.done
+            l.watch.kick(Kick::TakenOver);
+            l.watch
         })
+    }
+
+    /// Milliseconds since the broker started: the clock of every [`Watch`].
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Ends every live connection past its keep-alive or stuck in a write.
+    pub(crate) fn sweep(&self) {
+        let now = self.now_ms();
+        let overdue: Vec<(Arc<Watch>, Kick)> = self
+            .live
+            .lock()
+            .values()
+            .filter_map(|l| l.watch.overdue(now).map(|k| (l.watch.clone(), k)))
+            .collect();
+        for (w, why) in overdue {
+            w.kick(why);
+        }
     }
 
     /// Cancels a will still waiting out its delay: the client is back.

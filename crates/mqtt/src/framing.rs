@@ -16,7 +16,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::connection::Transport;
 
 /// Read buffer capacity of a new or quiet connection.
-const SMALL: usize = 256;
+const SMALL: usize = 128;
 /// A buffer that grew past this during a burst is replaced once it is empty again.
 const SHRINK_ABOVE: usize = 64 * 1024;
 
@@ -83,6 +83,11 @@ impl Conn {
     /// Buffers a packet for the next [`Conn::flush`].
     pub(crate) fn feed(&mut self, p: MqttPacket) -> Result<(), EncodeError> {
         self.codec.encode(p, &mut self.wbuf)
+    }
+
+    /// Buffers bytes a caller encoded itself (see [`crate::wire::encode_plain_publish`]).
+    pub(crate) fn feed_with(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.wbuf);
     }
 
     pub(crate) fn has_pending_writes(&self) -> bool {

@@ -126,7 +126,9 @@ impl MqttBroker {
     /// down), then waits for this broker's connections to close.
     pub async fn serve(&self, listener: impl Into<Listener>, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
-        let (broker, conn_stop) = (self.broker.clone(), stop.clone());
+        // Connections watch one token for both reasons to end.
+        let conn_stop = polyport_core::adapter::either_cancelled(&stop, &shutdown);
+        let broker = self.broker.clone();
         let admission = Admission::new("MQTT", broker.cfg.connections);
         polyport_core::adapter::accept_loop(
             listener.into(),
@@ -144,6 +146,8 @@ impl MqttBroker {
     /// The `/mqtt` WebSocket route (subprotocols `mqtt`, `mqttv3.1`) to merge into the
     /// HTTP router; connections end when `stop` fires.
     pub fn websocket_routes(&self, stop: CancellationToken) -> axum::Router {
+        let stop =
+            polyport_core::adapter::either_cancelled(&stop, &self.broker.hub.shutdown_token());
         ws::routes(self.broker.clone(), self.tracker.clone(), stop)
     }
 }
@@ -176,7 +180,10 @@ async fn housekeeping(broker: Arc<broker::Broker>) {
     sys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = expiry.tick() => broker.expire_sessions().await,
+            _ = expiry.tick() => {
+                broker.sweep();
+                broker.expire_sessions().await
+            }
             _ = sys.tick(), if !sys_every.is_zero() => publish_sys(&broker).await,
             _ = shutdown.cancelled() => return,
         }

@@ -6,9 +6,19 @@
 //! `A` is what an outbound message owes its Hub group once the client has it (an
 //! `Acker` in the broker, anything in tests).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The maps every connection carries (packet ids, sequences, topic aliases): FxHash,
+/// whose hasher has no per-map state, where std's `RandomState` adds 16 bytes to each
+/// map of every idle connection. Their keys are bounded by the protocol (packet ids,
+/// receive maximum, alias maximum), so a skewed hash cannot grow them.
+pub(crate) type Map<K, V> = rustc_hash::FxHashMap<K, V>;
+/// See [`Map`].
+pub(crate) type Set<K> = rustc_hash::FxHashSet<K>;
+
+static NOTHING_SENT_BEFORE: std::sync::LazyLock<Arc<Map<u64, u16>>> =
+    std::sync::LazyLock::new(Default::default);
 
 use crate::error::Reason;
 use crate::wire::{Ack, MsgProps, Ver};
@@ -47,14 +57,14 @@ pub(crate) struct Message<'a> {
 /// The outbound half: what we sent the client and have not had acknowledged.
 pub(crate) struct Outbound<A> {
     ver: Ver,
-    inflight: HashMap<u16, OutState<A>>,
+    inflight: Map<u16, OutState<A>>,
     next_pkid: u16,
     /// Sequences an earlier connection of this session sent without an acknowledgement,
     /// with the packet id used: sent again they keep the id (MQTT 4.4).
-    sent_before: Arc<HashMap<u64, u16>>,
+    sent_before: Arc<Map<u64, u16>>,
     /// Ids of `sent_before` not sent again yet: never handed to new messages.
-    reserved: HashSet<u16>,
-    aliases: HashMap<String, u16>,
+    reserved: Set<u16>,
+    aliases: Map<String, u16>,
     alias_max: u16,
     receive_max: usize,
     max_packet: usize,
@@ -64,8 +74,8 @@ pub(crate) struct Outbound<A> {
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct ParkedOut {
     pub(crate) awaiting_comp: Vec<u16>,
-    pub(crate) unacked: HashMap<u64, u16>,
-    pub(crate) reserved: HashSet<u16>,
+    pub(crate) unacked: Map<u64, u16>,
+    pub(crate) reserved: Set<u16>,
 }
 
 impl<A> Outbound<A> {
@@ -76,16 +86,20 @@ impl<A> Outbound<A> {
         receive_max: u16,
         alias_max: u16,
         max_packet: u32,
-        sent_before: HashMap<u64, u16>,
-        reserved: HashSet<u16>,
+        sent_before: Map<u64, u16>,
+        reserved: Set<u16>,
     ) -> Self {
         Self {
             ver,
-            inflight: HashMap::new(),
+            inflight: Map::default(),
             next_pkid: 0,
-            sent_before: Arc::new(sent_before),
+            sent_before: match sent_before.is_empty() {
+                // Most connections resume nothing: they share one empty map.
+                true => NOTHING_SENT_BEFORE.clone(),
+                false => Arc::new(sent_before),
+            },
             reserved,
-            aliases: HashMap::new(),
+            aliases: Map::default(),
             alias_max: if ver == Ver::V5 { alias_max } else { 0 },
             receive_max: usize::from(receive_max.max(1)),
             max_packet: max_packet as usize,
@@ -93,7 +107,7 @@ impl<A> Outbound<A> {
     }
 
     /// Shared with the forwarders, which set DUP on what was sent before.
-    pub(crate) fn sent_before(&self) -> Arc<HashMap<u64, u16>> {
+    pub(crate) fn sent_before(&self) -> Arc<Map<u64, u16>> {
         self.sent_before.clone()
     }
 
@@ -268,33 +282,28 @@ pub(crate) enum Admit {
 /// The inbound half: aliases the client set, and its unfinished QoS 1/2 publishes.
 pub(crate) struct Inbound {
     ver: Ver,
-    aliases: HashMap<u16, String>,
+    aliases: Map<u16, String>,
     alias_max: u16,
     receive_max: usize,
     /// QoS 2 ids between PUBLISH and PUBREL.
-    awaiting_rel: HashSet<u16>,
+    awaiting_rel: Set<u16>,
     /// QoS 2 ids whose publish is still on its way to the log.
-    publishing: HashSet<u16>,
+    publishing: Set<u16>,
     /// QoS 1 ids whose publish is still on its way to the log.
-    acking: HashSet<u16>,
+    acking: Set<u16>,
 }
 
 impl Inbound {
     /// Our limits, as told in CONNACK; `awaiting_rel` from a resumed session.
-    pub(crate) fn new(
-        ver: Ver,
-        receive_max: u16,
-        alias_max: u16,
-        awaiting_rel: HashSet<u16>,
-    ) -> Self {
+    pub(crate) fn new(ver: Ver, receive_max: u16, alias_max: u16, awaiting_rel: Set<u16>) -> Self {
         Self {
             ver,
-            aliases: HashMap::new(),
+            aliases: Map::default(),
             alias_max,
             receive_max: usize::from(receive_max),
             awaiting_rel,
-            publishing: HashSet::new(),
-            acking: HashSet::new(),
+            publishing: Set::default(),
+            acking: Set::default(),
         }
     }
 
@@ -384,7 +393,7 @@ impl Inbound {
     }
 
     /// For parking: QoS 2 ids whose PUBREL has not arrived.
-    pub(crate) fn take_awaiting_rel(&mut self) -> HashSet<u16> {
+    pub(crate) fn take_awaiting_rel(&mut self) -> Set<u16> {
         std::mem::take(&mut self.awaiting_rel)
     }
 }
@@ -410,8 +419,8 @@ mod tests {
             receive_max,
             alias_max,
             max_packet,
-            HashMap::new(),
-            HashSet::new(),
+            Map::default(),
+            Set::default(),
         )
     }
 
@@ -497,8 +506,8 @@ mod tests {
             10,
             0,
             1 << 20,
-            HashMap::from([(7, 1)]),
-            HashSet::from([1]),
+            Map::from_iter([(7, 1)]),
+            Set::from_iter([1]),
         );
         let (fresh, _) = send(&mut o, "t", 1, 8);
         assert_eq!(
@@ -554,7 +563,7 @@ mod tests {
             "no alias left"
         );
         let mut v3: Outbound<(char, u64)> =
-            Outbound::new(Ver::V3, 10, 5, 1 << 20, HashMap::new(), HashSet::new());
+            Outbound::new(Ver::V3, 10, 5, 1 << 20, Map::default(), Set::default());
         assert_eq!(send(&mut v3, "a", 0, 1).1, None, "3.1.1 has no aliases");
     }
 
@@ -583,14 +592,14 @@ mod tests {
         o.plan(msg("t", 1, 1, None), &mut props, None); // retained: no sequence
         let p = o.park(100);
         assert_eq!(p.awaiting_comp, vec![3]);
-        assert_eq!(p.unacked, HashMap::from([(10, 1), (11, 2)]));
-        assert_eq!(p.reserved, HashSet::from([1, 2, 4]));
+        assert_eq!(p.unacked, Map::from_iter([(10, 1), (11, 2)]));
+        assert_eq!(p.reserved, Set::from_iter([1, 2, 4]));
         assert_eq!(o.park(1).unacked.len(), 1, "bounded");
     }
 
     #[test]
     fn inbound_aliases() {
-        let mut i = Inbound::new(Ver::V5, 10, 2, HashSet::new());
+        let mut i = Inbound::new(Ver::V5, 10, 2, Set::default());
         let mut t = String::from("a/b");
         i.resolve_alias(Some(1), &mut t).unwrap();
         let mut empty = String::new();
@@ -612,7 +621,7 @@ mod tests {
 
     #[test]
     fn qos2_is_published_once_and_counts_until_pubrel() {
-        let mut i = Inbound::new(Ver::V5, 2, 0, HashSet::new());
+        let mut i = Inbound::new(Ver::V5, 2, 0, Set::default());
         assert_eq!(i.admit(2, 5), Ok(Admit::Publish(Ack::Pubrec)));
         assert_eq!(i.admit(2, 5), Ok(Admit::Wait), "still being stored");
         i.stored(Ack::Pubrec, 5, true);
@@ -629,14 +638,14 @@ mod tests {
 
     #[test]
     fn the_receive_maximum_is_enforced_on_mqtt5_only() {
-        let mut i = Inbound::new(Ver::V5, 2, 0, HashSet::new());
+        let mut i = Inbound::new(Ver::V5, 2, 0, Set::default());
         assert_eq!(i.admit(1, 1), Ok(Admit::Publish(Ack::Puback)));
         assert_eq!(i.admit(2, 2), Ok(Admit::Publish(Ack::Pubrec)));
         assert_eq!(i.admit(1, 1), Ok(Admit::Wait), "a resend does not count");
         assert_eq!(i.admit(1, 3), Err(Reason::ReceiveMaxExceeded));
         i.stored(Ack::Puback, 1, true);
         assert_eq!(i.admit(1, 3), Ok(Admit::Publish(Ack::Puback)));
-        let mut v3 = Inbound::new(Ver::V3, 1, 0, HashSet::new());
+        let mut v3 = Inbound::new(Ver::V3, 1, 0, Set::default());
         v3.admit(1, 1).unwrap();
         assert_eq!(v3.admit(1, 2), Ok(Admit::Publish(Ack::Puback)));
     }

@@ -10,7 +10,9 @@
 //! - `auth`: REST `GET` signed in with each kind of credential against anonymous.
 //! - `filters`: publish cost as subscriptions on unrelated topics grow.
 //! - `mqtt`: Polyport's MQTT broker vs the local Mosquitto under one rumqttc load
-//!   generator: fan-in, fan-out and memory per idle connection.
+//!   generator: memory per idle connection, fan-in flooding and with few publishers kept
+//!   a bounded window ahead, latency at a fixed rate, fan-out; each with the broker's
+//!   CPU time per message.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -11,6 +11,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use polyport_broker::arguments::QueueArgs;
 use polyport_broker::{Binding, Broker, Credit, Kind, Message, Out, Queue};
+use polyport_core::hot_metrics::HotCounter;
 use polyport_core::{AuthContext, Durability, EventDraft, HubError, Origin};
 use tokio::sync::mpsc;
 
@@ -374,7 +375,8 @@ impl Session {
         if durable_queue {
             draft.durability = Durability::Durable;
         }
-        metrics::counter!("polyport_stomp_messages_in_total").increment(1);
+        static IN: HotCounter = HotCounter::new("polyport_stomp_messages_in_total");
+        IN.increment(1);
         let receipt = f.get("receipt").map(str::to_string);
         // The queues it is routed to learn its sequence, so a SUBSCRIBE after the RECEIPT
         // waits until they hold it (and their length limits have applied), as on RabbitMQ.
@@ -690,7 +692,8 @@ impl Session {
         f.headers.extend(extra);
         f = f.header("content-length", message.event.payload.len().to_string());
         f.body = message.event.payload.clone();
-        metrics::counter!("polyport_stomp_messages_out_total").increment(1);
+        static OUT: HotCounter = HotCounter::new("polyport_stomp_messages_out_total");
+        OUT.increment(1);
         self.out.push(Outgoing::Frame(f));
         if !no_ack {
             self.unacked.insert(

@@ -33,6 +33,7 @@ use polyport_core::engine::{
     CollectionMap, EventSink, LogState, Store, WriteCommand, WriteOutcome,
 };
 use polyport_core::event::EventRef;
+use polyport_core::hot_metrics::HotCounter;
 use polyport_core::query::{ListQuery, Page};
 use polyport_core::webhook::{Attempt, Delivery, DeliveryStatus, Endpoint};
 use polyport_core::{HubError, HubResult, Record};
@@ -244,7 +245,9 @@ impl Store for SqliteStore {
     async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>> {
         let cache = &self.shared.records;
         if let Some(hit) = cache.get(collection, id) {
-            metrics::counter!("polyport_record_cache_total", "result" => "hit").increment(1);
+            static HIT: HotCounter =
+                HotCounter::labelled("polyport_record_cache_total", "result", "hit");
+            HIT.increment(1);
             return Ok(Some(Record::clone(&hit)));
         }
         let ticket = cache.enabled().then(|| cache.ticket(collection, id));
@@ -259,7 +262,9 @@ impl Store for SqliteStore {
             })
             .await?;
         if let (Some(t), Some(r)) = (ticket, &found) {
-            metrics::counter!("polyport_record_cache_total", "result" => "miss").increment(1);
+            static MISS: HotCounter =
+                HotCounter::labelled("polyport_record_cache_total", "result", "miss");
+            MISS.increment(1);
             cache.fill(t, r);
         }
         Ok(found)

@@ -67,6 +67,7 @@ async fn waker(shared: Arc<Shared>) {
     let req = SubscribeRequest {
         filters: vec![all],
         overflow: polyport_core::Overflow::Notify,
+        durable_only: true,
         ..SubscribeRequest::default()
     };
     let Ok(mut sub) = shared.hub.subscribe(&ctx(), req).await else {

@@ -99,6 +99,7 @@ impl Session {
             ack,
             queue: None,
             adapter_managed: false,
+            durable_only: false,
             overflow: crate::realtime::overflow(op.overflow.as_deref())
                 .map_err(|e| HubError::InvalidRequest(e.detail.clone()))?,
         };
@@ -172,7 +173,7 @@ async fn forward(mut sub: polyport_core::Subscription, name: String, out: mpsc::
             }
             None => return,
         };
-        metrics::counter!("polyport_events_delivered_total").increment(1);
+        crate::EVENTS_DELIVERED.increment(1);
         if out.send(Message::Text(text.into())).await.is_err() {
             return;
         }

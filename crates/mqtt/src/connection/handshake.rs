@@ -1,21 +1,19 @@
 //! The two ends of a connection: CONNECT (authentication, takeover, session
 //! resumption, CONNACK) and the ending (parking or dropping the session, the will).
 
-use std::collections::{HashMap, HashSet};
+use crate::session::{Map, Set};
 use std::sync::Arc;
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use polyport_core::{HubError, Origin};
 use rmqtt_codec::version::VersionCodec;
 use rmqtt_codec::{MqttCodec, MqttPacket};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::publish::publish_to_hub;
-use super::{Accepted, End, HANDOVER, MAX_REMEMBERED_UNACKED, Session, Transport, max_codec};
-use crate::broker::{Broker, Parked};
+use super::{
+    Accepted, End, HANDOVER, MAX_REMEMBERED_UNACKED, Session, Transport, max_codec, next_pending,
+};
+use crate::broker::{Broker, Parked, Watch};
 use crate::error::Reason;
 use crate::framing::Conn;
 use crate::session::{self, Inbound, Outbound};
@@ -95,7 +93,7 @@ pub(super) async fn accept(
         connection: conn,
         client_id: Some(client_id.as_str().into()),
     });
-    let Some((takeover, done)) = claim(broker, &client_id, conn).await else {
+    let Some(watch) = claim(broker, &client_id, conn).await else {
         let _ = framed
             .send(refuse(3, Reason::ServerUnavailable.code()))
             .await;
@@ -109,7 +107,7 @@ pub(super) async fn accept(
                 .send(refuse(3, Reason::ServerUnavailable.code()))
                 .await;
             broker.release(&client_id, conn);
-            done.cancel();
+            watch.done.fire();
             return None;
         }
     };
@@ -129,11 +127,10 @@ pub(super) async fn accept(
             broker.park(&client_id, p);
         }
         broker.release(&client_id, conn);
-        done.cancel();
+        watch.done.fire();
         return None;
     }
     metrics::gauge!("polyport_mqtt_connections").increment(1.0);
-    let (out_tx, out_rx) = mpsc::channel(cfg.receive_max.max(16) as usize);
     let (saved, awaiting_rel, awaiting_comp, sent_before, reserved) = match resumed.parked {
         Some(p) => (
             p.saved,
@@ -144,10 +141,10 @@ pub(super) async fn accept(
         ),
         None => (
             resumed.fresh,
-            HashSet::new(),
+            Set::default(),
             Vec::new(),
-            HashMap::new(),
-            HashSet::new(),
+            Map::default(),
+            Set::default(),
         ),
     };
     let rate = broker.hub.rate_bucket(&ctx, peer.addr.map(|a| a.ip()));
@@ -160,8 +157,8 @@ pub(super) async fn accept(
         client_id: client_id.clone(),
         saved,
         persisted: resumed.persisted,
-        subs: HashMap::new(),
-        out_tx,
+        subs: Map::default(),
+        deliveries: None,
         out: Outbound::new(
             ver,
             c.receive_max,
@@ -171,14 +168,13 @@ pub(super) async fn accept(
             reserved,
         ),
         inb: Inbound::new(ver, cfg.receive_max, cfg.topic_alias_max, awaiting_rel),
-        pending: FuturesOrdered::new(),
+        pending: None,
         backlog: Default::default(),
     };
     Some(Accepted {
         s,
-        out_rx,
-        takeover,
-        done,
+        watch,
+
         conn,
         awaiting_comp,
         keep_alive: c.keep_alive,
@@ -190,15 +186,10 @@ pub(super) async fn accept(
 /// Registers this connection as the client id's, after the one it takes over (if any)
 /// has parked its session and registered its will: resuming without it would silently
 /// start an empty session. `None` when the old one did not hand over in time.
-async fn claim(
-    broker: &Arc<Broker>,
-    client_id: &str,
-    conn: u64,
-) -> Option<(CancellationToken, CancellationToken)> {
-    let takeover = CancellationToken::new();
-    let done = CancellationToken::new();
-    if let Some(previous) = broker.claim(client_id, conn, takeover.clone(), done.clone()) {
-        if tokio::time::timeout(HANDOVER, previous.cancelled())
+async fn claim(broker: &Arc<Broker>, client_id: &str, conn: u64) -> Option<Arc<Watch>> {
+    let watch = Watch::new();
+    if let Some(previous) = broker.claim(client_id, conn, watch.clone()) {
+        if tokio::time::timeout(HANDOVER, previous.done.fired())
             .await
             .is_err()
         {
@@ -207,15 +198,15 @@ async fn claim(
             // attempt still waits for it instead of starting an empty session.
             let (b, id) = (broker.clone(), client_id.to_string());
             tokio::spawn(async move {
-                previous.cancelled().await;
+                previous.done.fired().await;
                 b.release(&id, conn);
-                done.cancel();
+                watch.done.fire();
             });
             return None;
         }
         broker.cancel_will(client_id);
     }
-    Some((takeover, done))
+    Some(watch)
 }
 
 /// The protocol header and CONNECT, each in time: nothing is buffered for a silent
@@ -285,24 +276,21 @@ pub(super) async fn finish(
     mut s: Session,
     end: End,
     conn: u64,
-    done: CancellationToken,
+    watch: Arc<Watch>,
     will: Option<Box<PublishIn>>,
     will_delay: u32,
 ) {
     let broker = s.broker.clone();
     let client_id = s.client_id.clone();
-    // Wait for each forwarder to be gone, so its Hub subscriptions have left their groups
+    // Drop every subscription first, so its Hub subscriptions have left their groups
     // (handing what this connection never acknowledged back) before the session is
     // parked: a reconnect must not join a group its old member still holds, or its
     // first messages would overtake the ones being handed back.
-    for (_, sub) in s.subs.drain() {
-        sub.task.abort();
-        let _ = sub.task.await;
-    }
+    s.drop_subscriptions();
     // Publishes accepted but not yet acknowledged still complete: dropping one midway
     // could lose a QoS 2 message whose retransmission we would then refuse as a
     // duplicate. One that failed is forgotten, so a retransmission publishes it.
-    while let Some((kind, id, result)) = s.pending.next().await {
+    while let Some((kind, id, result)) = next_pending(&mut s.pending).await {
         s.inb.stored(kind, id, result.is_ok());
     }
     metrics::gauge!("polyport_mqtt_connections").decrement(1.0);
@@ -355,7 +343,7 @@ pub(super) async fn finish(
     // Released only now: a reconnect that finds no live connection must find the
     // session parked.
     broker.release(&client_id, conn);
-    done.cancel();
+    watch.done.fire();
 }
 
 /// The session a CONNECT gets: the parked one (clean start off), or a fresh one.

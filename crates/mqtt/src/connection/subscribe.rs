@@ -2,12 +2,13 @@
 //! for shared subscriptions and persistent sessions), retained messages, and the
 //! forwarders that turn Hub deliveries into outgoing messages.
 
-use std::collections::HashMap;
+use crate::session::Map;
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use polyport_core::subscription::Acker;
-use polyport_core::{AckPolicy, Item, Overflow, SubscribeRequest, TopicFilter};
-use tokio::sync::mpsc;
+use polyport_core::{AckPolicy, Delivery, Item, Overflow, SubscribeRequest, TopicFilter};
 
 use super::{End, NO_REDELIVERY, Outgoing, Session, Sub};
 use crate::attrs;
@@ -31,7 +32,7 @@ impl Session {
         }
         for id in awaiting_comp {
             self.out.resume_comp(id);
-            if !self.send_ack(Ack::Pubrel, id, None).await {
+            if !self.send_ack(Ack::Pubrel, id, None) {
                 return false;
             }
         }
@@ -84,15 +85,19 @@ impl Session {
         };
         match self.broker.hub.subscribe(&self.ctx, req).await {
             Ok(sub) => {
-                let task = tokio::spawn(forward(
+                let stream = deliveries(
                     sub,
-                    spec.opts(),
-                    spec.id,
-                    self.client_id.clone(),
-                    self.out.sent_before(),
-                    self.out_tx.clone(),
-                ));
-                Ok((share.is_none().then_some(filter), Sub { task }))
+                    Forward {
+                        opts: spec.opts(),
+                        sub_id: spec.id,
+                        client_id: self.client_id.clone(),
+                        sent_before: self.out.sent_before(),
+                    },
+                );
+                Ok((
+                    share.is_none().then_some(filter),
+                    self.add_deliveries(stream),
+                ))
             }
             Err(e) => {
                 tracing::warn!(client = %self.client_id, error = %e, "MQTT subscribe refused by the hub");
@@ -157,7 +162,7 @@ impl Session {
                 continue;
             }
             if let Some(old) = self.subs.remove(&text) {
-                old.task.abort();
+                old.abort.abort();
             }
             match self.open_sub(&spec).await {
                 Ok((filter, sub)) => {
@@ -173,6 +178,9 @@ impl Session {
                             let message_expiry = r
                                 .expires_at
                                 .map(|at| (at.saturating_sub(now_ms())).div_ceil(1000) as u32);
+                            let Ok(topic) = polyport_core::Topic::new(&topic) else {
+                                continue;
+                            };
                             retained.push(Outgoing {
                                 topic,
                                 payload: r.payload,
@@ -209,11 +217,11 @@ impl Session {
         let Some(ack) = wire::suback(self.ver, pkid, &codes) else {
             return true;
         };
-        if !self.send(ack).await {
+        if !self.send(ack) {
             return false;
         }
         // Through the backlog, so the client's receive maximum holds for them too.
-        self.backlog.extend(retained.into_iter().map(Box::new));
+        self.backlog.extend(retained);
         true
     }
     /// UNSUBSCRIBE: ends the forwarders, forgets the session's groups, UNSUBACK.
@@ -222,7 +230,7 @@ impl Session {
             .iter()
             .map(|f| match self.subs.remove(f) {
                 Some(s) => {
-                    s.task.abort();
+                    s.abort.abort();
                     true
                 }
                 None => false,
@@ -246,7 +254,7 @@ impl Session {
             }
         }
         if let Some(p) = wire::unsuback(self.ver, pkid, &found)
-            && !self.send(p).await
+            && !self.send(p)
         {
             return Some(End::Abnormal);
         }
@@ -254,25 +262,39 @@ impl Session {
     }
 }
 
-/// Turns one Hub subscription into outgoing MQTT messages for this session.
-async fn forward(
-    mut sub: polyport_core::Subscription,
+/// What turns one subscription's deliveries into MQTT messages for this session.
+struct Forward {
     opts: SubOpts,
     sub_id: Option<u32>,
     client_id: String,
-    sent_before: Arc<HashMap<u64, u16>>,
-    tx: mpsc::Sender<Box<Outgoing>>,
-) {
+    sent_before: Arc<Map<u64, u16>>,
+}
+
+/// One Hub subscription as a stream of outgoing MQTT messages for this session.
+fn deliveries(sub: polyport_core::Subscription, f: Forward) -> BoxStream<'static, Outgoing> {
     let acker = sub.acker();
-    while let Some(item) = sub.next().await {
-        let d = match item {
-            Ok(Item::Event(d)) => d,
-            Ok(Item::Notice(n)) => {
-                tracing::debug!(client = %client_id, notice = ?n, "MQTT subscriber missed messages");
-                continue;
+    futures::stream::unfold((sub, f, acker), |(mut sub, f, acker)| async move {
+        loop {
+            match sub.next().await? {
+                Ok(Item::Event(d)) => {
+                    if let Some(out) = f.outgoing(&d, &acker) {
+                        return Some((out, (sub, f, acker)));
+                    }
+                }
+                Ok(Item::Notice(n)) => {
+                    tracing::debug!(client = %f.client_id, notice = ?n, "MQTT subscriber missed messages");
+                }
+                Err(_) => return None,
             }
-            Err(_) => break,
-        };
+        }
+    })
+    .boxed()
+}
+
+impl Forward {
+    /// The message for this subscriber, or `None` when it does not get one (no-local,
+    /// expired while queued): then it is acknowledged at once.
+    fn outgoing(&self, d: &Delivery, acker: &Acker) -> Option<Outgoing> {
         let e = &d.event;
         let ack = e.seq.map(|seq| (acker.clone(), seq));
         let settle = |ack: Option<(Acker, u64)>| {
@@ -280,33 +302,31 @@ async fn forward(
                 a.ack(seq);
             }
         };
-        if opts.no_local && attrs::from_client(e, &client_id) {
+        if self.opts.no_local && attrs::from_client(e, &self.client_id) {
             settle(ack);
-            continue;
+            return None;
         }
         let Some(out) = attrs::outbound(e, chrono::Utc::now) else {
             // Expired while queued (MQTT 5 message expiry).
             settle(ack);
-            continue;
+            return None;
         };
-        let qos = out.published_qos.min(opts.qos);
-        let mut out = Box::new(Outgoing {
-            topic: e.topic.as_str().to_string(),
+        let qos = out.published_qos.min(self.opts.qos);
+        let mut out = Outgoing {
+            topic: e.topic.clone(),
             payload: e.payload.clone(),
             qos,
-            retain: opts.retain_as_published && out.retain,
+            retain: self.opts.retain_as_published && out.retain,
             props: out.props,
-            sub_ids: sub_id.into_iter().collect(),
+            sub_ids: self.sub_id.into_iter().collect(),
             dup: qos > 0
-                && (d.redeliveries > 0 || e.seq.is_some_and(|s| sent_before.contains_key(&s))),
+                && (d.redeliveries > 0 || e.seq.is_some_and(|s| self.sent_before.contains_key(&s))),
             ack,
-        });
+        };
         if qos == 0 {
             // At most once: nothing to wait for.
             out.settle();
         }
-        if tx.send(out).await.is_err() {
-            break;
-        }
+        Some(out)
     }
 }

@@ -284,6 +284,77 @@ def test_sys_topics_are_published_retained_hidden_from_hash_and_read_only(server
         c.close()
 
 
+def test_a_silent_client_is_disconnected_after_one_and_a_half_keep_alives(servers):
+    """Keep-alive is enforced by the broker's sweep (issue 15): an MQTT 5 client that
+    asks for 1 s and then says nothing hears DISCONNECT 0x8D (Keep alive timeout) after
+    1.5 s, within a second of slack, and one that keeps pinging stays."""
+    s = servers.start()
+    port = mqtt_port(s)
+    silent, pinging = Raw(port), Raw(port)
+    silent.send(connect_packet("ka-silent", level=5, keepalive=1))
+    pinging.send(connect_packet("ka-pinging", level=5, keepalive=1))
+    assert silent.connack()[1] == 0 and pinging.connack()[1] == 0
+    started = time.monotonic()
+    deadline = started + 4
+    while time.monotonic() < deadline:
+        pinging.send(b"\xc0\x00")
+        assert pinging.expect(0xD0) is not None, "PINGRESP"
+        time.sleep(0.4)
+        silent.s.settimeout(0.01)
+        try:
+            head = silent.s.recv(1)
+        except socket.timeout:
+            continue
+        assert head == b"\xe0", f"expected DISCONNECT, got {head!r}"
+        break
+    else:
+        raise AssertionError("the silent client was not disconnected within 4 s")
+    waited = time.monotonic() - started
+    assert 1.4 <= waited <= 3.0, f"disconnected after {waited:.2f}s"
+    silent.s.settimeout(WAIT)
+    body = silent._exact(silent._exact(1)[0])
+    assert body[0] == 0x8D, f"DISCONNECT reason {body[0]:#04x}, want 0x8D Keep alive timeout"
+    pinging.send(b"\xc0\x00")
+    assert pinging.expect(0xD0) is not None, "the pinging client is still served"
+    pinging.send(b"\xe0\x00")
+    for r in (silent, pinging):
+        r.close()
+
+
+def test_metrics_count_every_mqtt_message_in_and_out(servers):
+    """`/metrics` counts what the broker carried (the counters are resolved once and kept
+    on the hot path, issue 15): five QoS 0 publishes to one subscriber are five in, five
+    out, and five ephemeral events published."""
+    s = servers.start()
+    port = mqtt_port(s)
+
+    def counters() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{http_port(s)}/metrics", timeout=WAIT).text
+        out = {}
+        for line in text.splitlines():
+            if line.startswith(("polyport_mqtt_messages_", 'polyport_events_published_total{durable="false"}')):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    before = counters()
+    sub = connected(port, "metrics-sub", "metrics/#", qos=0)
+    pub = connected(port, "metrics-pub")
+    for i in range(5):
+        pub.publish(f"metrics/{i}", b"x", qos=0)
+    assert len(sub.take(5)) == 5
+    after = counters()
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew("polyport_mqtt_messages_in_total") == 5, after
+    assert grew("polyport_mqtt_messages_out_total") == 5, after
+    assert grew('polyport_events_published_total{durable="false"}') >= 5, after
+    for c in (sub, pub):
+        c.close()
+
+
 # ---------------------------------------------------------------------------------------
 # 8: mosquitto_pub / mosquitto_sub
 

@@ -114,6 +114,21 @@ pub(crate) fn vm_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+///
+/// The kernel reports them in USER_HZ ticks, which Linux fixes at 100 per second for
+/// every architecture this runs on (reading `sysconf` would take `unsafe`).
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After ')': state is field 3, utime field 14 and stime field 15 of the whole line.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Pids whose /proc/<pid>/comm is `name`.
 pub(crate) fn pids_named(name: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

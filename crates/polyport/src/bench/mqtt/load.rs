@@ -11,10 +11,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::bench::child::cpu_secs;
 
 /// What to publish where, and who listens.
 pub(super) struct Load {
@@ -26,6 +28,11 @@ pub(super) struct Load {
     pub(super) filter: String,
     pub(super) subscribers: usize,
     pub(super) payload: usize,
+    /// At most this many messages published and not yet delivered, over all publishers:
+    /// a producer that waits for its consumer (a bounded queue) instead of flooding.
+    pub(super) window: Option<u64>,
+    /// A fixed rate over all publishers (msgs/s) instead of as fast as possible.
+    pub(super) rate: Option<f64>,
 }
 
 impl Load {
@@ -41,6 +48,43 @@ impl Load {
             filter: format!("{base}/+"),
             subscribers: 1,
             payload: plan.payload,
+            window: None,
+            rate: None,
+        }
+    }
+
+    /// Fan-in with few publishers kept at most `plan.window` messages ahead of the
+    /// subscriber: throughput without a flood queued in front of it.
+    pub(super) fn fan_in_window(prefix: &str, broker: &str, plan: &Plan) -> Self {
+        let base = format!("{prefix}/{broker}/fanin-window");
+        let p = plan.window_publishers;
+        let total = plan.window_messages;
+        Self {
+            qos: QoS::AtMostOnce,
+            topics: (0..p).map(|i| format!("{base}/{i}")).collect(),
+            counts: (0..p)
+                .map(|i| total / p + usize::from(i < total % p))
+                .collect(),
+            filter: format!("{base}/+"),
+            subscribers: 1,
+            payload: plan.payload,
+            window: Some(plan.window as u64),
+            rate: None,
+        }
+    }
+
+    /// One publisher at a fixed rate to one subscriber: latency without queueing.
+    pub(super) fn steady(prefix: &str, broker: &str, plan: &Plan) -> Self {
+        let topic = format!("{prefix}/{broker}/steady");
+        Self {
+            qos: QoS::AtMostOnce,
+            topics: vec![topic.clone()],
+            counts: vec![plan.rate_messages],
+            filter: topic,
+            subscribers: 1,
+            payload: plan.payload,
+            window: None,
+            rate: Some(plan.rate),
         }
     }
 
@@ -53,6 +97,8 @@ impl Load {
             filter: topic,
             subscribers: plan.subscribers,
             payload: plan.payload,
+            window: None,
+            rate: None,
         }
     }
 }
@@ -64,6 +110,8 @@ pub(super) struct Outcome {
     /// Deliveries per second, first publish to last receipt.
     pub(super) rate: f64,
     pub(super) lat: Summary,
+    /// The broker process's CPU time per delivered message, when its pid is known.
+    pub(super) cpu_us_per_msg: Option<f64>,
     pub(super) note: Option<String>,
 }
 
@@ -223,32 +271,46 @@ pub(super) async fn run_load(
         bail!("{}: publisher setup failed: {e:#}", t.name);
     }
 
-    let delivered = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(AtomicU64::new(0));
+    let progress = Progress::default();
     let stop = CancellationToken::new();
     let sub_tasks: Vec<JoinHandle<SubEnd>> = subs
         .into_iter()
         .map(|(client, el)| {
-            let (delivered, last, stop) = (delivered.clone(), last.clone(), stop.clone());
-            tokio::spawn(subscriber(client, el, per_sub, delivered, last, stop))
+            let (progress, stop) = (progress.clone(), stop.clone());
+            tokio::spawn(subscriber(client, el, per_sub, progress, stop))
         })
         .collect();
     // Let every broker-side subscription settle before the clock starts.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
+    let cpu_before = t.pid.and_then(cpu_secs);
     let started = nanos();
+    let start_at = tokio::time::Instant::now();
     let mut drivers = Vec::new();
     let mut senders = Vec::new();
+    // Each publisher's share of a fixed rate: the gap between its own messages.
+    let gap = load
+        .rate
+        .map(|r| Duration::from_secs_f64(load.topics.len() as f64 / r.max(1.0)));
     for (((client, el), topic), &n) in pubs.into_iter().zip(&load.topics).zip(&load.counts) {
         drivers.push(tokio::spawn(publisher_driver(el, load.qos, n)));
         let (topic, qos, size) = (topic.clone(), load.qos, load.payload);
+        let (window, progress) = (load.window, progress.clone());
         senders.push(tokio::spawn(async move {
-            for _ in 0..n {
+            let mut stalled = false;
+            for k in 0..n {
+                if let Some(gap) = gap {
+                    tokio::time::sleep_until(start_at + gap * k as u32).await;
+                }
+                if let Some(w) = window {
+                    stalled |= !progress.wait_for_room(w).await;
+                }
                 let mut payload = vec![0u8; size];
                 payload[..8].copy_from_slice(&nanos().to_le_bytes());
                 client.publish(topic.clone(), qos, false, payload).await?;
+                progress.published.fetch_add(1, Ordering::Relaxed);
             }
-            anyhow::Ok(client)
+            anyhow::Ok((client, stalled))
         }));
     }
     let mut notes = Vec::new();
@@ -256,7 +318,15 @@ pub(super) async fn run_load(
     let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
     for s in senders {
         match tokio::time::timeout_at(deadline, s).await {
-            Ok(Ok(Ok(client))) => keep.push(client),
+            Ok(Ok(Ok((client, stalled)))) => {
+                if stalled {
+                    notes.push(
+                        "the subscriber stopped catching up; the window was let go (messages lost?)"
+                            .into(),
+                    );
+                }
+                keep.push(client)
+            }
             Ok(Ok(Err(e))) => notes.push(format!("publisher: {e:#}")),
             Ok(Err(e)) => notes.push(format!("publisher task: {e}")),
             Err(_) => notes.push("publishers did not finish in time".into()),
@@ -285,6 +355,7 @@ pub(super) async fn run_load(
 
     // Wait for the rest, counting it lost once deliveries stall for `quiet`.
     let cap = Instant::now() + DELIVERY_DEADLINE;
+    let delivered = &progress.delivered;
     let (mut seen, mut since) = (delivered.load(Ordering::Relaxed), Instant::now());
     loop {
         let d = delivered.load(Ordering::Relaxed);
@@ -317,8 +388,12 @@ pub(super) async fn run_load(
     // Give the broker a moment to tear the connections down before the next load.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let delivered = delivered.load(Ordering::Relaxed);
-    let secs = last.load(Ordering::Relaxed).saturating_sub(started) as f64 / 1e9;
+    let delivered = progress.delivered.load(Ordering::Relaxed);
+    let last = progress.last.load(Ordering::Relaxed);
+    let secs = last.saturating_sub(started) as f64 / 1e9;
+    // Read after the teardown pause: the broker's share of the run includes delivering
+    // the last messages, and the pause adds only the idle teardown of a few sockets.
+    let cpu_after = t.pid.and_then(cpu_secs);
     notes.dedup();
     Ok(Outcome {
         expected,
@@ -329,6 +404,10 @@ pub(super) async fn run_load(
             0.0
         },
         lat: summarize(lat.into_iter().map(|ns| ns / 1_000).collect()),
+        cpu_us_per_msg: match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if delivered > 0 => Some((a - b) * 1e6 / delivered as f64),
+            _ => None,
+        },
         note: (!notes.is_empty()).then(|| notes.join("; ")),
     })
 }
@@ -352,13 +431,73 @@ pub(super) async fn publisher_driver(
     (el, Ok(()))
 }
 
+/// What publishers and subscribers of one load share: counts, and a wake-up for
+/// publishers waiting for room in their window.
+#[derive(Clone, Default)]
+pub(super) struct Progress {
+    inner: Arc<ProgressInner>,
+}
+
+#[derive(Default)]
+pub(super) struct ProgressInner {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    /// `nanos()` of the latest delivery.
+    last: AtomicU64,
+    room: Notify,
+}
+
+impl std::ops::Deref for Progress {
+    type Target = ProgressInner;
+    fn deref(&self) -> &ProgressInner {
+        &self.inner
+    }
+}
+
+/// Deliveries between two wake-ups of waiting publishers.
+const WAKE_EVERY: u64 = 64;
+/// How long a window may see no delivery before publishers stop waiting for it.
+const WINDOW_STALL: Duration = Duration::from_secs(2);
+
+impl Progress {
+    /// Waits until fewer than `window` messages are in flight; `false` if deliveries
+    /// stalled and the wait was given up.
+    async fn wait_for_room(&self, window: u64) -> bool {
+        let mut since = Instant::now();
+        let mut seen = self.delivered.load(Ordering::Relaxed);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a wake-up between the two is not lost.
+            room.as_mut().enable();
+            let d = self.delivered.load(Ordering::Relaxed);
+            if self.published.load(Ordering::Relaxed) < d + window {
+                return true;
+            }
+            if d != seen {
+                (seen, since) = (d, Instant::now());
+            } else if since.elapsed() > WINDOW_STALL {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), room).await;
+        }
+    }
+
+    fn delivered_one(&self, now: u64) {
+        let d = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+        self.last.fetch_max(now, Ordering::Relaxed);
+        if d.is_multiple_of(WAKE_EVERY) {
+            self.room.notify_waiters();
+        }
+    }
+}
+
 /// Counts deliveries and their latency until `expect` arrived or `stop` fires.
 pub(super) async fn subscriber(
     client: AsyncClient,
     mut el: EventLoop,
     expect: usize,
-    delivered: Arc<AtomicU64>,
-    last: Arc<AtomicU64>,
+    progress: Progress,
     stop: CancellationToken,
 ) -> SubEnd {
     let mut lat_ns = Vec::with_capacity(expect);
@@ -381,8 +520,7 @@ pub(super) async fn subscriber(
                     lat_ns.push(now.saturating_sub(sent));
                 }
                 got += 1;
-                delivered.fetch_add(1, Ordering::Relaxed);
-                last.fetch_max(now, Ordering::Relaxed);
+                progress.delivered_one(now);
             }
             Ok(_) => {}
             Err(e) => {

@@ -7,6 +7,13 @@
 //! runtime with the load generator, and the child's VmRSS is the broker's alone, which the
 //! idle-connection scenario needs.
 //!
+//! Scenarios (`--only` picks some): `idle` (memory per idle connection), `fanin` (16
+//! publishers flooding one wildcard subscriber), `window` (4 publishers kept at most
+//! `--window` messages ahead of their subscriber: few publishers, no flood to batch),
+//! `steady` (one publisher at `--rate` msgs/s: latency when nothing queues) and `fanout`
+//! (1 → 100). Each row also shows the broker process's CPU time per delivered message,
+//! from /proc, which is steadier than rates on a shared machine.
+//!
 //! The idle-connection scenario runs first, while neither broker's heap has been grown and
 //! freed by earlier load (reused free memory would hide per-connection growth). Latency is
 //! measured from a monotonic timestamp in the first 8 bytes of each payload, so it counts
@@ -47,12 +54,42 @@ pub(crate) struct MqttArgs {
     /// Payload bytes (at least 8: the send timestamp).
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Publishers of the bounded-window fan-in [default: 4].
+    #[arg(long)]
+    window_publishers: Option<usize>,
+    /// Messages the bounded-window publishers may be ahead of their subscriber.
+    #[arg(long, default_value_t = 2000)]
+    window: usize,
+    /// Rate of the fixed-rate latency scenario, msgs/s.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// Seconds of the fixed-rate latency scenario [default: 4].
+    #[arg(long)]
+    rate_secs: Option<f64>,
     /// Idle connections per broker for the memory scenario [default: 2000].
     #[arg(long)]
     idle: Option<usize>,
     /// Small counts (a smoke test); explicit flags still win.
     #[arg(long)]
     quick: bool,
+    /// Run only these scenarios (repeatable) [default: all].
+    #[arg(long, value_enum)]
+    only: Vec<Scenario>,
+}
+
+/// The scenarios, in the order they run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Memory per idle connection.
+    Idle,
+    /// Many publishers flooding one subscriber.
+    Fanin,
+    /// Few publishers kept a bounded window ahead of one subscriber.
+    Window,
+    /// Latency at a fixed rate.
+    Steady,
+    /// One publisher to many subscribers.
+    Fanout,
 }
 
 /// The resolved counts.
@@ -63,12 +100,23 @@ struct Plan {
     fanin_q1: usize,
     fanout: usize,
     payload: usize,
+    window_publishers: usize,
+    window: usize,
+    /// Messages of the bounded-window fan-in.
+    window_messages: usize,
+    rate: f64,
+    rate_messages: usize,
     idle: usize,
+    only: Vec<Scenario>,
     /// How long delivery may stall after publishing ends before the rest counts as lost.
     quiet: Duration,
 }
 
 impl Plan {
+    fn runs(&self, s: Scenario) -> bool {
+        self.only.is_empty() || self.only.contains(&s)
+    }
+
     fn new(a: &MqttArgs) -> Self {
         let q = a.quick;
         Self {
@@ -81,7 +129,17 @@ impl Plan {
                 .unwrap_or(if q { 100 } else { 1_000 })
                 .max(1),
             payload: a.payload.max(8),
+            window_publishers: a.window_publishers.unwrap_or(4).max(1),
+            window: a.window.max(1),
+            window_messages: a
+                .messages
+                .unwrap_or(if q { 20_000 } else { 200_000 })
+                .max(1),
+            rate: a.rate.max(1.0),
+            rate_messages: (a.rate.max(1.0) * a.rate_secs.unwrap_or(if q { 1.0 } else { 4.0 }))
+                as usize,
             idle: a.idle.unwrap_or(if q { 200 } else { 2_000 }),
+            only: a.only.clone(),
             quiet: Duration::from_secs(if q { 1 } else { 3 }),
         }
     }
@@ -196,7 +254,31 @@ async fn scenarios(
     run_id: &str,
     prefix: &str,
 ) -> anyhow::Result<()> {
-    // 1. Memory per idle connection.
+    if plan.runs(Scenario::Idle) {
+        idle_scenario(plan, pp, mosq, run_id).await?;
+    }
+    if plan.runs(Scenario::Fanin) {
+        fan_in_scenario(plan, pp, mosq, run_id, prefix).await?;
+    }
+    if plan.runs(Scenario::Window) {
+        window_scenario(plan, pp, mosq, run_id, prefix).await?;
+    }
+    if plan.runs(Scenario::Steady) {
+        steady_scenario(plan, pp, mosq, run_id, prefix).await?;
+    }
+    if plan.runs(Scenario::Fanout) {
+        fan_out_scenario(plan, pp, mosq, run_id, prefix).await?;
+    }
+    Ok(())
+}
+
+/// Memory per idle connection.
+async fn idle_scenario(
+    plan: &Plan,
+    pp: &Target,
+    mosq: Option<&Target>,
+    run_id: &str,
+) -> anyhow::Result<()> {
     println!();
     println!(
         "idle connections: {} per broker, RSS growth of the broker process",
@@ -244,7 +326,16 @@ async fn scenarios(
         );
     }
 
-    // 2. Fan-in.
+    Ok(())
+}
+
+async fn fan_in_scenario(
+    plan: &Plan,
+    pp: &Target,
+    mosq: Option<&Target>,
+    run_id: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
     println!();
     println!(
         "fan-in: {} publishers -> 1 subscriber (wildcard), {}-byte payload, {} msgs at QoS 0, {} at QoS 1",
@@ -264,7 +355,65 @@ async fn scenarios(
         compare(pp, mosq, load, run_id, plan.quiet).await?;
     }
 
-    // 3. Fan-out.
+    Ok(())
+}
+
+/// Few publishers that wait for their subscriber: the load where batching has the least
+/// to work with.
+async fn window_scenario(
+    plan: &Plan,
+    pp: &Target,
+    mosq: Option<&Target>,
+    run_id: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "fan-in, bounded window: {} publishers -> 1 subscriber, at most {} messages ahead of it, {}-byte payload, {} msgs at QoS 0",
+        plan.window_publishers, plan.window, plan.payload, plan.window_messages
+    );
+    header("QoS");
+    compare(
+        pp,
+        mosq,
+        |t: &Target| Load::fan_in_window(prefix, t.name, plan),
+        run_id,
+        plan.quiet,
+    )
+    .await
+}
+
+/// Latency when nothing queues.
+async fn steady_scenario(
+    plan: &Plan,
+    pp: &Target,
+    mosq: Option<&Target>,
+    run_id: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "latency at a fixed rate: 1 publisher -> 1 subscriber, {} msgs/s, {}-byte payload, {} msgs at QoS 0",
+        plan.rate, plan.payload, plan.rate_messages
+    );
+    header("QoS");
+    compare(
+        pp,
+        mosq,
+        |t: &Target| Load::steady(prefix, t.name, plan),
+        run_id,
+        plan.quiet,
+    )
+    .await
+}
+
+async fn fan_out_scenario(
+    plan: &Plan,
+    pp: &Target,
+    mosq: Option<&Target>,
+    run_id: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
     println!();
     println!(
         "fan-out: 1 publisher -> {} subscribers, {}-byte payload, {} msgs at each QoS ({} deliveries)",
@@ -325,6 +474,14 @@ async fn compare(
         Some(lat(&p, |s| s.p99)),
         m.as_ref().map(|m| lat(m, |s| s.p99)),
         0,
+        Better::Lower,
+    );
+    num_row(
+        label,
+        "CPU µs/msg",
+        p.cpu_us_per_msg,
+        m.as_ref().and_then(|m| m.cpu_us_per_msg),
+        2,
         Better::Lower,
     );
     text_row(
@@ -423,7 +580,13 @@ pub(crate) async fn fan_in_qos0(
         fanin_q1: 0,
         fanout: 0,
         payload: 64,
+        window_publishers: 0,
+        window: 0,
+        window_messages: 0,
+        rate: 0.0,
+        rate_messages: 0,
         idle: 0,
+        only: vec![Scenario::Fanin],
         quiet: Duration::from_secs(3),
     };
     let t = Target {
