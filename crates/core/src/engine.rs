@@ -228,8 +228,9 @@ pub trait Store: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> HubResult<Vec<Delivery>>;
-    /// The oldest pending delivery of an endpoint (deliveries are ordered per endpoint).
-    async fn next_delivery(&self, endpoint_id: &str) -> HubResult<Option<Delivery>>;
+    /// The oldest pending deliveries of an endpoint, at most `limit`, in sequence order
+    /// (deliveries are ordered per endpoint).
+    async fn next_deliveries(&self, endpoint_id: &str, limit: usize) -> HubResult<Vec<Delivery>>;
     /// One delivery.
     async fn get_delivery(&self, endpoint_id: &str, seq: u64) -> HubResult<Option<Delivery>>;
     /// The attempt log of a delivery, oldest first.

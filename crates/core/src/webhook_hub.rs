@@ -224,21 +224,57 @@ impl Hub {
 
     // ----- for the delivery engine -----
 
-    /// The oldest pending delivery of an endpoint.
-    pub async fn next_delivery(&self, ctx: &AuthContext, id: &str) -> HubResult<Option<Delivery>> {
+    /// The oldest pending deliveries of an endpoint, at most `limit`, in sequence order.
+    pub async fn next_deliveries(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        limit: usize,
+    ) -> HubResult<Vec<Delivery>> {
         self.authorize(ctx, Action::Admin)?;
-        self.inner.store.next_delivery(id).await
+        self.inner.store.next_deliveries(id, limit).await
     }
 
-    /// One durable event by sequence, if it is still in the log.
-    pub async fn event(&self, ctx: &AuthContext, seq: u64) -> HubResult<Option<EventRef>> {
+    /// Durable events by sequence (ascending), each `None` once it left the log. Read
+    /// in one pass over their range when they lie close together (an endpoint's queue
+    /// usually does), one by one otherwise.
+    pub async fn events(
+        &self,
+        ctx: &AuthContext,
+        seqs: &[u64],
+    ) -> HubResult<Vec<Option<EventRef>>> {
         self.authorize(ctx, Action::Admin)?;
-        let mut v = self
-            .inner
-            .store
-            .read_events(seq.saturating_sub(1), 1)
-            .await?;
-        Ok(v.pop().filter(|e| e.seq == Some(seq)))
+        let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+            return Ok(Vec::new());
+        };
+        let span = last.saturating_sub(first) as usize + 1;
+        let mut found = std::collections::HashMap::with_capacity(seqs.len());
+        if span <= seqs.len().saturating_mul(4).max(64) {
+            for e in self
+                .inner
+                .store
+                .read_events(first.saturating_sub(1), span)
+                .await?
+            {
+                if let Some(s) = e.seq {
+                    found.insert(s, e);
+                }
+            }
+        } else {
+            for &s in seqs {
+                if let Some(e) = self
+                    .inner
+                    .store
+                    .read_events(s.saturating_sub(1), 1)
+                    .await?
+                    .pop()
+                    && e.seq == Some(s)
+                {
+                    found.insert(s, e);
+                }
+            }
+        }
+        Ok(seqs.iter().map(|s| found.remove(s)).collect())
     }
 
     /// Records an attempt and its consequence (retry time, dead-letter, disabling).

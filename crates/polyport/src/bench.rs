@@ -87,7 +87,7 @@ enum Which {
     /// Signed webhook deliveries/s through the durable outbox vs a bare HTTP client.
     Webhooks {
         /// Events per run.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 5000)]
         events: usize,
         /// Endpoints (each delivers in order; endpoints run in parallel).
         #[arg(long, default_value_t = 4)]

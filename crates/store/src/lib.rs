@@ -462,9 +462,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_delivery(&self, endpoint_id: &str) -> HubResult<Option<Delivery>> {
+    async fn next_deliveries(&self, endpoint_id: &str, limit: usize) -> HubResult<Vec<Delivery>> {
         let ep = endpoint_id.to_string();
-        self.read(move |conn| webhooks::next_delivery(conn, &ep))
+        self.read(move |conn| webhooks::next_deliveries(conn, &ep, limit))
             .await
     }
 

@@ -12,7 +12,7 @@ use polyport_core::webhook::{
     Attempt, AttemptOutcome, Delivery, DeliveryStatus, Endpoint, delivery_id,
 };
 use polyport_core::{HubError, HubResult};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, Row, Transaction, params};
 
 use crate::db::from_micros;
 
@@ -87,7 +87,8 @@ pub(crate) fn put_endpoint(
     ep: Endpoint,
 ) -> HubResult<WriteOutcome> {
     let body = serde_json::to_string(&ep).map_err(|e| HubError::Storage(e.to_string()))?;
-    tx.execute(
+    crate::db::exec(
+        tx,
         "INSERT INTO webhook_endpoints (id, body) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET body = excluded.body",
         params![ep.id, body],
@@ -110,7 +111,8 @@ pub(crate) fn delete_endpoint(
         return Err(HubError::NotFound(format!("webhook endpoint '{id}'")));
     }
     for t in ["webhook_attempts", "webhook_deliveries"] {
-        tx.execute(
+        crate::db::exec(
+            tx,
             &format!("DELETE FROM {t} WHERE endpoint_id = ?1"),
             params![id],
         )
@@ -134,7 +136,7 @@ pub(crate) fn record_attempt(
 ) -> HubResult<Option<EventDraft>> {
     let now = Utc::now();
     let body = serde_json::to_string(attempt).map_err(|e| HubError::Storage(e.to_string()))?;
-    tx.execute(
+    crate::db::exec(tx,
         "INSERT OR REPLACE INTO webhook_attempts (endpoint_id, seq, number, body) VALUES (?1, ?2, ?3, ?4)",
         params![endpoint_id, seq as i64, attempt.number, body],
     )
@@ -149,7 +151,8 @@ pub(crate) fn record_attempt(
     // A replay (`redeliver`) that lands while this attempt was in flight moved
     // `updated_at` past the attempt's start: it stays queued as the replay left it, or
     // the outcome would silently swallow the requested resend.
-    tx.execute(
+    crate::db::exec(
+        tx,
         "UPDATE webhook_deliveries SET
              status = CASE WHEN updated_at > ?8 THEN 'pending' ELSE ?3 END,
              next_attempt_at = CASE WHEN updated_at > ?8 THEN next_attempt_at ELSE ?5 END,
@@ -194,7 +197,8 @@ pub(crate) fn record_attempt(
     if ep != **slot {
         ep.updated_at = now;
         let body = serde_json::to_string(&ep).map_err(|e| HubError::Storage(e.to_string()))?;
-        tx.execute(
+        crate::db::exec(
+            tx,
             "UPDATE webhook_endpoints SET body = ?2 WHERE id = ?1",
             params![ep.id, body],
         )
@@ -302,16 +306,17 @@ pub(crate) fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-pub(crate) fn next_delivery(
+pub(crate) fn next_deliveries(
     conn: &Connection,
     endpoint_id: &str,
-) -> rusqlite::Result<Option<Delivery>> {
+    limit: usize,
+) -> rusqlite::Result<Vec<Delivery>> {
     conn.prepare_cached(&format!(
         "SELECT {DELIVERY_COLS} FROM webhook_deliveries
-         WHERE endpoint_id = ?1 AND status = 'pending' ORDER BY seq LIMIT 1"
+         WHERE endpoint_id = ?1 AND status = 'pending' ORDER BY seq LIMIT ?2"
     ))?
-    .query_row(params![endpoint_id], delivery_from_row)
-    .optional()
+    .query_map(params![endpoint_id, limit as i64], delivery_from_row)?
+    .collect()
 }
 
 pub(crate) fn attempts(

@@ -81,6 +81,14 @@ async fn waker(shared: Arc<Shared>) {
     }
 }
 
+/// Deliveries one worker takes from its queue at a time.
+const BATCH: usize = 64;
+
+/// Walks one endpoint's queue in order, a batch at a time: the batch's events are read
+/// in one pass, sent one after another over a kept-alive connection, and their attempts
+/// recorded together, so one group commit (one fsync) covers the whole batch instead of
+/// one per delivery. A failure ends the batch there: what follows waits behind its retry,
+/// as it did one at a time.
 async fn worker(shared: Arc<Shared>, endpoint_id: String) {
     let shutdown = shared.hub.shutdown_token();
     let mut last_send: Option<Instant> = None;
@@ -95,18 +103,21 @@ async fn worker(shared: Arc<Shared>, endpoint_id: String) {
         if !ep.spec.enabled {
             return;
         }
-        let next = match shared.hub.next_delivery(&ctx(), &endpoint_id).await {
-            Ok(n) => n,
+        let queue = match shared
+            .hub
+            .next_deliveries(&ctx(), &endpoint_id, BATCH)
+            .await
+        {
+            Ok(q) => q,
             Err(e) => {
                 tracing::warn!(endpoint = %endpoint_id, error = %e, "reading the webhook queue failed");
-                None
+                Vec::new()
             }
         };
-        let wait = match &next {
-            None => Duration::from_secs(1),
-            Some(d) => due_in(d),
-        };
-        if wait > Duration::ZERO {
+        // In order: the batch stops at the first delivery not due yet.
+        let due = queue.iter().take_while(|d| due_in(d).is_zero()).count();
+        if due == 0 {
+            let wait = queue.first().map_or(Duration::from_secs(1), due_in);
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
@@ -114,16 +125,37 @@ async fn worker(shared: Arc<Shared>, endpoint_id: String) {
             }
             continue;
         }
-        let Some(d) = next else { continue };
-        if let (Some(rate), Some(last)) = (ep.spec.rate_limit.filter(|r| *r > 0), last_send) {
-            let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
-            let since = last.elapsed();
-            if since < gap {
-                tokio::time::sleep(gap - since).await;
+        let batch = &queue[..due];
+        let seqs: Vec<u64> = batch.iter().map(|d| d.seq).collect();
+        let events = match shared.hub.events(&ctx(), &seqs).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading webhook events failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut records = Vec::with_capacity(batch.len());
+        for (d, event) in batch.iter().zip(events) {
+            if let (Some(rate), Some(last)) = (ep.spec.rate_limit.filter(|r| *r > 0), last_send) {
+                let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+                let since = last.elapsed();
+                if since < gap {
+                    tokio::time::sleep(gap - since).await;
+                }
+            }
+            last_send = Some(Instant::now());
+            let Some((attempt, outcome)) = attempt(&shared, &ep, d, event).await else {
+                break;
+            };
+            let delivered = matches!(outcome, AttemptOutcome::Delivered);
+            records.push(record(&shared, &ep, d, attempt, outcome));
+            if !delivered || shutdown.is_cancelled() {
+                break;
             }
         }
-        last_send = Some(Instant::now());
-        deliver(&shared, &ep, &d).await;
+        // Submitted together, committed together.
+        futures::future::join_all(records).await;
     }
 }
 
@@ -156,10 +188,14 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(d.min(Duration::from_secs(24 * 3600)))
 }
 
-async fn deliver(shared: &Shared, ep: &Endpoint, d: &Delivery) {
-    let Ok(_permit) = shared.in_flight.acquire().await else {
-        return;
-    };
+/// One attempt at a delivery; `None` when it was not made (shutting down).
+async fn attempt(
+    shared: &Shared,
+    ep: &Endpoint,
+    d: &Delivery,
+    event: Option<polyport_core::EventRef>,
+) -> Option<(Attempt, AttemptOutcome)> {
+    let _permit = shared.in_flight.acquire().await.ok()?;
     let number = d.attempts + 1;
     let now = Utc::now();
     let started = Instant::now();
@@ -172,17 +208,9 @@ async fn deliver(shared: &Shared, ep: &Endpoint, d: &Delivery) {
         response: None,
         error: None,
     };
-    let event = match shared.hub.event(&ctx(), d.seq).await {
-        Ok(Some(e)) => e,
-        Ok(None) => {
-            attempt.error = Some("the event is no longer in the log (retention)".into());
-            record(shared, ep, d, attempt, AttemptOutcome::Dead).await;
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "reading a webhook event failed");
-            return;
-        }
+    let Some(event) = event else {
+        attempt.error = Some("the event is no longer in the log (retention)".into());
+        return Some((attempt, AttemptOutcome::Dead));
     };
     let outcome = match send(shared, ep, d, &event, now).await {
         Ok((status, headers, excerpt)) => {
@@ -209,7 +237,7 @@ async fn deliver(shared: &Shared, ep: &Endpoint, d: &Delivery) {
     };
     attempt.latency_ms = started.elapsed().as_millis() as u64;
     metrics::histogram!("polyport_webhook_latency_seconds").record(started.elapsed().as_secs_f64());
-    record(shared, ep, d, attempt, outcome).await;
+    Some((attempt, outcome))
 }
 
 /// What a failed attempt leads to.
@@ -235,6 +263,8 @@ fn failure(
     AttemptOutcome::RetryAt(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
 }
 
+/// Records an attempt through the Hub (a durable write: the caller submits a batch of
+/// these at once so they share a commit).
 async fn record(
     shared: &Shared,
     ep: &Endpoint,

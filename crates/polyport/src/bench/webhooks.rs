@@ -73,10 +73,13 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
     let topic = Topic::new("bench/webhooks")?;
     let started = Instant::now();
     let mut pubs = Vec::new();
-    for w in 0..8 {
+    // Enough publishers that filling the outbox (one fsync per group commit) is not what
+    // the delivery rate measures.
+    const PUBLISHERS: usize = 64;
+    for w in 0..PUBLISHERS {
         let (hub, ctx, topic) = (server.hub.clone(), ctx.clone(), topic.clone());
         pubs.push(tokio::spawn(async move {
-            for i in (w..events).step_by(8) {
+            for i in (w..events).step_by(PUBLISHERS) {
                 let mut d = EventDraft::new(
                     topic.clone(),
                     json!({"n": i, "pad": "x".repeat(200)}).to_string(),
@@ -91,6 +94,7 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
         p.await??;
     }
     let published = started.elapsed();
+    let at_published = received.load(Ordering::Relaxed);
     let want = events * endpoints;
     let deadline = Instant::now() + Duration::from_secs(300);
     while received.load(Ordering::Relaxed) < want {
@@ -102,7 +106,10 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pp_rate = want as f64 / started.elapsed().as_secs_f64();
+    let total = started.elapsed();
+    let pp_rate = want as f64 / total.as_secs_f64();
+    let drain_rate = (want - at_published.min(want)) as f64
+        / total.saturating_sub(published).as_secs_f64().max(1e-3);
     println!(
         "polyport bench webhooks: {events} events × {endpoints} endpoints to a local receiver"
     );
@@ -116,7 +123,11 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
         "polyport (durable outbox, signed, logged)", pp_rate
     );
     println!(
-        "ratio polyport/bare: {:.2}x (publishing all events took {} ms; every delivery and attempt is written to disk)",
+        "{:<44} {:>14.0}",
+        "polyport, once every event was published", drain_rate
+    );
+    println!(
+        "ratio polyport/bare: {:.2}x (publishing all events took {} ms, with {at_published} delivered meanwhile; every delivery and attempt is written to disk)",
         pp_rate / base_rate.max(1.0),
         published.as_millis()
     );

@@ -16,12 +16,14 @@ pub(super) fn put_state(
     value: Option<Bytes>,
 ) -> HubResult<WriteOutcome> {
     match value {
-        Some(v) => tx.execute(
+        Some(v) => crate::db::exec(
+            tx,
             "INSERT INTO adapter_state (namespace, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
             params![namespace, key, v.as_ref()],
         ),
-        None => tx.execute(
+        None => crate::db::exec(
+            tx,
             "DELETE FROM adapter_state WHERE namespace = ?1 AND key = ?2",
             params![namespace, key],
         ),
@@ -33,7 +35,8 @@ pub(super) fn put_state(
 /// Forgets the saved positions of every consumer whose key starts with `prefix`.
 pub(super) fn delete(tx: &Transaction<'_>, prefix: &str) -> HubResult<WriteOutcome> {
     // substr() rather than LIKE: group names may contain `%` and `_`.
-    tx.execute(
+    crate::db::exec(
+        tx,
         "DELETE FROM consumers WHERE substr(key, 1, length(?1)) = ?1",
         params![prefix],
     )
@@ -49,7 +52,8 @@ pub(super) fn save(
     position: u64,
     owner: Option<&str>,
 ) -> HubResult<WriteOutcome> {
-    tx.execute(
+    crate::db::exec(
+        tx,
         "INSERT INTO consumers (key, position, owner) VALUES (?1, ?2, ?3)
          ON CONFLICT (key) DO UPDATE SET position = excluded.position",
         params![key, position as i64, owner],

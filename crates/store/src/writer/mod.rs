@@ -275,7 +275,8 @@ fn apply_one(
 /// Records the batch's last sequence (when it appended events) and commits: one fsync.
 fn commit(tx: Transaction<'_>, appended: bool, last_seq: u64) -> rusqlite::Result<()> {
     if appended {
-        tx.execute(
+        crate::db::exec(
+            &tx,
             "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![last_seq.to_string()],

@@ -103,7 +103,8 @@ pub(super) fn delete(
     let prev =
         load_record(tx, &collection, &id)?.ok_or(HubError::RecordNotFound { collection, id })?;
     check_version(&prev, expected_version)?;
-    tx.execute(
+    crate::db::exec(
+        tx,
         "DELETE FROM records WHERE collection = ?1 AND id = ?2",
         params![prev.collection, prev.id],
     )
