@@ -206,7 +206,8 @@ pub trait Store: Send + Sync + 'static {
         0.0
     }
     /// One record.
-    async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>>;
+    /// One record; shared, so a cached one is handed out without a copy.
+    async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Arc<Record>>>;
     /// Several records of one collection by id (missing ones are skipped).
     async fn get_records(&self, collection: &str, ids: &[String]) -> HubResult<Vec<Record>>;
     /// A filtered, sorted page.

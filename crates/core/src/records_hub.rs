@@ -280,7 +280,7 @@ impl Hub {
         ctx: &AuthContext,
         collection: &str,
         id: &str,
-    ) -> HubResult<Record> {
+    ) -> HubResult<Arc<Record>> {
         self.authorize(ctx, Action::Read(collection))?;
         self.require_collection(collection)?;
         validate_id(id)?;
@@ -413,7 +413,7 @@ impl Hub {
             return Ok(Pin::Free);
         }
         Ok(match self.inner.store.get_record(collection, id).await? {
-            Some(r) => Pin::Current(r),
+            Some(r) => Pin::Current(Arc::unwrap_or_clone(r)),
             None => Pin::Absent,
         })
     }

@@ -20,7 +20,6 @@
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use polyport_core::adapter::Peer;
 use polyport_core::{AuthContext, HubError, Origin};
@@ -42,22 +41,20 @@ fn self_authenticating(req: &Request) -> bool {
             && access_token(req.uri().query()).is_none())
 }
 
-pub(crate) async fn authenticate(
-    State(st): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if self_authenticating(&req) {
-        return next.run(req).await;
+/// Admits a request (`None`: its caller's `AuthContext` is in its extensions), or says
+/// how it is refused.
+pub(crate) fn admit(st: &AppState, req: &mut Request) -> Option<Response> {
+    if self_authenticating(req) {
+        return None;
     }
     let peer = req.extensions().get::<Peer>();
     let addr = peer.and_then(|p| p.addr).map(|a| a.ip());
-    let who = identify(&st, req.headers(), req.uri().query(), peer)
+    let who = identify(st, req.headers(), req.uri().query(), peer)
         .and_then(|ctx| st.hub.admit_request(&ctx, addr).map(|()| ctx));
-    match who {
+    Some(match who {
         Ok(ctx) => {
             req.extensions_mut().insert(ctx);
-            next.run(req).await
+            return None;
         }
         Err(e @ HubError::RateLimited { .. }) => ApiError::from(e).into_response(),
         Err(e) => {
@@ -80,7 +77,7 @@ pub(crate) async fn authenticate(
             );
             res
         }
-    }
+    })
 }
 
 const HTTP: Origin = Origin("http");

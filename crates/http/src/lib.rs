@@ -16,6 +16,7 @@
 //! The adapter holds a [`Hub`] and nothing else; every handler is generic over
 //! collections (the collection is a path parameter, its schema is data).
 
+mod cors;
 mod error;
 mod gate;
 mod hooks;
@@ -29,8 +30,6 @@ mod serve;
 mod webhooks;
 mod ws;
 mod ws_topics;
-
-use std::collections::HashMap;
 
 /// Events written to SSE, NDJSON, long-poll and WebSocket clients.
 pub(crate) static EVENTS_DELIVERED: polyport_core::hot_metrics::HotCounter =
@@ -138,7 +137,7 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
         cfg: Arc::new(cfg),
     };
     let max_body = state.cfg.max_body;
-    let cors = cors_layer(&state.cfg.cors_origins);
+    let cors = cors::Cors::new(&state.cfg.cors_origins);
     let app = Router::new()
         .route(
             "/api/collections",
@@ -224,40 +223,53 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            gate::authenticate,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(RequestMetrics::default()),
-            track,
-        ));
-    match cors {
-        Some(c) => app.layer(c),
-        None => app,
-    }
+        .layer(DefaultBodyLimit::max(max_body));
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(Front {
+            app: state,
+            metrics: RequestMetrics::default(),
+            cors,
+        }),
+        front,
+    ))
 }
 
-/// Browser apps on other origins (and `file://` pages) need CORS for REST, SSE and
-/// long-poll; WebSocket is not subject to it.
-fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
-    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-    if origins.is_empty() {
-        return None;
+/// What every request meets before its handler, in one layer (each layer costs every
+/// request a boxed service and future): CORS, the caller's identity, request metrics.
+struct Front {
+    app: AppState,
+    metrics: RequestMetrics,
+    /// `None`: CORS off.
+    cors: Option<cors::Cors>,
+}
+
+/// CORS preflights are answered first (not counted); then the caller is admitted or
+/// refused (counted either way), and the response gets its CORS headers.
+async fn front(State(f): State<Arc<Front>>, mut req: Request, next: Next) -> Response {
+    if let Some(answer) = f.cors.as_ref().and_then(|c| c.preflight(&req)) {
+        return answer;
     }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::from(Any)
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    let origin = f
+        .cors
+        .as_ref()
+        .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(req.method());
+    let mut res = match gate::admit(&f.app, &mut req) {
+        None => next.run(req).await,
+        Some(refused) => refused,
     };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods(Any)
-            .allow_headers(Any)
-            .expose_headers([header::ETAG, header::LOCATION]),
-    )
+    f.metrics.record(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        method,
+        res.status(),
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(c) = &f.cors {
+        c.decorate(origin.as_ref(), res.headers_mut());
+    }
+    res
 }
 
 async fn not_found() -> ApiError {
@@ -325,11 +337,13 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 #[derive(Default)]
 struct RequestMetrics {
     /// route label → (method, status) → handles.
-    handles: std::sync::RwLock<HashMap<Box<str>, ByMethodStatus>>,
+    handles: std::sync::RwLock<FastMap<Box<str>, ByMethodStatus>>,
 }
 
 type Handles = (metrics::Counter, metrics::Histogram);
-type ByMethodStatus = HashMap<(&'static str, u16), Handles>;
+type ByMethodStatus = FastMap<(&'static str, u16), Handles>;
+/// Looked up on every request: foldhash, not SipHash (the keys are our own routes).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 impl RequestMetrics {
     fn record(&self, route: &str, method: &'static str, status: StatusCode, secs: f64) {
@@ -357,12 +371,9 @@ impl RequestMetrics {
     }
 }
 
-/// Counts requests by route and status and records their latency.
-async fn track(State(m): State<Arc<RequestMetrics>>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    // A label per known method only: arbitrary method strings must not grow the series.
-    let method = match req.method().as_str() {
+/// A label per known method only: arbitrary method strings must not grow the series.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    match m.as_str() {
         "GET" => "GET",
         "HEAD" => "HEAD",
         "POST" => "POST",
@@ -371,13 +382,5 @@ async fn track(State(m): State<Arc<RequestMetrics>>, req: Request, next: Next) -
         "DELETE" => "DELETE",
         "OPTIONS" => "OPTIONS",
         _ => "other",
-    };
-    let res = next.run(req).await;
-    m.record(
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        method,
-        res.status(),
-        started.elapsed().as_secs_f64(),
-    );
-    res
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::gate::Caller;
-use crate::params::{Params, json_body};
+use crate::params::{ContentType, IfNoneMatch, Params, Picked, json_body, json_body_typed};
 
 /// Maps axum's body rejections (413 above the limit, …) to problem+json.
 pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
@@ -115,8 +115,13 @@ pub(crate) async fn delete_collection(
 
 /// `"3"` for version 3: strong, and scoped to the record's URL.
 fn etag(r: &Record) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{}\"", r.version))
-        .unwrap_or(HeaderValue::from_static("\"0\""))
+    let mut buf = itoa::Buffer::new();
+    let v = buf.format(r.version);
+    let mut quoted = [0u8; 22];
+    quoted[0] = b'"';
+    quoted[1..=v.len()].copy_from_slice(v.as_bytes());
+    quoted[v.len() + 1] = b'"';
+    HeaderValue::from_bytes(&quoted[..v.len() + 2]).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 /// Parses `If-Match`: `None` when absent or `*`, the version otherwise.
@@ -140,7 +145,11 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 
 fn record_response(status: StatusCode, r: &Record, expand: Option<Map<String, Value>>) -> Response {
     let expand = expand.as_ref().filter(|e| !e.is_empty());
-    let body = serde_json::to_vec(&r.json(expand)).unwrap_or_default();
+    // Sized for a typical record up front: growing from empty reallocated several times.
+    let mut body = Vec::with_capacity(256);
+    if serde_json::to_writer(&mut body, &r.json(expand)).is_err() {
+        body.clear();
+    }
     let mut res = (
         status,
         [(
@@ -243,10 +252,10 @@ pub(crate) async fn create_record(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(collection): Path<String>,
-    headers: HeaderMap,
+    Picked(content_type): ContentType,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let mut data = object(json_body(&headers, &body(b)?)?)?;
+    let mut data = object(json_body_typed(content_type.as_ref(), &body(b)?)?)?;
     let id = match data.remove("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -264,15 +273,12 @@ pub(crate) async fn get_record(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Picked(if_none_match): IfNoneMatch,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let ctx = caller.clone();
+    let ctx = caller;
     let r = app.hub.get_record(&ctx, &collection, &id).await?;
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(inm) = if_none_match.as_ref().and_then(|v| v.to_str().ok()) {
         let current = format!("\"{}\"", r.version);
         if inm.trim() == "*"
             || inm

@@ -148,11 +148,25 @@ impl Listeners {
     }
 }
 
+/// How often metric histograms are folded into their summaries.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = config(&args)?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // Histograms keep every sample until they are folded: without this, a server nobody
+    // scrapes grew by ~20 bytes per request for ever (12 MB per 10 s of REST load).
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
 
     let hub = open_hub(&cfg)?;
     hub.load_identities()

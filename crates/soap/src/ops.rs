@@ -53,7 +53,9 @@ async fn record_op(
 ) -> Result<(), Fault> {
     let c = t.coll.name();
     let r = match kind {
-        Kind::Get => hub.get_record(ctx, c, required(req, "id")?).await?,
+        Kind::Get => {
+            std::sync::Arc::unwrap_or_clone(hub.get_record(ctx, c, required(req, "id")?).await?)
+        }
         Kind::Create => {
             let id = param(req, "id")?.map(str::to_string);
             let doc = document(req, t, &["id"])?;

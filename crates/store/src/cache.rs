@@ -11,7 +11,6 @@
 //! Eviction is arbitrary within a shard (the first entry found): cheap, and fair enough
 //! for a cache whose misses cost one indexed read.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -20,10 +19,14 @@ use polyport_core::Record;
 
 const SHARDS: usize = 16;
 
+/// Hashed on every read: foldhash rather than SipHash (seeded per process, so ids a
+/// client picks cannot be aimed at one bucket).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub(crate) struct RecordCache {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 #[derive(Default)]
@@ -78,7 +81,7 @@ impl RecordCache {
     }
 
     /// Puts what a missed read found, unless a write touched the shard since `t`.
-    pub(crate) fn fill(&self, t: Ticket, record: &Record) {
+    pub(crate) fn fill(&self, t: Ticket, record: Arc<Record>) {
         let mut s = self.shards[t.shard].lock();
         if s.generation == t.generation {
             s.insert(record, self.per_shard);
@@ -89,7 +92,7 @@ impl RecordCache {
     pub(crate) fn written(&self, record: &Record) {
         let mut s = self.shards[self.shard(&record.collection, &record.id)].lock();
         s.generation += 1;
-        s.insert(record, self.per_shard);
+        s.insert(Arc::new(record.clone()), self.per_shard);
     }
 
     /// A committed delete.
@@ -111,11 +114,11 @@ impl RecordCache {
 }
 
 impl Shard {
-    fn insert(&mut self, record: &Record, cap: usize) {
+    fn insert(&mut self, fresh: Arc<Record>, cap: usize) {
         if cap == 0 {
             return;
         }
-        let fresh = Arc::new(record.clone());
+        let record = &*fresh;
         if let Some(ids) = self.map.get_mut(record.collection.as_str())
             && let Some(slot) = ids.get_mut(record.id.as_str())
         {
@@ -179,12 +182,12 @@ mod tests {
         let t = cache.ticket("posts", "a");
         // The writer commits version 2 while the reader still holds version 1.
         cache.written(&rec("posts", "a", 2));
-        cache.fill(t, &rec("posts", "a", 1));
+        cache.fill(t, Arc::new(rec("posts", "a", 1)));
         assert_eq!(cache.get("posts", "a").map(|r| r.version), Some(2));
         cache.deleted("posts", "a");
         assert!(cache.get("posts", "a").is_none());
         let t = cache.ticket("posts", "a");
-        cache.fill(t, &rec("posts", "a", 3));
+        cache.fill(t, Arc::new(rec("posts", "a", 3)));
         assert_eq!(cache.get("posts", "a").map(|r| r.version), Some(3));
     }
 

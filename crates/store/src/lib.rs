@@ -242,13 +242,13 @@ impl Store for SqliteStore {
         1.0 - self.jobs.capacity() as f32 / max as f32
     }
 
-    async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Record>> {
+    async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Arc<Record>>> {
         let cache = &self.shared.records;
         if let Some(hit) = cache.get(collection, id) {
             static HIT: HotCounter =
                 HotCounter::labelled("polyport_record_cache_total", "result", "hit");
             HIT.increment(1);
-            return Ok(Some(Record::clone(&hit)));
+            return Ok(Some(hit));
         }
         let ticket = cache.enabled().then(|| cache.ticket(collection, id));
         let (c, i) = (collection.to_string(), id.to_string());
@@ -261,11 +261,12 @@ impl Store for SqliteStore {
                 .optional()
             })
             .await?;
+        let found = found.map(Arc::new);
         if let (Some(t), Some(r)) = (ticket, &found) {
             static MISS: HotCounter =
                 HotCounter::labelled("polyport_record_cache_total", "result", "miss");
             MISS.increment(1);
-            cache.fill(t, r);
+            cache.fill(t, r.clone());
         }
         Ok(found)
     }

@@ -54,7 +54,7 @@ async fn record_crud_versions_and_optimistic_locking() {
         .await
         .unwrap();
     assert_eq!(p1.id, "p1");
-    assert_eq!(hub.get_record(ctx, "notes", "p1").await.unwrap(), p1);
+    assert_eq!(*hub.get_record(ctx, "notes", "p1").await.unwrap(), p1);
     let dup = hub
         .create_record(
             ctx,
@@ -134,7 +134,7 @@ async fn record_crud_versions_and_optimistic_locking() {
         r4.data,
         obj(json!({"tags": ["y", "z"], "meta": {"b": {"c": 2, "d": 3}}}))
     );
-    assert_eq!(hub.get_record(ctx, "notes", "p1").await.unwrap(), r4);
+    assert_eq!(*hub.get_record(ctx, "notes", "p1").await.unwrap(), r4);
     let e = hub
         .patch_record(ctx, "notes", "p1", json!([1, 2]), None)
         .await
@@ -183,7 +183,7 @@ async fn record_crud_versions_and_optimistic_locking() {
             current: 4
         }
     ));
-    assert_eq!(hub.get_record(ctx, "notes", "p1").await.unwrap(), r4);
+    assert_eq!(*hub.get_record(ctx, "notes", "p1").await.unwrap(), r4);
     let (r5, _) = hub
         .replace_record(ctx, "notes", "p1", obj(json!({"v": 5})), Some(4))
         .await

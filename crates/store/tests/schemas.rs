@@ -183,7 +183,7 @@ async fn schema_types_required_defaults_unknown_and_relations() {
         .await
         .unwrap_err();
     assert_eq!(rules(&e), [("extra".to_string(), Rule::Unknown)]);
-    assert_eq!(hub.get_record(ctx, "posts", "p1").await.unwrap(), post);
+    assert_eq!(*hub.get_record(ctx, "posts", "p1").await.unwrap(), post);
 
     // Expanding a relation returns the related records.
     let exp = hub
@@ -233,7 +233,7 @@ async fn unique_fields_conflict_even_under_concurrency() {
         .await
         .unwrap_err();
     assert!(matches!(e, HubError::Conflict(_)), "{e:?}");
-    assert_eq!(hub.get_record(ctx, "users", "b").await.unwrap(), b);
+    assert_eq!(*hub.get_record(ctx, "users", "b").await.unwrap(), b);
     hub.patch_record(ctx, "users", "b", json!({"email": "b@x", "age": 2}), None)
         .await
         .unwrap();

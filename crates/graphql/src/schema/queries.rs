@@ -151,7 +151,9 @@ fn one_field(hub: &Hub, coll: &str, names: &Names) -> Field {
         FieldFuture::new(async move {
             let id = arg_id(&ctx, "id")?;
             match h.get_record(&actx(&ctx)?, &cn, &id).await {
-                Ok(r) => Ok(Some(FieldValue::owned_any(r))),
+                Ok(r) => Ok(Some(FieldValue::owned_any(
+                    std::sync::Arc::unwrap_or_clone(r),
+                ))),
                 Err(HubError::RecordNotFound { .. }) => Ok(None),
                 Err(e) => Err(gql_err(e)),
             }
