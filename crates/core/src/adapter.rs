@@ -79,6 +79,15 @@ pub fn either_cancelled(a: &CancellationToken, b: &CancellationToken) -> Cancell
     either
 }
 
+/// Read buffer of a WebSocket connection (axum's `WebSocketUpgrade::read_buffer_size`).
+///
+/// tungstenite's default is 128 KiB, and it zero-fills the free part of that buffer
+/// before every read attempt: each idle WebSocket then held 128 KiB of resident memory,
+/// and a write on a split socket (which wakes its reader) cost a 128 KiB memset, a sixth
+/// of the server's CPU fanning one event out to 10,000 subscribers (`polyport bench
+/// fanout`, perf). Larger messages still arrive whole: the buffer grows as a frame needs.
+pub const WS_READ_BUFFER: usize = 4096;
+
 /// A loopback address: every default binds loopback only, like Mosquitto 2.
 pub const fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -292,4 +301,88 @@ pub async fn accept_loop<F, Fut>(
     drop(tcp);
     tracker.close();
     tracker.wait().await;
+}
+
+/// Streams merged into one (a connection's subscriptions), with no allocation per item
+/// while there is only one of them: `futures`' `SelectAll` allocates a task node for
+/// every item it yields, and most connections follow a single subscription.
+#[derive(Default)]
+pub enum Merge<S> {
+    /// Nothing to poll: yields `None`.
+    #[default]
+    Empty,
+    /// One stream, polled directly.
+    One(S),
+    /// Several.
+    Many(futures::stream::SelectAll<S>),
+}
+
+impl<S: futures::Stream + Unpin> Merge<S> {
+    /// Adds a stream.
+    pub fn push(&mut self, s: S) {
+        *self = match std::mem::take(self) {
+            Merge::Empty => Merge::One(s),
+            Merge::One(a) => Merge::Many(futures::stream::select_all([a, s])),
+            Merge::Many(mut m) => {
+                m.push(s);
+                Merge::Many(m)
+            }
+        };
+    }
+
+    /// Whether there is nothing to poll.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Merge::Empty => true,
+            Merge::One(_) => false,
+            Merge::Many(m) => m.is_empty(),
+        }
+    }
+}
+
+impl<S: futures::Stream + Unpin> futures::Stream for Merge<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match this {
+            Merge::Empty => Poll::Ready(None),
+            Merge::One(s) => match std::pin::Pin::new(s).poll_next(cx) {
+                Poll::Ready(None) => {
+                    *this = Merge::Empty;
+                    Poll::Ready(None)
+                }
+                other => other,
+            },
+            Merge::Many(m) => std::pin::Pin::new(m).poll_next(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::Merge;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn merged_streams_yield_everything_then_end() {
+        let mut m = Merge::default();
+        assert!(m.is_empty());
+        assert_eq!(m.next().await, None::<u8>);
+        m.push(futures::stream::iter(vec![1u8, 2]).boxed());
+        assert!(matches!(m, Merge::One(_)));
+        assert_eq!(m.next().await, Some(1));
+        m.push(futures::stream::iter(vec![10u8]).boxed());
+        let mut rest = Vec::new();
+        while let Some(x) = m.next().await {
+            rest.push(x);
+        }
+        rest.sort();
+        assert_eq!(rest, vec![2, 10]);
+        assert!(m.is_empty());
+    }
 }

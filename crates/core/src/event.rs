@@ -115,6 +115,45 @@ pub struct Event {
     pub sender: Option<Sender>,
     rendered: OnceLock<Bytes>,
     parsed: OnceLock<Option<Value>>,
+    /// Adapters' wire renderings (see [`Event::rendered_as`]); allocated on first use.
+    renderings: OnceLock<Box<[OnceLock<Bytes>; MAX_RENDERINGS]>>,
+}
+
+/// How many wire renderings an event can cache.
+const MAX_RENDERINGS: usize = 8;
+
+/// A wire rendering an adapter caches on events: an SSE frame, an NDJSON line, a
+/// protocol's message body. Declared once as a `static`; each gets a slot on first use.
+///
+/// One event fanned out to 10,000 subscribers is then rendered once per wire format and
+/// its bytes shared (a reference count per subscriber), not rendered 10,000 times.
+/// Core stays protocol-neutral: it stores bytes under a key and never looks inside.
+pub struct RenderKey {
+    slot: OnceLock<Option<usize>>,
+}
+
+impl RenderKey {
+    /// A key; give each wire format its own `static`.
+    pub const fn new() -> Self {
+        Self {
+            slot: OnceLock::new(),
+        }
+    }
+
+    /// The key's slot; `None` once every slot is taken (the rendering is then not cached).
+    fn slot(&self) -> Option<usize> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        *self.slot.get_or_init(|| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (n < MAX_RENDERINGS).then_some(n)
+        })
+    }
+}
+
+impl Default for RenderKey {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Event {
@@ -145,6 +184,7 @@ impl Event {
             sender: None,
             rendered: OnceLock::new(),
             parsed: OnceLock::new(),
+            renderings: OnceLock::new(),
         }
     }
 
@@ -182,6 +222,22 @@ impl Event {
         } else {
             None
         }
+    }
+
+    /// This event as `key`'s wire format, rendered by `render` the first time any
+    /// subscriber asks and shared after: the bytes are the same for every subscriber of
+    /// that format.
+    pub fn rendered_as(
+        &self,
+        key: &'static RenderKey,
+        render: impl FnOnce(&Event) -> Bytes,
+    ) -> Bytes {
+        let Some(slot) = key.slot() else {
+            return render(self);
+        };
+        self.renderings.get_or_init(Default::default)[slot]
+            .get_or_init(|| render(self))
+            .clone()
     }
 
     /// The CloudEvents 1.0 structured-mode JSON of this event, rendered once.
@@ -368,6 +424,27 @@ mod tests {
             Bytes::from_static(payload),
             Origin("http"),
         )
+    }
+
+    #[test]
+    fn a_rendering_is_made_once_per_event_and_key_and_shared() {
+        static A: RenderKey = RenderKey::new();
+        static B: RenderKey = RenderKey::new();
+        let e = ev(None, b"x");
+        let calls = std::cell::Cell::new(0);
+        let render = |tag: &'static str| {
+            let calls = &calls;
+            move |e: &Event| {
+                calls.set(calls.get() + 1);
+                Bytes::from(format!("{tag}:{}", e.seq.unwrap_or(0)))
+            }
+        };
+        let first = e.rendered_as(&A, render("a"));
+        let again = e.rendered_as(&A, render("a"));
+        assert_eq!((first.as_ref(), calls.get()), (&b"a:7"[..], 1));
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, not a copy");
+        assert_eq!(e.rendered_as(&B, render("b")).as_ref(), b"b:7");
+        assert_eq!(calls.get(), 2);
     }
 
     #[test]

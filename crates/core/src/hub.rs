@@ -421,7 +421,9 @@ impl Hub {
             max_owned: self.inner.config.max_groups_per_identity,
             ack_timeout,
             store: self.inner.store.clone(),
-            shutdown: self.inner.shutdown.clone(),
+            // A child token per subscription: waiting registers on its own node, not on
+            // the one every subscription would share (a lock all of them would take).
+            shutdown: self.inner.shutdown.child_token(),
         };
         let hub = self.clone();
         let req2 = req.clone();
@@ -507,7 +509,9 @@ impl Hub {
             replaying,
             buffer: Default::default(),
             notices,
-            shutdown: self.inner.shutdown.clone(),
+            // A child token per subscription: waiting registers on its own node, not on
+            // the one every subscription would share (a lock all of them would take).
+            shutdown: self.inner.shutdown.child_token(),
             // A group's dispatcher shares its source among members: it reports drops
             // to all of them rather than ending the group.
             overflow: if req.group.is_some() || req.ack.is_some() {

@@ -261,6 +261,7 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         let st = s.clone();
         return upgrade
             .protocols(ALL_WEBSOCKET_PROTOCOLS)
+            .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
             .on_upgrade(move |socket| async move {
                 GraphQLWebSocket::new(socket, schema, protocol)
                     .on_connection_init(move |payload| async move {

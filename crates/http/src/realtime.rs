@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use polyport_core::event::RenderKey;
+use polyport_core::hot_metrics::Tally;
 use polyport_core::query::Filter;
 use polyport_core::{
     HubError, Item, Overflow, RecordSelector, SubscribeRequest, Subscription, TopicFilter,
@@ -97,8 +98,62 @@ fn error_event(e: &HubError) -> Value {
 
 // ----- SSE -----
 
+/// An event's SSE frame, shared by every SSE subscriber of it.
+static SSE_FRAME: RenderKey = RenderKey::new();
+/// An event's NDJSON line, shared by every NDJSON subscriber of it.
+static NDJSON_LINE: RenderKey = RenderKey::new();
+
+/// `data: {json}`, then `id: {seq}` when it has one, then the blank line. The JSON is one
+/// line (serde_json writes no newlines), so one `data:` field carries it.
+fn sse_frame(json: &[u8], seq: Option<u64>, event: Option<&str>) -> Bytes {
+    let mut b = Vec::with_capacity(json.len() + 40);
+    if let Some(name) = event {
+        b.extend_from_slice(b"event: ");
+        b.extend_from_slice(name.as_bytes());
+        b.push(b'\n');
+    }
+    b.extend_from_slice(b"data: ");
+    b.extend_from_slice(json);
+    b.push(b'\n');
+    if let Some(seq) = seq {
+        b.extend_from_slice(b"id: ");
+        b.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        b.push(b'\n');
+    }
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+fn sse_item(item: &Item) -> Bytes {
+    match item {
+        Item::Event(d) => d
+            .event
+            .rendered_as(&SSE_FRAME, |e| sse_frame(e.cloudevent_json(), e.seq, None)),
+        Item::Notice(_) => sse_frame(&item_json(item), None, None),
+    }
+}
+
+fn ndjson_item(item: &Item) -> Bytes {
+    let line = |json: &[u8]| {
+        let mut b = Vec::with_capacity(json.len() + 1);
+        b.extend_from_slice(json);
+        b.push(b'\n');
+        Bytes::from(b)
+    };
+    match item {
+        Item::Event(d) => d
+            .event
+            .rendered_as(&NDJSON_LINE, |e| line(e.cloudevent_json())),
+        Item::Notice(_) => line(&item_json(item)),
+    }
+}
+
 /// `GET /api/events`: Server-Sent Events. `id:` is the sequence, so a browser's
 /// EventSource resumes by itself with `Last-Event-ID` after a reconnect.
+///
+/// Framed here rather than with axum's `Sse`: each event's frame is rendered once and
+/// its bytes shared by every subscriber, and the heart-beat is a plain interval (axum's
+/// keep-alive resets a timer for every event of every subscriber).
 pub(crate) async fn sse(
     State(app): State<AppState>,
     Caller(caller): Caller,
@@ -116,69 +171,93 @@ pub(crate) async fn sse(
     }
     let sub = app.hub.subscribe(&caller, req).await?;
     metrics::counter!("polyport_http_streams_total", "kind" => "sse").increment(1);
-    let hello = SseEvent::default().comment(format!(
-        "polyport epoch={} position={}",
+    let hello = Bytes::from(format!(
+        ": polyport epoch={} position={}\n\n",
         sub.epoch(),
         sub.start_position()
     ));
-    let events = frames(
-        sub,
-        |item| {
-            let data = item_json(&item);
-            let mut ev = SseEvent::default().data(String::from_utf8_lossy(&data));
-            if let Item::Event(d) = &item
-                && let Some(seq) = d.event.seq
-            {
-                ev = ev.id(seq.to_string());
-            }
-            ev
-        },
-        |e| {
-            SseEvent::default()
-                .event("error")
-                .data(error_event(&e).to_string())
-        },
-    );
+    let beats = app.cfg.heartbeat;
+    let events = frames(sub, Some(beats), sse_item, |e| {
+        sse_frame(error_event(&e).to_string().as_bytes(), None, Some("error"))
+    });
     let stream = futures::stream::once(async move { Ok::<_, Infallible>(hello) }).chain(events);
-    let sse = Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(app.cfg.heartbeat)
-            .text("heartbeat"),
-    );
-    let mut res = sse.into_response();
-    res.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(res)
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
-/// A subscription as a stream of rendered frames; an error becomes a last frame.
-pub(crate) fn frames<T, F, E>(
+/// What a heart-beat says on SSE: a comment, ignored by EventSource.
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// A subscription as a stream of rendered frames; an error becomes a last frame. With
+/// `heartbeat`, an SSE comment goes out at that interval whatever the traffic.
+pub(crate) fn frames<F, E>(
     sub: Subscription,
+    heartbeat: Option<Duration>,
     render: F,
     render_err: E,
-) -> impl Stream<Item = Result<T, Infallible>> + Send + 'static
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
 where
-    T: Send + 'static,
-    F: Fn(Item) -> T + Send + 'static,
-    E: Fn(HubError) -> T + Send + 'static,
+    F: Fn(&Item) -> Bytes + Send + 'static,
+    E: Fn(HubError) -> Bytes + Send + 'static,
 {
-    futures::stream::unfold(Some(sub), |state| async move {
-        let mut sub = state?;
-        match sub.next().await {
-            Some(Ok(item)) => Some((Ok(item), Some(sub))),
-            Some(Err(e)) => Some((Err(e), None)),
+    let beat =
+        heartbeat.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    futures::stream::unfold(Some((sub, beat)), |state| async move {
+        let (mut sub, mut beat) = state?;
+        let next = tokio::select! {
+            biased;
+            next = sub.next() => next,
+            _ = tick(&mut beat) => return Some((Frame::Beat, Some((sub, beat)))),
+        };
+        match next {
+            Some(Ok(item)) => Some((Frame::Item(item), Some((sub, beat)))),
+            Some(Err(e)) => Some((Frame::Failed(e), None)),
             None => None,
         }
     })
-    .map(move |r| {
-        Ok(match r {
-            Ok(item) => {
-                crate::EVENTS_DELIVERED.increment(1);
-                render(item)
-            }
-            Err(e) => render_err(e),
-        })
+    .map({
+        let mut delivered = Tally::new(&crate::EVENTS_DELIVERED);
+        move |f| {
+            Ok(match f {
+                Frame::Item(item) => {
+                    delivered.add();
+                    render(&item)
+                }
+                Frame::Beat => Bytes::from_static(HEARTBEAT),
+                Frame::Failed(e) => render_err(e),
+            })
+        }
     })
+}
+
+/// One step of [`frames`].
+enum Frame {
+    Item(Item),
+    Beat,
+    Failed(HubError),
+}
+
+/// The next heart-beat; never without one.
+async fn tick(beat: &mut Option<tokio::time::Interval>) {
+    match beat {
+        Some(b) => {
+            b.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 // ----- NDJSON -----
@@ -193,19 +272,11 @@ pub(crate) async fn ndjson(
     let req = subscribe_request(&p, true)?;
     let sub = app.hub.subscribe(&caller, req).await?;
     metrics::counter!("polyport_http_streams_total", "kind" => "ndjson").increment(1);
-    let stream = frames(
-        sub,
-        |item| {
-            let mut line = item_json(&item).to_vec();
-            line.push(b'\n');
-            Bytes::from(line)
-        },
-        |e| {
-            let mut line = error_event(&e).to_string().into_bytes();
-            line.push(b'\n');
-            Bytes::from(line)
-        },
-    );
+    let stream = frames(sub, None, ndjson_item, |e| {
+        let mut line = error_event(&e).to_string().into_bytes();
+        line.push(b'\n');
+        Bytes::from(line)
+    });
     Ok((
         [
             (

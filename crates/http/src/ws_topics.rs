@@ -96,6 +96,7 @@ pub(crate) async fn upgrade(
     let rate = crate::gate::rate_bucket(&app, &ctx, peer);
     Ok(ws
         .max_message_size(max)
+        .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
         .max_frame_size(max)
         .on_upgrade(move |socket| run(socket, hub, ctx, sub, publishing, rate))
         .into_response())

@@ -48,6 +48,7 @@ async fn upgrade(
         .max(64 * 1024);
     ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(max)
+        .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let run = connection::run(transport(socket), peer, st.broker, st.stop, None);

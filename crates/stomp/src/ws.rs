@@ -53,6 +53,7 @@ async fn upgrade(
     let max = st.cfg.limits.max_frame.saturating_add(64 * 1024);
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp", "stomp"])
         .max_message_size(max)
+        .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let run = connection::run(transport(socket), peer, st.broker, st.cfg, st.stop, None);

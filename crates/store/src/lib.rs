@@ -16,6 +16,7 @@
 
 mod cache;
 mod db;
+mod dispatch;
 mod error;
 mod migrate;
 mod sql;
@@ -121,7 +122,7 @@ impl SqliteStore {
         let w = Writer::new(
             conn,
             shared.clone(),
-            sink,
+            Arc::new(dispatch::Dispatch::start(sink)),
             config.retention,
             config.max_batch.max(1),
         );

@@ -1,11 +1,11 @@
 //! The WebSocket JSON protocol at `/ws`: subscriptions, publishing, acks and record
 //! operations over one connection, so a browser app needs nothing else.
 //!
-//! Requests carry an `id` that the matching `ok`/`error` reply echoes. Each subscription
-//! runs in its own forwarder task writing into the connection's one bounded outbox, so a
-//! slow socket pushes back on the forwarders, whose subscriptions then lag and replay
-//! from the log instead of growing memory. A `subscribe` is answered only once the
-//! subscription is live (field note 3).
+//! Requests carry an `id` that the matching `ok`/`error` reply echoes. The connection's
+//! writer task sends the replies and polls every subscription itself: an event costs its
+//! subscriber one task wake-up, and a slow socket stops the writer polling, so the
+//! subscriptions lag and replay from the log instead of growing memory. A `subscribe` is
+//! answered only once the subscription is live (field note 3).
 
 mod publish;
 mod records;
@@ -20,14 +20,15 @@ use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures::{SinkExt, StreamExt};
+use futures::stream::{AbortHandle, Abortable, BoxStream, SplitSink};
+use futures::{FutureExt, SinkExt, StreamExt};
+use polyport_core::adapter::Merge;
 use polyport_core::adapter::Peer;
 use polyport_core::rate::Bucket;
 use polyport_core::{AuthContext, Hub, HubError, Origin};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::AppState;
 use crate::gate::Caller;
@@ -69,15 +70,24 @@ pub(crate) async fn upgrade(
     };
     let rate = crate::gate::rate_bucket(&app, &ctx, peer);
     ws.max_message_size(max)
+        .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
         .max_frame_size(max)
         .on_upgrade(move |socket| session(socket, app, ctx, rate))
+}
+
+/// What the reader hands the writer.
+enum Out {
+    /// A reply or notice.
+    Send(Message),
+    /// A subscription's frames, to send as they come until it ends or is aborted.
+    Follow(Abortable<BoxStream<'static, Message>>),
 }
 
 struct Session {
     hub: Hub,
     ctx: AuthContext,
-    out: mpsc::Sender<Message>,
-    subs: HashMap<String, (JoinHandle<()>, polyport_core::Acker)>,
+    out: mpsc::Sender<Out>,
+    subs: HashMap<String, (AbortHandle, polyport_core::Acker)>,
     next_sub: u64,
     max_page: usize,
     max_subs: usize,
@@ -87,23 +97,10 @@ struct Session {
 }
 
 async fn session(socket: WebSocket, app: AppState, ctx: AuthContext, rate: Option<Arc<Bucket>>) {
-    let (mut sink, mut stream) = socket.split();
-    let (out, mut outbox) = mpsc::channel::<Message>(256);
+    let (sink, mut stream) = socket.split();
+    let (out, outbox) = mpsc::channel::<Out>(256);
     let shutdown = app.hub.shutdown_token();
-    let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(Duration::from_secs(30));
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                m = outbox.recv() => match m {
-                    Some(m) => if sink.send(m).await.is_err() { break },
-                    None => break,
-                },
-                _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let writer = tokio::spawn(write(sink, outbox));
     metrics::gauge!("polyport_ws_connections").increment(1.0);
     let mut s = Session {
         hub: app.hub.clone(),
@@ -119,10 +116,10 @@ async fn session(socket: WebSocket, app: AppState, ctx: AuthContext, rate: Optio
         let msg = tokio::select! {
             m = stream.next() => m,
             _ = shutdown.cancelled() => {
-                let _ = s.out.send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                let _ = s.out.send(Out::Send(Message::Close(Some(axum::extract::ws::CloseFrame {
                     code: 1001,
                     reason: Utf8Bytes::from_static("server shutting down"),
-                }))).await;
+                })))).await;
                 break;
             }
         };
@@ -146,17 +143,62 @@ async fn session(socket: WebSocket, app: AppState, ctx: AuthContext, rate: Optio
         };
         s.handle(text.as_str()).await;
     }
-    for (_, (task, _)) in s.subs.drain() {
-        task.abort();
+    for (_, (abort, _)) in s.subs.drain() {
+        abort.abort();
     }
     drop(s);
     let _ = writer.await;
     metrics::gauge!("polyport_ws_connections").decrement(1.0);
 }
 
+/// Frames of subscriptions written in one go, at most.
+const WRITE_BATCH: usize = 64;
+
+/// The connection's writer: replies from the reader, and every subscription's frames,
+/// with what is ready at once written together (one flush).
+async fn write(mut sink: SplitSink<WebSocket, Message>, mut outbox: mpsc::Receiver<Out>) {
+    let mut ping = tokio::time::interval(Duration::from_secs(30));
+    ping.tick().await;
+    let mut follows: Merge<Abortable<BoxStream<'static, Message>>> = Merge::default();
+    loop {
+        let sent = tokio::select! {
+            m = outbox.recv() => match m {
+                Some(Out::Send(m)) => sink.send(m).await,
+                Some(Out::Follow(s)) => {
+                    follows.push(s);
+                    Ok(())
+                }
+                None => break,
+            },
+            Some(m) = follows.next(), if !follows.is_empty() => {
+                let mut r = sink.feed(m).await;
+                for _ in 1..WRITE_BATCH {
+                    let Some(Some(m)) = follows.next().now_or_never() else { break };
+                    if r.is_err() {
+                        break;
+                    }
+                    r = sink.feed(m).await;
+                }
+                match r {
+                    Ok(()) => sink.flush().await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ = ping.tick() => sink.send(Message::Ping(Default::default())).await,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
 impl Session {
     async fn send(&self, v: Value) {
-        let _ = self.out.send(Message::Text(v.to_string().into())).await;
+        let _ = self
+            .out
+            .send(Out::Send(Message::Text(v.to_string().into())))
+            .await;
     }
 
     async fn send_error(

@@ -1,16 +1,17 @@
-//! `subscribe`, `unsubscribe`, `ack`: one forwarder task per subscription, writing
-//! pre-rendered frames into the connection's bounded outbox.
+//! `subscribe`, `unsubscribe`, `ack`: each subscription becomes a stream of rendered
+//! frames that the connection's writer polls.
 
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use futures::StreamExt;
+use futures::stream::{AbortHandle, Abortable, BoxStream};
 use polyport_core::query::Filter;
 use polyport_core::{AckPolicy, HubError, Item, RecordSelector, SubscribeRequest, TopicFilter};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use super::{Session, yes};
+use super::{Out, Session, yes};
 
 #[derive(Deserialize)]
 pub(super) struct Subscribe {
@@ -111,18 +112,20 @@ impl Session {
             "epoch": sub.epoch(),
             "position": sub.start_position(),
         });
-        // Reply before the forwarder starts, so `ok` precedes the first event.
+        // Reply before the writer follows it, so `ok` precedes the first event.
         self.ok(id, reply).await;
         let acker = sub.acker();
-        let task = tokio::spawn(forward(sub, name.clone(), self.out.clone()));
-        self.subs.insert(name, (task, acker));
+        let (abort, reg) = AbortHandle::new_pair();
+        let follow = Abortable::new(frames(sub, name.clone()), reg);
+        let _ = self.out.send(Out::Follow(follow)).await;
+        self.subs.insert(name, (abort, acker));
         Ok(())
     }
 
     pub(super) fn unsubscribe(&mut self, op: Unsubscribe) -> Result<Value, HubError> {
         match self.subs.remove(&op.subscription) {
-            Some((task, _)) => {
-                task.abort();
+            Some((abort, _)) => {
+                abort.abort();
                 Ok(json!({ "subscription": op.subscription }))
             }
             None => Err(no_such(&op.subscription)),
@@ -146,13 +149,15 @@ fn no_such(subscription: &str) -> HubError {
     ))
 }
 
-/// Copies one subscription's items into the connection's outbox, pre-rendered: the
-/// CloudEvent JSON is spliced in as bytes, not re-serialized per subscriber.
-async fn forward(mut sub: polyport_core::Subscription, name: String, out: mpsc::Sender<Message>) {
+/// One subscription's items as WebSocket frames, pre-rendered: the CloudEvent JSON is
+/// spliced in as bytes, not re-serialized per subscriber. An error is the last frame.
+fn frames(sub: polyport_core::Subscription, name: String) -> BoxStream<'static, Message> {
     let prefix = format!("{{\"type\":\"event\",\"subscription\":\"{name}\",\"event\":");
-    loop {
-        let text = match sub.next().await {
-            Some(Ok(Item::Event(d))) => {
+    let tally = polyport_core::hot_metrics::Tally::new(&crate::EVENTS_DELIVERED);
+    futures::stream::unfold(Some((sub, name, prefix, tally)), |state| async move {
+        let (mut sub, name, prefix, mut tally) = state?;
+        let text = match sub.next().await? {
+            Ok(Item::Event(d)) => {
                 let ce = d.event.cloudevent_json();
                 let mut s = String::with_capacity(prefix.len() + ce.len() + 32);
                 s.push_str(&prefix);
@@ -163,19 +168,16 @@ async fn forward(mut sub: polyport_core::Subscription, name: String, out: mpsc::
                 s.push('}');
                 s
             }
-            Some(Ok(Item::Notice(n))) => {
+            Ok(Item::Notice(n)) => {
                 json!({"type": "notice", "subscription": name, "notice": n}).to_string()
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 let msg = json!({"type": "error", "id": null, "subscription": name, "code": e.code(), "message": e.to_string()});
-                let _ = out.send(Message::Text(msg.to_string().into())).await;
-                return;
+                return Some((Message::Text(msg.to_string().into()), None));
             }
-            None => return,
         };
-        crate::EVENTS_DELIVERED.increment(1);
-        if out.send(Message::Text(text.into())).await.is_err() {
-            return;
-        }
-    }
+        tally.add();
+        Some((Message::Text(text.into()), Some((sub, name, prefix, tally))))
+    })
+    .boxed()
 }

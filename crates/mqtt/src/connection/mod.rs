@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{AbortHandle, Abortable, BoxStream, FuturesOrdered, SelectAll};
+use futures::stream::{AbortHandle, Abortable, BoxStream, FuturesOrdered};
 use futures::{FutureExt, StreamExt};
 use polyport_core::Topic;
+use polyport_core::adapter::Merge;
 use polyport_core::subscription::Acker;
 use polyport_core::{AuthContext, HubError};
 use rmqtt_codec::error::DecodeError;
@@ -112,7 +113,7 @@ struct Session {
     subs: Map<String, Sub>,
     /// Every subscription's deliveries, merged; polled only while the client has room.
     /// `None` until the first subscription (idle connections carry no empty set).
-    deliveries: Option<SelectAll<Deliveries>>,
+    deliveries: Option<Merge<Deliveries>>,
     /// Packet ids, in-flight window and aliases towards the client.
     out: Outbound<(Acker, u64)>,
     /// Aliases and QoS 1/2 flows from the client.
@@ -174,7 +175,7 @@ async fn next_pending(
 }
 
 /// The next message of any subscription.
-async fn next_delivery(d: &mut Option<SelectAll<Deliveries>>) -> Option<Outgoing> {
+async fn next_delivery(d: &mut Option<Merge<Deliveries>>) -> Option<Outgoing> {
     match d {
         Some(d) => d.next().await,
         None => None,
@@ -443,7 +444,7 @@ impl Session {
     fn add_deliveries(&mut self, stream: BoxStream<'static, Outgoing>) -> Sub {
         let (abort, reg) = AbortHandle::new_pair();
         self.deliveries
-            .get_or_insert_with(SelectAll::new)
+            .get_or_insert_with(Merge::default)
             .push(Abortable::new(stream, reg));
         Sub { abort }
     }

@@ -28,6 +28,9 @@ pub(crate) struct FanoutArgs {
     /// Pause between writes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     interval_ms: u64,
+    /// Run Polyport only (no baseline, no ratio): for profiling it.
+    #[arg(long)]
+    polyport_only: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,25 +57,32 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         args.events
     );
     println!(
-        "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10}",
-        "subscribers", "server", "delivered", "p50 µs", "p99 µs", "max µs"
+        "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "subscribers", "server", "delivered", "p50 µs", "p99 µs", "max µs", "CPU µs/deliv"
     );
     for &n in &args.subscribers {
-        let base = run_one(false, n, &args).await?;
-        let pp = run_one(true, n, &args).await?;
+        if args.polyport_only {
+            let (pp, cpu) = run_one(true, n, &args).await?;
+            println!(
+                "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12.2}",
+                n, "polyport", pp.count, pp.p50, pp.p99, pp.max, cpu
+            );
+            continue;
+        }
+        let (base, base_cpu) = run_one(false, n, &args).await?;
+        let (pp, pp_cpu) = run_one(true, n, &args).await?;
+        for (name, s, cpu) in [("baseline", &base, base_cpu), ("polyport", &pp, pp_cpu)] {
+            println!(
+                "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12.2}",
+                n, name, s.count, s.p50, s.p99, s.max, cpu
+            );
+        }
         println!(
-            "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10}",
-            n, "baseline", base.count, base.p50, base.p99, base.max
-        );
-        println!(
-            "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10}",
-            n, "polyport", pp.count, pp.p50, pp.p99, pp.max
-        );
-        println!(
-            "{:>11}  ratio polyport/baseline: p50 {:.2}x, p99 {:.2}x (lower is better)",
+            "{:>11}  ratio polyport/baseline: p50 {:.2}x, p99 {:.2}x, server CPU {:.2}x (lower is better)",
             n,
             pp.p50 as f64 / base.p50.max(1) as f64,
-            pp.p99 as f64 / base.p99.max(1) as f64
+            pp.p99 as f64 / base.p99.max(1) as f64,
+            pp_cpu / base_cpu.max(1e-9)
         );
     }
     println!(
@@ -81,7 +91,10 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<Summary> {
+/// One run: the clients' latency summary, and the server's CPU time per delivery (this
+/// process's, while the writes are published and delivered: the server runs in it, the
+/// clients do not).
+async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<(Summary, f64)> {
     let (base, publish_url, stopper): (
         String,
         String,
@@ -132,6 +145,7 @@ async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<
         Ok(Ok(Some(l))) if l == "ready" => {}
         other => bail!("client process did not get ready: {other:?}"),
     }
+    let cpu_before = super::child::cpu_secs(std::process::id());
     let client = reqwest::Client::new();
     for _ in 0..args.events {
         let body = format!("{{\"t\":{}}}", now_micros());
@@ -150,14 +164,41 @@ async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<
         Ok(Ok(Some(l))) => serde_json::from_str::<Summary>(&l).context("client summary")?,
         other => bail!("client process gave no summary: {other:?}"),
     };
+    let cpu_after = super::child::cpu_secs(std::process::id());
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => (a - b) * 1e6 / summary.count.max(1) as f64,
+        _ => 0.0,
+    };
     let _ = child.wait().await;
     stopper().await;
-    Ok(summary)
+    Ok((summary, cpu))
 }
 
+/// The baseline broadcasts what Polyport sends for the same write, a CloudEvent of the
+/// same shape and size, so both runs give the clients the same bytes to read and parse:
+/// the ratio then compares the servers, not the payloads.
 async fn baseline_publish(State(tx): State<broadcast::Sender<Bytes>>, body: Bytes) -> &'static str {
-    let _ = tx.send(body);
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let data: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let event = serde_json::json!({
+        "specversion": "1.0", "id": super::ulid_like(), "source": "/polyport/http",
+        "type": "polyport.message", "subject": TOPIC,
+        "time": chrono_free_now(), "sequence": seq,
+        "datacontenttype": "application/json", "data": data,
+    });
+    let _ = tx.send(Bytes::from(event.to_string()));
     "ok"
+}
+
+/// An RFC 3339 timestamp's length and shape, for the baseline's event.
+fn chrono_free_now() -> String {
+    let us = now_micros();
+    format!(
+        "2026-01-01T00:00:{:02}.{:06}Z",
+        (us / 1_000_000) % 60,
+        us % 1_000_000
+    )
 }
 
 async fn baseline_sse(
@@ -188,7 +229,11 @@ async fn baseline_ws(
         loop {
             match rx.recv().await {
                 Ok(b) => {
-                    let text = String::from_utf8_lossy(&b).into_owned();
+                    // The envelope Polyport's /ws puts around each event.
+                    let text = format!(
+                        "{{\"type\":\"event\",\"subscription\":\"s1\",\"event\":{}}}",
+                        String::from_utf8_lossy(&b)
+                    );
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
