@@ -51,7 +51,7 @@ pub(crate) fn admit(st: &AppState, req: &mut Request) -> Option<Response> {
     let addr = peer.and_then(|p| p.addr).map(|a| a.ip());
     let who = identify(st, req.headers(), req.uri().query(), peer)
         .and_then(|ctx| st.hub.admit_request(&ctx, addr).map(|()| ctx));
-    Some(match who {
+    let mut res = match who {
         Ok(ctx) => {
             req.extensions_mut().insert(ctx);
             return None;
@@ -77,7 +77,22 @@ pub(crate) fn admit(st: &AppState, req: &mut Request) -> Option<Response> {
             );
             res
         }
-    })
+    };
+    // The refused request's body is never read, so hyper cannot keep the connection:
+    // saying so lets the client open a fresh one instead of sending its next request
+    // down a socket that is about to close (httpx: "Server disconnected").
+    if has_body(req) {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Some(res)
+}
+
+fn has_body(req: &Request) -> bool {
+    let h = req.headers();
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|n| n.as_bytes() != b"0")
 }
 
 const HTTP: Origin = Origin("http");

@@ -50,6 +50,17 @@ def test_every_route_wants_credentials(locked):
         assert r.json()["data"]["user"]["username"] == "john_doe"
 
 
+def test_a_refused_write_does_not_leave_its_client_a_dead_connection(locked):
+    # The refused body is never read, so the server closes the connection after the
+    # 401; it must say so, or a pooled client sends its next request down that socket.
+    with httpx.Client(base_url=locked.url, timeout=10, auth=("alice", "wrong")) as wrong:
+        for i in range(200):
+            r = wrong.patch("/api/collections/posts/records/x", json={"title": "x" * (i * 97)})
+            assert r.status_code == 401
+            assert r.headers.get("connection") == "close", r.headers
+        assert wrong.get("/api/collections").headers.get("connection") != "close"
+
+
 def test_streams_and_sockets_take_the_same_credentials(locked):
     async def scenario():
         url = f"ws://{locked.http}/ws"
