@@ -53,9 +53,12 @@ pub(crate) fn inbound(p: &BasicProperties, d: &mut EventDraft, now: DateTime<Utc
             d.attrs.typed_headers = serde_json::to_string(h).ok().map(Into::into);
         }
     }
-    if p.delivery_mode() == &Some(2) {
-        d.durability = Durability::Durable;
-    }
+    // Persistent messages wait for the disk; transient ones are logged without waiting
+    // (RabbitMQ keeps them in memory only).
+    d.durability = match p.delivery_mode() {
+        Some(2) => Durability::Durable,
+        _ => Durability::Logged,
+    };
 }
 
 /// The properties a delivery of `e` carries, at `now`; `None` when it has expired.

@@ -46,6 +46,12 @@ pub enum Durability {
     Auto,
     /// Appended to the log and given a sequence before it is acknowledged.
     Durable,
+    /// Appended to the log with a sequence like a durable event, and acknowledged once
+    /// written, without waiting for the disk to confirm it: it survives a crash of the
+    /// process (`kill -9`), not of the machine. For what its sender marked transient
+    /// (AMQP `delivery_mode` 1, STOMP without `persistent`), which RabbitMQ keeps in
+    /// memory only; as `Auto`, `events.ephemeral_topics` makes it memory-only.
+    Logged,
     /// Fanned out in memory only; never replayed.
     Ephemeral,
 }

@@ -261,7 +261,7 @@ impl Hub {
         let durable = match draft.durability {
             Durability::Durable => true,
             Durability::Ephemeral => false,
-            Durability::Auto => !self
+            Durability::Auto | Durability::Logged => !self
                 .inner
                 .config
                 .ephemeral_topics
@@ -275,7 +275,11 @@ impl Hub {
         }
         .increment(1);
         if durable {
-            draft.durability = Durability::Durable;
+            // The store sees Durable or Logged: whether the acknowledgement waits for
+            // the disk.
+            if draft.durability != Durability::Logged {
+                draft.durability = Durability::Durable;
+            }
             if self.inner.shutdown.is_cancelled() {
                 return Err(HubError::ShuttingDown);
             }

@@ -81,9 +81,11 @@ pub(crate) fn inbound(f: &Frame, d: &mut EventDraft, now: DateTime<Utc>) {
         seen.push(k);
         d.headers.push((k.clone(), v.clone()));
     }
-    if a.persistent == Some(true) {
-        d.durability = Durability::Durable;
-    }
+    // `persistent:true` waits for the disk; other SENDs are logged without waiting.
+    d.durability = match a.persistent {
+        Some(true) => Durability::Durable,
+        _ => Durability::Logged,
+    };
 }
 
 /// The headers a MESSAGE of `e` carries besides the delivery's own; `None` when it has

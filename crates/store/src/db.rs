@@ -68,6 +68,8 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // commit, which is what makes an acknowledgement mean "on disk".
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Checkpoints run on their own thread (`checkpoint.rs`), never inside a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);

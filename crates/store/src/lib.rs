@@ -15,6 +15,7 @@
 //! acknowledged write is there (the acknowledgement waits for the fsync'd commit).
 
 mod cache;
+mod checkpoint;
 mod db;
 mod dispatch;
 mod error;
@@ -126,9 +127,14 @@ impl SqliteStore {
             config.retention,
             config.max_batch.max(1),
         );
+        let checkpoints = checkpoint::Checkpointer::start(&path)?;
         let handle = std::thread::Builder::new()
             .name("polyport-writer".into())
-            .spawn(move || w.run(rx))?;
+            .spawn(move || {
+                w.run(rx);
+                // After the writer's last checkpoint at close.
+                drop(checkpoints);
+            })?;
         if config.retention.max_age.is_some() || config.retention.max_events.is_some() {
             let ticker = tx.clone();
             tokio::spawn(async move {

@@ -94,3 +94,19 @@ def test_a_crash_mid_stream_loses_nothing_confirmed_and_invents_nothing(servers)
     assert set(after) <= set(sent), "a message that was never published appeared"
     missing = set(confirmed) - set(acked) - set(after)
     assert not missing, f"confirmed messages lost: {sorted(missing)[:10]}"
+
+
+def test_confirmed_transient_messages_survive_a_crash_of_the_process(servers):
+    """Transient messages are confirmed once in the write-ahead log, without waiting for
+    the disk (issue 15): a `kill -9` of Polyport keeps them all, in order (RabbitMQ would
+    lose them with its process); only a power cut could take the unsynced tail."""
+    s = servers.start()
+    ch = connect(s).channel()
+    ch.confirm_delivery()
+    ch.queue_declare("transient.q", durable=True)
+    for i in range(200):
+        ch.basic_publish("", "transient.q", f"t{i}".encode(), pika.BasicProperties(delivery_mode=1))
+    servers.kill9(s)
+    ch2 = connect(servers.restart(s)).channel()
+    got = [b.decode() for _, _, b in drain(ch2, "transient.q", 200)]
+    assert got == [f"t{i}" for i in range(200)]

@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, SubsecRound, Utc};
 use parking_lot::Mutex;
 use polyport_core::engine::{CollectionMap, EventSink, LogState, WriteCommand, WriteOutcome};
-use polyport_core::event::EventRef;
+use polyport_core::event::{Durability, EventRef};
 use polyport_core::schema::{FieldError, Rule};
 use polyport_core::webhook::{Attempt, AttemptOutcome, Endpoint};
 use polyport_core::{HubError, HubResult};
@@ -68,6 +68,9 @@ pub(crate) struct Writer {
     pub(crate) retention: Retention,
     pub(crate) max_batch: usize,
     state: State,
+    /// Whether commits wait for the disk now (`PRAGMA synchronous=FULL`) or only write
+    /// the WAL (`NORMAL`, for batches of logged-only publishes).
+    syncing: bool,
 }
 
 type Reply = oneshot::Sender<HubResult<WriteOutcome>>;
@@ -99,6 +102,34 @@ impl Writer {
                 collections,
                 endpoints,
             },
+            syncing: true,
+        }
+    }
+
+    /// Commits of this batch wait for the disk unless every write in it is a publish
+    /// its sender marked transient ([`Durability::Logged`]): those are acknowledged
+    /// once in the WAL, which a crash of the process keeps. A later syncing commit
+    /// makes them durable too (the WAL is synced up to its end).
+    /// `Err` when a batch that must wait for the disk cannot be made to.
+    fn choose_sync(&mut self, jobs: &[(WriteCommand, Reply)]) -> Result<(), String> {
+        let sync = jobs.iter().any(|(cmd, _)| {
+            !matches!(cmd, WriteCommand::Publish { draft, .. } if draft.durability == Durability::Logged)
+        });
+        if sync == self.syncing {
+            return Ok(());
+        }
+        let mode = if sync { "FULL" } else { "NORMAL" };
+        match self.conn.pragma_update(None, "synchronous", mode) {
+            Ok(()) => {
+                self.syncing = sync;
+                Ok(())
+            }
+            // Not syncing when asked to would acknowledge what is not on disk.
+            Err(e) if sync => Err(format!("cannot make the commit durable: {e}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "commits stay synced");
+                Ok(())
+            }
         }
     }
 
@@ -141,6 +172,11 @@ impl Writer {
     fn commit_batch(&mut self, jobs: Vec<(WriteCommand, Reply)>) {
         let started = Instant::now();
         let size = jobs.len();
+        if let Err(msg) = self.choose_sync(&jobs) {
+            tracing::error!(error = %msg, "batch refused");
+            fail_all(jobs.into_iter().map(|(_, reply)| reply), &msg);
+            return;
+        }
         let start = self.state.clone();
         let tx = match self
             .conn
