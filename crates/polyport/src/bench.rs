@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 mod amqp;
 mod auth;
+mod chart;
 mod child;
 mod fanout;
 mod filters;
@@ -46,15 +47,8 @@ pub(crate) struct BenchArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum Which {
-    /// REST GET by id and POST vs a bare axum handler.
-    Http {
-        /// Seconds per scenario.
-        #[arg(long, default_value_t = 5)]
-        duration: u64,
-        /// Concurrent client connections.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-    },
+    /// REST GET by id and POST vs a bare axum handler, at one or more connection counts.
+    Http(HttpArgs),
     /// One write fanned out to N subscribers (SSE + WebSocket) vs axum + broadcast.
     Fanout(fanout::FanoutArgs),
     /// A GraphQL page of users with their posts vs the equivalent REST calls.
@@ -113,10 +107,7 @@ enum Which {
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
-        Which::Http {
-            duration,
-            concurrency,
-        } => http(Duration::from_secs(duration), concurrency).await,
+        Which::Http(a) => http(a).await,
         Which::Fanout(a) => fanout::run(a).await,
         Which::Webhooks { events, endpoints } => webhooks::run(events, endpoints).await,
         Which::Graphql {
@@ -305,7 +296,26 @@ where
     Ok((all.len() as f64 / secs, summarize(all)))
 }
 
-async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+pub(crate) struct HttpArgs {
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Concurrent client connections; a list (`8,32,128`) is the scaling mode.
+    #[arg(
+        long,
+        alias = "concurrency",
+        value_delimiter = ',',
+        default_value = "32"
+    )]
+    connections: Vec<usize>,
+    /// Draw requests/s against connections into this SVG file.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
+}
+
+async fn http(args: HttpArgs) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(args.duration);
     let server = TestServer::start().await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
@@ -334,12 +344,18 @@ async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
     let pget = format!("{base}/api/collections/bench/records/r1");
     let ppost = format!("{base}/api/collections/bench/records");
     println!(
-        "polyport bench http: {concurrency} connections, {}s per scenario",
-        duration.as_secs()
+        "polyport bench http: {}s per scenario, connections {:?}",
+        duration.as_secs(),
+        args.connections
     );
     println!(
-        "{:<14} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
-        "scenario", "baseline req/s", "polyport req/s", "ratio", "p50 µs base/pp", "p99 µs base/pp"
+        "{:<20} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
+        "scenario   conns",
+        "baseline req/s",
+        "polyport req/s",
+        "ratio",
+        "p50 µs base/pp",
+        "p99 µs base/pp"
     );
     let check = |r: reqwest::Response| -> anyhow::Result<()> {
         if !r.status().is_success() {
@@ -353,9 +369,6 @@ async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
             async move { check(c.get(&u).send().await?) }
         }
     };
-    let (b_rps, b_lat) = load(duration, concurrency, get(bget.clone())).await?;
-    let (p_rps, p_lat) = load(duration, concurrency, get(pget.clone())).await?;
-    row("GET by id", b_rps, p_rps, b_lat, p_lat);
     let payload = serde_json::json!({"title": "bench", "views": 3}).to_string();
     let post = |url: String| {
         let payload = payload.clone();
@@ -372,12 +385,50 @@ async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
             }
         }
     };
-    let (b_rps, b_lat) = load(duration, concurrency, post(bget.clone())).await?;
-    let (p_rps, p_lat) = load(duration, concurrency, post(ppost.clone())).await?;
-    row("POST create", b_rps, p_rps, b_lat, p_lat);
+    let names = [
+        "GET baseline",
+        "GET Polyport",
+        "POST baseline",
+        "POST Polyport",
+    ];
+    let mut lines: Vec<chart::Series> = names
+        .iter()
+        .map(|n| chart::Series {
+            name: (*n).to_string(),
+            points: Vec::new(),
+        })
+        .collect();
+    for &conns in &args.connections {
+        let (b_rps, b_lat) = load(duration, conns, get(bget.clone())).await?;
+        let (p_rps, p_lat) = load(duration, conns, get(pget.clone())).await?;
+        row(&format!("GET by id {conns:>5}"), b_rps, p_rps, b_lat, p_lat);
+        let (bp_rps, bp_lat) = load(duration, conns, post(bget.clone())).await?;
+        let (pp_rps, pp_lat) = load(duration, conns, post(ppost.clone())).await?;
+        row(
+            &format!("POST create {conns:>3}"),
+            bp_rps,
+            pp_rps,
+            bp_lat,
+            pp_lat,
+        );
+        for (line, y) in lines.iter_mut().zip([b_rps, p_rps, bp_rps, pp_rps]) {
+            line.points.push((conns as f64, y));
+        }
+    }
     println!(
         "(POST on Polyport is durable: every 201 waited for an fsync'd group commit; the baseline writes nothing.)"
     );
+    if let Some(path) = &args.chart {
+        chart::Chart {
+            title: "REST throughput by connections (Polyport vs bare axum)",
+            x: "client connections",
+            y: "requests/s",
+            log_x: true,
+            legend: plotters::prelude::SeriesLabelPosition::LowerRight,
+            series: lines,
+        }
+        .write_svg(path)?;
+    }
     bstop.cancel();
     server.stop().await;
     Ok(())
@@ -385,7 +436,7 @@ async fn http(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
 
 pub(crate) fn row(name: &str, b_rps: f64, p_rps: f64, b: Summary, p: Summary) {
     println!(
-        "{:<14} {:>14.0} {:>14.0} {:>6.2}x   {:>8}/{:<9}   {:>8}/{:<9}",
+        "{:<20} {:>14.0} {:>14.0} {:>6.2}x   {:>8}/{:<9}   {:>8}/{:<9}",
         name,
         b_rps,
         p_rps,

@@ -124,7 +124,7 @@ pub(crate) async fn run(args: AuthArgs) -> anyhow::Result<()> {
             duration.as_secs()
         );
         println!(
-            "{:<14} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
+            "{:<20} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
             "credential",
             "anon req/s",
             "signed req/s",
@@ -227,7 +227,7 @@ async fn mqtt_fan_in(args: &AuthArgs) -> anyhow::Result<()> {
                 args.mqtt_messages
             );
             println!(
-                "{:<14} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
+                "{:<20} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
                 "credential", "anon msg/s", "signed msg/s", "ratio", "p50 µs anon/auth", "p99 µs anon/auth"
             );
             for (name, creds) in &credentials {

@@ -15,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
 
-use super::{Summary, TestServer, now_micros, start_baseline, summarize};
+use super::{Summary, TestServer, chart, now_micros, start_baseline, summarize};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct FanoutArgs {
@@ -31,6 +31,9 @@ pub(crate) struct FanoutArgs {
     /// Run Polyport only (no baseline, no ratio): for profiling it.
     #[arg(long)]
     polyport_only: bool,
+    /// Draw p50/p99 latency against subscribers into this SVG file.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,6 +63,19 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "subscribers", "server", "delivered", "p50 µs", "p99 µs", "max µs", "CPU µs/deliv"
     );
+    let names = [
+        "p50 baseline",
+        "p50 Polyport",
+        "p99 baseline",
+        "p99 Polyport",
+    ];
+    let mut lines: Vec<chart::Series> = names
+        .iter()
+        .map(|n| chart::Series {
+            name: (*n).to_string(),
+            points: Vec::new(),
+        })
+        .collect();
     for &n in &args.subscribers {
         if args.polyport_only {
             let (pp, cpu) = run_one(true, n, &args).await?;
@@ -84,6 +100,24 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             pp.p99 as f64 / base.p99.max(1) as f64,
             pp_cpu / base_cpu.max(1e-9)
         );
+        let ms = |us: u64| us as f64 / 1000.0;
+        for (line, y) in lines
+            .iter_mut()
+            .zip([base.p50, pp.p50, base.p99, pp.p99].map(ms))
+        {
+            line.points.push((n as f64, y));
+        }
+    }
+    if let (Some(path), false) = (&args.chart, args.polyport_only) {
+        chart::Chart {
+            title: "One write fanned out: latency by subscribers (Polyport vs axum + broadcast)",
+            x: "subscribers (half SSE, half WebSocket)",
+            y: "write-to-delivery latency, ms",
+            log_x: false,
+            legend: plotters::prelude::SeriesLabelPosition::UpperLeft,
+            series: lines,
+        }
+        .write_svg(path)?;
     }
     println!(
         "(baseline: bare axum SSE/WebSocket over tokio::sync::broadcast, no storage; Polyport's write is durable before it fans out.)"

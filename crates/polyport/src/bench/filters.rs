@@ -24,6 +24,9 @@ pub(crate) struct FiltersArgs {
     /// Ephemeral events published per measurement.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
+    /// Draw ns/publish against subscriptions into this SVG file.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn run(args: FiltersArgs) -> anyhow::Result<()> {
@@ -42,6 +45,11 @@ pub(crate) async fn run(args: FiltersArgs) -> anyhow::Result<()> {
     );
     let mut subs = Vec::new();
     let mut reference: Option<(f64, f64)> = None;
+    let mut lines =
+        ["no subscriber matches", "one subscriber matches"].map(|n| super::chart::Series {
+            name: n.to_string(),
+            points: Vec::new(),
+        });
     for &n in &args.subscribers {
         while subs.len() < n {
             let f = TopicFilter::new(&format!("devices/{}/#", subs.len()))?;
@@ -79,6 +87,19 @@ pub(crate) async fn run(args: FiltersArgs) -> anyhow::Result<()> {
             none / r0,
             one / r1
         );
+        lines[0].points.push((n as f64, none));
+        lines[1].points.push((n as f64, one));
+    }
+    if let Some(path) = &args.chart {
+        super::chart::Chart {
+            title: "Publish cost by subscriptions on unrelated topics",
+            x: "subscriptions (each its own devices/{i}/# filter)",
+            y: "ns per publish",
+            log_x: true,
+            legend: plotters::prelude::SeriesLabelPosition::LowerRight,
+            series: lines.into(),
+        }
+        .write_svg(path)?;
     }
     drop(subs);
     hub.shutdown().await;
