@@ -270,16 +270,19 @@ pub async fn accept_loop<F, Fut>(
                 // task for the connection's whole life.
                 let start = Box::new((l, stream, addr));
                 tracker.spawn(async move {
-                    let _place = permit;
-                    // Moved out in a block of its own, so the box is freed at once.
-                    let (l, stream, addr) = {
+                    // Held (not moved into a local, which would take a second slot).
+                    let _place = &permit;
+                    // Scoped so neither the box, the securer nor its answer keeps a
+                    // slot in the task while the connection is served.
+                    let Some((io, peer)) = ({
+                        // Into a local: the upvar would keep the box to the end.
                         let start = start;
-                        *start
+                        let (l, stream, addr) = *start;
+                        l.secure(label, stream, addr).await
+                    }) else {
+                        return;
                     };
-                    let secured = l.secure(label, stream, addr).await;
-                    if let Some((io, peer)) = secured {
-                        serve(io, peer, None).await
-                    }
+                    serve(io, peer, None).await
                 });
             }
             Err(refusal) => {

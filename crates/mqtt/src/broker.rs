@@ -42,8 +42,8 @@ struct Live {
 }
 
 /// A one-shot signal: fired once, seen by every waiter then and after. What
-/// `CancellationToken` does for a tree of tokens, in a third of its size, for the two
-/// signals every connection carries.
+/// `CancellationToken` does for a tree of tokens, in a third of its size, for the
+/// signal every connection carries for a successor waiting on its hand-over.
 #[derive(Default)]
 pub(crate) struct Signal {
     fired: std::sync::atomic::AtomicBool,
@@ -75,6 +75,77 @@ impl Signal {
     }
 }
 
+/// A one-shot signal with one waiter, the connection itself: what [`Signal`] does
+/// for many waiters, in a waker's space, and with no future to keep pinned.
+#[derive(Default)]
+pub(crate) struct Bell {
+    rung: std::sync::atomic::AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl Bell {
+    fn ring(&self) {
+        self.rung.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    pub(crate) fn is_rung(&self) -> bool {
+        self.rung.load(Ordering::SeqCst)
+    }
+
+    /// Ready once rung. Registers before the second check, so a ring between the two is
+    /// not missed.
+    pub(crate) fn poll_rung(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.is_rung() {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        match self.is_rung() {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// Where connections come in (a listener, the `/mqtt` route), with the token that ends
+/// them. One task per door waits for the token and kicks the door's live connections
+/// ([`Kick::Shutdown`]), so no connection keeps a future of its own waiting on it.
+pub(crate) struct Door {
+    id: u32,
+    pub(crate) stop: CancellationToken,
+    broker: Arc<Broker>,
+    armed: std::sync::Once,
+}
+
+impl Door {
+    pub(crate) fn new(broker: Arc<Broker>, stop: CancellationToken) -> Arc<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        Arc::new(Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            stop,
+            broker,
+            armed: std::sync::Once::new(),
+        })
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Starts the door's watcher, once, from inside the runtime (a route is built
+    /// before there may be one). A connection registered after the watcher has kicked
+    /// sees the token cancelled when its loop starts.
+    pub(crate) fn arm(&self) {
+        self.armed.call_once(|| {
+            let (broker, stop, id) = (self.broker.clone(), self.stop.clone(), self.id);
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                broker.kick_door(id);
+            });
+        });
+    }
+}
+
 /// Why the broker ended a connection through its [`Watch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kick {
@@ -84,6 +155,8 @@ pub(crate) enum Kick {
     KeepAlive,
     /// A write has not finished for [`WRITE_TIMEOUT`]: the client stopped reading.
     WriteStuck,
+    /// The connection's door closed: the listener stopped or the Hub is shutting down.
+    Shutdown,
 }
 
 /// How long one write may take before the client counts as gone (it stopped reading).
@@ -96,8 +169,10 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// timers: a connection then costs no timer memory and no timer-wheel work per packet,
 /// and detection is at most a second late (the keep-alive window is already 1.5 ×).
 pub(crate) struct Watch {
-    /// Fired with the reason set first.
-    pub(crate) end: Signal,
+    /// Rung with the reason set first.
+    pub(crate) end: Bell,
+    /// The [`Door`] the connection came in by.
+    door: u32,
     /// Fired once the connection has parked or dropped its session: a connection taking
     /// its client id over waits for it.
     pub(crate) done: Signal,
@@ -111,9 +186,10 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(door: u32) -> Arc<Self> {
         Arc::new(Self {
-            end: Signal::default(),
+            end: Bell::default(),
+            door,
             done: Signal::default(),
             reason: Default::default(),
             heard: AtomicU64::new(0),
@@ -128,11 +204,12 @@ impl Watch {
             Kick::TakenOver => 1,
             Kick::KeepAlive => 2,
             Kick::WriteStuck => 3,
+            Kick::Shutdown => 4,
         };
         let _ = self
             .reason
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        self.end.fire();
+        self.end.ring();
     }
 
     /// Why the connection was ended; `None` while it was not.
@@ -141,6 +218,7 @@ impl Watch {
             1 => Some(Kick::TakenOver),
             2 => Some(Kick::KeepAlive),
             3 => Some(Kick::WriteStuck),
+            4 => Some(Kick::Shutdown),
             _ => None,
         }
     }
@@ -326,6 +404,20 @@ impl Broker {
             .collect();
         for (w, why) in overdue {
             w.kick(why);
+        }
+    }
+
+    /// Ends every live connection that came in by `door` (see [`Door`]).
+    fn kick_door(&self, door: u32) {
+        let doomed: Vec<Arc<Watch>> = self
+            .live
+            .lock()
+            .values()
+            .filter(|l| l.watch.door == door)
+            .map(|l| l.watch.clone())
+            .collect();
+        for w in doomed {
+            w.kick(Kick::Shutdown);
         }
     }
 

@@ -127,7 +127,10 @@ impl MqttBroker {
     pub async fn serve(&self, listener: impl Into<Listener>, stop: CancellationToken) {
         let shutdown = self.broker.hub.shutdown_token();
         // Connections watch one token for both reasons to end.
-        let conn_stop = polyport_core::adapter::either_cancelled(&stop, &shutdown);
+        let door = broker::Door::new(
+            self.broker.clone(),
+            polyport_core::adapter::either_cancelled(&stop, &shutdown),
+        );
         let broker = self.broker.clone();
         let admission = Admission::new("MQTT", broker.cfg.connections);
         polyport_core::adapter::accept_loop(
@@ -136,9 +139,7 @@ impl MqttBroker {
             shutdown,
             &self.tracker,
             &admission,
-            move |s, peer, refusal| {
-                connection::run(s, peer, broker.clone(), conn_stop.clone(), refusal)
-            },
+            move |s, peer, refusal| connection::run(s, peer, broker.clone(), door.clone(), refusal),
         )
         .await;
     }
@@ -148,7 +149,8 @@ impl MqttBroker {
     pub fn websocket_routes(&self, stop: CancellationToken) -> axum::Router {
         let stop =
             polyport_core::adapter::either_cancelled(&stop, &self.broker.hub.shutdown_token());
-        ws::routes(self.broker.clone(), self.tracker.clone(), stop)
+        let door = broker::Door::new(self.broker.clone(), stop);
+        ws::routes(self.broker.clone(), self.tracker.clone(), door)
     }
 }
 

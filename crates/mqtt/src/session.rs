@@ -57,17 +57,33 @@ pub(crate) struct Message<'a> {
 /// The outbound half: what we sent the client and have not had acknowledged.
 pub(crate) struct Outbound<A> {
     ver: Ver,
-    inflight: Map<u16, OutState<A>>,
+    /// `None` until the first QoS 1/2 message or alias: a connection that only gets
+    /// QoS 0 messages (or none) carries 8 bytes here, not three empty maps.
+    flows: Option<Box<OutFlows<A>>>,
     next_pkid: u16,
     /// Sequences an earlier connection of this session sent without an acknowledgement,
     /// with the packet id used: sent again they keep the id (MQTT 4.4).
     sent_before: Arc<Map<u64, u16>>,
-    /// Ids of `sent_before` not sent again yet: never handed to new messages.
-    reserved: Set<u16>,
-    aliases: Map<String, u16>,
     alias_max: u16,
     receive_max: usize,
     max_packet: usize,
+}
+
+struct OutFlows<A> {
+    inflight: Map<u16, OutState<A>>,
+    /// Ids of `sent_before` not sent again yet: never handed to new messages.
+    reserved: Set<u16>,
+    aliases: Map<String, u16>,
+}
+
+impl<A> Default for OutFlows<A> {
+    fn default() -> Self {
+        Self {
+            inflight: Map::default(),
+            reserved: Set::default(),
+            aliases: Map::default(),
+        }
+    }
 }
 
 /// What a session parks for its next connection.
@@ -91,15 +107,18 @@ impl<A> Outbound<A> {
     ) -> Self {
         Self {
             ver,
-            inflight: Map::default(),
+            flows: (!reserved.is_empty()).then(|| {
+                Box::new(OutFlows {
+                    reserved,
+                    ..OutFlows::default()
+                })
+            }),
             next_pkid: 0,
             sent_before: match sent_before.is_empty() {
                 // Most connections resume nothing: they share one empty map.
                 true => NOTHING_SENT_BEFORE.clone(),
                 false => Arc::new(sent_before),
             },
-            reserved,
-            aliases: Map::default(),
             alias_max: if ver == Ver::V5 { alias_max } else { 0 },
             receive_max: usize::from(receive_max.max(1)),
             max_packet: max_packet as usize,
@@ -117,7 +136,15 @@ impl<A> Outbound<A> {
 
     /// Whether the client's Receive Maximum leaves room for another QoS 1/2 message.
     pub(crate) fn has_room(&self) -> bool {
-        self.inflight.len() < self.receive_max
+        self.in_flight() < self.receive_max
+    }
+
+    fn in_flight(&self) -> usize {
+        self.flows.as_ref().map_or(0, |f| f.inflight.len())
+    }
+
+    fn flows_mut(&mut self) -> &mut OutFlows<A> {
+        self.flows.get_or_insert_with(Default::default)
     }
 
     /// Decides how to send a message (alias, size, packet id) and, unless it is too
@@ -137,11 +164,11 @@ impl<A> Outbound<A> {
             sub_ids,
             seq,
         } = m;
-        let (alias, new_alias) = match self.aliases.get(topic) {
+        let aliases = self.flows.as_ref().map(|f| &f.aliases);
+        let known = aliases.map_or(0, |a| a.len());
+        let (alias, new_alias) = match aliases.and_then(|a| a.get(topic)) {
             Some(a) => (Some(*a), false),
-            None if self.aliases.len() < usize::from(self.alias_max) => {
-                (Some(self.aliases.len() as u16 + 1), true)
-            }
+            None if known < usize::from(self.alias_max) => (Some(known as u16 + 1), true),
             None => (None, false),
         };
         props.topic_alias = alias;
@@ -155,7 +182,7 @@ impl<A> Outbound<A> {
             return (Plan::TooLarge { size, limit }, ack);
         }
         if let (Some(a), true) = (alias, new_alias) {
-            self.aliases.insert(topic.to_string(), a);
+            self.flows_mut().aliases.insert(topic.to_string(), a);
         }
         let id = (qos > 0).then(|| self.pkid(seq));
         if let Some(id) = id {
@@ -164,7 +191,7 @@ impl<A> Outbound<A> {
             } else {
                 OutState::Rec(ack)
             };
-            self.inflight.insert(id, st);
+            self.flows_mut().inflight.insert(id, st);
             return (
                 Plan::Send {
                     id: Some(id),
@@ -179,25 +206,26 @@ impl<A> Outbound<A> {
     /// A packet id for `seq`: the one it had on an earlier connection if any, else a
     /// free one (not in flight, not reserved for such a resend).
     fn pkid(&mut self, seq: Option<u64>) -> u16 {
+        let f = self.flows.get_or_insert_with(Default::default);
         if let Some(id) = seq.and_then(|s| self.sent_before.get(&s).copied())
-            && self.reserved.remove(&id)
-            && !self.inflight.contains_key(&id)
+            && f.reserved.remove(&id)
+            && !f.inflight.contains_key(&id)
         {
             return id;
         }
         for _ in 0..=u16::MAX {
             self.next_pkid = self.next_pkid.wrapping_add(1);
             let id = self.next_pkid;
-            if id != 0 && !self.inflight.contains_key(&id) && !self.reserved.contains(&id) {
+            if id != 0 && !f.inflight.contains_key(&id) && !f.reserved.contains(&id) {
                 return id;
             }
         }
         // Every id is in flight or reserved: give up the reservations (those messages
         // will be sent with new ids) rather than spin.
-        self.reserved.clear();
+        f.reserved.clear();
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
+            if self.next_pkid != 0 && !f.inflight.contains_key(&self.next_pkid) {
                 return self.next_pkid;
             }
         }
@@ -205,10 +233,11 @@ impl<A> Outbound<A> {
 
     /// PUBACK: the group acknowledgement now owed, if the id was a QoS 1 message.
     pub(crate) fn puback(&mut self, id: u16) -> Option<A> {
-        match self.inflight.remove(&id) {
+        let inflight = &mut self.flows.as_mut()?.inflight;
+        match inflight.remove(&id) {
             Some(OutState::Ack(ack)) => ack,
             Some(other) => {
-                self.inflight.insert(id, other);
+                inflight.insert(id, other);
                 None
             }
             None => None,
@@ -218,13 +247,16 @@ impl<A> Outbound<A> {
     /// PUBREC: `Ok(ack owed)` for a known QoS 2 message (now awaiting PUBCOMP), or
     /// `Err` with the reason for the PUBREL.
     pub(crate) fn pubrec(&mut self, id: u16) -> Result<Option<A>, Reason> {
-        match self.inflight.remove(&id) {
+        let Some(f) = self.flows.as_mut() else {
+            return Err(Reason::PacketIdNotFound);
+        };
+        match f.inflight.remove(&id) {
             Some(OutState::Rec(ack)) => {
-                self.inflight.insert(id, OutState::Comp);
+                f.inflight.insert(id, OutState::Comp);
                 Ok(ack)
             }
             Some(other) => {
-                self.inflight.insert(id, other);
+                f.inflight.insert(id, other);
                 Err(Reason::PacketIdNotFound)
             }
             None => Err(Reason::PacketIdNotFound),
@@ -233,14 +265,16 @@ impl<A> Outbound<A> {
 
     /// PUBCOMP ends a QoS 2 flow.
     pub(crate) fn pubcomp(&mut self, id: u16) {
-        if matches!(self.inflight.get(&id), Some(OutState::Comp)) {
-            self.inflight.remove(&id);
+        if let Some(f) = self.flows.as_mut()
+            && matches!(f.inflight.get(&id), Some(OutState::Comp))
+        {
+            f.inflight.remove(&id);
         }
     }
 
     /// A resumed session owes these PUBRELs.
     pub(crate) fn resume_comp(&mut self, id: u16) {
-        self.inflight.insert(id, OutState::Comp);
+        self.flows_mut().inflight.insert(id, OutState::Comp);
     }
 }
 
@@ -251,7 +285,10 @@ impl<A> Outbound<(A, u64)> {
     /// messages have no sequence — kept free until resent or released.
     pub(crate) fn park(&self, max_remembered: usize) -> ParkedOut {
         let mut out = ParkedOut::default();
-        for (id, st) in &self.inflight {
+        let Some(f) = self.flows.as_ref() else {
+            return out;
+        };
+        for (id, st) in &f.inflight {
             match st {
                 OutState::Comp => out.awaiting_comp.push(*id),
                 OutState::Ack(a) | OutState::Rec(a) => {
@@ -282,9 +319,15 @@ pub(crate) enum Admit {
 /// The inbound half: aliases the client set, and its unfinished QoS 1/2 publishes.
 pub(crate) struct Inbound {
     ver: Ver,
-    aliases: Map<u16, String>,
     alias_max: u16,
     receive_max: usize,
+    /// `None` until the client first sets an alias or publishes at QoS 1/2.
+    flows: Option<Box<InFlows>>,
+}
+
+#[derive(Default)]
+struct InFlows {
+    aliases: Map<u16, String>,
     /// QoS 2 ids between PUBLISH and PUBREL.
     awaiting_rel: Set<u16>,
     /// QoS 2 ids whose publish is still on its way to the log.
@@ -298,13 +341,19 @@ impl Inbound {
     pub(crate) fn new(ver: Ver, receive_max: u16, alias_max: u16, awaiting_rel: Set<u16>) -> Self {
         Self {
             ver,
-            aliases: Map::default(),
             alias_max,
             receive_max: usize::from(receive_max),
-            awaiting_rel,
-            publishing: Set::default(),
-            acking: Set::default(),
+            flows: (!awaiting_rel.is_empty()).then(|| {
+                Box::new(InFlows {
+                    awaiting_rel,
+                    ..InFlows::default()
+                })
+            }),
         }
+    }
+
+    fn flows_mut(&mut self) -> &mut InFlows {
+        self.flows.get_or_insert_with(Default::default)
     }
 
     /// Applies a PUBLISH's topic alias: an empty topic is looked up, a named one
@@ -321,12 +370,12 @@ impl Inbound {
             return Err(Reason::AliasOutOfRange);
         }
         if topic.is_empty() {
-            match self.aliases.get(&alias) {
+            match self.flows.as_ref().and_then(|f| f.aliases.get(&alias)) {
                 Some(t) => topic.clone_from(t),
                 None => return Err(Reason::AliasUnknown),
             }
         } else {
-            self.aliases.insert(alias, topic.clone());
+            self.flows_mut().aliases.insert(alias, topic.clone());
         }
         Ok(())
     }
@@ -334,59 +383,71 @@ impl Inbound {
     /// QoS 1/2 publishes not finished: QoS 1 until its PUBACK is sent, QoS 2 until its
     /// PUBREL arrives.
     pub(crate) fn in_flight(&self) -> usize {
-        self.acking.len() + self.awaiting_rel.len()
+        self.flows
+            .as_ref()
+            .map_or(0, |f| f.acking.len() + f.awaiting_rel.len())
     }
 
     /// Admits a QoS 1/2 PUBLISH. MQTT 5 §4.9: a client may have at most Receive
     /// Maximum unacknowledged; the connection keeps reading while it is full, so the
     /// violation is seen rather than hidden by back-pressure.
     pub(crate) fn admit(&mut self, qos: u8, id: u16) -> Result<Admit, Reason> {
-        if qos == 2 && self.awaiting_rel.contains(&id) {
-            return Ok(match self.publishing.contains(&id) {
-                true => Admit::Wait,
-                false => Admit::AckAgain(Ack::Pubrec),
-            });
-        }
-        if qos == 1 && self.acking.contains(&id) {
-            return Ok(Admit::Wait);
+        if let Some(f) = self.flows.as_ref() {
+            if qos == 2 && f.awaiting_rel.contains(&id) {
+                return Ok(match f.publishing.contains(&id) {
+                    true => Admit::Wait,
+                    false => Admit::AckAgain(Ack::Pubrec),
+                });
+            }
+            if qos == 1 && f.acking.contains(&id) {
+                return Ok(Admit::Wait);
+            }
         }
         if self.ver == Ver::V5 && self.in_flight() >= self.receive_max {
             return Err(Reason::ReceiveMaxExceeded);
         }
+        let f = self.flows_mut();
         if qos == 2 {
-            self.awaiting_rel.insert(id);
-            self.publishing.insert(id);
+            f.awaiting_rel.insert(id);
+            f.publishing.insert(id);
             Ok(Admit::Publish(Ack::Pubrec))
         } else {
-            self.acking.insert(id);
+            f.acking.insert(id);
             Ok(Admit::Publish(Ack::Puback))
         }
     }
 
     /// A refused QoS 2 PUBLISH that is acknowledged (3.1.1 `$SYS`): awaits its PUBREL.
     pub(crate) fn expect_rel(&mut self, id: u16) {
-        self.awaiting_rel.insert(id);
+        self.flows_mut().awaiting_rel.insert(id);
     }
 
     /// The Hub has finished with a publish; a failed QoS 2 one ends its flow, so the id
     /// is free for a new message (and a retransmission is published).
     pub(crate) fn stored(&mut self, kind: Ack, id: u16, ok: bool) {
+        let Some(f) = self.flows.as_mut() else {
+            return;
+        };
         match kind {
             Ack::Pubrec => {
-                self.publishing.remove(&id);
+                f.publishing.remove(&id);
                 if !ok {
-                    self.awaiting_rel.remove(&id);
+                    f.awaiting_rel.remove(&id);
                 }
             }
             _ => {
-                self.acking.remove(&id);
+                f.acking.remove(&id);
             }
         }
     }
 
     /// PUBREL: `Err` with the PUBCOMP's reason when the id is unknown.
     pub(crate) fn pubrel(&mut self, id: u16) -> Result<(), Reason> {
-        match self.awaiting_rel.remove(&id) {
+        match self
+            .flows
+            .as_mut()
+            .is_some_and(|f| f.awaiting_rel.remove(&id))
+        {
             true => Ok(()),
             false => Err(Reason::PacketIdNotFound),
         }
@@ -394,7 +455,10 @@ impl Inbound {
 
     /// For parking: QoS 2 ids whose PUBREL has not arrived.
     pub(crate) fn take_awaiting_rel(&mut self) -> Set<u16> {
-        std::mem::take(&mut self.awaiting_rel)
+        self.flows
+            .as_mut()
+            .map(|f| std::mem::take(&mut f.awaiting_rel))
+            .unwrap_or_default()
     }
 }
 
@@ -576,7 +640,7 @@ mod tests {
         let (plan, ack) = o.plan(msg(&long, 10, 1, Some(1)), &mut props, Some(('a', 1)));
         assert!(matches!(plan, Plan::TooLarge { limit: 64, .. }), "{plan:?}");
         assert_eq!(ack, Some(('a', 1)), "handed back to be settled");
-        assert!(o.has_room() && o.inflight.is_empty());
+        assert!(o.has_room() && o.in_flight() == 0);
         assert_eq!(props.topic_alias, None);
         assert_eq!(send(&mut o, "short", 1, 2).1, Some(1), "alias 1 still free");
     }

@@ -12,26 +12,25 @@ use axum::routing::get;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Door};
 use crate::connection;
 
 #[derive(Clone)]
 struct WsState {
     broker: Arc<Broker>,
     tracker: TaskTracker,
-    stop: CancellationToken,
+    door: Arc<Door>,
 }
 
-pub(crate) fn routes(broker: Arc<Broker>, tracker: TaskTracker, stop: CancellationToken) -> Router {
+pub(crate) fn routes(broker: Arc<Broker>, tracker: TaskTracker, door: Arc<Door>) -> Router {
     Router::new()
         .route("/mqtt", get(upgrade))
         .with_state(WsState {
             broker,
             tracker,
-            stop,
+            door,
         })
 }
 
@@ -51,7 +50,7 @@ async fn upgrade(
         .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let run = connection::run(transport(socket), peer, st.broker, st.stop, None);
+            let run = connection::run(transport(socket), peer, st.broker, st.door, None);
             st.tracker.track_future(run)
         })
 }

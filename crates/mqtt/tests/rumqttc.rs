@@ -577,3 +577,75 @@ async fn quiet_for(rx: &mut mpsc::UnboundedReceiver<Packet5>, d: Duration) {
     .await;
     assert!(r.is_err(), "unexpected {:?}", r.ok());
 }
+
+#[tokio::test]
+async fn stopping_one_listener_says_goodbye_to_its_clients_only() {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::new();
+    let store = SqliteStore::open(StoreConfig::new(dir.path()), Arc::new(bus.clone())).unwrap();
+    let hub = Hub::new(Arc::new(store), bus, HubConfig::default());
+    let broker = Arc::new(
+        MqttBroker::start(hub.clone(), MqttConfig::default())
+            .await
+            .unwrap(),
+    );
+    let mut doors = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (b, s) = (broker.clone(), stop.clone());
+        let task = tokio::spawn(async move { b.serve(listener, s).await });
+        doors.push((addr, stop, task));
+    }
+    // rumqttc ends its event loop with the server's DISCONNECT as the error.
+    let o = rumqttc::v5::MqttOptions::new("on-the-closing-door", "127.0.0.1", doors[0].0.port());
+    let (_closing, mut el) = rumqttc::v5::AsyncClient::new(o, 8);
+    let (stays, mut staying) = v5(doors[1].0, "on-the-other-door");
+    let ev = tokio::time::timeout(WAIT, el.poll())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        ev,
+        rumqttc::v5::Event::Incoming(Packet5::ConnAck(_))
+    ));
+    connack5(&mut staying).await;
+
+    let (_, stop, task) = doors.remove(0);
+    stop.cancel();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = el.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the client was not disconnected");
+    assert!(
+        matches!(
+            ended,
+            rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+                reason_code: DisconnectReasonCode::ServerShuttingDown,
+                ..
+            })
+        ),
+        "{ended:?}"
+    );
+
+    // The other listener's client is still served.
+    stays.subscribe("still/#", QoS5::AtMostOnce).await.unwrap();
+    suback5(&mut staying).await;
+    // (`serve` returns once every connection of the broker is gone.)
+    let (_, other_stop, other) = doors.remove(0);
+    other_stop.cancel();
+    for t in [task, other] {
+        tokio::time::timeout(WAIT, t)
+            .await
+            .expect("serve did not return once its clients were gone")
+            .unwrap();
+    }
+    hub.shutdown().await;
+}

@@ -50,8 +50,9 @@ pub(super) async fn refuse(
 /// certificate the TLS listener verified (if any) names the client.
 pub(super) async fn accept(
     stream: Transport,
-    peer: &polyport_core::adapter::Peer,
+    peer: polyport_core::adapter::Peer,
     broker: &Arc<Broker>,
+    door: u32,
 ) -> Option<Accepted> {
     let cfg = broker.cfg.clone();
     let mut framed = Conn::new(stream, MqttCodec::Version(VersionCodec));
@@ -70,7 +71,7 @@ pub(super) async fn accept(
     };
     let ctx = match broker.hub.authenticate_peer(
         Origin("mqtt"),
-        peer,
+        &peer,
         c.username.as_deref(),
         c.password.as_deref(),
     ) {
@@ -93,7 +94,7 @@ pub(super) async fn accept(
         connection: conn,
         client_id: Some(client_id.as_str().into()),
     });
-    let Some(watch) = claim(broker, &client_id, conn).await else {
+    let Some(watch) = claim(broker, &client_id, conn, door).await else {
         let _ = framed
             .send(refuse(3, Reason::ServerUnavailable.code()))
             .await;
@@ -186,8 +187,8 @@ pub(super) async fn accept(
 /// Registers this connection as the client id's, after the one it takes over (if any)
 /// has parked its session and registered its will: resuming without it would silently
 /// start an empty session. `None` when the old one did not hand over in time.
-async fn claim(broker: &Arc<Broker>, client_id: &str, conn: u64) -> Option<Arc<Watch>> {
-    let watch = Watch::new();
+async fn claim(broker: &Arc<Broker>, client_id: &str, conn: u64, door: u32) -> Option<Arc<Watch>> {
+    let watch = Watch::new(door);
     if let Some(previous) = broker.claim(client_id, conn, watch.clone()) {
         if tokio::time::timeout(HANDOVER, previous.done.fired())
             .await
