@@ -11,11 +11,10 @@ use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection as co
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
-use polyport_core::adapter::{Peer, Stream, sleep_until};
+use polyport_core::adapter::{Beat, Heartbeats, Peer, Stream};
 use polyport_core::hot_metrics::HotCounter;
 use polyport_core::{AuthContext, HubError};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -132,9 +131,13 @@ impl Connection {
         stop: CancellationToken,
     ) {
         let beat = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
-        let mut send_at = beat.map(|b| Instant::now() + b / 2);
-        let mut dead_at = beat.map(|b| Instant::now() + b * 2);
+        // As RabbitMQ: a frame at least every half interval, gone after two silent ones.
+        let mut beats = Heartbeats::new(beat.map(|b| b / 2), beat.map(|b| b * 2));
         let shutdown = self.broker.hub.shutdown_token();
+        // Made once: a turn of the loop then registers no waiter on either token.
+        let stopped = stop.cancelled();
+        let down = shutdown.cancelled();
+        tokio::pin!(stopped, down);
         loop {
             if !self.out.is_empty() {
                 for f in self.out.drain(..) {
@@ -145,11 +148,11 @@ impl Connection {
                 if self.io.flush().await.is_err() {
                     return;
                 }
-                send_at = beat.map(|b| Instant::now() + b / 2);
+                beats.sent();
             }
             tokio::select! {
                 f = self.io.next(), if !self.blocked => {
-                    dead_at = beat.map(|b| Instant::now() + b * 2);
+                    beats.heard();
                     // Frames that arrived together are handled together; the next one
                     // is only taken when it will be handled.
                     let mut next = Some(f);
@@ -187,7 +190,7 @@ impl Connection {
                 }
                 _ = tokio::time::sleep(PRESSURE_POLL), if self.blocked => {
                     // Not reading is not the client's silence.
-                    dead_at = beat.map(|b| Instant::now() + b * 2);
+                    beats.heard();
                     self.check_pressure();
                 }
                 Some(d) = rx.recv() => {
@@ -202,19 +205,19 @@ impl Connection {
                 Some((ch, confirm, result)) = self.publishing.next(), if !self.publishing.is_empty() => {
                     self.confirmed(ch, confirm, result);
                 }
-                _ = sleep_until(send_at) => {
-                    self.out.push(AMQPFrame::Heartbeat);
-                }
-                _ = sleep_until(dead_at) => {
-                    tracing::info!(conn = self.id, "AMQP client missed heartbeats; closing");
-                    return;
-                }
-                _ = stop.cancelled() => {
+                beat = beats.due() => match beat {
+                    Beat::Send => self.out.push(AMQPFrame::Heartbeat),
+                    Beat::Dead => {
+                        tracing::info!(conn = self.id, "AMQP client missed heartbeats; closing");
+                        return;
+                    }
+                },
+                _ = &mut stopped => {
                     let text = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".to_string();
                     self.close(Closing::Connection { code: Code::ConnectionForced, text, class_id: 0, method_id: 0 }).await;
                     return;
                 }
-                _ = shutdown.cancelled() => return,
+                _ = &mut down => return,
             }
         }
     }

@@ -63,6 +63,96 @@ pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Heart-beats both ways on one timer. The connection loop marks what it sent and
+/// heard; one interval, made once for the connection's life, decides when to beat and
+/// when the peer is gone. Two deadlines re-armed on every turn of the loop instead
+/// cost a timer-wheel insert and removal per frame.
+///
+/// Checked at a quarter of the shorter period, so a beat goes out between ¾ and all of
+/// `send` after the last write (never late), and the peer is declared gone between
+/// `expect` and `expect` + a quarter period after it was last heard.
+pub struct Heartbeats {
+    tick: Option<(tokio::time::Interval, std::time::Duration)>,
+    send: Option<std::time::Duration>,
+    expect: Option<std::time::Duration>,
+    quiet_out: std::time::Duration,
+    quiet_in: std::time::Duration,
+    sent: bool,
+    heard: bool,
+}
+
+/// What [`Heartbeats::due`] says is due.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// Send a heart-beat: nothing else went out for almost `send`.
+    Send,
+    /// Nothing heard for `expect`: the peer is gone.
+    Dead,
+}
+
+impl Heartbeats {
+    /// `send`: the longest we may stay silent; `expect`: how long the peer may.
+    pub fn new(send: Option<std::time::Duration>, expect: Option<std::time::Duration>) -> Self {
+        let shortest = match (send, expect) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let tick = shortest.map(|d| {
+            let period = (d / 4).max(std::time::Duration::from_millis(10));
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (i, period)
+        });
+        Self {
+            tick,
+            send,
+            expect,
+            quiet_out: std::time::Duration::ZERO,
+            quiet_in: std::time::Duration::ZERO,
+            sent: false,
+            heard: false,
+        }
+    }
+
+    /// Something went out.
+    pub fn sent(&mut self) {
+        self.sent = true;
+    }
+
+    /// Something came in.
+    pub fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// Resolves when a beat is due or the peer is gone; never without heart-beats.
+    /// Cancel-safe: a `select!` arm.
+    pub async fn due(&mut self) -> Beat {
+        let Some((tick, period)) = self.tick.as_mut() else {
+            return std::future::pending().await;
+        };
+        let period = *period;
+        loop {
+            tick.tick().await;
+            // Whole quiet periods: a lower bound of the real quiet time.
+            self.quiet_in = match std::mem::take(&mut self.heard) {
+                true => std::time::Duration::ZERO,
+                false => self.quiet_in + period,
+            };
+            self.quiet_out = match std::mem::take(&mut self.sent) {
+                true => std::time::Duration::ZERO,
+                false => self.quiet_out + period,
+            };
+            if self.expect.is_some_and(|e| self.quiet_in >= e) {
+                return Beat::Dead;
+            }
+            if self.send.is_some_and(|s| self.quiet_out + period >= s) {
+                self.quiet_out = std::time::Duration::ZERO;
+                return Beat::Send;
+            }
+        }
+    }
+}
+
 /// A token cancelled as soon as either `a` or `b` is: a connection loop that would
 /// otherwise watch both (the listener's stop and the Hub's shutdown) watches one, which
 /// halves what each turn of its `select!` polls. One small task per call: make it per
@@ -387,5 +477,51 @@ mod merge_tests {
         rest.sort();
         assert_eq!(rest, vec![2, 10]);
         assert!(m.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::{Beat, Heartbeats};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn beats_before_the_period_ends_and_declares_a_silent_peer_gone() {
+        let start = tokio::time::Instant::now();
+        let mut h = Heartbeats::new(Some(Duration::from_secs(4)), Some(Duration::from_secs(8)));
+        // Quiet both ways: a beat at 3 s (not late), then the peer is gone at 8 s.
+        h.heard();
+        assert_eq!(h.due().await, Beat::Send);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        let mut beats = 1;
+        let dead = loop {
+            match h.due().await {
+                Beat::Send => beats += 1,
+                Beat::Dead => break start.elapsed(),
+            }
+        };
+        assert_eq!(beats, 2, "one every 3 s of silence (3 s, 6 s)");
+        assert_eq!(
+            dead,
+            Duration::from_secs(9),
+            "gone 8 s after it was last heard (at ~1 s)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_both_ways_keeps_the_timer_quiet() {
+        let mut h = Heartbeats::new(Some(Duration::from_secs(4)), Some(Duration::from_secs(8)));
+        for _ in 0..40 {
+            h.sent();
+            h.heard();
+            let due = tokio::time::timeout(Duration::from_millis(900), h.due()).await;
+            assert!(due.is_err(), "nothing is due while frames flow: {due:?}");
+        }
+        let mut none = Heartbeats::new(None, None);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), none.due())
+                .await
+                .is_err()
+        );
     }
 }

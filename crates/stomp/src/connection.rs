@@ -9,9 +9,8 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use polyport_broker::Broker;
 use polyport_core::Origin;
-use polyport_core::adapter::{Peer, Stream, sleep_until};
+use polyport_core::adapter::{Beat, Heartbeats, Peer, Stream};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -201,10 +200,12 @@ impl Connection {
         beats: Beats,
         stop: CancellationToken,
     ) {
-        let mut send_at = beats.send.map(|b| Instant::now() + b);
-        let deadline = |b: Duration| Instant::now() + b.mul_f64(HEARTBEAT_GRACE);
-        let mut dead_at = beats.expect.map(deadline);
+        let mut hb = Heartbeats::new(beats.send, beats.expect.map(|b| b.mul_f64(HEARTBEAT_GRACE)));
         let shutdown = self.session.broker.hub.shutdown_token();
+        // Made once: a turn of the loop then registers no waiter on either token.
+        let stopped = stop.cancelled();
+        let down = shutdown.cancelled();
+        tokio::pin!(stopped, down);
         loop {
             if !self.session.out.is_empty() {
                 for f in self.session.out.drain(..) {
@@ -215,11 +216,11 @@ impl Connection {
                 if self.io.flush().await.is_err() {
                     return;
                 }
-                send_at = beats.send.map(|b| Instant::now() + b);
+                hb.sent();
             }
             tokio::select! {
                 f = self.io.next() => {
-                    dead_at = beats.expect.map(deadline);
+                    hb.heard();
                     let mut next = Some(f);
                     let mut handled = 0;
                     while let Some(f) = next.take() {
@@ -267,18 +268,18 @@ impl Connection {
                         return;
                     }
                 }
-                _ = sleep_until(send_at) => {
-                    self.session.out.push(Outgoing::HeartBeat);
-                }
-                _ = sleep_until(dead_at) => {
-                    tracing::info!(conn = self.session.conn, "STOMP client missed heart-beats; closing");
-                    return;
-                }
-                _ = stop.cancelled() => {
+                beat = hb.due() => match beat {
+                    Beat::Send => self.session.out.push(Outgoing::HeartBeat),
+                    Beat::Dead => {
+                        tracing::info!(conn = self.session.conn, "STOMP client missed heart-beats; closing");
+                        return;
+                    }
+                },
+                _ = &mut stopped => {
                     self.fail(Fatal::new("server shutting down", "the server is stopping".into()), None).await;
                     return;
                 }
-                _ = shutdown.cancelled() => return,
+                _ = &mut down => return,
             }
         }
     }

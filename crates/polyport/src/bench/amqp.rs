@@ -29,8 +29,9 @@ pub(crate) struct AmqpArgs {
     /// The peer broker to compare with.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     rabbitmq: String,
-    /// Messages per throughput scenario.
-    #[arg(long, default_value_t = 20_000)]
+    /// Messages per throughput scenario (fewer make a run of well under a second,
+    /// whose ratio is mostly noise).
+    #[arg(long, default_value_t = 100_000)]
     messages: usize,
     /// Payload bytes.
     #[arg(long, default_value_t = 64)]
@@ -79,15 +80,24 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         ),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    compare("Polyport", "RabbitMQ", rabbit_up, &scenarios, |s, peer| {
-        let uri = if peer {
-            args.rabbitmq.clone()
-        } else {
-            pp.clone()
-        };
-        let args = &args;
-        async move { s.run(&uri, args).await }
-    })
+    let rabbit_pid = super::child::pids_named("beam.smp").into_iter().next();
+    let cpu = rabbit_pid.map(|r| (child.pid, r));
+    compare(
+        "Polyport",
+        "RabbitMQ",
+        rabbit_up,
+        cpu,
+        &scenarios,
+        |s, peer| {
+            let uri = if peer {
+                args.rabbitmq.clone()
+            } else {
+                pp.clone()
+            };
+            let args = &args;
+            async move { s.run(&uri, args).await }
+        },
+    )
     .await?;
     if args.idle > 0 {
         super::child::raise_nofile(args.idle as u64 + 1024);

@@ -14,10 +14,13 @@ pub(crate) enum Figure {
 
 /// Runs each scenario on our side (`run(s, false)`) and, when it is up, on the peer
 /// (`run(s, true)`), printing one row each under the headings `ours` and `peer`.
+/// With `cpu` (the two servers' pids) each row also gets the ratio of the CPU time
+/// each server spent on the same work.
 pub(crate) async fn compare<S: Copy, F, Fut>(
     ours: &str,
     peer: &str,
     peer_up: bool,
+    cpu: Option<(u32, u32)>,
     scenarios: &[(&str, S)],
     run: F,
 ) -> anyhow::Result<()>
@@ -26,11 +29,16 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Figure>>,
 {
     use anyhow::Context as _;
-    print_header(ours, peer);
+    let cpu = cpu.filter(|_| peer_up);
+    print_header(ours, peer, cpu.is_some());
+    let spent = |pid: Option<u32>| pid.and_then(super::child::cpu_secs);
     for (name, s) in scenarios {
+        let before = spent(cpu.map(|c| c.0));
         let a = run(*s, false)
             .await
             .with_context(|| format!("{ours}: {name}"))?;
+        let ours_cpu = before.zip(spent(cpu.map(|c| c.0))).map(|(b, a)| a - b);
+        let before = spent(cpu.map(|c| c.1));
         let b = match peer_up {
             true => Some(
                 run(*s, true)
@@ -39,17 +47,28 @@ where
             ),
             false => None,
         };
+        let peer_cpu = before.zip(spent(cpu.map(|c| c.1))).map(|(b, a)| a - b);
         print_row(name, &a, b.as_ref());
+        if let (Some(x), Some(y)) = (ours_cpu, peer_cpu) {
+            println!(
+                "{:<44} {x:>13.2}s {y:>13.2}s {:>7.2}×",
+                "  server CPU for it",
+                x / y.max(1e-9)
+            );
+        }
     }
     Ok(())
 }
 
 /// The column headings.
-fn print_header(ours: &str, peer: &str) {
+fn print_header(ours: &str, peer: &str, cpu: bool) {
     println!(
         "{:<44} {:>14} {:>14} {:>8}",
         "scenario", ours, peer, "ratio"
     );
+    if cpu {
+        println!("(under each row: the CPU seconds each server spent on it; lower is better)");
+    }
 }
 
 /// One row; `b` is `None` when the peer is not reachable.

@@ -317,7 +317,7 @@ async fn disable_plugin() {
 pub(crate) async fn run(args: StompArgs) -> anyhow::Result<()> {
     let child = PolyportChild::start("stomp").await?;
     let enabled_here = enable_plugin(args.rabbitmq).await;
-    let result = versus_rabbitmq(child.addr, &args).await;
+    let result = versus_rabbitmq(child.addr, child.pid, &args).await;
     if enabled_here {
         disable_plugin().await;
     }
@@ -325,7 +325,7 @@ pub(crate) async fn run(args: StompArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn versus_rabbitmq(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()> {
+async fn versus_rabbitmq(pp: SocketAddr, pp_pid: u32, args: &StompArgs) -> anyhow::Result<()> {
     let rabbit_up = connect(args.rabbitmq).await.is_ok();
     if !rabbit_up {
         println!(
@@ -346,10 +346,19 @@ async fn versus_rabbitmq(pp: SocketAddr, args: &StompArgs) -> anyhow::Result<()>
         ("receipted persistent SENDs, 4 clients", Scenario::Receipted),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    compare("Polyport", "RabbitMQ", rabbit_up, &scenarios, |s, peer| {
-        let addr = if peer { args.rabbitmq } else { pp };
-        async move { s.run(addr, args).await }
-    })
+    let rabbit_pid = super::child::pids_named("beam.smp").into_iter().next();
+    let cpu = rabbit_pid.map(|r| (pp_pid, r));
+    compare(
+        "Polyport",
+        "RabbitMQ",
+        rabbit_up,
+        cpu,
+        &scenarios,
+        |s, peer| {
+            let addr = if peer { args.rabbitmq } else { pp };
+            async move { s.run(addr, args).await }
+        },
+    )
     .await?;
     Ok(())
 }

@@ -46,3 +46,63 @@ pub(super) async fn idle_rss(t: &Target, n: usize, run_id: &str) -> anyhow::Resu
         kib_per_conn,
     })
 }
+
+/// A Mosquitto of its own for the memory scenario: the shared one on :1883 keeps the
+/// memory earlier runs grew, so its growth under a new load reads near zero.
+pub(super) struct FreshMosquitto {
+    child: tokio::process::Child,
+    dir: std::path::PathBuf,
+    pub(super) target: Target,
+}
+
+impl FreshMosquitto {
+    pub(super) async fn start(run_id: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("polyport-bench-mosquitto-{run_id}"));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"),
+        )?;
+        let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = tokio::process::Command::new(exe)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {exe}"))?;
+        let pid = child.id();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("{exe} did not listen on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            child,
+            dir,
+            target: Target {
+                name: "mosquitto",
+                addr,
+                pid,
+                credentials: None,
+            },
+        })
+    }
+
+    pub(super) async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -281,19 +281,31 @@ async fn idle_scenario(
 ) -> anyhow::Result<()> {
     println!();
     println!(
-        "idle connections: {} per broker, RSS growth of the broker process",
+        "idle connections: {} per broker, RSS growth of the broker process (each freshly started)",
         plan.idle
     );
     header("");
     if plan.idle > 0 {
         let p = idle_rss(pp, plan.idle, run_id).await?;
-        let m = match mosq {
+        // A fresh Mosquitto, as Polyport's child is fresh; the shared one if there is
+        // no binary to start.
+        let fresh = match mosq {
+            Some(_) => idle::FreshMosquitto::start(run_id).await.map_err(|e| {
+                println!("  (a fresh Mosquitto did not start: {e:#}; measuring the shared one)");
+            }),
+            None => Err(()),
+        };
+        let target = fresh.as_ref().map(|f| &f.target).ok().or(mosq);
+        let m = match target {
             Some(t) => idle_rss(t, plan.idle, run_id).await.unwrap_or_else(|e| {
                 println!("  mosquitto: {e:#}");
                 Idle::default()
             }),
             None => Idle::default(),
         };
+        if let Ok(f) = fresh {
+            f.stop().await;
+        }
         num_row(
             "",
             "KiB/conn",
