@@ -385,19 +385,12 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let names = [
+    let mut lines = chart::Series::named([
         "GET baseline",
         "GET Polyport",
         "POST baseline",
         "POST Polyport",
-    ];
-    let mut lines: Vec<chart::Series> = names
-        .iter()
-        .map(|n| chart::Series {
-            name: (*n).to_string(),
-            points: Vec::new(),
-        })
-        .collect();
+    ]);
     for &conns in &args.connections {
         let (b_rps, b_lat) = load(duration, conns, get(bget.clone())).await?;
         let (p_rps, p_lat) = load(duration, conns, get(pget.clone())).await?;
@@ -425,7 +418,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
             y: "requests/s",
             log_x: true,
             legend: plotters::prelude::SeriesLabelPosition::LowerRight,
-            series: lines,
+            series: lines.into(),
         }
         .write_svg(path)?;
     }

@@ -21,7 +21,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use super::child::PolyportChild;
-use super::peer::{Figure, compare, print_row};
+use super::peer::{Figure, against_rabbitmq, print_row};
 use super::{summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
@@ -80,24 +80,15 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         ),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    let rabbit_pid = super::child::pids_named("beam.smp").into_iter().next();
-    let cpu = rabbit_pid.map(|r| (child.pid, r));
-    compare(
-        "Polyport",
-        "RabbitMQ",
-        rabbit_up,
-        cpu,
-        &scenarios,
-        |s, peer| {
-            let uri = if peer {
-                args.rabbitmq.clone()
-            } else {
-                pp.clone()
-            };
-            let args = &args;
-            async move { s.run(&uri, args).await }
-        },
-    )
+    against_rabbitmq(child.pid, rabbit_up, &scenarios, |s, peer| {
+        let uri = if peer {
+            args.rabbitmq.clone()
+        } else {
+            pp.clone()
+        };
+        let args = &args;
+        async move { s.run(&uri, args).await }
+    })
     .await?;
     if args.idle > 0 {
         super::child::raise_nofile(args.idle as u64 + 1024);

@@ -13,6 +13,16 @@ pub(crate) struct Series {
     pub(crate) points: Vec<(f64, f64)>,
 }
 
+impl Series {
+    /// Empty lines, one per name, for a sweep to fill.
+    pub(crate) fn named<const N: usize>(names: [&str; N]) -> [Series; N] {
+        names.map(|n| Series {
+            name: n.to_string(),
+            points: Vec::new(),
+        })
+    }
+}
+
 pub(crate) struct Chart<'a> {
     pub(crate) title: &'a str,
     pub(crate) x: &'a str,

@@ -63,19 +63,12 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "subscribers", "server", "delivered", "p50 µs", "p99 µs", "max µs", "CPU µs/deliv"
     );
-    let names = [
+    let mut lines = chart::Series::named([
         "p50 baseline",
         "p50 Polyport",
         "p99 baseline",
         "p99 Polyport",
-    ];
-    let mut lines: Vec<chart::Series> = names
-        .iter()
-        .map(|n| chart::Series {
-            name: (*n).to_string(),
-            points: Vec::new(),
-        })
-        .collect();
+    ]);
     for &n in &args.subscribers {
         if args.polyport_only {
             let (pp, cpu) = run_one(true, n, &args).await?;
@@ -115,7 +108,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             y: "write-to-delivery latency, ms",
             log_x: false,
             legend: plotters::prelude::SeriesLabelPosition::UpperLeft,
-            series: lines,
+            series: lines.into(),
         }
         .write_svg(path)?;
     }

@@ -60,6 +60,23 @@ where
     Ok(())
 }
 
+/// [`compare`] against the local RabbitMQ, with the CPU time of both servers (the
+/// Polyport child's and RabbitMQ's `beam.smp`, when it can be found).
+pub(crate) async fn against_rabbitmq<S: Copy, F, Fut>(
+    polyport_pid: u32,
+    rabbit_up: bool,
+    scenarios: &[(&str, S)],
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(S, bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Figure>>,
+{
+    let rabbit = super::child::pids_named("beam.smp").into_iter().next();
+    let cpu = rabbit.map(|r| (polyport_pid, r));
+    compare("Polyport", "RabbitMQ", rabbit_up, cpu, scenarios, run).await
+}
+
 /// The column headings.
 fn print_header(ours: &str, peer: &str, cpu: bool) {
     println!(

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::child::PolyportChild;
-use super::peer::{Figure, compare};
+use super::peer::{Figure, against_rabbitmq};
 use super::{summarize, ulid_like};
 
 #[derive(clap::Args, Debug)]
@@ -346,19 +346,10 @@ async fn versus_rabbitmq(pp: SocketAddr, pp_pid: u32, args: &StompArgs) -> anyho
         ("receipted persistent SENDs, 4 clients", Scenario::Receipted),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
-    let rabbit_pid = super::child::pids_named("beam.smp").into_iter().next();
-    let cpu = rabbit_pid.map(|r| (pp_pid, r));
-    compare(
-        "Polyport",
-        "RabbitMQ",
-        rabbit_up,
-        cpu,
-        &scenarios,
-        |s, peer| {
-            let addr = if peer { args.rabbitmq } else { pp };
-            async move { s.run(addr, args).await }
-        },
-    )
+    against_rabbitmq(pp_pid, rabbit_up, &scenarios, |s, peer| {
+        let addr = if peer { args.rabbitmq } else { pp };
+        async move { s.run(addr, args).await }
+    })
     .await?;
     Ok(())
 }
