@@ -54,15 +54,6 @@ impl Spec {
     }
 }
 
-/// Sleeps until `deadline`, or forever without one: a `select!` arm for an optional
-/// timer (keep-alive, heart-beats, redelivery).
-pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Heart-beats both ways on one timer. The connection loop marks what it sent and
 /// heard; one interval, made once for the connection's life, decides when to beat and
 /// when the peer is gone. Two deadlines re-armed on every turn of the loop instead

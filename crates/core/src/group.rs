@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::adapter::sleep_until;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -299,6 +298,7 @@ impl Groups {
             members: Vec::new(),
             rr: 0,
             inflight: BTreeMap::new(),
+            deadlines: VecDeque::new(),
             redeliver: VecDeque::new(),
             saved_position: saved,
             retired: false,
@@ -341,6 +341,11 @@ struct Dispatcher {
     members: Vec<MemberState>,
     rr: usize,
     inflight: BTreeMap<u64, InFlight>,
+    /// `inflight`'s deadlines in the order given, so the earliest is at the front (the
+    /// ack timeout is the same for all): entries acknowledged or given again since are
+    /// skipped when they reach the front. Finding the next deadline by scanning
+    /// `inflight` cost every turn of the loop in proportion to the window.
+    deadlines: VecDeque<(Instant, u64)>,
     redeliver: VecDeque<(EventRef, u32)>,
     saved_position: Option<u64>,
     /// Set once this dispatcher has removed itself from the registry.
@@ -418,15 +423,17 @@ impl Dispatcher {
             self.rr = idx + 1;
             if let (Some(t), Some(seq)) = (self.ack_timeout, event.seq) {
                 m.inflight += 1;
+                let deadline = Instant::now() + t;
                 self.inflight.insert(
                     seq,
                     InFlight {
                         event,
                         member: m.id,
-                        deadline: Instant::now() + t,
+                        deadline,
                         redeliveries,
                     },
                 );
+                self.deadlines.push_back((deadline, seq));
             }
             return true;
         }
@@ -453,6 +460,17 @@ impl Dispatcher {
         {
             m.inflight = m.inflight.saturating_sub(1);
         }
+    }
+
+    /// The earliest deadline of what is in flight.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(d, seq)) = self.deadlines.front() {
+            if self.inflight.get(&seq).is_some_and(|f| f.deadline == d) {
+                return Some(d);
+            }
+            self.deadlines.pop_front();
+        }
+        None
     }
 
     fn expire(&mut self) {
@@ -487,6 +505,11 @@ impl Dispatcher {
         }
         let mut tick = tokio::time::interval(PERSIST_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the whole run, moved only to an earlier deadline: when the
+        // earliest is acknowledged it fires early, finds nothing due and is set again.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             // Redeliveries first, as far as credit allows.
             while let Some((ev, n)) = self.redeliver.pop_front() {
@@ -496,7 +519,12 @@ impl Dispatcher {
                 }
             }
             let can_pull = self.redeliver.is_empty() && self.has_credit();
-            let next_deadline = self.inflight.values().map(|f| f.deadline).min();
+            if let Some(next) = self.next_deadline()
+                && armed.is_none_or(|a| next < a)
+            {
+                timer.as_mut().reset(next);
+                armed = Some(next);
+            }
             tokio::select! {
                 ctl = self.ctl.recv() => match ctl {
                     Some(Ctl::Join { id, tx, prefetch }) => {
@@ -533,7 +561,10 @@ impl Dispatcher {
                     }
                     None => break,
                 },
-                _ = sleep_until(next_deadline) => self.expire(),
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.expire();
+                }
                 _ = tick.tick() => self.persist().await,
                 _ = shutdown.cancelled() => break,
             }

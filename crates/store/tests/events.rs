@@ -382,3 +382,34 @@ async fn retention_trims_and_resume_below_the_log_is_reported() {
     assert!(st2.first_seq >= 21);
     assert_eq!(seq(&env.publish("r/x", "again").await), 32);
 }
+
+fn keep_a_moment(c: &mut polyport_store::StoreConfig) {
+    c.retention = Retention {
+        max_events: None,
+        max_age: Some(Duration::from_millis(1)),
+    };
+}
+
+/// The log's position is not written with every commit: on open it is the newest
+/// event's. Retention that empties the log must not let it go back.
+#[tokio::test]
+async fn a_log_emptied_by_age_keeps_its_position_across_a_restart() {
+    let mut env = Env::with(HubConfig::default(), keep_a_moment);
+    for i in 0..5 {
+        env.publish("old/x", &i.to_string()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.hub.log_state().first_seq != 6 {
+        assert!(
+            Instant::now() < deadline,
+            "retention did not empty the log: {:?}",
+            env.hub.log_state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let epoch = env.hub.log_state().epoch;
+    env.reopen().await;
+    assert_eq!(env.hub.log_state().last_seq, 5);
+    assert_eq!(env.hub.log_state().epoch, epoch);
+    assert_eq!(seq(&env.publish("new/x", "after").await), 6);
+}

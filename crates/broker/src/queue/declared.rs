@@ -51,8 +51,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub(crate) fn over(&self, count: usize, bytes: usize) -> bool {
-        self.max_length.is_some_and(|m| count > m) || self.max_bytes.is_some_and(|m| bytes > m)
+    /// `bytes` is only asked for under an `x-max-length-bytes`: summing a queue's
+    /// payloads on every arrival made each one cost in proportion to the backlog.
+    pub(crate) fn over(&self, count: usize, bytes: impl FnOnce() -> usize) -> bool {
+        self.max_length.is_some_and(|m| count > m) || self.max_bytes.is_some_and(|m| bytes() > m)
     }
 }
 

@@ -358,7 +358,7 @@ impl Queue {
             st.ready.push_back(message);
             // Length limits count what is ready (not what consumers hold), as RabbitMQ.
             loop {
-                let bytes: usize = st.ready.iter().map(|m| m.event.payload.len()).sum();
+                let bytes = || st.ready.iter().map(|m| m.event.payload.len()).sum();
                 if !self.limits.over(st.ready.len(), bytes) {
                     break;
                 }

@@ -43,6 +43,9 @@ pub(crate) struct AmqpArgs {
     /// lapin; a few hundred is what it handles quickly.
     #[arg(long, default_value_t = 0)]
     idle: usize,
+    /// Run only the scenarios whose name contains this (e.g. `persistent`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
@@ -80,6 +83,10 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         ),
         ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
     ];
+    let scenarios: Vec<_> = scenarios
+        .into_iter()
+        .filter(|(name, _)| args.only.as_deref().is_none_or(|o| name.contains(o)))
+        .collect();
     against_rabbitmq(child.pid, rabbit_up, &scenarios, |s, peer| {
         let uri = if peer {
             args.rabbitmq.clone()

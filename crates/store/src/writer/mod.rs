@@ -28,7 +28,7 @@ use polyport_core::event::{Durability, EventRef};
 use polyport_core::schema::{FieldError, Rule};
 use polyport_core::webhook::{Attempt, AttemptOutcome, Endpoint};
 use polyport_core::{HubError, HubResult};
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 pub use retention::Retention;
@@ -224,7 +224,7 @@ impl Writer {
             results.push((reply, result));
         }
         let last_seq = self.state.next_seq - 1;
-        if let Err(e) = commit(tx, !events.is_empty(), last_seq) {
+        if let Err(e) = commit(tx) {
             let msg = e.to_string();
             tracing::error!(error = %msg, "commit failed; batch rolled back");
             self.state = start;
@@ -322,16 +322,10 @@ fn apply_one(
     (result, is_collection_op)
 }
 
-/// Records the batch's last sequence (when it appended events) and commits: one fsync.
-fn commit(tx: Transaction<'_>, appended: bool, last_seq: u64) -> rusqlite::Result<()> {
-    if appended {
-        crate::db::exec(
-            &tx,
-            "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![last_seq.to_string()],
-        )?;
-    }
+/// Commits: one fsync (or, for a logged-only batch, one WAL write). The log's last
+/// sequence is not written per commit: on open it is the newest event's, and
+/// retention, the only thing that deletes events, records it first (see `maintain`).
+fn commit(tx: Transaction<'_>) -> rusqlite::Result<()> {
     tx.commit()
 }
 

@@ -34,6 +34,14 @@ impl Writer {
             cutoff = cutoff.min(last);
         }
         let result = (|| -> rusqlite::Result<u64> {
+            // Recorded before anything is deleted: with every event gone (by age), the
+            // log's position must still not go back on the next open.
+            crate::db::exec(
+                &self.conn,
+                "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![last.to_string()],
+            )?;
             let mut deleted = 0;
             if max_events.is_some() && cutoff >= first {
                 deleted += self
