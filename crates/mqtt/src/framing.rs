@@ -71,6 +71,15 @@ impl Conn {
         }
     }
 
+    /// Starts a fresh read buffer if nothing is buffered. Decoding splits packets off
+    /// the buffer, which turns it into a shared one with a header of its own: a
+    /// connection that goes quiet after its CONNECT would keep that for its lifetime.
+    pub(crate) fn settle(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::with_capacity(SMALL);
+        }
+    }
+
     /// A packet decoded from what is already buffered, without reading.
     pub(crate) fn try_next(&mut self) -> Option<Result<MqttPacket, DecodeError>> {
         match self.codec.decode(&mut self.rbuf) {

@@ -132,6 +132,7 @@ pub(super) async fn accept(
         return None;
     }
     metrics::gauge!("polyport_mqtt_connections").increment(1.0);
+    framed.settle();
     let (saved, awaiting_rel, awaiting_comp, sent_before, reserved) = match resumed.parked {
         Some(p) => (
             p.saved,
