@@ -321,6 +321,22 @@ struct MemberState {
     inflight: usize,
 }
 
+/// Rebuilds `deadlines` from what is in flight once stale entries outnumber live ones:
+/// they only leave from the front, so a message held unacknowledged at the front
+/// would otherwise let the queue grow with every later delivery.
+fn compact_deadlines<I: Iterator<Item = (Instant, u64)>>(
+    deadlines: &mut VecDeque<(Instant, u64)>,
+    live: usize,
+    inflight: impl FnOnce() -> I,
+) {
+    if deadlines.len() <= 2 * live + 64 {
+        return;
+    }
+    let mut fresh: Vec<(Instant, u64)> = inflight().collect();
+    fresh.sort_unstable();
+    *deadlines = fresh.into();
+}
+
 struct InFlight {
     event: EventRef,
     member: u64,
@@ -434,6 +450,9 @@ impl Dispatcher {
                     },
                 );
                 self.deadlines.push_back((deadline, seq));
+                compact_deadlines(&mut self.deadlines, self.inflight.len(), || {
+                    self.inflight.iter().map(|(s, f)| (f.deadline, *s))
+                });
             }
             return true;
         }
@@ -586,5 +605,37 @@ impl Dispatcher {
         map.remove(&self.key);
         self.retired = true;
         true
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::compact_deadlines;
+    use std::collections::VecDeque;
+    use tokio::time::{Duration, Instant};
+
+    #[test]
+    fn a_message_held_at_the_front_does_not_let_the_deadlines_grow() {
+        let t0 = Instant::now();
+        let at = |i: u64| t0 + Duration::from_millis(i);
+        // Seq 0 stays in flight; every later one is acknowledged right after delivery.
+        let mut deadlines = VecDeque::new();
+        for seq in 0..10_000u64 {
+            deadlines.push_back((at(seq), seq));
+            let live = if seq == 0 { 1 } else { 2 };
+            compact_deadlines(&mut deadlines, live, || {
+                [(at(0), 0), (at(seq), seq)].into_iter().take(live)
+            });
+            assert!(
+                deadlines.len() <= 2 * 2 + 64 + 1,
+                "{} entries",
+                deadlines.len()
+            );
+        }
+        assert_eq!(
+            deadlines.front(),
+            Some(&(at(0), 0)),
+            "the earliest stays first"
+        );
     }
 }

@@ -132,6 +132,10 @@ impl Door {
         self.id
     }
 
+    pub(crate) fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// Starts the door's watcher, once, from inside the runtime (a route is built
     /// before there may be one). A connection registered after the watcher has kicked
     /// sees the token cancelled when its loop starts.

@@ -150,7 +150,7 @@ impl MqttBroker {
         let stop =
             polyport_core::adapter::either_cancelled(&stop, &self.broker.hub.shutdown_token());
         let door = broker::Door::new(self.broker.clone(), stop);
-        ws::routes(self.broker.clone(), self.tracker.clone(), door)
+        ws::routes(self.tracker.clone(), door)
     }
 }
 

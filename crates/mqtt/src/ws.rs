@@ -14,24 +14,19 @@ use futures::{SinkExt, StreamExt};
 use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{Broker, Door};
+use crate::broker::Door;
 use crate::connection;
 
 #[derive(Clone)]
 struct WsState {
-    broker: Arc<Broker>,
     tracker: TaskTracker,
     door: Arc<Door>,
 }
 
-pub(crate) fn routes(broker: Arc<Broker>, tracker: TaskTracker, door: Arc<Door>) -> Router {
+pub(crate) fn routes(tracker: TaskTracker, door: Arc<Door>) -> Router {
     Router::new()
         .route("/mqtt", get(upgrade))
-        .with_state(WsState {
-            broker,
-            tracker,
-            door,
-        })
+        .with_state(WsState { tracker, door })
 }
 
 async fn upgrade(
@@ -42,7 +37,7 @@ async fn upgrade(
     let peer = peer.map(|p| p.0).unwrap_or_default();
     // A frame may carry several packets (or part of one): the packet limit is enforced
     // by the decoder, the frame limit only bounds buffering.
-    let max = (st.broker.cfg.max_packet_size as usize)
+    let max = (st.door.broker().cfg.max_packet_size as usize)
         .saturating_mul(4)
         .max(64 * 1024);
     ws.protocols(["mqtt", "mqttv3.1"])
@@ -50,7 +45,13 @@ async fn upgrade(
         .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let run = connection::run(transport(socket), peer, st.broker, st.door, None);
+            let run = connection::run(
+                transport(socket),
+                peer,
+                st.door.broker().clone(),
+                st.door,
+                None,
+            );
             st.tracker.track_future(run)
         })
 }

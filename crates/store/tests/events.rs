@@ -270,6 +270,19 @@ async fn reopening_keeps_epoch_position_records_and_schemas() {
     assert_eq!(sub.epoch(), before.epoch);
 }
 
+/// Waits (5 s at most) until retention has trimmed the log to start at `first`.
+async fn retention_reaches(env: &Env, first: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.hub.log_state().first_seq != first {
+        assert!(
+            Instant::now() < deadline,
+            "retention did not trim the log to {first}: {:?}",
+            env.hub.log_state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn keep_ten(c: &mut polyport_store::StoreConfig) {
     c.retention = Retention {
         max_events: Some(10),
@@ -283,15 +296,7 @@ async fn retention_trims_and_resume_below_the_log_is_reported() {
     for i in 0..30 {
         env.publish("r/x", &i.to_string()).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while env.hub.log_state().first_seq != 21 {
-        assert!(
-            Instant::now() < deadline,
-            "retention did not run: {:?}",
-            env.hub.log_state()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    retention_reaches(&env, 21).await;
     let st = env.hub.log_state();
     assert_eq!(st.last_seq, 30);
 
@@ -398,15 +403,7 @@ async fn a_log_emptied_by_age_keeps_its_position_across_a_restart() {
     for i in 0..5 {
         env.publish("old/x", &i.to_string()).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while env.hub.log_state().first_seq != 6 {
-        assert!(
-            Instant::now() < deadline,
-            "retention did not empty the log: {:?}",
-            env.hub.log_state()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    retention_reaches(&env, 6).await;
     let epoch = env.hub.log_state().epoch;
     env.reopen().await;
     assert_eq!(env.hub.log_state().last_seq, 5);
