@@ -347,23 +347,23 @@ pub async fn accept_loop<F, Fut>(
         let (l, serve) = (securer.clone(), serve.clone());
         match admission.admit(addr.ip()) {
             Ok(permit) => {
-                // Boxed: what the handshake needs would otherwise keep its space in the
-                // task for the connection's whole life.
-                let start = Box::new((l, stream, addr));
+                // One box for all the task starts with: an upvar keeps its slot in the
+                // task for the connection's whole life, a local only while it lives.
+                let start = Box::new((l, stream, addr, serve, permit, label));
                 tracker.spawn(async move {
-                    // Held (not moved into a local, which would take a second slot).
-                    let _place = &permit;
-                    // Scoped so neither the box, the securer nor its answer keeps a
-                    // slot in the task while the connection is served.
-                    let Some((io, peer)) = ({
+                    // Scoped, so that only the connection and its permit keep slots
+                    // in the task while it is served (the permit is held to the end:
+                    // the admission slot is the connection's).
+                    let (conn, _permit) = {
                         // Into a local: the upvar would keep the box to the end.
                         let start = start;
-                        let (l, stream, addr) = *start;
-                        l.secure(label, stream, addr).await
-                    }) else {
-                        return;
+                        let (l, stream, addr, serve, permit, label) = *start;
+                        let Some((io, peer)) = l.secure(label, stream, addr).await else {
+                            return;
+                        };
+                        (serve(io, peer, None), permit)
                     };
-                    serve(io, peer, None).await
+                    conn.await
                 });
             }
             Err(refusal) => {

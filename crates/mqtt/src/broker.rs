@@ -293,7 +293,8 @@ pub(crate) struct Broker {
     pub(crate) cfg: MqttConfig,
     pub(crate) stats: Stats,
     started: Instant,
-    live: Mutex<HashMap<String, Live>>,
+    /// Keyed by the client id the connection's session shares (one allocation).
+    live: Mutex<HashMap<Arc<str>, Live>>,
     parked: Mutex<HashMap<String, Parked>>,
     /// Wills waiting out their delay, by client id: (connection, cancel).
     wills: Mutex<HashMap<String, (u64, CancellationToken)>>,
@@ -377,7 +378,7 @@ impl Broker {
     /// earlier connection's watch: its session is only handed over once `done` fires.
     pub(crate) fn claim(
         &self,
-        client_id: &str,
+        client_id: &Arc<str>,
         conn: u64,
         watch: Arc<Watch>,
     ) -> Option<Arc<Watch>> {
@@ -385,7 +386,7 @@ impl Broker {
         let old = self
             .live
             .lock()
-            .insert(client_id.to_string(), Live { conn, watch });
+            .insert(client_id.clone(), Live { conn, watch });
         old.map(|l| {
             l.watch.kick(Kick::TakenOver);
             l.watch
@@ -489,6 +490,9 @@ impl Broker {
 
     /// Drops the group positions of one generation of a session.
     pub(crate) async fn forget_groups(&self, client_id: &str, generation: &str) {
+        if generation.is_empty() {
+            return; // it never had any
+        }
         if let Err(e) = self
             .hub
             .delete_groups_with_prefix(&self.ctx, &session_groups(generation))

@@ -59,11 +59,22 @@ impl SubSpec {
 /// A persistent session: what must survive the client being away (and a restart).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SavedSession {
-    /// Names this session's Hub groups; new for every new session.
+    /// Names this session's Hub groups; new for every new session that keeps any
+    /// (empty until then: most connections never need one).
     pub(crate) generation: String,
     /// Seconds the session outlives its connection (`u32::MAX`: forever).
     pub(crate) expiry: u32,
     pub(crate) subs: Vec<SubSpec>,
+}
+
+impl SavedSession {
+    /// The generation, made on first use.
+    pub(crate) fn generation(&mut self) -> &str {
+        if self.generation.is_empty() {
+            self.generation = polyport_core::record::new_id();
+        }
+        &self.generation
+    }
 }
 
 pub(crate) fn encode_session(s: &SavedSession) -> Bytes {

@@ -25,7 +25,7 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 const N: usize = 400;
 
 /// Bytes of heap one idle MQTT 3.1.1 connection may keep.
-const BUDGET: usize = 2144;
+const BUDGET: usize = 1920;
 
 fn connect_packet(client_id: &str) -> Vec<u8> {
     let mut body = Vec::new();

@@ -89,10 +89,12 @@ pub(super) async fn accept(
         }
     };
     let conn = broker.next_connection();
+    // One allocation shared by the session, the broker's registry and the sender stamp.
+    let client_id: Arc<str> = client_id.into();
     // The Hub stamps this on every event the client publishes (no-local reads it back).
     let ctx = ctx.with_sender(polyport_core::Sender {
         connection: conn,
-        client_id: Some(client_id.as_str().into()),
+        client_id: Some(client_id.clone()),
     });
     let Some(watch) = claim(broker, &client_id, conn, door).await else {
         let _ = framed
@@ -157,7 +159,7 @@ pub(super) async fn accept(
         ctx,
         rate,
         client_id: client_id.clone(),
-        saved,
+        saved: Box::new(saved),
         persisted: resumed.persisted,
         subs: Map::default(),
         deliveries: None,
@@ -171,7 +173,7 @@ pub(super) async fn accept(
         ),
         inb: Inbound::new(ver, cfg.receive_max, cfg.topic_alias_max, awaiting_rel),
         pending: None,
-        backlog: Default::default(),
+        backlog: None,
     };
     Some(Accepted {
         s,
@@ -188,7 +190,12 @@ pub(super) async fn accept(
 /// Registers this connection as the client id's, after the one it takes over (if any)
 /// has parked its session and registered its will: resuming without it would silently
 /// start an empty session. `None` when the old one did not hand over in time.
-async fn claim(broker: &Arc<Broker>, client_id: &str, conn: u64, door: u32) -> Option<Arc<Watch>> {
+async fn claim(
+    broker: &Arc<Broker>,
+    client_id: &Arc<str>,
+    conn: u64,
+    door: u32,
+) -> Option<Arc<Watch>> {
     let watch = Watch::new(door);
     if let Some(previous) = broker.claim(client_id, conn, watch.clone()) {
         if tokio::time::timeout(HANDOVER, previous.done.fired())
@@ -302,7 +309,7 @@ pub(super) async fn finish(
         broker.park(
             &client_id,
             Parked {
-                saved: s.saved.clone(),
+                saved: (*s.saved).clone(),
                 awaiting_rel: s.inb.take_awaiting_rel(),
                 awaiting_comp: out.awaiting_comp,
                 unacked: out.unacked,
@@ -370,7 +377,10 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
         other => other,
     };
     let fresh = SavedSession {
-        generation: polyport_core::record::new_id(),
+        generation: match c.session_expiry {
+            0 => String::new(),
+            _ => polyport_core::record::new_id(),
+        },
         expiry: c.session_expiry,
         subs: Vec::new(),
     };

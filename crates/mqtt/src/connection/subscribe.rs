@@ -67,7 +67,7 @@ impl Session {
             None if self.saved.expiry > 0 || self.persisted => (
                 Some(session_group(
                     &self.client_id,
-                    &self.saved.generation,
+                    self.saved.generation(),
                     &spec.nonce,
                 )),
                 Some(ack),
@@ -90,7 +90,7 @@ impl Session {
                     Forward {
                         opts: spec.opts(),
                         sub_id: spec.id,
-                        client_id: self.client_id.clone(),
+                        client_id: self.client_id.to_string(),
                         sent_before: self.out.sent_before(),
                     },
                 );
@@ -221,7 +221,9 @@ impl Session {
             return false;
         }
         // Through the backlog, so the client's receive maximum holds for them too.
-        self.backlog.extend(retained);
+        if !retained.is_empty() {
+            self.backlog.get_or_insert_default().extend(retained);
+        }
         true
     }
     /// UNSUBSCRIBE: ends the forwarders, forgets the session's groups, UNSUBACK.
