@@ -97,6 +97,9 @@ pub(crate) struct HubInner {
     pub(crate) collections_gen: watch::Sender<u64>,
     pub(crate) delivery_policy:
         parking_lot::RwLock<Option<Arc<dyn crate::webhook::DeliveryPolicy>>>,
+    /// Which nodes serve this deployment; one ([`crate::cluster::Alone`]) until the
+    /// binary says otherwise.
+    membership: parking_lot::RwLock<Arc<dyn crate::cluster::Membership>>,
 }
 
 /// The facade.
@@ -149,8 +152,21 @@ impl Hub {
             shutdown: CancellationToken::new(),
             collections_gen: watch::Sender::new(0),
             delivery_policy: parking_lot::RwLock::new(None),
+            membership: parking_lot::RwLock::new(Arc::new(crate::cluster::Alone(
+                crate::cluster::Node::this_process(Default::default()),
+            ))),
         });
         Self { inner }
+    }
+
+    /// Sets the engine's membership (the binary does, once its listeners are bound).
+    pub fn set_membership(&self, m: Arc<dyn crate::cluster::Membership>) {
+        *self.inner.membership.write() = m;
+    }
+
+    /// Which nodes serve this deployment.
+    pub fn membership(&self) -> Arc<dyn crate::cluster::Membership> {
+        self.inner.membership.read().clone()
     }
 
     /// Fires when the hub shuts down; adapters end their streams on it.

@@ -16,6 +16,7 @@ pub mod attributes;
 mod audit;
 pub mod auth;
 mod bus;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod event;

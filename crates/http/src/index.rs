@@ -81,6 +81,7 @@ fn own_endpoints() -> Vec<IndexEndpoint> {
         ("GET /api/webhooks/endpoints", "outbound webhooks"),
         ("POST /hooks/{source}", "inbound webhooks"),
         ("GET /openapi.json", "OpenAPI 3.1 of the live collections"),
+        ("GET /api/cluster", "the engine and the nodes alive (admin)"),
         ("GET /metrics", "Prometheus metrics"),
         ("GET /healthz", "liveness (and /readyz)"),
     ]

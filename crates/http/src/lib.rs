@@ -216,6 +216,7 @@ pub fn router_with(hub: Hub, cfg: HttpConfig, extra: Router) -> Router {
         .route("/ws/topics/{*topic}", get(ws_topics::upgrade))
         .route("/", get(index::index))
         .route("/openapi.json", get(openapi::document))
+        .route("/api/cluster", get(cluster))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -290,22 +291,32 @@ async fn healthz() -> Response {
 
 async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = if app.hub.shutdown_token().is_cancelled() {
-        r#"{"status":"shutting down"}"#
+        serde_json::json!({"status": "shutting down"})
     } else if app.hub.identities().awaiting_jwks() {
         // A load balancer should not send JWT callers here before their keys are known.
-        r#"{"status":"not ready","reason":"the [auth.jwt] jwks_url keys have not been fetched yet"}"#
+        serde_json::json!({"status": "not ready", "reason": "the [auth.jwt] jwks_url keys have not been fetched yet"})
+    } else if let Err(reason) = app.hub.membership().ready() {
+        serde_json::json!({"status": "not ready", "reason": reason})
     } else {
         return json_ok(r#"{"status":"ready"}"#);
     };
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        not_ready,
-    )
-        .into_response()
+    rest::json_response(StatusCode::SERVICE_UNAVAILABLE, not_ready)
+}
+
+/// The engine and the nodes alive (one on the embedded engine). Admins only: it says
+/// where every node listens.
+async fn cluster(
+    State(app): State<AppState>,
+    gate::Caller(caller): gate::Caller,
+) -> error::ApiResult<Response> {
+    app.hub
+        .authorize(&caller, polyport_core::auth::Action::Admin)?;
+    let m = app.hub.membership();
+    let nodes = m.nodes().await?;
+    Ok(rest::json_response(
+        StatusCode::OK,
+        serde_json::json!({ "engine": m.engine(), "node": m.me(), "nodes": nodes }),
+    ))
 }
 
 fn json_ok(body: &'static str) -> Response {

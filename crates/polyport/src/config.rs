@@ -30,6 +30,49 @@ pub(crate) struct Config {
     pub(crate) auth: AuthSection,
     pub(crate) limits: LimitsSection,
     pub(crate) tls: TlsSection,
+    pub(crate) cluster: ClusterSection,
+}
+
+/// Joining other nodes (issue 16, first part): with `bus`, the node keeps a heartbeat in
+/// NATS JetStream KV and `GET /api/cluster` lists every node alive. Records and the log
+/// are still this node's own (the shared engine is not built yet, see docs/cluster.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ClusterSection {
+    /// `nats://host:port` of a JetStream-enabled NATS server.
+    pub(crate) bus: Option<String>,
+    /// The KV bucket the nodes of one deployment share.
+    pub(crate) bucket: String,
+    pub(crate) heartbeat_ms: u64,
+    /// How long a node stays listed after its last heartbeat.
+    pub(crate) ttl_ms: u64,
+    pub(crate) connect_timeout_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        let d = polyport_cluster::ClusterConfig::new("");
+        Self {
+            bus: None,
+            bucket: d.bucket,
+            heartbeat_ms: d.heartbeat.as_millis() as u64,
+            ttl_ms: d.ttl.as_millis() as u64,
+            connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl ClusterSection {
+    /// How to join, when a bus is configured.
+    pub(crate) fn join_config(&self) -> Option<polyport_cluster::ClusterConfig> {
+        let bus = self.bus.as_ref().filter(|b| !b.is_empty())?;
+        let mut c = polyport_cluster::ClusterConfig::new(bus.clone());
+        c.bucket = self.bucket.clone();
+        c.heartbeat = std::time::Duration::from_millis(self.heartbeat_ms.max(50));
+        c.ttl = std::time::Duration::from_millis(self.ttl_ms.max(self.heartbeat_ms * 2));
+        c.connect_timeout = std::time::Duration::from_millis(self.connect_timeout_ms.max(100));
+        Some(c)
+    }
 }
 
 /// The certificate every face's TLS listener serves (`https`, `grpcs`, `mqtts`, `amqps`,
@@ -513,6 +556,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             limits: LimitsSection::default(),
             tls: TlsSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }

@@ -107,6 +107,10 @@ pub(crate) struct ServeArgs {
     /// and its common name is their identity when they send no credentials.
     #[arg(long, env = "POLYPORT_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
+    /// Join the nodes on this NATS JetStream server (`[cluster] bus`): `nats://host:port`.
+    /// Today this is membership only (`GET /api/cluster`); see docs/cluster.md.
+    #[arg(long, env = "POLYPORT_BUS")]
+    bus: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {

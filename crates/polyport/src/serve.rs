@@ -309,6 +309,28 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(reload_on_hangup(certificates, stop_accepting.clone()));
     }
 
+    // Announced once the listeners are bound, so the node says where it can be reached.
+    let me = polyport_core::cluster::Node::this_process(
+        listeners
+            .started
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    );
+    let cluster = match cfg.cluster.join_config() {
+        Some(join) => {
+            let m = polyport_cluster::NatsMembership::join(join, me, hub.shutdown_token())
+                .await
+                .context("joining the cluster ([cluster] bus / --bus)")?;
+            hub.set_membership(m.clone());
+            Some(m)
+        }
+        None => {
+            hub.set_membership(Arc::new(polyport_core::cluster::Alone(me)));
+            None
+        }
+    };
+
     let listeners_json = cfg.data_dir.join("listeners.json");
     std::fs::write(
         &listeners_json,
@@ -332,6 +354,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(w) = webhooks {
         // In-flight deliveries finish or time out; unfinished ones stay pending.
         let _ = tokio::time::timeout(DRAIN_DEADLINE, w).await;
+    }
+    if let Some(m) = cluster {
+        // Off the list at once, rather than after the ttl.
+        let _ = tokio::time::timeout(Duration::from_secs(2), m.leave()).await;
     }
     hub.shutdown().await;
     let _ = std::fs::remove_file(&listeners_json);
@@ -390,6 +416,9 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(ca) = &args.tls_client_ca {
         cfg.tls.client_ca = Some(ca.clone());
+    }
+    if let Some(b) = &args.bus {
+        cfg.cluster.bus = Some(b.clone());
     }
 
     Ok(cfg)

@@ -1,0 +1,321 @@
+//! Polyport's cluster engine on NATS JetStream — first part: which nodes are alive.
+//!
+//! Every node writes a heartbeat (its [`Node`] as JSON) under its id in the JetStream KV
+//! bucket `polyport-nodes` every [`ClusterConfig::heartbeat`]; the bucket's `max_age`
+//! drops a key that has not been rewritten for [`ClusterConfig::ttl`], so a node killed
+//! with `kill -9` disappears on its own, and one that stops cleanly deletes its key at
+//! once. [`NatsMembership`] answers `GET /api/cluster`, the `polyport_cluster_nodes`
+//! gauge and `/readyz` (not ready while the last heartbeat failed).
+//!
+//! Why KV rather than core NATS pings: the list must be readable by a node that just
+//! started (KV keeps the last value per key; a ping only reaches who is listening), and a
+//! bucket's `max_age` gives expiry without any node having to sweep.
+//!
+//! Not built yet (docs/cluster.md): the event log as a JetStream stream, records in
+//! Postgres with the outbox relay, groups as durable consumers, adapter state in KV.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use polyport_core::cluster::{Membership, Node};
+use polyport_core::{HubError, HubResult};
+use tokio_util::sync::CancellationToken;
+
+/// The bucket every node of one deployment shares.
+pub const NODES_BUCKET: &str = "polyport-nodes";
+
+/// How a node joins.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `nats://host:port` (several separated by commas).
+    pub nats_url: String,
+    /// How often the heartbeat is written.
+    pub heartbeat: Duration,
+    /// How long a node stays listed after its last heartbeat (the bucket's `max_age`;
+    /// every node of a deployment must use the same).
+    pub ttl: Duration,
+    /// Bucket name (tests isolate themselves with their own).
+    pub bucket: String,
+    /// How long joining may take before it fails.
+    pub connect_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// Heartbeat every 2 s, listed for 8 s after the last one.
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            heartbeat: Duration::from_secs(2),
+            ttl: Duration::from_secs(8),
+            bucket: NODES_BUCKET.to_string(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS did not answer.
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Connect {
+        /// The configured address.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// JetStream is off or refused the bucket.
+    #[error(
+        "NATS JetStream refused the node bucket {bucket:?}: {reason} (is the server started with -js?)"
+    )]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// The first heartbeat could not be written.
+    #[error("the first heartbeat failed: {0}")]
+    Heartbeat(String),
+}
+
+/// This node's membership in a NATS-backed deployment.
+pub struct NatsMembership {
+    kv: kv::Store,
+    me: Mutex<Node>,
+    ttl: Duration,
+    /// When the last heartbeat was written, or why it failed.
+    beat: Mutex<Result<Instant, String>>,
+    /// Ends the heartbeat loop (a child of the token given to [`NatsMembership::join`]).
+    stop: CancellationToken,
+    /// The heartbeat loop, awaited by [`NatsMembership::leave`].
+    beating: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for NatsMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsMembership")
+            .field("node", &self.me.lock().id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsMembership {
+    /// Connects, opens (or creates) the bucket, writes the first heartbeat and keeps
+    /// beating until `stop` fires or [`NatsMembership::leave`] is called; then deletes
+    /// this node's key. Fails when any of the
+    /// first steps does, so a misconfigured node does not start serving alone.
+    pub async fn join(
+        cfg: ClusterConfig,
+        me: Node,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let connect = async_nats::ConnectOptions::new()
+            .name(format!("polyport node {}", me.id))
+            .connection_timeout(cfg.connect_timeout)
+            .connect(cfg.nats_url.as_str());
+        let client = match tokio::time::timeout(cfg.connect_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(ClusterError::Connect {
+                    url: cfg.nats_url,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(ClusterError::Connect {
+                    url: cfg.nats_url,
+                    reason: format!("no answer in {:?}", cfg.connect_timeout),
+                });
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let kv = open_bucket(&client, &js, &cfg).await?;
+        let m = Arc::new(Self {
+            kv,
+            me: Mutex::new(me),
+            ttl: cfg.ttl,
+            beat: Mutex::new(Err("no heartbeat yet".into())),
+            stop: stop.child_token(),
+            beating: Mutex::new(None),
+        });
+        m.beat().await;
+        if let Err(e) = &*m.beat.lock() {
+            return Err(ClusterError::Heartbeat(e.clone()));
+        }
+        tracing::info!(node = %m.me.lock().id, nats = %cfg.nats_url, "joined the cluster");
+        let task = tokio::spawn(beating(m.clone(), cfg.heartbeat));
+        *m.beating.lock() = Some(task);
+        Ok(m)
+    }
+
+    /// Writes this node's heartbeat; remembers whether it worked.
+    async fn beat(&self) {
+        let (id, body) = {
+            let mut me = self.me.lock();
+            me.seen_at = Utc::now();
+            (me.id.clone(), serde_json::to_vec(&*me).unwrap_or_default())
+        };
+        let r = self.kv.put(id.as_str(), body.into()).await;
+        let mut beat = self.beat.lock();
+        match r {
+            Ok(_) => *beat = Ok(Instant::now()),
+            Err(e) => {
+                if beat.is_ok() {
+                    tracing::warn!(node = %id, error = %e, "cluster heartbeat failed");
+                }
+                *beat = Err(format!("the cluster heartbeat failed: {e}"));
+            }
+        }
+    }
+
+    /// Stops the heartbeat and removes this node from the list at once (a clean stop;
+    /// otherwise it drops out after the ttl).
+    pub async fn leave(&self) {
+        self.stop.cancel();
+        let task = self.beating.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+
+    /// Deletes this node's heartbeat; after the loop's last beat, so none follows it.
+    async fn remove(&self) {
+        let id = self.me.lock().id.clone();
+        if let Err(e) = self.kv.delete(id.as_str()).await {
+            tracing::warn!(node = %id, error = %e, "leaving the cluster failed; the node expires instead");
+        }
+    }
+}
+
+/// Opens the bucket, creating it when no node has yet; a node that loses the race to
+/// create it opens the winner's.
+///
+/// Created with the JetStream API request a KV bucket is (stream `KV_<bucket>` on
+/// `$KV.<bucket>.>`, one message per subject, direct gets, `max_age` as the ttl) rather
+/// than `create_key_value`: async-nats 0.50 cannot parse the reply of NATS 2.9 (Debian's
+/// server) to a stream creation, though the stream is made. Reads and writes go through
+/// its KV API as usual.
+async fn open_bucket(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    cfg: &ClusterConfig,
+) -> Result<kv::Store, ClusterError> {
+    let err = |reason: String| ClusterError::Bucket {
+        bucket: cfg.bucket.clone(),
+        reason,
+    };
+    if let Ok(kv) = js.get_key_value(cfg.bucket.as_str()).await {
+        return Ok(kv);
+    }
+    let stream = format!("KV_{}", cfg.bucket);
+    let spec = serde_json::json!({
+        "name": stream,
+        "description": "Polyport nodes alive (heartbeats)",
+        "subjects": [format!("$KV.{}.>", cfg.bucket)],
+        "max_msgs_per_subject": 1,
+        "max_age": u64::try_from(cfg.ttl.as_nanos()).unwrap_or(u64::MAX),
+        "storage": "memory",
+        "num_replicas": 1,
+        "discard": "new",
+        "allow_rollup_hdrs": true,
+        "deny_delete": true,
+        "allow_direct": true,
+    });
+    let reply = client
+        .request(
+            format!("$JS.API.STREAM.CREATE.{stream}"),
+            serde_json::to_vec(&spec).unwrap_or_default().into(),
+        )
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+    // "stream name already in use" (10058): another node made it first.
+    if let Some(e) = answer.get("error")
+        && e.get("err_code").and_then(|c| c.as_u64()) != Some(10058)
+    {
+        return Err(err(e
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or("stream creation refused")
+            .to_string()));
+    }
+    js.get_key_value(cfg.bucket.as_str())
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
+async fn beating(m: Arc<NatsMembership>, every: Duration) {
+    let stop = m.stop.clone();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                m.beat().await;
+                if let Ok(nodes) = m.nodes().await {
+                    metrics::gauge!("polyport_cluster_nodes").set(nodes.len() as f64);
+                }
+            }
+            _ = stop.cancelled() => break,
+        }
+    }
+    m.remove().await;
+}
+
+#[async_trait]
+impl Membership for NatsMembership {
+    fn engine(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn me(&self) -> Node {
+        self.me.lock().clone()
+    }
+
+    async fn nodes(&self) -> HubResult<Vec<Node>> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            HubError::Storage(format!("cannot list the cluster's nodes: {e}"))
+        };
+        let mut keys = self.kv.keys().await.map_err(|e| unavailable(&e))?;
+        let mut nodes = Vec::new();
+        // The bucket's max_age removes stale keys; a heartbeat older than the ttl is
+        // also skipped here, in case the server's expiry runs late.
+        let fresh_after = Utc::now()
+            - chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(8));
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| unavailable(&e))?;
+            let Some(value) = self
+                .kv
+                .get(key.as_str())
+                .await
+                .map_err(|e| unavailable(&e))?
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<Node>(&value) {
+                Ok(n) if n.seen_at >= fresh_after => nodes.push(n),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(key = %key, error = %e, "unreadable node heartbeat skipped")
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        Ok(nodes)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        match &*self.beat.lock() {
+            Ok(at) if at.elapsed() <= self.ttl => Ok(()),
+            Ok(_) => Err("no cluster heartbeat written for longer than the ttl".into()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Which nodes serve this deployment: the membership seam.
+//!
+//! The embedded engine is one node ([`Alone`]); the cluster engine (`polyport-cluster`)
+//! keeps a heartbeat per node in NATS JetStream KV and lists the nodes whose heartbeat
+//! is fresh. Adapters read it through the [`crate::Hub`] (`GET /api/cluster`, `/readyz`,
+//! `/metrics`) and cannot tell which one is underneath.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::HubResult;
+
+/// One node, as it announces itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique per process (a restarted node is a new one).
+    pub id: String,
+    /// Polyport's version on that node.
+    pub version: String,
+    /// When the process started.
+    pub started_at: DateTime<Utc>,
+    /// When its last heartbeat was written.
+    pub seen_at: DateTime<Utc>,
+    /// What it listens on, by face (`http`, `mqtt`, …): bound addresses.
+    #[serde(default)]
+    pub listeners: BTreeMap<String, String>,
+}
+
+impl Node {
+    /// This process, started now, with a fresh id.
+    pub fn this_process(listeners: BTreeMap<String, String>) -> Self {
+        let now = Utc::now();
+        Self {
+            id: crate::record::new_id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: now,
+            seen_at: now,
+            listeners,
+        }
+    }
+}
+
+/// The engine's view of the deployment.
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// `embedded` or `cluster`.
+    fn engine(&self) -> &'static str;
+    /// This node.
+    fn me(&self) -> Node;
+    /// The nodes alive now, this one included while it is healthy, oldest first.
+    async fn nodes(&self) -> HubResult<Vec<Node>>;
+    /// `Err(reason)` while this node cannot reach what the engine needs.
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// The embedded engine: this process is the whole deployment.
+#[derive(Debug, Clone)]
+pub struct Alone(pub Node);
+
+#[async_trait]
+impl Membership for Alone {
+    fn engine(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn me(&self) -> Node {
+        Node {
+            seen_at: Utc::now(),
+            ..self.0.clone()
+        }
+    }
+
+    async fn nodes(&self) -> HubResult<Vec<Node>> {
+        Ok(vec![self.me()])
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
