@@ -20,6 +20,7 @@ mod db;
 mod dispatch;
 mod error;
 mod migrate;
+pub mod pg;
 mod sql;
 mod webhooks;
 mod writer;

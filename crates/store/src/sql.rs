@@ -16,16 +16,24 @@ enum Col {
     Json(String),
 }
 
+/// The system column a one-segment path names, and whether it is the integer one.
+pub(crate) fn system_column(path: &[String]) -> Option<(&'static str, bool)> {
+    let [one] = path else { return None };
+    Some(match one.as_str() {
+        "id" => ("id", false),
+        "collection" => ("collection", false),
+        "created_at" => ("created_at", false),
+        "updated_at" => ("updated_at", false),
+        "version" => ("version", true),
+        _ => return None,
+    })
+}
+
 fn column(path: &[String]) -> Col {
-    if path.len() == 1 {
-        match path[0].as_str() {
-            "id" => return Col::Text("id"),
-            "collection" => return Col::Text("collection"),
-            "created_at" => return Col::Text("created_at"),
-            "updated_at" => return Col::Text("updated_at"),
-            "version" => return Col::Int("version"),
-            _ => {}
-        }
+    match system_column(path) {
+        Some((c, true)) => return Col::Int(c),
+        Some((c, false)) => return Col::Text(c),
+        None => {}
     }
     let mut p = String::from("$");
     for seg in path {
@@ -40,22 +48,33 @@ fn column(path: &[String]) -> Col {
 
 /// Compiles a filter into a SQL boolean expression, pushing its parameters.
 pub(crate) fn compile_filter(f: &Filter, params: &mut Vec<SqlValue>) -> String {
+    compile_tree(f, params, compile_cmp)
+}
+
+/// A filter's `&&` / `||` tree in SQL, with `cmp` (one per SQL dialect) for each
+/// comparison; shared with the Postgres compiler (`crate::pg`).
+pub(crate) fn compile_tree<P>(
+    f: &Filter,
+    params: &mut Vec<P>,
+    cmp: fn(&[String], Op, &Literal, &mut Vec<P>) -> String,
+) -> String {
     match f {
         Filter::And(a, b) => format!(
             "({} AND {})",
-            compile_filter(a, params),
-            compile_filter(b, params)
+            compile_tree(a, params, cmp),
+            compile_tree(b, params, cmp)
         ),
         Filter::Or(a, b) => format!(
             "({} OR {})",
-            compile_filter(a, params),
-            compile_filter(b, params)
+            compile_tree(a, params, cmp),
+            compile_tree(b, params, cmp)
         ),
-        Filter::Cmp { path, op, value } => compile_cmp(path, *op, value, params),
+        Filter::Cmp { path, op, value } => cmp(path, *op, value, params),
     }
 }
 
-fn sql_op(op: Op) -> &'static str {
+/// The SQL operator of an ordering comparison (`!=` and `~` are compiled around it).
+pub(crate) fn sql_op(op: Op) -> &'static str {
     match op {
         Op::Eq => "=",
         Op::Gt => ">",

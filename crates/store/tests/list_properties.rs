@@ -1,5 +1,7 @@
 //! Property tests of lists over the embedded store: SQL and in-memory evaluation agree,
-//! and keyset pages equal one big page.
+//! and keyset pages equal one big page. The same filters compiled for Postgres
+//! (`polyport_store::pg`) are checked against the real Postgres on this machine
+//! (`POLYPORT_TEST_POSTGRES`, default `host=127.0.0.1 user=postgres dbname=test`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -201,14 +203,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The guarantee `crates/store/src/sql.rs` promises: for any filter, the SQL list returns
-/// exactly the records `Filter::matches` accepts.
-#[test]
-fn prop_sql_filter_agrees_with_in_memory_filter() {
-    let rt = runtime();
-    let env = rt.block_on(async { Env::new() });
-    let counter = AtomicUsize::new(0);
-    let mut runner = TestRunner::new(ProptestConfig {
+/// Up to 12 documents and 1 to 7 filters per case, 64 cases unless `PROPTEST_CASES`.
+fn filter_cases() -> (
+    TestRunner,
+    impl Strategy<Value = (Vec<DocSpec>, Vec<String>)>,
+) {
+    let runner = TestRunner::new(ProptestConfig {
         cases: cases(64),
         failure_persistence: None,
         ..ProptestConfig::default()
@@ -217,6 +217,17 @@ fn prop_sql_filter_agrees_with_in_memory_filter() {
         prop::collection::vec(doc_spec(), 0..12),
         prop::collection::vec(filter_text(), 1..8),
     );
+    (runner, strategy)
+}
+
+/// The guarantee `crates/store/src/sql.rs` promises: for any filter, the SQL list returns
+/// exactly the records `Filter::matches` accepts.
+#[test]
+fn prop_sql_filter_agrees_with_in_memory_filter() {
+    let rt = runtime();
+    let env = rt.block_on(async { Env::new() });
+    let counter = AtomicUsize::new(0);
+    let (mut runner, strategy) = filter_cases();
     let result = runner.run(&strategy, |(docs, filters)| {
         rt.block_on(async {
             let n = counter.fetch_add(1, AtomicOrdering::SeqCst);
@@ -250,6 +261,117 @@ fn prop_sql_filter_agrees_with_in_memory_filter() {
                     serde_json::to_string(&docs).unwrap()
                 );
                 prop_assert_eq!(page.total, Some(mem.len() as u64));
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// A record as the store would hold it, for the in-memory side of the Postgres test.
+fn record(i: usize, d: &DocSpec) -> Record {
+    let created = chrono::Utc::now();
+    let mut data = serde_json::Map::new();
+    for (k, v) in &d.fields {
+        if let Some(v) = v {
+            data.insert((*k).into(), v.clone());
+        }
+    }
+    Record {
+        collection: "pg".into(),
+        id: format!("r{i}"),
+        created_at: created,
+        updated_at: created + chrono::Duration::milliseconds(i64::from(d.touch)),
+        version: 1 + u64::from(d.touch),
+        data,
+    }
+}
+
+/// The guarantee `crates/store/src/pg.rs` promises: for any filter, Postgres returns
+/// exactly the rows `Filter::matches` accepts.
+#[test]
+fn prop_postgres_filter_agrees_with_in_memory_filter() {
+    use polyport_store::pg::{PgParam, compile_filter};
+    use tokio_postgres::types::ToSql;
+
+    let rt = runtime();
+    let dsn = std::env::var("POLYPORT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+    let db = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("Postgres at `{dsn}` (scripts/services starts it): {e}"));
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TEMP TABLE rec (id text PRIMARY KEY, collection text, created_at text, \
+                 updated_at text, version bigint, data jsonb)",
+            )
+            .await
+            .unwrap();
+        client
+    });
+    let (mut runner, strategy) = filter_cases();
+    let result = runner.run(&strategy, |(docs, filters)| {
+        rt.block_on(async {
+            db.batch_execute("TRUNCATE rec").await.unwrap();
+            let all: Vec<Record> = docs.iter().enumerate().map(|(i, d)| record(i, d)).collect();
+            for r in &all {
+                let version = r.version as i64;
+                db.execute(
+                    "INSERT INTO rec VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &r.id,
+                        &r.collection,
+                        &polyport_core::record::format_time(&r.created_at),
+                        &polyport_core::record::format_time(&r.updated_at),
+                        &version,
+                        &Value::Object(r.data.clone()),
+                    ],
+                )
+                .await
+                .unwrap();
+            }
+            for src in &filters {
+                let f = Filter::parse(src).unwrap();
+                let mut params = Vec::new();
+                let sql = compile_filter(&f, &mut params);
+                let bound: Vec<Box<dyn ToSql + Sync + Send>> = params
+                    .into_iter()
+                    .map(|p| -> Box<dyn ToSql + Sync + Send> {
+                        match p {
+                            PgParam::Text(s) => Box::new(s),
+                            PgParam::Float(n) => Box::new(n),
+                            PgParam::Bool(b) => Box::new(b),
+                            PgParam::Path(p) => Box::new(p),
+                        }
+                    })
+                    .collect();
+                let refs: Vec<&(dyn ToSql + Sync)> = bound
+                    .iter()
+                    .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                let rows = db
+                    .query(&format!("SELECT id FROM rec WHERE {sql}"), &refs)
+                    .await
+                    .unwrap_or_else(|e| panic!("filter `{src}` as `{sql}`: {e}"));
+                let pg: BTreeSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+                let mem: BTreeSet<String> = all
+                    .iter()
+                    .filter(|r| f.matches(r))
+                    .map(|r| r.id.clone())
+                    .collect();
+                let docs: Vec<Value> = all.iter().map(|r| Value::Object(r.data.clone())).collect();
+                prop_assert_eq!(
+                    &pg,
+                    &mem,
+                    "filter `{}` as `{}` on {}",
+                    src,
+                    sql,
+                    serde_json::to_string(&docs).unwrap()
+                );
             }
             Ok(())
         })

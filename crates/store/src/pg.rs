@@ -1,0 +1,155 @@
+//! The shared query language compiled to PostgreSQL, for the cluster engine's record
+//! store (issue 16, docs/cluster.md), where a record is a row `(id, collection,
+//! created_at, updated_at, version, data jsonb)` with times as text in
+//! [`polyport_core::record::format_time`]'s form.
+//!
+//! The SQL must accept exactly the records [`Filter::matches`] accepts, as the SQLite
+//! compiler in `sql.rs` does; the property test `prop_postgres_filter_agrees_with_in_memory_filter`
+//! in `tests/list_properties.rs` checks it against the real Postgres. What differs from
+//! SQLite: every cast sits under a `CASE` on `jsonb_typeof` (Postgres does not promise
+//! to evaluate `AND`'s left side first, and casting a JSON string to a number is an
+//! error, not NULL), strings compare under `COLLATE "C"` (byte order, as Rust compares
+//! them, whatever the database's collation) and `lower` under "C" folds ASCII only, as
+//! the in-memory `~` does.
+
+use polyport_core::query::{Filter, Literal, Op};
+
+use crate::sql::sql_op;
+
+/// A parameter of a compiled filter, bound by the caller's Postgres client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PgParam {
+    /// `text`.
+    Text(String),
+    /// `float8`.
+    Float(f64),
+    /// `boolean`.
+    Bool(bool),
+    /// `text[]`: a JSON path for `#>`.
+    Path(Vec<String>),
+}
+
+/// A system column, or a JSON path into `data`.
+enum Col {
+    Text(&'static str),
+    Int(&'static str),
+    Json(Vec<String>),
+}
+
+fn column(path: &[String]) -> Col {
+    match crate::sql::system_column(path) {
+        Some((c, true)) => Col::Int(c),
+        Some((c, false)) => Col::Text(c),
+        None => Col::Json(path.to_vec()),
+    }
+}
+
+fn push(params: &mut Vec<PgParam>, p: PgParam) -> usize {
+    params.push(p);
+    params.len()
+}
+
+/// Compiles a filter into a Postgres boolean expression over the row, pushing its
+/// parameters (`$1`, `$2`, … in push order).
+pub fn compile_filter(f: &Filter, params: &mut Vec<PgParam>) -> String {
+    crate::sql::compile_tree(f, params, compile_cmp)
+}
+
+fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<PgParam>) -> String {
+    match op {
+        Op::Ne => return format!("(NOT {})", compile_cmp(path, Op::Eq, lit, params)),
+        Op::NotLike => return format!("(NOT {})", compile_cmp(path, Op::Like, lit, params)),
+        _ => {}
+    }
+    let like = op == Op::Like;
+    let expr = match (column(path), lit) {
+        (Col::Json(p), Literal::Null) if matches!(op, Op::Eq | Op::Ge | Op::Le) => {
+            let i = push(params, PgParam::Path(p));
+            let v = format!("(data #> ${i}::text[])");
+            format!("({v} IS NULL OR jsonb_typeof({v}) = 'null')")
+        }
+        (Col::Json(p), Literal::Str(s)) => {
+            let i = push(params, PgParam::Path(p));
+            let k = push(params, PgParam::Text(s.clone()));
+            let v = format!("(data #> ${i}::text[])");
+            format!(
+                "CASE WHEN jsonb_typeof({v}) = 'string' THEN {} END",
+                text_cmp(&format!("({v} #>> '{{}}')"), op, k)
+            )
+        }
+        (Col::Json(p), Literal::Num(n)) if !like => {
+            let i = push(params, PgParam::Path(p));
+            let k = push(params, PgParam::Float(*n));
+            let v = format!("(data #> ${i}::text[])");
+            // Numbers compare as doubles, as in memory.
+            format!(
+                "CASE WHEN jsonb_typeof({v}) = 'number' THEN {v}::float8 {} ${k}::float8 END",
+                sql_op(op)
+            )
+        }
+        (Col::Json(p), Literal::Bool(b)) if !like => {
+            let i = push(params, PgParam::Path(p));
+            let k = push(params, PgParam::Bool(*b));
+            let v = format!("(data #> ${i}::text[])");
+            format!(
+                "CASE WHEN jsonb_typeof({v}) = 'boolean' THEN {v}::boolean {} ${k}::boolean END",
+                sql_op(op)
+            )
+        }
+        (Col::Text(c), Literal::Str(s)) => {
+            let k = push(params, PgParam::Text(s.clone()));
+            text_cmp(c, op, k)
+        }
+        (Col::Int(c), Literal::Num(n)) if !like => {
+            let k = push(params, PgParam::Float(*n));
+            format!("{c}::float8 {} ${k}::float8", sql_op(op))
+        }
+        // A type the value can never have: the comparison never holds.
+        _ => return "false".into(),
+    };
+    format!("coalesce({expr}, false)")
+}
+
+fn text_cmp(value: &str, op: Op, k: usize) -> String {
+    match op {
+        Op::Like => {
+            format!("strpos(lower({value} COLLATE \"C\"), lower(${k}::text COLLATE \"C\")) > 0")
+        }
+        _ => format!("{value} COLLATE \"C\" {} ${k}::text", sql_op(op)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(src: &str) -> (String, Vec<PgParam>) {
+        let mut params = Vec::new();
+        let sql = compile_filter(&Filter::parse(src).expect("filter"), &mut params);
+        (sql, params)
+    }
+
+    #[test]
+    fn comparisons_of_impossible_types_are_false_without_parameters() {
+        assert_eq!(compiled("version = \"x\""), ("false".into(), vec![]));
+        assert_eq!(compiled("id > 3"), ("false".into(), vec![]));
+        assert_eq!(compiled("a ~ 3"), ("false".into(), vec![]));
+    }
+
+    #[test]
+    fn parameters_are_numbered_in_push_order() {
+        let (sql, params) = compiled("m.x = \"a\" && version >= 2");
+        assert_eq!(
+            params,
+            vec![
+                PgParam::Path(vec!["m".into(), "x".into()]),
+                PgParam::Text("a".into()),
+                PgParam::Float(2.0)
+            ]
+        );
+        assert!(
+            sql.contains("$1::text[]") && sql.contains("$2::text") && sql.contains("$3::float8"),
+            "{sql}"
+        );
+    }
+}
