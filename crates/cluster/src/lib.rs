@@ -4,8 +4,11 @@
 //! bucket `polyport-nodes` every [`ClusterConfig::heartbeat`]; the bucket's `max_age`
 //! drops a key that has not been rewritten for [`ClusterConfig::ttl`], so a node killed
 //! with `kill -9` disappears on its own, and one that stops cleanly deletes its key at
-//! once. [`NatsMembership`] answers `GET /api/cluster`, the `polyport_cluster_nodes`
-//! gauge and `/readyz` (not ready while the last heartbeat failed).
+//! once. Each node follows the bucket with a watch (the last value of every key, then
+//! each change) into a local view, so [`NatsMembership`] answers `GET /api/cluster`,
+//! the `polyport_cluster_nodes` gauge and `/readyz` (not ready while the last heartbeat
+//! failed) without a round trip; KV `keys()` was tried first and does not end while
+//! heartbeats keep arriving.
 //!
 //! Why KV rather than core NATS pings: the list must be readable by a node that just
 //! started (KV keeps the last value per key; a ping only reaches who is listening), and a
@@ -22,8 +25,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::StreamExt;
 use parking_lot::Mutex;
+use polyport_core::HubResult;
 use polyport_core::cluster::{Membership, Node};
-use polyport_core::{HubError, HubResult};
 use tokio_util::sync::CancellationToken;
 
 /// The bucket every node of one deployment shares.
@@ -89,6 +92,11 @@ pub struct NatsMembership {
     kv: kv::Store,
     me: Mutex<Node>,
     ttl: Duration,
+    /// Every node's last heartbeat, kept current by a watch on the bucket: listing costs
+    /// no round trip (KV `keys()` does not end while heartbeats keep arriving).
+    view: Mutex<std::collections::HashMap<String, Node>>,
+    /// Rung whenever the view changes (join waits to see its own heartbeat).
+    changed: tokio::sync::Notify,
     /// When the last heartbeat was written, or why it failed.
     beat: Mutex<Result<Instant, String>>,
     /// Ends the heartbeat loop (a child of the token given to [`NatsMembership::join`]).
@@ -140,13 +148,35 @@ impl NatsMembership {
             kv,
             me: Mutex::new(me),
             ttl: cfg.ttl,
+            view: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
             beat: Mutex::new(Err("no heartbeat yet".into())),
             stop: stop.child_token(),
             beating: Mutex::new(None),
         });
+        tokio::spawn(watching(m.clone()));
         m.beat().await;
         if let Err(e) = &*m.beat.lock() {
             return Err(ClusterError::Heartbeat(e.clone()));
+        }
+        // Serve only once the view holds this node: the list is never missing itself.
+        let id = m.me.lock().id.clone();
+        let seen = async {
+            loop {
+                let changed = m.changed.notified();
+                if m.view.lock().contains_key(&id) {
+                    break;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(cfg.connect_timeout, seen)
+            .await
+            .is_err()
+        {
+            return Err(ClusterError::Heartbeat(
+                "the node's own heartbeat never came back from the bucket".into(),
+            ));
         }
         tracing::info!(node = %m.me.lock().id, nats = %cfg.nats_url, "joined the cluster");
         let task = tokio::spawn(beating(m.clone(), cfg.heartbeat));
@@ -269,6 +299,63 @@ async fn beating(m: Arc<NatsMembership>, every: Duration) {
     m.remove().await;
 }
 
+/// Keeps the view current: the last heartbeat of every key, then each change. A watch
+/// that fails is opened again (after a second) and the view rebuilt from it.
+async fn watching(m: Arc<NatsMembership>) {
+    loop {
+        let watch = tokio::select! {
+            w = m.kv.watch_with_history(">") => w,
+            _ = m.stop.cancelled() => return,
+        };
+        match watch {
+            Ok(mut w) => {
+                m.view.lock().clear();
+                loop {
+                    let entry = tokio::select! {
+                        e = w.next() => e,
+                        _ = m.stop.cancelled() => return,
+                    };
+                    match entry {
+                        Some(Ok(e)) => m.apply(e),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "cluster node watch failed; reopening");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the cluster's nodes; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = m.stop.cancelled() => return,
+        }
+    }
+}
+
+impl NatsMembership {
+    /// One change of the bucket into the view.
+    fn apply(&self, e: kv::Entry) {
+        let mut view = self.view.lock();
+        match e.operation {
+            kv::Operation::Put => match serde_json::from_slice::<Node>(&e.value) {
+                Ok(n) => {
+                    view.insert(e.key, n);
+                }
+                Err(err) => {
+                    tracing::debug!(key = %e.key, error = %err, "unreadable node heartbeat skipped");
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                view.remove(&e.key);
+            }
+        }
+        drop(view);
+        self.changed.notify_waiters();
+    }
+}
+
 #[async_trait]
 impl Membership for NatsMembership {
     fn engine(&self) -> &'static str {
@@ -280,33 +367,17 @@ impl Membership for NatsMembership {
     }
 
     async fn nodes(&self) -> HubResult<Vec<Node>> {
-        let unavailable = |e: &dyn std::fmt::Display| {
-            HubError::Storage(format!("cannot list the cluster's nodes: {e}"))
-        };
-        let mut keys = self.kv.keys().await.map_err(|e| unavailable(&e))?;
-        let mut nodes = Vec::new();
-        // The bucket's max_age removes stale keys; a heartbeat older than the ttl is
-        // also skipped here, in case the server's expiry runs late.
+        // The bucket's max_age removes a dead node's key without a watch event, so a
+        // heartbeat older than the ttl is what drops it here.
         let fresh_after = Utc::now()
             - chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(8));
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| unavailable(&e))?;
-            let Some(value) = self
-                .kv
-                .get(key.as_str())
-                .await
-                .map_err(|e| unavailable(&e))?
-            else {
-                continue;
-            };
-            match serde_json::from_slice::<Node>(&value) {
-                Ok(n) if n.seen_at >= fresh_after => nodes.push(n),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(key = %key, error = %e, "unreadable node heartbeat skipped")
-                }
-            }
-        }
+        let mut nodes: Vec<Node> = self
+            .view
+            .lock()
+            .values()
+            .filter(|n| n.seen_at >= fresh_after)
+            .cloned()
+            .collect();
         nodes.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
         Ok(nodes)
     }

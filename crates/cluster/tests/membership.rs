@@ -25,6 +25,20 @@ async fn ids(m: &NatsMembership) -> Vec<String> {
     m.nodes().await.unwrap().into_iter().map(|n| n.id).collect()
 }
 
+/// Waits (up to 5 s) until `m` lists exactly `want`: each node's view follows the
+/// bucket through a watch, a moment behind.
+async fn until_listed(m: &NatsMembership, want: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ids(m).await != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listed {:?}, want {want:?}",
+            ids(m).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_nodes_see_each_other_and_a_leaving_one_is_gone_at_once() {
     let bucket = format!("polyport-rs-test-{}", polyport_core::record::new_id());
@@ -41,6 +55,7 @@ async fn two_nodes_see_each_other_and_a_leaving_one_is_gone_at_once() {
     assert!(a.ready().is_ok());
 
     // Oldest first, and each as it announced itself.
+    until_listed(&a, &[a_node.id.clone(), b_node.id.clone()]).await;
     let seen = a.nodes().await.unwrap();
     assert_eq!(
         seen.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
@@ -57,7 +72,14 @@ async fn two_nodes_see_each_other_and_a_leaving_one_is_gone_at_once() {
     assert_eq!(ids(&a).await.len(), 2, "both still beating");
 
     b.leave().await;
-    assert_eq!(ids(&a).await, vec![a_node.id.clone()]);
+    // Gone at once: well before the 2 s ttl.
+    let left = std::time::Instant::now();
+    until_listed(&a, std::slice::from_ref(&a_node.id)).await;
+    assert!(
+        left.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        left.elapsed()
+    );
 
     stop.cancel();
     a.leave().await;

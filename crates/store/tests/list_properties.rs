@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use common::{Env, ids, model_order, query, spec, walk};
 use polyport_core::{Filter, HubError, ListQuery, Record};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
 fn scalar() -> impl Strategy<Value = Value> {
@@ -203,6 +203,30 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Fails the case unless `got` holds exactly the ids of the records `f` matches in
+/// memory; returns those ids.
+fn agrees_with_memory(
+    all: &[Record],
+    f: &Filter,
+    got: &BTreeSet<String>,
+    shown: &str,
+) -> Result<BTreeSet<String>, TestCaseError> {
+    let mem: BTreeSet<String> = all
+        .iter()
+        .filter(|r| f.matches(r))
+        .map(|r| r.id.clone())
+        .collect();
+    let docs: Vec<Value> = all.iter().map(|r| Value::Object(r.data.clone())).collect();
+    prop_assert_eq!(
+        got,
+        &mem,
+        "filter `{}` on {}",
+        shown,
+        serde_json::to_string(&docs).unwrap()
+    );
+    Ok(mem)
+}
+
 /// Up to 12 documents and 1 to 7 filters per case, 64 cases unless `PROPTEST_CASES`.
 fn filter_cases() -> (
     TestRunner,
@@ -247,19 +271,7 @@ fn prop_sql_filter_agrees_with_in_memory_filter() {
                     .await
                     .unwrap();
                 let sql: BTreeSet<String> = ids(&page.items).into_iter().collect();
-                let mem: BTreeSet<String> = all
-                    .iter()
-                    .filter(|r| f.matches(r))
-                    .map(|r| r.id.clone())
-                    .collect();
-                let docs: Vec<Value> = all.iter().map(|r| Value::Object(r.data.clone())).collect();
-                prop_assert_eq!(
-                    &sql,
-                    &mem,
-                    "filter `{}` on {}",
-                    src,
-                    serde_json::to_string(&docs).unwrap()
-                );
+                let mem = agrees_with_memory(&all, &f, &sql, src)?;
                 prop_assert_eq!(page.total, Some(mem.len() as u64));
             }
             Ok(())
@@ -358,20 +370,7 @@ fn prop_postgres_filter_agrees_with_in_memory_filter() {
                     .await
                     .unwrap_or_else(|e| panic!("filter `{src}` as `{sql}`: {e}"));
                 let pg: BTreeSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-                let mem: BTreeSet<String> = all
-                    .iter()
-                    .filter(|r| f.matches(r))
-                    .map(|r| r.id.clone())
-                    .collect();
-                let docs: Vec<Value> = all.iter().map(|r| Value::Object(r.data.clone())).collect();
-                prop_assert_eq!(
-                    &pg,
-                    &mem,
-                    "filter `{}` as `{}` on {}",
-                    src,
-                    sql,
-                    serde_json::to_string(&docs).unwrap()
-                );
+                agrees_with_memory(&all, &f, &pg, &format!("{src}` as `{sql}"))?;
             }
             Ok(())
         })
