@@ -89,6 +89,8 @@ impl Outgoing {
 /// A live subscription: what ends its stream of deliveries.
 struct Sub {
     abort: AbortHandle,
+    /// What its forwarder reads per message: a repeated SUBSCRIBE changes it in place.
+    settings: Arc<subscribe::Settings>,
 }
 
 /// One subscription's deliveries as outgoing messages; ends when aborted.
@@ -449,12 +451,16 @@ impl Session {
     }
 
     /// Starts polling a subscription's deliveries; the handle ends them.
-    fn add_deliveries(&mut self, stream: BoxStream<'static, Outgoing>) -> Sub {
+    fn add_deliveries(
+        &mut self,
+        stream: BoxStream<'static, Outgoing>,
+        settings: Arc<subscribe::Settings>,
+    ) -> Sub {
         let (abort, reg) = AbortHandle::new_pair();
         self.deliveries
             .get_or_insert_with(Merge::default)
             .push(Abortable::new(stream, reg));
-        Sub { abort }
+        Sub { abort, settings }
     }
 
     /// Drops every subscription now, so each has left its Hub group when this returns.

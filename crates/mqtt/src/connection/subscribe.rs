@@ -4,6 +4,7 @@
 
 use crate::session::Map;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -85,18 +86,18 @@ impl Session {
         };
         match self.broker.hub.subscribe(&self.ctx, req).await {
             Ok(sub) => {
+                let settings = Arc::new(Settings::new(spec.opts(), spec.id));
                 let stream = deliveries(
                     sub,
                     Forward {
-                        opts: spec.opts(),
-                        sub_id: spec.id,
+                        settings: settings.clone(),
                         client_id: self.client_id.to_string(),
                         sent_before: self.out.sent_before(),
                     },
                 );
                 Ok((
                     share.is_none().then_some(filter),
-                    self.add_deliveries(stream),
+                    self.add_deliveries(stream, settings),
                 ))
             }
             Err(e) => {
@@ -161,12 +162,21 @@ impl Session {
                 codes.push(Reason::QuotaExceeded.suback_code(self.ver));
                 continue;
             }
-            if let Some(old) = self.subs.remove(&text) {
-                old.abort.abort();
-            }
-            match self.open_sub(&spec).await {
-                Ok((filter, sub)) => {
+            // The same filter again replaces the options in place: the flow MUST NOT be
+            // interrupted [MQTT-3.8.4-3], and a reopened Hub subscription would see a message
+            // still held by the old one redelivered after newer ones.
+            let opened = match self.subs.get(&text) {
+                Some(sub) => {
+                    sub.settings.set(spec.opts(), sub_id);
+                    Ok(plain_filter(&text))
+                }
+                None => self.open_sub(&spec).await.map(|(filter, sub)| {
                     self.subs.insert(text.clone(), sub);
+                    filter
+                }),
+            };
+            match opened {
+                Ok(filter) => {
                     self.saved.subs.retain(|s| s.filter != text);
                     self.saved.subs.push(spec);
                     changed = true;
@@ -197,13 +207,7 @@ impl Session {
                         }
                     }
                 }
-                Err(code) => {
-                    if !is_new {
-                        self.saved.subs.retain(|s| s.filter != text);
-                        changed = true;
-                    }
-                    codes.push(code);
-                }
+                Err(code) => codes.push(code),
             }
         }
         // A persistent session's subscriptions are stored before SUBACK promises them.
@@ -264,10 +268,60 @@ impl Session {
     }
 }
 
+/// The filter whose retained messages a subscription gets (none for a shared one).
+fn plain_filter(text: &str) -> Option<TopicFilter> {
+    match text.starts_with("$share/") {
+        true => None,
+        false => TopicFilter::new(text).ok(),
+    }
+}
+
+/// One subscription's options as its forwarder reads them for each message, in one
+/// atomic word so a repeated SUBSCRIBE can change them under the running stream.
+pub(super) struct Settings(AtomicU64);
+
+impl Settings {
+    const NO_LOCAL: u64 = 1 << 2;
+    const RETAIN_AS_PUBLISHED: u64 = 1 << 3;
+    const HAS_ID: u64 = 1 << 8;
+
+    fn new(opts: SubOpts, sub_id: Option<u32>) -> Self {
+        Self(AtomicU64::new(Self::pack(opts, sub_id)))
+    }
+
+    fn set(&self, opts: SubOpts, sub_id: Option<u32>) {
+        self.0.store(Self::pack(opts, sub_id), Ordering::Relaxed);
+    }
+
+    fn pack(opts: SubOpts, sub_id: Option<u32>) -> u64 {
+        let mut w = u64::from(opts.qos & 3) | u64::from(opts.retain_handling & 3) << 4;
+        if opts.no_local {
+            w |= Self::NO_LOCAL;
+        }
+        if opts.retain_as_published {
+            w |= Self::RETAIN_AS_PUBLISHED;
+        }
+        if let Some(id) = sub_id {
+            w |= Self::HAS_ID | u64::from(id) << 32;
+        }
+        w
+    }
+
+    fn get(&self) -> (SubOpts, Option<u32>) {
+        let w = self.0.load(Ordering::Relaxed);
+        let opts = SubOpts {
+            qos: (w & 3) as u8,
+            no_local: w & Self::NO_LOCAL != 0,
+            retain_as_published: w & Self::RETAIN_AS_PUBLISHED != 0,
+            retain_handling: (w >> 4 & 3) as u8,
+        };
+        (opts, (w & Self::HAS_ID != 0).then_some((w >> 32) as u32))
+    }
+}
+
 /// What turns one subscription's deliveries into MQTT messages for this session.
 struct Forward {
-    opts: SubOpts,
-    sub_id: Option<u32>,
+    settings: Arc<Settings>,
     client_id: String,
     sent_before: Arc<Map<u64, u16>>,
 }
@@ -298,13 +352,14 @@ impl Forward {
     /// expired while queued): then it is acknowledged at once.
     fn outgoing(&self, d: &Delivery, acker: &Acker) -> Option<Outgoing> {
         let e = &d.event;
+        let (opts, sub_id) = self.settings.get();
         let ack = e.seq.map(|seq| (acker.clone(), seq));
         let settle = |ack: Option<(Acker, u64)>| {
             if let Some((a, seq)) = ack {
                 a.ack(seq);
             }
         };
-        if self.opts.no_local && attrs::from_client(e, &self.client_id) {
+        if opts.no_local && attrs::from_client(e, &self.client_id) {
             settle(ack);
             return None;
         }
@@ -313,14 +368,14 @@ impl Forward {
             settle(ack);
             return None;
         };
-        let qos = out.published_qos.min(self.opts.qos);
+        let qos = out.published_qos.min(opts.qos);
         let mut out = Outgoing {
             topic: e.topic.clone(),
             payload: e.payload.clone(),
             qos,
-            retain: self.opts.retain_as_published && out.retain,
+            retain: opts.retain_as_published && out.retain,
             props: out.props,
-            sub_ids: self.sub_id.into_iter().collect(),
+            sub_ids: sub_id.into_iter().collect(),
             dup: qos > 0
                 && (d.redeliveries > 0 || e.seq.is_some_and(|s| self.sent_before.contains_key(&s))),
             ack,
@@ -330,5 +385,40 @@ impl Forward {
             out.settle();
         }
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Settings, SubOpts};
+
+    #[test]
+    fn settings_keep_every_option_and_the_subscription_id() {
+        let cases = [
+            (SubOpts::default(), None),
+            (
+                SubOpts {
+                    qos: 2,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: 2,
+                },
+                Some(268_435_455),
+            ),
+            (
+                SubOpts {
+                    qos: 1,
+                    no_local: false,
+                    retain_as_published: true,
+                    retain_handling: 1,
+                },
+                Some(1),
+            ),
+        ];
+        let s = Settings::new(SubOpts::default(), Some(7));
+        for (opts, id) in cases {
+            s.set(opts, id);
+            assert_eq!(s.get(), (opts, id));
+        }
     }
 }

@@ -201,6 +201,46 @@ def test_unacknowledged_qos1_delivery_is_resent_with_dup_on_reconnect(server):
     pub.close()
 
 
+@pytest.mark.parametrize("clean", [True, False], ids=["clean", "persistent"])
+def test_subscribing_again_replaces_the_options_without_interrupting_the_flow(server, clean):
+    """[MQTT-3.8.4-3]: the same filter subscribed again replaces the subscription, and the
+    flow of publications MUST NOT be interrupted: nothing lost, repeated or reordered
+    while the SUBSCRIBE is handled; the new QoS holds from then on. mosquitto_sub sends
+    its SUBSCRIBE again on every resume of a persistent session."""
+    port = mqtt_port(server)
+    tag = "c" if clean else "p"
+    sub = Paho(port, f"resub-{tag}", clean=clean)
+    sub.connect()
+    sub.subscribe(f"resub/{tag}/#", qos=1)
+    pub = connected(port, f"resub-pub-{tag}")
+    n = 300
+    sent = [f"m{i}" for i in range(n)]
+
+    def publish_all():
+        for m in sent:
+            pub.publish(f"resub/{tag}/x", m, qos=1)
+
+    import threading
+
+    t = threading.Thread(target=publish_all)
+    t.start()
+    for _ in range(20):
+        sub.subscribe(f"resub/{tag}/#", qos=1)
+        time.sleep(0.01)
+    t.join(timeout=WAIT)
+    got = sub.take(n)
+    assert [m.payload.decode() for m in got] == sent
+    assert all(m.qos == 1 for m in got)
+    sub.nothing_more(QUIET)
+
+    sub.subscribe(f"resub/{tag}/#", qos=0)
+    pub.publish(f"resub/{tag}/x", "after", qos=1)
+    [m] = sub.take(1)
+    assert (m.payload, m.qos) == (b"after", 0), "the new subscription's QoS applies"
+    sub.close()
+    pub.close()
+
+
 # ---------------------------------------------------------------------------------------
 # 6: WebSocket
 
