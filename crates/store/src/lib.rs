@@ -22,6 +22,8 @@ mod error;
 mod migrate;
 pub mod pg;
 mod sql;
+mod sqlite_tx;
+mod tx;
 mod webhooks;
 mod writer;
 

@@ -12,9 +12,10 @@ use polyport_core::webhook::{
     Attempt, AttemptOutcome, Delivery, DeliveryStatus, Endpoint, delivery_id,
 };
 use polyport_core::{HubError, HubResult};
-use rusqlite::{Connection, Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 
 use crate::db::from_micros;
+use crate::tx::{Settle, Tx};
 
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
@@ -43,10 +44,6 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 ) WITHOUT ROWID;
 "#;
 
-fn sql(e: rusqlite::Error) -> HubError {
-    HubError::Storage(e.to_string())
-}
-
 pub(crate) fn load_endpoints(conn: &Connection) -> rusqlite::Result<Vec<Arc<Endpoint>>> {
     let mut stmt = conn.prepare("SELECT body FROM webhook_endpoints ORDER BY id")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -61,39 +58,22 @@ pub(crate) fn load_endpoints(conn: &Connection) -> rusqlite::Result<Vec<Arc<Endp
 }
 
 /// Queues a delivery of `e` for every enabled endpoint that wants it.
-pub(crate) fn enqueue(
-    tx: &Transaction<'_>,
-    endpoints: &[Arc<Endpoint>],
-    e: &Event,
-) -> HubResult<()> {
+pub(crate) fn enqueue(tx: &mut dyn Tx, endpoints: &[Arc<Endpoint>], e: &Event) -> HubResult<()> {
     let Some(seq) = e.seq else { return Ok(()) };
     let now = Utc::now().timestamp_micros();
     for ep in endpoints.iter().filter(|ep| ep.spec.enabled && ep.wants(e)) {
-        tx.prepare_cached(
-            "INSERT INTO webhook_deliveries
-               (endpoint_id, seq, event_type, status, attempts, next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)
-             ON CONFLICT (endpoint_id, seq) DO NOTHING",
-        )
-        .and_then(|mut s| s.execute(params![ep.id, seq as i64, e.event_type, now]))
-        .map_err(sql)?;
+        tx.queue_delivery(&ep.id, seq, &e.event_type, now, false)?;
     }
     Ok(())
 }
 
 pub(crate) fn put_endpoint(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     endpoints: &mut Vec<Arc<Endpoint>>,
     ep: Endpoint,
 ) -> HubResult<WriteOutcome> {
     let body = serde_json::to_string(&ep).map_err(|e| HubError::Storage(e.to_string()))?;
-    crate::db::exec(
-        tx,
-        "INSERT INTO webhook_endpoints (id, body) VALUES (?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-        params![ep.id, body],
-    )
-    .map_err(sql)?;
+    tx.put_endpoint(&ep.id, &body)?;
     let ep = Arc::new(ep);
     match endpoints.iter_mut().find(|e| e.id == ep.id) {
         Some(slot) => *slot = ep.clone(),
@@ -103,23 +83,14 @@ pub(crate) fn put_endpoint(
 }
 
 pub(crate) fn delete_endpoint(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     endpoints: &mut Vec<Arc<Endpoint>>,
     id: &str,
 ) -> HubResult<WriteOutcome> {
     if !endpoints.iter().any(|e| e.id == id) {
         return Err(HubError::NotFound(format!("webhook endpoint '{id}'")));
     }
-    for t in ["webhook_attempts", "webhook_deliveries"] {
-        crate::db::exec(
-            tx,
-            &format!("DELETE FROM {t} WHERE endpoint_id = ?1"),
-            params![id],
-        )
-        .map_err(sql)?;
-    }
-    tx.execute("DELETE FROM webhook_endpoints WHERE id = ?1", params![id])
-        .map_err(sql)?;
+    tx.delete_endpoint(id)?;
     endpoints.retain(|e| e.id != id);
     Ok(WriteOutcome::Done)
 }
@@ -127,7 +98,7 @@ pub(crate) fn delete_endpoint(
 /// Records an attempt. Disabling an endpoint also returns the `webhook.endpoint.disabled`
 /// event draft for the caller to append (it owns sequence numbering).
 pub(crate) fn record_attempt(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     endpoints: &mut [Arc<Endpoint>],
     endpoint_id: &str,
     seq: u64,
@@ -136,11 +107,7 @@ pub(crate) fn record_attempt(
 ) -> HubResult<Option<EventDraft>> {
     let now = Utc::now();
     let body = serde_json::to_string(attempt).map_err(|e| HubError::Storage(e.to_string()))?;
-    crate::db::exec(tx,
-        "INSERT OR REPLACE INTO webhook_attempts (endpoint_id, seq, number, body) VALUES (?1, ?2, ?3, ?4)",
-        params![endpoint_id, seq as i64, attempt.number, body],
-    )
-    .map_err(sql)?;
+    tx.put_attempt(endpoint_id, seq, attempt.number, &body)?;
     let (status, next): (&str, Option<i64>) = match outcome {
         AttemptOutcome::Delivered => ("delivered", None),
         AttemptOutcome::RetryAt(t) => ("pending", Some(t.timestamp_micros())),
@@ -151,25 +118,16 @@ pub(crate) fn record_attempt(
     // A replay (`redeliver`) that lands while this attempt was in flight moved
     // `updated_at` past the attempt's start: it stays queued as the replay left it, or
     // the outcome would silently swallow the requested resend.
-    crate::db::exec(
-        tx,
-        "UPDATE webhook_deliveries SET
-             status = CASE WHEN updated_at > ?8 THEN 'pending' ELSE ?3 END,
-             next_attempt_at = CASE WHEN updated_at > ?8 THEN next_attempt_at ELSE ?5 END,
-             attempts = ?4, last_status = ?6, updated_at = ?7
-         WHERE endpoint_id = ?1 AND seq = ?2",
-        params![
-            endpoint_id,
-            seq as i64,
-            status,
-            attempt.number,
-            next,
-            attempt.status,
-            now.timestamp_micros(),
-            attempt.at.timestamp_micros()
-        ],
-    )
-    .map_err(sql)?;
+    tx.settle_delivery(&Settle {
+        endpoint_id,
+        seq,
+        status,
+        attempts: attempt.number,
+        next_attempt_at: next,
+        last_status: attempt.status,
+        now: now.timestamp_micros(),
+        attempt_at: attempt.at.timestamp_micros(),
+    })?;
     let Some(slot) = endpoints.iter_mut().find(|e| e.id == endpoint_id) else {
         return Ok(None);
     };
@@ -197,12 +155,7 @@ pub(crate) fn record_attempt(
     if ep != **slot {
         ep.updated_at = now;
         let body = serde_json::to_string(&ep).map_err(|e| HubError::Storage(e.to_string()))?;
-        crate::db::exec(
-            tx,
-            "UPDATE webhook_endpoints SET body = ?2 WHERE id = ?1",
-            params![ep.id, body],
-        )
-        .map_err(sql)?;
+        tx.put_endpoint(&ep.id, &body)?;
         *slot = Arc::new(ep);
     }
     Ok(draft)
@@ -212,7 +165,7 @@ pub(crate) fn record_attempt(
 pub(crate) const ORIGIN: Origin = Origin("webhook");
 
 pub(crate) fn redeliver(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     endpoints: &[Arc<Endpoint>],
     endpoint_id: &str,
     which: &Redeliver,
@@ -224,13 +177,7 @@ pub(crate) fn redeliver(
     };
     let now = Utc::now().timestamp_micros();
     let n = match which {
-        Redeliver::Dead => tx
-            .execute(
-                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
-                 WHERE endpoint_id = ?1 AND status = 'dead'",
-                params![endpoint_id, now],
-            )
-            .map_err(sql)? as u64,
+        Redeliver::Dead => tx.requeue_dead(endpoint_id, now)?,
         Redeliver::One(seq) => requeue_from_log(tx, ep, *seq - 1, Some(*seq), now, false)?,
         Redeliver::Since(after) => requeue_from_log(tx, ep, *after, None, now, true)?,
     };
@@ -241,24 +188,14 @@ pub(crate) fn redeliver(
 /// existing deliveries. `filter` applies the endpoint's filters (replay by range);
 /// a single named event is queued whatever the filters say.
 fn requeue_from_log(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     ep: &Endpoint,
     after: u64,
     only: Option<u64>,
     now: i64,
     filter: bool,
 ) -> HubResult<u64> {
-    let upper = only.unwrap_or(i64::MAX as u64) as i64;
-    let mut stmt = tx
-        .prepare("SELECT seq, topic, type FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
-        .map_err(sql)?;
-    let rows: Vec<(i64, String, String)> = stmt
-        .query_map(params![after as i64, upper], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .map_err(sql)?
-        .collect::<Result<_, _>>()
-        .map_err(sql)?;
+    let rows = tx.event_heads(after, only.unwrap_or(u64::MAX))?;
     if only.is_some() && rows.is_empty() {
         return Err(HubError::InvalidRequest(
             "that event is no longer in the log (retention)".into(),
@@ -272,15 +209,7 @@ fn requeue_from_log(
         if filter && !ep.wants_parts(&ty, &topic) {
             continue;
         }
-        tx.prepare_cached(
-            "INSERT INTO webhook_deliveries
-               (endpoint_id, seq, event_type, status, attempts, next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)
-             ON CONFLICT (endpoint_id, seq) DO UPDATE
-               SET status = 'pending', next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
-        )
-        .and_then(|mut s| s.execute(params![ep.id, seq, ty, now]))
-        .map_err(sql)?;
+        tx.queue_delivery(&ep.id, seq, &ty, now, true)?;
         n += 1;
     }
     Ok(n)

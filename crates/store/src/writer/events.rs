@@ -5,15 +5,15 @@ use std::sync::Arc;
 use polyport_core::engine::{ChangeKind, WriteOutcome, change_event};
 use polyport_core::event::{DEFAULT_EVENT_TYPE, Event, EventDraft, EventRef, Origin};
 use polyport_core::record::{Record, new_id};
-use polyport_core::{Attributes, HubResult, Sender};
-use rusqlite::{Transaction, params};
+use polyport_core::{HubResult, Sender};
 
-use super::{State, now, sql_err};
+use super::{State, now};
+use crate::tx::Tx;
 use crate::webhooks;
 
 /// Appends a drafted event with the next sequence.
 pub(super) fn publish(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     draft: EventDraft,
     origin: Origin,
@@ -48,45 +48,14 @@ fn event_from_draft(d: EventDraft, seq: u64, origin: Origin, sender: Option<Send
 }
 
 /// Appends an event and, in the same transaction, queues its webhook deliveries.
-fn insert_event(tx: &Transaction<'_>, st: &State, e: &Event) -> HubResult<()> {
-    let headers = if e.headers.is_empty() {
-        None
-    } else {
-        serde_json::to_string(&e.headers).ok()
-    };
-    let attrs = (e.attrs != Attributes::default())
-        .then(|| serde_json::to_string(&e.attrs).ok())
-        .flatten();
-    let sender = e
-        .sender
-        .as_ref()
-        .and_then(|s| serde_json::to_string(s).ok());
-    tx.prepare_cached(
-        "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            e.seq.unwrap_or(0) as i64,
-            e.id,
-            e.topic.as_str(),
-            e.event_type,
-            e.time.timestamp_micros(),
-            e.content_type,
-            headers,
-            &e.payload[..],
-            e.origin.0,
-            attrs,
-            sender,
-        ])
-    })
-    .map_err(sql_err)?;
+fn insert_event(tx: &mut dyn Tx, st: &State, e: &Event) -> HubResult<()> {
+    tx.insert_event(e)?;
     webhooks::enqueue(tx, &st.endpoints, e)
 }
 
 /// Appends the change event of a record write.
 pub(super) fn append_change(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     kind: ChangeKind,
     record: &Record,

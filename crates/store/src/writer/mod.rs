@@ -25,10 +25,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use parking_lot::Mutex;
 use polyport_core::engine::{CollectionMap, EventSink, LogState, WriteCommand, WriteOutcome};
 use polyport_core::event::{Durability, EventRef};
-use polyport_core::schema::{FieldError, Rule};
 use polyport_core::webhook::{Attempt, AttemptOutcome, Endpoint};
 use polyport_core::{HubError, HubResult};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use crate::tx::Tx;
 use tokio::sync::{mpsc, oneshot};
 
 pub use retention::Retention;
@@ -192,7 +193,7 @@ impl Writer {
             return;
         }
         let start = self.state.clone();
-        let tx = match self
+        let mut tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
         {
@@ -213,7 +214,7 @@ impl Writer {
                 cmd,
                 WriteCommand::ReplaceCollection(_) | WriteCommand::DeleteCollection(_)
             );
-            let (result, is_collection_op) = apply_one(&tx, &mut self.state, cmd);
+            let (result, is_collection_op) = apply_one(&mut tx, &mut self.state, cmd);
             records_reshaped |= reshapes && result.is_ok();
             if let Ok(out) = &result {
                 if let Some(e) = outcome_event(out) {
@@ -286,7 +287,7 @@ impl Writer {
 /// Applies one command in its own savepoint; when it fails, the in-memory state is rolled
 /// back with it. Also says whether a success may have changed the collection map.
 fn apply_one(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     cmd: WriteCommand,
 ) -> (HubResult<WriteOutcome>, bool) {
@@ -345,35 +346,18 @@ fn outcome_event(out: &WriteOutcome) -> Option<&EventRef> {
 }
 
 /// Runs `f` in a savepoint: released on success, rolled back on error.
-fn savepoint<T>(
-    tx: &Transaction<'_>,
-    f: impl FnOnce(&Transaction<'_>) -> HubResult<T>,
-) -> HubResult<T> {
-    // From the statement cache: parsing these two on every write showed in profiles.
-    crate::db::exec(tx, "SAVEPOINT op", []).map_err(sql_err)?;
+fn savepoint<T>(tx: &mut dyn Tx, f: impl FnOnce(&mut dyn Tx) -> HubResult<T>) -> HubResult<T> {
+    tx.savepoint()?;
     match f(tx) {
         Ok(v) => {
-            crate::db::exec(tx, "RELEASE op", []).map_err(sql_err)?;
+            tx.release()?;
             Ok(v)
         }
         Err(e) => {
-            crate::db::exec(tx, "ROLLBACK TO op", []).map_err(sql_err)?;
-            crate::db::exec(tx, "RELEASE op", []).map_err(sql_err)?;
+            tx.rollback()?;
             Err(e)
         }
     }
-}
-
-fn sql_err(e: rusqlite::Error) -> HubError {
-    if let Some((_, field)) = collections::unique_violation(&e) {
-        return HubError::Conflict(vec![FieldError::new(
-            &field,
-            Rule::Unique,
-            "must be unique; the value is already used",
-        )]);
-    }
-    tracing::error!(error = %e, "sqlite error in write");
-    HubError::Storage(e.to_string())
 }
 
 /// The current time at the precision timestamps are stored with (microseconds), so the
@@ -382,7 +366,7 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<WriteOutcome> {
+fn apply(tx: &mut dyn Tx, st: &mut State, cmd: WriteCommand) -> HubResult<WriteOutcome> {
     match cmd {
         WriteCommand::CreateCollection(spec) => collections::create(tx, st, spec),
         WriteCommand::ReplaceCollection(spec) => collections::replace(tx, st, spec),
@@ -448,7 +432,7 @@ fn apply(tx: &Transaction<'_>, st: &mut State, cmd: WriteCommand) -> HubResult<W
 /// The outbox records the attempt; an endpoint it disables is announced with an event,
 /// whose sequence the writer assigns.
 fn record_attempt(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     endpoint_id: &str,
     seq: u64,

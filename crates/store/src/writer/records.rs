@@ -3,19 +3,18 @@
 
 use polyport_core::engine::{ChangeKind, WriteOutcome};
 use polyport_core::event::Origin;
-use polyport_core::record::{Record, format_time, merge_patch, new_id};
+use polyport_core::record::{Record, merge_patch, new_id};
 use polyport_core::schema::{Collection, FieldError, Rule};
 use polyport_core::{HubError, HubResult};
-use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::{Map, Value};
 
 use super::collections::ensure_collection;
 use super::events::append_change;
-use super::{State, now, sql_err};
-use crate::db::{RECORD_COLS, record_from_row};
+use super::{State, now};
+use crate::tx::Tx;
 
 pub(super) fn create(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     collection: String,
     id: Option<String>,
@@ -25,7 +24,7 @@ pub(super) fn create(
 ) -> HubResult<WriteOutcome> {
     let coll = ensure_collection(tx, st, &collection, auto_create)?;
     let id = id.unwrap_or_else(new_id);
-    if load_record(tx, &collection, &id)?.is_some() {
+    if tx.load_record(&collection, &id)?.is_some() {
         return Err(HubError::AlreadyExists(format!(
             "record '{id}' in collection '{collection}'"
         )));
@@ -36,7 +35,7 @@ pub(super) fn create(
 /// Replaces the whole document; creates the record when missing and no version is expected.
 #[allow(clippy::too_many_arguments)] // one per field of the command
 pub(super) fn replace(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     collection: String,
     id: String,
@@ -46,7 +45,7 @@ pub(super) fn replace(
     origin: Origin,
 ) -> HubResult<WriteOutcome> {
     let coll = ensure_collection(tx, st, &collection, auto_create)?;
-    match load_record(tx, &collection, &id)? {
+    match tx.load_record(&collection, &id)? {
         None if expected_version.is_some() => Err(HubError::RecordNotFound { collection, id }),
         None => insert_new(tx, st, &coll, id, data, origin),
         Some(prev) => {
@@ -58,7 +57,7 @@ pub(super) fn replace(
 
 /// Applies an RFC 7396 merge patch to the stored document.
 pub(super) fn patch(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     collection: String,
     id: String,
@@ -71,8 +70,9 @@ pub(super) fn patch(
         .get(&collection)
         .cloned()
         .ok_or_else(|| HubError::CollectionNotFound(collection.clone()))?;
-    let prev =
-        load_record(tx, &collection, &id)?.ok_or(HubError::RecordNotFound { collection, id })?;
+    let prev = tx
+        .load_record(&collection, &id)?
+        .ok_or(HubError::RecordNotFound { collection, id })?;
     check_version(&prev, expected_version)?;
     if !patch.is_object() {
         return Err(HubError::InvalidRequest(
@@ -90,7 +90,7 @@ pub(super) fn patch(
 }
 
 pub(super) fn delete(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     collection: String,
     id: String,
@@ -100,15 +100,11 @@ pub(super) fn delete(
     if !st.collections.contains_key(&collection) {
         return Err(HubError::CollectionNotFound(collection));
     }
-    let prev =
-        load_record(tx, &collection, &id)?.ok_or(HubError::RecordNotFound { collection, id })?;
+    let prev = tx
+        .load_record(&collection, &id)?
+        .ok_or(HubError::RecordNotFound { collection, id })?;
     check_version(&prev, expected_version)?;
-    crate::db::exec(
-        tx,
-        "DELETE FROM records WHERE collection = ?1 AND id = ?2",
-        params![prev.collection, prev.id],
-    )
-    .map_err(sql_err)?;
+    tx.delete_record(&prev.collection, &prev.id)?;
     let event = append_change(tx, st, ChangeKind::Deleted, &prev, None, origin)?;
     Ok(WriteOutcome::Deleted {
         record: prev,
@@ -126,20 +122,9 @@ fn check_version(rec: &Record, expected: Option<u64>) -> HubResult<()> {
     }
 }
 
-fn load_record(tx: &Transaction<'_>, collection: &str, id: &str) -> HubResult<Option<Record>> {
-    tx.prepare_cached(&format!(
-        "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND id = ?2"
-    ))
-    .and_then(|mut s| {
-        s.query_row(params![collection, id], record_from_row)
-            .optional()
-    })
-    .map_err(sql_err)
-}
-
 /// Validates a document and checks its relations exist.
 fn validate(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &State,
     coll: &Collection,
     data: &mut Map<String, Value>,
@@ -151,7 +136,7 @@ fn validate(
     let mut errors = Vec::new();
     for r in relations {
         let exists = st.collections.contains_key(&r.collection)
-            && load_record(tx, &r.collection, &r.id)?.is_some();
+            && tx.load_record(&r.collection, &r.id)?.is_some();
         if !exists {
             errors.push(FieldError::new(
                 &r.field,
@@ -171,7 +156,7 @@ fn validate(
 }
 
 fn insert_new(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     coll: &Collection,
     id: String,
@@ -188,20 +173,7 @@ fn insert_new(
         version: 1,
         data,
     };
-    let ts = format_time(&now);
-    tx.prepare_cached(
-        "INSERT INTO records (collection, id, data, created_at, updated_at, version)
-         VALUES (?1, ?2, ?3, ?4, ?4, 1)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            record.collection,
-            record.id,
-            Value::Object(record.data.clone()).to_string(),
-            ts
-        ])
-    })
-    .map_err(sql_err)?;
+    tx.insert_record(&record)?;
     let event = append_change(tx, st, ChangeKind::Created, &record, None, origin)?;
     Ok(WriteOutcome::Record {
         record,
@@ -211,7 +183,7 @@ fn insert_new(
 }
 
 fn update_existing(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Tx,
     st: &mut State,
     coll: &Collection,
     prev: Record,
@@ -229,20 +201,7 @@ fn update_existing(
         version: prev.version + 1,
         data,
     };
-    tx.prepare_cached(
-        "UPDATE records SET data = ?3, updated_at = ?4, version = ?5
-         WHERE collection = ?1 AND id = ?2",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            record.collection,
-            record.id,
-            Value::Object(record.data.clone()).to_string(),
-            format_time(&now),
-            record.version as i64
-        ])
-    })
-    .map_err(sql_err)?;
+    tx.update_record(&record)?;
     let event = append_change(tx, st, ChangeKind::Updated, &record, Some(&prev), origin)?;
     Ok(WriteOutcome::Record {
         record,

@@ -1,0 +1,376 @@
+//! The writer's transaction steps ([`Tx`]) in SQLite's SQL. Every statement goes through
+//! the connection's statement cache (`db::exec`): the writer runs the same few for
+//! every write.
+
+use polyport_core::event::Event;
+use polyport_core::record::format_time;
+use polyport_core::schema::{Collection, FieldError, Rule};
+use polyport_core::{Attributes, HubError, HubResult, Record};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use crate::db::{RECORD_COLS, exec, record_from_row};
+use crate::tx::{Settle, Tx};
+
+/// A database error in a write: a unique index refusing a value is the client's
+/// conflict, anything else the store's failure.
+pub(crate) fn sql_err(e: rusqlite::Error) -> HubError {
+    if let Some((_, field)) = unique_violation(&e) {
+        return HubError::Conflict(vec![FieldError::new(
+            &field,
+            Rule::Unique,
+            "must be unique; the value is already used",
+        )]);
+    }
+    tracing::error!(error = %e, "sqlite error in write");
+    HubError::Storage(e.to_string())
+}
+
+/// Unique indexes are named `uq:{collection}:{field}`; identifiers cannot contain `:`,
+/// so the name maps back to exactly one collection and field.
+pub(crate) fn unique_index_name(collection: &str, field: &str) -> String {
+    format!("uq:{collection}:{field}")
+}
+
+/// The `(collection, field)` of the unique index a constraint violation names, if any.
+fn unique_violation(e: &rusqlite::Error) -> Option<(String, String)> {
+    if let rusqlite::Error::SqliteFailure(err, Some(msg)) = e
+        && err.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        let start = msg.find("uq:")?;
+        let name = msg[start..].split(['\'', '"', ' ']).next()?;
+        let mut parts = name.splitn(3, ':').skip(1);
+        return Some((parts.next()?.to_string(), parts.next()?.to_string()));
+    }
+    None
+}
+
+fn unique_indexes(tx: &Transaction<'_>, collection: &str) -> HubResult<Vec<String>> {
+    let prefix = unique_index_name(collection, "");
+    let mut stmt = tx
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND substr(name, 1, ?2) = ?1")
+        .map_err(sql_err)?;
+    let names = stmt
+        .query_map(params![prefix, prefix.len() as i64], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(sql_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql_err)?;
+    Ok(names)
+}
+
+/// JSON text of a non-empty value, `None` (SQL NULL) for an empty one.
+pub(crate) fn optional_json<T: serde::Serialize>(v: &T, empty: bool) -> Option<String> {
+    (!empty).then(|| serde_json::to_string(v).ok()).flatten()
+}
+
+impl Tx for Transaction<'_> {
+    fn savepoint(&mut self) -> HubResult<()> {
+        exec(self, "SAVEPOINT op", []).map(drop).map_err(sql_err)
+    }
+
+    fn release(&mut self) -> HubResult<()> {
+        exec(self, "RELEASE op", []).map(drop).map_err(sql_err)
+    }
+
+    fn rollback(&mut self) -> HubResult<()> {
+        exec(self, "ROLLBACK TO op", []).map_err(sql_err)?;
+        exec(self, "RELEASE op", []).map(drop).map_err(sql_err)
+    }
+
+    fn load_record(&mut self, collection: &str, id: &str) -> HubResult<Option<Record>> {
+        self.prepare_cached(&format!(
+            "SELECT {RECORD_COLS} FROM records WHERE collection = ?1 AND id = ?2"
+        ))
+        .and_then(|mut s| {
+            s.query_row(params![collection, id], record_from_row)
+                .optional()
+        })
+        .map_err(sql_err)
+    }
+
+    fn insert_record(&mut self, r: &Record) -> HubResult<()> {
+        exec(
+            self,
+            "INSERT INTO records (collection, id, data, created_at, updated_at, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                r.collection,
+                r.id,
+                Value::Object(r.data.clone()).to_string(),
+                format_time(&r.created_at),
+                format_time(&r.updated_at),
+                r.version as i64
+            ],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn update_record(&mut self, r: &Record) -> HubResult<()> {
+        exec(
+            self,
+            "UPDATE records SET data = ?3, updated_at = ?4, version = ?5
+             WHERE collection = ?1 AND id = ?2",
+            params![
+                r.collection,
+                r.id,
+                Value::Object(r.data.clone()).to_string(),
+                format_time(&r.updated_at),
+                r.version as i64
+            ],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn delete_record(&mut self, collection: &str, id: &str) -> HubResult<()> {
+        exec(
+            self,
+            "DELETE FROM records WHERE collection = ?1 AND id = ?2",
+            params![collection, id],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn insert_event(&mut self, e: &Event) -> HubResult<()> {
+        exec(
+            self,
+            "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                e.seq.unwrap_or(0) as i64,
+                e.id,
+                e.topic.as_str(),
+                e.event_type,
+                e.time.timestamp_micros(),
+                e.content_type,
+                optional_json(&e.headers, e.headers.is_empty()),
+                &e.payload[..],
+                e.origin.0,
+                optional_json(&e.attrs, e.attrs == Attributes::default()),
+                e.sender.as_ref().and_then(|s| serde_json::to_string(s).ok()),
+            ],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn event_heads(&mut self, after: u64, upto: u64) -> HubResult<Vec<(u64, String, String)>> {
+        let mut stmt = self
+            .prepare_cached(
+                "SELECT seq, topic, type FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+            )
+            .map_err(sql_err)?;
+        let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+        stmt.query_map(params![after as i64, upto], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })
+        .map_err(sql_err)?
+        .collect::<Result<_, _>>()
+        .map_err(sql_err)
+    }
+
+    fn put_collection(&mut self, c: &Collection) -> HubResult<()> {
+        let spec = &c.spec;
+        let spec_json = serde_json::to_string(spec)
+            .map_err(|e| HubError::Storage(format!("encoding collection: {e}")))?;
+        self.execute(
+            "INSERT INTO collections (name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            params![
+                spec.name,
+                spec_json,
+                format_time(&c.created_at),
+                format_time(&c.updated_at)
+            ],
+        )
+        .map_err(sql_err)?;
+        // Unique fields are enforced by partial expression indexes, so the database itself
+        // refuses a duplicate even under concurrent writers.
+        let wanted: Vec<String> = spec
+            .fields
+            .iter()
+            .flatten()
+            .filter(|f| f.unique)
+            .map(|f| unique_index_name(&spec.name, &f.name))
+            .collect();
+        for idx in unique_indexes(self, &spec.name)? {
+            if !wanted.contains(&idx) {
+                self.execute_batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))
+                    .map_err(sql_err)?;
+            }
+        }
+        for f in spec.fields.iter().flatten().filter(|f| f.unique) {
+            // Names are validated identifiers, so interpolation is safe.
+            let sql = format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS \"{idx}\" ON records (json_extract(data, '$.\"{f}\"')) WHERE collection = '{c}'",
+                idx = unique_index_name(&spec.name, &f.name),
+                c = spec.name,
+                f = f.name
+            );
+            self.execute_batch(&sql).map_err(sql_err)?;
+        }
+        Ok(())
+    }
+
+    fn delete_collection(&mut self, name: &str) -> HubResult<()> {
+        self.execute("DELETE FROM records WHERE collection = ?1", params![name])
+            .map_err(sql_err)?;
+        self.execute("DELETE FROM collections WHERE name = ?1", params![name])
+            .map_err(sql_err)?;
+        for idx in unique_indexes(self, name)? {
+            self.execute_batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))
+                .map_err(sql_err)?;
+        }
+        Ok(())
+    }
+
+    fn put_state(&mut self, namespace: &str, key: &str, value: Option<&[u8]>) -> HubResult<()> {
+        match value {
+            Some(v) => exec(
+                self,
+                "INSERT INTO adapter_state (namespace, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                params![namespace, key, v],
+            ),
+            None => exec(
+                self,
+                "DELETE FROM adapter_state WHERE namespace = ?1 AND key = ?2",
+                params![namespace, key],
+            ),
+        }
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn delete_consumers(&mut self, prefix: &str) -> HubResult<()> {
+        // substr() rather than LIKE: group names may contain `%` and `_`.
+        exec(
+            self,
+            "DELETE FROM consumers WHERE substr(key, 1, length(?1)) = ?1",
+            params![prefix],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn save_consumer(&mut self, key: &str, position: u64, owner: Option<&str>) -> HubResult<()> {
+        exec(
+            self,
+            "INSERT INTO consumers (key, position, owner) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET position = excluded.position",
+            params![key, position as i64, owner],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn put_endpoint(&mut self, id: &str, body: &str) -> HubResult<()> {
+        exec(
+            self,
+            "INSERT INTO webhook_endpoints (id, body) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            params![id, body],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn delete_endpoint(&mut self, id: &str) -> HubResult<()> {
+        for t in ["webhook_attempts", "webhook_deliveries"] {
+            exec(
+                self,
+                &format!("DELETE FROM {t} WHERE endpoint_id = ?1"),
+                params![id],
+            )
+            .map_err(sql_err)?;
+        }
+        exec(
+            self,
+            "DELETE FROM webhook_endpoints WHERE id = ?1",
+            params![id],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn queue_delivery(
+        &mut self,
+        endpoint_id: &str,
+        seq: u64,
+        event_type: &str,
+        now: i64,
+        reset: bool,
+    ) -> HubResult<()> {
+        let sql = match reset {
+            false => {
+                "INSERT INTO webhook_deliveries
+                   (endpoint_id, seq, event_type, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)
+                 ON CONFLICT (endpoint_id, seq) DO NOTHING"
+            }
+            true => {
+                "INSERT INTO webhook_deliveries
+                   (endpoint_id, seq, event_type, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)
+                 ON CONFLICT (endpoint_id, seq) DO UPDATE
+                   SET status = 'pending', next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at"
+            }
+        };
+        exec(self, sql, params![endpoint_id, seq as i64, event_type, now])
+            .map(drop)
+            .map_err(sql_err)
+    }
+
+    fn put_attempt(
+        &mut self,
+        endpoint_id: &str,
+        seq: u64,
+        number: u32,
+        body: &str,
+    ) -> HubResult<()> {
+        exec(
+            self,
+            "INSERT OR REPLACE INTO webhook_attempts (endpoint_id, seq, number, body) VALUES (?1, ?2, ?3, ?4)",
+            params![endpoint_id, seq as i64, number, body],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn settle_delivery(&mut self, d: &Settle<'_>) -> HubResult<()> {
+        exec(
+            self,
+            "UPDATE webhook_deliveries SET
+                 status = CASE WHEN updated_at > ?8 THEN 'pending' ELSE ?3 END,
+                 next_attempt_at = CASE WHEN updated_at > ?8 THEN next_attempt_at ELSE ?5 END,
+                 attempts = ?4, last_status = ?6, updated_at = ?7
+             WHERE endpoint_id = ?1 AND seq = ?2",
+            params![
+                d.endpoint_id,
+                d.seq as i64,
+                d.status,
+                d.attempts,
+                d.next_attempt_at,
+                d.last_status,
+                d.now,
+                d.attempt_at
+            ],
+        )
+        .map(drop)
+        .map_err(sql_err)
+    }
+
+    fn requeue_dead(&mut self, endpoint_id: &str, now: i64) -> HubResult<u64> {
+        self.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
+             WHERE endpoint_id = ?1 AND status = 'dead'",
+            params![endpoint_id, now],
+        )
+        .map(|n| n as u64)
+        .map_err(sql_err)
+    }
+}

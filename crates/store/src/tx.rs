@@ -1,0 +1,84 @@
+//! What the writer needs of a database transaction.
+//!
+//! The writer's logic (sequence numbers, validation, versions, unique-field conflicts,
+//! the webhook outbox's transitions) is written once over this trait; each engine
+//! implements it in its own SQL: SQLite in `sqlite_tx.rs`, PostgreSQL for the cluster
+//! engine. Every method is one step inside the writer's open transaction, so nothing
+//! here commits.
+
+use polyport_core::HubResult;
+use polyport_core::Record;
+use polyport_core::event::Event;
+use polyport_core::schema::Collection;
+
+/// One open write transaction.
+pub(crate) trait Tx {
+    /// Starts a nested unit of work that [`Tx::release`] keeps and [`Tx::rollback`]
+    /// undoes, so one failed command does not fail its batch.
+    fn savepoint(&mut self) -> HubResult<()>;
+    /// Keeps what the unit since [`Tx::savepoint`] did.
+    fn release(&mut self) -> HubResult<()>;
+    /// Undoes what the unit since [`Tx::savepoint`] did, and ends it.
+    fn rollback(&mut self) -> HubResult<()>;
+
+    fn load_record(&mut self, collection: &str, id: &str) -> HubResult<Option<Record>>;
+    fn insert_record(&mut self, r: &Record) -> HubResult<()>;
+    /// Writes data, `updated_at` and version of an existing record.
+    fn update_record(&mut self, r: &Record) -> HubResult<()>;
+    fn delete_record(&mut self, collection: &str, id: &str) -> HubResult<()>;
+
+    fn insert_event(&mut self, e: &Event) -> HubResult<()>;
+    /// `(seq, topic, type)` of the logged events with `after < seq <= upto`, in order.
+    fn event_heads(&mut self, after: u64, upto: u64) -> HubResult<Vec<(u64, String, String)>>;
+
+    /// Writes a collection's definition and makes its unique indexes match its fields.
+    fn put_collection(&mut self, c: &Collection) -> HubResult<()>;
+    /// Deletes a collection with its records and unique indexes.
+    fn delete_collection(&mut self, name: &str) -> HubResult<()>;
+
+    /// Sets (`Some`) or removes (`None`) one entry of an adapter's state.
+    fn put_state(&mut self, namespace: &str, key: &str, value: Option<&[u8]>) -> HubResult<()>;
+    /// Forgets every consumer position whose key starts with `prefix`.
+    fn delete_consumers(&mut self, prefix: &str) -> HubResult<()>;
+    /// Saves a consumer position; `owner` is kept from the first save.
+    fn save_consumer(&mut self, key: &str, position: u64, owner: Option<&str>) -> HubResult<()>;
+
+    fn put_endpoint(&mut self, id: &str, body: &str) -> HubResult<()>;
+    /// Deletes an endpoint with its deliveries and attempts.
+    fn delete_endpoint(&mut self, id: &str) -> HubResult<()>;
+    /// Queues a delivery of event `seq` to an endpoint. An existing one is left alone,
+    /// or with `reset` put back to pending.
+    fn queue_delivery(
+        &mut self,
+        endpoint_id: &str,
+        seq: u64,
+        event_type: &str,
+        now: i64,
+        reset: bool,
+    ) -> HubResult<()>;
+    /// Stores an attempt's log entry (replacing one with the same number).
+    fn put_attempt(
+        &mut self,
+        endpoint_id: &str,
+        seq: u64,
+        number: u32,
+        body: &str,
+    ) -> HubResult<()>;
+    /// Moves a delivery to what its attempt decided, unless a replay requested since the
+    /// attempt started (`updated_at > attempt_at`) left it pending.
+    fn settle_delivery(&mut self, d: &Settle<'_>) -> HubResult<()>;
+    /// Puts an endpoint's dead deliveries back to pending; how many.
+    fn requeue_dead(&mut self, endpoint_id: &str, now: i64) -> HubResult<u64>;
+}
+
+/// A delivery's state after an attempt (times in microseconds since the epoch).
+pub(crate) struct Settle<'a> {
+    pub(crate) endpoint_id: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) status: &'a str,
+    pub(crate) attempts: u32,
+    pub(crate) next_attempt_at: Option<i64>,
+    pub(crate) last_status: Option<u16>,
+    pub(crate) now: i64,
+    pub(crate) attempt_at: i64,
+}
