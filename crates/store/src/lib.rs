@@ -124,7 +124,7 @@ impl SqliteStore {
         }
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let w = Writer::new(
-            conn,
+            sqlite_tx::SqliteDb::new(conn),
             shared.clone(),
             Arc::new(dispatch::Dispatch::start(sink)),
             config.retention,

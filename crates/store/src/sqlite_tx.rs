@@ -374,3 +374,106 @@ impl Tx for Transaction<'_> {
         .map_err(sql_err)
     }
 }
+
+/// The writer's SQLite connection.
+pub(crate) struct SqliteDb {
+    conn: rusqlite::Connection,
+    /// Whether commits wait for the disk now (`PRAGMA synchronous=FULL`) or only write
+    /// the WAL (`NORMAL`, for batches of logged-only publishes).
+    syncing: bool,
+}
+
+impl SqliteDb {
+    pub(crate) fn new(conn: rusqlite::Connection) -> Self {
+        Self {
+            conn,
+            syncing: true,
+        }
+    }
+
+    /// A logged-only batch is acknowledged once in the WAL, which a crash of the process
+    /// keeps; a later syncing commit makes it durable too (the WAL is synced up to its
+    /// end). `Err` when a batch that must wait for the disk cannot be made to.
+    fn choose_sync(&mut self, sync: bool) -> Result<(), String> {
+        if sync == self.syncing {
+            return Ok(());
+        }
+        let mode = if sync { "FULL" } else { "NORMAL" };
+        match self.conn.pragma_update(None, "synchronous", mode) {
+            Ok(()) => {
+                self.syncing = sync;
+                Ok(())
+            }
+            // Not syncing when asked to would acknowledge what is not on disk.
+            Err(e) if sync => Err(format!("cannot make the commit durable: {e}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "commits stay synced");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl crate::tx::Db for SqliteDb {
+    type Tx<'a> = Transaction<'a>;
+
+    fn begin(&mut self, sync: bool) -> Result<(Transaction<'_>, Option<u64>), String> {
+        self.choose_sync(sync)?;
+        // The one writer owns the log: its position never moves under it.
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map(|tx| (tx, None))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The log's last sequence is not written per commit: on open it is the newest
+    /// event's, and retention, the only thing that deletes events, records it first.
+    fn commit(tx: Transaction<'_>, _last_seq: u64) -> Result<(), String> {
+        tx.commit().map_err(|e| e.to_string())
+    }
+
+    fn trim_log(
+        &mut self,
+        last: u64,
+        upto: Option<u64>,
+        older_than: Option<(i64, u64)>,
+    ) -> Result<(u64, Option<u64>), String> {
+        let conn = &self.conn;
+        let run = || -> rusqlite::Result<(u64, Option<u64>)> {
+            exec(
+                conn,
+                "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![last.to_string()],
+            )?;
+            let mut deleted = 0;
+            if let Some(upto) = upto {
+                deleted += conn
+                    .execute("DELETE FROM events WHERE seq <= ?1", params![upto as i64])?
+                    as u64;
+            }
+            if let Some((limit, max_seq)) = older_than {
+                deleted += conn.execute(
+                    "DELETE FROM events WHERE time < ?1 AND seq <= ?2",
+                    params![limit, max_seq as i64],
+                )? as u64;
+            }
+            let first = match deleted {
+                0 => None,
+                _ => conn
+                    .query_row("SELECT min(seq) FROM events", [], |r| {
+                        r.get::<_, Option<i64>>(0)
+                    })?
+                    .map(|s| s as u64),
+            };
+            Ok((deleted, first))
+        };
+        run().map_err(|e| e.to_string())
+    }
+
+    fn close(&mut self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "checkpoint at close failed");
+        }
+    }
+}

@@ -82,3 +82,34 @@ pub(crate) struct Settle<'a> {
     pub(crate) now: i64,
     pub(crate) attempt_at: i64,
 }
+
+/// The writer's connection: where its batches begin and commit.
+pub(crate) trait Db: Send + 'static {
+    type Tx<'a>: Tx
+    where
+        Self: 'a;
+
+    /// Begins a batch's transaction. `sync`: its commit must wait for the disk (false
+    /// only for batches of logged-only publishes, [`polyport_core::event::Durability`]).
+    /// Returns the log's last sequence when another writer may have moved it since this
+    /// one's last batch (the cluster engine's nodes share the log), read under a lock
+    /// held until commit.
+    fn begin(&mut self, sync: bool) -> Result<(Self::Tx<'_>, Option<u64>), String>;
+
+    /// Commits a batch whose last event has `last_seq`.
+    fn commit(tx: Self::Tx<'_>, last_seq: u64) -> Result<(), String>;
+
+    /// Trims the log (see `writer::retention`): records `last` as the log's position
+    /// first, then deletes events with `seq <= upto` and those older than `older_than`
+    /// (microseconds) among `seq <= max_seq`. Returns how many went and the new first
+    /// sequence.
+    fn trim_log(
+        &mut self,
+        last: u64,
+        upto: Option<u64>,
+        older_than: Option<(i64, u64)>,
+    ) -> Result<(u64, Option<u64>), String>;
+
+    /// At close, after the last batch.
+    fn close(&mut self);
+}

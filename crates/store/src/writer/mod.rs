@@ -20,6 +20,7 @@ mod retention;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::tx::{Db, Tx};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, SubsecRound, Utc};
 use parking_lot::Mutex;
@@ -27,9 +28,6 @@ use polyport_core::engine::{CollectionMap, EventSink, LogState, WriteCommand, Wr
 use polyport_core::event::{Durability, EventRef};
 use polyport_core::webhook::{Attempt, AttemptOutcome, Endpoint};
 use polyport_core::{HubError, HubResult};
-use rusqlite::{Connection, Transaction, TransactionBehavior};
-
-use crate::tx::Tx;
 use tokio::sync::{mpsc, oneshot};
 
 pub use retention::Retention;
@@ -62,23 +60,20 @@ struct State {
     endpoints: Vec<Arc<Endpoint>>,
 }
 
-pub(crate) struct Writer {
-    pub(crate) conn: Connection,
+pub(crate) struct Writer<D> {
+    pub(crate) db: D,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sink: Arc<dyn EventSink>,
     pub(crate) retention: Retention,
     pub(crate) max_batch: usize,
     state: State,
-    /// Whether commits wait for the disk now (`PRAGMA synchronous=FULL`) or only write
-    /// the WAL (`NORMAL`, for batches of logged-only publishes).
-    syncing: bool,
 }
 
 type Reply = oneshot::Sender<HubResult<WriteOutcome>>;
 
-impl Writer {
+impl<D: Db> Writer<D> {
     pub(crate) fn new(
-        conn: Connection,
+        db: D,
         shared: Arc<Shared>,
         sink: Arc<dyn EventSink>,
         retention: Retention,
@@ -93,7 +88,7 @@ impl Writer {
             )
         };
         Self {
-            conn,
+            db,
             shared,
             sink,
             retention,
@@ -103,34 +98,6 @@ impl Writer {
                 collections,
                 endpoints,
             },
-            syncing: true,
-        }
-    }
-
-    /// Commits of this batch wait for the disk unless every write in it is a publish
-    /// its sender marked transient ([`Durability::Logged`]): those are acknowledged
-    /// once in the WAL, which a crash of the process keeps. A later syncing commit
-    /// makes them durable too (the WAL is synced up to its end).
-    /// `Err` when a batch that must wait for the disk cannot be made to.
-    fn choose_sync(&mut self, jobs: &[(WriteCommand, Reply)]) -> Result<(), String> {
-        let sync = jobs.iter().any(|(cmd, _)| {
-            !matches!(cmd, WriteCommand::Publish { draft, .. } if draft.durability == Durability::Logged)
-        });
-        if sync == self.syncing {
-            return Ok(());
-        }
-        let mode = if sync { "FULL" } else { "NORMAL" };
-        match self.conn.pragma_update(None, "synchronous", mode) {
-            Ok(()) => {
-                self.syncing = sync;
-                Ok(())
-            }
-            // Not syncing when asked to would acknowledge what is not on disk.
-            Err(e) if sync => Err(format!("cannot make the commit durable: {e}")),
-            Err(e) => {
-                tracing::warn!(error = %e, "commits stay synced");
-                Ok(())
-            }
         }
     }
 
@@ -174,9 +141,7 @@ impl Writer {
                 self.maintain();
             }
             if let Some(done) = close {
-                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-                    tracing::warn!(error = %e, "checkpoint at close failed");
-                }
+                self.db.close();
                 let _ = done.send(());
                 break;
             }
@@ -187,24 +152,23 @@ impl Writer {
     fn commit_batch(&mut self, jobs: Vec<(WriteCommand, Reply)>) {
         let started = Instant::now();
         let size = jobs.len();
-        if let Err(msg) = self.choose_sync(&jobs) {
-            tracing::error!(error = %msg, "batch refused");
-            fail_all(jobs.into_iter().map(|(_, reply)| reply), &msg);
-            return;
-        }
-        let start = self.state.clone();
-        let mut tx = match self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-        {
-            Ok(tx) => tx,
-            Err(e) => {
-                let msg = e.to_string();
+        // Commits of this batch wait for the disk unless every write in it is a publish
+        // its sender marked transient ([`Durability::Logged`]).
+        let sync = jobs.iter().any(|(cmd, _)| {
+            !matches!(cmd, WriteCommand::Publish { draft, .. } if draft.durability == Durability::Logged)
+        });
+        let (mut tx, head) = match self.db.begin(sync) {
+            Ok(t) => t,
+            Err(msg) => {
                 tracing::error!(error = %msg, "cannot begin write transaction");
                 fail_all(jobs.into_iter().map(|(_, reply)| reply), &msg);
                 return;
             }
         };
+        if let Some(last) = head {
+            self.state.next_seq = last + 1;
+        }
+        let start = self.state.clone();
         let mut results: Vec<(Reply, HubResult<WriteOutcome>)> = Vec::with_capacity(size);
         let mut events: Vec<EventRef> = Vec::new();
         let mut collections_changed = false;
@@ -225,8 +189,7 @@ impl Writer {
             results.push((reply, result));
         }
         let last_seq = self.state.next_seq - 1;
-        if let Err(e) = commit(tx) {
-            let msg = e.to_string();
+        if let Err(msg) = D::commit(tx, last_seq) {
             tracing::error!(error = %msg, "commit failed; batch rolled back");
             self.state = start;
             fail_all(results.into_iter().map(|(reply, _)| reply), &msg);
@@ -321,13 +284,6 @@ fn apply_one(
         }
     }
     (result, is_collection_op)
-}
-
-/// Commits: one fsync (or, for a logged-only batch, one WAL write). The log's last
-/// sequence is not written per commit: on open it is the newest event's, and
-/// retention, the only thing that deletes events, records it first (see `maintain`).
-fn commit(tx: Transaction<'_>) -> rusqlite::Result<()> {
-    tx.commit()
 }
 
 fn fail_all(replies: impl IntoIterator<Item = Reply>, msg: &str) {
