@@ -8,6 +8,9 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error (the cluster engine).
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
     /// Filesystem error (creating the data directory).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -19,8 +19,10 @@ mod checkpoint;
 mod db;
 mod dispatch;
 mod error;
+mod list;
 mod migrate;
 pub mod pg;
+mod pool;
 mod sql;
 mod sqlite_tx;
 mod tx;
@@ -44,14 +46,13 @@ use polyport_core::webhook::{Attempt, Delivery, DeliveryStatus, Endpoint};
 use polyport_core::{HubError, HubResult, Record};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use error::StoreError;
 pub use writer::Retention;
 
 use crate::db::{EVENT_COLS, RECORD_COLS, event_from_row, record_from_row};
-use crate::sql::{Cursor, after_condition, compile_filter, json_to_sql, sort_expr, sql_to_json};
-use crate::writer::{Job, Shared, Writer};
+use crate::sql::{after_condition, compile_filter, json_to_sql, sort_expr, sql_to_json};
+use crate::writer::{Shared, Writer};
 
 /// Settings for the embedded store.
 #[derive(Clone, Debug)]
@@ -86,11 +87,9 @@ impl StoreConfig {
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    writer: writer::Handle,
     shared: Arc<Shared>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    permits: Arc<Semaphore>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<pool::Pool<Connection>>,
 }
 
 impl SqliteStore {
@@ -122,7 +121,6 @@ impl SqliteStore {
         for _ in 0..config.readers.max(1) {
             readers.push(db::open_reader(&path)?);
         }
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
         let w = Writer::new(
             sqlite_tx::SqliteDb::new(conn),
             shared.clone(),
@@ -131,31 +129,12 @@ impl SqliteStore {
             config.max_batch.max(1),
         );
         let checkpoints = checkpoint::Checkpointer::start(&path)?;
-        let handle = std::thread::Builder::new()
-            .name("polyport-writer".into())
-            .spawn(move || {
-                w.run(rx);
-                // After the writer's last checkpoint at close.
-                drop(checkpoints);
-            })?;
-        if config.retention.max_age.is_some() || config.retention.max_events.is_some() {
-            let ticker = tx.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-                loop {
-                    every.tick().await;
-                    if ticker.send(Job::Maintain).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        // Stopped after the writer's last checkpoint at close.
+        let writer = writer::Handle::start(w, config.queue, move || drop(checkpoints))?;
         Ok(Self {
-            jobs: tx,
+            writer,
             shared,
-            permits: Arc::new(Semaphore::new(readers.len())),
-            readers: Arc::new(Mutex::new(readers)),
-            writer: Mutex::new(Some(handle)),
+            readers: Arc::new(pool::Pool::new(readers)),
         })
     }
 
@@ -169,28 +148,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> HubResult<R> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| HubError::ShuttingDown)?;
-        let pool = self.readers.clone();
-        let started = std::time::Instant::now();
-        let out = tokio::task::spawn_blocking(move || {
-            let conn = pool
-                .lock()
-                .pop()
-                .ok_or_else(|| StoreError::Corrupt("reader pool empty".into()))?;
-            let r = f(&conn);
-            pool.lock().push(conn);
-            drop(permit);
-            r.map_err(StoreError::from)
-        })
-        .await
-        .map_err(|e| HubError::Storage(format!("read task failed: {e}")))?;
-        metrics::histogram!("polyport_store_read_seconds").record(started.elapsed().as_secs_f64());
-        Ok(out?)
+        self.readers.run(move |c| f(c)).await
     }
 }
 
@@ -237,19 +195,11 @@ impl Store for SqliteStore {
     }
 
     async fn submit(&self, cmd: WriteCommand) -> HubResult<polyport_core::engine::Submitted> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Write(Box::new(cmd), tx))
-            .await
-            .map_err(|_| HubError::ShuttingDown)?;
-        Ok(Box::pin(async move {
-            rx.await.map_err(|_| HubError::ShuttingDown)?
-        }))
+        self.writer.submit(cmd).await
     }
 
     fn write_pressure(&self) -> f32 {
-        let max = self.jobs.max_capacity().max(1);
-        1.0 - self.jobs.capacity() as f32 / max as f32
+        self.writer.pressure()
     }
 
     async fn get_record(&self, collection: &str, id: &str) -> HubResult<Option<Arc<Record>>> {
@@ -306,29 +256,12 @@ impl Store for SqliteStore {
         }
         let count_sql = format!("SELECT count(*) FROM records WHERE {where_sql}");
         let count_params = params.clone();
-        let keys = if query.sort.is_empty() {
-            polyport_core::query::parse_sort("created_at").unwrap_or_default()
-        } else {
-            query.sort.clone()
-        };
-        let spec: String = keys
-            .iter()
-            .map(|k| format!("{}{}", if k.desc { "-" } else { "" }, k.path.join(".")))
-            .collect::<Vec<_>>()
-            .join(",");
+        let (keys, spec) = list::sort_keys(query);
         let exprs: Vec<(String, bool)> = keys
             .iter()
             .map(|k| (sort_expr(k, &mut params), k.desc))
             .collect();
-        if let Some(c) = &query.cursor {
-            let cur = Cursor::decode(c).ok_or_else(|| {
-                HubError::InvalidCursor("not a cursor issued by this server".into())
-            })?;
-            if cur.s != spec || cur.k.len() != exprs.len() {
-                return Err(HubError::InvalidCursor(
-                    "the cursor was issued for a different sort".into(),
-                ));
-            }
+        if let Some(cur) = list::cursor(query, &spec, exprs.len())? {
             let values: Vec<SqlValue> = cur
                 .k
                 .iter()
@@ -360,7 +293,7 @@ impl Store for SqliteStore {
                         let rec = record_from_row(row)?;
                         let mut keys = Vec::with_capacity(nkeys);
                         for i in 0..nkeys {
-                            keys.push(row.get::<_, SqlValue>(6 + i)?);
+                            keys.push(sql_to_json(&row.get::<_, SqlValue>(6 + i)?));
                         }
                         Ok((rec, keys))
                     })?
@@ -378,27 +311,7 @@ impl Store for SqliteStore {
                 Ok((rows, total))
             })
             .await?;
-        let mut rows = rows;
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let cursors: Vec<String> = rows
-            .iter()
-            .map(|(rec, keys)| {
-                Cursor {
-                    s: spec.clone(),
-                    k: keys.iter().map(sql_to_json).collect(),
-                    id: rec.id.clone(),
-                }
-                .encode()
-            })
-            .collect();
-        let next_cursor = if more { cursors.last().cloned() } else { None };
-        Ok(Page {
-            items: rows.into_iter().map(|(r, _)| r).collect(),
-            cursors,
-            next_cursor,
-            total,
-        })
+        Ok(list::page(rows, limit, &spec, total))
     }
 
     async fn read_events(&self, after: u64, limit: usize) -> HubResult<Vec<EventRef>> {
@@ -511,13 +424,6 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.jobs.send(Job::Close(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-        let handle = self.writer.lock().take();
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
+        self.writer.close().await;
     }
 }

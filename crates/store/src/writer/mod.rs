@@ -24,7 +24,9 @@ use crate::tx::{Db, Tx};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, SubsecRound, Utc};
 use parking_lot::Mutex;
-use polyport_core::engine::{CollectionMap, EventSink, LogState, WriteCommand, WriteOutcome};
+use polyport_core::engine::{
+    CollectionMap, EventSink, LogState, Submitted, WriteCommand, WriteOutcome,
+};
 use polyport_core::event::{Durability, EventRef};
 use polyport_core::webhook::{Attempt, AttemptOutcome, Endpoint};
 use polyport_core::{HubError, HubResult};
@@ -400,5 +402,76 @@ fn record_attempt(
     match draft {
         Some(d) => events::publish(tx, st, d, webhooks::ORIGIN, None),
         None => Ok(WriteOutcome::Done),
+    }
+}
+
+/// The async side of a writer thread: where writes are queued, and its shutdown.
+pub(crate) struct Handle {
+    jobs: mpsc::Sender<Job>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Handle {
+    /// Starts `w` on a thread of its own with `queue` writes of room; `after` runs on
+    /// that thread once the writer has stopped. Retention runs every second when set.
+    /// Must be called inside a Tokio runtime.
+    pub(crate) fn start<D: Db>(
+        w: Writer<D>,
+        queue: usize,
+        after: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let retention = w.retention;
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let thread = std::thread::Builder::new()
+            .name("polyport-writer".into())
+            .spawn(move || {
+                w.run(rx);
+                after();
+            })?;
+        if retention.max_age.is_some() || retention.max_events.is_some() {
+            let ticker = tx.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if ticker.send(Job::Maintain).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            jobs: tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub(crate) async fn submit(&self, cmd: WriteCommand) -> HubResult<Submitted> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Write(Box::new(cmd), tx))
+            .await
+            .map_err(|_| HubError::ShuttingDown)?;
+        Ok(Box::pin(async move {
+            rx.await.map_err(|_| HubError::ShuttingDown)?
+        }))
+    }
+
+    /// How full the queue is, 0 to 1.
+    pub(crate) fn pressure(&self) -> f32 {
+        let max = self.jobs.max_capacity().max(1);
+        1.0 - self.jobs.capacity() as f32 / max as f32
+    }
+
+    /// Lets the writer finish what is queued, then waits for its thread.
+    pub(crate) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.thread.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
 }

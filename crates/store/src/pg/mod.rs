@@ -1,0 +1,3 @@
+//! placeholder
+pub mod filter;
+pub use filter::{PgParam, compile_filter};
