@@ -9,6 +9,7 @@
 //! - `soap`: SOAP Get/Create/List against REST on the same records.
 //! - `auth`: REST `GET` signed in with each kind of credential against anonymous.
 //! - `filters`: publish cost as subscriptions on unrelated topics grow.
+//! - `cluster`: the embedded engine against one and three cluster nodes on PostgreSQL.
 //! - `mqtt`: Polyport's MQTT broker vs the local Mosquitto under one rumqttc load
 //!   generator: memory per idle connection, fan-in flooding and with few publishers kept
 //!   a bounded window ahead, latency at a fixed rate, fan-out; each with the broker's
@@ -29,6 +30,7 @@ mod amqp;
 mod auth;
 mod chart;
 mod child;
+mod cluster;
 mod fanout;
 mod filters;
 mod graphql;
@@ -51,6 +53,9 @@ enum Which {
     Http(HttpArgs),
     /// One write fanned out to N subscribers (SSE + WebSocket) vs axum + broadcast.
     Fanout(fanout::FanoutArgs),
+    /// REST writes and reads on the embedded engine vs one and three cluster nodes
+    /// (PostgreSQL), with a write's way to another node's subscriber.
+    Cluster(cluster::ClusterArgs),
     /// A GraphQL page of users with their posts vs the equivalent REST calls.
     Graphql {
         /// Users on the page (each with 2 posts).
@@ -122,6 +127,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             writes,
         } => grpc::run(Duration::from_secs(duration), concurrency, watchers, writes).await,
         Which::Mqtt(a) => mqtt::run(a).await,
+        Which::Cluster(a) => cluster::run(a).await,
         Which::Amqp(a) => amqp::run(a).await,
         Which::Stomp(a) => stomp::run(a).await,
         Which::Soap(a) => soap::run(a).await,
@@ -142,10 +148,28 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) async fn start() -> anyhow::Result<Self> {
+        Self::start_on(None).await
+    }
+
+    /// On the embedded store, or with `postgres` (URL, schema) on the cluster engine's.
+    pub(crate) async fn start_on(postgres: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("polyport-bench-{}", ulid_like()));
         let bus = Bus::new();
-        let store = SqliteStore::open(StoreConfig::new(&dir), Arc::new(bus.clone()))?;
-        let hub = Hub::new(Arc::new(store), bus, HubConfig::default());
+        let store: Arc<dyn polyport_core::engine::Store> = match postgres {
+            Some((url, schema)) => {
+                let mut cfg = polyport_store::pg::PgConfig::new(url);
+                cfg.schema = schema.to_string();
+                Arc::new(polyport_store::pg::PgStore::open(
+                    cfg,
+                    Arc::new(bus.clone()),
+                )?)
+            }
+            None => Arc::new(SqliteStore::open(
+                StoreConfig::new(&dir),
+                Arc::new(bus.clone()),
+            )?),
+        };
+        let hub = Hub::new(store, bus, HubConfig::default());
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();

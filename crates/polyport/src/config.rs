@@ -33,14 +33,19 @@ pub(crate) struct Config {
     pub(crate) cluster: ClusterSection,
 }
 
-/// Joining other nodes (issue 16, first part): with `bus`, the node keeps a heartbeat in
-/// NATS JetStream KV and `GET /api/cluster` lists every node alive. Records and the log
-/// are still this node's own (the shared engine is not built yet, see docs/cluster.md).
+/// The cluster engine (issue 16, being built; docs/cluster.md): with `store`, records, the
+/// log and all state live in PostgreSQL instead of the data directory; with `bus`, the
+/// node keeps a heartbeat in NATS JetStream KV and `GET /api/cluster` lists every node
+/// alive. Events do not yet travel between nodes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ClusterSection {
     /// `nats://host:port` of a JetStream-enabled NATS server.
     pub(crate) bus: Option<String>,
+    /// `postgres://user@host:port/database`: the record store and log.
+    pub(crate) store: Option<String>,
+    /// The Postgres schema holding Polyport's tables (made when missing).
+    pub(crate) schema: String,
     /// The KV bucket the nodes of one deployment share.
     pub(crate) bucket: String,
     pub(crate) heartbeat_ms: u64,
@@ -54,6 +59,8 @@ impl Default for ClusterSection {
         let d = polyport_cluster::ClusterConfig::new("");
         Self {
             bus: None,
+            store: None,
+            schema: "polyport".into(),
             bucket: d.bucket,
             heartbeat_ms: d.heartbeat.as_millis() as u64,
             ttl_ms: d.ttl.as_millis() as u64,
@@ -63,6 +70,11 @@ impl Default for ClusterSection {
 }
 
 impl ClusterSection {
+    /// The Postgres store's URL, when one is set.
+    pub(crate) fn store_url(&self) -> Option<&str> {
+        self.store.as_deref().filter(|s| !s.is_empty())
+    }
+
     /// How to join, when a bus is configured.
     pub(crate) fn join_config(&self) -> Option<polyport_cluster::ClusterConfig> {
         let bus = self.bus.as_ref().filter(|b| !b.is_empty())?;

@@ -128,6 +128,12 @@ pub(crate) enum AdminCmd {
         /// Data directory.
         #[arg(long, env = "POLYPORT_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The PostgreSQL store instead of the data directory's (as `serve --store`).
+        #[arg(long, env = "POLYPORT_STORE")]
+        store: Option<String>,
+        /// Its schema (as `serve --store-schema`).
+        #[arg(long, env = "POLYPORT_STORE_SCHEMA")]
+        store_schema: Option<String>,
     },
 }
 
@@ -282,6 +288,8 @@ pub(crate) async fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
         password,
         config,
         data_dir,
+        store,
+        store_schema,
     } = cmd;
     let Some(p) = password.read()? else {
         bail!("give the admin a password: --password-stdin or --new-password");
@@ -289,6 +297,12 @@ pub(crate) async fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
     let mut cfg = crate::config::Config::load(config.as_deref())?;
     if let Some(d) = data_dir {
         cfg.data_dir = d;
+    }
+    if let Some(s) = store {
+        cfg.cluster.store = Some(s);
+    }
+    if let Some(s) = store_schema {
+        cfg.cluster.schema = s;
     }
     let running = std::fs::read(cfg.data_dir.join("listeners.json"))
         .ok()

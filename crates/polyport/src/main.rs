@@ -111,6 +111,14 @@ pub(crate) struct ServeArgs {
     /// Today this is membership only (`GET /api/cluster`); see docs/cluster.md.
     #[arg(long, env = "POLYPORT_BUS")]
     bus: Option<String>,
+    /// Keep records, the log and all state in this PostgreSQL database instead of the
+    /// data directory (`[cluster] store`): `postgres://user@host:port/database`.
+    #[arg(long, env = "POLYPORT_STORE")]
+    store: Option<String>,
+    /// The schema holding Polyport's tables in `--store` (`[cluster] schema`, default
+    /// `polyport`), made when missing.
+    #[arg(long, env = "POLYPORT_STORE_SCHEMA")]
+    store_schema: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {

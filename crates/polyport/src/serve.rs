@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use polyport_core::adapter::Listener;
 use polyport_core::{Bus, Hub, HubConfig, TopicFilter};
+use polyport_store::pg::{PgConfig, PgStore};
 use polyport_store::{Retention, SqliteStore, StoreConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -332,6 +333,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let listeners_json = cfg.data_dir.join("listeners.json");
+    // On the Postgres store the data directory holds only this file.
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     std::fs::write(
         &listeners_json,
         serde_json::to_vec_pretty(&listeners.json())?,
@@ -420,22 +424,49 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(b) = &args.bus {
         cfg.cluster.bus = Some(b.clone());
     }
+    if let Some(s) = &args.store {
+        cfg.cluster.store = Some(s.clone());
+    }
+    if let Some(s) = &args.store_schema {
+        cfg.cluster.schema = s.clone();
+    }
 
     Ok(cfg)
 }
 
-/// The store on the data directory and the Hub over it.
+/// The store (the data directory, or PostgreSQL with `[cluster] store`) and the Hub
+/// over it.
 pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
     let bus = Bus::new();
-    let mut store_cfg = StoreConfig::new(&cfg.data_dir);
-    store_cfg.queue = cfg.events.write_queue;
-    store_cfg.record_cache = cfg.record_cache;
-    store_cfg.retention = Retention {
+    let retention = Retention {
         max_events: cfg.events.retention_max_events,
         max_age: cfg.events.retention_max_age_secs.map(Duration::from_secs),
     };
-    let store = SqliteStore::open(store_cfg, Arc::new(bus.clone()))
-        .with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?;
+    let store: Arc<dyn polyport_core::engine::Store> = match cfg.cluster.store_url() {
+        Some(url) => {
+            let mut pg = PgConfig::new(url);
+            pg.schema = cfg.cluster.schema.clone();
+            pg.queue = cfg.events.write_queue;
+            pg.retention = retention;
+            let store = PgStore::open(pg, Arc::new(bus.clone())).with_context(|| {
+                format!(
+                    "opening the PostgreSQL store at {} ([cluster] store / --store)",
+                    redact_password(url)
+                )
+            })?;
+            Arc::new(store)
+        }
+        None => {
+            let mut store_cfg = StoreConfig::new(&cfg.data_dir);
+            store_cfg.queue = cfg.events.write_queue;
+            store_cfg.record_cache = cfg.record_cache;
+            store_cfg.retention = retention;
+            let store = SqliteStore::open(store_cfg, Arc::new(bus.clone())).with_context(|| {
+                format!("opening the data directory {}", cfg.data_dir.display())
+            })?;
+            Arc::new(store)
+        }
+    };
     let ephemeral_topics = cfg
         .events
         .ephemeral_topics
@@ -453,12 +484,26 @@ pub(crate) fn open_hub(cfg: &Config) -> anyhow::Result<Hub> {
         ..HubConfig::default()
     };
     Ok(Hub::with_auth(
-        Arc::new(store),
+        store,
         bus,
         hub_cfg,
         cfg.auth.directory()?,
         Box::new(cfg.auth.policy()?),
     ))
+}
+
+/// A database URL fit for a log line: `postgres://user:secret@host` loses its password.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// `SIGHUP` reads every TLS listener's certificate, key and client CA again: new

@@ -9,7 +9,7 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL reported an error (the cluster engine).
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
     /// Filesystem error (creating the data directory).
     #[error("i/o: {0}")]
@@ -34,5 +34,13 @@ impl From<StoreError> for HubError {
                 HubError::Storage(other.to_string())
             }
         }
+    }
+}
+
+/// A Postgres error with the server's message: the error's own text is only "db error".
+pub(crate) fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
     }
 }

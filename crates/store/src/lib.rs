@@ -1,18 +1,21 @@
-//! The embedded engine: records, collections and the event log in one SQLite database
-//! (WAL mode) in the data directory.
+//! The store: records, collections and the event log, on one of two engines.
 //!
 //! - `writer/`: the single writer thread with group commit (`mod.rs`); the only place
 //!   sequences are assigned and the only place that calls the [`EventSink`]. Commands are
 //!   applied per noun: `collections.rs`, `records.rs`, `events.rs`, `consumers.rs`
-//!   (group positions, adapter state); `retention.rs` trims the log.
-//! - `webhooks.rs`: the webhook outbox (endpoints, deliveries, attempts).
-//! - `db.rs`: schema and row decoding; `sql.rs`: the filter language compiled to SQL.
-//! - `cache.rs`: hot records in memory, kept in commit order by the writer.
-//! - this file: opening, the read-only connection pool, and the [`Store`] impl.
+//!   (group positions, adapter state); `retention.rs` trims the log. It is written over
+//!   `tx.rs`: the steps of one transaction (`Tx`) and the writer's connection (`Db`).
+//! - The embedded engine, [`SqliteStore`] (this file): one SQLite database (WAL mode) in
+//!   the data directory; `sqlite_tx.rs` is its `Tx`, `db.rs` its schema and row decoding,
+//!   `sql.rs` the filter language compiled to its SQL, `cache.rs` hot records in memory,
+//!   kept in commit order by the writer.
+//! - The cluster engine, [`pg::PgStore`] (`pg/`): the same on PostgreSQL.
+//! - `webhooks.rs`: the webhook outbox (endpoints, deliveries, attempts); `list.rs`
+//!   paging whatever the engine; `pool.rs` the blocking read connections.
 //!
 //! Records and their change events are written in one transaction, so a change is never
 //! visible without its event or the other way round, and after `kill -9` every
-//! acknowledged write is there (the acknowledgement waits for the fsync'd commit).
+//! acknowledged write is there (the acknowledgement waits for the durable commit).
 
 mod cache;
 mod checkpoint;
@@ -32,10 +35,8 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
 use polyport_core::engine::{
     CollectionMap, EventSink, LogState, Store, WriteCommand, WriteOutcome,
 };
@@ -111,12 +112,12 @@ impl SqliteStore {
             collections = collections.len(),
             "store opened"
         );
-        let shared = Arc::new(Shared {
-            collections: ArcSwap::from_pointee(collections),
-            endpoints: ArcSwap::from_pointee(endpoints),
-            log: Mutex::new(log),
-            records: cache::RecordCache::new(config.record_cache),
-        });
+        let shared = Arc::new(Shared::new(
+            collections,
+            endpoints,
+            log,
+            cache::RecordCache::new(config.record_cache),
+        ));
         let mut readers = Vec::with_capacity(config.readers.max(1));
         for _ in 0..config.readers.max(1) {
             readers.push(db::open_reader(&path)?);
@@ -124,7 +125,7 @@ impl SqliteStore {
         let w = Writer::new(
             sqlite_tx::SqliteDb::new(conn),
             shared.clone(),
-            Arc::new(dispatch::Dispatch::start(sink)),
+            Some(Arc::new(dispatch::Dispatch::start(sink))),
             config.retention,
             config.max_batch.max(1),
         );

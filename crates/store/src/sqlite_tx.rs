@@ -417,7 +417,7 @@ impl SqliteDb {
 impl crate::tx::Db for SqliteDb {
     type Tx<'a> = Transaction<'a>;
 
-    fn begin(&mut self, sync: bool) -> Result<(Transaction<'_>, Option<u64>), String> {
+    fn begin(&mut self, sync: bool) -> Result<(Transaction<'_>, Option<crate::tx::Head>), String> {
         self.choose_sync(sync)?;
         // The one writer owns the log: its position never moves under it.
         self.conn
@@ -428,8 +428,8 @@ impl crate::tx::Db for SqliteDb {
 
     /// The log's last sequence is not written per commit: on open it is the newest
     /// event's, and retention, the only thing that deletes events, records it first.
-    fn commit(tx: Transaction<'_>, _last_seq: u64) -> Result<(), String> {
-        tx.commit().map_err(|e| e.to_string())
+    fn commit(tx: Transaction<'_>, _last_seq: u64, _schema: bool) -> Result<Option<u64>, String> {
+        tx.commit().map(|()| None).map_err(|e| e.to_string())
     }
 
     fn trim_log(

@@ -6,10 +6,14 @@
 //! engine. Every method is one step inside the writer's open transaction, so nothing
 //! here commits.
 
+use std::sync::Arc;
+
 use polyport_core::HubResult;
 use polyport_core::Record;
+use polyport_core::engine::CollectionMap;
 use polyport_core::event::Event;
 use polyport_core::schema::Collection;
+use polyport_core::webhook::Endpoint;
 
 /// One open write transaction.
 pub(crate) trait Tx {
@@ -83,6 +87,21 @@ pub(crate) struct Settle<'a> {
     pub(crate) attempt_at: i64,
 }
 
+/// What other writers may have changed, seen when a batch begins.
+pub(crate) struct Head {
+    /// The log's last sequence.
+    pub(crate) last_seq: u64,
+    /// Collections and endpoints, when another writer changed them.
+    pub(crate) schema: Option<Schema>,
+}
+
+/// Collections and webhook endpoints as of a schema version.
+pub(crate) struct Schema {
+    pub(crate) version: u64,
+    pub(crate) collections: CollectionMap,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+}
+
 /// The writer's connection: where its batches begin and commit.
 pub(crate) trait Db: Send + 'static {
     type Tx<'a>: Tx
@@ -91,13 +110,16 @@ pub(crate) trait Db: Send + 'static {
 
     /// Begins a batch's transaction. `sync`: its commit must wait for the disk (false
     /// only for batches of logged-only publishes, [`polyport_core::event::Durability`]).
-    /// Returns the log's last sequence when another writer may have moved it since this
-    /// one's last batch (the cluster engine's nodes share the log), read under a lock
+    /// Returns the shared state when another writer may have moved it since this one's
+    /// last batch (the cluster engine's nodes share one database), read under a lock
     /// held until commit.
-    fn begin(&mut self, sync: bool) -> Result<(Self::Tx<'_>, Option<u64>), String>;
+    fn begin(&mut self, sync: bool) -> Result<(Self::Tx<'_>, Option<Head>), String>;
 
-    /// Commits a batch whose last event has `last_seq`.
-    fn commit(tx: Self::Tx<'_>, last_seq: u64) -> Result<(), String>;
+    /// Commits a batch whose last event has `last_seq`; `schema_changed` when it changed
+    /// collections or webhook endpoints. Returns the new schema version, when the engine
+    /// counts them.
+    fn commit(tx: Self::Tx<'_>, last_seq: u64, schema_changed: bool)
+    -> Result<Option<u64>, String>;
 
     /// Trims the log (see `writer::retention`): records `last` as the log's position
     /// first, then deletes events with `seq <= upto` and those older than `older_than`

@@ -301,7 +301,7 @@ fn record(i: usize, d: &DocSpec) -> Record {
     }
 }
 
-/// The guarantee `crates/store/src/pg.rs` promises: for any filter, Postgres returns
+/// The guarantee `crates/store/src/pg/filter.rs` promises: for any filter, Postgres returns
 /// exactly the rows `Filter::matches` accepts.
 #[test]
 fn prop_postgres_filter_agrees_with_in_memory_filter() {
@@ -309,8 +309,7 @@ fn prop_postgres_filter_agrees_with_in_memory_filter() {
     use tokio_postgres::types::ToSql;
 
     let rt = runtime();
-    let dsn = std::env::var("POLYPORT_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into());
+    let dsn = polyport_store::pg::test_url();
     let db = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
             .await

@@ -13,6 +13,7 @@ talks to it over real sockets. The binary is `target/debug/polyport` unless the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -86,6 +87,18 @@ def _read_listeners(path: Path) -> dict | None:
     return doc if isinstance(doc, dict) and (doc.get("http") or doc.get("https")) else None
 
 
+def store_env(data_dir: Path) -> dict[str, str]:
+    """The environment that puts a server (or an offline CLI command) for `data_dir` on
+    the store under test: with `POLYPORT_TEST_STORE=postgres`, the cluster engine, each
+    data dir in a schema of its own (the same on a restart); else nothing (SQLite)."""
+    if os.environ.get("POLYPORT_TEST_STORE") != "postgres":
+        return {}
+    return {
+        "POLYPORT_STORE": os.environ.get("POLYPORT_STORE", "postgres://postgres@127.0.0.1/test"),
+        "POLYPORT_STORE_SCHEMA": "t_" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:20],
+    }
+
+
 def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Server:
     """Starts `polyport serve` on `data_dir` and waits for its listeners.json. `http` is
     the listen address: port 0 (the default) picks a free port; a fixed one lets a test
@@ -103,6 +116,8 @@ def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Serv
     # Tests never let webhook deliveries leave this machine.
     env.setdefault("POLYPORT_WEBHOOKS_ALLOW_PUBLIC", "false")
     env.setdefault("POLYPORT_WEBHOOKS_ALLOW_NETWORKS", "127.0.0.0/8")
+    for k, v in store_env(data_dir).items():
+        env.setdefault(k, v)  # a test that names its store keeps it
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [str(exe), "serve", "--data-dir", str(data_dir), "--http", http,

@@ -6,6 +6,7 @@ survive a restart; refused callers write nothing."""
 from __future__ import annotations
 
 import base64
+import os
 import json
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import doors
-from polyport_server import polyport_bin
+from polyport_server import polyport_bin, store_env
 
 SECRET = "0123456789abcdef0123456789abcdef-for-tests"
 ISSUER = "https://idp.test"
@@ -214,12 +215,13 @@ def test_an_admin_from_the_environment_and_safe_defaults(servers, tmp_path):
     assert httpx.get(f"{s.url}/api/collections").status_code == 401, "once an identity exists, anonymous is refused"
     with http(s, ("admin", "first-admin-pw")) as c:
         assert c.get("/api/auth/me").json()["role"] == "admin"
+    cli_env = {**os.environ, **store_env(data)}
     busy = subprocess.run([str(polyport_bin()), "admin", "create", "boss", "--password-stdin", "--data-dir", str(data)],
-                          input="boss-password\n", capture_output=True, text=True, timeout=30)
+                          input="boss-password\n", capture_output=True, text=True, timeout=30, env=cli_env)
     assert busy.returncode != 0 and "polyport users add" in busy.stderr, busy.stderr
     s.stop()
     made = subprocess.run([str(polyport_bin()), "admin", "create", "boss", "--password-stdin", "--data-dir", str(data)],
-                          input="boss-password\n", capture_output=True, text=True, timeout=60)
+                          input="boss-password\n", capture_output=True, text=True, timeout=60, env=cli_env)
     assert made.returncode == 0, made.stderr
     hashed = subprocess.run([str(polyport_bin()), "users", "hash"], input="hashed-pass\n",
                             capture_output=True, text=True, timeout=30)

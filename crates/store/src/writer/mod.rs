@@ -50,9 +50,52 @@ pub(crate) enum Job {
 pub(crate) struct Shared {
     pub(crate) collections: ArcSwap<CollectionMap>,
     pub(crate) endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// The schema version `collections` and `endpoints` are at, where the engine counts
+    /// them (several writers, each publishing what it saw).
+    pub(crate) schema_version: Mutex<u64>,
     pub(crate) log: Mutex<LogState>,
     /// Hot records, updated here in commit order.
     pub(crate) records: crate::cache::RecordCache,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        collections: CollectionMap,
+        endpoints: Vec<Arc<Endpoint>>,
+        log: LogState,
+        records: crate::cache::RecordCache,
+    ) -> Self {
+        Self {
+            collections: ArcSwap::from_pointee(collections),
+            endpoints: ArcSwap::from_pointee(endpoints),
+            schema_version: Mutex::new(0),
+            log: Mutex::new(log),
+            records,
+        }
+    }
+
+    /// Publishes collections and endpoints, unless `version` is older than what is
+    /// published (another thread saw a later schema first).
+    pub(crate) fn set_schema(
+        &self,
+        version: Option<u64>,
+        collections: Option<&CollectionMap>,
+        endpoints: Option<&Vec<Arc<Endpoint>>>,
+    ) {
+        let mut current = self.schema_version.lock();
+        if let Some(v) = version {
+            if v < *current {
+                return;
+            }
+            *current = v;
+        }
+        if let Some(c) = collections {
+            self.collections.store(Arc::new(c.clone()));
+        }
+        if let Some(e) = endpoints {
+            self.endpoints.store(Arc::new(e.clone()));
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -65,7 +108,9 @@ struct State {
 pub(crate) struct Writer<D> {
     pub(crate) db: D,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) sink: Arc<dyn EventSink>,
+    /// Where committed events go in order, or `None` when the engine's log follower
+    /// hands this node every node's events instead (the cluster engine).
+    pub(crate) sink: Option<Arc<dyn EventSink>>,
     pub(crate) retention: Retention,
     pub(crate) max_batch: usize,
     state: State,
@@ -77,7 +122,7 @@ impl<D: Db> Writer<D> {
     pub(crate) fn new(
         db: D,
         shared: Arc<Shared>,
-        sink: Arc<dyn EventSink>,
+        sink: Option<Arc<dyn EventSink>>,
         retention: Retention,
         max_batch: usize,
     ) -> Self {
@@ -167,8 +212,17 @@ impl<D: Db> Writer<D> {
                 return;
             }
         };
-        if let Some(last) = head {
-            self.state.next_seq = last + 1;
+        if let Some(head) = head {
+            self.state.next_seq = head.last_seq + 1;
+            if let Some(schema) = head.schema {
+                self.state.collections = schema.collections;
+                self.state.endpoints = schema.endpoints;
+                self.shared.set_schema(
+                    Some(schema.version),
+                    Some(&self.state.collections),
+                    Some(&self.state.endpoints),
+                );
+            }
         }
         let start = self.state.clone();
         let mut results: Vec<(Reply, HubResult<WriteOutcome>)> = Vec::with_capacity(size);
@@ -191,12 +245,19 @@ impl<D: Db> Writer<D> {
             results.push((reply, result));
         }
         let last_seq = self.state.next_seq - 1;
-        if let Err(msg) = D::commit(tx, last_seq) {
-            tracing::error!(error = %msg, "commit failed; batch rolled back");
-            self.state = start;
-            fail_all(results.into_iter().map(|(reply, _)| reply), &msg);
-            return;
-        }
+        let endpoints_changed = !same_endpoints(&start.endpoints, &self.state.endpoints);
+        let collections_changed =
+            collections_changed && !same_collections(&start.collections, &self.state.collections);
+        let schema_version = match D::commit(tx, last_seq, collections_changed || endpoints_changed)
+        {
+            Ok(v) => v,
+            Err(msg) => {
+                tracing::error!(error = %msg, "commit failed; batch rolled back");
+                self.state = start;
+                fail_all(results.into_iter().map(|(reply, _)| reply), &msg);
+                return;
+            }
+        };
         metrics::histogram!("polyport_store_batch_size").record(size as f64);
         metrics::histogram!("polyport_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -213,40 +274,35 @@ impl<D: Db> Writer<D> {
                 _ => {}
             }
         }
-        self.publish_committed(&start.endpoints, collections_changed, &events, last_seq);
+        self.shared.set_schema(
+            schema_version,
+            collections_changed.then_some(&self.state.collections),
+            endpoints_changed.then_some(&self.state.endpoints),
+        );
+        if !events.is_empty() {
+            // Before any acknowledgement, as the records: the log's position includes
+            // what was acknowledged (a follower may move it further meanwhile).
+            let mut log = self.shared.log.lock();
+            log.last_seq = log.last_seq.max(last_seq);
+            drop(log);
+            if let Some(sink) = &self.sink {
+                sink.committed(&events);
+            }
+        }
         for (reply, result) in results {
             let _ = reply.send(result);
         }
     }
+}
 
-    /// Makes a committed batch visible: the shared maps, the log position, the sink.
-    fn publish_committed(
-        &self,
-        start_endpoints: &[Arc<Endpoint>],
-        collections_changed: bool,
-        events: &[EventRef],
-        last_seq: u64,
-    ) {
-        let endpoints_changed = start_endpoints.len() != self.state.endpoints.len()
-            || start_endpoints
-                .iter()
-                .zip(&self.state.endpoints)
-                .any(|(a, b)| !Arc::ptr_eq(a, b));
-        if endpoints_changed {
-            self.shared
-                .endpoints
-                .store(Arc::new(self.state.endpoints.clone()));
-        }
-        if collections_changed {
-            self.shared
-                .collections
-                .store(Arc::new(self.state.collections.clone()));
-        }
-        if !events.is_empty() {
-            self.shared.log.lock().last_seq = last_seq;
-            self.sink.committed(events);
-        }
-    }
+fn same_endpoints(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+}
+
+fn same_collections(a: &CollectionMap, b: &CollectionMap) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| Arc::ptr_eq(v, w)))
 }
 
 /// Applies one command in its own savepoint; when it fails, the in-memory state is rolled

@@ -1,6 +1,11 @@
-//! Shared harness for the Hub-over-SQLite integration tests: a real `Hub` on a real
-//! `SqliteStore` in a temporary directory, plus small helpers to read subscriptions with
-//! timeouts so a broken guarantee fails the test instead of hanging it.
+//! Shared harness for the Hub-over-store integration tests: a real `Hub` on a real store,
+//! plus small helpers to read subscriptions with timeouts so a broken guarantee fails
+//! the test instead of hanging it.
+//!
+//! The store is the embedded `SqliteStore` in a temporary directory, or with
+//! `POLYPORT_TEST_STORE=postgres` the cluster engine's `PgStore` in a fresh schema of the
+//! database `polyport_store::pg::test_url()` names (dropped after the test): the same
+//! tests prove both engines.
 // Each test file uses a different subset of the helpers.
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
@@ -17,6 +22,7 @@ use polyport_core::{
     AuthContext, Bus, CollectionSpec, Durability, EventDraft, EventRef, Filter, Hub, HubConfig,
     HubError, Item, ListQuery, Origin, Record, SubscribeRequest, Subscription, Topic, TopicFilter,
 };
+use polyport_store::pg::{PgConfig, PgStore};
 use polyport_store::{SqliteStore, StoreConfig};
 use serde_json::{Map, Value};
 use tempfile::TempDir;
@@ -24,9 +30,11 @@ use tempfile::TempDir;
 /// How long any single expected item may take before the test fails.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-/// One hub over one store in its own temporary data directory.
+/// One hub over one store in its own temporary data directory (or Postgres schema).
 pub(crate) struct Env {
     pub(crate) dir: TempDir,
+    /// The Postgres schema, when the tests run on that engine.
+    schema: Option<String>,
     pub(crate) hub: Hub,
     pub(crate) ctx: AuthContext,
     hub_config: HubConfig,
@@ -35,13 +43,50 @@ pub(crate) struct Env {
 
 fn no_tweak(_: &mut StoreConfig) {}
 
-/// Opens a hub over the store in `dir`.
+/// Whether these tests run on the Postgres engine.
+pub(crate) fn on_postgres() -> bool {
+    std::env::var("POLYPORT_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// Opens a hub over the store in `dir`, or in Postgres `schema`.
 pub(crate) fn open_hub(dir: &Path, hub_config: HubConfig, tweak: fn(&mut StoreConfig)) -> Hub {
+    open_hub_on(dir, None, hub_config, tweak)
+}
+
+fn open_hub_on(
+    dir: &Path,
+    schema: Option<&str>,
+    hub_config: HubConfig,
+    tweak: fn(&mut StoreConfig),
+) -> Hub {
     let bus = Bus::new();
     let mut cfg = StoreConfig::new(dir);
     tweak(&mut cfg);
-    let store = Arc::new(SqliteStore::open(cfg, Arc::new(bus.clone())).expect("open store"));
+    let sink = Arc::new(bus.clone());
+    let store: Arc<dyn polyport_core::engine::Store> = match schema {
+        Some(schema) => {
+            let mut pg = PgConfig::new(polyport_store::pg::test_url());
+            pg.schema = schema.to_string();
+            pg.retention = cfg.retention;
+            pg.max_batch = cfg.max_batch;
+            pg.queue = cfg.queue;
+            Arc::new(PgStore::open(pg, sink).expect("open postgres store"))
+        }
+        None => Arc::new(SqliteStore::open(cfg, sink).expect("open store")),
+    };
     Hub::new(store, bus, hub_config)
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(schema) = self.schema.take() {
+            // The blocking client cannot run on a thread driving Tokio.
+            let _ = std::thread::spawn(move || {
+                let _ = polyport_store::pg::drop_schema(&polyport_store::pg::test_url(), &schema);
+            })
+            .join();
+        }
+    }
 }
 
 impl Env {
@@ -53,14 +98,42 @@ impl Env {
     /// Custom hub settings and a store-config tweak.
     pub(crate) fn with(hub_config: HubConfig, store_tweak: fn(&mut StoreConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let hub = open_hub(dir.path(), hub_config.clone(), store_tweak);
+        let schema = on_postgres()
+            .then(|| format!("t_{}", ulid::Ulid::new().to_string().to_ascii_lowercase()));
+        let hub = open_hub_on(
+            dir.path(),
+            schema.as_deref(),
+            hub_config.clone(),
+            store_tweak,
+        );
         Self {
             dir,
+            schema,
             hub,
             ctx: AuthContext::anonymous(Origin("http")),
             hub_config,
             store_tweak,
         }
+    }
+
+    /// Two nodes of the cluster engine on one fresh Postgres schema, whatever
+    /// `POLYPORT_TEST_STORE` says. The first owns the schema (drops it when dropped).
+    pub(crate) fn postgres_pair() -> (Self, Self) {
+        let schema = format!("t_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+        let node = |owner: bool| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let hub = open_hub_on(dir.path(), Some(&schema), HubConfig::default(), no_tweak);
+            Self {
+                dir,
+                schema: owner.then(|| schema.clone()),
+                hub,
+                ctx: AuthContext::anonymous(Origin("http")),
+                hub_config: HubConfig::default(),
+                store_tweak: no_tweak,
+            }
+        };
+        let a = node(true);
+        (a, node(false))
     }
 
     /// Custom hub settings only.
@@ -72,7 +145,12 @@ impl Env {
     /// as a process restart would.
     pub(crate) async fn reopen(&mut self) {
         self.hub.shutdown().await;
-        self.hub = open_hub(self.dir.path(), self.hub_config.clone(), self.store_tweak);
+        self.hub = open_hub_on(
+            self.dir.path(),
+            self.schema.as_deref(),
+            self.hub_config.clone(),
+            self.store_tweak,
+        );
     }
 
     /// Publishes a durable event and returns it.

@@ -1,0 +1,553 @@
+//! The writer's transaction steps ([`Tx`]) and connection ([`Db`]) in PostgreSQL.
+//!
+//! Every batch takes the row lock on `log_head` first and reads the log's last sequence
+//! under it: the nodes of a cluster write one after another, each numbering its events
+//! from where the previous commit left the log, so sequences stay gap-free and in commit
+//! order across nodes. The lock is held for one batch's transaction, not per write.
+
+use std::collections::HashMap;
+
+use polyport_core::event::Event;
+use polyport_core::record::format_time;
+use polyport_core::schema::{Collection, FieldError, Rule};
+use polyport_core::{Attributes, HubError, HubResult, Record};
+use postgres::types::ToSql;
+use postgres::{Client, Statement, Transaction};
+use serde_json::Value;
+
+use super::row::record_from_row;
+use crate::sqlite_tx::optional_json;
+use crate::tx::{Db, Head, Schema, Settle, Tx};
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A write's database error: a unique index refusing a value is the client's conflict.
+pub(crate) fn pg_err(e: postgres::Error) -> HubError {
+    if let Some(db) = e.as_db_error()
+        && *db.code() == postgres::error::SqlState::UNIQUE_VIOLATION
+        && let Some(field) = db.detail().and_then(unique_field)
+    {
+        return HubError::Conflict(vec![FieldError::new(
+            field,
+            Rule::Unique,
+            "must be unique; the value is already used",
+        )]);
+    }
+    if e.code() == Some(&postgres::error::SqlState::UNTRANSLATABLE_CHARACTER) {
+        return HubError::InvalidRequest(
+            "the PostgreSQL store cannot hold the character U+0000 in a JSON string".into(),
+        );
+    }
+    let msg = crate::error::pg_message(&e);
+    tracing::error!(error = %msg, "postgres error in write");
+    HubError::Storage(msg)
+}
+
+/// The field a unique index refused, from Postgres's detail
+/// `Key ((data -> 'email'::text))=("a@b") already exists.` (field names are identifiers,
+/// so they hold no quote).
+fn unique_field(detail: &str) -> Option<&str> {
+    let start = detail.find("(data -> '")? + "(data -> '".len();
+    let len = detail[start..].find('\'')?;
+    Some(&detail[start..start + len])
+}
+
+/// Unique-field index names: a hash of collection and field (Postgres cuts identifiers
+/// at 63 bytes); `uq_{collection}_` prefixes all of one collection's.
+fn unique_index_prefix(collection: &str) -> String {
+    format!("uq_{:016x}_", fnv1a(collection))
+}
+
+fn unique_index_name(collection: &str, field: &str) -> String {
+    format!("{}{:016x}", unique_index_prefix(collection), fnv1a(field))
+}
+
+/// FNV-1a: index names must not change between releases, as std's hasher may.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Statements prepared once per connection: the writer runs the same few for every write.
+#[derive(Default)]
+pub(crate) struct Statements(HashMap<&'static str, Statement>);
+
+/// One batch's transaction.
+pub(crate) struct PgTx<'a> {
+    tx: Transaction<'a>,
+    stmts: &'a mut Statements,
+    /// The log's last sequence when the batch began.
+    head: u64,
+    schema_version: &'a mut u64,
+    channel: &'a str,
+}
+
+impl PgTx<'_> {
+    fn stmt(&mut self, sql: &'static str) -> HubResult<Statement> {
+        if let Some(s) = self.stmts.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql).map_err(pg_err)?;
+        self.stmts.0.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn exec(&mut self, sql: &'static str, params: Params<'_>) -> HubResult<u64> {
+        let s = self.stmt(sql)?;
+        self.tx.execute(&s, params).map_err(pg_err)
+    }
+
+    /// Statements whose text is made at run time (index names): not cached.
+    fn batch(&mut self, sql: &str) -> HubResult<()> {
+        self.tx.batch_execute(sql).map_err(pg_err)
+    }
+
+    fn unique_indexes(&mut self, collection: &str) -> HubResult<Vec<String>> {
+        let prefix = unique_index_prefix(collection);
+        let s = self.stmt(
+            "SELECT indexname::text FROM pg_indexes
+             WHERE schemaname = current_schema() AND tablename = 'records'
+               AND left(indexname, length($1)) = $1",
+        )?;
+        let rows = self.tx.query(&s, &[&prefix]).map_err(pg_err)?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(pg_err)
+    }
+}
+
+impl Tx for PgTx<'_> {
+    fn savepoint(&mut self) -> HubResult<()> {
+        self.batch("SAVEPOINT op")
+    }
+
+    fn release(&mut self) -> HubResult<()> {
+        self.batch("RELEASE SAVEPOINT op")
+    }
+
+    fn rollback(&mut self) -> HubResult<()> {
+        self.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+    }
+
+    fn load_record(&mut self, collection: &str, id: &str) -> HubResult<Option<Record>> {
+        let s = self.stmt(
+            "SELECT collection, id, doc, created_at, updated_at, version FROM records
+             WHERE collection = $1 AND id = $2",
+        )?;
+        let row = self.tx.query_opt(&s, &[&collection, &id]).map_err(pg_err)?;
+        row.as_ref()
+            .map(record_from_row)
+            .transpose()
+            .map_err(pg_err)
+    }
+
+    fn insert_record(&mut self, r: &Record) -> HubResult<()> {
+        let doc = Value::Object(r.data.clone()).to_string();
+        self.exec(
+            "INSERT INTO records (collection, id, data, doc, created_at, updated_at, version)
+             VALUES ($1, $2, $3::text::jsonb, $3, $4, $5, $6)",
+            &[
+                &r.collection,
+                &r.id,
+                &doc,
+                &format_time(&r.created_at),
+                &format_time(&r.updated_at),
+                &(r.version as i64),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn update_record(&mut self, r: &Record) -> HubResult<()> {
+        let doc = Value::Object(r.data.clone()).to_string();
+        self.exec(
+            "UPDATE records SET data = $3::text::jsonb, doc = $3, updated_at = $4, version = $5
+             WHERE collection = $1 AND id = $2",
+            &[
+                &r.collection,
+                &r.id,
+                &doc,
+                &format_time(&r.updated_at),
+                &(r.version as i64),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn delete_record(&mut self, collection: &str, id: &str) -> HubResult<()> {
+        self.exec(
+            "DELETE FROM records WHERE collection = $1 AND id = $2",
+            &[&collection, &id],
+        )
+        .map(drop)
+    }
+
+    fn insert_event(&mut self, e: &Event) -> HubResult<()> {
+        let headers = optional_json(&e.headers, e.headers.is_empty());
+        let attrs = optional_json(&e.attrs, e.attrs == Attributes::default());
+        let sender = e
+            .sender
+            .as_ref()
+            .and_then(|s| serde_json::to_string(s).ok());
+        self.exec(
+            "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &(e.seq.unwrap_or(0) as i64),
+                &e.id,
+                &e.topic.as_str(),
+                &e.event_type,
+                &e.time.timestamp_micros(),
+                &e.content_type,
+                &headers,
+                &&e.payload[..],
+                &e.origin.0,
+                &attrs,
+                &sender,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn event_heads(&mut self, after: u64, upto: u64) -> HubResult<Vec<(u64, String, String)>> {
+        let s = self.stmt(
+            "SELECT seq, topic, type FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )?;
+        let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+        let rows = self
+            .tx
+            .query(&s, &[&(after as i64), &upto])
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<_, i64>(0)? as u64, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(pg_err)
+    }
+
+    fn put_collection(&mut self, c: &Collection) -> HubResult<()> {
+        let spec = &c.spec;
+        let spec_json = serde_json::to_string(spec)
+            .map_err(|e| HubError::Storage(format!("encoding collection: {e}")))?;
+        self.exec(
+            "INSERT INTO collections (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            &[
+                &spec.name,
+                &spec_json,
+                &format_time(&c.created_at),
+                &format_time(&c.updated_at),
+            ],
+        )?;
+        let wanted: Vec<String> = spec
+            .fields
+            .iter()
+            .flatten()
+            .filter(|f| f.unique)
+            .map(|f| unique_index_name(&spec.name, &f.name))
+            .collect();
+        for idx in self.unique_indexes(&spec.name)? {
+            if !wanted.contains(&idx) {
+                self.batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))?;
+            }
+        }
+        // A partial expression index per unique field, so the database refuses a
+        // duplicate whichever node writes it. JSON null is left out as SQLite's
+        // json_extract leaves it out (it is SQL NULL there).
+        for f in spec.fields.iter().flatten().filter(|f| f.unique) {
+            // Names are validated identifiers, so interpolation is safe.
+            self.batch(&format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS \"{idx}\" ON records ((data -> '{f}'))
+                 WHERE collection = '{c}' AND jsonb_typeof(data -> '{f}') <> 'null'",
+                idx = unique_index_name(&spec.name, &f.name),
+                c = spec.name,
+                f = f.name
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn delete_collection(&mut self, name: &str) -> HubResult<()> {
+        self.exec("DELETE FROM records WHERE collection = $1", &[&name])?;
+        self.exec("DELETE FROM collections WHERE name = $1", &[&name])?;
+        for idx in self.unique_indexes(name)? {
+            self.batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))?;
+        }
+        Ok(())
+    }
+
+    fn put_state(&mut self, namespace: &str, key: &str, value: Option<&[u8]>) -> HubResult<()> {
+        match value {
+            Some(v) => self.exec(
+                "INSERT INTO adapter_state (namespace, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                &[&namespace, &key.as_bytes(), &v],
+            ),
+            None => self.exec(
+                "DELETE FROM adapter_state WHERE namespace = $1 AND key = $2",
+                &[&namespace, &key.as_bytes()],
+            ),
+        }
+        .map(drop)
+    }
+
+    fn delete_consumers(&mut self, prefix: &str) -> HubResult<()> {
+        self.exec(
+            "DELETE FROM consumers WHERE substring(key FROM 1 FOR octet_length($1::bytea)) = $1::bytea",
+            &[&prefix.as_bytes()],
+        )
+        .map(drop)
+    }
+
+    fn save_consumer(&mut self, key: &str, position: u64, owner: Option<&str>) -> HubResult<()> {
+        self.exec(
+            "INSERT INTO consumers (key, position, owner) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET position = excluded.position",
+            &[&key.as_bytes(), &(position as i64), &owner],
+        )
+        .map(drop)
+    }
+
+    fn put_endpoint(&mut self, id: &str, body: &str) -> HubResult<()> {
+        self.exec(
+            "INSERT INTO webhook_endpoints (id, body) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            &[&id, &body],
+        )
+        .map(drop)
+    }
+
+    fn delete_endpoint(&mut self, id: &str) -> HubResult<()> {
+        self.exec(
+            "DELETE FROM webhook_attempts WHERE endpoint_id = $1",
+            &[&id],
+        )?;
+        self.exec(
+            "DELETE FROM webhook_deliveries WHERE endpoint_id = $1",
+            &[&id],
+        )?;
+        self.exec("DELETE FROM webhook_endpoints WHERE id = $1", &[&id])
+            .map(drop)
+    }
+
+    fn queue_delivery(
+        &mut self,
+        endpoint_id: &str,
+        seq: u64,
+        event_type: &str,
+        now: i64,
+        reset: bool,
+    ) -> HubResult<()> {
+        let sql = match reset {
+            false => {
+                "INSERT INTO webhook_deliveries
+                   (endpoint_id, seq, event_type, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)
+                 ON CONFLICT (endpoint_id, seq) DO NOTHING"
+            }
+            true => {
+                "INSERT INTO webhook_deliveries
+                   (endpoint_id, seq, event_type, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)
+                 ON CONFLICT (endpoint_id, seq) DO UPDATE
+                   SET status = 'pending', next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at"
+            }
+        };
+        self.exec(sql, &[&endpoint_id, &(seq as i64), &event_type, &now])
+            .map(drop)
+    }
+
+    fn put_attempt(
+        &mut self,
+        endpoint_id: &str,
+        seq: u64,
+        number: u32,
+        body: &str,
+    ) -> HubResult<()> {
+        self.exec(
+            "INSERT INTO webhook_attempts (endpoint_id, seq, number, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (endpoint_id, seq, number) DO UPDATE SET body = excluded.body",
+            &[&endpoint_id, &(seq as i64), &(number as i32), &body],
+        )
+        .map(drop)
+    }
+
+    fn settle_delivery(&mut self, d: &Settle<'_>) -> HubResult<()> {
+        self.exec(
+            "UPDATE webhook_deliveries SET
+                 status = CASE WHEN updated_at > $8 THEN 'pending' ELSE $3 END,
+                 next_attempt_at = CASE WHEN updated_at > $8 THEN next_attempt_at ELSE $5 END,
+                 attempts = $4, last_status = $6, updated_at = $7
+             WHERE endpoint_id = $1 AND seq = $2",
+            &[
+                &d.endpoint_id,
+                &(d.seq as i64),
+                &d.status,
+                &(d.attempts as i32),
+                &d.next_attempt_at,
+                &d.last_status.map(i32::from),
+                &d.now,
+                &d.attempt_at,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn requeue_dead(&mut self, endpoint_id: &str, now: i64) -> HubResult<u64> {
+        self.exec(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $2, updated_at = $2
+             WHERE endpoint_id = $1 AND status = 'dead'",
+            &[&endpoint_id, &now],
+        )
+    }
+}
+
+/// The writer's Postgres connection.
+pub(crate) struct PgDb {
+    pub(crate) client: Client,
+    pub(crate) stmts: Statements,
+    /// The schema version this writer's collections and endpoints are at.
+    pub(crate) schema_version: u64,
+    /// Where commits are announced (`LISTEN`ed to by every node's log follower).
+    pub(crate) channel: String,
+}
+
+impl Db for PgDb {
+    type Tx<'a> = PgTx<'a>;
+
+    fn begin(&mut self, sync: bool) -> Result<(PgTx<'_>, Option<Head>), String> {
+        let msg = |e: postgres::Error| crate::error::pg_message(&e);
+        let mut tx = self.client.transaction().map_err(msg)?;
+        if !sync {
+            // Logged-only publishes: acknowledged before the WAL reaches the disk, as the
+            // embedded engine's WAL-only commits are.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .map_err(msg)?;
+        }
+        let row = tx
+            .query_one("SELECT last_seq, schema FROM log_head FOR UPDATE", &[])
+            .map_err(msg)?;
+        let head = row.try_get::<_, i64>(0).map_err(msg)? as u64;
+        let version = row.try_get::<_, i64>(1).map_err(msg)? as u64;
+        let schema = match version != self.schema_version {
+            true => {
+                let (collections, endpoints) =
+                    super::load_schema(&mut tx).map_err(|e| e.to_string())?;
+                self.schema_version = version;
+                Some(Schema {
+                    version,
+                    collections,
+                    endpoints,
+                })
+            }
+            false => None,
+        };
+        let tx = PgTx {
+            tx,
+            stmts: &mut self.stmts,
+            head,
+            schema_version: &mut self.schema_version,
+            channel: &self.channel,
+        };
+        Ok((
+            tx,
+            Some(Head {
+                last_seq: head,
+                schema,
+            }),
+        ))
+    }
+
+    fn commit(
+        mut tx: PgTx<'_>,
+        last_seq: u64,
+        schema_changed: bool,
+    ) -> Result<Option<u64>, String> {
+        let msg = |e: HubError| e.to_string();
+        let mut version = None;
+        if schema_changed {
+            let s = tx
+                .stmt("UPDATE log_head SET schema = schema + 1 RETURNING schema")
+                .map_err(msg)?;
+            let v = tx
+                .tx
+                .query_one(&s, &[])
+                .and_then(|r| r.try_get::<_, i64>(0))
+                .map_err(|e| crate::error::pg_message(&e))?;
+            version = Some(v as u64);
+        }
+        if last_seq != tx.head {
+            tx.exec("UPDATE log_head SET last_seq = $1", &[&(last_seq as i64)])
+                .map_err(msg)?;
+        }
+        if last_seq != tx.head || schema_changed {
+            // Delivered to the listeners when (and only if) this commits.
+            let channel = tx.channel.to_string();
+            tx.exec("SELECT pg_notify($1, '')", &[&channel])
+                .map_err(msg)?;
+        }
+        tx.tx.commit().map_err(|e| crate::error::pg_message(&e))?;
+        if let Some(v) = version {
+            *tx.schema_version = v;
+        }
+        Ok(version)
+    }
+
+    fn trim_log(
+        &mut self,
+        _last: u64,
+        upto: Option<u64>,
+        older_than: Option<(i64, u64)>,
+    ) -> Result<(u64, Option<u64>), String> {
+        // `log_head` already holds the log's position, whatever is deleted.
+        let c = &mut self.client;
+        let mut deleted = 0;
+        if let Some(upto) = upto {
+            deleted += c
+                .execute("DELETE FROM events WHERE seq <= $1", &[&(upto as i64)])
+                .map_err(|e| crate::error::pg_message(&e))?;
+        }
+        if let Some((limit, max_seq)) = older_than {
+            deleted += c
+                .execute(
+                    "DELETE FROM events WHERE time < $1 AND seq <= $2",
+                    &[&limit, &(max_seq as i64)],
+                )
+                .map_err(|e| crate::error::pg_message(&e))?;
+        }
+        if deleted == 0 {
+            return Ok((0, None));
+        }
+        let first: Option<i64> = c
+            .query_one("SELECT min(seq) FROM events", &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| crate::error::pg_message(&e))?;
+        Ok((deleted, first.map(|s| s as u64)))
+    }
+
+    fn close(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refused_field_is_read_from_the_detail() {
+        assert_eq!(
+            unique_field("Key ((data -> 'email'::text))=(\"a@b\") already exists."),
+            Some("email")
+        );
+        assert_eq!(unique_field("Key (id)=(x) already exists."), None);
+    }
+
+    #[test]
+    fn index_names_fit_postgres_and_share_a_prefix_per_collection() {
+        let long = "c".repeat(64);
+        let n = unique_index_name(&long, &"f".repeat(64));
+        assert!(n.len() <= 63, "{n}");
+        assert!(n.starts_with(&unique_index_prefix(&long)));
+        assert_ne!(unique_index_name("a", "b"), unique_index_name("a", "c"));
+    }
+}
