@@ -81,3 +81,21 @@ impl Membership for Alone {
         Ok(())
     }
 }
+
+/// Work only one node may do at a time (one webhook endpoint's deliveries): held while
+/// [`Lease::held`] says so, given up when dropped. A node that dies loses its leases, and
+/// another takes the work over.
+pub trait Lease: Send + Sync {
+    /// Still this node's: checked before each unit of work. After it turns false
+    /// another node may hold it, so what follows must not be done here.
+    fn held(&self) -> bool;
+}
+
+/// The embedded engine's lease: the one node holds them all.
+pub struct Sole;
+
+impl Lease for Sole {
+    fn held(&self) -> bool {
+        true
+    }
+}

@@ -244,6 +244,18 @@ pub trait Store: Send + Sync + 'static {
     fn log_state(&self) -> LogState;
     /// Flushes and stops accepting writes.
     async fn close(&self);
+
+    /// The lease on `name` when no other node holds it (see
+    /// [`crate::cluster::Lease`]); the embedded engine's node holds every lease.
+    async fn try_lease(&self, name: &str) -> HubResult<Option<Box<dyn crate::cluster::Lease>>> {
+        let _ = name;
+        Ok(Some(Box::new(crate::cluster::Sole)))
+    }
+
+    /// Whether the engine can take writes now; the reason when not (`/readyz`).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Receives every committed durable event exactly once, in sequence order, from the

@@ -109,6 +109,10 @@ pub enum HubError {
     /// Storage failed; details are logged, not leaked.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The engine underneath (the cluster engine's database) cannot be reached now: the
+    /// same request may succeed later, and nothing of it was done.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn summary(errs: &[FieldError]) -> String {
@@ -144,6 +148,7 @@ impl HubError {
             HubError::SlowConsumer { .. } => "slow_consumer",
             HubError::ShuttingDown => "shutting_down",
             HubError::Storage(_) => "storage_error",
+            HubError::Unavailable(_) => "unavailable",
         }
     }
 

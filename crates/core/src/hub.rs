@@ -164,6 +164,13 @@ impl Hub {
         *self.inner.membership.write() = m;
     }
 
+    /// Whether this node should get traffic: its store reaches its database and its
+    /// cluster membership holds. The reason when not.
+    pub fn ready(&self) -> Result<(), String> {
+        self.inner.store.ready()?;
+        self.membership().ready()
+    }
+
     /// Which nodes serve this deployment.
     pub fn membership(&self) -> Arc<dyn crate::cluster::Membership> {
         self.inner.membership.read().clone()

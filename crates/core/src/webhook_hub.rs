@@ -224,6 +224,17 @@ impl Hub {
 
     // ----- for the delivery engine -----
 
+    /// The right to deliver endpoint `id`'s queue on this node, when no other node has
+    /// it: one node at a time walks an endpoint's queue, in order.
+    pub async fn webhook_lease(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+    ) -> HubResult<Option<Box<dyn crate::cluster::Lease>>> {
+        self.authorize(ctx, Action::Admin)?;
+        self.inner.store.try_lease(&format!("webhook:{id}")).await
+    }
+
     /// The oldest pending deliveries of an endpoint, at most `limit`, in sequence order.
     pub async fn next_deliveries(
         &self,

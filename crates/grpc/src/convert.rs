@@ -46,7 +46,7 @@ pub(crate) fn status(e: HubError) -> Status {
         HubError::SlowConsumer { .. }
         | HubError::LimitReached(_)
         | HubError::RateLimited { .. } => Code::ResourceExhausted,
-        HubError::ShuttingDown => Code::Unavailable,
+        HubError::ShuttingDown | HubError::Unavailable(_) => Code::Unavailable,
         HubError::Storage(_) => Code::Internal,
     };
     let fields = e.field_errors();

@@ -93,7 +93,7 @@ impl From<HubError> for ApiError {
             HubError::Forbidden(_) | HubError::LimitReached(_) => StatusCode::FORBIDDEN,
             HubError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             HubError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            HubError::ShuttingDown | HubError::SlowConsumer { .. } => {
+            HubError::ShuttingDown | HubError::SlowConsumer { .. } | HubError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             HubError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,

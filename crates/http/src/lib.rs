@@ -295,7 +295,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
     } else if app.hub.identities().awaiting_jwks() {
         // A load balancer should not send JWT callers here before their keys are known.
         serde_json::json!({"status": "not ready", "reason": "the [auth.jwt] jwks_url keys have not been fetched yet"})
-    } else if let Err(reason) = app.hub.membership().ready() {
+    } else if let Err(reason) = app.hub.ready() {
         serde_json::json!({"status": "not ready", "reason": reason})
     } else {
         return json_ok(r#"{"status":"ready"}"#);

@@ -117,7 +117,9 @@ fn closing(code: u16, reason: &str) -> Message {
 
 fn hub_close(e: &HubError) -> Message {
     let code = match e {
-        HubError::Storage(_) | HubError::ShuttingDown => close::SERVER_ERROR,
+        HubError::Storage(_) | HubError::ShuttingDown | HubError::Unavailable(_) => {
+            close::SERVER_ERROR
+        }
         _ => close::POLICY,
     };
     closing(code, &format!("{}: {e}", e.code()))

@@ -219,7 +219,9 @@ impl Fault {
 impl From<HubError> for Fault {
     fn from(e: HubError) -> Self {
         let class = match &e {
-            HubError::Storage(_) | HubError::ShuttingDown => Class::Receiver,
+            HubError::Storage(_) | HubError::ShuttingDown | HubError::Unavailable(_) => {
+                Class::Receiver
+            }
             _ => Class::Sender,
         };
         if let HubError::Storage(detail) = &e {

@@ -29,6 +29,7 @@ impl From<StoreError> for HubError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::WriterStopped => HubError::ShuttingDown,
+            StoreError::Postgres(e) if pg_unreachable(&e) => HubError::Unavailable(pg_message(&e)),
             other => {
                 tracing::error!(error = %other, "store error");
                 HubError::Storage(other.to_string())
@@ -43,4 +44,18 @@ pub(crate) fn pg_message(e: &postgres::Error) -> String {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
         None => e.to_string(),
     }
+}
+
+/// Whether a Postgres error says the database cannot be reached (the connection failed
+/// or the server is going away), rather than that the statement failed: the request
+/// may succeed later, and nothing of it was done.
+pub(crate) fn pg_unreachable(e: &postgres::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) {
+        return true;
+    }
+    e.code().is_some_and(|c| {
+        let c = c.code();
+        c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+    })
 }

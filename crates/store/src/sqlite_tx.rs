@@ -417,19 +417,21 @@ impl SqliteDb {
 impl crate::tx::Db for SqliteDb {
     type Tx<'a> = Transaction<'a>;
 
-    fn begin(&mut self, sync: bool) -> Result<(Transaction<'_>, Option<crate::tx::Head>), String> {
-        self.choose_sync(sync)?;
+    fn begin(&mut self, sync: bool) -> HubResult<(Transaction<'_>, Option<crate::tx::Head>)> {
+        self.choose_sync(sync).map_err(HubError::Storage)?;
         // The one writer owns the log: its position never moves under it.
         self.conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map(|tx| (tx, None))
-            .map_err(|e| e.to_string())
+            .map_err(|e| HubError::Storage(e.to_string()))
     }
 
     /// The log's last sequence is not written per commit: on open it is the newest
     /// event's, and retention, the only thing that deletes events, records it first.
-    fn commit(tx: Transaction<'_>, _last_seq: u64, _schema: bool) -> Result<Option<u64>, String> {
-        tx.commit().map(|()| None).map_err(|e| e.to_string())
+    fn commit(tx: Transaction<'_>, _last_seq: u64, _schema: bool) -> HubResult<Option<u64>> {
+        tx.commit()
+            .map(|()| None)
+            .map_err(|e| HubError::Storage(e.to_string()))
     }
 
     fn trim_log(
@@ -437,7 +439,7 @@ impl crate::tx::Db for SqliteDb {
         last: u64,
         upto: Option<u64>,
         older_than: Option<(i64, u64)>,
-    ) -> Result<(u64, Option<u64>), String> {
+    ) -> HubResult<(u64, Option<u64>)> {
         let conn = &self.conn;
         let run = || -> rusqlite::Result<(u64, Option<u64>)> {
             exec(
@@ -468,7 +470,7 @@ impl crate::tx::Db for SqliteDb {
             };
             Ok((deleted, first))
         };
-        run().map_err(|e| e.to_string())
+        run().map_err(|e| HubError::Storage(e.to_string()))
     }
 
     fn close(&mut self) {

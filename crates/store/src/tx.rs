@@ -113,13 +113,12 @@ pub(crate) trait Db: Send + 'static {
     /// Returns the shared state when another writer may have moved it since this one's
     /// last batch (the cluster engine's nodes share one database), read under a lock
     /// held until commit.
-    fn begin(&mut self, sync: bool) -> Result<(Self::Tx<'_>, Option<Head>), String>;
+    fn begin(&mut self, sync: bool) -> HubResult<(Self::Tx<'_>, Option<Head>)>;
 
     /// Commits a batch whose last event has `last_seq`; `schema_changed` when it changed
     /// collections or webhook endpoints. Returns the new schema version, when the engine
     /// counts them.
-    fn commit(tx: Self::Tx<'_>, last_seq: u64, schema_changed: bool)
-    -> Result<Option<u64>, String>;
+    fn commit(tx: Self::Tx<'_>, last_seq: u64, schema_changed: bool) -> HubResult<Option<u64>>;
 
     /// Trims the log (see `writer::retention`): records `last` as the log's position
     /// first, then deletes events with `seq <= upto` and those older than `older_than`
@@ -130,7 +129,7 @@ pub(crate) trait Db: Send + 'static {
         last: u64,
         upto: Option<u64>,
         older_than: Option<(i64, u64)>,
-    ) -> Result<(u64, Option<u64>), String>;
+    ) -> HubResult<(u64, Option<u64>)>;
 
     /// At close, after the last batch.
     fn close(&mut self);

@@ -3,7 +3,8 @@
 //! consumer's failure does not add latency to all"); a global semaphore bounds how many
 //! requests are in flight across endpoints. Everything the workers decide is written
 //! back through the Hub, so a crash loses nothing: pending deliveries are simply picked
-//! up again on restart (at-least-once, with a stable `webhook-id`).
+//! up again on restart (at-least-once, with a stable `webhook-id`). On the cluster
+//! engine a worker runs only on the node holding its endpoint's lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,9 +43,20 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
         workers.retain(|_, h| !h.is_finished());
         if let Ok(eps) = shared.hub.endpoints(&ctx()) {
             for ep in eps.iter().filter(|e| e.spec.enabled) {
-                if !workers.contains_key(&ep.id) {
-                    let (s, id) = (shared.clone(), ep.id.clone());
-                    workers.insert(ep.id.clone(), tokio::spawn(worker(s, id)));
+                if workers.contains_key(&ep.id) {
+                    continue;
+                }
+                // On the cluster engine another node may be walking this queue; it is
+                // tried again every turn, so a survivor takes over a dead node's.
+                match shared.hub.webhook_lease(&ctx(), &ep.id).await {
+                    Ok(Some(lease)) => {
+                        let (s, id) = (shared.clone(), ep.id.clone());
+                        workers.insert(ep.id.clone(), tokio::spawn(worker(s, id, lease)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(endpoint = %ep.id, error = %e, "webhook lease not taken");
+                    }
                 }
             }
         }
@@ -89,11 +101,19 @@ const BATCH: usize = 64;
 /// recorded together, so one group commit (one fsync) covers the whole batch instead of
 /// one per delivery. A failure ends the batch there: what follows waits behind its retry,
 /// as it did one at a time.
-async fn worker(shared: Arc<Shared>, endpoint_id: String) {
+async fn worker(
+    shared: Arc<Shared>,
+    endpoint_id: String,
+    lease: Box<dyn polyport_core::cluster::Lease>,
+) {
     let shutdown = shared.hub.shutdown_token();
     let mut last_send: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
+            return;
+        }
+        if !lease.held() {
+            tracing::info!(endpoint = %endpoint_id, "webhook lease lost; another node may deliver now");
             return;
         }
         let notified = shared.wake.notified();

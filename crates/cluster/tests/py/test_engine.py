@@ -4,20 +4,28 @@ POLYPORT_TEST_POSTGRES_URL) behave as one server. A REST write on node A is read
 C, reaches a long-poll on every node and an MQTT subscriber (paho) on C with the same
 sequence; a collection made through one node is used through another.
 
-Each test's nodes share a schema of their own, dropped at the end (psql)."""
+Each test's nodes share a schema of their own, dropped at the end (psql). Postgres going
+away for one node is a TCP forwarder the test cuts: writes answer 503 at once, `/readyz`
+turns not ready, and the node recovers by itself when the database is back."""
 
 from __future__ import annotations
 
 import os
 import queue
+import socket
 import subprocess
+import sys
+import threading
+import time
 import uuid
+from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
 PG = os.environ.get("POLYPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1/test")
+WEBHOOK_TESTS = Path(__file__).resolve().parents[3] / "webhooks" / "tests" / "py"
 WAIT = 10
 
 
@@ -108,3 +116,171 @@ def test_a_collection_made_on_one_node_is_used_on_another(nodes):
     assert r.status_code == 409, r.text
     names = {c["name"] for c in httpx.get(f"{b.url}/api/collections").json()["items"]}
     assert "people" in names
+
+
+class Cuttable:
+    """A TCP forwarder to Postgres that a test can cut (every connection closed, new ones
+    closed at once) and restore: Postgres going away for one node, without touching the
+    database the rest of the suite uses."""
+
+    def __init__(self, target=("127.0.0.1", 5432)):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.pairs.append((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.up = False
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def restore(self):
+        self.up = True
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+def wait_for(what, check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
+
+
+def test_postgres_going_away_is_503_and_not_ready_then_the_node_recovers(servers):
+    proxy = Cuttable()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    url = f"postgres://postgres@127.0.0.1:{proxy.port}/test"
+    s = servers.start(None, env={"POLYPORT_STORE": url, "POLYPORT_STORE_SCHEMA": schema})
+    try:
+        r = httpx.post(f"{s.url}/api/collections/notes/records", json={"id": "n1", "text": "before"})
+        assert r.status_code == 201, r.text
+        first = poll_topic(s, since=0)[0]["sequence"]
+
+        proxy.cut()
+        started = time.monotonic()
+        r = httpx.post(f"{s.url}/api/collections/notes/records", json={"text": "during"}, timeout=15)
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "unavailable", r.text
+        assert time.monotonic() - started < 5, "a write fails fast, not after a timeout"
+        r = httpx.get(f"{s.url}/api/collections/notes/records/n1", timeout=15)
+        assert r.status_code == 503, r.text
+        ready = wait_for("/readyz to say not ready",
+                         lambda: (r := httpx.get(f"{s.url}/readyz")).status_code == 503 and r.json())
+        assert "PostgreSQL" in ready["reason"], ready
+        assert httpx.get(f"{s.url}/healthz").status_code == 200, "alive, only not ready"
+
+        proxy.restore()
+        wait_for("a write to succeed again", lambda: httpx.post(
+            f"{s.url}/api/collections/notes/records", json={"id": "n2", "text": "after"}).status_code == 201)
+        wait_for("/readyz to say ready", lambda: httpx.get(f"{s.url}/readyz").status_code == 200)
+        assert httpx.get(f"{s.url}/api/collections/notes/records/n1").json()["text"] == "before"
+        # The node's subscribers get what is written after the outage (its follower is back).
+        events = poll_topic(s, since=first)
+        assert [e["subject"] for e in events] == ["collections/notes/n2"], events
+    finally:
+        s.stop()
+        proxy.close()
+        subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
+                       capture_output=True, text=True, timeout=30)
+
+
+def poll_topic(s, since: int) -> list[dict]:
+    r = httpx.get(f"{s.url}/api/poll", params={"topic": "collections/notes/#", "since": since, "wait": 5},
+                  timeout=15)
+    assert r.status_code == 200, r.text
+    return r.json()["events"]
+
+
+def test_one_node_delivers_an_endpoints_webhooks_and_a_survivor_takes_over(servers):
+    """Deliveries of one endpoint are made by one node at a time (a Postgres advisory lock
+    per endpoint): writes through either node reach the receiver once each; after the
+    delivering node is killed, the other node delivers what follows."""
+    sys.path.append(str(WEBHOOK_TESTS))
+    from webhook_receivers import Api, Receiver
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    env = {"POLYPORT_STORE": PG, "POLYPORT_STORE_SCHEMA": schema}
+    rx = Receiver()
+    a = servers.start(None, env=env)
+    api = Api(a.url)
+    try:
+        api.create_endpoint(rx.url, topics=["orders/#"])
+        # Node A takes the endpoint's lease (it is alone), shown by a first delivery.
+        publish(a, "orders/0")
+        rx.wait_count(1, timeout=WAIT)
+        b = servers.start(None, env=env)
+        for i in range(1, 11):
+            publish(a if i % 2 else b, f"orders/{i}")
+        got = rx.wait_count(11, timeout=WAIT)
+        time.sleep(1.5)  # B's supervisor has tried the lease meanwhile: nothing twice
+        ids = [r.webhook_id for r in rx.snapshot()]
+        assert len(ids) == 11 and len(set(ids)) == 11, ids
+        assert sorted(r.event()["subject"] for r in got) == sorted(f"orders/{i}" for i in range(11))
+
+        servers.kill9(a)
+        for i in range(11, 16):
+            publish(b, f"orders/{i}")
+        rx.wait_count(16, timeout=WAIT)
+        ids = [r.webhook_id for r in rx.snapshot()]
+        assert len(set(ids)) == 16, "each event once, the survivor's included"
+    finally:
+        api.close()
+        rx.close()
+        for s in list(servers.running):
+            s.stop()
+        subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
+                       capture_output=True, text=True, timeout=30)
+
+
+def publish(s, topic: str):
+    r = httpx.post(f"{s.url}/api/topics/{topic}", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code in (200, 201, 202), r.text

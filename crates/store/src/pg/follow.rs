@@ -44,6 +44,7 @@ struct Run {
     shared: Arc<Shared>,
     sink: Arc<dyn EventSink>,
     stop: Arc<AtomicBool>,
+    health: Arc<super::Health>,
     /// The last sequence handed to the sink.
     last: u64,
 }
@@ -57,6 +58,7 @@ impl Follower {
         shared: Arc<Shared>,
         sink: Arc<dyn EventSink>,
         last: u64,
+        health: Arc<super::Health>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut run = Run {
@@ -65,6 +67,7 @@ impl Follower {
             shared,
             sink,
             stop: stop.clone(),
+            health,
             last,
         };
         std::thread::Builder::new()
@@ -80,7 +83,9 @@ impl Run {
             match self.follow() {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %crate::error::pg_message(&e), "log follower lost Postgres; reconnecting");
+                    let e: polyport_core::HubError = crate::StoreError::Postgres(e).into();
+                    tracing::warn!(error = %e, "log follower lost Postgres; reconnecting");
+                    self.health.failed(&e);
                     std::thread::sleep(POLL);
                 }
             }
@@ -96,6 +101,7 @@ impl Run {
         ))?;
         while !self.stop.load(Ordering::Relaxed) {
             self.catch_up(&mut client)?;
+            self.health.reached();
             // Wait for a commit anywhere; whatever else is queued is folded into this
             // wake-up (one read covers them all).
             let mut n = client.notifications();

@@ -27,6 +27,7 @@
 
 mod filter;
 mod follow;
+mod lease;
 mod list;
 mod row;
 mod schema;
@@ -87,8 +88,33 @@ impl PgConfig {
     }
 }
 
+/// Whether this node reaches Postgres, as its writer and log follower last found:
+/// `/readyz` says not ready while it does not.
+#[derive(Default)]
+pub(crate) struct Health {
+    down: parking_lot::Mutex<Option<String>>,
+}
+
+impl Health {
+    pub(crate) fn failed(&self, e: &polyport_core::HubError) {
+        if let polyport_core::HubError::Unavailable(why) = e {
+            *self.down.lock() = Some(format!("PostgreSQL cannot be reached: {why}"));
+        }
+    }
+
+    pub(crate) fn reached(&self) {
+        *self.down.lock() = None;
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.down.lock().clone().map_or(Ok(()), Err)
+    }
+}
+
 /// The Postgres store.
 pub struct PgStore {
+    health: Arc<Health>,
+    leases: Arc<lease::Leases>,
     writer: Handle,
     /// Stops following the log when the store goes.
     _follower: follow::Follower,
@@ -254,12 +280,16 @@ impl PgStore {
         ));
         // The writer starts at schema version 0, so its first batch reads the current
         // one (and what this load saw) under the lock.
+        let health = Arc::new(Health::default());
         let w = Writer::new(
             tx::PgDb {
-                client: writer_client,
+                client: Some(writer_client),
+                url: config.url.clone(),
+                schema: config.schema.clone(),
                 stmts: tx::Statements::default(),
                 schema_version: 0,
                 channel: schema::channel(&config.schema),
+                health: health.clone(),
             },
             shared.clone(),
             None,
@@ -272,8 +302,11 @@ impl PgStore {
             shared.clone(),
             Arc::new(crate::dispatch::Dispatch::start(sink)),
             last_seq,
+            health.clone(),
         )?;
         Ok(Self {
+            leases: lease::Leases::new(config.url.clone(), config.schema.clone()),
+            health,
             _follower: follower,
             writer: Handle::start(w, config.queue, || {})?,
             shared,
@@ -523,6 +556,20 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.writer.close().await;
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.health.ready()
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+    ) -> HubResult<Option<Box<dyn polyport_core::cluster::Lease>>> {
+        let (leases, name) = (self.leases.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || leases.try_take(&name))
+            .await
+            .map_err(|e| polyport_core::HubError::Storage(format!("lease task failed: {e}")))?
     }
 }
 

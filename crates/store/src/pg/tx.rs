@@ -6,6 +6,7 @@
 //! order across nodes. The lock is held for one batch's transaction, not per write.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use polyport_core::event::Event;
 use polyport_core::record::format_time;
@@ -39,6 +40,10 @@ pub(crate) fn pg_err(e: postgres::Error) -> HubError {
         );
     }
     let msg = crate::error::pg_message(&e);
+    if crate::error::pg_unreachable(&e) {
+        tracing::warn!(error = %msg, "postgres unreachable in write");
+        return HubError::Unavailable(msg);
+    }
     tracing::error!(error = %msg, "postgres error in write");
     HubError::Storage(msg)
 }
@@ -405,35 +410,66 @@ impl Tx for PgTx<'_> {
 
 /// The writer's Postgres connection.
 pub(crate) struct PgDb {
-    pub(crate) client: Client,
+    /// `None` after the connection broke: the next batch connects again.
+    pub(crate) client: Option<Client>,
+    pub(crate) url: String,
+    pub(crate) schema: String,
     pub(crate) stmts: Statements,
     /// The schema version this writer's collections and endpoints are at.
     pub(crate) schema_version: u64,
     /// Where commits are announced (`LISTEN`ed to by every node's log follower).
     pub(crate) channel: String,
+    pub(crate) health: Arc<super::Health>,
+}
+
+impl PgDb {
+    /// The connection, made again when the last one broke (a Postgres restart); its
+    /// prepared statements went with it.
+    fn client(&mut self) -> HubResult<&mut Client> {
+        let c = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                self.stmts.0.clear();
+                super::connect(&self.url, &self.schema).map_err(|e| {
+                    let e = pg_err(e);
+                    self.health.failed(&e);
+                    e
+                })?
+            }
+        };
+        Ok(self.client.insert(c))
+    }
 }
 
 impl Db for PgDb {
     type Tx<'a> = PgTx<'a>;
 
-    fn begin(&mut self, sync: bool) -> Result<(PgTx<'_>, Option<Head>), String> {
-        let msg = |e: postgres::Error| crate::error::pg_message(&e);
-        let mut tx = self.client.transaction().map_err(msg)?;
+    fn begin(&mut self, sync: bool) -> HubResult<(PgTx<'_>, Option<Head>)> {
+        let health = self.health.clone();
+        let failed = move |e: postgres::Error| {
+            let e = pg_err(e);
+            health.failed(&e);
+            e
+        };
+        self.client()?;
+        let Some(client) = self.client.as_mut() else {
+            return Err(HubError::Unavailable("no connection to Postgres".into()));
+        };
+        let mut tx = client.transaction().map_err(&failed)?;
         if !sync {
             // Logged-only publishes: acknowledged before the WAL reaches the disk, as the
             // embedded engine's WAL-only commits are.
             tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .map_err(msg)?;
+                .map_err(&failed)?;
         }
         let row = tx
             .query_one("SELECT last_seq, schema FROM log_head FOR UPDATE", &[])
-            .map_err(msg)?;
-        let head = row.try_get::<_, i64>(0).map_err(msg)? as u64;
-        let version = row.try_get::<_, i64>(1).map_err(msg)? as u64;
+            .map_err(&failed)?;
+        let head = row.try_get::<_, i64>(0).map_err(&failed)? as u64;
+        let version = row.try_get::<_, i64>(1).map_err(&failed)? as u64;
         let schema = match version != self.schema_version {
             true => {
-                let (collections, endpoints) =
-                    super::load_schema(&mut tx).map_err(|e| e.to_string())?;
+                let (collections, endpoints) = super::load_schema(&mut tx)?;
                 self.schema_version = version;
                 Some(Schema {
                     version,
@@ -459,35 +495,26 @@ impl Db for PgDb {
         ))
     }
 
-    fn commit(
-        mut tx: PgTx<'_>,
-        last_seq: u64,
-        schema_changed: bool,
-    ) -> Result<Option<u64>, String> {
-        let msg = |e: HubError| e.to_string();
+    fn commit(mut tx: PgTx<'_>, last_seq: u64, schema_changed: bool) -> HubResult<Option<u64>> {
         let mut version = None;
         if schema_changed {
-            let s = tx
-                .stmt("UPDATE log_head SET schema = schema + 1 RETURNING schema")
-                .map_err(msg)?;
+            let s = tx.stmt("UPDATE log_head SET schema = schema + 1 RETURNING schema")?;
             let v = tx
                 .tx
                 .query_one(&s, &[])
                 .and_then(|r| r.try_get::<_, i64>(0))
-                .map_err(|e| crate::error::pg_message(&e))?;
+                .map_err(pg_err)?;
             version = Some(v as u64);
         }
         if last_seq != tx.head {
-            tx.exec("UPDATE log_head SET last_seq = $1", &[&(last_seq as i64)])
-                .map_err(msg)?;
+            tx.exec("UPDATE log_head SET last_seq = $1", &[&(last_seq as i64)])?;
         }
         if last_seq != tx.head || schema_changed {
             // Delivered to the listeners when (and only if) this commits.
             let channel = tx.channel.to_string();
-            tx.exec("SELECT pg_notify($1, '')", &[&channel])
-                .map_err(msg)?;
+            tx.exec("SELECT pg_notify($1, '')", &[&channel])?;
         }
-        tx.tx.commit().map_err(|e| crate::error::pg_message(&e))?;
+        tx.tx.commit().map_err(pg_err)?;
         if let Some(v) = version {
             *tx.schema_version = v;
         }
@@ -499,14 +526,14 @@ impl Db for PgDb {
         _last: u64,
         upto: Option<u64>,
         older_than: Option<(i64, u64)>,
-    ) -> Result<(u64, Option<u64>), String> {
+    ) -> HubResult<(u64, Option<u64>)> {
         // `log_head` already holds the log's position, whatever is deleted.
-        let c = &mut self.client;
+        let c = self.client()?;
         let mut deleted = 0;
         if let Some(upto) = upto {
             deleted += c
                 .execute("DELETE FROM events WHERE seq <= $1", &[&(upto as i64)])
-                .map_err(|e| crate::error::pg_message(&e))?;
+                .map_err(pg_err)?;
         }
         if let Some((limit, max_seq)) = older_than {
             deleted += c
@@ -514,7 +541,7 @@ impl Db for PgDb {
                     "DELETE FROM events WHERE time < $1 AND seq <= $2",
                     &[&limit, &(max_seq as i64)],
                 )
-                .map_err(|e| crate::error::pg_message(&e))?;
+                .map_err(pg_err)?;
         }
         if deleted == 0 {
             return Ok((0, None));
@@ -522,7 +549,7 @@ impl Db for PgDb {
         let first: Option<i64> = c
             .query_one("SELECT min(seq) FROM events", &[])
             .and_then(|r| r.try_get(0))
-            .map_err(|e| crate::error::pg_message(&e))?;
+            .map_err(pg_err)?;
         Ok((deleted, first.map(|s| s as u64)))
     }
 

@@ -206,9 +206,9 @@ impl<D: Db> Writer<D> {
         });
         let (mut tx, head) = match self.db.begin(sync) {
             Ok(t) => t,
-            Err(msg) => {
-                tracing::error!(error = %msg, "cannot begin write transaction");
-                fail_all(jobs.into_iter().map(|(_, reply)| reply), &msg);
+            Err(e) => {
+                tracing::error!(error = %e, "cannot begin write transaction");
+                fail_all(jobs.into_iter().map(|(_, reply)| reply), &e);
                 return;
             }
         };
@@ -344,9 +344,15 @@ fn apply_one(
     (result, is_collection_op)
 }
 
-fn fail_all(replies: impl IntoIterator<Item = Reply>, msg: &str) {
+/// Answers every write of a batch that failed as a whole with `e`.
+fn fail_all(replies: impl IntoIterator<Item = Reply>, e: &HubError) {
     for reply in replies {
-        let _ = reply.send(Err(HubError::Storage(msg.to_string())));
+        let again = match e {
+            HubError::Unavailable(m) => HubError::Unavailable(m.clone()),
+            HubError::ShuttingDown => HubError::ShuttingDown,
+            other => HubError::Storage(other.to_string()),
+        };
+        let _ = reply.send(Err(again));
     }
 }
 
