@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from polyport_server import wait_for
 
 PG = os.environ.get("POLYPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1/test")
 WEBHOOK_TESTS = Path(__file__).resolve().parents[3] / "webhooks" / "tests" / "py"
@@ -184,17 +185,6 @@ class Cuttable:
         self.listener.close()
 
 
-def wait_for(what, check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
-
-
 def test_postgres_going_away_is_503_and_not_ready_then_the_node_recovers(servers):
     proxy = Cuttable()
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -214,14 +204,15 @@ def test_postgres_going_away_is_503_and_not_ready_then_the_node_recovers(servers
         r = httpx.get(f"{s.url}/api/collections/notes/records/n1", timeout=15)
         assert r.status_code == 503, r.text
         ready = wait_for("/readyz to say not ready",
-                         lambda: (r := httpx.get(f"{s.url}/readyz")).status_code == 503 and r.json())
+                         lambda: (r := httpx.get(f"{s.url}/readyz")).status_code == 503 and r.json(), timeout=15)
         assert "PostgreSQL" in ready["reason"], ready
         assert httpx.get(f"{s.url}/healthz").status_code == 200, "alive, only not ready"
 
         proxy.restore()
         wait_for("a write to succeed again", lambda: httpx.post(
-            f"{s.url}/api/collections/notes/records", json={"id": "n2", "text": "after"}).status_code == 201)
-        wait_for("/readyz to say ready", lambda: httpx.get(f"{s.url}/readyz").status_code == 200)
+            f"{s.url}/api/collections/notes/records", json={"id": "n2", "text": "after"}).status_code == 201,
+            timeout=15)
+        wait_for("/readyz to say ready", lambda: httpx.get(f"{s.url}/readyz").status_code == 200, timeout=15)
         assert httpx.get(f"{s.url}/api/collections/notes/records/n1").json()["text"] == "before"
         # The node's subscribers get what is written after the outage (its follower is back).
         events = poll_topic(s, since=first)

@@ -18,7 +18,7 @@ import uuid
 import httpx
 import pytest
 
-from polyport_server import Server
+from polyport_server import Server, wait_for
 
 NATS = os.environ.get("POLYPORT_TEST_NATS", "nats://127.0.0.1:4222")
 TTL_MS = 1500
@@ -82,17 +82,6 @@ def cluster(s: Server) -> dict:
 
 def ids(s: Server) -> set[str]:
     return {n["id"] for n in cluster(s)["nodes"]}
-
-
-def wait_for(what, check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
 
 
 def test_the_embedded_engine_is_one_node(servers):

@@ -87,6 +87,19 @@ def _read_listeners(path: Path) -> dict | None:
     return doc if isinstance(doc, dict) and (doc.get("http") or doc.get("https")) else None
 
 
+def wait_for(what, check, timeout: float = 10.0):
+    """Polls `check` until it returns something truthy (returned); fails the test after
+    `timeout` seconds naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
+
+
 def store_env(data_dir: Path) -> dict[str, str]:
     """The environment that puts a server (or an offline CLI command) for `data_dir` on
     the store under test: with `POLYPORT_TEST_STORE=postgres`, the cluster engine, each
