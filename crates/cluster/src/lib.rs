@@ -17,8 +17,12 @@
 //! Not built yet (docs/cluster.md): the event log as a JetStream stream, records in
 //! Postgres with the outbox relay, groups as durable consumers, adapter state in KV.
 
+mod relay;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use relay::NatsRelay;
 
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
@@ -85,11 +89,17 @@ pub enum ClusterError {
     /// The first heartbeat could not be written.
     #[error("the first heartbeat failed: {0}")]
     Heartbeat(String),
+    /// The ephemeral-event relay could not subscribe.
+    #[error("the event relay could not start: {0}")]
+    Relay(String),
 }
 
 /// This node's membership in a NATS-backed deployment.
 pub struct NatsMembership {
     kv: kv::Store,
+    client: async_nats::Client,
+    /// The deployment's name (its bucket), which names its relay subject too.
+    bucket: String,
     me: Mutex<Node>,
     ttl: Duration,
     /// Every node's last heartbeat, kept current by a watch on the bucket: listing costs
@@ -146,6 +156,8 @@ impl NatsMembership {
         let kv = open_bucket(&client, &js, &cfg).await?;
         let m = Arc::new(Self {
             kv,
+            client: client.clone(),
+            bucket: cfg.bucket.clone(),
             me: Mutex::new(me),
             ttl: cfg.ttl,
             view: Mutex::default(),
@@ -202,6 +214,16 @@ impl NatsMembership {
                 *beat = Err(format!("the cluster heartbeat failed: {e}"));
             }
         }
+    }
+
+    /// Starts carrying `hub`'s ephemeral events to the deployment's other nodes and
+    /// theirs to it (`relay.rs`), until the hub shuts down.
+    pub async fn relay(&self, hub: &polyport_core::Hub) -> Result<(), ClusterError> {
+        let subject = format!("polyport.{}.ephemeral", self.bucket);
+        let node = self.me.lock().id.clone();
+        let r = relay::start(self.client.clone(), subject, node, hub.clone()).await?;
+        hub.set_relay(r);
+        Ok(())
     }
 
     /// Stops the heartbeat and removes this node from the list at once (a clean stop;

@@ -99,3 +99,10 @@ impl Lease for Sole {
         true
     }
 }
+
+/// Carries ephemeral events (never in the log) to the other nodes of a cluster; set on
+/// the Hub once ([`crate::Hub::set_relay`]).
+pub trait Relay: Send + Sync + 'static {
+    /// Offers a local ephemeral event to the other nodes (at most once: it may drop).
+    fn send(&self, e: &crate::event::EventRef);
+}

@@ -100,6 +100,9 @@ pub(crate) struct HubInner {
     /// Which nodes serve this deployment; one ([`crate::cluster::Alone`]) until the
     /// binary says otherwise.
     membership: parking_lot::RwLock<Arc<dyn crate::cluster::Membership>>,
+    /// Carries ephemeral events to the other nodes (cluster engine with a bus). Read on
+    /// every ephemeral publish: set once, so reading it is a plain load.
+    relay: std::sync::OnceLock<Arc<dyn crate::cluster::Relay>>,
 }
 
 /// The facade.
@@ -155,6 +158,7 @@ impl Hub {
             membership: parking_lot::RwLock::new(Arc::new(crate::cluster::Alone(
                 crate::cluster::Node::this_process(Default::default()),
             ))),
+            relay: std::sync::OnceLock::new(),
         });
         Self { inner }
     }
@@ -358,7 +362,22 @@ impl Hub {
             .with_attrs(draft.attrs, ctx.sender.clone()),
         );
         self.inner.bus.deliver(&event);
+        if let Some(r) = self.inner.relay.get() {
+            r.send(&event);
+        }
         event
+    }
+
+    /// Sets what carries this node's ephemeral events to the other nodes (the cluster
+    /// engine with a bus; once, at start). Later calls are ignored.
+    pub fn set_relay(&self, r: Arc<dyn crate::cluster::Relay>) {
+        let _ = self.inner.relay.set(r);
+    }
+
+    /// An ephemeral event another node published, offered to this node's subscribers
+    /// (and not relayed again).
+    pub fn deliver_relayed(&self, event: EventRef) {
+        self.inner.bus.deliver(&event);
     }
 
     /// Where the event log stands.

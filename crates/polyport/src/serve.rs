@@ -324,6 +324,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .context("joining the cluster ([cluster] bus / --bus)")?;
             hub.set_membership(m.clone());
+            m.relay(&hub)
+                .await
+                .context("relaying ephemeral events over the cluster's NATS")?;
             Some(m)
         }
         None => {

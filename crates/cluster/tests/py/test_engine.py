@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from nats_helpers import NATS, delete_bucket
 from polyport_server import wait_for
 
 PG = os.environ.get("POLYPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1/test")
@@ -275,3 +276,61 @@ def test_one_node_delivers_an_endpoints_webhooks_and_a_survivor_takes_over(serve
 def publish(s, topic: str):
     r = httpx.post(f"{s.url}/api/topics/{topic}", content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code in (200, 201, 202), r.text
+
+
+def mqtt_client(port: int, client_id: str) -> tuple[mqtt.Client, queue.Queue]:
+    got: queue.Queue = queue.Queue()
+    subscribed: queue.Queue = queue.Queue()
+    c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
+    c.on_message = lambda cl, u, m: got.put(m)
+    c.on_subscribe = lambda *a: subscribed.put(True)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.subscribed = subscribed  # type: ignore[attr-defined]
+    return c, got
+
+
+def test_ephemeral_events_cross_nodes_over_nats(nodes_with_bus):
+    """MQTT QoS 0 messages are not in the log: with `--bus`, they travel between nodes over
+    core NATS, once each, in order per publisher; a node's own are not delivered twice."""
+    a, b = nodes_with_bus(2)
+    sub_b, got_b = mqtt_client(b.port("mqtt"), "eph-sub-b")
+    sub_a, got_a = mqtt_client(a.port("mqtt"), "eph-sub-a")
+    pub, _ = mqtt_client(a.port("mqtt"), "eph-pub-a")
+    try:
+        for c in (sub_a, sub_b):
+            c.subscribe("eph/#", qos=0)
+            c.subscribed.get(timeout=WAIT)
+        for i in range(20):
+            pub.publish("eph/t", f"m{i}", qos=0)
+        for got in (got_b, got_a):
+            msgs = [got.get(timeout=WAIT) for _ in range(20)]
+            assert [m.payload.decode() for m in msgs] == [f"m{i}" for i in range(20)]
+            assert all(m.topic == "eph/t" and m.qos == 0 for m in msgs)
+        time.sleep(0.5)
+        assert got_a.empty() and got_b.empty(), "each message once on each node"
+    finally:
+        for c in (sub_a, sub_b, pub):
+            c.loop_stop()
+            c.disconnect()
+
+
+@pytest.fixture
+def nodes_with_bus(servers):
+    """Nodes on one fresh schema and one fresh NATS deployment (bucket)."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
+    cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
+    env = {"POLYPORT_STORE": PG, "POLYPORT_STORE_SCHEMA": schema}
+    started = []
+
+    def start(n: int):
+        started.extend(servers.start(cfg, env=env) for _ in range(n))
+        return started[-n:]
+
+    yield start
+    for s in started:
+        s.stop()
+    subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
+                   capture_output=True, text=True, timeout=30)
+    delete_bucket(bucket)

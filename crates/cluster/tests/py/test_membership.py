@@ -9,7 +9,6 @@ so nodes of other tests and runs never show up in the lists asserted on.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
@@ -18,20 +17,11 @@ import uuid
 import httpx
 import pytest
 
+from nats_helpers import NATS, delete_bucket, nats_reachable
 from polyport_server import Server, wait_for
 
-NATS = os.environ.get("POLYPORT_TEST_NATS", "nats://127.0.0.1:4222")
 TTL_MS = 1500
 HEARTBEAT_MS = 300
-
-
-def nats_reachable() -> bool:
-    host, port = NATS.removeprefix("nats://").rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def cluster_config(bucket: str) -> str:
@@ -42,26 +32,6 @@ bucket = "{bucket}"
 heartbeat_ms = {HEARTBEAT_MS}
 ttl_ms = {TTL_MS}
 """
-
-
-def delete_bucket(bucket: str) -> str:
-    """Deletes a test's bucket with JetStream's API over the plain NATS protocol (no
-    client library needed for one request); returns the server's answer."""
-    host, port = NATS.removeprefix("nats://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        f = s.makefile("rwb")
-        f.readline()  # INFO
-        inbox = f"_INBOX.{uuid.uuid4().hex}"
-        f.write(f"CONNECT {{\"verbose\":false}}\r\nSUB {inbox} 1\r\n"
-                f"PUB $JS.API.STREAM.DELETE.KV_{bucket} {inbox} 0\r\n\r\nPING\r\n".encode())
-        f.flush()
-        while True:
-            line = f.readline().decode()
-            if not line:
-                return ""
-            if line.startswith("MSG"):
-                size = int(line.split()[-1])
-                return f.read(size + 2).decode().strip()
 
 
 @pytest.fixture

@@ -81,7 +81,8 @@ impl PgConfig {
             url: url.into(),
             schema: "polyport".into(),
             retention: Retention::default(),
-            readers: 4,
+            // Each read holds its connection for a round trip to the server.
+            readers: 16,
             max_batch: 512,
             queue: 8192,
         }
@@ -249,14 +250,14 @@ impl PgStore {
                 drop(admin);
                 let mut writer = connect(&cfg.url, &cfg.schema)?;
                 let (log, collections, endpoints) = load(&mut writer, epoch)?;
-                let mut readers = Vec::new();
-                for _ in 0..cfg.readers.max(1) {
-                    readers.push(Reader {
-                        client: Some(connect(&cfg.url, &cfg.schema)?),
+                // Connected on first use: a node holds as many as its reads overlap.
+                let readers = (0..cfg.readers.max(1))
+                    .map(|_| Reader {
+                        client: None,
                         url: cfg.url.clone(),
                         schema: cfg.schema.clone(),
-                    });
-                }
+                    })
+                    .collect::<Vec<_>>();
                 Ok((writer, readers, log, collections, endpoints))
             })
             .join()

@@ -112,8 +112,9 @@ pub(crate) fn migrate(client: &mut Client, schema: &str) -> Result<String, postg
         "SELECT pg_advisory_xact_lock(hashtext('polyport-migrate:' || $1))",
         &[&schema],
     )?;
+    // `IF NOT EXISTS` on a made schema is a notice per table: not worth a log line.
     tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET LOCAL search_path TO \"{schema}\";"
+        "SET LOCAL client_min_messages TO warning; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET LOCAL search_path TO \"{schema}\";"
     ))?;
     tx.batch_execute(TABLES)?;
     let epoch = ulid::Ulid::new().to_string().to_ascii_lowercase();

@@ -23,8 +23,10 @@ pub(super) fn create(
     origin: Origin,
 ) -> HubResult<WriteOutcome> {
     let coll = ensure_collection(tx, st, &collection, auto_create)?;
+    // A generated id is new by construction: only a client's needs the look-up.
+    let given = id.is_some();
     let id = id.unwrap_or_else(new_id);
-    if tx.load_record(&collection, &id)?.is_some() {
+    if given && tx.load_record(&collection, &id)?.is_some() {
         return Err(HubError::AlreadyExists(format!(
             "record '{id}' in collection '{collection}'"
         )));
