@@ -128,6 +128,8 @@ struct Reader {
     client: Option<Client>,
     url: String,
     schema: String,
+    /// Statements prepared on `client`, by text: a read is then one round trip.
+    stmts: std::collections::HashMap<String, postgres::Statement>,
 }
 
 impl Drop for Reader {
@@ -143,12 +145,65 @@ impl Drop for Reader {
 }
 
 impl Reader {
-    fn client(&mut self) -> Result<&mut Client, postgres::Error> {
+    /// The connection with its statements, made again when the server closed it (its
+    /// statements went with it).
+    fn conn(&mut self) -> Result<Conn<'_>, postgres::Error> {
         let c = match self.client.take() {
             Some(c) if !c.is_closed() => c,
-            _ => connect(&self.url, &self.schema)?,
+            _ => {
+                self.stmts.clear();
+                connect(&self.url, &self.schema)?
+            }
         };
-        Ok(self.client.insert(c))
+        Ok(Conn {
+            client: self.client.insert(c),
+            stmts: &mut self.stmts,
+        })
+    }
+}
+
+/// Statements kept per reader; past this (lists compile a statement per filter shape)
+/// the cache starts over.
+const READER_STATEMENTS: usize = 256;
+
+/// A reader's connection for one read: queries by text, each prepared once.
+struct Conn<'a> {
+    client: &'a mut Client,
+    stmts: &'a mut std::collections::HashMap<String, postgres::Statement>,
+}
+
+type Args<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Conn<'_> {
+    fn stmt(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        if self.stmts.len() >= READER_STATEMENTS {
+            self.stmts.clear();
+        }
+        let s = self.client.prepare(sql)?;
+        self.stmts.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn query(&mut self, sql: &str, args: Args<'_>) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let s = self.stmt(sql)?;
+        self.client.query(&s, args)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        args: Args<'_>,
+    ) -> Result<Option<postgres::Row>, postgres::Error> {
+        let s = self.stmt(sql)?;
+        self.client.query_opt(&s, args)
+    }
+
+    fn query_one(&mut self, sql: &str, args: Args<'_>) -> Result<postgres::Row, postgres::Error> {
+        let s = self.stmt(sql)?;
+        self.client.query_one(&s, args)
     }
 }
 
@@ -256,6 +311,7 @@ impl PgStore {
                         client: None,
                         url: cfg.url.clone(),
                         schema: cfg.schema.clone(),
+                        stmts: Default::default(),
                     })
                     .collect::<Vec<_>>();
                 Ok((writer, readers, log, collections, endpoints))
@@ -318,9 +374,11 @@ impl PgStore {
     /// Runs a read on a pooled connection on the blocking pool.
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<R, postgres::Error> + Send + 'static,
+        f: impl FnOnce(&mut Conn<'_>) -> Result<R, postgres::Error> + Send + 'static,
     ) -> HubResult<R> {
-        self.readers.run(move |r: &mut Reader| f(r.client()?)).await
+        self.readers
+            .run(move |r: &mut Reader| f(&mut r.conn()?))
+            .await
     }
 }
 
