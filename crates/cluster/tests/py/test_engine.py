@@ -31,15 +31,15 @@ WEBHOOK_TESTS = Path(__file__).resolve().parents[3] / "webhooks" / "tests" / "py
 WAIT = 10
 
 
-@pytest.fixture
-def nodes(servers):
-    """Starts nodes on one fresh schema: `nodes(3)`."""
+def node_factory(servers, config: str | None = None):
+    """Yields `start(n)`, which starts n nodes on one fresh schema (and `config`); stops
+    them and drops the schema after."""
     schema = f"t_{uuid.uuid4().hex[:16]}"
     env = {"POLYPORT_STORE": PG, "POLYPORT_STORE_SCHEMA": schema}
     started = []
 
     def start(n: int):
-        started.extend(servers.start(None, env=env) for _ in range(n))
+        started.extend(servers.start(config, env=env) for _ in range(n))
         return started[-n:]
 
     yield start
@@ -48,6 +48,12 @@ def nodes(servers):
     r = subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def nodes(servers):
+    """Starts nodes on one fresh schema: `nodes(3)`."""
+    yield from node_factory(servers)
 
 
 def poll(s, since: int = 0) -> list[dict]:
@@ -318,19 +324,7 @@ def test_ephemeral_events_cross_nodes_over_nats(nodes_with_bus):
 @pytest.fixture
 def nodes_with_bus(servers):
     """Nodes on one fresh schema and one fresh NATS deployment (bucket)."""
-    schema = f"t_{uuid.uuid4().hex[:16]}"
     bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
     cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
-    env = {"POLYPORT_STORE": PG, "POLYPORT_STORE_SCHEMA": schema}
-    started = []
-
-    def start(n: int):
-        started.extend(servers.start(cfg, env=env) for _ in range(n))
-        return started[-n:]
-
-    yield start
-    for s in started:
-        s.stop()
-    subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
-                   capture_output=True, text=True, timeout=30)
+    yield from node_factory(servers, cfg)
     delete_bucket(bucket)
