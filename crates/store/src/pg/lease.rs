@@ -6,7 +6,7 @@
 //! it held is lost (`held` turns false at once, before a new connection exists), since
 //! another node may hold them by now.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,7 +30,8 @@ pub(crate) struct Leases {
 
 struct State {
     client: Option<Client>,
-    held: HashSet<i64>,
+    /// Locks taken on `client` per key (they stack in Postgres).
+    held: HashMap<i64, usize>,
 }
 
 /// A lock key: the schema and the name, hashed (FNV-1a, stable across releases).
@@ -52,7 +53,7 @@ impl Leases {
             schema,
             state: Mutex::new(State {
                 client: None,
-                held: HashSet::new(),
+                held: HashMap::new(),
             }),
             generation: AtomicU64::new(0),
         });
@@ -97,10 +98,8 @@ impl Leases {
     pub(crate) fn try_take(self: &Arc<Self>, name: &str) -> HubResult<Option<Box<dyn Lease>>> {
         let k = key(&self.schema, name);
         let mut st = self.state.lock();
-        if st.held.contains(&k) {
-            // Held for a worker that ended; it is this node's still.
-            return Ok(Some(self.guard(k)));
-        }
+        // Always asked of Postgres: a session's locks stack, one unlock per lock, so a
+        // guard still being released (on its own thread) cannot unlock a new one.
         if st.client.as_ref().is_none_or(Client::is_closed) {
             if st.client.is_some() {
                 self.lost(&mut st);
@@ -116,7 +115,7 @@ impl Leases {
             .and_then(|r| r.try_get::<_, bool>(0));
         match got {
             Ok(true) => {
-                st.held.insert(k);
+                *st.held.entry(k).or_default() += 1;
                 Ok(Some(self.guard(k)))
             }
             Ok(false) => Ok(None),
@@ -138,8 +137,15 @@ impl Leases {
 
     fn release(&self, key: i64, generation: u64) {
         let mut st = self.state.lock();
-        if self.generation.load(Ordering::SeqCst) != generation || !st.held.remove(&key) {
+        if self.generation.load(Ordering::SeqCst) != generation {
             return;
+        }
+        match st.held.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                st.held.remove(&key);
+            }
+            None => return,
         }
         if let Some(c) = st.client.as_mut()
             && c.query_one("SELECT pg_advisory_unlock($1)", &[&key])
@@ -186,7 +192,37 @@ impl Drop for Guard {
 
 #[cfg(test)]
 mod tests {
-    use super::key;
+    use super::{Leases, key};
+    use std::time::Duration;
+
+    /// Against the real Postgres (`pg::test_url`): two nodes' lease sessions.
+    #[test]
+    fn a_lease_is_one_nodes_and_retaking_it_while_the_old_guard_goes_keeps_it() {
+        let url = super::super::test_url();
+        let schema = format!("lease_{}", polyport_core::record::new_id());
+        let (a, b) = (
+            Leases::new(url.clone(), schema.clone()),
+            Leases::new(url, schema),
+        );
+        let taken = |l: &std::sync::Arc<Leases>| {
+            l.try_take("webhook:x")
+                .unwrap_or_else(|e| panic!("Postgres (scripts/services starts it): {e}"))
+        };
+        let first = taken(&a).unwrap_or_else(|| panic!("a free lease is taken"));
+        assert!(taken(&b).is_none(), "held by the other node");
+        drop(first);
+        // Taken again at once, while the old guard is released on its own thread.
+        let again = taken(&a).unwrap_or_else(|| panic!("this node's own lease again"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(again.held());
+        assert!(
+            taken(&b).is_none(),
+            "the old guard's release did not free the new one"
+        );
+        drop(again);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(taken(&b).is_some(), "free once its node lets go");
+    }
 
     #[test]
     fn keys_differ_by_schema_and_name() {
