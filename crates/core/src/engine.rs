@@ -252,6 +252,11 @@ pub trait Store: Send + Sync + 'static {
         Ok(Some(Box::new(crate::cluster::Sole)))
     }
 
+    /// `embedded` (this process's own store) or `cluster` (shared with other nodes).
+    fn engine(&self) -> &'static str {
+        "embedded"
+    }
+
     /// Whether the engine can take writes now; the reason when not (`/readyz`).
     fn ready(&self) -> Result<(), String> {
         Ok(())

@@ -175,6 +175,15 @@ impl Hub {
         self.membership().ready()
     }
 
+    /// `cluster` when the store or the membership is shared with other nodes, else
+    /// `embedded`.
+    pub fn engine(&self) -> &'static str {
+        match self.inner.store.engine() {
+            "embedded" => self.membership().engine(),
+            shared => shared,
+        }
+    }
+
     /// Which nodes serve this deployment.
     pub fn membership(&self) -> Arc<dyn crate::cluster::Membership> {
         self.inner.membership.read().clone()

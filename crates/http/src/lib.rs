@@ -315,7 +315,7 @@ async fn cluster(
     let nodes = m.nodes().await?;
     Ok(rest::json_response(
         StatusCode::OK,
-        serde_json::json!({ "engine": m.engine(), "node": m.me(), "nodes": nodes }),
+        serde_json::json!({ "engine": app.hub.engine(), "node": m.me(), "nodes": nodes }),
     ))
 }
 

@@ -64,6 +64,7 @@ def poll(s, since: int = 0) -> list[dict]:
 
 def test_a_write_through_one_node_is_read_and_pushed_on_every_node(nodes):
     a, b, c = nodes(3)
+    assert httpx.get(f"{a.url}/api/cluster").json()["engine"] == "cluster", "a node on the Postgres store"
     got: queue.Queue = queue.Queue()
     sub = mqtt.Client(client_id="on-c", protocol=mqtt.MQTTv311)
     sub.on_message = lambda cl, u, m: got.put(m)

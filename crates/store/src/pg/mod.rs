@@ -621,6 +621,10 @@ impl Store for PgStore {
         self.health.ready()
     }
 
+    fn engine(&self) -> &'static str {
+        "cluster"
+    }
+
     async fn try_lease(
         &self,
         name: &str,
