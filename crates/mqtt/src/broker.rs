@@ -537,14 +537,8 @@ impl Broker {
     /// Sets (or, with an empty payload, clears) the retained message of a topic, in
     /// memory at once and durably before returning.
     pub(crate) async fn retain(&self, topic: &str, r: Retained) -> Result<(), HubError> {
-        let value = if r.payload.is_empty() {
-            self.retained.write().remove(topic);
-            None
-        } else {
-            let bytes = state::encode_retained(&r);
-            self.retained.write().insert(topic.to_string(), r);
-            Some(bytes)
-        };
+        let value = (!r.payload.is_empty()).then(|| state::encode_retained(&r));
+        self.retain_in_memory(topic, r);
         if topic.starts_with('$') {
             // `$SYS` values are regenerated, never persisted.
             return Ok(());
@@ -552,6 +546,20 @@ impl Broker {
         self.hub
             .put_state(&self.ctx, state::RETAINED, topic, value)
             .await
+    }
+
+    /// Sets (or clears) a topic's retained message in this node's memory only.
+    pub(crate) fn retain_in_memory(&self, topic: &str, r: Retained) {
+        if r.payload.is_empty() {
+            self.retained.write().remove(topic);
+        } else {
+            self.retained.write().insert(topic.to_string(), r);
+        }
+    }
+
+    /// Whether `client_id` is connected to this node.
+    pub(crate) fn is_live(&self, client_id: &str) -> bool {
+        self.live.lock().contains_key(client_id)
     }
 
     /// Retained messages matching a filter that have not expired.

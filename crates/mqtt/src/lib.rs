@@ -116,6 +116,9 @@ impl MqttBroker {
     pub async fn start(hub: Hub, cfg: MqttConfig) -> Result<Self, HubError> {
         let broker = broker::Broker::load(hub.clone(), cfg).await?;
         tokio::spawn(housekeeping(broker.clone()));
+        if hub.engine() == "cluster" {
+            tokio::spawn(follow_retained(broker.clone()));
+        }
         Ok(Self {
             broker,
             tracker: TaskTracker::new(),
@@ -247,6 +250,59 @@ pub fn fuzz_decode(bytes: &[u8], max_packet_size: u32) {
         } else {
             let _ = wire::inbound(p);
         }
+    }
+}
+
+/// On the cluster engine, retained messages published through other nodes: every node's
+/// events reach this one (the log, or the relay for QoS 0), and a retained MQTT message
+/// sets or clears the topic's retained message here as the publishing node did (which
+/// also stored it). A message from a client connected here was set by its own publish.
+async fn follow_retained(broker: Arc<broker::Broker>) {
+    use polyport_core::{Item, Overflow, SubscribeRequest, TopicFilter};
+    let Ok(all) = TopicFilter::new("#") else {
+        return;
+    };
+    let req = SubscribeRequest {
+        filters: vec![all],
+        overflow: Overflow::Notify,
+        ..SubscribeRequest::default()
+    };
+    let Ok(mut sub) = broker.hub.subscribe(&broker.ctx, req).await else {
+        return;
+    };
+    while let Some(item) = sub.next().await {
+        let e = match item {
+            Ok(Item::Event(d)) => d.event,
+            Ok(Item::Notice(_)) => continue,
+            Err(_) => break,
+        };
+        if !e.attrs.retain || e.origin.0 != "mqtt" || e.topic.as_str().starts_with('$') {
+            continue;
+        }
+        if e.sender
+            .as_ref()
+            .and_then(|s| s.client_id.as_deref())
+            .is_some_and(|c| broker.is_live(c))
+        {
+            continue;
+        }
+        let Some(out) = attrs::outbound(&e, chrono::Utc::now) else {
+            continue;
+        };
+        let r = broker::Retained {
+            payload: e.payload.clone(),
+            qos: out.published_qos,
+            props: wire::MsgProps {
+                topic_alias: None,
+                message_expiry: None,
+                ..out.props
+            },
+            expires_at: e
+                .attrs
+                .expires_at
+                .map(|t| t.timestamp_millis().max(0) as u64),
+        };
+        broker.retain_in_memory(e.topic.as_str(), r);
     }
 }
 

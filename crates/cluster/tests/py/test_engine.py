@@ -329,3 +329,37 @@ def nodes_with_bus(servers):
     cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
     yield from node_factory(servers, cfg)
     delete_bucket(bucket)
+
+
+def test_a_retained_message_published_through_one_node_is_sent_by_another(nodes):
+    """MQTT retained messages are state of the broker: a QoS 1 retained publish through
+    node A (in the shared log) is what a new subscriber on node B gets at once, and an
+    empty retained publish through A clears it on B too."""
+    a, b = nodes(2)
+    pub, _ = mqtt_client(a.port("mqtt"), "ret-pub")
+    try:
+        info = pub.publish("plant/door", "open", qos=1, retain=True)
+        info.wait_for_publish(timeout=WAIT)
+
+        def retained_on_b() -> list:
+            sub, got = mqtt_client(b.port("mqtt"), f"ret-sub-{uuid.uuid4().hex[:6]}")
+            try:
+                sub.subscribe("plant/#", qos=1)
+                sub.subscribed.get(timeout=WAIT)
+                try:
+                    m = got.get(timeout=1)
+                except queue.Empty:
+                    return []
+                return [(m.topic, m.payload, m.retain)]
+            finally:
+                sub.loop_stop()
+                sub.disconnect()
+
+        wait_for("node B to send A's retained message",
+                 lambda: retained_on_b() == [("plant/door", b"open", True)], timeout=15)
+        info = pub.publish("plant/door", b"", qos=1, retain=True)
+        info.wait_for_publish(timeout=WAIT)
+        wait_for("node B to forget it", lambda: retained_on_b() == [] or None, timeout=15)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()

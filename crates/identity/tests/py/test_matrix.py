@@ -740,13 +740,22 @@ class Stomp:
         self.conns[who.name] = (conn, frames)
         return conn, frames
 
-    def frame(self, who: Who, send) -> bool:
+    def frame(self, who: Who, send, again: bool = True) -> bool:
         if (got := self.conn(who)) is None:
             return False
         conn, frames = got
         self.n += 1
         rid = f"r{self.n}"
-        send(conn, rid)
+        try:
+            send(conn, rid)
+        except OSError:
+            # stomp.py's receiver thread of a connection the server closed may close its
+            # socket late, after the number was reused by this one (EBADF): a client race,
+            # not the server's answer. A fresh connection asks again, once.
+            if not again:
+                raise
+            self.conns.pop(who.name, None)
+            return self.frame(who, send, again=False)
         kind, frame = frames.frames.get(timeout=TIMEOUT)
         if kind == "RECEIPT":
             assert frame.headers.get("receipt-id") == rid, frame.headers
