@@ -5,12 +5,12 @@
 use polyport_core::event::Event;
 use polyport_core::record::format_time;
 use polyport_core::schema::{Collection, FieldError, Rule};
-use polyport_core::{Attributes, HubError, HubResult, Record};
+use polyport_core::{HubError, HubResult, Record};
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::Value;
 
 use crate::db::{RECORD_COLS, exec, record_from_row};
-use crate::tx::{Settle, Tx};
+use crate::tx::{EventJson, Settle, Tx};
 
 /// A database error in a write: a unique index refusing a value is the client's
 /// conflict, anything else the store's failure.
@@ -58,11 +58,6 @@ fn unique_indexes(tx: &Transaction<'_>, collection: &str) -> HubResult<Vec<Strin
         .collect::<Result<Vec<_>, _>>()
         .map_err(sql_err)?;
     Ok(names)
-}
-
-/// JSON text of a non-empty value, `None` (SQL NULL) for an empty one.
-pub(crate) fn optional_json<T: serde::Serialize>(v: &T, empty: bool) -> Option<String> {
-    (!empty).then(|| serde_json::to_string(v).ok()).flatten()
 }
 
 impl Tx for Transaction<'_> {
@@ -136,6 +131,7 @@ impl Tx for Transaction<'_> {
     }
 
     fn insert_event(&mut self, e: &Event) -> HubResult<()> {
+        let j = EventJson::of(e);
         exec(
             self,
             "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
@@ -147,11 +143,11 @@ impl Tx for Transaction<'_> {
                 e.event_type,
                 e.time.timestamp_micros(),
                 e.content_type,
-                optional_json(&e.headers, e.headers.is_empty()),
+                j.headers,
                 &e.payload[..],
                 e.origin.0,
-                optional_json(&e.attrs, e.attrs == Attributes::default()),
-                e.sender.as_ref().and_then(|s| serde_json::to_string(s).ok()),
+                j.attrs,
+                j.sender,
             ],
         )
         .map(drop)

@@ -134,3 +134,26 @@ pub(crate) trait Db: Send + 'static {
     /// At close, after the last batch.
     fn close(&mut self);
 }
+
+/// An event's JSON columns as both engines store them: headers, attributes and sender,
+/// each SQL NULL when empty.
+pub(crate) struct EventJson {
+    pub(crate) headers: Option<String>,
+    pub(crate) attrs: Option<String>,
+    pub(crate) sender: Option<String>,
+}
+
+impl EventJson {
+    pub(crate) fn of(e: &polyport_core::event::Event) -> Self {
+        fn json<T: serde::Serialize>(v: &T) -> Option<String> {
+            serde_json::to_string(v).ok()
+        }
+        Self {
+            headers: (!e.headers.is_empty()).then(|| json(&e.headers)).flatten(),
+            attrs: (e.attrs != polyport_core::Attributes::default())
+                .then(|| json(&e.attrs))
+                .flatten(),
+            sender: e.sender.as_ref().and_then(json),
+        }
+    }
+}

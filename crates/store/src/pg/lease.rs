@@ -36,14 +36,7 @@ struct State {
 
 /// A lock key: the schema and the name, hashed (FNV-1a, stable across releases).
 fn key(schema: &str, name: &str) -> i64 {
-    let h = schema
-        .bytes()
-        .chain([0])
-        .chain(name.bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    h as i64
+    super::fnv1a(schema.bytes().chain([0]).chain(name.bytes())) as i64
 }
 
 impl Leases {

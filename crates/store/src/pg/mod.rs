@@ -643,6 +643,14 @@ pub fn test_url() -> String {
         .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
 }
 
+/// FNV-1a over bytes: names derived from it (unique-index names, lease keys) persist in
+/// the database, so the hash must not change between releases as std's may.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Drops a schema with everything in it (benchmarks' and tests' throw-away schemas).
 /// Blocking: call it off Tokio's worker threads.
 pub fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use polyport_core::event::Event;
 use polyport_core::record::format_time;
 use polyport_core::schema::{Collection, FieldError, Rule};
-use polyport_core::{Attributes, HubError, HubResult, Record};
+use polyport_core::{HubError, HubResult, Record};
 use postgres::types::ToSql;
 use postgres::{Client, Statement, Transaction};
 use serde_json::Value;
 
 use super::row::record_from_row;
-use crate::sqlite_tx::optional_json;
-use crate::tx::{Db, Head, Schema, Settle, Tx};
+use crate::tx::{Db, EventJson, Head, Schema, Settle, Tx};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -67,11 +66,8 @@ fn unique_index_name(collection: &str, field: &str) -> String {
     format!("{}{:016x}", unique_index_prefix(collection), fnv1a(field))
 }
 
-/// FNV-1a: index names must not change between releases, as std's hasher may.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    super::fnv1a(s.bytes())
 }
 
 /// Statements prepared once per connection: the writer runs the same few for every write.
@@ -198,12 +194,11 @@ impl Tx for PgTx<'_> {
     }
 
     fn insert_event(&mut self, e: &Event) -> HubResult<()> {
-        let headers = optional_json(&e.headers, e.headers.is_empty());
-        let attrs = optional_json(&e.attrs, e.attrs == Attributes::default());
-        let sender = e
-            .sender
-            .as_ref()
-            .and_then(|s| serde_json::to_string(s).ok());
+        let EventJson {
+            headers,
+            attrs,
+            sender,
+        } = EventJson::of(e);
         self.exec(
             "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
