@@ -14,14 +14,18 @@
 //! started (KV keeps the last value per key; a ping only reaches who is listening), and a
 //! bucket's `max_age` gives expiry without any node having to sweep.
 //!
-//! Not built yet (docs/cluster.md): the event log as a JetStream stream, records in
-//! Postgres with the outbox relay, groups as durable consumers, adapter state in KV.
+//! On the Postgres store, named groups run on one node each and members on the other
+//! nodes join them over NATS (`groups.rs`); ephemeral events cross over core NATS
+//! (`relay.rs`). Not built yet (docs/cluster.md): the event log as a JetStream stream,
+//! adapter state in KV.
 
+mod groups;
 mod relay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use groups::NatsGroups;
 pub use relay::NatsRelay;
 
 use async_nats::jetstream::{self, kv};
@@ -63,6 +67,36 @@ impl ClusterConfig {
             connect_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Connects the deployment's group link for `hub` (a node on the shared store): named
+/// groups then have one dispatcher in the deployment. Call before anything subscribes.
+pub async fn link_groups(
+    cfg: &ClusterConfig,
+    hub: &polyport_core::Hub,
+) -> Result<(), ClusterError> {
+    let node = polyport_core::record::new_id();
+    let connect = async_nats::ConnectOptions::new()
+        .name(format!("polyport groups {node}"))
+        .connection_timeout(cfg.connect_timeout)
+        .connect(cfg.nats_url.as_str());
+    let client = match tokio::time::timeout(cfg.connect_timeout, connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Err(ClusterError::Connect {
+                url: cfg.nats_url.clone(),
+                reason: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(ClusterError::Connect {
+                url: cfg.nats_url.clone(),
+                reason: format!("no answer in {:?}", cfg.connect_timeout),
+            });
+        }
+    };
+    hub.set_group_link(NatsGroups::new(client, &cfg.bucket, node, hub.clone()));
+    Ok(())
 }
 
 /// Why joining failed.

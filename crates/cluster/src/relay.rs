@@ -31,6 +31,9 @@ const META: &str = "Polyport-Event";
 #[derive(Serialize, Deserialize)]
 struct Meta {
     node: String,
+    /// Set on a durable event handed to a group member on another node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     id: String,
     topic: String,
     #[serde(rename = "type")]
@@ -87,9 +90,10 @@ pub(crate) async fn start(
                 _ = stop.cancelled() => None,
             };
             let Some(msg) = msg else { break };
-            match decode(&me, msg.headers.as_ref(), msg.payload) {
-                Ok(Some(e)) => receiving.deliver_relayed(Arc::new(e)),
-                Ok(None) => {}
+            match decode(msg.headers.as_ref(), msg.payload) {
+                // A node's own events it has already.
+                Ok((node, _)) if node == me => {}
+                Ok((_, e)) => receiving.deliver_relayed(Arc::new(e)),
                 Err(why) => tracing::warn!(error = %why, "unreadable relayed event dropped"),
             }
         }
@@ -111,9 +115,11 @@ pub(crate) async fn start(
     Ok(Arc::new(NatsRelay { outbox: tx }))
 }
 
-fn encode(node: &str, e: &Event) -> Option<HeaderMap> {
+/// An event's fields as one header (its payload travels as the message body).
+pub(crate) fn encode(node: &str, e: &Event) -> Option<HeaderMap> {
     let meta = Meta {
         node: node.to_string(),
+        seq: e.seq,
         id: e.id.clone(),
         topic: e.topic.as_str().to_string(),
         event_type: e.event_type.clone(),
@@ -131,19 +137,20 @@ fn encode(node: &str, e: &Event) -> Option<HeaderMap> {
     Some(h)
 }
 
-/// The event another node published; `None` for this node's own (it has them already).
-fn decode(me: &str, headers: Option<&HeaderMap>, payload: Bytes) -> Result<Option<Event>, String> {
+/// An event [`encode`]d on a node, and that node's id.
+pub(crate) fn decode(
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<(String, Event), String> {
     let meta = headers
         .and_then(|h| h.get(META))
         .ok_or("no Polyport-Event header")?;
     let meta: Meta = serde_json::from_str(meta.as_str()).map_err(|e| e.to_string())?;
-    if meta.node == me {
-        return Ok(None);
-    }
     let topic = Topic::new(&meta.topic).map_err(|e| e.to_string())?;
-    Ok(Some(
+    Ok((
+        meta.node,
         Event::new(
-            None,
+            meta.seq,
             meta.id,
             topic,
             meta.event_type,
@@ -180,13 +187,9 @@ mod tests {
         )
         .with_attrs(attrs.clone(), None);
         let h = encode("node-a", &e).unwrap_or_else(|| panic!("encodes"));
-        assert!(matches!(
-            decode("node-a", Some(&h), e.payload.clone()),
-            Ok(None)
-        ));
-        let got = decode("node-b", Some(&h), e.payload.clone())
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("another node's event"));
+        let (node, got) = decode(Some(&h), e.payload.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(node, "node-a");
+        assert_eq!(got.seq, None);
         assert_eq!(
             (
                 got.id.as_str(),
@@ -201,6 +204,6 @@ mod tests {
             (attrs, e.headers.clone(), e.payload.clone())
         );
         assert_eq!(got.origin.0, "mqtt");
-        assert!(decode("node-b", None, Bytes::new()).is_err());
+        assert!(decode(None, Bytes::new()).is_err());
     }
 }

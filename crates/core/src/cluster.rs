@@ -106,3 +106,20 @@ pub trait Relay: Send + Sync + 'static {
     /// Offers a local ephemeral event to the other nodes (at most once: it may drop).
     fn send(&self, e: &crate::event::EventRef);
 }
+
+pub use crate::group::{LinkCtl, LinkedMember, MemberLink, linked};
+pub use crate::group_join::GroupJoin;
+
+/// Carries a named group's members between nodes (the cluster engine with a bus).
+///
+/// A group's dispatcher runs on the one node holding the group's lease, exactly as on
+/// the embedded engine; members on other nodes join it through the link, so every
+/// node's members compete for one stream with one position.
+#[async_trait]
+pub trait GroupLink: Send + Sync + 'static {
+    /// Starts answering other nodes' joins of the group `key` (this node has just taken
+    /// its lease); they stop when the returned value is dropped.
+    async fn host(&self, key: &str) -> HubResult<Box<dyn std::any::Any + Send + Sync>>;
+    /// Joins the group on the node that runs it: `Ok(None)` when none does now.
+    async fn join(&self, join: &GroupJoin, queue: usize) -> HubResult<Option<LinkedMember>>;
+}

@@ -369,7 +369,7 @@ pub fn is_text_type(ct: &str) -> bool {
 
 /// A notice a subscription yields in-band, so no client silently misses a fact about its
 /// stream (field notes 2 and 5).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "notice", rename_all = "snake_case")]
 pub enum Notice {
     /// The requested position is no longer in the log; replay starts at `from`.

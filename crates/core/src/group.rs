@@ -83,6 +83,20 @@ pub(crate) struct GroupSpawn {
     pub(crate) ack_timeout: Option<Duration>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
+    /// On the cluster engine: takes the group's lease before a dispatcher starts here
+    /// (`Ok(None)`: another node runs it). Without one this node always may.
+    pub(crate) claim: Option<Claim>,
+}
+
+/// Takes a group's lease for this node (and starts answering other nodes' joins).
+pub(crate) type Claim =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, HubResult<Option<Hosting>>> + Send + Sync>;
+
+/// What lets this node run a group's dispatcher on the cluster engine: its lease, and
+/// whatever answers other nodes' joins while it lives.
+pub(crate) struct Hosting {
+    pub(crate) lease: Box<dyn crate::cluster::Lease>,
+    pub(crate) _host: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// One member's end of a group.
@@ -156,6 +170,84 @@ impl Drop for Member {
     }
 }
 
+/// What a linked member asks of the dispatcher it is linked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkCtl {
+    /// The member settled this sequence.
+    Ack(u64),
+    /// The member is gone.
+    Leave,
+}
+
+/// The far end of a member whose dispatcher is not its own (one on another node, or a
+/// local one it may have to leave for another): whoever holds this feeds the member
+/// and carries its acknowledgements.
+pub struct MemberLink {
+    tx: mpsc::Sender<HubResult<Item>>,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+}
+
+impl MemberLink {
+    /// Hands the member an item, waiting for room; `false` once the member is gone.
+    pub async fn send(&self, item: HubResult<Item>) -> bool {
+        self.tx.send(item).await.is_ok()
+    }
+
+    /// The next thing the member asks for; `None` once it is gone.
+    pub async fn recv(&mut self) -> Option<LinkCtl> {
+        loop {
+            match self.ctl.recv().await? {
+                Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
+                Ctl::Leave { .. } => return Some(LinkCtl::Leave),
+                Ctl::Join { .. } => {}
+            }
+        }
+    }
+
+    /// Like [`MemberLink::recv`] without waiting.
+    pub fn try_recv(&mut self) -> Option<LinkCtl> {
+        loop {
+            match self.ctl.try_recv().ok()? {
+                Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
+                Ctl::Leave { .. } => return Some(LinkCtl::Leave),
+                Ctl::Join { .. } => {}
+            }
+        }
+    }
+
+    /// The member's queue, to wait for room without blocking anything else.
+    pub fn sender(&self) -> &mpsc::Sender<HubResult<Item>> {
+        &self.tx
+    }
+
+    /// Whether the member is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// A member fed through a [`MemberLink`].
+pub struct LinkedMember(pub(crate) Member);
+
+/// A member holding `queue` items, and its link.
+pub fn linked(queue: usize, shutdown: CancellationToken) -> (LinkedMember, MemberLink) {
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let member = Member {
+        id: 0,
+        rx,
+        ctl: ctl_tx,
+        shutdown,
+        guard: None,
+    };
+    (LinkedMember(member), MemberLink { tx, ctl: ctl_rx })
+}
+
+/// Queue depth of a member with this prefetch.
+pub(crate) fn member_queue(prefetch: Option<usize>) -> usize {
+    prefetch.unwrap_or(DEFAULT_MEMBER_QUEUE)
+}
+
 impl Groups {
     /// Waits (until `deadline`) while the group runs with other filters: a group keyed
     /// by name alone whose filters changed lets the old dispatcher retire first.
@@ -179,12 +271,14 @@ impl Groups {
     }
 
     /// Joins the group, starting its dispatcher (with `make_source`) if it is not running.
+    /// `Ok(None)` when it is not running here and the spawn's claim says another node
+    /// runs it.
     pub(crate) async fn join<F, Fut>(
         self: &Arc<Self>,
         spawn: GroupSpawn,
         prefetch: Option<usize>,
         make_source: F,
-    ) -> HubResult<Member>
+    ) -> HubResult<Option<Member>>
     where
         F: Fn(Option<u64>) -> Fut,
         Fut: std::future::Future<Output = HubResult<Direct>>,
@@ -200,7 +294,7 @@ impl Groups {
             tx,
             prefetch: queue,
         };
-        let (source, saved, ctl_tx, ctl_rx) = loop {
+        let (source, saved, ctl_tx, ctl_rx, hosting) = loop {
             self.wait_for_other_filters(&spawn, deadline).await?;
             // Sending under the registry lock orders this join against a retiring dispatcher.
             join = {
@@ -208,19 +302,28 @@ impl Groups {
                 match map.get(&spawn.key) {
                     Some(r) if r.filters == spawn.filters => match r.ctl.send(join) {
                         Ok(()) => {
-                            return Ok(Member {
+                            return Ok(Some(Member {
                                 guard: None,
                                 id,
                                 rx,
                                 ctl: r.ctl.clone(),
                                 shutdown: spawn.shutdown,
-                            });
+                            }));
                         }
                         // The dispatcher exited: start a new one.
                         Err(mpsc::error::SendError(j)) => j,
                     },
                     _ => join,
                 }
+            };
+            // The lease before the saved position: the node that ran the group last
+            // saved it before letting the lease go.
+            let hosting = match &spawn.claim {
+                None => None,
+                Some(claim) => match claim().await? {
+                    Some(h) => Some(h),
+                    None => return Ok(None),
+                },
             };
             let saved = match (spawn.persist, &spawn.legacy_key) {
                 (false, _) => None,
@@ -257,18 +360,19 @@ impl Groups {
                 if r.filters == spawn.filters {
                     let ctl = r.ctl.clone();
                     let _ = ctl.send(join);
-                    return Ok(Member {
+                    return Ok(Some(Member {
                         guard: None,
                         id,
                         rx,
                         ctl,
                         shutdown: spawn.shutdown,
-                    });
+                    }));
                 }
                 // A joiner with other filters won the race: this member must not join
                 // it (it would read the wrong topics); wait for it to retire, then retry.
                 drop(map);
                 drop(source);
+                drop(hosting);
                 continue;
             }
             map.insert(
@@ -278,7 +382,7 @@ impl Groups {
                     filters: spawn.filters.clone(),
                 },
             );
-            break (source, saved, ctl_tx, ctl_rx);
+            break (source, saved, ctl_tx, ctl_rx, hosting);
         };
         let _ = ctl_tx.send(join);
         // A new group is saved at once, so it counts against its owner from the start.
@@ -302,15 +406,16 @@ impl Groups {
             redeliver: VecDeque::new(),
             saved_position: saved,
             retired: false,
+            hosting,
         };
         tokio::spawn(dispatcher.run(spawn.shutdown.clone()));
-        Ok(Member {
+        Ok(Some(Member {
             guard: None,
             id,
             rx,
             ctl: ctl_tx,
             shutdown: spawn.shutdown,
-        })
+        }))
     }
 }
 
@@ -366,6 +471,9 @@ struct Dispatcher {
     saved_position: Option<u64>,
     /// Set once this dispatcher has removed itself from the registry.
     retired: bool,
+    /// On the cluster engine, the lease that makes this node the group's one
+    /// dispatcher; once lost, another node's takes over and this one stops.
+    hosting: Option<Hosting>,
 }
 
 impl Dispatcher {
@@ -401,8 +509,14 @@ impl Dispatcher {
         }
     }
 
+    /// Whether another node may have taken this group over.
+    fn lease_lost(&self) -> bool {
+        self.hosting.as_ref().is_some_and(|h| !h.lease.held())
+    }
+
     async fn persist(&mut self) {
-        if !self.persist {
+        // A position saved without the lease could undo the new dispatcher's.
+        if !self.persist || self.lease_lost() {
             return;
         }
         let pos = self.position();
@@ -584,7 +698,13 @@ impl Dispatcher {
                     armed = None;
                     self.expire();
                 }
-                _ = tick.tick() => self.persist().await,
+                _ = tick.tick() => {
+                    if self.lease_lost() {
+                        tracing::info!(group = %self.key, "group lease lost: another node dispatches it now");
+                        break;
+                    }
+                    self.persist().await
+                }
                 _ = shutdown.cancelled() => break,
             }
         }

@@ -103,6 +103,8 @@ pub(crate) struct HubInner {
     /// Carries ephemeral events to the other nodes (cluster engine with a bus). Read on
     /// every ephemeral publish: set once, so reading it is a plain load.
     relay: std::sync::OnceLock<Arc<dyn crate::cluster::Relay>>,
+    /// Carries named groups' members between nodes (cluster engine with a bus).
+    pub(crate) group_link: std::sync::OnceLock<Arc<dyn crate::cluster::GroupLink>>,
 }
 
 /// The facade.
@@ -159,6 +161,7 @@ impl Hub {
                 crate::cluster::Node::this_process(Default::default()),
             ))),
             relay: std::sync::OnceLock::new(),
+            group_link: std::sync::OnceLock::new(),
         });
         Self { inner }
     }
@@ -383,6 +386,19 @@ impl Hub {
         let _ = self.inner.relay.set(r);
     }
 
+    /// Sets what carries named groups' members between nodes (the cluster engine with a
+    /// bus; once, at start, before the first subscription). Later calls are ignored.
+    pub fn set_group_link(&self, l: Arc<dyn crate::cluster::GroupLink>) {
+        let _ = self.inner.group_link.set(l);
+    }
+
+    /// Whether a named group's members on several nodes share one stream (the cluster
+    /// engine with a bus): an adapter that reads ahead for its clients then joins only
+    /// while it has clients, or it would hold messages other nodes' clients could take.
+    pub fn groups_span_nodes(&self) -> bool {
+        self.inner.group_link.get().is_some()
+    }
+
     /// An ephemeral event another node published, offered to this node's subscribers
     /// (and not relayed again).
     pub fn deliver_relayed(&self, event: EventRef) {
@@ -448,17 +464,54 @@ impl Hub {
                 start_position: req.since.unwrap_or(state.last_seq),
             });
         }
+        let owner = match req.adapter_managed {
+            true => None,
+            false => group_owner(ctx),
+        };
+        let link = req
+            .group
+            .as_ref()
+            .and_then(|_| self.inner.group_link.get().cloned());
+        let mut member = match link {
+            Some(link) => {
+                let join = crate::group_join::GroupJoin::new(&req, owner.as_deref());
+                self.join_across(link, join).await?
+            }
+            None => self.join_here(&req, owner, None).await?.ok_or_else(|| {
+                HubError::Storage("a group without a lease was not joined".into())
+            })?,
+        };
+        member.guard = guard;
+        Ok(Subscription {
+            inner: Inner::Member(member),
+            epoch: state.epoch,
+            start_position: req.since.unwrap_or(state.last_seq),
+        })
+    }
+
+    /// Joins a group on this node (starting its dispatcher here unless it runs already).
+    /// With a `link` (the cluster engine) the dispatcher starts only with the group's
+    /// lease: `Ok(None)` when another node holds it.
+    pub(crate) async fn join_here(
+        &self,
+        req: &SubscribeRequest,
+        owner: Option<Arc<str>>,
+        link: Option<Arc<dyn crate::cluster::GroupLink>>,
+    ) -> HubResult<Option<crate::group::Member>> {
+        let filters = req.all_filters();
+        let state = self.inner.store.log_state();
         let ack_timeout = req.ack.map(|a| a.ack_timeout);
         let prefetch = req
             .ack
             .map(|a| a.prefetch.clamp(1, self.inner.config.max_prefetch));
         let (key, legacy_key, persist) = match &req.group {
             Some(name) => {
-                let (key, legacy) = group_keys(name, &filters, &req, ack_timeout.is_some());
+                let (key, legacy) = group_keys(name, &filters, req, ack_timeout.is_some());
                 (key, legacy, true)
             }
             None => (format!("\0anon\n{}", crate::record::new_id()), None, false),
         };
+        let claim = link.map(|link| crate::group_join::claim(self.inner.store.clone(), link, &key));
         let spawn = GroupSpawn {
             key,
             legacy_key,
@@ -469,21 +522,18 @@ impl Hub {
                 .join("\n"),
             cap: state.last_seq,
             persist,
-            owner: match req.adapter_managed {
-                true => None,
-                false => group_owner(ctx),
-            },
+            owner,
             max_owned: self.inner.config.max_groups_per_identity,
             ack_timeout,
             store: self.inner.store.clone(),
             // A child token per subscription: waiting registers on its own node, not on
             // the one every subscription would share (a lock all of them would take).
             shutdown: self.inner.shutdown.child_token(),
+            claim,
         };
         let hub = self.clone();
         let req2 = req.clone();
-        let member = self
-            .inner
+        self.inner
             .groups
             .join(spawn, prefetch, move |saved| {
                 let (hub, req, filters) = (hub.clone(), req2.clone(), filters.clone());
@@ -492,14 +542,7 @@ impl Hub {
                     hub.direct(&req, filters, since, None)
                 }
             })
-            .await?;
-        let mut member = member;
-        member.guard = guard;
-        Ok(Subscription {
-            inner: Inner::Member(member),
-            epoch: state.epoch,
-            start_position: req.since.unwrap_or(state.last_seq),
-        })
+            .await
     }
 
     fn direct(
@@ -592,7 +635,7 @@ fn group_owner(ctx: &AuthContext) -> Option<Arc<str>> {
 /// A named group's key — its name, its filters (unless the position belongs to the name
 /// alone), the record filter's canonical text, and whether it acks — and, for a record-filter group, the key release 1 used (with the
 /// filter's `Debug` text), whose saved position the group adopts once.
-fn group_keys(
+pub(crate) fn group_keys(
     name: &str,
     filters: &[TopicFilter],
     req: &SubscribeRequest,

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 mod group;
+mod group_join;
 pub mod hot_metrics;
 mod hub;
 mod identity_hub;

@@ -181,6 +181,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(user = %name, "admin from POLYPORT_ADMIN_PASSWORD is ready");
     }
     crate::jwks::start(&hub).await;
+    // Before anything subscribes (webhooks, queues, sessions): a named group must not
+    // start a dispatcher of its own on this node while another node runs it.
+    if let Some(join) = cfg.cluster.join_config()
+        && hub.engine() == "cluster"
+    {
+        polyport_cluster::link_groups(&join, &hub)
+            .await
+            .context("linking named groups across the cluster ([cluster] bus / --bus)")?;
+    }
 
     let webhook_cfg = polyport_webhooks::WebhookConfig {
         timeout: Duration::from_secs(cfg.webhooks.timeout_secs.max(1)),

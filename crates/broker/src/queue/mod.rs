@@ -10,6 +10,12 @@
 //!
 //! A change of bindings restarts the feeder: what it held unacknowledged is handed back
 //! to the group and comes again, flagged redelivered.
+//!
+//! On the cluster engine a queue's group spans the nodes, and each node's feeder is one
+//! member: it joins only while the queue has consumers on this node (or for
+//! [`GET_LINGER`] after a `basic.get`), so messages are not read ahead on a node where
+//! nobody takes them. `message_count` is then what this node holds ready, not the
+//! queue's backlog across the cluster (RabbitMQ differs: it counts the whole queue).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,6 +41,13 @@ use amq_protocol_types::{AMQPValue, FieldTable};
 
 /// Acknowledgements are AMQP's to give: the group never redelivers on a timer.
 const NO_REDELIVERY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// On the cluster engine, how long a queue without consumers on this node keeps
+/// reading after a `basic.get`, so a loop of gets does not join and leave every time.
+pub const GET_LINGER: Duration = Duration::from_secs(5);
+
+/// How long a `basic.get` that started reading waits for a first message.
+const FIRST_READ: Duration = Duration::from_millis(250);
 
 /// How often a queue retries consumers that had no room.
 const PUMP_EVERY: Duration = Duration::from_millis(20);
@@ -174,6 +187,10 @@ pub struct Queue {
     ctx: AuthContext,
     window: usize,
     state: Mutex<State>,
+    /// The group spans nodes: read only while wanted here.
+    shared: bool,
+    /// Until when a `basic.get` wants the queue read here without consumers.
+    wanted_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl Queue {
@@ -201,6 +218,8 @@ impl Queue {
             arrival: tokio::sync::Notify::new(),
             used: Mutex::new(std::time::Instant::now()),
             declared: Mutex::new(declared),
+            shared: hub.groups_span_nodes(),
+            wanted_until: Mutex::new(None),
             hub,
             ctx,
             window,
@@ -315,9 +334,49 @@ impl Queue {
                     }
                     Some(Err(_)) | None => return,
                 },
-                _ = tick.tick() => self.dispatch(),
+                _ = tick.tick() => {
+                    if self.went_idle(generation) {
+                        return;
+                    }
+                    self.dispatch()
+                }
             }
         }
+    }
+
+    /// Whether this node should read the queue now.
+    fn wanted(&self, st: &State) -> bool {
+        !self.shared
+            || !st.consumers.is_empty()
+            || self
+                .wanted_until
+                .lock()
+                .is_some_and(|t| t > std::time::Instant::now())
+    }
+
+    /// On the cluster engine, stops the feeder of `generation` when nobody here wants
+    /// the queue: what it held ready goes back to the group, for other nodes' consumers.
+    fn went_idle(&self, generation: u64) -> bool {
+        if !self.shared {
+            return false;
+        }
+        let mut st = self.state.lock();
+        if st.generation != generation || self.wanted(&st) {
+            return false;
+        }
+        st.feeder = None;
+        st.ready.clear();
+        true
+    }
+
+    /// Starts reading when the queue is wanted here and nothing reads it (the cluster
+    /// engine); resolves once it reads the log.
+    fn wake(self: &Arc<Self>) -> Option<oneshot::Receiver<()>> {
+        let idle = {
+            let st = self.state.lock();
+            self.shared && st.feeder.is_none() && !st.deleted && self.wanted(&st)
+        };
+        idle.then(|| self.restart_feeder())
     }
 
     /// Adds a message from the group; `false` when this feeder has been replaced.
@@ -460,6 +519,7 @@ impl Queue {
                 tx,
             });
         }
+        drop(self.wake());
         self.dispatch();
     }
 
@@ -479,7 +539,24 @@ impl Queue {
 
     /// Waits (briefly) until what publishes routed here has reached the queue, so a
     /// `basic.get` after a publish sees it, as on RabbitMQ.
-    pub async fn settled(&self) {
+    pub async fn settled(self: &Arc<Self>) {
+        if self.shared {
+            *self.wanted_until.lock() = Some(std::time::Instant::now() + GET_LINGER);
+            if let Some(live) = self.wake() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), live).await;
+                // A feeder that just joined replays from the group's position.
+                let deadline = tokio::time::Instant::now() + FIRST_READ;
+                loop {
+                    let wait = self.arrival.notified();
+                    if !self.state.lock().ready.is_empty() {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         // What was published up to now; later publishes are not waited for.
         let target = self.expected.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -677,7 +754,7 @@ impl Queue {
                 .iter()
                 .map(|f| f.as_str())
                 .ne(after.iter().map(|f| f.as_str()));
-            !st.deleted && (st.feeder.is_none() || differ)
+            !st.deleted && self.wanted(&st) && (st.feeder.is_none() || differ)
         };
         changed.then(|| self.restart_feeder())
     }

@@ -363,3 +363,117 @@ def test_a_retained_message_published_through_one_node_is_sent_by_another(nodes)
     finally:
         pub.loop_stop()
         pub.disconnect()
+
+
+def test_a_shared_subscription_with_members_on_three_nodes_gets_each_message_once(servers, nodes_with_bus):
+    """An MQTT `$share` group with a member on each of three nodes is one group: the node
+    that took the group's lease dispatches, the others' members join it over NATS. Each
+    message goes to one member, all three get some. When the dispatching node is killed,
+    the members on the other two join the group where it runs next and nothing published
+    afterwards is lost."""
+    a, b, c = nodes_with_bus(3)
+    members = []
+    try:
+        for s, name in ((a, "a"), (b, "b"), (c, "c")):
+            cl, got = mqtt_client(s.port("mqtt"), f"share-{name}")
+            cl.subscribe("$share/workers/jobs/#", qos=1)
+            cl.subscribed.get(timeout=WAIT)
+            members.append((name, cl, got))
+
+        def drain(expect: int) -> dict[str, list[str]]:
+            seen: dict[str, list[str]] = {name: [] for name, _, _ in members}
+            deadline = time.time() + WAIT
+            while True:
+                for name, _, got in members:
+                    try:
+                        while True:
+                            seen[name].append(got.get(timeout=0.05).topic)
+                    except queue.Empty:
+                        pass
+                if sum(len(v) for v in seen.values()) >= expect or time.time() > deadline:
+                    return seen
+
+        for i in range(60):
+            publish((a, b, c)[i % 3], f"jobs/{i}")
+        seen = drain(60)
+        time.sleep(0.5)
+        seen = {k: v + drain(0)[k] for k, v in seen.items()}
+        everything = [t for v in seen.values() for t in v]
+        assert sorted(everything) == sorted(f"jobs/{i}" for i in range(60)), "each message once"
+        assert all(seen[k] for k in seen), {k: len(v) for k, v in seen.items()}
+
+        # Node A joined first, so it runs the group.
+        servers.kill9(a)
+        members = [m for m in members if m[0] != "a"]
+        time.sleep(0.5)
+        for i in range(60, 90):
+            publish((b, c)[i % 2], f"jobs/{i}")
+        want = {f"jobs/{i}" for i in range(60, 90)}
+        got_after: set[str] = set()
+        deadline = time.time() + 20
+        while not want <= got_after and time.time() < deadline:
+            for name, topics in drain(0).items():
+                got_after.update(topics)
+        assert want <= got_after, f"lost after the failover: {sorted(want - got_after)}\nB:{b.log()[-3000:]}\nC:{c.log()[-3000:]}"
+    finally:
+        for _, cl, _ in members:
+            cl.loop_stop()
+            cl.disconnect()
+
+
+def amqp(s) -> "pika.BlockingConnection":
+    import pika
+
+    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", s.port("amqp"), heartbeat=0))
+
+
+def test_an_amqp_queue_with_consumers_on_two_nodes_gets_each_message_once(nodes_with_bus):
+    """An AMQP queue is one group across the cluster: with pika consumers on nodes B and C
+    and none on A (which declared the queue too), persistent messages published through A
+    each reach one consumer, both consumers get some, and A holds none back. Once the
+    consumers are gone, `basic.get` on A takes what is published next."""
+    import pika
+
+    a, b, c = nodes_with_bus(3)
+    conns = {name: amqp(s) for name, s in (("a", a), ("b", b), ("c", c))}
+    try:
+        chans = {}
+        for name, conn in conns.items():
+            ch = conn.channel()
+            ch.queue_declare("jobs", durable=True)
+            chans[name] = ch
+        got: dict[str, list[str]] = {"b": [], "c": []}
+        for name in ("b", "c"):
+            ch = chans[name]
+            ch.basic_qos(prefetch_count=5)
+            ch.basic_consume(
+                "jobs",
+                lambda ch, m, p, body, name=name: (got[name].append(body.decode()), ch.basic_ack(m.delivery_tag)),
+            )
+        chans["a"].confirm_delivery()
+        for i in range(60):
+            chans["a"].basic_publish("", "jobs", f"job {i}".encode(), pika.BasicProperties(delivery_mode=2))
+        deadline = time.time() + WAIT
+        while len(got["b"]) + len(got["c"]) < 60 and time.time() < deadline:
+            conns["b"].process_data_events(time_limit=0.05)
+            conns["c"].process_data_events(time_limit=0.05)
+        everything = got["b"] + got["c"]
+        assert sorted(everything) == sorted(f"job {i}" for i in range(60)), "each message once"
+        assert got["b"] and got["c"], {k: len(v) for k, v in got.items()}
+
+        for name in ("b", "c"):
+            conns.pop(name).close()
+        for i in range(60, 65):
+            chans["a"].basic_publish("", "jobs", f"job {i}".encode(), pika.BasicProperties(delivery_mode=2))
+        taken = []
+        deadline = time.time() + WAIT
+        while len(taken) < 5 and time.time() < deadline:
+            m, _, body = chans["a"].basic_get("jobs", auto_ack=True)
+            if m is None:
+                time.sleep(0.05)
+                continue
+            taken.append(body.decode())
+        assert sorted(taken) == [f"job {i}" for i in range(60, 65)]
+    finally:
+        for conn in conns.values():
+            conn.close()
