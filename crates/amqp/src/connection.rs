@@ -66,6 +66,10 @@ struct Connection {
     /// This connection has published (only publishers are blocked, as in RabbitMQ).
     publishes: bool,
     blocked: bool,
+    /// A publish failed because the store cannot take writes now: the connection is
+    /// closed with this reason (after any nack), so the client reconnects, to another
+    /// node if there is one.
+    unavailable: Option<String>,
 }
 
 /// Serves one connection to its end.
@@ -111,6 +115,7 @@ pub(crate) async fn run(
         notify_blocked,
         publishes: false,
         blocked: false,
+        unavailable: None,
     };
     metrics::gauge!("polyport_amqp_connections").increment(1.0);
     c.serve(rx, heartbeat, stop).await;
@@ -139,6 +144,18 @@ impl Connection {
         let down = shutdown.cancelled();
         tokio::pin!(stopped, down);
         loop {
+            if let Some(why) = self.unavailable.take() {
+                let text =
+                    format!("CONNECTION_FORCED - the store is unavailable ({why}); reconnect");
+                self.close(Closing::Connection {
+                    code: Code::ConnectionForced,
+                    text,
+                    class_id: 0,
+                    method_id: 0,
+                })
+                .await;
+                return;
+            }
             if !self.out.is_empty() {
                 for f in self.out.drain(..) {
                     if self.io.feed(f).await.is_err() {
@@ -254,6 +271,9 @@ impl Connection {
     fn confirmed(&mut self, ch: u16, confirm: Option<u64>, result: Result<(), HubError>) {
         if let Err(e) = &result {
             tracing::warn!(conn = self.id, error = %e, "AMQP publish refused by the hub");
+            if let HubError::Unavailable(why) = e {
+                self.unavailable = Some(why.clone());
+            }
         }
         let Some(tag) = confirm else { return };
         if !self.channels.contains_key(&ch) {

@@ -220,6 +220,15 @@ pub trait Store: Send + Sync + 'static {
     async fn count_consumers_owned(&self, owner: &str) -> HubResult<usize>;
     /// Every entry of one namespace of adapter state, by key.
     async fn load_state(&self, namespace: &str) -> HubResult<Vec<(String, Bytes)>>;
+    /// One entry of adapter state (engines shared by nodes read it by key).
+    async fn get_state(&self, namespace: &str, key: &str) -> HubResult<Option<Bytes>> {
+        Ok(self
+            .load_state(namespace)
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v))
+    }
     /// Deliveries of an endpoint, newest first, optionally of one status, before `before`
     /// (a sequence) for paging.
     async fn list_deliveries(

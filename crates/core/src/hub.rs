@@ -252,6 +252,18 @@ impl Hub {
         self.inner.store.load_state(namespace).await
     }
 
+    /// One entry of adapter state: what another node may have stored since this one
+    /// loaded the namespace (the cluster engine).
+    pub async fn get_state(
+        &self,
+        ctx: &AuthContext,
+        namespace: &str,
+        key: &str,
+    ) -> HubResult<Option<Bytes>> {
+        self.authorize(ctx, Action::AdapterState(namespace))?;
+        self.inner.store.get_state(namespace, key).await
+    }
+
     /// Forgets every group whose name starts with `prefix` (see [`Hub::delete_group`]).
     pub async fn delete_groups_with_prefix(
         &self,

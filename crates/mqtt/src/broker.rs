@@ -161,6 +161,9 @@ pub(crate) enum Kick {
     WriteStuck,
     /// The connection's door closed: the listener stopped or the Hub is shutting down.
     Shutdown,
+    /// The client connected to another node (the cluster engine), which has its
+    /// session now: this node neither parks nor ends it.
+    Elsewhere,
 }
 
 /// How long one write may take before the client counts as gone (it stopped reading).
@@ -209,6 +212,7 @@ impl Watch {
             Kick::KeepAlive => 2,
             Kick::WriteStuck => 3,
             Kick::Shutdown => 4,
+            Kick::Elsewhere => 5,
         };
         let _ = self
             .reason
@@ -223,6 +227,7 @@ impl Watch {
             2 => Some(Kick::KeepAlive),
             3 => Some(Kick::WriteStuck),
             4 => Some(Kick::Shutdown),
+            5 => Some(Kick::Elsewhere),
             _ => None,
         }
     }
@@ -300,6 +305,12 @@ pub(crate) struct Broker {
     wills: Mutex<HashMap<String, (u64, CancellationToken)>>,
     retained: RwLock<BTreeMap<String, Retained>>,
     next_conn: AtomicU64,
+    /// Sessions live on any node (the cluster engine with a bus): a connect claims its
+    /// client id on every node, and a session is read from the store, not this node's
+    /// memory.
+    pub(crate) shared: bool,
+    /// This broker among the nodes (names it as a session's holder).
+    pub(crate) instance: String,
 }
 
 /// Unix time in milliseconds.
@@ -316,7 +327,14 @@ impl Broker {
         let ctx = AuthContext::system(polyport_core::Origin("mqtt"));
         let now = Instant::now();
         let mut parked = HashMap::new();
-        for (client_id, bytes) in hub.load_state(&ctx, state::SESSIONS).await? {
+        let shared = hub.groups_span_nodes();
+        // On the cluster engine a session is read from the store when its client comes
+        // back, on whichever node: none is parked here at start.
+        let sessions = match shared {
+            true => Vec::new(),
+            false => hub.load_state(&ctx, state::SESSIONS).await?,
+        };
+        for (client_id, bytes) in sessions {
             match state::decode_session(&bytes) {
                 // Expiry counts from the restart: when the client left is not kept.
                 Some(saved) => {
@@ -365,6 +383,8 @@ impl Broker {
             wills: Mutex::new(HashMap::new()),
             retained: RwLock::new(retained),
             next_conn: AtomicU64::new(1),
+            shared,
+            instance: polyport_core::record::new_id(),
         }))
     }
 
@@ -488,6 +508,45 @@ impl Broker {
         self.forget_groups(client_id, &saved.generation).await;
     }
 
+    /// What a new session records as its holder (empty on one node).
+    pub(crate) fn holder(&self) -> String {
+        match self.shared {
+            true => self.instance.clone(),
+            false => String::new(),
+        }
+    }
+
+    /// Whether this node may end the client's stored session: always on one node; on
+    /// the cluster engine only while the store still names this node its holder (the
+    /// client may have come back through another node, which has it now).
+    async fn held_here(&self, client_id: &str) -> bool {
+        if !self.shared {
+            return true;
+        }
+        match self
+            .hub
+            .get_state(&self.ctx, state::SESSIONS, client_id)
+            .await
+        {
+            Ok(Some(b)) => state::session_holder(&b).is_some_and(|h| h == self.instance),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(client = %client_id, error = %e, "cannot tell who holds an expired MQTT session; keeping it");
+                false
+            }
+        }
+    }
+
+    /// Another node took `client_id` (the cluster engine): a connection here ends
+    /// without parking, a parked copy here is stale, a delayed will is cancelled.
+    pub(crate) fn claimed_elsewhere(&self, client_id: &str) {
+        self.cancel_will(client_id);
+        if let Some(l) = self.live.lock().get(client_id) {
+            l.watch.kick(Kick::Elsewhere);
+        }
+        self.parked.lock().remove(client_id);
+    }
+
     /// Drops the group positions of one generation of a session.
     pub(crate) async fn forget_groups(&self, client_id: &str, generation: &str) {
         if generation.is_empty() {
@@ -523,7 +582,9 @@ impl Broker {
         };
         for (client_id, saved, done) in expired {
             tracing::debug!(client = %client_id, "MQTT session expired");
-            self.forget_session(&client_id, &saved).await;
+            if self.held_here(&client_id).await {
+                self.forget_session(&client_id, &saved).await;
+            }
             {
                 let mut parked = self.parked.lock();
                 if parked.get(&client_id).is_some_and(|p| p.expiring.is_some()) {

@@ -17,6 +17,9 @@ pub(crate) enum Reason {
     NotAuthorized,
     #[error("session could not be stored")]
     ServerUnavailable,
+    /// DISCONNECT's word for "cannot serve you now" (0x88 is CONNACK's only).
+    #[error("server busy: the store is unavailable")]
+    ServerBusy,
     #[error("server shutting down")]
     ShuttingDown,
     #[error("keep-alive timeout")]
@@ -54,6 +57,7 @@ impl Reason {
             Reason::ProtocolError | Reason::ExpiryAtDisconnect => 0x82,
             Reason::NotAuthorized => 0x87,
             Reason::ServerUnavailable => 0x88,
+            Reason::ServerBusy => 0x89,
             Reason::ShuttingDown => 0x8B,
             Reason::KeepAliveTimeout => 0x8D,
             Reason::TakenOver => 0x8E,

@@ -26,6 +26,7 @@
 
 mod attrs;
 mod broker;
+mod claims;
 mod connection;
 mod error;
 mod framing;
@@ -118,6 +119,9 @@ impl MqttBroker {
         tokio::spawn(housekeeping(broker.clone()));
         if hub.engine() == "cluster" {
             tokio::spawn(follow_retained(broker.clone()));
+        }
+        if broker.shared {
+            claims::follow(&broker).await?;
         }
         Ok(Self {
             broker,

@@ -77,8 +77,31 @@ impl SavedSession {
     }
 }
 
-pub(crate) fn encode_session(s: &SavedSession) -> Bytes {
-    Bytes::from(serde_json::to_vec(s).unwrap_or_default())
+/// A stored session and, on the cluster engine, the broker (node) that last took it:
+/// only that node may expire it, and a node whose parked copy names another lets it go.
+/// Kept out of [`SavedSession`], which every connection holds.
+#[derive(Serialize)]
+struct Stored<'a> {
+    #[serde(flatten)]
+    session: &'a SavedSession,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    holder: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Holder {
+    #[serde(default)]
+    holder: String,
+}
+
+pub(crate) fn encode_session(s: &SavedSession, holder: &str) -> Bytes {
+    let stored = Stored { session: s, holder };
+    Bytes::from(serde_json::to_vec(&stored).unwrap_or_default())
+}
+
+/// The holder a stored session names (empty on one node).
+pub(crate) fn session_holder(b: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Holder>(b).ok().map(|h| h.holder)
 }
 
 pub(crate) fn decode_session(b: &[u8]) -> Option<SavedSession> {
@@ -175,6 +198,9 @@ mod tests {
                 "n1".into(),
             )],
         };
-        assert_eq!(decode_session(&encode_session(&s)), Some(s));
+        assert_eq!(decode_session(&encode_session(&s, "")), Some(s.clone()));
+        let held = encode_session(&s, "node-b");
+        assert_eq!(decode_session(&held), Some(s));
+        assert_eq!(session_holder(&held).as_deref(), Some("node-b"));
     }
 }

@@ -410,8 +410,17 @@ impl Session {
         receipt: Option<String>,
         result: Result<(), HubError>,
     ) -> Result<(), Fatal> {
-        if let Err(e) = result {
-            return Err(bad("Message not accepted", e.to_string()));
+        match result {
+            Err(HubError::Unavailable(why)) => {
+                return Err(bad(
+                    "Server unavailable",
+                    format!(
+                        "the store cannot take messages now ({why}); reconnect, to another node if there is one"
+                    ),
+                ));
+            }
+            Err(e) => return Err(bad("Message not accepted", e.to_string())),
+            Ok(()) => {}
         }
         if let Some(r) = receipt {
             let receipt = Frame::new(Command::Receipt).header("receipt-id", r);

@@ -102,6 +102,9 @@ pub(super) async fn accept(
             .await;
         return None;
     };
+    if broker.shared {
+        crate::claims::announce(broker, &client_id);
+    }
     let resumed = match resume(broker, &client_id, &c).await {
         Ok(r) => r,
         Err(e) => {
@@ -304,7 +307,9 @@ pub(super) async fn finish(
     }
     metrics::gauge!("polyport_mqtt_connections").decrement(1.0);
     let expiry = s.saved.expiry;
-    if expiry > 0 {
+    // The client came back through another node, which has the session now.
+    let elsewhere = watch.kicked() == Some(crate::broker::Kick::Elsewhere);
+    if !elsewhere && expiry > 0 {
         let out = s.out.park(MAX_REMEMBERED_UNACKED);
         broker.park(
             &client_id,
@@ -318,7 +323,7 @@ pub(super) async fn finish(
                 expiring: None,
             },
         );
-    } else if s.persisted {
+    } else if !elsewhere && s.persisted {
         broker.forget_session(&client_id, &s.saved).await;
     }
     let publish_will = match end {
@@ -376,6 +381,10 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
         }
         other => other,
     };
+    let parked = match broker.shared {
+        true => stored_session(broker, client_id, parked).await?,
+        false => parked,
+    };
     let fresh = SavedSession {
         generation: match c.session_expiry {
             0 => String::new(),
@@ -395,7 +404,7 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
                     &broker.ctx,
                     state::SESSIONS,
                     client_id,
-                    Some(state::encode_session(&p.saved)),
+                    Some(state::encode_session(&p.saved, &broker.holder())),
                 )
                 .await;
             if let Err(e) = stored {
@@ -410,7 +419,8 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
             })
         }
         old => {
-            let value = (c.session_expiry > 0).then(|| state::encode_session(&fresh));
+            let value =
+                (c.session_expiry > 0).then(|| state::encode_session(&fresh, &broker.holder()));
             let persisted = value.is_some();
             if persisted || old.is_some() {
                 broker
@@ -429,4 +439,38 @@ async fn resume(broker: &Broker, client_id: &str, c: &ConnectIn) -> Result<Resum
             })
         }
     }
+}
+
+/// On the cluster engine, the session as stored, which another node may have changed
+/// since this one parked it: this node's parked copy (with its packet ids in flight) is
+/// used only while the store still names this node its holder.
+async fn stored_session(
+    broker: &Broker,
+    client_id: &str,
+    parked: Option<Parked>,
+) -> Result<Option<Parked>, HubError> {
+    let Some(bytes) = broker
+        .hub
+        .get_state(&broker.ctx, state::SESSIONS, client_id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(saved) = state::decode_session(&bytes) else {
+        tracing::warn!(client = %client_id, "unreadable stored MQTT session; starting a new one");
+        return Ok(None);
+    };
+    let mine = state::session_holder(&bytes).is_some_and(|h| h == broker.instance);
+    Ok(Some(match parked {
+        Some(p) if mine && p.saved == saved => p,
+        _ => Parked {
+            saved,
+            awaiting_rel: Default::default(),
+            awaiting_comp: Vec::new(),
+            unacked: Default::default(),
+            reserved_ids: Default::default(),
+            since: Instant::now(),
+            expiring: None,
+        },
+    }))
 }

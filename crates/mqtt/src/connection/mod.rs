@@ -136,7 +136,9 @@ enum Step {
     End(End),
     /// A packet [`Session::handle_now`] could not handle without awaiting.
     Slow(In),
-    Malformed(Reason, String),
+    /// Ends with a DISCONNECT saying why (MQTT 5; 3.1.1 just closes): a malformed
+    /// packet, or a store that cannot take writes now.
+    Refuse(Reason, String),
     Kicked,
 }
 
@@ -356,8 +358,8 @@ impl Session {
                 Some(done) = next_pending(&mut self.pending), if self.pending.as_ref().is_some_and(|p| !p.is_empty()) => {
                     let mut done = done;
                     loop {
-                        if let Some(end) = self.complete(done) {
-                            break Step::End(end);
+                        if let Some(step) = self.complete(done) {
+                            break step;
                         }
                         match next_pending(&mut self.pending).now_or_never() {
                             Some(Some(d)) => done = d,
@@ -392,7 +394,7 @@ impl Session {
                         return end;
                     }
                 }
-                Step::Malformed(reason, why) => {
+                Step::Refuse(reason, why) => {
                     self.disconnect_because(reason, &why).await;
                     return End::Abnormal;
                 }
@@ -418,7 +420,7 @@ impl Session {
                         DecodeError::MaxSizeExceeded { .. } => Reason::TooLarge,
                         _ => Reason::Malformed,
                     };
-                    return Step::Malformed(reason, e.to_string());
+                    return Step::Refuse(reason, e.to_string());
                 }
                 None => return Step::End(End::Abnormal),
             }
@@ -482,7 +484,7 @@ impl Session {
                 self.disconnect(Reason::ShuttingDown).await;
                 End::Shutdown
             }
-            Some(Kick::TakenOver) | None => self.taken_over().await,
+            Some(Kick::TakenOver | Kick::Elsewhere) | None => self.taken_over().await,
         }
     }
 

@@ -7,7 +7,7 @@ use futures::FutureExt;
 use polyport_core::hot_metrics::HotCounter;
 use polyport_core::{AuthContext, Durability, EventDraft, HubError, PendingPublish, Topic};
 
-use super::{End, Outgoing, Session};
+use super::{End, Outgoing, Session, Step};
 use crate::attrs;
 use crate::broker::{Broker, Retained, now_ms};
 use crate::error::Reason;
@@ -64,20 +64,29 @@ impl Session {
     pub(super) fn complete(
         &mut self,
         (kind, id, result): (Ack, u16, Result<(), HubError>),
-    ) -> Option<End> {
+    ) -> Option<Step> {
         self.inb.stored(kind, id, result.is_ok());
         let ok = match result {
             Ok(()) => self.send_ack(kind, id, None),
+            Err(HubError::Unavailable(why)) => {
+                // Not this message's fault: the node cannot store anything now. The
+                // client is told so and can reconnect, to another node if there is one.
+                tracing::warn!(client = %self.client_id, %why, "MQTT publish: the store is unavailable; disconnecting");
+                return Some(Step::Refuse(
+                    Reason::ServerBusy,
+                    format!("the store is unavailable: {why}"),
+                ));
+            }
             Err(e) => {
                 tracing::warn!(client = %self.client_id, error = %e, "MQTT publish refused by the hub");
                 if self.ver == Ver::V3 {
                     // 3.1.1 has no negative acknowledgement: close instead.
-                    return Some(End::Abnormal);
+                    return Some(Step::End(End::Abnormal));
                 }
                 self.send_ack(kind, id, Some(Reason::from_hub(&e)))
             }
         };
-        (!ok).then_some(End::Abnormal)
+        (!ok).then_some(Step::End(End::Abnormal))
     }
 
     /// A QoS 0 publish that needs nothing awaited (no rate limit, no retained message,

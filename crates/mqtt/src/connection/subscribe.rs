@@ -112,7 +112,7 @@ impl Session {
         if self.saved.expiry == 0 {
             return true;
         }
-        let value = state::encode_session(&self.saved);
+        let value = state::encode_session(&self.saved, &self.broker.holder());
         match self
             .broker
             .hub
@@ -255,7 +255,7 @@ impl Session {
                 }
             }
             if !Box::pin(self.store_session()).await {
-                self.disconnect(Reason::ServerUnavailable).await;
+                self.disconnect(Reason::ServerBusy).await;
                 return Some(End::Abnormal);
             }
         }

@@ -521,6 +521,20 @@ impl Store for PgStore {
         .await
     }
 
+    async fn get_state(&self, namespace: &str, key: &str) -> HubResult<Option<Bytes>> {
+        let (ns, key) = (namespace.to_string(), key.as_bytes().to_vec());
+        self.read(move |client| {
+            client
+                .query_opt(
+                    "SELECT value FROM adapter_state WHERE namespace = $1 AND key = $2",
+                    &[&ns, &key],
+                )?
+                .map(|r| Ok(Bytes::from(r.try_get::<_, Vec<u8>>(0)?)))
+                .transpose()
+        })
+        .await
+    }
+
     async fn list_deliveries(
         &self,
         endpoint_id: &str,
