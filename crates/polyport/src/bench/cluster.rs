@@ -2,7 +2,10 @@
 //! the same load in one run: REST `POST` (a durable create) and `GET` by id through one
 //! embedded server, one cluster node and three cluster nodes on one PostgreSQL schema
 //! (requests spread over the three), then the way of one write to a subscriber: on the
-//! embedded engine the writer's own node, on the cluster another node.
+//! embedded engine the writer's own node, on the cluster another node; then a named
+//! group with an acknowledging member on each of three nodes draining a backlog, where
+//! two of the three members are fed over NATS by the node running the group, against
+//! the same group with its three members on one embedded server.
 //!
 //! On one machine the three nodes share its cores and its disk with Postgres: this shows
 //! the engine's cost, not scaling.
@@ -34,6 +37,16 @@ pub(crate) struct ClusterArgs {
     /// Writes timed on their way to a subscriber.
     #[arg(long, default_value_t = 300)]
     samples: usize,
+    /// The NATS server the three nodes' groups meet on (`--bus`).
+    #[arg(
+        long,
+        env = "POLYPORT_BENCH_NATS",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// Events in the backlog a group drains.
+    #[arg(long, default_value_t = 20_000)]
+    backlog: usize,
 }
 
 /// A deployment under test: its nodes' base URLs.
@@ -136,6 +149,28 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         across.p50 as f64 / same.p50.max(1) as f64,
         across.p99 as f64 / same.p99.max(1) as f64,
     );
+    // Groups: linked only now, before the first named group.
+    let mut bus = polyport_cluster::ClusterConfig::new(args.nats.clone());
+    bus.bucket = format!(
+        "bench-{}",
+        polyport_core::record::new_id().to_ascii_lowercase()
+    );
+    for s in &three {
+        polyport_cluster::link_groups(&bus, &s.hub)
+            .await
+            .with_context(|| format!("NATS at {}", args.nats))?;
+    }
+    let embedded_members = [&embedded, &embedded, &embedded];
+    let cluster_members = [&three[0], &three[1], &three[2]];
+    for prefetch in [1, 64] {
+        let (e, _) = drain(&embedded_members, args.backlog, prefetch).await?;
+        let (c, shares) = drain(&cluster_members, args.backlog, prefetch).await?;
+        println!(
+            "group drain, 3 members, prefetch {prefetch:>2}: embedded {e:.0}/s; 3 nodes {c:.0}/s ({:.2}x; taken by the member on the group's node / the two remote: {:?})",
+            c / e.max(1.0),
+            shares
+        );
+    }
     println!(
         "(every write is durable on both engines: an fsync'd SQLite group commit, or a Postgres commit; one machine runs all nodes and Postgres)"
     );
@@ -229,4 +264,87 @@ async fn to_subscriber(
         }
     }
     Ok(summarize(lat))
+}
+
+/// Publishes `backlog` durable events through the first node, then times a named group
+/// with one acknowledging member on each of `nodes` (the first joins first, so its node
+/// runs the group) until every event is acknowledged; events per second, and how many
+/// each member took.
+async fn drain(
+    nodes: &[&TestServer],
+    backlog: usize,
+    prefetch: usize,
+) -> anyhow::Result<(f64, Vec<usize>)> {
+    let ctx = AuthContext::system(Origin("bench"));
+    let run = polyport_core::record::new_id().to_ascii_lowercase();
+    let topic = format!("bench/group/{run}");
+    let head = nodes[0].hub.log_state().last_seq;
+    let publishers = 32;
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let hub = nodes[0].hub.clone();
+        let (ctx, topic) = (ctx.clone(), polyport_core::Topic::new(&topic)?);
+        tasks.push(tokio::spawn(async move {
+            for _ in (p..backlog).step_by(publishers) {
+                let d = polyport_core::EventDraft::new(topic.clone(), &b"0123456789abcdef"[..]);
+                hub.publish(&ctx, d).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let req = SubscribeRequest {
+        filters: vec![TopicFilter::new(&topic)?],
+        since: Some(head),
+        group: Some(format!("drain-{run}")),
+        ack: Some(polyport_core::AckPolicy {
+            prefetch,
+            ack_timeout: Duration::from_secs(60),
+        }),
+        ..SubscribeRequest::default()
+    };
+    let done = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(tokio::sync::Notify::new());
+    let started = Instant::now();
+    let mut members = Vec::new();
+    for n in nodes {
+        let mut sub = n.hub.subscribe(&ctx, req.clone()).await?;
+        let (done, all) = (done.clone(), all.clone());
+        let mine = Arc::new(AtomicUsize::new(0));
+        let counted = mine.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(Item::Event(d))) = sub.next().await {
+                if let Some(seq) = d.event.seq {
+                    sub.ack(seq);
+                }
+                counted.fetch_add(1, Ordering::Relaxed);
+                if done.fetch_add(1, Ordering::Relaxed) + 1 >= backlog {
+                    all.notify_one();
+                }
+            }
+        });
+        members.push((task, mine));
+    }
+    let finished = all.notified();
+    if done.load(Ordering::Relaxed) < backlog
+        && tokio::time::timeout(Duration::from_secs(120), finished)
+            .await
+            .is_err()
+    {
+        bail!(
+            "the group delivered {} of {backlog} events in 120 s",
+            done.load(Ordering::Relaxed)
+        );
+    }
+    let rate = backlog as f64 / started.elapsed().as_secs_f64();
+    let shares = members
+        .into_iter()
+        .map(|(task, n)| {
+            task.abort();
+            n.load(Ordering::Relaxed)
+        })
+        .collect();
+    Ok((rate, shares))
 }
