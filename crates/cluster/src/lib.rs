@@ -237,7 +237,15 @@ impl NatsMembership {
             me.seen_at = Utc::now();
             (me.id.clone(), serde_json::to_vec(&*me).unwrap_or_default())
         };
-        let r = self.kv.put(id.as_str(), body.into()).await;
+        let body: bytes::Bytes = body.into();
+        let mut r = self.kv.put(id.as_str(), body.clone()).await;
+        if r.is_err()
+            && make_stream(&self.client, &self.bucket, self.ttl)
+                .await
+                .is_ok()
+        {
+            r = self.kv.put(id.as_str(), body).await;
+        }
         let mut beat = self.beat.lock();
         match r {
             Ok(_) => *beat = Ok(Instant::now()),
@@ -299,13 +307,29 @@ async fn open_bucket(
     if let Ok(kv) = js.get_key_value(cfg.bucket.as_str()).await {
         return Ok(kv);
     }
-    let stream = format!("KV_{}", cfg.bucket);
+    make_stream(client, &cfg.bucket, cfg.ttl)
+        .await
+        .map_err(err)?;
+    js.get_key_value(cfg.bucket.as_str())
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Creates the bucket's stream unless it exists. Also after a NATS restart: the stream
+/// is kept in memory (heartbeats need no disk), so a restarted server has lost it and the
+/// next heartbeat makes it again.
+async fn make_stream(
+    client: &async_nats::Client,
+    bucket: &str,
+    ttl: Duration,
+) -> Result<(), String> {
+    let stream = format!("KV_{bucket}");
     let spec = serde_json::json!({
         "name": stream,
         "description": "Polyport nodes alive (heartbeats)",
-        "subjects": [format!("$KV.{}.>", cfg.bucket)],
+        "subjects": [format!("$KV.{bucket}.>")],
         "max_msgs_per_subject": 1,
-        "max_age": u64::try_from(cfg.ttl.as_nanos()).unwrap_or(u64::MAX),
+        "max_age": u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
         "storage": "memory",
         "num_replicas": 1,
         "discard": "new",
@@ -319,21 +343,19 @@ async fn open_bucket(
             serde_json::to_vec(&spec).unwrap_or_default().into(),
         )
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
     // "stream name already in use" (10058): another node made it first.
     if let Some(e) = answer.get("error")
         && e.get("err_code").and_then(|c| c.as_u64()) != Some(10058)
     {
-        return Err(err(e
+        return Err(e
             .get("description")
             .and_then(|d| d.as_str())
             .unwrap_or("stream creation refused")
-            .to_string()));
+            .to_string());
     }
-    js.get_key_value(cfg.bucket.as_str())
-        .await
-        .map_err(|e| err(e.to_string()))
+    Ok(())
 }
 
 async fn beating(m: Arc<NatsMembership>, every: Duration) {
