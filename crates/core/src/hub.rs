@@ -105,6 +105,8 @@ pub(crate) struct HubInner {
     relay: std::sync::OnceLock<Arc<dyn crate::cluster::Relay>>,
     /// Carries named groups' members between nodes (cluster engine with a bus).
     pub(crate) group_link: std::sync::OnceLock<Arc<dyn crate::cluster::GroupLink>>,
+    /// Whether this node follows identity changes made through others (cluster engine).
+    pub(crate) identities_followed: std::sync::atomic::AtomicBool,
 }
 
 /// The facade.
@@ -162,6 +164,7 @@ impl Hub {
             ))),
             relay: std::sync::OnceLock::new(),
             group_link: std::sync::OnceLock::new(),
+            identities_followed: Default::default(),
         });
         Self { inner }
     }

@@ -108,9 +108,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "POLYPORT_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
     /// Join the nodes on this NATS JetStream server (`[cluster] bus`): `nats://host:port`.
-    /// Today this is membership only (`GET /api/cluster`); see docs/cluster.md.
+    /// Membership (`GET /api/cluster`), ephemeral events between nodes, and with
+    /// `--store` groups and MQTT sessions across nodes; see docs/cluster.md.
     #[arg(long, env = "POLYPORT_BUS")]
     bus: Option<String>,
+    /// The deployment's name on the bus (`[cluster] bucket`, default `polyport-nodes`):
+    /// nodes with the same bus and bucket are one deployment.
+    #[arg(long, env = "POLYPORT_BUCKET")]
+    bucket: Option<String>,
     /// Keep records, the log and all state in this PostgreSQL database instead of the
     /// data directory (`[cluster] store`): `postgres://user@host:port/database`.
     #[arg(long, env = "POLYPORT_STORE")]

@@ -436,6 +436,9 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(b) = &args.bus {
         cfg.cluster.bus = Some(b.clone());
     }
+    if let Some(b) = &args.bucket {
+        cfg.cluster.bucket = b.clone();
+    }
     if let Some(s) = &args.store {
         cfg.cluster.store = Some(s.clone());
     }

@@ -831,3 +831,30 @@ def test_nats_going_away_and_coming_back(servers, tmp_path):
         except StopIteration:
             pass
         nats.stop()
+
+
+def test_an_api_key_made_or_revoked_through_one_node_counts_on_the_other(servers):
+    """Identities are stored in Postgres and every node loads them again when one node
+    changes them: a key minted through A opens B's REST door within a second, and once
+    revoked through A, B refuses it within a second."""
+    cfg = '[auth]\nusers = { root = { password = "root-pass", role = "admin" } }\n'
+    factory = node_factory(servers, cfg)
+    start = next(factory)
+    try:
+        a, b = start(2)
+        root = httpx.BasicAuth("root", "root-pass")
+        r = httpx.post(f"{a.url}/api/auth/keys", json={"name": "roaming"}, auth=root, timeout=10)
+        assert r.status_code == 201, r.text
+        key, key_id = r.json()["key"], r.json()["id"]
+
+        def b_says() -> int:
+            return httpx.get(f"{b.url}/api/collections", headers={"Authorization": f"Bearer {key}"}, timeout=5).status_code
+        wait_for("B to accept the key made through A", lambda: b_says() == 200, timeout=1)
+        r = httpx.delete(f"{a.url}/api/auth/keys/{key_id}", auth=root, timeout=10)
+        assert r.status_code in (200, 204), r.text
+        wait_for("B to refuse the key revoked through A", lambda: b_says() == 401, timeout=1)
+    finally:
+        try:
+            next(factory)
+        except StopIteration:
+            pass

@@ -43,6 +43,9 @@ class Server:
     log_path: Path
     http: str  # "127.0.0.1:PORT"
     stopped: bool = field(default=False)
+    # With POLYPORT_TEST_STORE=cluster2: a second node on the same store and bus, which
+    # serves every face but HTTP (so a REST write and an MQTT read cross nodes).
+    peer: Server | None = field(default=None)
 
     @property
     def url(self) -> str:
@@ -53,7 +56,10 @@ class Server:
         return f"ws://{self.http}/ws"
 
     def port(self, name: str) -> int:
-        """The port a face (`mqtt`, `amqp`, `stomp`, `grpc`, …) listens on."""
+        """The port a face (`mqtt`, `amqp`, `stomp`, `grpc`, …) listens on (the peer
+        node's, for every face but HTTP, in a two-node run)."""
+        if self.peer is not None and name not in ("http", "https"):
+            return self.peer.port(name)
         listeners = json.loads((self.data_dir / "listeners.json").read_text())
         return int(listeners[name].rsplit(":", 1)[1])
 
@@ -65,6 +71,8 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM, then wait; returns the exit code (None if it had to be killed)."""
+        if self.peer is not None:
+            self.peer.stop()
         if self.stopped:
             return self.proc.returncode
         self.stopped = True
@@ -103,13 +111,38 @@ def wait_for(what, check, timeout: float = 10.0):
 def store_env(data_dir: Path) -> dict[str, str]:
     """The environment that puts a server (or an offline CLI command) for `data_dir` on
     the store under test: with `POLYPORT_TEST_STORE=postgres`, the cluster engine, each
-    data dir in a schema of its own (the same on a restart); else nothing (SQLite)."""
-    if os.environ.get("POLYPORT_TEST_STORE") != "postgres":
+    data dir in a schema of its own (the same on a restart); with `cluster2`, that and a
+    NATS bus with a deployment of its own, and a second node (see `Server.peer`); else
+    nothing (SQLite)."""
+    mode = os.environ.get("POLYPORT_TEST_STORE")
+    if mode not in ("postgres", "cluster2"):
         return {}
-    return {
+    tag = hashlib.sha1(str(data_dir).encode()).hexdigest()[:20]
+    env = {
         "POLYPORT_STORE": os.environ.get("POLYPORT_STORE", "postgres://postgres@127.0.0.1/test"),
-        "POLYPORT_STORE_SCHEMA": "t_" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:20],
+        "POLYPORT_STORE_SCHEMA": "t_" + tag,
     }
+    if mode == "cluster2":
+        env["POLYPORT_BUS"] = os.environ.get("POLYPORT_TEST_NATS", "nats://127.0.0.1:4222")
+        env["POLYPORT_BUCKET"] = "t-" + tag
+    return env
+
+
+# Arguments the peer node does not take: the seed is the first node's to make, and the
+# listen addresses are the first node's (the peer listens on free ports).
+_FIRST_NODE_ONLY = {"--demo", "--http", "--grpc", "--mqtt", "--amqp", "--stomp"}
+
+
+def _peer_args(extra: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for a in extra:
+        if skip:
+            skip = False
+        elif a in _FIRST_NODE_ONLY:
+            skip = True
+        elif a.split("=", 1)[0] not in _FIRST_NODE_ONLY:
+            out.append(a)
+    return out
 
 
 def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Server:
@@ -148,7 +181,21 @@ def start_server(data_dir: Path, *extra: str, http: str = "127.0.0.1:0") -> Serv
     while time.monotonic() < deadline:
         doc = _read_listeners(listeners)
         if doc:
-            return Server(proc=proc, data_dir=data_dir, log_path=log_path, http=doc.get("http") or doc["https"])
+            server = Server(proc=proc, data_dir=data_dir, log_path=log_path, http=doc.get("http") or doc["https"])
+            if os.environ.get("POLYPORT_TEST_STORE") == "cluster2" and not os.environ.get("POLYPORT_TEST_PEER_OF"):
+                os.environ["POLYPORT_TEST_PEER_OF"] = str(data_dir)
+                saved = {k: os.environ.get(k) for k in store_env(data_dir)}
+                os.environ.update(store_env(data_dir))  # the first node's store and bus
+                try:
+                    server.peer = start_server(data_dir / "peer", *_peer_args(extra))
+                finally:
+                    del os.environ["POLYPORT_TEST_PEER_OF"]
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+            return server
         if proc.poll() is not None:
             pytest.fail(
                 f"polyport exited with {proc.returncode} before writing {listeners}:\n{log_path.read_text(errors='replace')}",
@@ -198,6 +245,10 @@ class Servers:
         return s
 
     def kill9(self, s: Server) -> None:
+        if s.peer is not None:
+            s.peer.proc.send_signal(signal.SIGKILL)
+            s.peer.proc.wait(timeout=SHUTDOWN_TIMEOUT)
+            s.peer.stopped = True
         s.proc.send_signal(signal.SIGKILL)
         s.proc.wait(timeout=SHUTDOWN_TIMEOUT)
         s.stopped = True

@@ -157,6 +157,18 @@ def test_administration_is_for_admins_on_every_protocol(locked):
     assert boss.get("/api/auth/me").json()["claims"]["role"] == "admin"
 
 
+def at_once(check) -> bool:
+    """`check()`; on two nodes (POLYPORT_TEST_STORE=cluster2) the node the check talks to
+    takes an identity change made through the other up within milliseconds, so it is
+    given a second."""
+    if os.environ.get("POLYPORT_TEST_STORE") != "cluster2":
+        return check()
+    deadline = time.monotonic() + 1.0
+    while not (ok := check()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ok
+
+
 def test_keys_and_users_through_the_cli_scopes_revocation_and_restart(servers, tmp_path):
     s = servers.start(CONFIG, "--demo", "blog", data_dir=tmp_path / "data")
     made = cli(s, "keys", "create", "--name", "sensor", "--scope", "publish")
@@ -169,11 +181,11 @@ def test_keys_and_users_through_the_cli_scopes_revocation_and_restart(servers, t
     assert scoped.post("/api/topics/sensors/t1", json={"c": 21}).status_code in (200, 201, 202)
     r = scoped.get("/api/collections/posts/records")
     assert r.status_code == 403 and "scopes" in r.json()["detail"], r.text
-    assert doors.mqtt_(s, ("sensor", key))
+    assert at_once(lambda: doors.mqtt_(s, ("sensor", key)))
 
     added = cli(s, "users", "add", "carol", "--password-stdin", stdin="carol-pass-1\n")
     assert added.returncode == 0, added.stderr
-    assert doors.amqp(s, ("carol", "carol-pass-1")) and doors.stomp_(s, ("carol", "carol-pass-1"))
+    assert at_once(lambda: doors.amqp(s, ("carol", "carol-pass-1"))) and doors.stomp_(s, ("carol", "carol-pass-1"))
     dup = cli(s, "users", "add", "carol", "--password-stdin", stdin="other-pass-1\n")
     assert dup.returncode != 0 and "409" in dup.stderr, "a taken name is a conflict"
     assert doors.amqp(s, ("carol", "carol-pass-1")), "and the existing user is untouched"
@@ -193,14 +205,14 @@ def test_keys_and_users_through_the_cli_scopes_revocation_and_restart(servers, t
 
     changed = cli(s, "users", "set", "carol", "--password-stdin", stdin="carol-pass-2\n")
     assert changed.returncode == 0, changed.stderr
-    assert not doors.mqtt_(s, ("carol", "carol-pass-1")), "the old password stops working at once"
-    assert doors.mqtt_(s, ("carol", "carol-pass-2"))
+    assert at_once(lambda: not doors.mqtt_(s, ("carol", "carol-pass-1"))), "the old password stops working at once"
+    assert at_once(lambda: doors.mqtt_(s, ("carol", "carol-pass-2")))
     assert cli(s, "users", "rm", "carol").returncode == 0
     assert not doors.rest(s, ("carol", "carol-pass-2"))
 
     key_id = key.split("_")[1]
     assert cli(s, "keys", "revoke", key_id).returncode == 0
-    assert not doors.mqtt_(s, ("sensor", key)) and not doors.rest(s, ("bearer", key))
+    assert at_once(lambda: not doors.mqtt_(s, ("sensor", key))) and not doors.rest(s, ("bearer", key))
 
     short = mint_key(s, expires_in=1)
     assert doors.rest(s, ("bearer", short))
