@@ -740,22 +740,23 @@ class Stomp:
         self.conns[who.name] = (conn, frames)
         return conn, frames
 
-    def frame(self, who: Who, send, again: bool = True) -> bool:
-        if (got := self.conn(who)) is None:
-            return False
-        conn, frames = got
-        self.n += 1
-        rid = f"r{self.n}"
+    def frame(self, who: Who, send, tries: int = 3) -> bool:
         try:
+            if (got := self.conn(who)) is None:
+                return False
+            conn, frames = got
+            self.n += 1
+            rid = f"r{self.n}"
             send(conn, rid)
         except OSError:
             # stomp.py's receiver thread of a connection the server closed may close its
-            # socket late, after the number was reused by this one (EBADF): a client race,
-            # not the server's answer. A fresh connection asks again, once.
-            if not again:
+            # socket late, after the number was reused by this one (EBADF, on CONNECT or
+            # on the frame): a client race, not the server's answer. A fresh connection
+            # asks again.
+            if tries <= 1:
                 raise
             self.conns.pop(who.name, None)
-            return self.frame(who, send, again=False)
+            return self.frame(who, send, tries - 1)
         kind, frame = frames.frames.get(timeout=TIMEOUT)
         if kind == "RECEIPT":
             assert frame.headers.get("receipt-id") == rid, frame.headers
@@ -775,8 +776,8 @@ class Stomp:
 def quietly_disconnect(conn: stomp.Connection12):
     try:
         conn.disconnect()
-    except stomp.exception.NotConnectedException:
-        pass  # the server closed it first
+    except (stomp.exception.NotConnectedException, OSError):
+        pass  # the server closed it first (and stomp.py's receiver may have closed the socket)
 
 
 def stomp_publish(root: str):
