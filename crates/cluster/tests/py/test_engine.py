@@ -858,3 +858,87 @@ def test_an_api_key_made_or_revoked_through_one_node_counts_on_the_other(servers
             next(factory)
         except StopIteration:
             pass
+
+
+def test_a_rolling_restart_under_load_loses_nothing_acknowledged(servers, nodes_with_bus):
+    """Both nodes are restarted one after the other (SIGTERM, start again on the same
+    store) while REST publishes run against whichever node is up and a persistent MQTT
+    subscriber follows: it reads through B while A restarts, then moves to A (its session
+    with it) while B restarts. Every publish that was acknowledged reaches it."""
+    a, b = nodes_with_bus(2)
+    got: queue.Queue = queue.Queue()
+    flags: queue.Queue = queue.Queue()
+
+    def subscriber(s):
+        c = mqtt.Client(client_id="roller", clean_session=False, protocol=mqtt.MQTTv311)
+        c.on_message = lambda cl, u, m: got.put(m.topic)
+        c.on_connect = lambda cl, u, f, rc: flags.put(f.get("session present"))
+        c.reconnect_delay_set(min_delay=60, max_delay=60)
+        c.connect("127.0.0.1", s.port("mqtt"))
+        c.loop_start()
+        return c
+
+    sub = subscriber(b)
+    assert not flags.get(timeout=WAIT)
+    done: queue.Queue = queue.Queue()
+    sub.on_subscribe = lambda *x: done.put(True)
+    sub.subscribe("roll/#", qos=1)
+    done.get(timeout=WAIT)
+
+    up = {"a": a, "b": b}
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def publisher():
+        i = 0
+        while not stop.is_set():
+            for name in ("a", "b"):
+                s = up.get(name)
+                if s is None:
+                    continue
+                try:
+                    r = httpx.post(f"{s.url}/api/topics/roll/{i}", content=b"{}",
+                                   headers={"content-type": "application/json"}, timeout=2)
+                except httpx.HTTPError:
+                    continue
+                if r.status_code in (200, 201, 202):
+                    acked.append(f"roll/{i}")
+                    i += 1
+                    break
+            time.sleep(0.005)
+
+    t = threading.Thread(target=publisher, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        up.pop("a")
+        assert a.stop() == 0
+        a = servers.restart(a)
+        up["a"] = a
+        time.sleep(0.5)
+        # The subscriber moves to A, its session with it, and B restarts.
+        sub.disconnect()
+        sub.loop_stop()
+        sub = subscriber(a)
+        assert flags.get(timeout=WAIT), "the session is resumed through A"
+        up.pop("b")
+        assert b.stop() == 0
+        b = servers.restart(b)
+        up["b"] = b
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert len(acked) > 50, len(acked)
+    want = set(acked)
+    seen: set[str] = set()
+    deadline = time.time() + 20
+    while not want <= seen and time.time() < deadline:
+        try:
+            seen.add(got.get(timeout=0.5))
+        except queue.Empty:
+            pass
+    sub.loop_stop()
+    sub.disconnect()
+    missing = sorted(want - seen, key=lambda x: int(x.rsplit("/", 1)[1]))
+    assert not missing, f"{len(missing)} of {len(want)} acknowledged publishes never arrived: {missing[:5]}"
