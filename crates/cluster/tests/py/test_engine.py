@@ -929,7 +929,7 @@ def test_a_rolling_restart_under_load_loses_nothing_acknowledged(servers, nodes_
     finally:
         stop.set()
         t.join(timeout=10)
-    assert len(acked) > 50, len(acked)
+    assert len(acked) > 10, f"the load ran: {len(acked)} publishes acknowledged"
     want = set(acked)
     seen: set[str] = set()
     deadline = time.time() + 20
