@@ -8,6 +8,7 @@
 //! | exchanges, the queue registry, durable topology, exchange-to-exchange bindings | `broker.rs` |
 //! | exchange names and routing keys ↔ topics on the tree | `naming.rs` |
 //! | a queue: a Hub group over the log, its consumers, acks, TTL, limits, dead letters | `queue/mod.rs` |
+//! | how a queue reads the log (its feeder), and when a cluster node reads it at all | `queue/feeder.rs` |
 //! | bindings and routing rules (keys, patterns, headers, paths) | `queue/binding.rs` |
 //! | how a queue was declared, its saved bindings and limits | `queue/declared.rs` |
 //! | `x-*` queue arguments | `arguments.rs` |

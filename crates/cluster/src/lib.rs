@@ -69,6 +69,23 @@ impl ClusterConfig {
     }
 }
 
+/// A NATS connection named `name`, or why there is none within the connect timeout.
+async fn connect(cfg: &ClusterConfig, name: String) -> Result<async_nats::Client, ClusterError> {
+    let connect = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(cfg.connect_timeout)
+        .connect(cfg.nats_url.as_str());
+    let reason = match tokio::time::timeout(cfg.connect_timeout, connect).await {
+        Ok(Ok(c)) => return Ok(c),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer in {:?}", cfg.connect_timeout),
+    };
+    Err(ClusterError::Connect {
+        url: cfg.nats_url.clone(),
+        reason,
+    })
+}
+
 /// Connects the deployment's group link for `hub` (a node on the shared store): named
 /// groups then have one dispatcher in the deployment. Call before anything subscribes.
 pub async fn link_groups(
@@ -76,25 +93,7 @@ pub async fn link_groups(
     hub: &polyport_core::Hub,
 ) -> Result<(), ClusterError> {
     let node = polyport_core::record::new_id();
-    let connect = async_nats::ConnectOptions::new()
-        .name(format!("polyport groups {node}"))
-        .connection_timeout(cfg.connect_timeout)
-        .connect(cfg.nats_url.as_str());
-    let client = match tokio::time::timeout(cfg.connect_timeout, connect).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            return Err(ClusterError::Connect {
-                url: cfg.nats_url.clone(),
-                reason: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(ClusterError::Connect {
-                url: cfg.nats_url.clone(),
-                reason: format!("no answer in {:?}", cfg.connect_timeout),
-            });
-        }
-    };
+    let client = connect(cfg, format!("polyport groups {node}")).await?;
     hub.set_group_link(NatsGroups::new(client, &cfg.bucket, node, hub.clone()));
     Ok(())
 }
@@ -167,25 +166,7 @@ impl NatsMembership {
         me: Node,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, ClusterError> {
-        let connect = async_nats::ConnectOptions::new()
-            .name(format!("polyport node {}", me.id))
-            .connection_timeout(cfg.connect_timeout)
-            .connect(cfg.nats_url.as_str());
-        let client = match tokio::time::timeout(cfg.connect_timeout, connect).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(ClusterError::Connect {
-                    url: cfg.nats_url,
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(ClusterError::Connect {
-                    url: cfg.nats_url,
-                    reason: format!("no answer in {:?}", cfg.connect_timeout),
-                });
-            }
-        };
+        let client = connect(&cfg, format!("polyport node {}", me.id)).await?;
         let js = jetstream::new(client.clone());
         let kv = open_bucket(&client, &js, &cfg).await?;
         let m = Arc::new(Self {
