@@ -32,7 +32,7 @@ const DEFAULT_MEMBER_QUEUE: usize = 256;
 /// How often a changed group position is persisted.
 const PERSIST_EVERY: Duration = Duration::from_millis(500);
 
-enum Ctl {
+pub(crate) enum Ctl {
     Join {
         id: u64,
         tx: mpsc::Sender<HubResult<Item>>,
@@ -46,6 +46,32 @@ enum Ctl {
     },
 }
 
+/// Acknowledgements from a dispatcher's members, collected without waking it: an ack
+/// wakes the dispatcher only while it waits for credit. A wake per acknowledgement cost
+/// an auto-ack AMQP consumer a cross-thread wake-up per message.
+#[derive(Default)]
+pub(crate) struct Acks {
+    seqs: Mutex<Vec<u64>>,
+    /// The dispatcher waits for a member's room: an ack must wake it.
+    wanted: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Acks {
+    fn push(&self, seq: u64) {
+        self.seqs.lock().push(seq);
+        // After the push: a dispatcher that set `wanted` and then found the buffer
+        // empty is woken by this.
+        if self.wanted.load(std::sync::atomic::Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.seqs.lock())
+    }
+}
+
 /// The registry of running group dispatchers.
 #[derive(Default)]
 pub(crate) struct Groups {
@@ -56,6 +82,7 @@ pub(crate) struct Groups {
 /// A running dispatcher, and the filters its source reads.
 struct Running {
     ctl: mpsc::UnboundedSender<Ctl>,
+    acks: Arc<Acks>,
     filters: String,
 }
 
@@ -104,6 +131,9 @@ pub(crate) struct Member {
     id: u64,
     rx: mpsc::Receiver<HubResult<Item>>,
     ctl: mpsc::UnboundedSender<Ctl>,
+    /// Where acks go for a dispatcher here; `None` for a linked member, whose acks
+    /// travel on `ctl` to its link.
+    acks: Option<Arc<Acks>>,
     shutdown: CancellationToken,
     /// What this member may not see: such events are acknowledged unseen, so the group
     /// moves past them (members of one group should share an identity).
@@ -146,21 +176,33 @@ impl Member {
     }
 
     pub(crate) fn ack(&self, seq: u64) {
-        let _ = self.ctl.send(Ctl::Ack { seq });
+        match &self.acks {
+            Some(a) => a.push(seq),
+            None => drop(self.ctl.send(Ctl::Ack { seq })),
+        }
     }
 
     pub(crate) fn ack_handle(&self) -> AckHandle {
-        AckHandle(self.ctl.clone())
+        match &self.acks {
+            Some(a) => AckHandle::Here(a.clone()),
+            None => AckHandle::Linked(self.ctl.clone()),
+        }
     }
 }
 
 /// A member's ack path, detached from its receiver.
 #[derive(Clone)]
-pub(crate) struct AckHandle(mpsc::UnboundedSender<Ctl>);
+pub(crate) enum AckHandle {
+    Here(Arc<Acks>),
+    Linked(mpsc::UnboundedSender<Ctl>),
+}
 
 impl AckHandle {
     pub(crate) fn ack(&self, seq: u64) {
-        let _ = self.0.send(Ctl::Ack { seq });
+        match self {
+            AckHandle::Here(a) => a.push(seq),
+            AckHandle::Linked(ctl) => drop(ctl.send(Ctl::Ack { seq })),
+        }
     }
 }
 
@@ -237,6 +279,7 @@ pub fn linked(queue: usize, shutdown: CancellationToken) -> (LinkedMember, Membe
         id: 0,
         rx,
         ctl: ctl_tx,
+        acks: None,
         shutdown,
         guard: None,
     };
@@ -294,7 +337,7 @@ impl Groups {
             tx,
             prefetch: queue,
         };
-        let (source, saved, ctl_tx, ctl_rx, hosting) = loop {
+        let (source, saved, ctl_tx, ctl_rx, acks, hosting) = loop {
             self.wait_for_other_filters(&spawn, deadline).await?;
             // Sending under the registry lock orders this join against a retiring dispatcher.
             join = {
@@ -307,6 +350,7 @@ impl Groups {
                                 id,
                                 rx,
                                 ctl: r.ctl.clone(),
+                                acks: Some(r.acks.clone()),
                                 shutdown: spawn.shutdown,
                             }));
                         }
@@ -351,6 +395,7 @@ impl Groups {
             }
             let source = make_source(saved).await?;
             let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+            let acks = Arc::new(Acks::default());
             // Racing joiners may both have reached here; the first to insert wins and the
             // other joins the winner (with the same filters), dropping its unneeded source.
             let mut map = self.map.lock();
@@ -365,6 +410,7 @@ impl Groups {
                         id,
                         rx,
                         ctl,
+                        acks: Some(r.acks.clone()),
                         shutdown: spawn.shutdown,
                     }));
                 }
@@ -379,10 +425,11 @@ impl Groups {
                 spawn.key.clone(),
                 Running {
                     ctl: ctl_tx.clone(),
+                    acks: acks.clone(),
                     filters: spawn.filters.clone(),
                 },
             );
-            break (source, saved, ctl_tx, ctl_rx, hosting);
+            break (source, saved, ctl_tx, ctl_rx, acks, hosting);
         };
         let _ = ctl_tx.send(join);
         // A new group is saved at once, so it counts against its owner from the start.
@@ -399,6 +446,7 @@ impl Groups {
             store: spawn.store,
             source,
             ctl: ctl_rx,
+            acks: acks.clone(),
             members: Vec::new(),
             rr: 0,
             inflight: BTreeMap::new(),
@@ -414,6 +462,7 @@ impl Groups {
             id,
             rx,
             ctl: ctl_tx,
+            acks: Some(acks),
             shutdown: spawn.shutdown,
         }))
     }
@@ -459,6 +508,7 @@ struct Dispatcher {
     store: Arc<dyn Store>,
     source: Direct,
     ctl: mpsc::UnboundedReceiver<Ctl>,
+    acks: Arc<Acks>,
     members: Vec<MemberState>,
     rr: usize,
     inflight: BTreeMap<u64, InFlight>,
@@ -519,6 +569,7 @@ impl Dispatcher {
         if !self.persist || self.lease_lost() {
             return;
         }
+        self.take_acks();
         let pos = self.position();
         if self.saved_position == Some(pos) {
             return;
@@ -574,6 +625,8 @@ impl Dispatcher {
     }
 
     fn requeue_member(&mut self, member: u64) {
+        // What it acknowledged before leaving is not given again.
+        self.take_acks();
         let seqs: Vec<u64> = self
             .inflight
             .iter()
@@ -595,6 +648,15 @@ impl Dispatcher {
         }
     }
 
+    /// Settles what members acknowledged since the last look; `true` if anything.
+    fn take_acks(&mut self) -> bool {
+        let seqs = self.acks.take();
+        for &seq in &seqs {
+            self.on_ack(seq);
+        }
+        !seqs.is_empty()
+    }
+
     /// The earliest deadline of what is in flight.
     fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(&(d, seq)) = self.deadlines.front() {
@@ -607,6 +669,7 @@ impl Dispatcher {
     }
 
     fn expire(&mut self) {
+        self.take_acks();
         let now = Instant::now();
         let expired: Vec<u64> = self
             .inflight
@@ -644,6 +707,7 @@ impl Dispatcher {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         loop {
+            self.take_acks();
             // Redeliveries first, as far as credit allows.
             while let Some((ev, n)) = self.redeliver.pop_front() {
                 if !self.dispatch(ev.clone(), n) {
@@ -652,6 +716,15 @@ impl Dispatcher {
                 }
             }
             let can_pull = self.redeliver.is_empty() && self.has_credit();
+            // Waiting for room: acks must wake us. Set before a last look, so an ack
+            // pushed in between either is seen now or wakes us.
+            let blocked = !can_pull && !self.members.is_empty();
+            self.acks
+                .wanted
+                .store(blocked, std::sync::atomic::Ordering::SeqCst);
+            if blocked && self.take_acks() {
+                continue;
+            }
             if let Some(next) = self.next_deadline()
                 && armed.is_none_or(|a| next < a)
             {
@@ -678,6 +751,7 @@ impl Dispatcher {
                     Some(Ctl::Ack { seq }) => self.on_ack(seq),
                     None => break,
                 },
+                _ = self.acks.wake.notified(), if blocked => {}
                 item = self.source.next(), if can_pull => match item {
                     Some(Ok(Item::Event(d))) => {
                         if !self.dispatch(d.event.clone(), 0) {

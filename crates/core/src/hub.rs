@@ -107,6 +107,8 @@ pub(crate) struct HubInner {
     pub(crate) group_link: std::sync::OnceLock<Arc<dyn crate::cluster::GroupLink>>,
     /// Whether this node follows identity changes made through others (cluster engine).
     pub(crate) identities_followed: std::sync::atomic::AtomicBool,
+    /// Signalled when a webhook endpoint is put through this node.
+    pub(crate) endpoints_changed: tokio::sync::Notify,
 }
 
 /// The facade.
@@ -165,6 +167,7 @@ impl Hub {
             relay: std::sync::OnceLock::new(),
             group_link: std::sync::OnceLock::new(),
             identities_followed: Default::default(),
+            endpoints_changed: tokio::sync::Notify::new(),
         });
         Self { inner }
     }

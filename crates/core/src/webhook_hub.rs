@@ -44,7 +44,10 @@ impl Hub {
 
     async fn put_endpoint(&self, ep: Endpoint) -> HubResult<Arc<Endpoint>> {
         match self.write(WriteCommand::PutEndpoint(Box::new(ep))).await? {
-            WriteOutcome::Endpoint(e) => Ok(e),
+            WriteOutcome::Endpoint(e) => {
+                self.inner.endpoints_changed.notify_waiters();
+                Ok(e)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -73,6 +76,12 @@ impl Hub {
         })
         .await
         .inspect(|ep| self.audit_admin(ctx, "create_endpoint", &ep.id))
+    }
+
+    /// Resolves at the next change of endpoints made through this node (created,
+    /// updated or disabled); changes made through other nodes are not signalled.
+    pub fn endpoints_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.endpoints_changed.notified()
     }
 
     /// All endpoints.

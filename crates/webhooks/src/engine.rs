@@ -62,6 +62,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = shared.wake.notified() => {}
+            _ = shared.hub.endpoints_changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.cancelled() => break,
         }
@@ -71,26 +72,57 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-/// Turns every durable event into a wake-up for the workers.
+/// Turns every durable event into a wake-up for the workers while an endpoint is
+/// enabled: a server without webhooks is not woken for each event it commits.
 async fn waker(shared: Arc<Shared>) {
+    let shutdown = shared.hub.shutdown_token();
     let Ok(all) = TopicFilter::new("#") else {
         return;
     };
-    let req = SubscribeRequest {
-        filters: vec![all],
-        overflow: polyport_core::Overflow::Notify,
-        durable_only: true,
-        ..SubscribeRequest::default()
-    };
-    let Ok(mut sub) = shared.hub.subscribe(&ctx(), req).await else {
-        return;
-    };
-    while let Some(item) = sub.next().await {
-        if item.is_err() {
-            break;
+    loop {
+        // One enabled through another node shows within the second.
+        loop {
+            let changed = shared.hub.endpoints_changed();
+            if any_enabled(&shared) {
+                break;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
+        let req = SubscribeRequest {
+            filters: vec![all.clone()],
+            overflow: polyport_core::Overflow::Notify,
+            durable_only: true,
+            ..SubscribeRequest::default()
+        };
+        let Ok(mut sub) = shared.hub.subscribe(&ctx(), req).await else {
+            return;
+        };
+        // What committed before is in the endpoints' queues already: look once.
         shared.wake.notify_waiters();
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                item = sub.next() => match item {
+                    Some(Ok(_)) => shared.wake.notify_waiters(),
+                    _ => return,
+                },
+                _ = check.tick() => if !any_enabled(&shared) {
+                    break;
+                },
+            }
+        }
     }
+}
+
+fn any_enabled(shared: &Shared) -> bool {
+    shared
+        .hub
+        .endpoints(&ctx())
+        .is_ok_and(|eps| eps.iter().any(|e| e.spec.enabled))
 }
 
 /// Deliveries one worker takes from its queue at a time.

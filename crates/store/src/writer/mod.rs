@@ -18,6 +18,7 @@ mod records;
 mod retention;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::tx::{Db, Tx};
@@ -34,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use retention::Retention;
 
+use crate::dispatch::Dispatch;
 use crate::webhooks;
 
 /// Work for the writer thread.
@@ -110,10 +112,12 @@ pub(crate) struct Writer<D> {
     pub(crate) shared: Arc<Shared>,
     /// Where committed events go in order, or `None` when the engine's log follower
     /// hands this node every node's events instead (the cluster engine).
-    pub(crate) sink: Option<Arc<dyn EventSink>>,
+    pub(crate) sink: Option<Arc<Dispatch>>,
     pub(crate) retention: Retention,
     pub(crate) max_batch: usize,
     state: State,
+    /// The database is closed: nothing more is committed.
+    closed: bool,
 }
 
 type Reply = oneshot::Sender<HubResult<WriteOutcome>>;
@@ -122,7 +126,7 @@ impl<D: Db> Writer<D> {
     pub(crate) fn new(
         db: D,
         shared: Arc<Shared>,
-        sink: Option<Arc<dyn EventSink>>,
+        sink: Option<Arc<Dispatch>>,
         retention: Retention,
         max_batch: usize,
     ) -> Self {
@@ -140,6 +144,7 @@ impl<D: Db> Writer<D> {
             sink,
             retention,
             max_batch,
+            closed: false,
             state: State {
                 next_seq,
                 collections,
@@ -148,55 +153,9 @@ impl<D: Db> Writer<D> {
         }
     }
 
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        loop {
-            // Just after a commit more work is often on its way (the acknowledged
-            // clients answer at once): a yield or two before parking saves the futex
-            // sleep and wake-up a commit would otherwise cost its successor.
-            let mut ready = rx.try_recv().ok();
-            for _ in 0..2 {
-                if ready.is_some() {
-                    break;
-                }
-                std::thread::yield_now();
-                ready = rx.try_recv().ok();
-            }
-            let Some(first) = ready.or_else(|| rx.blocking_recv()) else {
-                break;
-            };
-            let mut writes: Vec<(WriteCommand, Reply)> = Vec::new();
-            let mut maintain = false;
-            let mut close = None;
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Write(cmd, reply) => writes.push((*cmd, reply)),
-                    Job::Maintain => maintain = true,
-                    Job::Close(done) => {
-                        close = Some(done);
-                        break;
-                    }
-                }
-                if writes.len() < self.max_batch {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !writes.is_empty() {
-                self.commit_batch(writes);
-            }
-            if maintain {
-                self.maintain();
-            }
-            if let Some(done) = close {
-                self.db.close();
-                let _ = done.send(());
-                break;
-            }
-        }
-        tracing::debug!("store writer stopped");
-    }
-
-    fn commit_batch(&mut self, jobs: Vec<(WriteCommand, Reply)>) {
+    /// Commits `jobs` as one transaction. `inline`: on a submitter's task (which the
+    /// caller checked may hand the events to the dispatch task without waiting).
+    fn commit_batch(&mut self, jobs: Vec<(WriteCommand, Reply)>, inline: bool) {
         let started = Instant::now();
         let size = jobs.len();
         // Commits of this batch wait for the disk unless every write in it is a publish
@@ -286,13 +245,80 @@ impl<D: Db> Writer<D> {
             log.last_seq = log.last_seq.max(last_seq);
             drop(log);
             if let Some(sink) = &self.sink {
-                sink.committed(&events);
+                match inline {
+                    true => sink.hand_over(events),
+                    false => sink.committed(&events),
+                }
             }
         }
         for (reply, result) in results {
             let _ = reply.send(result);
         }
     }
+}
+
+/// The writer thread: takes what is queued (up to `max_batch`) and commits it under the
+/// writer's lock, which a submitter committing inline may hold for a moment.
+fn run<D: Db>(
+    writer: Arc<Mutex<Writer<D>>>,
+    mut rx: mpsc::Receiver<Job>,
+    pending: Arc<AtomicUsize>,
+) {
+    let max_batch = writer.lock().max_batch;
+    loop {
+        // Just after a commit more work is often on its way (the acknowledged
+        // clients answer at once): a yield or two before parking saves the futex
+        // sleep and wake-up a commit would otherwise cost its successor.
+        let mut ready = rx.try_recv().ok();
+        for _ in 0..2 {
+            if ready.is_some() {
+                break;
+            }
+            std::thread::yield_now();
+            ready = rx.try_recv().ok();
+        }
+        let Some(first) = ready.or_else(|| rx.blocking_recv()) else {
+            break;
+        };
+        let mut writes: Vec<(WriteCommand, Reply)> = Vec::new();
+        let mut maintain = false;
+        let mut close = None;
+        let mut taken = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            taken += 1;
+            match job {
+                Job::Write(cmd, reply) => writes.push((*cmd, reply)),
+                Job::Maintain => maintain = true,
+                Job::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if writes.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut w = writer.lock();
+        if !writes.is_empty() {
+            w.commit_batch(writes, false);
+        }
+        if maintain {
+            w.maintain();
+        }
+        if close.is_some() {
+            w.db.close();
+            w.closed = true;
+        }
+        // Under the lock: an inline commit sees these done only once they are.
+        pending.fetch_sub(taken, Ordering::SeqCst);
+        drop(w);
+        if let Some(done) = close {
+            let _ = done.send(());
+            break;
+        }
+    }
+    tracing::debug!("store writer stopped");
 }
 
 fn same_endpoints(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
@@ -470,48 +496,118 @@ fn record_attempt(
 /// The async side of a writer thread: where writes are queued, and its shutdown.
 pub(crate) struct Handle {
     jobs: mpsc::Sender<Job>,
+    /// Jobs queued and not yet done by the thread.
+    pending: Arc<AtomicUsize>,
+    /// Commits a transient publish on the submitter's task when the writer is idle.
+    inline: Option<Arc<dyn Inline>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The writer, reachable from submitters for [`Handle::submit`]'s inline commits.
+trait Inline: Send + Sync {
+    /// Commits `cmd` now when nothing queued is ahead of it; gives it back otherwise.
+    fn commit_now(&self, cmd: WriteCommand, reply: Reply) -> Option<(WriteCommand, Reply)>;
+}
+
+struct Idle<D> {
+    writer: Arc<Mutex<Writer<D>>>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl<D: Db> Inline for Idle<D> {
+    fn commit_now(&self, cmd: WriteCommand, reply: Reply) -> Option<(WriteCommand, Reply)> {
+        let Some(mut w) = self.writer.try_lock() else {
+            return Some((cmd, reply));
+        };
+        // Under the lock the thread holds while it commits and counts down: zero means
+        // every job queued before this one is committed, so this one comes after it.
+        let free = self.pending.load(Ordering::SeqCst) == 0
+            && !w.closed
+            && w.sink.as_ref().is_some_and(|s| s.has_room());
+        if !free {
+            return Some((cmd, reply));
+        }
+        w.commit_batch(vec![(cmd, reply)], true);
+        None
+    }
+}
+
+/// Whether a write may be committed on the submitter's task: a publish whose commit
+/// does not wait for the disk (no fsync blocks the runtime's thread).
+fn light(cmd: &WriteCommand) -> bool {
+    matches!(cmd, WriteCommand::Publish { draft, .. } if draft.durability == Durability::Logged)
 }
 
 impl Handle {
     /// Starts `w` on a thread of its own with `queue` writes of room; `after` runs on
     /// that thread once the writer has stopped. Retention runs every second when set.
     /// Must be called inside a Tokio runtime.
+    ///
+    /// A writer with a local sink (SQLite: a commit is a local write, not a network
+    /// round trip) also commits transient publishes inline when it is idle: a message
+    /// then reaches its subscribers without waking the writer thread and back, which
+    /// on an idle machine is most of a transient message's latency
+    /// (`polyport bench amqp --only latency`). Under load the thread holds the writer,
+    /// so publishes queue and group-commit as before.
     pub(crate) fn start<D: Db>(
         w: Writer<D>,
         queue: usize,
         after: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<Self> {
         let retention = w.retention;
+        let local = w.sink.is_some();
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let writer = Arc::new(Mutex::new(w));
+        let inline = local.then(|| {
+            Arc::new(Idle {
+                writer: writer.clone(),
+                pending: pending.clone(),
+            }) as Arc<dyn Inline>
+        });
+        let count = pending.clone();
         let thread = std::thread::Builder::new()
             .name("polyport-writer".into())
             .spawn(move || {
-                w.run(rx);
+                run(writer, rx, count);
                 after();
             })?;
+        let handle = Self {
+            jobs: tx,
+            pending,
+            inline,
+            thread: Mutex::new(Some(thread)),
+        };
         if retention.max_age.is_some() || retention.max_events.is_some() {
-            let ticker = tx.clone();
+            let ticker = handle.jobs.clone();
+            let pending = handle.pending.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     every.tick().await;
-                    if ticker.send(Job::Maintain).await.is_err() {
+                    if enqueue(&ticker, &pending, Job::Maintain).await.is_err() {
                         break;
                     }
                 }
             });
         }
-        Ok(Self {
-            jobs: tx,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(handle)
     }
 
     pub(crate) async fn submit(&self, cmd: WriteCommand) -> HubResult<Submitted> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Write(Box::new(cmd), tx))
+        let (cmd, tx) = match &self.inline {
+            Some(i) if light(&cmd) => match i.commit_now(cmd, tx) {
+                Some(back) => back,
+                None => {
+                    return Ok(Box::pin(async move {
+                        rx.await.map_err(|_| HubError::ShuttingDown)?
+                    }));
+                }
+            },
+            _ => (cmd, tx),
+        };
+        enqueue(&self.jobs, &self.pending, Job::Write(Box::new(cmd), tx))
             .await
             .map_err(|_| HubError::ShuttingDown)?;
         Ok(Box::pin(async move {
@@ -528,7 +624,10 @@ impl Handle {
     /// Lets the writer finish what is queued, then waits for its thread.
     pub(crate) async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.jobs.send(Job::Close(tx)).await.is_ok() {
+        if enqueue(&self.jobs, &self.pending, Job::Close(tx))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
         let handle = self.thread.lock().take();
@@ -536,4 +635,13 @@ impl Handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
+}
+
+/// Queues a job for the thread, counted before it is sent so an inline commit cannot
+/// overtake it.
+async fn enqueue(jobs: &mpsc::Sender<Job>, pending: &AtomicUsize, job: Job) -> Result<(), ()> {
+    pending.fetch_add(1, Ordering::SeqCst);
+    jobs.send(job).await.map_err(|_| {
+        pending.fetch_sub(1, Ordering::SeqCst);
+    })
 }
