@@ -49,7 +49,9 @@ pub(crate) struct AmqpArgs {
 }
 
 pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
-    let child = PolyportChild::start("amqp").await?;
+    // One queue's messages are memory-only on Polyport, as RabbitMQ keeps transient ones.
+    let config = format!("[events]\nephemeral_topics = [\"amqp/q/{MEMORY_QUEUE}\"]\n");
+    let child = PolyportChild::start_with("amqp", &config).await?;
     let pp = format!("amqp://guest:guest@{}/%2f", child.addr);
     let rabbit_up = Connection::connect(&args.rabbitmq, ConnectionProperties::default())
         .await
@@ -60,7 +62,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             args.rabbitmq
         );
     }
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         (
             "auto-ack, 1 publisher → 1 consumer",
             Scenario::AutoAck { clients: 1 },
@@ -81,7 +83,14 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             "fanout to 10 queues (deliveries/s)",
             Scenario::Fanout { queues: 10 },
         ),
-        ("latency at a fixed rate, p50 / p99 µs", Scenario::Latency),
+        (
+            "latency, transient message, p50 / p99 µs",
+            Scenario::Latency { memory: false },
+        ),
+        (
+            "latency, memory-only topic, p50 / p99 µs",
+            Scenario::Latency { memory: true },
+        ),
     ];
     let scenarios: Vec<_> = scenarios
         .into_iter()
@@ -97,6 +106,11 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         async move { s.run(&uri, args).await }
     })
     .await?;
+    println!(
+        "(a transient message is written to Polyport's event log before it is delivered, so it\n \
+         survives a crash of the process; RabbitMQ keeps it in memory. The memory-only row puts\n \
+         its queue's topic in Polyport's `events.ephemeral_topics`, RabbitMQ's semantics.)"
+    );
     if args.idle > 0 {
         super::child::raise_nofile(args.idle as u64 + 1024);
         let name = format!("memory per idle connection ({}), KiB", args.idle);
@@ -112,12 +126,15 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The queue of the memory-only latency row (a fixed name: `ephemeral_topics` names it).
+const MEMORY_QUEUE: &str = "polyport-bench-memory-only";
+
 #[derive(Clone, Copy)]
 enum Scenario {
     AutoAck { clients: usize },
     Confirmed { persistent: bool },
     Fanout { queues: usize },
-    Latency,
+    Latency { memory: bool },
 }
 
 async fn connect(uri: &str) -> anyhow::Result<(Connection, Channel)> {
@@ -315,8 +332,11 @@ impl Scenario {
                 }
                 Figure::Rate(got.load(Ordering::Relaxed) as f64 / secs)
             }
-            Scenario::Latency => {
-                let q = format!("{id}-q");
+            Scenario::Latency { memory } => {
+                let q = match memory {
+                    true => MEMORY_QUEUE.to_string(),
+                    false => format!("{id}-q"),
+                };
                 declare(&ch, &q, false).await?;
                 let r = latency(uri, &q, a).await?;
                 ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
