@@ -335,7 +335,13 @@ pub(crate) async fn clients(args: ClientArgs) -> anyhow::Result<()> {
                 }
             } else {
                 let url = format!("{}/ws", base.replacen("http", "ws", 1));
-                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+                // tungstenite zero-fills its read buffer before each read (128 KiB by
+                // default): for 10k clients that memset took most of this process's CPU,
+                // which it shares with the server being measured.
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(4096);
+                let (mut ws, _) =
+                    tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
                 if polyport {
                     ws.send(tokio_tungstenite::tungstenite::Message::Text(
                         format!("{{\"id\":1,\"op\":\"subscribe\",\"topic\":\"{TOPIC}\"}}").into(),
