@@ -21,6 +21,11 @@
 //!   it by default), where RabbitMQ refuses it.
 //! - A message's `message-id` names the delivery (as in RabbitMQ); an AMQP
 //!   `message_id` travels as `amqp-message-id`.
+//! - A SEND to a durable queue (`/queue/…`, or `/amq/queue/…` naming one) is on disk
+//!   before it is delivered or receipted, `persistent:true` or not; RabbitMQ keeps one
+//!   without `persistent:true` in memory (checked on its STOMP plugin: the queue counts
+//!   it among `messages`, not `messages_persistent`). That costs latency
+//!   (`polyport bench stomp`: the `/queue` latency row against the `/topic` one).
 
 pub mod codec;
 mod connection;

@@ -1,11 +1,17 @@
 //! The single writer thread and its group commit.
 //!
-//! All writes funnel into one OS thread that owns the only read-write connection. It
-//! drains whatever is queued (up to `max_batch`), applies each command inside its own
-//! savepoint (so one bad write cannot fail its neighbours), commits once — one fsync for
-//! the whole batch — and only then publishes the batch's events, in sequence order, and
-//! answers the callers. Sequences are assigned here, so they are gap-free: a failed
-//! command gives its number back, a failed commit gives the whole batch's back.
+//! All writes funnel into one writer that owns the only read-write connection, run by an
+//! OS thread of its own. It drains whatever is queued (up to `max_batch`), applies each
+//! command inside its own savepoint (so one bad write cannot fail its neighbours),
+//! commits once — one fsync for the whole batch — and only then publishes the batch's
+//! events, in sequence order, and answers the callers. Sequences are assigned here, so
+//! they are gap-free: a failed command gives its number back, a failed commit gives the
+//! whole batch's back.
+//!
+//! On SQLite a transient publish ([`Durability::Logged`]: no fsync) that finds the
+//! writer idle, with nothing queued ahead of it, is committed by its submitter under the
+//! writer's lock instead ([`Handle::submit`]): the same code, order and gap-free
+//! sequences, minus the two thread wake-ups that were most of such a message's latency.
 //!
 //! This file holds the thread, the group commit and the dispatch over commands; each
 //! noun's commands are applied in its own file (`collections`, `records`, `events`,
