@@ -27,50 +27,15 @@ use crate::error::HubResult;
 use crate::event::{EventRef, Notice};
 use crate::subscription::{Delivery, Direct, Item};
 
+mod member;
+
+pub(crate) use member::{AckHandle, Acks, Ctl, Member, member_queue};
+pub use member::{LinkCtl, LinkedMember, MemberLink, linked};
+
 /// Queue depth per member when no ack policy sets a prefetch.
 const DEFAULT_MEMBER_QUEUE: usize = 256;
 /// How often a changed group position is persisted.
 const PERSIST_EVERY: Duration = Duration::from_millis(500);
-
-pub(crate) enum Ctl {
-    Join {
-        id: u64,
-        tx: mpsc::Sender<HubResult<Item>>,
-        prefetch: usize,
-    },
-    Leave {
-        id: u64,
-    },
-    Ack {
-        seq: u64,
-    },
-}
-
-/// Acknowledgements from a dispatcher's members, collected without waking it: an ack
-/// wakes the dispatcher only while it waits for credit. A wake per acknowledgement cost
-/// an auto-ack AMQP consumer a cross-thread wake-up per message.
-#[derive(Default)]
-pub(crate) struct Acks {
-    seqs: Mutex<Vec<u64>>,
-    /// The dispatcher waits for a member's room: an ack must wake it.
-    wanted: std::sync::atomic::AtomicBool,
-    wake: tokio::sync::Notify,
-}
-
-impl Acks {
-    fn push(&self, seq: u64) {
-        self.seqs.lock().push(seq);
-        // After the push: a dispatcher that set `wanted` and then found the buffer
-        // empty is woken by this.
-        if self.wanted.load(std::sync::atomic::Ordering::SeqCst) {
-            self.wake.notify_one();
-        }
-    }
-
-    fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.seqs.lock())
-    }
-}
 
 /// The registry of running group dispatchers.
 #[derive(Default)]
@@ -124,171 +89,6 @@ pub(crate) type Claim =
 pub(crate) struct Hosting {
     pub(crate) lease: Box<dyn crate::cluster::Lease>,
     pub(crate) _host: Box<dyn std::any::Any + Send + Sync>,
-}
-
-/// One member's end of a group.
-pub(crate) struct Member {
-    id: u64,
-    rx: mpsc::Receiver<HubResult<Item>>,
-    ctl: mpsc::UnboundedSender<Ctl>,
-    /// Where acks go for a dispatcher here; `None` for a linked member, whose acks
-    /// travel on `ctl` to its link.
-    acks: Option<Arc<Acks>>,
-    shutdown: CancellationToken,
-    /// What this member may not see: such events are acknowledged unseen, so the group
-    /// moves past them (members of one group should share an identity).
-    pub(crate) guard: Option<Arc<crate::rules_hub::Guard>>,
-}
-
-impl Member {
-    /// `Some(seq)` when the item is an event this member may not see (`seq` to ack,
-    /// `None` for an ephemeral one).
-    fn hidden(&self, it: &Option<HubResult<Item>>) -> Option<Option<u64>> {
-        match (it, &self.guard) {
-            (Some(Ok(Item::Event(d))), Some(g)) if !g.admits(&d.event) => Some(d.event.seq),
-            _ => None,
-        }
-    }
-
-    pub(crate) async fn next(&mut self) -> Option<HubResult<Item>> {
-        loop {
-            let it = tokio::select! {
-                it = self.rx.recv() => it,
-                _ = self.shutdown.cancelled() => None,
-            };
-            match self.hidden(&it) {
-                Some(Some(seq)) => self.ack(seq),
-                Some(None) => {}
-                None => return it,
-            }
-        }
-    }
-
-    pub(crate) fn try_next(&mut self) -> Option<HubResult<Item>> {
-        loop {
-            let it = self.rx.try_recv().ok();
-            match self.hidden(&it) {
-                Some(Some(seq)) => self.ack(seq),
-                Some(None) => {}
-                None => return it,
-            }
-        }
-    }
-
-    pub(crate) fn ack(&self, seq: u64) {
-        match &self.acks {
-            Some(a) => a.push(seq),
-            None => drop(self.ctl.send(Ctl::Ack { seq })),
-        }
-    }
-
-    pub(crate) fn ack_handle(&self) -> AckHandle {
-        match &self.acks {
-            Some(a) => AckHandle::Here(a.clone()),
-            None => AckHandle::Linked(self.ctl.clone()),
-        }
-    }
-}
-
-/// A member's ack path, detached from its receiver.
-#[derive(Clone)]
-pub(crate) enum AckHandle {
-    Here(Arc<Acks>),
-    Linked(mpsc::UnboundedSender<Ctl>),
-}
-
-impl AckHandle {
-    pub(crate) fn ack(&self, seq: u64) {
-        match self {
-            AckHandle::Here(a) => a.push(seq),
-            AckHandle::Linked(ctl) => drop(ctl.send(Ctl::Ack { seq })),
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.ctl.send(Ctl::Leave { id: self.id });
-    }
-}
-
-/// What a linked member asks of the dispatcher it is linked to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkCtl {
-    /// The member settled this sequence.
-    Ack(u64),
-    /// The member is gone.
-    Leave,
-}
-
-/// The far end of a member whose dispatcher is not its own (one on another node, or a
-/// local one it may have to leave for another): whoever holds this feeds the member
-/// and carries its acknowledgements.
-pub struct MemberLink {
-    tx: mpsc::Sender<HubResult<Item>>,
-    ctl: mpsc::UnboundedReceiver<Ctl>,
-}
-
-impl MemberLink {
-    /// Hands the member an item, waiting for room; `false` once the member is gone.
-    pub async fn send(&self, item: HubResult<Item>) -> bool {
-        self.tx.send(item).await.is_ok()
-    }
-
-    /// The next thing the member asks for; `None` once it is gone.
-    pub async fn recv(&mut self) -> Option<LinkCtl> {
-        loop {
-            match self.ctl.recv().await? {
-                Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
-                Ctl::Leave { .. } => return Some(LinkCtl::Leave),
-                Ctl::Join { .. } => {}
-            }
-        }
-    }
-
-    /// Like [`MemberLink::recv`] without waiting.
-    pub fn try_recv(&mut self) -> Option<LinkCtl> {
-        loop {
-            match self.ctl.try_recv().ok()? {
-                Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
-                Ctl::Leave { .. } => return Some(LinkCtl::Leave),
-                Ctl::Join { .. } => {}
-            }
-        }
-    }
-
-    /// The member's queue, to wait for room without blocking anything else.
-    pub fn sender(&self) -> &mpsc::Sender<HubResult<Item>> {
-        &self.tx
-    }
-
-    /// Whether the member is gone.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-}
-
-/// A member fed through a [`MemberLink`].
-pub struct LinkedMember(pub(crate) Member);
-
-/// A member holding `queue` items, and its link.
-pub fn linked(queue: usize, shutdown: CancellationToken) -> (LinkedMember, MemberLink) {
-    let (tx, rx) = mpsc::channel(queue.max(1));
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let member = Member {
-        id: 0,
-        rx,
-        ctl: ctl_tx,
-        acks: None,
-        shutdown,
-        guard: None,
-    };
-    (LinkedMember(member), MemberLink { tx, ctl: ctl_rx })
-}
-
-/// Queue depth of a member with this prefetch.
-pub(crate) fn member_queue(prefetch: Option<usize>) -> usize {
-    prefetch.unwrap_or(DEFAULT_MEMBER_QUEUE)
 }
 
 impl Groups {
