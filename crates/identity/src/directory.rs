@@ -327,7 +327,11 @@ impl Directory {
         if !constant_time_eq(keys::digest(secret).as_bytes(), k.secret_sha256.as_bytes()) {
             return Err(AuthError::BadKey("unknown or revoked"));
         }
-        if k.expires_at.is_some_and(|e| e <= unix_now()) {
+        // Whole seconds: expired once the second after `expires_at` begins, so a key
+        // minted with `expires_in: n` works for at least n seconds (with `<=`, one minted
+        // late in a second could be refused the moment after: `expires_in: 1` lived
+        // anywhere from a millisecond to a second).
+        if k.expires_at.is_some_and(|e| e < unix_now()) {
             return Err(AuthError::BadKey("expired"));
         }
         Ok(Arc::new(Identity {
