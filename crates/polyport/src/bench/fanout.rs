@@ -31,6 +31,9 @@ pub(crate) struct FanoutArgs {
     /// Run Polyport only (no baseline, no ratio): for profiling it.
     #[arg(long)]
     polyport_only: bool,
+    /// Run the baseline only: for profiling it the same way.
+    #[arg(long, conflicts_with = "polyport_only")]
+    baseline_only: bool,
     /// Draw p50/p99 latency against subscribers into this SVG file.
     #[arg(long)]
     chart: Option<std::path::PathBuf>,
@@ -70,11 +73,12 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "p99 Polyport",
     ]);
     for &n in &args.subscribers {
-        if args.polyport_only {
-            let (pp, cpu) = run_one(true, n, &args).await?;
+        if args.polyport_only || args.baseline_only {
+            let (s, cpu) = run_one(args.polyport_only, n, &args).await?;
+            let name = if args.polyport_only { "polyport" } else { "baseline" };
             println!(
                 "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12.2}",
-                n, "polyport", pp.count, pp.p50, pp.p99, pp.max, cpu
+                n, name, s.count, s.p50, s.p99, s.max, cpu
             );
             continue;
         }
@@ -101,7 +105,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             line.points.push((n as f64, y));
         }
     }
-    if let (Some(path), false) = (&args.chart, args.polyport_only) {
+    if let (Some(path), false) = (&args.chart, args.polyport_only || args.baseline_only) {
         chart::Chart {
             title: "One write fanned out: latency by subscribers (Polyport vs axum + broadcast)",
             x: "subscribers (half SSE, half WebSocket)",
