@@ -1,5 +1,6 @@
 //! What all connections share: the exchanges, the queues, and the durable topology in
-//! the Hub's adapter state (namespaces `amqp.exchanges`, `amqp.queues`).
+//! the Hub's adapter state (namespaces `amqp.exchanges`, `amqp.queues`), kept the same
+//! on every node of a cluster by `topology.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::naming::Kind;
 use crate::queue::{Binding, Declared, Queue, SavedBinding};
 
-const EXCHANGES: &str = "amqp.exchanges";
-const QUEUES: &str = "amqp.queues";
+pub(crate) const EXCHANGES: &str = "amqp.exchanges";
+pub(crate) const QUEUES: &str = "amqp.queues";
 
 /// A declared exchange.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,15 +68,23 @@ pub struct Broker {
     pub ctx: AuthContext,
     pub(crate) exchanges: Arc<Mutex<HashMap<String, Exchange>>>,
     pub(crate) queues: Mutex<HashMap<String, Arc<Queue>>>,
-    /// Serialises [`Broker::declare_queue_if_absent`]: its check and its create are one step.
+    /// Serialises [`Broker::declare_saved_queue`]: its check and its create are one step.
     declaring: Mutex<()>,
+    /// Held by every change to the saved topology from its local change to its save,
+    /// and while another node's change is applied (`topology.rs`): an entry read back
+    /// from the store can then never undo a change this node made but has not saved
+    /// yet, and reads are applied in the order they were made.
+    pub(crate) changing: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
+    /// This broker among the cluster's nodes, so it skips its own announcements.
+    pub(crate) node: String,
 }
 
 impl Broker {
     /// The built-in exchanges plus the durable topology saved by earlier runs.
     pub async fn load(hub: Hub, cfg: BrokerConfig) -> Result<Arc<Self>, HubError> {
         let ctx = AuthContext::system(Origin("amqp"));
+        let changes = Self::topology_changes(&hub).await?;
         let mut exchanges: HashMap<String, Exchange> = [
             ("", Kind::Direct),
             ("amq.direct", Kind::Direct),
@@ -104,7 +113,9 @@ impl Broker {
             exchanges: Arc::new(Mutex::new(exchanges)),
             queues: Mutex::new(HashMap::new()),
             declaring: Mutex::new(()),
+            changing: tokio::sync::Mutex::new(()),
             next_conn: AtomicU64::new(1),
+            node: hub.node_id(),
         });
         for (name, bytes) in hub.load_state(&ctx, QUEUES).await? {
             let d: Declared = match serde_json::from_slice(&bytes) {
@@ -114,19 +125,42 @@ impl Broker {
                     continue;
                 }
             };
-            let bindings = broker.bindings_of(&d);
-            let q = Queue::open(
-                hub.clone(),
-                ctx.clone(),
-                d,
-                bindings,
-                broker.cfg.queue_window,
-                broker.exchanges.clone(),
-            );
-            broker.queues.lock().insert(name, q);
+            broker.open_saved(d);
         }
         broker.expire_unused_queues();
+        if let Some(changes) = changes {
+            broker.follow_topology(changes);
+        }
         Ok(broker)
+    }
+
+    /// Opens a saved queue, unless one of its name is open already (then that one).
+    pub(crate) fn open_saved(&self, d: Declared) -> Arc<Queue> {
+        let mut queues = self.queues.lock();
+        if let Some(q) = queues.get(&d.name) {
+            return q.clone();
+        }
+        let bindings = self.bindings_of(&d);
+        let name = d.name.clone();
+        let q = Queue::open(
+            self.hub.clone(),
+            self.ctx.clone(),
+            d,
+            bindings,
+            self.cfg.queue_window,
+            self.exchanges.clone(),
+        );
+        queues.insert(name, q.clone());
+        q
+    }
+
+    /// The topology-change lock on the cluster engine (see `changing`); nothing to
+    /// wait for on one node, where no other node's change is ever applied.
+    pub(crate) async fn changing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.hub.engine() {
+            "cluster" => Some(self.changing.lock().await),
+            _ => None,
+        }
     }
 
     /// A new connection id (the owner of exclusive queues and consumers).
@@ -134,7 +168,7 @@ impl Broker {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn bindings_of(&self, d: &Declared) -> Vec<Binding> {
+    pub(crate) fn bindings_of(&self, d: &Declared) -> Vec<Binding> {
         d.bindings
             .iter()
             .filter_map(|b| {
@@ -148,6 +182,11 @@ impl Broker {
         self.exchanges.lock().get(name).cloned()
     }
 
+    /// Whether an exchange of that name is declared on this node (no copy made).
+    pub fn has_exchange(&self, name: &str) -> bool {
+        self.exchanges.lock().contains_key(name)
+    }
+
     /// Adds a declared exchange (after [`Broker::save_exchange`] when durable).
     pub fn add_exchange(&self, name: &str, x: Exchange) {
         self.exchanges.lock().insert(name.to_string(), x);
@@ -158,6 +197,64 @@ impl Broker {
         self.queues.lock().get(name).cloned()
     }
 
+    /// Declares an exchange (saved first when durable).
+    pub async fn declare_exchange(&self, name: &str, x: Exchange) -> Result<(), HubError> {
+        let _changing = self.changing().await;
+        if x.durable {
+            self.save_exchange(name, Some(&x)).await?;
+        }
+        self.add_exchange(name, x);
+        Ok(())
+    }
+
+    /// [`Broker::declare_queue`] unless a queue of that name exists, then that one; and
+    /// whether it was created (then saved, when durable). Two connections declaring one
+    /// queue at once (a STOMP SEND and a SUBSCRIBE to a new `/queue/x`) get the same
+    /// queue, never one each.
+    pub async fn declare_saved_queue(
+        &self,
+        name: &str,
+        durable: bool,
+        auto_delete: bool,
+        exclusive: Option<u64>,
+        args: crate::arguments::QueueArgs,
+    ) -> Result<(Arc<Queue>, bool), HubError> {
+        let _changing = self.changing().await;
+        let q = {
+            let _one_at_a_time = self.declaring.lock();
+            if let Some(q) = self.queue(name) {
+                return Ok((q, false));
+            }
+            self.declare_queue(name, durable, auto_delete, exclusive, args)
+        };
+        self.save_queue(name, Some(&q)).await?;
+        Ok((q, true))
+    }
+
+    /// Binds a queue (a no-op if bound so already) and saves it.
+    pub async fn bind_queue(
+        &self,
+        q: &Arc<Queue>,
+        b: crate::queue::Binding,
+    ) -> Result<(), HubError> {
+        let _changing = self.changing().await;
+        q.bind(b).await;
+        self.save_queue(&q.name(), Some(q)).await
+    }
+
+    /// Unbinds a queue and saves it; `false` when there was no such binding.
+    pub async fn unbind_queue(
+        &self,
+        q: &Arc<Queue>,
+        exchange: &str,
+        key: &str,
+    ) -> Result<bool, HubError> {
+        let _changing = self.changing().await;
+        let had = q.unbind(exchange, key).await;
+        self.save_queue(&q.name(), Some(q)).await?;
+        Ok(had)
+    }
+
     /// Stores a durable exchange; removes it with `None`.
     pub async fn save_exchange(&self, name: &str, x: Option<&Exchange>) -> Result<(), HubError> {
         let value = match x {
@@ -166,7 +263,10 @@ impl Broker {
             )),
             None => None,
         };
-        self.hub.put_state(&self.ctx, EXCHANGES, name, value).await
+        self.hub
+            .put_state(&self.ctx, EXCHANGES, name, value)
+            .await?;
+        self.announce(EXCHANGES, name).await
     }
 
     /// Stores a durable queue's declaration (and bindings); removes it with `None`.
@@ -183,7 +283,8 @@ impl Broker {
             }
             None => None,
         };
-        self.hub.put_state(&self.ctx, QUEUES, name, value).await
+        self.hub.put_state(&self.ctx, QUEUES, name, value).await?;
+        self.announce(QUEUES, name).await
     }
 
     /// Declares a queue that holds what is published from now on.
@@ -209,25 +310,6 @@ impl Broker {
         })
     }
 
-    /// [`Broker::declare_queue`] unless a queue of that name exists, then that one; and
-    /// whether it was created. Two connections declaring one queue at once (a STOMP SEND
-    /// and a SUBSCRIBE to a new `/queue/x`) get the same queue, never one each.
-    pub fn declare_queue_if_absent(
-        &self,
-        name: &str,
-        durable: bool,
-        auto_delete: bool,
-        exclusive: Option<u64>,
-        args: crate::arguments::QueueArgs,
-    ) -> (Arc<Queue>, bool) {
-        let _one_at_a_time = self.declaring.lock();
-        if let Some(q) = self.queue(name) {
-            return (q, false);
-        }
-        let q = self.declare_queue(name, durable, auto_delete, exclusive, args);
-        (q, true)
-    }
-
     /// Opens a new queue.
     fn create_queue(&self, d: Declared) -> Arc<Queue> {
         let name = d.name.clone();
@@ -245,6 +327,7 @@ impl Broker {
 
     /// Deletes a queue everywhere; returns the messages it held.
     pub async fn delete_queue(&self, name: &str) -> Result<u32, HubError> {
+        let _changing = self.changing().await;
         let Some(q) = self.queues.lock().remove(name) else {
             return Ok(0);
         };
@@ -265,6 +348,7 @@ impl Broker {
         key: &str,
         args: &amq_protocol_types::FieldTable,
     ) -> Result<bool, HubError> {
+        let _changing = self.changing().await;
         let saved = {
             let mut xs = self.exchanges.lock();
             let Some(kind) = xs.get(source).map(|x| x.kind.clone()) else {
@@ -299,6 +383,7 @@ impl Broker {
         key: &str,
         args: &amq_protocol_types::FieldTable,
     ) -> Result<(), HubError> {
+        let _changing = self.changing().await;
         let saved = {
             let mut xs = self.exchanges.lock();
             let Some(dst) = xs.get_mut(destination) else {
@@ -331,6 +416,7 @@ impl Broker {
 
     /// Removes an exchange with every binding to or from it.
     pub async fn delete_exchange(&self, name: &str) -> Result<(), HubError> {
+        let _changing = self.changing().await;
         let changed: Vec<(String, Exchange)> = {
             let mut xs = self.exchanges.lock();
             if xs.remove(name).is_none() {
@@ -392,7 +478,7 @@ impl Broker {
     }
 
     /// Every queue recomputes its paths after exchange bindings changed.
-    async fn reroute_all(&self) {
+    pub(crate) async fn reroute_all(&self) {
         let queues: Vec<Arc<Queue>> = self.queues.lock().values().cloned().collect();
         for q in queues {
             q.reroute().await;

@@ -12,6 +12,7 @@
 //! | bindings and routing rules (keys, patterns, headers, paths) | `queue/binding.rs` |
 //! | how a queue was declared, its saved bindings and limits | `queue/declared.rs` |
 //! | `x-*` queue arguments | `arguments.rs` |
+//! | the durable topology kept the same on every node of a cluster | `topology.rs` |
 //!
 //! Queues are Hub subscription groups with acks over the event log (the design's
 //! JetStream model: a durable queue is a durable consumer), so nothing is stored twice;
@@ -23,6 +24,7 @@ pub mod arguments;
 mod broker;
 pub mod naming;
 pub mod queue;
+mod topology;
 pub mod values;
 
 pub use broker::{Broker, BrokerConfig, Exchange};

@@ -244,7 +244,10 @@ impl Policy for Roles {
         let (scope, admin_only) = match action {
             Action::Read(_) => (Some(Scope::Read), false),
             Action::Write(_) => (Some(Scope::Write), false),
-            Action::Publish(t) => (Some(Scope::Publish), t.starts_with("$SYS")),
+            Action::Publish(t) => (
+                Some(Scope::Publish),
+                t.starts_with("$SYS") || t.starts_with(crate::announce::PREFIX),
+            ),
             Action::Subscribe(f) => (Some(Scope::Subscribe), f.starts_with("$SYS")),
             Action::Admin => (Some(Scope::Admin), true),
             Action::AdapterState(_) => (None, false),
@@ -252,7 +255,10 @@ impl Policy for Roles {
         if admin_only && !who.is_some_and(Identity::is_admin) {
             return Err(HubError::Forbidden(match action {
                 Action::Admin => "this needs an admin".into(),
-                Action::Publish(_) => "$SYS topics are the server's own".into(),
+                Action::Publish(t) if t.starts_with("$SYS") => {
+                    "$SYS topics are the server's own".into()
+                }
+                Action::Publish(_) => "$polyport/ topics are the server's own".into(),
                 _ => "only admins may subscribe to $SYS topics".into(),
             }));
         }

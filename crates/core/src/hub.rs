@@ -193,6 +193,12 @@ impl Hub {
         }
     }
 
+    /// This process among the nodes: one id from the hub's start on, the same before
+    /// and after the cluster membership is set (see `serve`).
+    pub fn node_id(&self) -> String {
+        self.membership().me().id
+    }
+
     /// Which nodes serve this deployment.
     pub fn membership(&self) -> Arc<dyn crate::cluster::Membership> {
         self.inner.membership.read().clone()

@@ -19,11 +19,11 @@ use crate::schema::{FieldError, Rule};
 
 const USERS: &str = "auth.users";
 const KEYS: &str = "auth.keys";
-/// On the cluster engine, where a node says it changed the stored users or keys: every
-/// node follows it and loads them again, so a key made through one node is accepted by
-/// the others (once their log follower has the event, milliseconds), and a revoked one
-/// refused. `$`-topics are out of reach of `#` subscribers; the event carries nothing.
-const IDENTITIES_CHANGED: &str = "$polyport/identities";
+/// On the cluster engine, where a node announces it changed the stored users or keys:
+/// every node follows it and loads them again, so a key made through one node is
+/// accepted by the others (once their log follower has the event, milliseconds), and a
+/// revoked one refused. The announcement carries nothing.
+const IDENTITIES_CHANGED: &str = "identities";
 
 fn invalid(field: &str, message: impl Into<String>) -> HubError {
     HubError::Validation(vec![FieldError::new(field, Rule::Format, message)])
@@ -197,35 +197,20 @@ impl Hub {
             value: value.map(Bytes::from),
         })
         .await?;
-        if self.inner.store.engine() == "cluster" {
-            let topic = crate::topic::Topic::new(IDENTITIES_CHANGED)?;
-            let mut d = crate::event::EventDraft::new(topic, Bytes::new());
-            d.durability = crate::event::Durability::Durable;
-            let ctx = AuthContext::system(Origin("identities"));
-            self.publish(&ctx, d).await?;
-        }
-        Ok(())
+        self.announce(IDENTITIES_CHANGED, Bytes::new()).await
     }
 
     /// Loads the stored identities again whenever a node changes them (the cluster
-    /// engine); subscribed before it returns, so nothing falls between it and a load.
+    /// engine); following before it returns, so nothing falls between it and a load.
     async fn follow_identities(&self) -> HubResult<()> {
-        let req = crate::subscription::SubscribeRequest {
-            filters: vec![crate::topic::TopicFilter::new(IDENTITIES_CHANGED)?],
-            durable_only: true,
-            overflow: crate::subscription::Overflow::Notify,
-            ..Default::default()
+        let Some(mut changes) = self.announcements(IDENTITIES_CHANGED).await? else {
+            return Ok(());
         };
-        let ctx = AuthContext::system(Origin("identities"));
-        let mut sub = self.subscribe(&ctx, req).await?;
         let hub = self.clone();
         tokio::spawn(async move {
-            while let Some(item) = sub.next().await {
-                if item.is_err() {
-                    break;
-                }
+            while changes.next().await.is_some() {
                 // Changes that came together are loaded once.
-                while let Some(Ok(_)) = sub.try_next().await {}
+                changes.skip_waiting().await;
                 if let Err(e) = hub.reload_identities().await {
                     tracing::warn!(error = %e, "loading the identities another node changed failed");
                 }

@@ -12,6 +12,7 @@
 
 pub mod adapter;
 pub mod admission;
+mod announce;
 pub mod attributes;
 mod audit;
 pub mod auth;
@@ -39,6 +40,7 @@ pub mod topic;
 pub mod webhook;
 mod webhook_hub;
 
+pub use announce::Announcements;
 pub use attributes::{Attributes, Guarantee, Sender};
 pub use auth::{AuthContext, Policy};
 pub use bus::Bus;

@@ -311,6 +311,8 @@ pub(crate) struct Broker {
     pub(crate) shared: bool,
     /// This broker among the nodes (names it as a session's holder).
     pub(crate) instance: String,
+    /// Sessions held by nodes that are gone, and since when this node has seen them so.
+    pub(crate) orphans: Mutex<crate::orphans::Orphans>,
 }
 
 /// Unix time in milliseconds.
@@ -328,6 +330,7 @@ impl Broker {
         let now = Instant::now();
         let mut parked = HashMap::new();
         let shared = hub.groups_span_nodes();
+        let instance = hub.node_id();
         // On the cluster engine a session is read from the store when its client comes
         // back, on whichever node: none is parked here at start.
         let sessions = match shared {
@@ -384,7 +387,8 @@ impl Broker {
             retained: RwLock::new(retained),
             next_conn: AtomicU64::new(1),
             shared,
-            instance: polyport_core::record::new_id(),
+            instance,
+            orphans: Default::default(),
         }))
     }
 
@@ -520,15 +524,17 @@ impl Broker {
     /// the cluster engine only while the store still names this node its holder (the
     /// client may have come back through another node, which has it now).
     async fn held_here(&self, client_id: &str) -> bool {
-        if !self.shared {
-            return true;
-        }
+        !self.shared || self.held_by(client_id, &self.instance).await
+    }
+
+    /// Whether the store names `holder` the holder of the client's session.
+    pub(crate) async fn held_by(&self, client_id: &str, holder: &str) -> bool {
         match self
             .hub
             .get_state(&self.ctx, state::SESSIONS, client_id)
             .await
         {
-            Ok(Some(b)) => state::session_holder(&b).is_some_and(|h| h == self.instance),
+            Ok(Some(b)) => state::session_holder(&b).is_some_and(|h| h == holder),
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(client = %client_id, error = %e, "cannot tell who holds an expired MQTT session; keeping it");

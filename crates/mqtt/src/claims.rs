@@ -7,7 +7,9 @@
 //! (`Session taken over`, 0x8E on MQTT 5) without parking or ending the session, drops
 //! a parked copy and cancels a delayed will. The new node reads the session from the
 //! store (`connection/handshake.rs`), so it resumes with its subscriptions and the
-//! groups' positions; what the old connection had not acknowledged comes again.
+//! groups' positions; what the old connection had not acknowledged comes again. The
+//! node named in the stored session expires it; if that node dies, the survivors do
+//! (`orphans.rs`).
 //!
 //! Deliberately at most once and not awaited: a lost announcement leaves two
 //! connections for a while (each receiving, as two clients sharing the session's
@@ -15,13 +17,13 @@
 
 use std::sync::Arc;
 
-use polyport_core::{EventDraft, HubError, Item, Overflow, SubscribeRequest, Topic, TopicFilter};
+use polyport_core::HubError;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
 
-/// Where connects are announced. `$`-topics are out of reach of `#` subscribers.
-const TOPIC: &str = "$polyport/mqtt/claims";
+/// What connects are announced as (`$polyport/mqtt/claims`).
+const CLAIMS: &str = "mqtt/claims";
 
 #[derive(Serialize, Deserialize)]
 struct Claim {
@@ -32,9 +34,6 @@ struct Claim {
 
 /// Tells the other nodes that `client_id` connected here.
 pub(crate) fn announce(broker: &Broker, client_id: &str) {
-    let Ok(topic) = Topic::new(TOPIC) else {
-        return;
-    };
     let claim = Claim {
         client_id: client_id.to_string(),
         broker: broker.instance.clone(),
@@ -42,30 +41,20 @@ pub(crate) fn announce(broker: &Broker, client_id: &str) {
     let Ok(body) = serde_json::to_vec(&claim) else {
         return;
     };
-    let mut d = EventDraft::new(topic, body);
-    d.content_type = Some("application/json".into());
-    if let Err(e) = broker.hub.publish_ephemeral(&broker.ctx, d) {
+    if let Err(e) = broker.hub.announce_ephemeral(CLAIMS, body) {
         tracing::warn!(client = %client_id, error = %e, "announcing an MQTT connect to the other nodes failed");
     }
 }
 
-/// Follows the other nodes' announcements until the hub shuts down; subscribed before
-/// it returns.
+/// Follows the other nodes' announcements until the hub shuts down; following when it
+/// returns.
 pub(crate) async fn follow(broker: &Arc<Broker>) -> Result<(), HubError> {
-    let req = SubscribeRequest {
-        filters: vec![TopicFilter::new(TOPIC)?],
-        overflow: Overflow::Notify,
-        ..SubscribeRequest::default()
+    let Some(mut claims) = broker.hub.announcements(CLAIMS).await? else {
+        return Ok(());
     };
-    let mut sub = broker.hub.subscribe(&broker.ctx, req).await?;
     let broker = broker.clone();
     tokio::spawn(async move {
-        while let Some(item) = sub.next().await {
-            let e = match item {
-                Ok(Item::Event(d)) => d.event,
-                Ok(Item::Notice(_)) => continue,
-                Err(_) => break,
-            };
+        while let Some(e) = claims.next().await {
             match serde_json::from_slice::<Claim>(&e.payload) {
                 Ok(c) if c.broker != broker.instance => broker.claimed_elsewhere(&c.client_id),
                 Ok(_) => {}

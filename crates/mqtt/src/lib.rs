@@ -30,6 +30,7 @@ mod claims;
 mod connection;
 mod error;
 mod framing;
+mod orphans;
 mod session;
 mod state;
 mod wire;
@@ -191,7 +192,10 @@ async fn housekeeping(broker: Arc<broker::Broker>) {
         tokio::select! {
             _ = expiry.tick() => {
                 broker.sweep();
-                broker.expire_sessions().await
+                broker.expire_sessions().await;
+                if broker.shared {
+                    broker.expire_orphans().await;
+                }
             }
             _ = sys.tick(), if !sys_every.is_zero() => publish_sys(&broker).await,
             _ = shutdown.cancelled() => return,

@@ -320,13 +320,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     // Announced once the listeners are bound, so the node says where it can be reached.
-    let me = polyport_core::cluster::Node::this_process(
-        listeners
-            .started
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    );
+    // Under the id the hub has had from its start, which adapters already use (an MQTT
+    // session names the node holding it).
+    let me = polyport_core::cluster::Node {
+        id: hub.node_id(),
+        ..polyport_core::cluster::Node::this_process(
+            listeners
+                .started
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    };
     let cluster = match cfg.cluster.join_config() {
         Some(join) => {
             let m = polyport_cluster::NatsMembership::join(join, me, hub.shutdown_token())

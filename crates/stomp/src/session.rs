@@ -243,25 +243,34 @@ impl Session {
 
     /// The queue `name`, declared durable (with the frame's `x-*` arguments) if missing.
     async fn declare_queue(&mut self, name: &str, f: &Frame) -> Result<Arc<Queue>, Fatal> {
-        if let Some(q) = self.broker.queue(name) {
+        if let Some(q) = Self::find_queue(&self.broker, name).await? {
             return Ok(q);
         }
         let args = polyport_broker::arguments::queue_arguments(&queue_args(f))
             .map_err(|e| bad("Bad queue arguments", e.to_string()))?;
-        let (q, created) = self
+        let (q, _) = self
             .broker
-            .declare_queue_if_absent(name, true, false, None, args);
-        if created {
-            self.broker
-                .save_queue(name, Some(&q))
-                .await
-                .map_err(|e| bad("Internal error", e.to_string()))?;
-        }
+            .declare_saved_queue(name, true, false, None, args)
+            .await
+            .map_err(|e| bad("Internal error", e.to_string()))?;
         Ok(q)
     }
 
-    fn exchange(&self, name: &str) -> Result<polyport_broker::Exchange, Fatal> {
-        self.broker.exchange(name).ok_or_else(|| {
+    /// A queue declared here or, on the cluster engine, through another node. (Takes
+    /// the broker, not the session, which is not `Sync`, across its await.)
+    async fn find_queue(broker: &Arc<Broker>, name: &str) -> Result<Option<Arc<Queue>>, Fatal> {
+        broker
+            .find_queue(name)
+            .await
+            .map_err(|e| bad("Internal error", e.to_string()))
+    }
+
+    async fn exchange(broker: &Broker, name: &str) -> Result<polyport_broker::Exchange, Fatal> {
+        let x = broker
+            .find_exchange(name)
+            .await
+            .map_err(|e| bad("Internal error", e.to_string()))?;
+        x.ok_or_else(|| {
             bad(
                 "not_found",
                 format!("NOT_FOUND - no exchange '{name}' in vhost '/'"),
@@ -269,15 +278,19 @@ impl Session {
         })
     }
 
-    fn existing_queue(&self, name: &str) -> Result<Arc<Queue>, Fatal> {
-        let q = self.broker.queue(name).ok_or_else(|| {
+    async fn existing_queue(
+        broker: &Arc<Broker>,
+        conn: u64,
+        name: &str,
+    ) -> Result<Arc<Queue>, Fatal> {
+        let q = Self::find_queue(broker, name).await?.ok_or_else(|| {
             bad(
                 "not_found",
                 format!("NOT_FOUND - no queue '{name}' in vhost '/'"),
             )
         })?;
         match q.declared.lock().exclusive {
-            Some(owner) if owner != self.conn => Err(bad(
+            Some(owner) if owner != conn => Err(bad(
                 "access_refused",
                 format!("RESOURCE_LOCKED - queue '{name}' is exclusive to another connection"),
             )),
@@ -343,7 +356,7 @@ impl Session {
             Destination::Queue(q) => Some(self.declare_queue(q, &f).await?),
             // Anyone may publish to an exclusive queue; only its owner consumes.
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
-                Some(self.broker.queue(q).ok_or_else(|| {
+                Some(Self::find_queue(&self.broker, q).await?.ok_or_else(|| {
                     bad(
                         "not_found",
                         format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
@@ -354,7 +367,7 @@ impl Session {
         }
         .is_some_and(|q| q.declared.lock().durable);
         let (exchange, key) = dest.publish_target();
-        let x = self.exchange(&exchange)?;
+        let x = Self::exchange(&self.broker, &exchange).await?;
         if x.internal {
             return Err(bad(
                 "access_refused",
@@ -479,7 +492,7 @@ impl Session {
         let dest = Self::destination(f)?;
         let queue = match &dest {
             Destination::Queue(q) => self.declare_queue(q, f).await?,
-            Destination::AmqQueue(q) => self.existing_queue(q)?,
+            Destination::AmqQueue(q) => Self::existing_queue(&self.broker, self.conn, q).await?,
             Destination::Topic(_) | Destination::Exchange { .. } => {
                 self.subscription_queue(&id, &dest, f).await?
             }
@@ -492,7 +505,7 @@ impl Session {
                 }
                 q
             }
-            Destination::ReplyQueue(q) => self.existing_queue(q)?,
+            Destination::ReplyQueue(q) => Self::existing_queue(&self.broker, self.conn, q).await?,
         };
         queue.settled().await;
         let prefetch = f
@@ -521,14 +534,14 @@ impl Session {
         f: &Frame,
     ) -> Result<Arc<Queue>, Fatal> {
         let (exchange, key) = dest.publish_target();
-        let x = self.exchange(&exchange)?;
+        let x = Self::exchange(&self.broker, &exchange).await?;
         let durable = is_true(f.get("durable")) || is_true(f.get("persistent"));
         let name = if durable {
             format!("stomp-subscription-{id}")
         } else {
             format!("stomp-subscription-{}-{id}", self.conn)
         };
-        let queue = match self.broker.queue(&name) {
+        let queue = match Self::find_queue(&self.broker, &name).await? {
             Some(q) if durable => q,
             _ => {
                 let args = polyport_broker::arguments::queue_arguments(&queue_args(f))
@@ -559,9 +572,8 @@ impl Session {
             .hub
             .authorize_route(&self.ctx, binding.filter())
             .map_err(|e| bad("Access refused", e.to_string()))?;
-        queue.bind(binding).await;
         self.broker
-            .save_queue(&name, Some(&queue))
+            .bind_queue(&queue, binding)
             .await
             .map_err(|e| bad("Internal error", e.to_string()))?;
         Ok(queue)

@@ -119,6 +119,7 @@ impl Channel {
     /// Handles one method; `Ok(Some(ready))` when a publish is complete.
     pub(crate) async fn method(&mut self, cx: &mut Ctx<'_>, m: AMQPClass) -> Result<(), Closing> {
         let fail = |code, text: String| channel_error(code, text, &m);
+        Self::learn(cx, &m).await.map_err(|(c, t)| fail(c, t))?;
         match &m {
             AMQPClass::Exchange(x) => self.exchange(cx, x).await.map_err(|(c, t)| fail(c, t)),
             AMQPClass::Queue(q) => self.queue(cx, q).await.map_err(|(c, t)| fail(c, t)),

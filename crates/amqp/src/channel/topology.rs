@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use amq_protocol::protocol::{AMQPClass, exchange, queue};
+use amq_protocol::protocol::{AMQPClass, basic, exchange, queue};
 
 use super::{Channel, Ctx, internal, locked, not_found, reserved};
 use crate::error::Code;
@@ -13,6 +13,70 @@ use polyport_broker::arguments::{ArgumentError, queue_arguments};
 use polyport_broker::{Binding, Queue};
 
 impl Channel {
+    /// On the cluster engine, what a method names is read from the store before it is
+    /// handled, so it sees what clients did through other nodes (see
+    /// `polyport_broker`'s `topology.rs`).
+    pub(super) async fn learn(cx: &Ctx<'_>, m: &AMQPClass) -> Result<(), (Code, String)> {
+        let (queue, exchanges): (Option<&str>, [Option<&str>; 2]) = match m {
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
+                (None, [Some(d.exchange.as_str()), None])
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => {
+                (None, [Some(d.exchange.as_str()), None])
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(d)) => (
+                None,
+                [Some(d.source.as_str()), Some(d.destination.as_str())],
+            ),
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(d)) => (
+                None,
+                [Some(d.source.as_str()), Some(d.destination.as_str())],
+            ),
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => (Some(d.queue.as_str()), [None; 2]),
+            AMQPClass::Queue(queue::AMQPMethod::Bind(d)) => {
+                (Some(d.queue.as_str()), [Some(d.exchange.as_str()), None])
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(d)) => {
+                (Some(d.queue.as_str()), [Some(d.exchange.as_str()), None])
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Purge(d)) => (Some(d.queue.as_str()), [None; 2]),
+            AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => (Some(d.queue.as_str()), [None; 2]),
+            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => (Some(c.queue.as_str()), [None; 2]),
+            AMQPClass::Basic(basic::AMQPMethod::Get(g)) => (Some(g.queue.as_str()), [None; 2]),
+            AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
+                (None, [Some(p.exchange.as_str()), None])
+            }
+            _ => return Ok(()),
+        };
+        // Declarations, bindings and consumes read the store (they are rare, and a
+        // client expects them to see what it did through another node); the message
+        // paths only on a miss.
+        let fresh = matches!(
+            m,
+            AMQPClass::Exchange(_)
+                | AMQPClass::Queue(_)
+                | AMQPClass::Basic(basic::AMQPMethod::Consume(_))
+        );
+        let b = cx.broker;
+        for x in exchanges.into_iter().flatten() {
+            if fresh {
+                b.fresh_exchange(x).await.map_err(internal)?;
+            } else if !b.has_exchange(x) {
+                b.find_exchange(x).await.map_err(internal)?;
+            }
+        }
+        match queue.filter(|q| !q.is_empty()) {
+            Some(q) if fresh => {
+                b.fresh_queue(q).await.map_err(internal)?;
+            }
+            Some(q) if b.queue(q).is_none() => {
+                b.find_queue(q).await.map_err(internal)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     pub(super) async fn exchange(
         &mut self,
         cx: &mut Ctx<'_>,
@@ -57,10 +121,7 @@ impl Channel {
                                 internal: d.internal,
                                 sources: Vec::new(),
                             };
-                            if d.durable {
-                                b.save_exchange(name, Some(&x)).await.map_err(internal)?;
-                            }
-                            b.add_exchange(name, x);
+                            b.declare_exchange(name, x).await.map_err(internal)?;
                         }
                     }
                 }
@@ -201,16 +262,16 @@ impl Channel {
                             ArgumentError::Invalid(t) => (Code::PreconditionFailed, t),
                             ArgumentError::Unsupported(t) => (Code::NotImplemented, t),
                         })?;
-                        let (q, created) = b.declare_queue_if_absent(
-                            &name,
-                            d.durable,
-                            d.auto_delete,
-                            d.exclusive.then_some(cx.conn),
-                            args,
-                        );
-                        if created {
-                            b.save_queue(&name, Some(&q)).await.map_err(internal)?;
-                        }
+                        let (q, _) = b
+                            .declare_saved_queue(
+                                &name,
+                                d.durable,
+                                d.auto_delete,
+                                d.exclusive.then_some(cx.conn),
+                                args,
+                            )
+                            .await
+                            .map_err(internal)?;
                         q
                     }
                 };
@@ -251,8 +312,7 @@ impl Channel {
                 b.hub
                     .authorize_route(cx.auth, binding.filter())
                     .map_err(|e| (Code::AccessRefused, format!("ACCESS_REFUSED - {e}")))?;
-                q.bind(binding).await;
-                b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
+                b.bind_queue(&q, binding).await.map_err(internal)?;
                 if !d.nowait {
                     cx.send(AMQPClass::Queue(queue::AMQPMethod::BindOk(
                         queue::BindOk {},
@@ -262,8 +322,9 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(d) => {
                 let q = Self::usable(cx, d.queue.as_str())?;
-                q.unbind(d.exchange.as_str(), d.routing_key.as_str()).await;
-                b.save_queue(&q.name(), Some(&q)).await.map_err(internal)?;
+                b.unbind_queue(&q, d.exchange.as_str(), d.routing_key.as_str())
+                    .await
+                    .map_err(internal)?;
                 cx.send(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
                     queue::UnbindOk {},
                 )));

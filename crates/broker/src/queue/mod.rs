@@ -514,6 +514,25 @@ impl Queue {
         self.reroute().await;
     }
 
+    /// Takes the bindings another node saved (the cluster engine); a no-op when they
+    /// are this node's already.
+    pub(crate) async fn rebind(self: &Arc<Self>, saved: Vec<SavedBinding>, bindings: Vec<Binding>) {
+        {
+            // In `bind`'s order: the state, then the declaration.
+            let mut st = self.state.lock();
+            let mut declared = self.declared.lock();
+            if declared.bindings == saved {
+                return;
+            }
+            declared.bindings = saved;
+            st.bindings = Binding::new("", Kind::Direct, &self.name, FieldTable::default())
+                .into_iter()
+                .chain(bindings)
+                .collect();
+        }
+        self.reroute().await;
+    }
+
     /// Recomputes the routes after a change of bindings (the queue's, or between
     /// exchanges) and returns once the queue reads the log with them.
     pub async fn reroute(self: &Arc<Self>) {
@@ -620,6 +639,14 @@ impl Queue {
     /// Stops the queue: its consumers are cancelled, its feeder ends, its group's
     /// position is forgotten. Returns the messages it held.
     pub async fn delete(&self) -> Result<u32, HubError> {
+        let n = self.close().await;
+        self.hub.delete_group(&self.ctx, &self.group()).await?;
+        Ok(n)
+    }
+
+    /// Stops the queue on this node (another node deleted it, and its group): its
+    /// consumers are cancelled, its feeder ends. Returns the messages it held.
+    pub(crate) async fn close(&self) -> u32 {
         let (consumers, n) = {
             let mut st = self.state.lock();
             st.deleted = true;
@@ -638,8 +665,7 @@ impl Queue {
                 })
                 .await;
         }
-        self.hub.delete_group(&self.ctx, &self.group()).await?;
-        Ok(n)
+        n
     }
 
     /// Consumers of a closing connection leave.

@@ -18,3 +18,19 @@ if str(HTTP_TESTS) not in sys.path:
     sys.path.append(str(HTTP_TESTS))
 
 from polyport_server import Server, servers  # noqa: E402, F401  (fixture)
+
+
+import cluster_nodes  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def nodes(servers):
+    """Starts nodes on one fresh schema: `nodes(3)`."""
+    yield from cluster_nodes.node_factory(servers)
+
+
+@pytest.fixture
+def nodes_with_bus(servers):
+    """Nodes on one fresh schema and one fresh NATS deployment (bucket)."""
+    yield from cluster_nodes.nodes_with_bus(servers)

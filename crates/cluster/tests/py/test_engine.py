@@ -23,37 +23,10 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from nats_helpers import NATS, delete_bucket
+from cluster_nodes import PG, WAIT, amqp, node_factory
 from polyport_server import wait_for
 
-PG = os.environ.get("POLYPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1/test")
 WEBHOOK_TESTS = Path(__file__).resolve().parents[3] / "webhooks" / "tests" / "py"
-WAIT = 10
-
-
-def node_factory(servers, config: str | None = None):
-    """Yields `start(n)`, which starts n nodes on one fresh schema (and `config`); stops
-    them and drops the schema after."""
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    env = {"POLYPORT_STORE": PG, "POLYPORT_STORE_SCHEMA": schema}
-    started = []
-
-    def start(n: int):
-        started.extend(servers.start(config, env=env) for _ in range(n))
-        return started[-n:]
-
-    yield start
-    for s in started:
-        s.stop()
-    r = subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-
-
-@pytest.fixture
-def nodes(servers):
-    """Starts nodes on one fresh schema: `nodes(3)`."""
-    yield from node_factory(servers)
 
 
 def poll(s, since: int = 0) -> list[dict]:
@@ -322,15 +295,6 @@ def test_ephemeral_events_cross_nodes_over_nats(nodes_with_bus):
             c.disconnect()
 
 
-@pytest.fixture
-def nodes_with_bus(servers):
-    """Nodes on one fresh schema and one fresh NATS deployment (bucket)."""
-    bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
-    cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
-    yield from node_factory(servers, cfg)
-    delete_bucket(bucket)
-
-
 def test_a_retained_message_published_through_one_node_is_sent_by_another(nodes):
     """MQTT retained messages are state of the broker: a QoS 1 retained publish through
     node A (in the shared log) is what a new subscriber on node B gets at once, and an
@@ -419,12 +383,6 @@ def test_a_shared_subscription_with_members_on_three_nodes_gets_each_message_onc
         for _, cl, _ in members:
             cl.loop_stop()
             cl.disconnect()
-
-
-def amqp(s) -> "pika.BlockingConnection":
-    import pika
-
-    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", s.port("amqp"), heartbeat=0))
 
 
 def test_an_amqp_queue_with_consumers_on_two_nodes_gets_each_message_once(nodes_with_bus):

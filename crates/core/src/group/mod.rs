@@ -231,6 +231,22 @@ impl Groups {
             );
             break (source, saved, ctl_tx, ctl_rx, acks, hosting);
         };
+        // A new group's start is saved before its first member is answered (an MQTT
+        // SUBACK, a queue's consume-ok): were this node to die before its first periodic
+        // save, the group would start live wherever it runs next and skip what was
+        // published in between.
+        let saved = match saved {
+            None if spawn.persist => {
+                let cmd = WriteCommand::SaveConsumer {
+                    key: spawn.key.clone(),
+                    position: source.last,
+                    owner: spawn.owner.clone(),
+                };
+                spawn.store.write(cmd).await?;
+                Some(source.last)
+            }
+            saved => saved,
+        };
         let _ = ctl_tx.send(join);
         // A new group is saved at once, so it counts against its owner from the start.
         let owner = match saved {

@@ -75,7 +75,11 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     for &n in &args.subscribers {
         if args.polyport_only || args.baseline_only {
             let (s, cpu) = run_one(args.polyport_only, n, &args).await?;
-            let name = if args.polyport_only { "polyport" } else { "baseline" };
+            let name = if args.polyport_only {
+                "polyport"
+            } else {
+                "baseline"
+            };
             println!(
                 "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12.2}",
                 n, name, s.count, s.p50, s.p99, s.max, cpu

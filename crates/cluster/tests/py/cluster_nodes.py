@@ -1,0 +1,47 @@
+"""Starting cluster nodes for the tests: several `polyport serve --store postgres://…`
+processes on one fresh schema of this machine's Postgres (or POLYPORT_TEST_POSTGRES_URL),
+optionally on one fresh NATS deployment (bucket)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+from nats_helpers import NATS, delete_bucket
+
+PG = os.environ.get("POLYPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1/test")
+WAIT = 10
+
+
+def node_factory(servers, config: str | None = None):
+    """Yields `start(n)`, which starts n nodes on one fresh schema (and `config`); stops
+    them and drops the schema after."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    env = {"POLYPORT_STORE": PG, "POLYPORT_STORE_SCHEMA": schema}
+    started = []
+
+    def start(n: int):
+        started.extend(servers.start(config, env=env) for _ in range(n))
+        return started[-n:]
+
+    yield start
+    for s in started:
+        s.stop()
+    r = subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def nodes_with_bus(servers):
+    """Yields `start(n)` for nodes on one fresh schema and one fresh NATS bucket."""
+    bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
+    cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
+    yield from node_factory(servers, cfg)
+    delete_bucket(bucket)
+
+
+def amqp(s) -> "pika.BlockingConnection":
+    import pika
+
+    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", s.port("amqp"), heartbeat=0))

@@ -1,0 +1,113 @@
+"""AMQP topology across the nodes of a cluster, with pika and stomp.py: what a client
+declares, binds or deletes through one node holds through every node, as in a RabbitMQ
+cluster. A lookup on another node finds a fresh declaration at once (it asks the store
+on a miss); a change to something another node already knows (a new binding, a
+deletion) reaches it through an announcement in the log, within milliseconds."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pika
+import pytest
+import stomp
+from cluster_nodes import WAIT, amqp
+
+
+def eventually(what: str, check, timeout: float = WAIT):
+    """`check()` until it is truthy; its last value."""
+    deadline = time.time() + timeout
+    while True:
+        v = check()
+        if v or time.time() > deadline:
+            assert v, f"{what} within {timeout} s"
+            return v
+        time.sleep(0.05)
+
+
+def test_exchanges_queues_and_bindings_declared_through_one_node_work_through_another(nodes_with_bus):
+    """Declared through A: a durable topic exchange, a durable queue bound to it. At once
+    through B: both answer a passive declare, a confirmed mandatory publish to the
+    exchange is routed (not returned), and B's consumer gets it. A binding added through
+    A then routes what is published through B; the queue deleted through A cancels B's
+    consumer and is gone on B (404 on a passive declare)."""
+    a, b = nodes_with_bus(2)
+    ca, cb = amqp(a), amqp(b)
+    try:
+        cha = ca.channel()
+        cha.exchange_declare("orders", "topic", durable=True)
+        cha.queue_declare("eu-orders", durable=True)
+        cha.queue_bind("eu-orders", "orders", "eu.*")
+
+        chb = cb.channel()
+        chb.exchange_declare("orders", passive=True)
+        assert chb.queue_declare("eu-orders", passive=True).method.queue == "eu-orders"
+        chb.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=2)
+        # Raises UnroutableError if B returned it as NO_ROUTE.
+        chb.basic_publish("orders", "eu.paris", b"paris", persistent, mandatory=True)
+
+        got: list[tuple[str, bytes]] = []
+        chb.basic_consume("eu-orders", lambda ch, m, p, body: (got.append((m.routing_key, body)), ch.basic_ack(m.delivery_tag)))
+        deadline = time.time() + WAIT
+        while not got and time.time() < deadline:
+            cb.process_data_events(time_limit=0.05)
+        assert got == [("eu.paris", b"paris")]
+
+        cha.queue_bind("eu-orders", "orders", "us.*")
+        # B applies A's binding once its log follower reads the announcement.
+        deadline = time.time() + WAIT
+        sent = 0
+        while not any(k == "us.nyc" for k, _ in got) and time.time() < deadline:
+            chb.basic_publish("orders", "us.nyc", f"nyc {sent}".encode(), persistent)
+            sent += 1
+            cb.process_data_events(time_limit=0.2)
+        assert any(k == "us.nyc" for k, _ in got), "a binding made through A routes publishes through B"
+        assert sent < 10, f"the binding took {sent} tries (0.2 s apart) to reach B"
+
+        tags = list(chb.consumer_tags)
+        assert tags
+        cha.queue_delete("eu-orders")
+        deadline = time.time() + WAIT
+        while chb.consumer_tags and time.time() < deadline:
+            cb.process_data_events(time_limit=0.05)
+        assert not chb.consumer_tags, "B's consumer was cancelled when A deleted the queue"
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            chb.queue_declare("eu-orders", passive=True)
+        assert e.value.reply_code == 404
+    finally:
+        for c in (ca, cb):
+            if c.is_open:
+                c.close()
+
+
+def test_a_stomp_client_on_another_node_uses_a_queue_declared_through_amqp(nodes_with_bus):
+    """A queue pika declared through A is `/amq/queue/<name>` for stomp.py on B at once:
+    B does not answer `NOT_FOUND`, and the message pika publishes through A arrives."""
+    a, b = nodes_with_bus(2)
+    name = f"reports-{uuid.uuid4().hex[:6]}"
+    ca = amqp(a)
+    got: list[str] = []
+
+    class Listener(stomp.ConnectionListener):
+        def on_message(self, frame):
+            got.append(frame.body)
+
+        def on_error(self, frame):
+            got.append(f"ERROR {frame.headers.get('message')}")
+
+    conn = stomp.Connection12([("127.0.0.1", b.port("stomp"))], heartbeats=(0, 0))
+    conn.set_listener("l", Listener())
+    try:
+        ch = ca.channel()
+        ch.queue_declare(name, durable=True)
+        conn.connect("guest", "guest", wait=True)
+        conn.subscribe(f"/amq/queue/{name}", id="1", ack="auto", headers={"receipt": "sub"})
+        ch.basic_publish("", name, b"quarterly", pika.BasicProperties(delivery_mode=2))
+        eventually("the message through B", lambda: got)
+        assert got == ["quarterly"]
+    finally:
+        if conn.is_connected():
+            conn.disconnect()
+        ca.close()
