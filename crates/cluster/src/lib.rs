@@ -16,16 +16,18 @@
 //!
 //! On the Postgres store, named groups run on one node each and members on the other
 //! nodes join them over NATS (`groups.rs`); ephemeral events cross over core NATS
-//! (`relay.rs`). Not built yet (docs/cluster.md): the event log as a JetStream stream,
-//! adapter state in KV.
+//! (`relay.rs`); the event log is relayed to a JetStream stream whose sequence is the
+//! event's (`log.rs`). Not built (docs/cluster.md): adapter state in KV.
 
 mod groups;
+mod log;
 mod relay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use groups::NatsGroups;
+pub use log::{stream_name as log_stream_name, subject as log_subject};
 pub use relay::NatsRelay;
 
 use async_nats::jetstream::{self, kv};
@@ -247,6 +249,18 @@ impl NatsMembership {
         let r = relay::start(self.client.clone(), subject, node, hub.clone()).await?;
         hub.set_relay(r);
         Ok(())
+    }
+
+    /// Relays the shared event log (the Postgres store) to the deployment's JetStream
+    /// stream, while this node holds the relay's lease (`log.rs`), until the node stops.
+    pub fn relay_log(&self, hub: &polyport_core::Hub) {
+        let js = jetstream::new(self.client.clone());
+        tokio::spawn(log::run(
+            js,
+            hub.clone(),
+            self.bucket.clone(),
+            self.stop.clone(),
+        ));
     }
 
     /// Stops the heartbeat and removes this node from the list at once (a clean stop;

@@ -434,6 +434,25 @@ impl Hub {
         self.inner.store.log_state()
     }
 
+    /// Whether the event log is the deployment's, shared by every node (the Postgres
+    /// store), rather than this node's own.
+    pub fn log_is_shared(&self) -> bool {
+        self.inner.store.engine() == "cluster"
+    }
+
+    /// Up to `limit` logged events after sequence `after`, every topic's (`$`-topics
+    /// included), in order: for what carries the whole log elsewhere (the cluster's
+    /// JetStream relay). The server's own callers only: no policy applies.
+    pub async fn read_log(&self, after: u64, limit: usize) -> HubResult<Vec<EventRef>> {
+        self.inner.store.read_events(after, limit).await
+    }
+
+    /// The lease on `name` when no other node holds it (work one node does at a time;
+    /// see [`crate::cluster::Lease`]).
+    pub async fn try_lease(&self, name: &str) -> HubResult<Option<Box<dyn crate::cluster::Lease>>> {
+        self.inner.store.try_lease(name).await
+    }
+
     /// How full the store's write queue is (0 to 1): AMQP's `connection.blocked` and
     /// friends look at it.
     pub fn write_pressure(&self) -> f32 {

@@ -341,6 +341,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             m.relay(&hub)
                 .await
                 .context("relaying ephemeral events over the cluster's NATS")?;
+            if hub.log_is_shared() {
+                m.relay_log(&hub);
+            }
             Some(m)
         }
         None => {

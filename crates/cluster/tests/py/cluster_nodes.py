@@ -8,7 +8,7 @@ import os
 import subprocess
 import uuid
 
-from nats_helpers import NATS, delete_bucket
+from nats_helpers import NATS, delete_bucket, delete_stream
 
 PG = os.environ.get("POLYPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1/test")
 WAIT = 10
@@ -34,11 +34,17 @@ def node_factory(servers, config: str | None = None):
 
 
 def nodes_with_bus(servers):
-    """Yields `start(n)` for nodes on one fresh schema and one fresh NATS bucket."""
+    """Yields `start(n)` for nodes on one fresh schema and one fresh NATS deployment
+    (`start.bucket`); deletes the deployment's bucket and log stream after."""
     bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
     cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
-    yield from node_factory(servers, cfg)
+    factory = node_factory(servers, cfg)
+    start = next(factory)
+    start.bucket = bucket
+    yield start
+    next(factory, None)
     delete_bucket(bucket)
+    delete_stream(f"polyport-{bucket}-log")
 
 
 def amqp(s) -> "pika.BlockingConnection":

@@ -1,12 +1,12 @@
 """NATS for the cluster tests: where it is (POLYPORT_TEST_NATS, else this machine's),
-whether it answers, and deleting a test's KV bucket with JetStream's API over the plain
-NATS protocol (no client library needed for one request)."""
+whether it answers, and deleting a test's KV bucket or stream."""
 
 from __future__ import annotations
 
 import os
 import socket
-import uuid
+
+from polyport_server import delete_stream as _delete_stream
 
 NATS = os.environ.get("POLYPORT_TEST_NATS", "nats://127.0.0.1:4222")
 
@@ -21,20 +21,10 @@ def nats_reachable() -> bool:
 
 
 def delete_bucket(bucket: str) -> str:
-    """Deletes a test's bucket with JetStream's API over the plain NATS protocol (no
-    client library needed for one request); returns the server's answer."""
-    host, port = NATS.removeprefix("nats://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        f = s.makefile("rwb")
-        f.readline()  # INFO
-        inbox = f"_INBOX.{uuid.uuid4().hex}"
-        f.write(f"CONNECT {{\"verbose\":false}}\r\nSUB {inbox} 1\r\n"
-                f"PUB $JS.API.STREAM.DELETE.KV_{bucket} {inbox} 0\r\n\r\nPING\r\n".encode())
-        f.flush()
-        while True:
-            line = f.readline().decode()
-            if not line:
-                return ""
-            if line.startswith("MSG"):
-                size = int(line.split()[-1])
-                return f.read(size + 2).decode().strip()
+    """Deletes a test's KV bucket; returns the server's answer."""
+    return delete_stream(f"KV_{bucket}")
+
+
+def delete_stream(stream: str) -> str:
+    """Deletes a stream on the tests' NATS; returns the server's answer."""
+    return _delete_stream(stream, NATS)

@@ -17,8 +17,10 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +72,8 @@ class Server:
             return ""
 
     def stop(self) -> int:
-        """SIGTERM, then wait; returns the exit code (None if it had to be killed)."""
+        """SIGTERM, then wait; returns the exit code (None if it had to be killed). In a
+        two-node run, the deployment's NATS bucket and log stream go with the nodes."""
         if self.peer is not None:
             self.peer.stop()
         if self.stopped:
@@ -79,11 +82,37 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=SHUTDOWN_TIMEOUT)
+            code = self.proc.wait(timeout=SHUTDOWN_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            return None
+            code = None
+        bucket = store_env(self.data_dir).get("POLYPORT_BUCKET") if self.peer is not None else None
+        if bucket:
+            delete_stream(f"KV_{bucket}")
+            delete_stream(f"polyport-{bucket}-log")
+        return code
+
+
+def delete_stream(stream: str, nats: str | None = None) -> str:
+    """Deletes a JetStream stream with JetStream's API over the plain NATS protocol (no
+    client library needed for one request); returns the server's answer."""
+    url = nats or os.environ.get("POLYPORT_TEST_NATS", "nats://127.0.0.1:4222")
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        f = s.makefile("rwb")
+        f.readline()  # INFO
+        inbox = f"_INBOX.{uuid.uuid4().hex}"
+        f.write(f"CONNECT {{\"verbose\":false}}\r\nSUB {inbox} 1\r\n"
+                f"PUB $JS.API.STREAM.DELETE.{stream} {inbox} 0\r\n\r\nPING\r\n".encode())
+        f.flush()
+        while True:
+            line = f.readline().decode()
+            if not line:
+                return ""
+            if line.startswith("MSG"):
+                size = int(line.split()[-1])
+                return f.read(size + 2).decode().strip()
 
 
 def _read_listeners(path: Path) -> dict | None:
