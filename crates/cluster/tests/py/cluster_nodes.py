@@ -14,11 +14,11 @@ PG = os.environ.get("POLYPORT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1
 WAIT = 10
 
 
-def node_factory(servers, config: str | None = None):
-    """Yields `start(n)`, which starts n nodes on one fresh schema (and `config`); stops
-    them and drops the schema after."""
+def node_factory(servers, config: str | None = None, pg: str = PG):
+    """Yields `start(n)`, which starts n nodes on one fresh schema of `pg` (and
+    `config`); stops them and drops the schema after."""
     schema = f"t_{uuid.uuid4().hex[:16]}"
-    env = {"POLYPORT_STORE": PG, "POLYPORT_STORE_SCHEMA": schema}
+    env = {"POLYPORT_STORE": pg, "POLYPORT_STORE_SCHEMA": schema}
     started = []
 
     def start(n: int):
@@ -28,17 +28,17 @@ def node_factory(servers, config: str | None = None):
     yield start
     for s in started:
         s.stop()
-    r = subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
+    r = subprocess.run(["psql", pg, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
 
 
-def nodes_with_bus(servers):
-    """Yields `start(n)` for nodes on one fresh schema and one fresh NATS deployment
-    (`start.bucket`); deletes the deployment's bucket and log stream after."""
+def nodes_with_bus(servers, pg: str = PG):
+    """Yields `start(n)` for nodes on one fresh schema of `pg` and one fresh NATS
+    deployment (`start.bucket`); deletes the deployment's bucket and log stream after."""
     bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
     cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
-    factory = node_factory(servers, cfg)
+    factory = node_factory(servers, cfg, pg)
     start = next(factory)
     start.bucket = bucket
     yield start

@@ -345,6 +345,7 @@ impl PgStore {
                 schema: config.schema.clone(),
                 stmts: tx::Statements::default(),
                 schema_version: 0,
+                used: std::time::Instant::now(),
                 channel: schema::channel(&config.schema),
                 health: health.clone(),
             },
@@ -371,13 +372,22 @@ impl PgStore {
         })
     }
 
-    /// Runs a read on a pooled connection on the blocking pool.
+    /// Runs a read on a pooled connection on the blocking pool. A pooled connection the
+    /// server ended since its last use (a Postgres restart; the client learns it only
+    /// from the next query) is replaced and the read tried once more, so the first
+    /// reads after the database is back do not fail for it.
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Conn<'_>) -> Result<R, postgres::Error> + Send + 'static,
+        f: impl Fn(&mut Conn<'_>) -> Result<R, postgres::Error> + Send + 'static,
     ) -> HubResult<R> {
         self.readers
-            .run(move |r: &mut Reader| f(&mut r.conn()?))
+            .run(move |r: &mut Reader| match f(&mut r.conn()?) {
+                Err(e) if crate::error::pg_unreachable(&e) => {
+                    r.client = None;
+                    f(&mut r.conn()?)
+                }
+                other => other,
+            })
             .await
     }
 }
@@ -449,10 +459,10 @@ impl Store for PgStore {
                     }
                     out.push((rec, keys));
                 }
-                let total = match count {
+                let total = match &count {
                     Some((sql, params)) => {
-                        let params = bind(&params);
-                        let n: i64 = client.query_one(&sql, &refs(&params))?.try_get(0)?;
+                        let params = bind(params);
+                        let n: i64 = client.query_one(sql, &refs(&params))?.try_get(0)?;
                         Some(n as u64)
                     }
                     None => None,

@@ -412,6 +412,9 @@ impl Tx for PgTx<'_> {
 }
 
 /// The writer's Postgres connection.
+/// A writer connection idle at least this long is checked before its next batch.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) struct PgDb {
     /// `None` after the connection broke: the next batch connects again.
     pub(crate) client: Option<Client>,
@@ -420,6 +423,8 @@ pub(crate) struct PgDb {
     pub(crate) stmts: Statements,
     /// The schema version this writer's collections and endpoints are at.
     pub(crate) schema_version: u64,
+    /// When the connection last began a batch.
+    pub(crate) used: std::time::Instant,
     /// Where commits are announced (`LISTEN`ed to by every node's log follower).
     pub(crate) channel: String,
     pub(crate) health: Arc<super::Health>,
@@ -427,8 +432,19 @@ pub(crate) struct PgDb {
 
 impl PgDb {
     /// The connection, made again when the last one broke (a Postgres restart); its
-    /// prepared statements went with it.
+    /// prepared statements went with it. One left idle for a while is checked first
+    /// (one round trip): a restart while it idled is known to the client only from its
+    /// next statement, and the first write after the database is back must not fail
+    /// for it. (A batch's `BEGIN` cannot simply be retried here: the transaction
+    /// borrows the connection.)
     fn client(&mut self) -> HubResult<&mut Client> {
+        let idle = std::mem::replace(&mut self.used, std::time::Instant::now()).elapsed();
+        if idle >= IDLE_CHECK
+            && let Some(c) = self.client.as_mut()
+            && c.is_valid(std::time::Duration::from_secs(2)).is_err()
+        {
+            self.client = None;
+        }
         let c = match self.client.take() {
             Some(c) if !c.is_closed() => c,
             _ => {
