@@ -115,10 +115,14 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         "p99 µs emb/1/3"
     );
     for &conns in &args.connections {
-        for (what, post) in [("POST create", true), ("GET by id", false)] {
+        for (what, op) in [
+            ("POST create", Op::Create),
+            ("POST publish", Op::Publish),
+            ("GET by id", Op::Get),
+        ] {
             let mut results: Vec<(f64, Summary)> = Vec::new();
             for d in &deployments {
-                results.push(rest(duration, conns, &d.urls, post).await?);
+                results.push(rest(duration, conns, &d.urls, op).await?);
             }
             let (e, o, t) = (results[0], results[1], results[2]);
             println!(
@@ -186,18 +190,29 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a REST scenario sends.
+#[derive(Clone, Copy)]
+enum Op {
+    /// A record created (a row and its event).
+    Create,
+    /// A durable topic publish (an event only: what MQTT, AMQP and STOMP publishes cost).
+    Publish,
+    Get,
+}
+
 /// Closed-loop REST load spread over `urls` round-robin.
 async fn rest(
     duration: Duration,
     conns: usize,
     urls: &[String],
-    post: bool,
+    op: Op,
 ) -> anyhow::Result<(f64, Summary)> {
     let targets: Arc<Vec<String>> = Arc::new(
         urls.iter()
-            .map(|u| match post {
-                true => format!("{u}/api/collections/bench/records"),
-                false => format!("{u}/api/collections/bench/records/r1"),
+            .map(|u| match op {
+                Op::Create => format!("{u}/api/collections/bench/records"),
+                Op::Publish => format!("{u}/api/topics/bench/readings"),
+                Op::Get => format!("{u}/api/collections/bench/records/r1"),
             })
             .collect(),
     );
@@ -208,15 +223,15 @@ async fn rest(
         let url = targets[i].clone();
         let payload = payload.clone();
         async move {
-            let r = match post {
-                true => {
+            let r = match op {
+                Op::Create | Op::Publish => {
                     c.post(&url)
                         .header("content-type", "application/json")
                         .body(payload)
                         .send()
                         .await?
                 }
-                false => c.get(&url).send().await?,
+                Op::Get => c.get(&url).send().await?,
             };
             if !r.status().is_success() {
                 bail!("unexpected status {}", r.status());

@@ -85,10 +85,74 @@ pub(crate) struct PgTx<'a> {
     /// A kept savepoint not released yet: released together with the next one's start,
     /// one round trip per command instead of two (COMMIT releases the last).
     unreleased: bool,
+    /// The current command's savepoint, not sent until it runs a statement: a command
+    /// that only appends events (a publish) costs no round trip of its own.
+    pending: bool,
+    /// The current command's savepoint was sent.
+    sent: bool,
+    /// Events appended and not inserted yet: inserted together, in one statement, when
+    /// the batch commits (or before a statement that reads them).
+    events: Vec<Row>,
+    /// Where the current command's events start in `events`.
+    mark: usize,
 }
 
+/// An event as the `events` table holds it.
+struct Row {
+    seq: i64,
+    id: String,
+    topic: String,
+    event_type: String,
+    time: i64,
+    content_type: Option<String>,
+    json: EventJson,
+    payload: bytes::Bytes,
+    origin: &'static str,
+}
+
+/// Inserts rows of `events` from arrays, one statement for many.
+const INSERT_EVENTS: &str = "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                          $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[])";
+
 impl PgTx<'_> {
+    /// Before a command's first statement: the events of earlier commands are inserted,
+    /// its savepoint is sent, then its own events (so a rollback takes them back).
+    fn open(&mut self) -> HubResult<()> {
+        if !std::mem::take(&mut self.pending) {
+            return Ok(());
+        }
+        let mine = self.events.split_off(self.mark);
+        self.flush()?;
+        let sql = match std::mem::take(&mut self.unreleased) {
+            true => "RELEASE SAVEPOINT op; SAVEPOINT op",
+            false => "SAVEPOINT op",
+        };
+        self.tx.batch_execute(sql).map_err(pg_err)?;
+        self.sent = true;
+        self.events = mine;
+        self.flush()?;
+        self.mark = 0;
+        Ok(())
+    }
+
+    /// Inserts the appended events.
+    fn flush(&mut self) -> HubResult<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.events);
+        let s = self.cached(INSERT_EVENTS)?;
+        let a = EventArrays::of(&rows);
+        self.tx.execute(&s, &a.params()).map(drop).map_err(pg_err)
+    }
+
     fn stmt(&mut self, sql: &'static str) -> HubResult<Statement> {
+        self.open()?;
+        self.cached(sql)
+    }
+
+    fn cached(&mut self, sql: &'static str) -> HubResult<Statement> {
         if let Some(s) = self.stmts.0.get(sql) {
             return Ok(s.clone());
         }
@@ -104,6 +168,7 @@ impl PgTx<'_> {
 
     /// Statements whose text is made at run time (index names): not cached.
     fn batch(&mut self, sql: &str) -> HubResult<()> {
+        self.open()?;
         self.tx.batch_execute(sql).map_err(pg_err)
     }
 
@@ -124,20 +189,30 @@ impl PgTx<'_> {
 
 impl Tx for PgTx<'_> {
     fn savepoint(&mut self) -> HubResult<()> {
-        match std::mem::take(&mut self.unreleased) {
-            true => self.batch("RELEASE SAVEPOINT op; SAVEPOINT op"),
-            false => self.batch("SAVEPOINT op"),
-        }
+        self.pending = true;
+        self.sent = false;
+        self.mark = self.events.len();
+        Ok(())
     }
 
     fn release(&mut self) -> HubResult<()> {
-        self.unreleased = true;
+        self.pending = false;
+        if std::mem::take(&mut self.sent) {
+            self.unreleased = true;
+        }
         Ok(())
     }
 
     fn rollback(&mut self) -> HubResult<()> {
-        self.unreleased = false;
-        self.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+        self.pending = false;
+        self.events.truncate(self.mark);
+        if std::mem::take(&mut self.sent) {
+            self.unreleased = false;
+            self.tx
+                .batch_execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+                .map_err(pg_err)?;
+        }
+        Ok(())
     }
 
     fn load_record(&mut self, collection: &str, id: &str) -> HubResult<Option<Record>> {
@@ -194,35 +269,26 @@ impl Tx for PgTx<'_> {
     }
 
     fn insert_event(&mut self, e: &Event) -> HubResult<()> {
-        let EventJson {
-            headers,
-            attrs,
-            sender,
-        } = EventJson::of(e);
-        self.exec(
-            "INSERT INTO events (seq, id, topic, type, time, content_type, headers, payload, origin, attrs, sender)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &(e.seq.unwrap_or(0) as i64),
-                &e.id,
-                &e.topic.as_str(),
-                &e.event_type,
-                &e.time.timestamp_micros(),
-                &e.content_type,
-                &headers,
-                &&e.payload[..],
-                &e.origin.0,
-                &attrs,
-                &sender,
-            ],
-        )
-        .map(drop)
+        self.events.push(Row {
+            seq: e.seq.unwrap_or(0) as i64,
+            id: e.id.clone(),
+            topic: e.topic.as_str().to_string(),
+            event_type: e.event_type.clone(),
+            time: e.time.timestamp_micros(),
+            content_type: e.content_type.clone(),
+            json: EventJson::of(e),
+            payload: e.payload.clone(),
+            origin: e.origin.0,
+        });
+        Ok(())
     }
 
     fn event_heads(&mut self, after: u64, upto: u64) -> HubResult<Vec<(u64, String, String)>> {
         let s = self.stmt(
             "SELECT seq, topic, type FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
         )?;
+        // Inside the command's savepoint now: its own events go in too.
+        self.flush()?;
         let upto = i64::try_from(upto).unwrap_or(i64::MAX);
         let rows = self
             .tx
@@ -505,6 +571,10 @@ impl Db for PgDb {
             schema_version: &mut self.schema_version,
             channel: &self.channel,
             unreleased: false,
+            pending: false,
+            sent: false,
+            events: Vec::new(),
+            mark: 0,
         };
         Ok((
             tx,
@@ -516,6 +586,9 @@ impl Db for PgDb {
     }
 
     fn commit(mut tx: PgTx<'_>, last_seq: u64, schema_changed: bool) -> HubResult<Option<u64>> {
+        // The last command's savepoint, if never sent, is not needed any more.
+        tx.pending = false;
+        tx.flush()?;
         let mut version = None;
         if schema_changed {
             let s = tx.stmt("UPDATE log_head SET schema = schema + 1 RETURNING schema")?;
@@ -526,12 +599,14 @@ impl Db for PgDb {
                 .map_err(pg_err)?;
             version = Some(v as u64);
         }
+        // The notification is delivered to the listeners when (and only if) this commits.
+        let channel = tx.channel.to_string();
         if last_seq != tx.head {
-            tx.exec("UPDATE log_head SET last_seq = $1", &[&(last_seq as i64)])?;
-        }
-        if last_seq != tx.head || schema_changed {
-            // Delivered to the listeners when (and only if) this commits.
-            let channel = tx.channel.to_string();
+            tx.exec(
+                "WITH head AS (UPDATE log_head SET last_seq = $1) SELECT pg_notify($2, '')",
+                &[&(last_seq as i64), &channel],
+            )?;
+        } else if schema_changed {
             tx.exec("SELECT pg_notify($1, '')", &[&channel])?;
         }
         tx.tx.commit().map_err(pg_err)?;
@@ -574,6 +649,55 @@ impl Db for PgDb {
     }
 
     fn close(&mut self) {}
+}
+
+/// The buffered events as one array per column, for [`INSERT_EVENTS`].
+struct EventArrays<'a> {
+    seq: Vec<i64>,
+    id: Vec<&'a str>,
+    topic: Vec<&'a str>,
+    event_type: Vec<&'a str>,
+    time: Vec<i64>,
+    content_type: Vec<Option<&'a str>>,
+    headers: Vec<Option<&'a str>>,
+    payload: Vec<&'a [u8]>,
+    origin: Vec<&'a str>,
+    attrs: Vec<Option<&'a str>>,
+    sender: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventArrays<'a> {
+    fn of(rows: &'a [Row]) -> Self {
+        Self {
+            seq: rows.iter().map(|r| r.seq).collect(),
+            id: rows.iter().map(|r| r.id.as_str()).collect(),
+            topic: rows.iter().map(|r| r.topic.as_str()).collect(),
+            event_type: rows.iter().map(|r| r.event_type.as_str()).collect(),
+            time: rows.iter().map(|r| r.time).collect(),
+            content_type: rows.iter().map(|r| r.content_type.as_deref()).collect(),
+            headers: rows.iter().map(|r| r.json.headers.as_deref()).collect(),
+            payload: rows.iter().map(|r| &r.payload[..]).collect(),
+            origin: rows.iter().map(|r| r.origin).collect(),
+            attrs: rows.iter().map(|r| r.json.attrs.as_deref()).collect(),
+            sender: rows.iter().map(|r| r.json.sender.as_deref()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 11] {
+        [
+            &self.seq,
+            &self.id,
+            &self.topic,
+            &self.event_type,
+            &self.time,
+            &self.content_type,
+            &self.headers,
+            &self.payload,
+            &self.origin,
+            &self.attrs,
+            &self.sender,
+        ]
+    }
 }
 
 #[cfg(test)]
