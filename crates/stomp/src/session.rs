@@ -54,6 +54,10 @@ fn bad(message: &str, detail: impl Into<String>) -> Fatal {
     Fatal::new(message, detail.into())
 }
 
+fn internal(e: polyport_core::HubError) -> Fatal {
+    bad("Internal error", e.to_string())
+}
+
 /// What the connection does after a frame.
 pub(crate) enum Flow {
     Continue,
@@ -252,24 +256,18 @@ impl Session {
             .broker
             .declare_saved_queue(name, true, false, None, args)
             .await
-            .map_err(|e| bad("Internal error", e.to_string()))?;
+            .map_err(internal)?;
         Ok(q)
     }
 
     /// A queue declared here or, on the cluster engine, through another node. (Takes
     /// the broker, not the session, which is not `Sync`, across its await.)
     async fn find_queue(broker: &Arc<Broker>, name: &str) -> Result<Option<Arc<Queue>>, Fatal> {
-        broker
-            .find_queue(name)
-            .await
-            .map_err(|e| bad("Internal error", e.to_string()))
+        broker.find_queue(name).await.map_err(internal)
     }
 
     async fn exchange(broker: &Broker, name: &str) -> Result<polyport_broker::Exchange, Fatal> {
-        let x = broker
-            .find_exchange(name)
-            .await
-            .map_err(|e| bad("Internal error", e.to_string()))?;
+        let x = broker.find_exchange(name).await.map_err(internal)?;
         x.ok_or_else(|| {
             bad(
                 "not_found",
@@ -575,7 +573,7 @@ impl Session {
         self.broker
             .bind_queue(&queue, binding)
             .await
-            .map_err(|e| bad("Internal error", e.to_string()))?;
+            .map_err(internal)?;
         Ok(queue)
     }
 
@@ -603,7 +601,7 @@ impl Session {
             self.broker
                 .delete_queue(&sub.queue.name())
                 .await
-                .map_err(|e| bad("Internal error", e.to_string()))?;
+                .map_err(internal)?;
         }
         Ok(())
     }

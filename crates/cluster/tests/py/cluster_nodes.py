@@ -5,8 +5,12 @@ optionally on one fresh NATS deployment (bucket)."""
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import uuid
+
+import httpx
+import paho.mqtt.client as mqtt
 
 from nats_helpers import NATS, delete_bucket, delete_stream
 
@@ -51,3 +55,20 @@ def amqp(s) -> "pika.BlockingConnection":
     import pika
 
     return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", s.port("amqp"), heartbeat=0))
+
+
+def publish(s, topic: str):
+    r = httpx.post(f"{s.url}/api/topics/{topic}", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code in (200, 201, 202), r.text
+
+
+def mqtt_client(port: int, client_id: str) -> tuple[mqtt.Client, queue.Queue]:
+    got: queue.Queue = queue.Queue()
+    subscribed: queue.Queue = queue.Queue()
+    c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
+    c.on_message = lambda cl, u, m: got.put(m)
+    c.on_subscribe = lambda *a: subscribed.put(True)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.subscribed = subscribed  # type: ignore[attr-defined]
+    return c, got

@@ -10,7 +10,6 @@ turns not ready, and the node recovers by itself when the database is back."""
 
 from __future__ import annotations
 
-import os
 import queue
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from cluster_nodes import PG, WAIT, amqp, node_factory
+from cluster_nodes import PG, WAIT, amqp, mqtt_client, node_factory, publish
 from polyport_server import wait_for
 
 WEBHOOK_TESTS = Path(__file__).resolve().parents[3] / "webhooks" / "tests" / "py"
@@ -251,23 +250,6 @@ def test_one_node_delivers_an_endpoints_webhooks_and_a_survivor_takes_over(serve
             s.stop()
         subprocess.run(["psql", PG, "-qc", f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'],
                        capture_output=True, text=True, timeout=30)
-
-
-def publish(s, topic: str):
-    r = httpx.post(f"{s.url}/api/topics/{topic}", content=b"{}", headers={"content-type": "application/json"})
-    assert r.status_code in (200, 201, 202), r.text
-
-
-def mqtt_client(port: int, client_id: str) -> tuple[mqtt.Client, queue.Queue]:
-    got: queue.Queue = queue.Queue()
-    subscribed: queue.Queue = queue.Queue()
-    c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
-    c.on_message = lambda cl, u, m: got.put(m)
-    c.on_subscribe = lambda *a: subscribed.put(True)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    c.subscribed = subscribed  # type: ignore[attr-defined]
-    return c, got
 
 
 def test_ephemeral_events_cross_nodes_over_nats(nodes_with_bus):
@@ -685,110 +667,6 @@ def test_nothing_acknowledged_is_lost_when_a_node_is_killed_under_mixed_load(ser
     finally:
         sub2.loop_stop()
         sub2.disconnect()
-
-
-class PrivateNats:
-    """A NATS server with JetStream of the test's own, which it can stop and start again
-    on the same port and store (the machine's shared NATS is never touched)."""
-
-    def __init__(self, tmp: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.store = tmp / "nats"
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        wait_for("the private NATS server to listen", up, timeout=10)
-
-    def stop(self):
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-def test_nats_going_away_and_coming_back(servers, tmp_path):
-    """With the bus stopped, writes still succeed (Postgres has the log), `/readyz` says
-    not ready naming the cluster's heartbeat, and a shared subscription's member on the
-    node running the group gets everything published meanwhile (what was on its way to
-    the other node's member comes back to the group). Once NATS is back, the node is
-    ready again and the member on the other node receives again."""
-    nats = PrivateNats(tmp_path)
-    bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
-    cfg = f'[cluster]\nbus = "{nats.url}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
-    factory = node_factory(servers, cfg)
-    start = next(factory)
-    members = []
-    try:
-        a, b = start(2)
-        for s, name in ((a, "a"), (b, "b")):
-            cl, got = mqtt_client(s.port("mqtt"), f"nats-share-{name}")
-            cl.subscribe("$share/w/work/#", qos=1)
-            cl.subscribed.get(timeout=WAIT)
-            members.append((name, cl, got))
-
-        def take(n: int, timeout: float = WAIT) -> dict[str, list[str]]:
-            seen: dict[str, list[str]] = {"a": [], "b": []}
-            deadline = time.time() + timeout
-            while sum(map(len, seen.values())) < n and time.time() < deadline:
-                for name, _, got in members:
-                    try:
-                        seen[name].append(got.get(timeout=0.05).topic)
-                    except queue.Empty:
-                        pass
-            return seen
-
-        for i in range(20):
-            publish(a, f"work/{i}")
-        before = take(20)
-        assert sorted(before["a"] + before["b"]) == sorted(f"work/{i}" for i in range(20))
-        assert before["b"], "the member on B (fed over NATS) took some"
-
-        nats.stop()
-        wait_for("/readyz to say not ready", lambda: httpx.get(f"{b.url}/readyz").status_code == 503, timeout=10)
-        for i in range(20, 30):
-            publish(b, f"work/{i}")  # the log is in Postgres: writes go on
-        want = {f"work/{i}" for i in range(20, 30)}
-        got: set[str] = set()
-        deadline = time.time() + 20
-        while not want <= got and time.time() < deadline:
-            got.update(t for v in take(1, timeout=0.5).values() for t in v)
-        # What was on its way to B when the bus went comes again, through A: at least once.
-        assert want <= got and got <= want | set(before["b"]), sorted(got)
-
-        nats.start()
-        try:
-            wait_for("/readyz to say ready", lambda: httpx.get(f"{b.url}/readyz").status_code == 200, timeout=20)
-        except BaseException:
-            print(httpx.get(f"{b.url}/readyz").text, b.log()[-3000:])
-            raise
-
-        def b_receives_again() -> bool:
-            publish(a, "work/probe")
-            return any(t == "work/probe" for t in take(1, timeout=1)["b"])
-        wait_for("the member on B to receive again", b_receives_again, timeout=30)
-    finally:
-        for _, cl, _ in members:
-            cl.loop_stop()
-            cl.disconnect()
-        try:
-            next(factory)
-        except StopIteration:
-            pass
-        nats.stop()
 
 
 def test_an_api_key_made_or_revoked_through_one_node_counts_on_the_other(servers):
