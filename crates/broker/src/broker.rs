@@ -51,6 +51,19 @@ impl Exchange {
     }
 }
 
+/// How a new queue is declared.
+#[derive(Clone, Debug, Default)]
+pub struct NewQueue {
+    /// Survives restarts (and is saved).
+    pub durable: bool,
+    /// Deleted when its last consumer leaves.
+    pub auto_delete: bool,
+    /// Owned by this connection: others may not consume, and it goes with it.
+    pub exclusive: Option<u64>,
+    /// Its `x-*` arguments.
+    pub args: crate::arguments::QueueArgs,
+}
+
 /// What the broker needs to know.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -214,10 +227,7 @@ impl Broker {
     pub async fn declare_saved_queue(
         &self,
         name: &str,
-        durable: bool,
-        auto_delete: bool,
-        exclusive: Option<u64>,
-        args: crate::arguments::QueueArgs,
+        spec: NewQueue,
     ) -> Result<(Arc<Queue>, bool), HubError> {
         let _changing = self.changing().await;
         let q = {
@@ -225,7 +235,7 @@ impl Broker {
             if let Some(q) = self.queue(name) {
                 return Ok((q, false));
             }
-            self.declare_queue(name, durable, auto_delete, exclusive, args)
+            self.declare_queue(name, spec)
         };
         self.save_queue(name, Some(&q)).await?;
         Ok((q, true))
@@ -288,14 +298,13 @@ impl Broker {
     }
 
     /// Declares a queue that holds what is published from now on.
-    pub fn declare_queue(
-        &self,
-        name: &str,
-        durable: bool,
-        auto_delete: bool,
-        exclusive: Option<u64>,
-        args: crate::arguments::QueueArgs,
-    ) -> Arc<Queue> {
+    pub fn declare_queue(&self, name: &str, spec: NewQueue) -> Arc<Queue> {
+        let NewQueue {
+            durable,
+            auto_delete,
+            exclusive,
+            args,
+        } = spec;
         self.create_queue(Declared {
             name: name.to_string(),
             durable,

@@ -27,6 +27,6 @@ pub mod queue;
 mod topology;
 pub mod values;
 
-pub use broker::{Broker, BrokerConfig, Exchange};
+pub use broker::{Broker, BrokerConfig, Exchange, NewQueue};
 pub use naming::Kind;
 pub use queue::{Binding, Credit, Declared, Message, Out, Queue, Routed};

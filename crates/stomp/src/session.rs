@@ -9,8 +9,7 @@ use amq_protocol_types::{AMQPValue, FieldTable};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use polyport_broker::arguments::QueueArgs;
-use polyport_broker::{Binding, Broker, Credit, Kind, Message, Out, Queue};
+use polyport_broker::{Binding, Broker, Credit, Kind, Message, NewQueue, Out, Queue};
 use polyport_core::hot_metrics::HotCounter;
 use polyport_core::{AuthContext, Durability, EventDraft, HubError, Origin};
 use tokio::sync::mpsc;
@@ -49,6 +48,8 @@ impl Fatal {
         f
     }
 }
+
+mod lookup;
 
 fn bad(message: &str, detail: impl Into<String>) -> Fatal {
     Fatal::new(message, detail.into())
@@ -247,53 +248,24 @@ impl Session {
 
     /// The queue `name`, declared durable (with the frame's `x-*` arguments) if missing.
     async fn declare_queue(&mut self, name: &str, f: &Frame) -> Result<Arc<Queue>, Fatal> {
-        if let Some(q) = Self::find_queue(&self.broker, name).await? {
+        if let Some(q) = lookup::queue(&self.broker, name).await? {
             return Ok(q);
         }
         let args = polyport_broker::arguments::queue_arguments(&queue_args(f))
             .map_err(|e| bad("Bad queue arguments", e.to_string()))?;
         let (q, _) = self
             .broker
-            .declare_saved_queue(name, true, false, None, args)
+            .declare_saved_queue(
+                name,
+                NewQueue {
+                    durable: true,
+                    args,
+                    ..NewQueue::default()
+                },
+            )
             .await
             .map_err(internal)?;
         Ok(q)
-    }
-
-    /// A queue declared here or, on the cluster engine, through another node. (Takes
-    /// the broker, not the session, which is not `Sync`, across its await.)
-    async fn find_queue(broker: &Arc<Broker>, name: &str) -> Result<Option<Arc<Queue>>, Fatal> {
-        broker.find_queue(name).await.map_err(internal)
-    }
-
-    async fn exchange(broker: &Broker, name: &str) -> Result<polyport_broker::Exchange, Fatal> {
-        let x = broker.find_exchange(name).await.map_err(internal)?;
-        x.ok_or_else(|| {
-            bad(
-                "not_found",
-                format!("NOT_FOUND - no exchange '{name}' in vhost '/'"),
-            )
-        })
-    }
-
-    async fn existing_queue(
-        broker: &Arc<Broker>,
-        conn: u64,
-        name: &str,
-    ) -> Result<Arc<Queue>, Fatal> {
-        let q = Self::find_queue(broker, name).await?.ok_or_else(|| {
-            bad(
-                "not_found",
-                format!("NOT_FOUND - no queue '{name}' in vhost '/'"),
-            )
-        })?;
-        match q.declared.lock().exclusive {
-            Some(owner) if owner != conn => Err(bad(
-                "access_refused",
-                format!("RESOURCE_LOCKED - queue '{name}' is exclusive to another connection"),
-            )),
-            _ => Ok(q.clone()),
-        }
     }
 
     /// The private queue behind `/temp-queue/{name}`: exclusive to this connection,
@@ -304,9 +276,13 @@ impl Session {
             return Ok(q.clone());
         }
         let queue = format!("stomp-temp-{}-{}", self.conn, self.temps.len() + 1);
-        let q =
-            self.broker
-                .declare_queue(&queue, false, false, Some(self.conn), QueueArgs::default());
+        let q = self.broker.declare_queue(
+            &queue,
+            NewQueue {
+                exclusive: Some(self.conn),
+                ..NewQueue::default()
+            },
+        );
         if let Some(b) = Binding::new("amq.topic", Kind::Topic, &queue, FieldTable::default()) {
             q.bind(b).await;
         }
@@ -354,7 +330,7 @@ impl Session {
             Destination::Queue(q) => Some(self.declare_queue(q, &f).await?),
             // Anyone may publish to an exclusive queue; only its owner consumes.
             Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
-                Some(Self::find_queue(&self.broker, q).await?.ok_or_else(|| {
+                Some(lookup::queue(&self.broker, q).await?.ok_or_else(|| {
                     bad(
                         "not_found",
                         format!("NOT_FOUND - no queue '{q}' in vhost '/'"),
@@ -365,7 +341,7 @@ impl Session {
         }
         .is_some_and(|q| q.declared.lock().durable);
         let (exchange, key) = dest.publish_target();
-        let x = Self::exchange(&self.broker, &exchange).await?;
+        let x = lookup::exchange(&self.broker, &exchange).await?;
         if x.internal {
             return Err(bad(
                 "access_refused",
@@ -490,7 +466,7 @@ impl Session {
         let dest = Self::destination(f)?;
         let queue = match &dest {
             Destination::Queue(q) => self.declare_queue(q, f).await?,
-            Destination::AmqQueue(q) => Self::existing_queue(&self.broker, self.conn, q).await?,
+            Destination::AmqQueue(q) => lookup::existing_queue(&self.broker, self.conn, q).await?,
             Destination::Topic(_) | Destination::Exchange { .. } => {
                 self.subscription_queue(&id, &dest, f).await?
             }
@@ -503,7 +479,9 @@ impl Session {
                 }
                 q
             }
-            Destination::ReplyQueue(q) => Self::existing_queue(&self.broker, self.conn, q).await?,
+            Destination::ReplyQueue(q) => {
+                lookup::existing_queue(&self.broker, self.conn, q).await?
+            }
         };
         queue.settled().await;
         let prefetch = f
@@ -532,24 +510,26 @@ impl Session {
         f: &Frame,
     ) -> Result<Arc<Queue>, Fatal> {
         let (exchange, key) = dest.publish_target();
-        let x = Self::exchange(&self.broker, &exchange).await?;
+        let x = lookup::exchange(&self.broker, &exchange).await?;
         let durable = is_true(f.get("durable")) || is_true(f.get("persistent"));
         let name = if durable {
             format!("stomp-subscription-{id}")
         } else {
             format!("stomp-subscription-{}-{id}", self.conn)
         };
-        let queue = match Self::find_queue(&self.broker, &name).await? {
+        let queue = match lookup::queue(&self.broker, &name).await? {
             Some(q) if durable => q,
             _ => {
                 let args = polyport_broker::arguments::queue_arguments(&queue_args(f))
                     .map_err(|e| bad("Bad queue arguments", e.to_string()))?;
                 self.broker.declare_queue(
                     &name,
-                    durable,
-                    !durable,
-                    (!durable).then_some(self.conn),
-                    args,
+                    NewQueue {
+                        durable,
+                        auto_delete: !durable,
+                        exclusive: (!durable).then_some(self.conn),
+                        args,
+                    },
                 )
             }
         };

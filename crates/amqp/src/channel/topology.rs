@@ -9,6 +9,7 @@ use crate::error::Code;
 use crate::props::short;
 use polyport_broker::Exchange;
 use polyport_broker::Kind;
+use polyport_broker::NewQueue;
 use polyport_broker::arguments::{ArgumentError, queue_arguments};
 use polyport_broker::{Binding, Queue};
 
@@ -265,10 +266,12 @@ impl Channel {
                         let (q, _) = b
                             .declare_saved_queue(
                                 &name,
-                                d.durable,
-                                d.auto_delete,
-                                d.exclusive.then_some(cx.conn),
-                                args,
+                                NewQueue {
+                                    durable: d.durable,
+                                    auto_delete: d.auto_delete,
+                                    exclusive: d.exclusive.then_some(cx.conn),
+                                    args,
+                                },
                             )
                             .await
                             .map_err(internal)?;
