@@ -91,6 +91,10 @@ pub struct Broker {
     next_conn: AtomicU64,
     /// This broker among the cluster's nodes, so it skips its own announcements.
     pub(crate) node: String,
+    /// The sequence of the last change this broker announced.
+    pub(crate) announced: AtomicU64,
+    /// What the other nodes applied of its announcements (the cluster engine).
+    agreement: Option<polyport_core::Agreement>,
 }
 
 impl Broker {
@@ -129,6 +133,8 @@ impl Broker {
             changing: tokio::sync::Mutex::new(()),
             next_conn: AtomicU64::new(1),
             node: hub.node_id(),
+            announced: AtomicU64::new(0),
+            agreement: changes.as_ref().map(|c| c.agreement()),
         });
         for (name, bytes) in hub.load_state(&ctx, QUEUES).await? {
             let d: Declared = match serde_json::from_slice(&bytes) {
@@ -176,6 +182,27 @@ impl Broker {
         }
     }
 
+    /// Runs one change to the saved topology under the change lock, then answers once
+    /// the other nodes have applied what it announced (the cluster engine; see
+    /// [`polyport_core::Agreement`]), so what the client does next through any node
+    /// sees it. The wait is outside the lock: two nodes changing at once each apply
+    /// the other's change while waiting.
+    async fn change<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, HubError>>,
+    ) -> Result<T, HubError> {
+        let since = self.announced.load(Ordering::Acquire);
+        let r = {
+            let _changing = self.changing().await;
+            f.await
+        };
+        let last = self.announced.load(Ordering::Acquire);
+        if let (true, Some(agreement)) = (last > since, &self.agreement) {
+            agreement.reached(last).await;
+        }
+        r
+    }
+
     /// A new connection id (the owner of exclusive queues and consumers).
     pub fn next_connection(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
@@ -212,12 +239,14 @@ impl Broker {
 
     /// Declares an exchange (saved first when durable).
     pub async fn declare_exchange(&self, name: &str, x: Exchange) -> Result<(), HubError> {
-        let _changing = self.changing().await;
-        if x.durable {
-            self.save_exchange(name, Some(&x)).await?;
-        }
-        self.add_exchange(name, x);
-        Ok(())
+        self.change(async {
+            if x.durable {
+                self.save_exchange(name, Some(&x)).await?;
+            }
+            self.add_exchange(name, x);
+            Ok(())
+        })
+        .await
     }
 
     /// [`Broker::declare_queue`] unless a queue of that name exists, then that one; and
@@ -229,16 +258,18 @@ impl Broker {
         name: &str,
         spec: NewQueue,
     ) -> Result<(Arc<Queue>, bool), HubError> {
-        let _changing = self.changing().await;
-        let q = {
-            let _one_at_a_time = self.declaring.lock();
-            if let Some(q) = self.queue(name) {
-                return Ok((q, false));
-            }
-            self.declare_queue(name, spec)
-        };
-        self.save_queue(name, Some(&q)).await?;
-        Ok((q, true))
+        self.change(async {
+            let q = {
+                let _one_at_a_time = self.declaring.lock();
+                if let Some(q) = self.queue(name) {
+                    return Ok((q, false));
+                }
+                self.declare_queue(name, spec)
+            };
+            self.save_queue(name, Some(&q)).await?;
+            Ok((q, true))
+        })
+        .await
     }
 
     /// Binds a queue (a no-op if bound so already) and saves it.
@@ -247,9 +278,11 @@ impl Broker {
         q: &Arc<Queue>,
         b: crate::queue::Binding,
     ) -> Result<(), HubError> {
-        let _changing = self.changing().await;
-        q.bind(b).await;
-        self.save_queue(&q.name(), Some(q)).await
+        self.change(async {
+            q.bind(b).await;
+            self.save_queue(&q.name(), Some(q)).await
+        })
+        .await
     }
 
     /// Unbinds a queue and saves it; `false` when there was no such binding.
@@ -259,10 +292,12 @@ impl Broker {
         exchange: &str,
         key: &str,
     ) -> Result<bool, HubError> {
-        let _changing = self.changing().await;
-        let had = q.unbind(exchange, key).await;
-        self.save_queue(&q.name(), Some(q)).await?;
-        Ok(had)
+        self.change(async {
+            let had = q.unbind(exchange, key).await;
+            self.save_queue(&q.name(), Some(q)).await?;
+            Ok(had)
+        })
+        .await
     }
 
     /// Stores a durable exchange; removes it with `None`.
@@ -336,16 +371,18 @@ impl Broker {
 
     /// Deletes a queue everywhere; returns the messages it held.
     pub async fn delete_queue(&self, name: &str) -> Result<u32, HubError> {
-        let _changing = self.changing().await;
-        let Some(q) = self.queues.lock().remove(name) else {
-            return Ok(0);
-        };
-        let durable = q.declared.lock().durable;
-        let n = q.delete().await?;
-        if durable {
-            self.save_queue(name, None).await?;
-        }
-        Ok(n)
+        self.change(async {
+            let Some(q) = self.queues.lock().remove(name) else {
+                return Ok(0);
+            };
+            let durable = q.declared.lock().durable;
+            let n = q.delete().await?;
+            if durable {
+                self.save_queue(name, None).await?;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     /// `exchange.bind`: `destination` receives what `source` routes with `key`/`args`.
@@ -357,31 +394,33 @@ impl Broker {
         key: &str,
         args: &amq_protocol_types::FieldTable,
     ) -> Result<bool, HubError> {
-        let _changing = self.changing().await;
-        let saved = {
-            let mut xs = self.exchanges.lock();
-            let Some(kind) = xs.get(source).map(|x| x.kind.clone()) else {
-                return Ok(false);
+        self.change(async {
+            let saved = {
+                let mut xs = self.exchanges.lock();
+                let Some(kind) = xs.get(source).map(|x| x.kind.clone()) else {
+                    return Ok(false);
+                };
+                let Some(dst) = xs.get_mut(destination) else {
+                    return Ok(false);
+                };
+                let b = SavedBinding {
+                    exchange: source.to_string(),
+                    kind,
+                    key: key.to_string(),
+                    args: args.clone(),
+                };
+                if !dst.sources.contains(&b) {
+                    dst.sources.push(b);
+                }
+                dst.clone()
             };
-            let Some(dst) = xs.get_mut(destination) else {
-                return Ok(false);
-            };
-            let b = SavedBinding {
-                exchange: source.to_string(),
-                kind,
-                key: key.to_string(),
-                args: args.clone(),
-            };
-            if !dst.sources.contains(&b) {
-                dst.sources.push(b);
+            if saved.durable {
+                self.save_exchange(destination, Some(&saved)).await?;
             }
-            dst.clone()
-        };
-        if saved.durable {
-            self.save_exchange(destination, Some(&saved)).await?;
-        }
-        self.reroute_all().await;
-        Ok(true)
+            self.reroute_all().await;
+            Ok(true)
+        })
+        .await
     }
 
     /// `exchange.unbind` (a no-op when there is no such binding, as RabbitMQ).
@@ -392,25 +431,27 @@ impl Broker {
         key: &str,
         args: &amq_protocol_types::FieldTable,
     ) -> Result<(), HubError> {
-        let _changing = self.changing().await;
-        let saved = {
-            let mut xs = self.exchanges.lock();
-            let Some(dst) = xs.get_mut(destination) else {
-                return Ok(());
+        self.change(async {
+            let saved = {
+                let mut xs = self.exchanges.lock();
+                let Some(dst) = xs.get_mut(destination) else {
+                    return Ok(());
+                };
+                let before = dst.sources.len();
+                dst.sources
+                    .retain(|b| !(b.exchange == source && b.key == key && &b.args == args));
+                if dst.sources.len() == before {
+                    return Ok(());
+                }
+                dst.clone()
             };
-            let before = dst.sources.len();
-            dst.sources
-                .retain(|b| !(b.exchange == source && b.key == key && &b.args == args));
-            if dst.sources.len() == before {
-                return Ok(());
+            if saved.durable {
+                self.save_exchange(destination, Some(&saved)).await?;
             }
-            dst.clone()
-        };
-        if saved.durable {
-            self.save_exchange(destination, Some(&saved)).await?;
-        }
-        self.reroute_all().await;
-        Ok(())
+            self.reroute_all().await;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether any queue or exchange is bound to `exchange` (it is some binding's source).
@@ -425,35 +466,37 @@ impl Broker {
 
     /// Removes an exchange with every binding to or from it.
     pub async fn delete_exchange(&self, name: &str) -> Result<(), HubError> {
-        let _changing = self.changing().await;
-        let changed: Vec<(String, Exchange)> = {
-            let mut xs = self.exchanges.lock();
-            if xs.remove(name).is_none() {
-                return Ok(());
+        self.change(async {
+            let changed: Vec<(String, Exchange)> = {
+                let mut xs = self.exchanges.lock();
+                if xs.remove(name).is_none() {
+                    return Ok(());
+                }
+                xs.iter_mut()
+                    .filter(|(_, x)| x.sources.iter().any(|s| s.exchange == name))
+                    .map(|(n, x)| {
+                        x.sources.retain(|s| s.exchange != name);
+                        (n.clone(), x.clone())
+                    })
+                    .collect()
+            };
+            self.save_exchange(name, None).await?;
+            for (n, x) in changed {
+                if x.durable {
+                    self.save_exchange(&n, Some(&x)).await?;
+                }
             }
-            xs.iter_mut()
-                .filter(|(_, x)| x.sources.iter().any(|s| s.exchange == name))
-                .map(|(n, x)| {
-                    x.sources.retain(|s| s.exchange != name);
-                    (n.clone(), x.clone())
-                })
-                .collect()
-        };
-        self.save_exchange(name, None).await?;
-        for (n, x) in changed {
-            if x.durable {
-                self.save_exchange(&n, Some(&x)).await?;
+            let queues: Vec<Arc<Queue>> = self.queues.lock().values().cloned().collect();
+            for q in queues {
+                if q.bound_to(name) {
+                    q.forget_exchange(name).await;
+                    self.save_queue(&q.name(), Some(&q)).await?;
+                }
             }
-        }
-        let queues: Vec<Arc<Queue>> = self.queues.lock().values().cloned().collect();
-        for q in queues {
-            if q.bound_to(name) {
-                q.forget_exchange(name).await;
-                self.save_queue(&q.name(), Some(&q)).await?;
-            }
-        }
-        self.reroute_all().await;
-        Ok(())
+            self.reroute_all().await;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes the queues whose `x-expires` ran out, until the broker is dropped or the

@@ -9,14 +9,18 @@
 //! reads what it names from the store first, and any other lookup that misses does so
 //! before answering `NOT_FOUND`: a client that declared and bound through node A and
 //! declares or consumes through node B a millisecond later finds its queue as A left it
-//! (read-your-writes without waiting for the announcement). What B's publishes are
-//! routed by between two of its own lookups catches up within the announcement's delay.
+//! (read-your-writes without waiting for the announcement). The node that made a change
+//! answers the client (`declare-ok`, `bind-ok`, `delete-ok`) only once every other live
+//! node has applied it ([`polyport_core::Agreement`], bounded by
+//! [`polyport_core::AGREE_WITHIN`]): a publish through B sent after A's `bind-ok` is
+//! routed by the new binding, as in a RabbitMQ cluster.
 //!
 //! Non-durable queues and exchanges are not stored, so they are known on the node that
 //! declared them only (RabbitMQ shows them cluster-wide); messages routed to them
 //! through another node still reach them, since every publish goes to the one log.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use polyport_core::{Announcements, HubError};
 use serde::{Deserialize, Serialize};
@@ -50,7 +54,9 @@ impl Broker {
             node: self.node.clone(),
         };
         let body = serde_json::to_vec(&c).map_err(|e| HubError::Storage(e.to_string()))?;
-        self.hub.announce(TOPOLOGY, body).await
+        let seq = self.hub.announce(TOPOLOGY, body).await?;
+        self.announced.fetch_max(seq, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The other nodes' changes from now on (the cluster engine): taken before the
@@ -69,9 +75,13 @@ impl Broker {
                 let Some(broker) = weak.upgrade() else { return };
                 let c = match serde_json::from_slice::<Changed>(&e.payload) {
                     Ok(c) if c.node != broker.node => c,
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        changes.applied();
+                        continue;
+                    }
                     Err(err) => {
                         tracing::debug!(error = %err, "unreadable AMQP topology change ignored");
+                        changes.applied();
                         continue;
                     }
                 };
@@ -80,8 +90,11 @@ impl Broker {
                     QUEUES => broker.refresh_queue(&c.name).await.map(|_| ()),
                     _ => Ok(()),
                 };
-                if let Err(err) = r {
-                    tracing::warn!(name = %c.name, error = %err, "applying another node's AMQP topology change failed");
+                match r {
+                    Ok(()) => changes.applied(),
+                    Err(err) => {
+                        tracing::warn!(name = %c.name, error = %err, "applying another node's AMQP topology change failed")
+                    }
                 }
             }
         });

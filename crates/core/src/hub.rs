@@ -103,10 +103,14 @@ pub(crate) struct HubInner {
     /// Carries ephemeral events to the other nodes (cluster engine with a bus). Read on
     /// every ephemeral publish: set once, so reading it is a plain load.
     relay: std::sync::OnceLock<Arc<dyn crate::cluster::Relay>>,
+    /// Fires when the relay is set (announcements that need it wait for it).
+    relay_set: tokio::sync::Notify,
     /// Carries named groups' members between nodes (cluster engine with a bus).
     pub(crate) group_link: std::sync::OnceLock<Arc<dyn crate::cluster::GroupLink>>,
     /// Whether this node follows identity changes made through others (cluster engine).
     pub(crate) identities_followed: std::sync::atomic::AtomicBool,
+    /// What a change to the stored identities waits on (the cluster engine).
+    pub(crate) identities_agreed: std::sync::OnceLock<crate::announce::Agreement>,
     /// Signalled when a webhook endpoint is put through this node.
     pub(crate) endpoints_changed: tokio::sync::Notify,
 }
@@ -165,8 +169,10 @@ impl Hub {
                 crate::cluster::Node::this_process(Default::default()),
             ))),
             relay: std::sync::OnceLock::new(),
+            relay_set: tokio::sync::Notify::new(),
             group_link: std::sync::OnceLock::new(),
             identities_followed: Default::default(),
+            identities_agreed: Default::default(),
             endpoints_changed: tokio::sync::Notify::new(),
         });
         Self { inner }
@@ -408,6 +414,19 @@ impl Hub {
     /// engine with a bus; once, at start). Later calls are ignored.
     pub fn set_relay(&self, r: Arc<dyn crate::cluster::Relay>) {
         let _ = self.inner.relay.set(r);
+        self.inner.relay_set.notify_waiters();
+    }
+
+    /// Returns once ephemeral events reach the other nodes (a relay is set), or when
+    /// the hub shuts down.
+    pub(crate) async fn relay_ready(&self) {
+        let set = self.inner.relay_set.notified();
+        if self.inner.relay.get().is_none() {
+            tokio::select! {
+                _ = set => {}
+                _ = self.inner.shutdown.cancelled() => {}
+            }
+        }
     }
 
     /// Sets what carries named groups' members between nodes (the cluster engine with a
@@ -524,6 +543,17 @@ impl Hub {
                 HubError::Storage("a group without a lease was not joined".into())
             })?,
         };
+        // In place only where the key is the name alone (other groups' keys name their
+        // filters) and the dispatcher runs here.
+        if req.group.is_some() && req.position_by_name && member.acks.is_some() {
+            member.refilter = Some(Box::new(crate::group::Refilter {
+                hub: self.clone(),
+                ctx: ctx.clone(),
+                req: req.clone(),
+                guard: guard.clone(),
+                ctl: member.ctl.clone(),
+            }));
+        }
         member.guard = guard;
         Ok(Subscription {
             inner: Inner::Member(member),
@@ -558,11 +588,7 @@ impl Hub {
         let spawn = GroupSpawn {
             key,
             legacy_key,
-            filters: filters
-                .iter()
-                .map(|f| f.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            filters: crate::group::filters_text(&filters),
             cap: state.last_seq,
             persist,
             owner,
@@ -588,7 +614,7 @@ impl Hub {
             .await
     }
 
-    fn direct(
+    pub(crate) fn direct(
         &self,
         req: &SubscribeRequest,
         filters: Vec<TopicFilter>,

@@ -197,7 +197,12 @@ impl Hub {
             value: value.map(Bytes::from),
         })
         .await?;
-        self.announce(IDENTITIES_CHANGED, Bytes::new()).await
+        let seq = self.announce(IDENTITIES_CHANGED, Bytes::new()).await?;
+        // Answered once every node applies it: a revoked key fails everywhere after.
+        if let Some(agreement) = self.inner.identities_agreed.get() {
+            agreement.reached(seq).await;
+        }
+        Ok(())
     }
 
     /// Loads the stored identities again whenever a node changes them (the cluster
@@ -206,13 +211,17 @@ impl Hub {
         let Some(mut changes) = self.announcements(IDENTITIES_CHANGED).await? else {
             return Ok(());
         };
+        let _ = self.inner.identities_agreed.set(changes.agreement());
         let hub = self.clone();
         tokio::spawn(async move {
             while changes.next().await.is_some() {
                 // Changes that came together are loaded once.
                 changes.skip_waiting().await;
-                if let Err(e) = hub.reload_identities().await {
-                    tracing::warn!(error = %e, "loading the identities another node changed failed");
+                match hub.reload_identities().await {
+                    Ok(()) => changes.applied(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "loading the identities another node changed failed")
+                    }
                 }
             }
         });

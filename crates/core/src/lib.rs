@@ -40,12 +40,13 @@ pub mod topic;
 pub mod webhook;
 mod webhook_hub;
 
-pub use announce::Announcements;
+pub use announce::{AGREE_WITHIN, Agreement, Announcements};
 pub use attributes::{Attributes, Guarantee, Sender};
 pub use auth::{AuthContext, Policy};
 pub use bus::Bus;
 pub use error::{HubError, HubResult};
 pub use event::{Durability, Event, EventDraft, EventRef, Notice, Origin};
+pub use group::Refilter;
 pub use hub::{ExpectedVersion, Hub, HubConfig, PendingPublish, PublishReceipt};
 pub use query::{Filter, ListQuery, Page};
 pub use record::Record;

@@ -162,6 +162,16 @@ impl Subscription {
         }
     }
 
+    /// What changes a group's topic filters in place, where that is possible (a group
+    /// positioned by name whose dispatcher runs on this node); `None` otherwise, and the
+    /// caller subscribes again.
+    pub fn refilter(&self) -> Option<crate::group::Refilter> {
+        match &self.inner {
+            Inner::Direct(_) => None,
+            Inner::Member(m) => m.refilter.as_deref().cloned(),
+        }
+    }
+
     /// A cloneable handle that acknowledges for this subscription from another task.
     pub fn acker(&self) -> Acker {
         match &self.inner {

@@ -67,6 +67,46 @@ def test_manual_acks_redeliver_what_a_closed_channel_held(servers):
     quiet(b, "work", 0.5)
 
 
+def test_a_binding_made_while_a_consumer_holds_messages_delivers_nothing_twice(servers):
+    """RabbitMQ routes by a new binding from the next publish on and leaves deliveries
+    alone. A consumer holding one message unacked (and having acked later ones) sees
+    each message once across five bindings and unbindings made meanwhile, none flagged
+    redelivered; the held one is then acked like any other, and nothing comes again
+    when the queue is consumed anew."""
+    s = servers.start()
+    conn = connect(s)
+    admin = conn.channel()
+    admin.exchange_declare("orders", "topic", durable=True)
+    admin.queue_declare("eu-orders", durable=True)
+    admin.queue_bind("eu-orders", "orders", "eu.*")
+    admin.confirm_delivery()  # each publish is in the log before the next unbind
+    persistent = pika.BasicProperties(delivery_mode=2)
+    for city in ("paris", "rome", "oslo"):
+        admin.basic_publish("orders", f"eu.{city}", city.encode(), persistent)
+
+    c = conn.channel()
+    got: list[tuple[str, bool, int]] = []
+    c.basic_consume("eu-orders", lambda ch, m, p, b: got.append((m.routing_key, m.redelivered, m.delivery_tag)))
+    wait_until(lambda: (conn.process_data_events(time_limit=0.05), len(got) == 3)[1], "three deliveries")
+    for _, _, tag in got[1:]:
+        c.basic_ack(tag)  # rome and oslo done; paris is held
+    for n in range(5):
+        admin.queue_bind("eu-orders", "orders", f"us{n}.*")
+        admin.basic_publish("orders", f"us{n}.nyc", b"nyc", persistent)
+        admin.queue_unbind("eu-orders", "orders", f"us{n}.*")
+        with pytest.raises(pika.exceptions.UnroutableError):
+            admin.basic_publish("orders", f"us{n}.boston", b"not routed", persistent, mandatory=True)
+    want = ["eu.paris", "eu.rome", "eu.oslo"] + [f"us{n}.nyc" for n in range(5)]
+    wait_until(lambda: (conn.process_data_events(time_limit=0.05), len(got) >= len(want))[1], "the new bindings' messages")
+    conn.process_data_events(time_limit=0.5)
+    assert [k for k, _, _ in got] == want
+    assert not any(r for _, r, _ in got), "nothing comes again"
+    for _, _, tag in [got[0]] + got[3:]:
+        c.basic_ack(tag)
+    c.close()
+    quiet(conn.channel(), "eu-orders", 0.5)
+
+
 def test_nack_requeues_and_reject_drops(servers):
     s = servers.start()
     ch = connect(s).channel()

@@ -24,6 +24,7 @@ impl Queue {
             if let Some(f) = st.feeder.take() {
                 f.abort();
             }
+            st.refilter = None;
             st.generation += 1;
             // Held for the old feeder's group membership: the group hands them back.
             st.ready.clear();
@@ -48,6 +49,12 @@ impl Queue {
         let task = tokio::spawn(async move {
             match q.hub.subscribe(&q.ctx, req).await {
                 Ok(sub) => {
+                    {
+                        let mut st = q.state.lock();
+                        if st.generation == generation {
+                            st.refilter = sub.refilter();
+                        }
+                    }
                     let _ = live.send(());
                     q.feed(sub, generation).await
                 }
@@ -107,6 +114,7 @@ impl Queue {
             return false;
         }
         st.feeder = None;
+        st.refilter = None;
         st.ready.clear();
         true
     }
@@ -200,6 +208,13 @@ impl Queue {
                 }
             }
         }
+        self.caught_up().await;
+    }
+
+    /// Waits (briefly) until what this node's publishes routed here has reached the
+    /// queue, or its window is full: routing is decided as the log is read, so filters
+    /// about to change must first have seen what was published under them.
+    pub(super) async fn caught_up(&self) {
         // What was published up to now; later publishes are not waited for.
         let target = self.expected.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);

@@ -8,8 +8,12 @@
 //! is full, are dropped as a slow subscriber's would be. The group's position is kept
 //! by name (`position_by_name`), so a new binding keeps the queue's place.
 //!
-//! A change of bindings restarts the feeder: what it held unacknowledged is handed back
-//! to the group and comes again, flagged redelivered.
+//! A change of bindings changes the filters the group reads in place
+//! ([`polyport_core::Refilter`]): messages published after it are routed by the new
+//! bindings, and what consumers hold stays theirs (RabbitMQ's behaviour). Where that is
+//! not possible (on the cluster engine, a group dispatched by another node) the feeder
+//! rejoins with the new filters: what it held unacknowledged is handed back to the
+//! group and comes again.
 //!
 //! On the cluster engine a queue's group spans the nodes, and each node's feeder is one
 //! member: it joins only while the queue has consumers on this node (or for
@@ -150,11 +154,21 @@ struct State {
     consumers: Vec<Consumer>,
     rr: usize,
     feeder: Option<JoinHandle<()>>,
+    /// Changes the feeder's filters without it leaving the group, when it can.
+    refilter: Option<polyport_core::Refilter>,
     /// Bumped at each feeder restart: a feeder that was replaced (its abort may land
     /// only at its next await) must not add to `ready` what its successor re-reads.
     generation: u64,
     had_consumer: bool,
     deleted: bool,
+}
+
+/// How a change of routes reaches the group.
+enum Reroute {
+    /// A new feeder joined; resolves once it reads the log.
+    Restarted(oneshot::Receiver<()>),
+    /// The feeder's group reads with the new filters once this resolves.
+    InPlace(oneshot::Receiver<Result<(), HubError>>),
 }
 
 /// The distinct topic filters of some routes, sorted.
@@ -536,15 +550,31 @@ impl Queue {
     /// Recomputes the routes after a change of bindings (the queue's, or between
     /// exchanges) and returns once the queue reads the log with them.
     pub async fn reroute(self: &Arc<Self>) {
-        if let Some(live) = self.start_reroute() {
-            // A feeder that cannot subscribe says so in the log; the client is answered.
-            let _ = tokio::time::timeout(Duration::from_secs(10), live).await;
+        // A message published before an unbind is routed by the old binding, as on
+        // RabbitMQ (unless the queue's window is full: then by the new ones).
+        if self.state.lock().feeder.is_some() {
+            self.caught_up().await;
+        }
+        match self.start_reroute() {
+            Some(Reroute::Restarted(live)) => {
+                // A feeder that cannot subscribe says so in the log; the client is answered.
+                let _ = tokio::time::timeout(Duration::from_secs(10), live).await;
+            }
+            Some(Reroute::InPlace(done)) => {
+                let r = tokio::time::timeout(Duration::from_secs(10), done).await;
+                if let Ok(Err(_) | Ok(Err(_))) = r {
+                    // The group stopped, or its new source failed: rejoin instead.
+                    let live = self.restart_feeder();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), live).await;
+                }
+            }
+            None => {}
         }
     }
 
     /// The routes are recomputed; the feeder restarts only when the topic filters change
     /// (`Some`: resolves when the new one reads the log).
-    fn start_reroute(self: &Arc<Self>) -> Option<oneshot::Receiver<()>> {
+    fn start_reroute(self: &Arc<Self>) -> Option<Reroute> {
         let own = self.state.lock().bindings.clone();
         let routes = {
             let exchanges = self.exchanges.lock();
@@ -572,9 +602,19 @@ impl Queue {
                 .iter()
                 .map(|f| f.as_str())
                 .ne(after.iter().map(|f| f.as_str()));
-            !st.deleted && self.wanted(&st) && (st.feeder.is_none() || differ)
+            if st.deleted || !self.wanted(&st) || (st.feeder.is_some() && !differ) {
+                return None;
+            }
+            // Sent under the lock: changes reach the group in the order they were made.
+            match (&st.feeder, &st.refilter) {
+                (Some(_), Some(r)) => r.send(after).ok(),
+                _ => None,
+            }
         };
-        changed.then(|| self.restart_feeder())
+        Some(match changed {
+            Some(done) => Reroute::InPlace(done),
+            None => Reroute::Restarted(self.restart_feeder()),
+        })
     }
 
     /// Removes a binding; `false` when there was none.
@@ -653,6 +693,7 @@ impl Queue {
             if let Some(f) = st.feeder.take() {
                 f.abort();
             }
+            st.refilter = None;
             let n = st.ready.len() as u32;
             st.ready.clear();
             (std::mem::take(&mut st.consumers), n)

@@ -37,11 +37,12 @@ def node_factory(servers, config: str | None = None, pg: str = PG):
     assert r.returncode == 0, r.stderr
 
 
-def nodes_with_bus(servers, pg: str = PG):
+def nodes_with_bus(servers, pg: str = PG, config: str = ""):
     """Yields `start(n)` for nodes on one fresh schema of `pg` and one fresh NATS
-    deployment (`start.bucket`); deletes the deployment's bucket and log stream after."""
+    deployment (`start.bucket`), with `config` added to their configuration; deletes the
+    deployment's bucket and log stream after."""
     bucket = f"polyport-test-{uuid.uuid4().hex[:12]}"
-    cfg = f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
+    cfg = config + f'[cluster]\nbus = "{NATS}"\nbucket = "{bucket}"\nheartbeat_ms = 300\nttl_ms = 1500\n'
     factory = node_factory(servers, cfg, pg)
     start = next(factory)
     start.bucket = bucket

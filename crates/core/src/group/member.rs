@@ -23,6 +23,13 @@ pub(crate) enum Ctl {
     Ack {
         seq: u64,
     },
+    /// Reads with other topic filters from where the group's source has read to: the
+    /// members, what they hold and the position stay (see [`super::Refilter`]).
+    Refilter {
+        filters: String,
+        make: super::MakeSource,
+        done: tokio::sync::oneshot::Sender<HubResult<()>>,
+    },
 }
 
 /// Acknowledgements from a dispatcher's members, collected without waking it: an ack
@@ -55,14 +62,16 @@ impl Acks {
 pub(crate) struct Member {
     pub(super) id: u64,
     pub(super) rx: mpsc::Receiver<HubResult<Item>>,
-    pub(super) ctl: mpsc::UnboundedSender<Ctl>,
+    pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
     /// Where acks go for a dispatcher here; `None` for a linked member, whose acks
     /// travel on `ctl` to its link.
-    pub(super) acks: Option<Arc<Acks>>,
+    pub(crate) acks: Option<Arc<Acks>>,
     pub(super) shutdown: CancellationToken,
     /// What this member may not see: such events are acknowledged unseen, so the group
     /// moves past them (members of one group should share an identity).
     pub(crate) guard: Option<Arc<crate::rules_hub::Guard>>,
+    /// Changes the group's filters in place (a group positioned by name, dispatched here).
+    pub(crate) refilter: Option<Box<super::Refilter>>,
 }
 
 impl Member {
@@ -166,7 +175,7 @@ impl MemberLink {
             match self.ctl.recv().await? {
                 Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
                 Ctl::Leave { .. } => return Some(LinkCtl::Leave),
-                Ctl::Join { .. } => {}
+                Ctl::Join { .. } | Ctl::Refilter { .. } => {}
             }
         }
     }
@@ -177,7 +186,7 @@ impl MemberLink {
             match self.ctl.try_recv().ok()? {
                 Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
                 Ctl::Leave { .. } => return Some(LinkCtl::Leave),
-                Ctl::Join { .. } => {}
+                Ctl::Join { .. } | Ctl::Refilter { .. } => {}
             }
         }
     }
@@ -207,6 +216,7 @@ pub fn linked(queue: usize, shutdown: CancellationToken) -> (LinkedMember, Membe
         acks: None,
         shutdown,
         guard: None,
+        refilter: None,
     };
     (LinkedMember(member), MemberLink { tx, ctl: ctl_rx })
 }

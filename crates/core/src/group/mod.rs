@@ -51,6 +51,62 @@ struct Running {
     filters: String,
 }
 
+/// Builds a group's new source from the sequence its old one had read to.
+pub(crate) type MakeSource = Box<dyn FnOnce(u64) -> HubResult<Direct> + Send>;
+
+/// The canonical text of a group's filters (what tells two groups' filters apart).
+pub(crate) fn filters_text(filters: &[crate::topic::TopicFilter]) -> String {
+    filters
+        .iter()
+        .map(|f| f.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Changes the topic filters a running group reads, without a member leaving: an AMQP
+/// queue bound or unbound while its consumers hold unacknowledged messages. Rejoining
+/// with the new filters instead restarted the group from its acknowledged position,
+/// and everything held or acknowledged past it was delivered a second time.
+#[derive(Clone)]
+pub struct Refilter {
+    pub(crate) hub: crate::hub::Hub,
+    pub(crate) ctx: crate::auth::AuthContext,
+    pub(crate) req: crate::subscription::SubscribeRequest,
+    pub(crate) guard: Option<Arc<crate::rules_hub::Guard>>,
+    pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+impl Refilter {
+    /// Reads with `filters` from now on: events the group's source has not read yet
+    /// are matched against them, nothing already read is read again. Sent at once (so
+    /// changes sent one after another apply in that order); what it returns resolves
+    /// once the group reads with them.
+    pub fn send(
+        &self,
+        filters: Vec<crate::topic::TopicFilter>,
+    ) -> HubResult<tokio::sync::oneshot::Receiver<HubResult<()>>> {
+        for f in &filters {
+            self.hub
+                .authorize(&self.ctx, crate::auth::Action::Subscribe(f.as_str()))?;
+        }
+        let mut req = self.req.clone();
+        req.filters = filters;
+        let all = req.all_filters();
+        let text = filters_text(&all);
+        let (hub, guard) = (self.hub.clone(), self.guard.clone());
+        let make: MakeSource = Box::new(move |from| hub.direct(&req, all, Some(from), guard));
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.ctl
+            .send(Ctl::Refilter {
+                filters: text,
+                make,
+                done,
+            })
+            .map_err(|_| crate::error::HubError::Storage("the group stopped".into()))?;
+        Ok(result)
+    }
+}
+
 /// How long a joiner with new filters waits for the dispatcher with the old ones to
 /// retire (a group positioned by name whose filters changed).
 const REFILTER_WAIT: Duration = Duration::from_secs(5);
@@ -147,6 +203,7 @@ impl Groups {
                         Ok(()) => {
                             return Ok(Some(Member {
                                 guard: None,
+                                refilter: None,
                                 id,
                                 rx,
                                 ctl: r.ctl.clone(),
@@ -207,6 +264,7 @@ impl Groups {
                     let _ = ctl.send(join);
                     return Ok(Some(Member {
                         guard: None,
+                        refilter: None,
                         id,
                         rx,
                         ctl,
@@ -275,6 +333,7 @@ impl Groups {
         tokio::spawn(dispatcher.run(spawn.shutdown.clone()));
         Ok(Some(Member {
             guard: None,
+            refilter: None,
             id,
             rx,
             ctl: ctl_tx,
@@ -565,6 +624,9 @@ impl Dispatcher {
                         }
                     }
                     Some(Ctl::Ack { seq }) => self.on_ack(seq),
+                    Some(Ctl::Refilter { filters, make, done }) => {
+                        let _ = done.send(self.refilter(filters, make));
+                    }
                     None => break,
                 },
                 _ = self.acks.wake.notified(), if blocked => {}
@@ -603,6 +665,20 @@ impl Dispatcher {
             self.groups.map.lock().remove(&self.key);
         }
         self.persist().await;
+    }
+
+    /// Swaps the source for one with other filters, from where this one has read to
+    /// (events it read ahead into its buffer are read again, with the new filters).
+    fn refilter(&mut self, filters: String, make: MakeSource) -> HubResult<()> {
+        let from = match self.source.buffer.iter().find_map(|e| e.seq) {
+            Some(s) => s.saturating_sub(1),
+            None => self.source.last,
+        };
+        self.source = make(from)?;
+        if let Some(r) = self.groups.map.lock().get_mut(&self.key) {
+            r.filters = filters;
+        }
+        Ok(())
     }
 
     /// With no members left, removes the group from the registry unless a join is
