@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{AMQPClass, basic, channel as chan, connection as conn, tx};
+use amq_protocol::protocol::{
+    AMQPClass, basic, channel as chan, connection as conn, exchange, queue, tx,
+};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -453,12 +455,25 @@ impl Connection {
         if channel.closing {
             return Ok(());
         }
+        // Routing is decided as a queue reads the log: a bind, unbind, purge or delete
+        // that overtook this connection's publishes would route them by what came after.
         let reads = matches!(
             m,
             AMQPClass::Basic(basic::AMQPMethod::Get(_) | basic::AMQPMethod::Consume(_))
+                | AMQPClass::Queue(
+                    queue::AMQPMethod::Bind(_)
+                        | queue::AMQPMethod::Unbind(_)
+                        | queue::AMQPMethod::Purge(_)
+                        | queue::AMQPMethod::Delete(_)
+                )
+                | AMQPClass::Exchange(
+                    exchange::AMQPMethod::Bind(_)
+                        | exchange::AMQPMethod::Unbind(_)
+                        | exchange::AMQPMethod::Delete(_)
+                )
         );
         if reads && !self.publishing.is_empty() {
-            // This connection's publishes reach their queues before it reads one.
+            // This connection's publishes reach their queues before it reads or re-routes one.
             while let Some((c, confirm, result)) = self.publishing.next().await {
                 self.confirmed(c, confirm, result);
             }
