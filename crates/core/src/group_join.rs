@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cluster::{GroupLink, LinkCtl, MemberLink};
+use crate::cluster::{GroupLink, MemberLink};
 use crate::engine::Store;
 use crate::error::{HubError, HubResult};
-use crate::group::{Claim, Hosting, Member};
+use crate::group::{Claim, Ctl, Hosting, Member};
 use crate::hub::{Hub, group_keys};
 use crate::query::Filter;
 use crate::subscription::{
@@ -230,8 +231,8 @@ impl Hub {
 async fn pump(
     hub: Hub,
     link: Arc<dyn GroupLink>,
-    join: GroupJoin,
-    req: SubscribeRequest,
+    mut join: GroupJoin,
+    mut req: SubscribeRequest,
     mut inner: Member,
     mut end: MemberLink,
 ) {
@@ -263,9 +264,29 @@ async fn pump(
                     return;
                 }
             },
-            c = end.recv() => match c {
-                Some(LinkCtl::Ack(seq)) => inner.ack(seq),
-                Some(LinkCtl::Leave) | None => return,
+            c = end.recv_ctl() => match c {
+                Some(Ctl::Ack { seq }) => inner.ack(seq),
+                Some(Ctl::Refilter { topics, filters, make, done }) => {
+                    // Kept for the next join; passed on to a dispatcher running here. One
+                    // running elsewhere is refiltered by its own node (`refilter_hosted`).
+                    join.filters = topics.iter().map(|f| f.as_str().to_string()).collect();
+                    req.filters = topics.clone();
+                    let c = Ctl::Refilter { topics, filters, make, done };
+                    match inner.acks.is_some() {
+                        true => {
+                            if let Err(mpsc::error::SendError(Ctl::Refilter { done, .. })) = inner.ctl.send(c) {
+                                let _ = done.send(Ok(()));
+                            }
+                        }
+                        false => {
+                            if let Ctl::Refilter { done, .. } = c {
+                                let _ = done.send(Ok(()));
+                            }
+                        }
+                    }
+                }
+                Some(Ctl::Join { .. }) => {}
+                Some(Ctl::Leave { .. }) | None => return,
             },
         }
     }

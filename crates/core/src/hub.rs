@@ -544,8 +544,8 @@ impl Hub {
             })?,
         };
         // In place only where the key is the name alone (other groups' keys name their
-        // filters) and the dispatcher runs here.
-        if req.group.is_some() && req.position_by_name && member.acks.is_some() {
+        // filters).
+        if req.group.is_some() && req.position_by_name {
             member.refilter = Some(Box::new(crate::group::Refilter {
                 hub: self.clone(),
                 ctx: ctx.clone(),
@@ -560,6 +560,36 @@ impl Hub {
             epoch: state.epoch,
             start_position: req.since.unwrap_or(state.last_seq),
         })
+    }
+
+    /// Makes the named group of `req` (positioned by name) read with `req`'s filters, if
+    /// its dispatcher runs on this node; `false` if it does not. Every node applying a
+    /// change of an AMQP queue's bindings calls it, so the node running the group
+    /// refilters it even when none of the queue's consumers are there.
+    pub async fn refilter_hosted(
+        &self,
+        ctx: &AuthContext,
+        req: &SubscribeRequest,
+    ) -> HubResult<bool> {
+        let Some(name) = &req.group else {
+            return Ok(false);
+        };
+        if !req.position_by_name {
+            return Ok(false);
+        }
+        let (key, _) = group_keys(name, &req.all_filters(), req, req.ack.is_some());
+        let Some(ctl) = self.inner.groups.running(&key) else {
+            return Ok(false);
+        };
+        let (c, done) =
+            crate::group::refilter_ctl(self, ctx, req, self.guard(ctx), req.filters.clone())?;
+        if ctl.send(c).is_err() {
+            return Ok(false);
+        }
+        match done.await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Joins a group on this node (starting its dispatcher here unless it runs already).

@@ -30,20 +30,7 @@ impl Queue {
             st.ready.clear();
             filters_of(&st.routes)
         };
-        let since = self.declared.lock().since;
-        let req = SubscribeRequest {
-            filters,
-            since: Some(since),
-            strict: false,
-            group: Some(self.group()),
-            position_by_name: true,
-            ack: Some(AckPolicy {
-                prefetch: self.window,
-                ack_timeout: NO_REDELIVERY,
-            }),
-            overflow: Overflow::Notify,
-            ..SubscribeRequest::default()
-        };
+        let req = self.request(filters);
         let q = self.clone();
         let generation = self.state.lock().generation;
         let task = tokio::spawn(async move {
@@ -65,6 +52,24 @@ impl Queue {
         });
         self.state.lock().feeder = Some(task);
         is_live
+    }
+
+    /// How the feeder joins the queue's group, reading `filters`.
+    pub(super) fn request(&self, filters: Vec<TopicFilter>) -> SubscribeRequest {
+        let since = self.declared.lock().since;
+        SubscribeRequest {
+            filters,
+            since: Some(since),
+            strict: false,
+            group: Some(self.group()),
+            position_by_name: true,
+            ack: Some(AckPolicy {
+                prefetch: self.window,
+                ack_timeout: NO_REDELIVERY,
+            }),
+            overflow: Overflow::Notify,
+            ..SubscribeRequest::default()
+        }
     }
 
     async fn feed(self: &Arc<Self>, mut sub: polyport_core::Subscription, generation: u64) {

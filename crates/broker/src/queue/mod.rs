@@ -10,10 +10,10 @@
 //!
 //! A change of bindings changes the filters the group reads in place
 //! ([`polyport_core::Refilter`]): messages published after it are routed by the new
-//! bindings, and what consumers hold stays theirs (RabbitMQ's behaviour). Where that is
-//! not possible (on the cluster engine, a group dispatched by another node) the feeder
-//! rejoins with the new filters: what it held unacknowledged is handed back to the
-//! group and comes again.
+//! bindings, and what consumers hold stays theirs (RabbitMQ's behaviour). On the cluster
+//! engine every node applies every change: the node running the group refilters it
+//! ([`polyport_core::Hub::refilter_hosted`]), the others only keep the new filters for
+//! their feeder's next join. A feeder that has not joined yet joins with the new ones.
 //!
 //! On the cluster engine a queue's group spans the nodes, and each node's feeder is one
 //! member: it joins only while the queue has consumers on this node (or for
@@ -569,6 +569,17 @@ impl Queue {
                 }
             }
             None => {}
+        }
+        if self.shared {
+            // The node running the queue's group refilters it, consumers here or not.
+            let filters = filters_of(&self.state.lock().routes);
+            if let Err(e) = self
+                .hub
+                .refilter_hosted(&self.ctx, &self.request(filters))
+                .await
+            {
+                tracing::warn!(queue = %self.name(), error = %e, "the queue's group could not take its new bindings");
+            }
         }
     }
 

@@ -112,3 +112,61 @@ def test_a_stomp_client_on_another_node_uses_a_queue_declared_through_amqp(nodes
         if conn.is_connected():
             conn.disconnect()
         ca.close()
+
+
+def test_a_binding_changed_while_consumers_on_two_nodes_hold_messages_delivers_nothing_twice(nodes_with_bus):
+    """The queue's group runs on one node and its consumers sit on both. Each consumer
+    holds a message unacked while five bindings are added and removed through A: the
+    group takes the new filters where it runs (no member leaves it), so every message
+    reaches exactly one consumer once, none flagged redelivered."""
+    a, b = nodes_with_bus(2)
+    ca, cb = amqp(a), amqp(b)
+    try:
+        admin = ca.channel()
+        admin.exchange_declare("orders", "topic", durable=True)
+        admin.queue_declare("work", durable=True)
+        admin.queue_bind("work", "orders", "eu.*")
+        admin.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=2)
+
+        got: dict[str, list[tuple[str, bool, int]]] = {"a": [], "b": []}
+        cha, chb = ca.channel(), cb.channel()
+        for ch, side in ((cha, "a"), (chb, "b")):
+            ch.basic_qos(prefetch_count=10)
+            ch.basic_consume("work", lambda c, m, p, body, side=side: got[side].append((m.routing_key, m.redelivered, m.delivery_tag)))
+
+        def pump(seconds: float):
+            ca.process_data_events(time_limit=seconds / 2)
+            cb.process_data_events(time_limit=seconds / 2)
+
+        def keys() -> list[str]:
+            return sorted(k for side in got.values() for k, _, _ in side)
+
+        for n in range(6):
+            admin.basic_publish("orders", f"eu.{n}", b"eu", persistent)
+        deadline = time.time() + WAIT
+        while len(keys()) < 6 and time.time() < deadline:
+            pump(0.1)
+        assert len(keys()) == 6 and got["a"] and got["b"], got
+        # Each side acks all but its first delivery.
+        for ch, side in ((cha, "a"), (chb, "b")):
+            for _, _, tag in got[side][1:]:
+                ch.basic_ack(tag)
+        pump(0.2)
+
+        for n in range(5):
+            admin.queue_bind("work", "orders", f"us{n}.*")
+            admin.basic_publish("orders", f"us{n}.nyc", b"us", persistent, mandatory=True)
+            admin.queue_unbind("work", "orders", f"us{n}.*")
+            pump(0.1)
+        want = sorted([f"eu.{n}" for n in range(6)] + [f"us{n}.nyc" for n in range(5)])
+        deadline = time.time() + WAIT
+        while len(keys()) < len(want) and time.time() < deadline:
+            pump(0.1)
+        pump(1.0)
+        assert keys() == want, got
+        assert not any(r for side in got.values() for _, r, _ in side), got
+    finally:
+        for c in (ca, cb):
+            if c.is_open:
+                c.close()

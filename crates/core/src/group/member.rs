@@ -26,6 +26,9 @@ pub(crate) enum Ctl {
     /// Reads with other topic filters from where the group's source has read to: the
     /// members, what they hold and the position stay (see [`super::Refilter`]).
     Refilter {
+        /// The request's topic filters (a pump keeps them for its next join).
+        topics: Vec<crate::topic::TopicFilter>,
+        /// The group's filters' canonical text.
         filters: String,
         make: super::MakeSource,
         done: tokio::sync::oneshot::Sender<HubResult<()>>,
@@ -175,7 +178,8 @@ impl MemberLink {
             match self.ctl.recv().await? {
                 Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
                 Ctl::Leave { .. } => return Some(LinkCtl::Leave),
-                Ctl::Join { .. } | Ctl::Refilter { .. } => {}
+                Ctl::Refilter { done, .. } => drop(done.send(Ok(()))),
+                Ctl::Join { .. } => {}
             }
         }
     }
@@ -186,9 +190,16 @@ impl MemberLink {
             match self.ctl.try_recv().ok()? {
                 Ctl::Ack { seq } => return Some(LinkCtl::Ack(seq)),
                 Ctl::Leave { .. } => return Some(LinkCtl::Leave),
-                Ctl::Join { .. } | Ctl::Refilter { .. } => {}
+                Ctl::Refilter { done, .. } => drop(done.send(Ok(()))),
+                Ctl::Join { .. } => {}
             }
         }
+    }
+
+    /// What the member asks for, as it asked (the pump in `group_join` keeps a
+    /// refilter's topics for its next join).
+    pub(crate) async fn recv_ctl(&mut self) -> Option<Ctl> {
+        self.ctl.recv().await
     }
 
     /// The member's queue, to wait for room without blocking anything else.

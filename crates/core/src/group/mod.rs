@@ -80,30 +80,57 @@ impl Refilter {
     /// Reads with `filters` from now on: events the group's source has not read yet
     /// are matched against them, nothing already read is read again. Sent at once (so
     /// changes sent one after another apply in that order); what it returns resolves
-    /// once the group reads with them.
+    /// once the group reads with them. On the cluster engine a member linked to a group
+    /// running on another node only keeps them for its next join: the node running the
+    /// group applies the same change ([`crate::Hub::refilter_hosted`]).
     pub fn send(
         &self,
         filters: Vec<crate::topic::TopicFilter>,
     ) -> HubResult<tokio::sync::oneshot::Receiver<HubResult<()>>> {
-        for f in &filters {
-            self.hub
-                .authorize(&self.ctx, crate::auth::Action::Subscribe(f.as_str()))?;
-        }
-        let mut req = self.req.clone();
-        req.filters = filters;
-        let all = req.all_filters();
-        let text = filters_text(&all);
-        let (hub, guard) = (self.hub.clone(), self.guard.clone());
-        let make: MakeSource = Box::new(move |from| hub.direct(&req, all, Some(from), guard));
-        let (done, result) = tokio::sync::oneshot::channel();
+        let (ctl, result) =
+            refilter_ctl(&self.hub, &self.ctx, &self.req, self.guard.clone(), filters)?;
         self.ctl
-            .send(Ctl::Refilter {
-                filters: text,
-                make,
-                done,
-            })
+            .send(ctl)
             .map_err(|_| crate::error::HubError::Storage("the group stopped".into()))?;
         Ok(result)
+    }
+}
+
+/// A [`Ctl::Refilter`] for `req` with other topic filters.
+pub(crate) fn refilter_ctl(
+    hub: &crate::hub::Hub,
+    ctx: &crate::auth::AuthContext,
+    req: &crate::subscription::SubscribeRequest,
+    guard: Option<Arc<crate::rules_hub::Guard>>,
+    filters: Vec<crate::topic::TopicFilter>,
+) -> HubResult<(Ctl, tokio::sync::oneshot::Receiver<HubResult<()>>)> {
+    for f in &filters {
+        hub.authorize(ctx, crate::auth::Action::Subscribe(f.as_str()))?;
+    }
+    let mut req = req.clone();
+    req.filters = filters.clone();
+    let all = req.all_filters();
+    let text = filters_text(&all);
+    let hub = hub.clone();
+    let make: MakeSource = Box::new(move |from| hub.direct(&req, all, Some(from), guard));
+    let (done, result) = tokio::sync::oneshot::channel();
+    let ctl = Ctl::Refilter {
+        topics: filters,
+        filters: text,
+        make,
+        done,
+    };
+    Ok((ctl, result))
+}
+
+impl Groups {
+    /// The control channel of the group `key`'s dispatcher, if it runs on this node.
+    pub(crate) fn running(&self, key: &str) -> Option<mpsc::UnboundedSender<Ctl>> {
+        self.map
+            .lock()
+            .get(key)
+            .filter(|r| !r.ctl.is_closed())
+            .map(|r| r.ctl.clone())
     }
 }
 
@@ -624,7 +651,7 @@ impl Dispatcher {
                         }
                     }
                     Some(Ctl::Ack { seq }) => self.on_ack(seq),
-                    Some(Ctl::Refilter { filters, make, done }) => {
+                    Some(Ctl::Refilter { filters, make, done, .. }) => {
                         let _ = done.send(self.refilter(filters, make));
                     }
                     None => break,
@@ -670,6 +697,15 @@ impl Dispatcher {
     /// Swaps the source for one with other filters, from where this one has read to
     /// (events it read ahead into its buffer are read again, with the new filters).
     fn refilter(&mut self, filters: String, make: MakeSource) -> HubResult<()> {
+        let same = self
+            .groups
+            .map
+            .lock()
+            .get(&self.key)
+            .is_some_and(|r| r.filters == filters);
+        if same {
+            return Ok(());
+        }
         let from = match self.source.buffer.iter().find_map(|e| e.seq) {
             Some(s) => s.saturating_sub(1),
             None => self.source.last,
