@@ -88,6 +88,16 @@ async fn connect(cfg: &ClusterConfig, name: String) -> Result<async_nats::Client
     })
 }
 
+/// Deletes what a deployment keeps in NATS (its node bucket and its log stream), for a
+/// deployment that is gone for good: a benchmark's or a test's. Missing parts are fine.
+pub async fn forget_deployment(cfg: &ClusterConfig) -> Result<(), ClusterError> {
+    let client = connect(cfg, "polyport forget".into()).await?;
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_key_value(&cfg.bucket).await;
+    let _ = js.delete_stream(log::stream_name(&cfg.bucket)).await;
+    Ok(())
+}
+
 /// Connects the deployment's group link for `hub` (a node on the shared store): named
 /// groups then have one dispatcher in the deployment. Call before anything subscribes.
 pub async fn link_groups(

@@ -31,6 +31,7 @@ mod auth;
 mod chart;
 mod child;
 mod cluster;
+mod cluster_brokers;
 mod fanout;
 mod filters;
 mod graphql;

@@ -126,6 +126,26 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bench cluster`'s AMQP row: persistent messages into a durable queue with publisher
+/// confirms, one publisher and one manual-ack consumer on `uri`; messages/s.
+pub(crate) async fn persistent_confirmed(uri: &str, messages: usize) -> anyhow::Result<f64> {
+    let a = AmqpArgs {
+        rabbitmq: String::new(),
+        messages,
+        size: 64,
+        rate: 1000,
+        idle: 0,
+        only: None,
+    };
+    match (Scenario::Confirmed { persistent: true })
+        .run(uri, &a)
+        .await?
+    {
+        Figure::Rate(r) => Ok(r),
+        _ => anyhow::bail!("the confirmed scenario measures a rate"),
+    }
+}
+
 /// The queue of the memory-only latency row (a fixed name: `ephemeral_topics` names it).
 const MEMORY_QUEUE: &str = "polyport-bench-memory-only";
 

@@ -55,7 +55,7 @@ struct Deployment {
     urls: Vec<String>,
 }
 
-fn schema() -> String {
+pub(super) fn schema() -> String {
     format!(
         "bench_{}",
         polyport_core::record::new_id().to_ascii_lowercase()
@@ -175,6 +175,11 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             shares
         );
     }
+    let engine = super::cluster_brokers::Engine {
+        postgres: &args.postgres,
+        nats: &args.nats,
+    };
+    let broker_schemas = super::cluster_brokers::run(&engine).await?;
     println!(
         "(every write is durable on both engines: an fsync'd SQLite group commit, or a Postgres commit; one machine runs all nodes and Postgres)"
     );
@@ -183,11 +188,21 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     for s in three {
         s.stop().await;
     }
-    for s in [one_schema, three_schema] {
+    forget_bucket(&args.nats, &bus.bucket).await;
+    for s in [one_schema, three_schema].into_iter().chain(broker_schemas) {
         let url = args.postgres.clone();
         tokio::task::spawn_blocking(move || polyport_store::pg::drop_schema(&url, &s)).await??;
     }
     Ok(())
+}
+
+/// Deletes a finished deployment's NATS bucket and log stream.
+pub(super) async fn forget_bucket(nats: &str, bucket: &str) {
+    let mut cfg = polyport_cluster::ClusterConfig::new(nats.to_string());
+    cfg.bucket = bucket.to_string();
+    if let Err(e) = polyport_cluster::forget_deployment(&cfg).await {
+        eprintln!("bench cluster: leaving NATS bucket {bucket}: {e}");
+    }
 }
 
 /// What a REST scenario sends.
