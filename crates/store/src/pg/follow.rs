@@ -34,7 +34,7 @@ pub(crate) struct Follower {
 
 impl Drop for Follower {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop();
     }
 }
 
@@ -50,6 +50,11 @@ struct Run {
 }
 
 impl Follower {
+    /// Stops at its next wake-up (the store is closing: its schema may go next).
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Follows the log from `last` (everything up to it is history, read from the
     /// store by whoever wants it).
     pub(crate) fn start(

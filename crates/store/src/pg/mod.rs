@@ -15,12 +15,13 @@
 //! against the current records before the event exists, which a projection that lags
 //! the stream cannot do without a second lock anyway.
 //!
-//! Built so far: this store for any number of nodes (`polyport serve --store
-//! postgres://…`), each node's subscribers fed every node's events in `seq` order by its
-//! log follower (`follow.rs`, `LISTEN`/`NOTIFY` on Postgres), and collections and
-//! endpoints another node changed. Not yet: the relay to JetStream (the follower reads
-//! Postgres until then), groups shared across nodes, a record cache (off here: it would
-//! have to be invalidated across nodes).
+//! This store serves any number of nodes (`polyport serve --store postgres://…`): each
+//! node's subscribers are fed every node's events in `seq` order by its log follower
+//! (`follow.rs`, `LISTEN`/`NOTIFY` on Postgres; `polyport-cluster` relays the same log to
+//! a JetStream stream for NATS clients, see `docs/cluster.md` on why nodes follow
+//! Postgres), with collections and endpoints another node changed. There is no record
+//! cache here: a read after another node's acknowledged write must see it, and a cache
+//! invalidated by the follower would lag it.
 //!
 //! Blocking clients (the `postgres` crate): the writer is one thread, as the embedded
 //! engine's, and reads run on Tokio's blocking pool, each on a pooled connection.
@@ -118,7 +119,7 @@ pub struct PgStore {
     leases: Arc<lease::Leases>,
     writer: Handle,
     /// Stops following the log when the store goes.
-    _follower: follow::Follower,
+    follower: follow::Follower,
     shared: Arc<Shared>,
     readers: Arc<Pool<Reader>>,
 }
@@ -365,7 +366,7 @@ impl PgStore {
         Ok(Self {
             leases: lease::Leases::new(config.url.clone(), config.schema.clone()),
             health,
-            _follower: follower,
+            follower,
             writer: Handle::start(w, config.queue, || {})?,
             shared,
             readers: Arc::new(Pool::new(readers)),
@@ -638,6 +639,7 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
+        self.follower.stop();
         self.writer.close().await;
     }
 
