@@ -27,7 +27,7 @@ impl Queue {
             st.refilter = None;
             st.generation += 1;
             // Held for the old feeder's group membership: the group hands them back.
-            st.ready.clear();
+            self.hand_back(&mut st);
             filters_of(&st.routes)
         };
         let req = self.request(filters);
@@ -120,8 +120,19 @@ impl Queue {
         }
         st.feeder = None;
         st.refilter = None;
-        st.ready.clear();
+        self.hand_back(&mut st);
         true
+    }
+
+    /// Drops what the feeder held ready (its group gives it to another member, or to
+    /// the next feeder here), and lowers the arrival mark below it: a `basic.get`
+    /// waiting for a publish must wait for it to be read again, not count it as here.
+    fn hand_back(&self, st: &mut State) {
+        if let Some(first) = st.ready.iter().filter_map(|m| m.event.seq).min() {
+            self.arrived
+                .fetch_min(first.saturating_sub(1), Ordering::Relaxed);
+        }
+        st.ready.clear();
     }
 
     /// Starts reading when the queue is wanted here and nothing reads it (the cluster
