@@ -15,7 +15,8 @@ import { createRequire } from 'node:module';
 import { test } from 'node:test';
 
 import { mqttSubscriber, openSse } from '../../../http/tests/js/clients.mjs';
-import { NODE_MODULES, defer, request, runSnippet, serverFor, within } from '../../../http/tests/js/polyport_server.mjs';
+import { NODE_MODULES, defer, request, serverFor, within } from '../../../http/tests/js/polyport_server.mjs';
+import { runSeed000MqttPublisher } from '../../../http/tests/js/seeds.mjs';
 
 const require = createRequire(`${NODE_MODULES}/`);
 const amqp = require('amqplib');
@@ -23,22 +24,6 @@ const amqp = require('amqplib');
 const TEST_TIMEOUT_MS = 60_000;
 const PG = process.env.POLYPORT_TEST_POSTGRES_URL || 'postgres://postgres@127.0.0.1/test';
 const NATS = process.env.POLYPORT_TEST_NATS_URL || 'nats://127.0.0.1:4222';
-
-// Seed 000's MQTT.js publisher, exactly as the article writes it.
-const SEED_000_MQTT_PUBLISHER = `const mqtt = require('mqtt');
-
-const client = mqtt.connect('mqtt://localhost:1883'); // Replace with your broker URL
-
-client.on('connect', () => {
-    const topic = 'temperature';
-    const message = '25°C';
-
-    client.publish(topic, message);
-    console.log(\`Published to topic '\${topic}': \${message}\`);
-
-    client.end();
-});
-`;
 
 /** Two nodes of one fresh deployment, stopped and their schema dropped after `t`. */
 async function twoNodes(t) {
@@ -64,11 +49,7 @@ test('seed 000 MQTT.js publisher through node A reaches EventSource, MQTT.js and
   await ch.bindQueue(q.queue, 'amq.topic', 'temperature');
   const got = new Promise((resolve) => ch.consume(q.queue, (m) => resolve(m), { noAck: true }));
 
-  const source = SEED_000_MQTT_PUBLISHER.replace("'mqtt://localhost:1883'", `'${a.mqttUrl}'`);
-  assert.notEqual(source, SEED_000_MQTT_PUBLISHER, 'the address was replaced');
-  const snippet = runSnippet(t, 'seed-000-mqtt-publisher-cluster', source);
-  assert.equal(await snippet.lines.next(), "Published to topic 'temperature': 25°C");
-  assert.equal(await within(snippet.exited, 'the publisher script exits'), 0, `stderr:\n${snippet.stderr()}`);
+  await runSeed000MqttPublisher(t, 'seed-000-mqtt-publisher-cluster', a.mqttUrl);
 
   const m = await mqttSub.feed.next();
   assert.equal(m.payload.toString('utf8'), '25°C');

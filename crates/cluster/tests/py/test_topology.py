@@ -27,19 +27,24 @@ def eventually(what: str, check, timeout: float = WAIT):
         time.sleep(0.05)
 
 
+def declare_orders(ch, queue: str) -> None:
+    """A durable topic exchange `orders` and a durable `queue` bound to it by `eu.*`."""
+    ch.exchange_declare("orders", "topic", durable=True)
+    ch.queue_declare(queue, durable=True)
+    ch.queue_bind(queue, "orders", "eu.*")
+
+
 def test_exchanges_queues_and_bindings_declared_through_one_node_work_through_another(nodes_with_bus):
     """Declared through A: a durable topic exchange, a durable queue bound to it. At once
     through B: both answer a passive declare, a confirmed mandatory publish to the
     exchange is routed (not returned), and B's consumer gets it. A binding added through
-    A routes what is published through B right after the bind-ok; the queue deleted through A cancels B's
-    consumer and is gone on B (404 on a passive declare)."""
+    A routes what is published through B right after the bind-ok; the queue deleted
+    through A cancels B's consumer and is gone on B (404 on a passive declare)."""
     a, b = nodes_with_bus(2)
     ca, cb = amqp(a), amqp(b)
     try:
         cha = ca.channel()
-        cha.exchange_declare("orders", "topic", durable=True)
-        cha.queue_declare("eu-orders", durable=True)
-        cha.queue_bind("eu-orders", "orders", "eu.*")
+        declare_orders(cha, "eu-orders")
 
         chb = cb.channel()
         chb.exchange_declare("orders", passive=True)
@@ -123,9 +128,7 @@ def test_a_binding_changed_while_consumers_on_two_nodes_hold_messages_delivers_n
     ca, cb = amqp(a), amqp(b)
     try:
         admin = ca.channel()
-        admin.exchange_declare("orders", "topic", durable=True)
-        admin.queue_declare("work", durable=True)
-        admin.queue_bind("work", "orders", "eu.*")
+        declare_orders(admin, "work")
         admin.confirm_delivery()
         persistent = pika.BasicProperties(delivery_mode=2)
 

@@ -6,38 +6,17 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { mqttClient, mqttSubscriber, openSse } from '../../../http/tests/js/clients.mjs';
-import { request, runSnippet, serverFor, within } from '../../../http/tests/js/polyport_server.mjs';
+import { request, serverFor, within } from '../../../http/tests/js/polyport_server.mjs';
+import { runSeed000MqttPublisher } from '../../../http/tests/js/seeds.mjs';
 
 const TEST_TIMEOUT_MS = 45_000;
-
-// Seed 000's MQTT.js publisher, exactly as the article writes it.
-const SEED_000_MQTT_PUBLISHER = `const mqtt = require('mqtt');
-
-const client = mqtt.connect('mqtt://localhost:1883'); // Replace with your broker URL
-
-client.on('connect', () => {
-    const topic = 'temperature';
-    const message = '25°C';
-
-    client.publish(topic, message);
-    console.log(\`Published to topic '\${topic}': \${message}\`);
-
-    client.end();
-});
-`;
 
 test('seed 000 MQTT.js publisher, unchanged but for the address, reaches MQTT and SSE subscribers', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   const server = await serverFor(t);
   const mqttSub = await mqttSubscriber(t, server, 'temperature');
   const sse = await openSse(t, server, 'topic=temperature');
 
-  const source = SEED_000_MQTT_PUBLISHER.replace("'mqtt://localhost:1883'", `'${server.mqttUrl}'`);
-  assert.notEqual(source, SEED_000_MQTT_PUBLISHER, 'the address was replaced');
-  const snippet = runSnippet(t, 'seed-000-mqtt-publisher', source);
-
-  assert.equal(await snippet.lines.next(), "Published to topic 'temperature': 25°C");
-  // `client.end()` lets the script finish by itself once the PUBLISH is written.
-  assert.equal(await within(snippet.exited, 'the publisher script exits'), 0, `stderr:\n${snippet.stderr()}`);
+  await runSeed000MqttPublisher(t, 'seed-000-mqtt-publisher', server.mqttUrl);
 
   const m = await mqttSub.feed.next();
   assert.equal(m.topic, 'temperature');
