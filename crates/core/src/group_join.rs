@@ -271,18 +271,14 @@ async fn pump(
                     // running elsewhere is refiltered by its own node (`refilter_hosted`).
                     join.filters = topics.iter().map(|f| f.as_str().to_string()).collect();
                     req.filters = topics.clone();
+                    if !inner.dispatched_here() {
+                        let _ = done.send(Ok(()));
+                        continue;
+                    }
                     let c = Ctl::Refilter { topics, filters, make, done };
-                    match inner.acks.is_some() {
-                        true => {
-                            if let Err(mpsc::error::SendError(Ctl::Refilter { done, .. })) = inner.ctl.send(c) {
-                                let _ = done.send(Ok(()));
-                            }
-                        }
-                        false => {
-                            if let Ctl::Refilter { done, .. } = c {
-                                let _ = done.send(Ok(()));
-                            }
-                        }
+                    // A dispatcher gone meanwhile: the next join has the filters.
+                    if let Err(mpsc::error::SendError(Ctl::Refilter { done, .. })) = inner.ctl.send(c) {
+                        let _ = done.send(Ok(()));
                     }
                 }
                 Some(Ctl::Join { .. }) => {}

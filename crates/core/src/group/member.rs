@@ -68,7 +68,7 @@ pub(crate) struct Member {
     pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
     /// Where acks go for a dispatcher here; `None` for a linked member, whose acks
     /// travel on `ctl` to its link.
-    pub(crate) acks: Option<Arc<Acks>>,
+    pub(super) acks: Option<Arc<Acks>>,
     pub(super) shutdown: CancellationToken,
     /// What this member may not see: such events are acknowledged unseen, so the group
     /// moves past them (members of one group should share an identity).
@@ -110,6 +110,11 @@ impl Member {
                 None => return it,
             }
         }
+    }
+
+    /// Whether its dispatcher runs on this node (else its link carries everything).
+    pub(crate) fn dispatched_here(&self) -> bool {
+        self.acks.is_some()
     }
 
     pub(crate) fn ack(&self, seq: u64) {
