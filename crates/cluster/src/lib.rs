@@ -1,4 +1,5 @@
-//! Polyport's cluster engine on NATS JetStream — first part: which nodes are alive.
+//! Polyport's cluster engine on NATS JetStream: which nodes are alive, and what crosses
+//! between them.
 //!
 //! Every node writes a heartbeat (its [`Node`] as JSON) under its id in the JetStream KV
 //! bucket `polyport-nodes` every [`ClusterConfig::heartbeat`]; the bucket's `max_age`
@@ -17,7 +18,8 @@
 //! On the Postgres store, named groups run on one node each and members on the other
 //! nodes join them over NATS (`groups.rs`); ephemeral events cross over core NATS
 //! (`relay.rs`); the event log is relayed to a JetStream stream whose sequence is the
-//! event's (`log.rs`). Not built (docs/cluster.md): adapter state in KV.
+//! event's (`log.rs`). Adapter state (MQTT sessions, retained messages) lives in the
+//! Postgres store's `adapter_state`, not in KV: docs/cluster.md says why.
 
 mod groups;
 mod log;

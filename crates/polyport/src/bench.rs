@@ -32,6 +32,7 @@ mod chart;
 mod child;
 mod cluster;
 mod cluster_brokers;
+mod commits;
 mod fanout;
 mod filters;
 mod graphql;
@@ -341,6 +342,8 @@ pub(crate) struct HttpArgs {
 
 async fn http(args: HttpArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration);
+    // Before the server: its store's group commit reports to it.
+    let recorder = commits::recorder();
     let server = TestServer::start().await?;
     let base = format!("http://{}", server.addr);
     let client = reqwest::Client::new();
@@ -421,6 +424,7 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
         let (p_rps, p_lat) = load(duration, conns, get(pget.clone())).await?;
         row(&format!("GET by id {conns:>5}"), b_rps, p_rps, b_lat, p_lat);
         let (bp_rps, bp_lat) = load(duration, conns, post(bget.clone())).await?;
+        let committed = recorder.map(commits::Commits::local);
         let (pp_rps, pp_lat) = load(duration, conns, post(ppost.clone())).await?;
         row(
             &format!("POST create {conns:>3}"),
@@ -429,6 +433,10 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
             bp_lat,
             pp_lat,
         );
+        if let Some((h, before)) = recorder.zip(committed) {
+            let c = commits::Commits::local(h).since(before);
+            println!("  Polyport's store: {}", c.describe());
+        }
         for (line, y) in lines.iter_mut().zip([b_rps, p_rps, bp_rps, pp_rps]) {
             line.points.push((conns as f64, y));
         }

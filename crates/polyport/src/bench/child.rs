@@ -15,6 +15,8 @@ pub(crate) struct PolyportChild {
     pub(crate) child: tokio::process::Child,
     pub(crate) pid: u32,
     pub(crate) addr: SocketAddr,
+    /// Its `/metrics`, when listeners.json names its HTTP listener.
+    pub(crate) metrics: Option<String>,
     pub(crate) dir: PathBuf,
 }
 
@@ -86,10 +88,15 @@ impl PolyportChild {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        let metrics = std::fs::read(&listeners)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| Some(format!("http://{}/metrics", v.get("http")?.as_str()?)));
         Ok(Self {
             child,
             pid,
             addr,
+            metrics,
             dir,
         })
     }

@@ -1,6 +1,8 @@
 //! The table every peer benchmark prints: one row per scenario, Polyport's figure,
 //! the peer's, and the ratio (Polyport ÷ peer).
 
+use super::commits::Commits;
+
 /// One scenario's result: messages per second, or latency percentiles in µs.
 pub(crate) enum Figure {
     Rate(f64),
@@ -15,12 +17,14 @@ pub(crate) enum Figure {
 /// Runs each scenario on our side (`run(s, false)`) and, when it is up, on the peer
 /// (`run(s, true)`), printing one row each under the headings `ours` and `peer`.
 /// With `cpu` (the two servers' pids) each row also gets the ratio of the CPU time
-/// each server spent on the same work.
+/// each server spent on the same work; with `metrics` (our server's `/metrics`), what
+/// its store's group commit did for it.
 pub(crate) async fn compare<S: Copy, F, Fut>(
     ours: &str,
     peer: &str,
     peer_up: bool,
     cpu: Option<(u32, u32)>,
+    metrics: Option<&str>,
     scenarios: &[(&str, S)],
     run: F,
 ) -> anyhow::Result<()>
@@ -32,12 +36,20 @@ where
     let cpu = cpu.filter(|_| peer_up);
     print_header(ours, peer, cpu.is_some());
     let spent = |pid: Option<u32>| pid.and_then(super::child::cpu_secs);
+    let commits = async || match metrics {
+        Some(url) => Commits::scrape(url).await,
+        None => None,
+    };
     for (name, s) in scenarios {
         let before = spent(cpu.map(|c| c.0));
+        let committed = commits().await;
         let a = run(*s, false)
             .await
             .with_context(|| format!("{ours}: {name}"))?;
         let ours_cpu = before.zip(spent(cpu.map(|c| c.0))).map(|(b, a)| a - b);
+        let committed = committed
+            .zip(commits().await)
+            .map(|(before, after)| after.since(before));
         let before = spent(cpu.map(|c| c.1));
         let b = match peer_up {
             true => Some(
@@ -56,6 +68,9 @@ where
                 x / y.max(1e-9)
             );
         }
+        if let Some(c) = committed {
+            println!("  {ours}'s store: {}", c.describe());
+        }
     }
     Ok(())
 }
@@ -64,6 +79,7 @@ where
 /// Polyport child's and RabbitMQ's `beam.smp`, when it can be found).
 pub(crate) async fn against_rabbitmq<S: Copy, F, Fut>(
     polyport_pid: u32,
+    metrics: Option<&str>,
     rabbit_up: bool,
     scenarios: &[(&str, S)],
     run: F,
@@ -74,7 +90,10 @@ where
 {
     let rabbit = super::child::pids_named("beam.smp").into_iter().next();
     let cpu = rabbit.map(|r| (polyport_pid, r));
-    compare("Polyport", "RabbitMQ", rabbit_up, cpu, scenarios, run).await
+    compare(
+        "Polyport", "RabbitMQ", rabbit_up, cpu, metrics, scenarios, run,
+    )
+    .await
 }
 
 /// The column headings.

@@ -128,7 +128,7 @@ pub(crate) async fn run(args: SoapArgs) -> anyhow::Result<()> {
             },
         ),
     ];
-    compare("SOAP", "REST", true, None, &scenarios, |s, rest| {
+    compare("SOAP", "REST", true, None, None, &scenarios, |s, rest| {
         let base = base.clone();
         async move {
             let (rps, _lat) = if rest {

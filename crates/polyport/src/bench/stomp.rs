@@ -326,7 +326,7 @@ async fn disable_plugin() {
 pub(crate) async fn run(args: StompArgs) -> anyhow::Result<()> {
     let child = PolyportChild::start("stomp").await?;
     let enabled_here = enable_plugin(args.rabbitmq).await;
-    let result = versus_rabbitmq(child.addr, child.pid, &args).await;
+    let result = versus_rabbitmq(&child, &args).await;
     if enabled_here {
         disable_plugin().await;
     }
@@ -334,7 +334,8 @@ pub(crate) async fn run(args: StompArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn versus_rabbitmq(pp: SocketAddr, pp_pid: u32, args: &StompArgs) -> anyhow::Result<()> {
+async fn versus_rabbitmq(child: &PolyportChild, args: &StompArgs) -> anyhow::Result<()> {
+    let pp = child.addr;
     let rabbit_up = connect(args.rabbitmq).await.is_ok();
     if !rabbit_up {
         println!(
@@ -362,10 +363,16 @@ async fn versus_rabbitmq(pp: SocketAddr, pp_pid: u32, args: &StompArgs) -> anyho
             Scenario::Latency { queue: false },
         ),
     ];
-    against_rabbitmq(pp_pid, rabbit_up, &scenarios, |s, peer| {
-        let addr = if peer { args.rabbitmq } else { pp };
-        async move { s.run(addr, args).await }
-    })
+    against_rabbitmq(
+        child.pid,
+        child.metrics.as_deref(),
+        rabbit_up,
+        &scenarios,
+        |s, peer| {
+            let addr = if peer { args.rabbitmq } else { pp };
+            async move { s.run(addr, args).await }
+        },
+    )
     .await?;
     println!(
         "(a SEND to a /queue lands in a durable queue: Polyport delivers it once fsync'd, as its\n \
