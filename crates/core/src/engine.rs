@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::error::HubResult;
 use crate::event::{Event, EventDraft, EventRef, Origin};
@@ -313,14 +313,15 @@ pub fn change_event(
     time: DateTime<Utc>,
 ) -> Event {
     let event_type = format!("{}.{}", record.collection, kind.as_str());
-    let mut payload = json!({
-        "type": event_type,
-        "record": record.to_json(),
-        "seq": seq,
-    });
-    if let Some(p) = previous {
-        payload["previous"] = p.to_json();
-    }
+    // Serialized from the records in place: building a `Value` first deep-copied each
+    // document on the writer thread, once per write.
+    let payload = serde_json::to_vec(&ChangePayload {
+        event_type: &event_type,
+        record: record.json(None),
+        seq,
+        previous: previous.map(|p| p.json(None)),
+    })
+    .unwrap_or_default();
     Event::new(
         Some(seq),
         crate::record::new_id(),
@@ -329,7 +330,79 @@ pub fn change_event(
         time,
         Some("application/json".into()),
         Vec::new(),
-        Bytes::from(serde_json::to_vec(&payload).unwrap_or_default()),
+        Bytes::from(payload),
         origin,
     )
+}
+
+/// A record change's payload, in the order it has always been written: type, record,
+/// seq, then previous when there is one.
+#[derive(serde::Serialize)]
+struct ChangePayload<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    record: crate::record::RecordJson<'a>,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous: Option<crate::record::RecordJson<'a>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(version: u64, data: Value) -> Record {
+        let at = DateTime::parse_from_rfc3339("2026-12-07T05:00:00.123456Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        Record {
+            collection: "orders".into(),
+            id: "o1".into(),
+            created_at: at,
+            updated_at: at,
+            version,
+            data: match data {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+        }
+    }
+
+    /// The bytes subscribers have always received: the payload as a `Value`.
+    fn as_before(kind: ChangeKind, r: &Record, previous: Option<&Record>, seq: u64) -> Vec<u8> {
+        let mut payload = json!({
+            "type": format!("{}.{}", r.collection, kind.as_str()),
+            "record": r.to_json(),
+            "seq": seq,
+        });
+        if let Some(p) = previous {
+            payload["previous"] = p.to_json();
+        }
+        serde_json::to_vec(&payload).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_change_payload_is_byte_for_byte_what_it_was() {
+        let now = Utc::now();
+        let old = record(
+            1,
+            json!({"total": 3, "lines": [{"sku": "a"}], "note": null}),
+        );
+        let new = record(
+            2,
+            json!({"total": 4, "lines": [{"sku": "a"}, {"sku": "b"}]}),
+        );
+        for (kind, r, previous) in [
+            (ChangeKind::Created, &old, None),
+            (ChangeKind::Updated, &new, Some(&old)),
+            (ChangeKind::Deleted, &new, None),
+        ] {
+            let e = change_event(kind, r, previous, 42, Origin::HUB, now);
+            assert_eq!(
+                e.payload.as_ref(),
+                as_before(kind, r, previous, 42).as_slice()
+            );
+        }
+    }
 }
