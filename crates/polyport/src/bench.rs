@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::bail;
 use axum::Router;
 use axum::routing::get;
 use polyport_core::{Bus, Hub, HubConfig};
@@ -37,6 +36,7 @@ mod fanout;
 mod filters;
 mod graphql;
 mod grpc;
+mod http_load;
 mod mqtt;
 mod peer;
 mod soap;
@@ -110,6 +110,9 @@ enum Which {
     /// (internal) the client side of `fanout`, run in a child process.
     #[command(hide = true)]
     FanoutClients(fanout::ClientArgs),
+    /// (internal) the client side of `http --client-process`.
+    #[command(hide = true)]
+    HttpLoad(http_load::LoadArgs),
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -136,6 +139,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Auth(a) => auth::run(a).await,
         Which::Filters(a) => filters::run(a).await,
         Which::FanoutClients(a) => fanout::clients(a).await,
+        Which::HttpLoad(a) => http_load::child(a).await,
     }
 }
 
@@ -338,6 +342,10 @@ pub(crate) struct HttpArgs {
     /// Draw requests/s against connections into this SVG file.
     #[arg(long)]
     chart: Option<std::path::PathBuf>,
+    /// Run the load generator in a process of its own rather than on the servers'
+    /// runtime.
+    #[arg(long)]
+    client_process: bool,
 }
 
 async fn http(args: HttpArgs) -> anyhow::Result<()> {
@@ -372,9 +380,13 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
     let pget = format!("{base}/api/collections/bench/records/r1");
     let ppost = format!("{base}/api/collections/bench/records");
     println!(
-        "polyport bench http: {}s per scenario, connections {:?}",
+        "polyport bench http: {}s per scenario, connections {:?}, load generator {}",
         duration.as_secs(),
-        args.connections
+        args.connections,
+        match args.client_process {
+            true => "in a process of its own",
+            false => "on the servers' runtime",
+        }
     );
     println!(
         "{:<20} {:>14} {:>14} {:>7}   {:>18}   {:>18}",
@@ -385,33 +397,11 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
         "p50 µs base/pp",
         "p99 µs base/pp"
     );
-    let check = |r: reqwest::Response| -> anyhow::Result<()> {
-        if !r.status().is_success() {
-            bail!("unexpected status {}", r.status());
-        }
-        Ok(())
-    };
-    let get = |url: String| {
-        move |c: reqwest::Client| {
-            let u = url.clone();
-            async move { check(c.get(&u).send().await?) }
-        }
-    };
     let payload = serde_json::json!({"title": "bench", "views": 3}).to_string();
-    let post = |url: String| {
-        let payload = payload.clone();
-        move |c: reqwest::Client| {
-            let (u, p) = (url.clone(), payload.clone());
-            async move {
-                let r = c
-                    .post(&u)
-                    .header("content-type", "application/json")
-                    .body(p)
-                    .send()
-                    .await?;
-                check(r)
-            }
-        }
+    let separate = args.client_process;
+    let run = async |url: &str, post: bool, conns: usize| {
+        let post = post.then_some(payload.as_str());
+        http_load::run(separate, url, post, conns, duration).await
     };
     let mut lines = chart::Series::named([
         "GET baseline",
@@ -420,12 +410,12 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
         "POST Polyport",
     ]);
     for &conns in &args.connections {
-        let (b_rps, b_lat) = load(duration, conns, get(bget.clone())).await?;
-        let (p_rps, p_lat) = load(duration, conns, get(pget.clone())).await?;
+        let (b_rps, b_lat) = run(&bget, false, conns).await?;
+        let (p_rps, p_lat) = run(&pget, false, conns).await?;
         row(&format!("GET by id {conns:>5}"), b_rps, p_rps, b_lat, p_lat);
-        let (bp_rps, bp_lat) = load(duration, conns, post(bget.clone())).await?;
+        let (bp_rps, bp_lat) = run(&bget, true, conns).await?;
         let committed = recorder.map(commits::Commits::local);
-        let (pp_rps, pp_lat) = load(duration, conns, post(ppost.clone())).await?;
+        let (pp_rps, pp_lat) = run(&ppost, true, conns).await?;
         row(
             &format!("POST create {conns:>3}"),
             bp_rps,
