@@ -96,21 +96,15 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|(name, _)| args.only.as_deref().is_none_or(|o| name.contains(o)))
         .collect();
-    against_rabbitmq(
-        child.pid,
-        child.metrics.as_deref(),
-        rabbit_up,
-        &scenarios,
-        |s, peer| {
-            let uri = if peer {
-                args.rabbitmq.clone()
-            } else {
-                pp.clone()
-            };
-            let args = &args;
-            async move { s.run(&uri, args).await }
-        },
-    )
+    against_rabbitmq(&child, rabbit_up, &scenarios, |s, peer| {
+        let uri = if peer {
+            args.rabbitmq.clone()
+        } else {
+            pp.clone()
+        };
+        let args = &args;
+        async move { s.run(&uri, args).await }
+    })
     .await?;
     println!(
         "(a transient message is written to Polyport's event log before it is delivered, so it\n \

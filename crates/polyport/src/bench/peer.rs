@@ -78,8 +78,7 @@ where
 /// [`compare`] against the local RabbitMQ, with the CPU time of both servers (the
 /// Polyport child's and RabbitMQ's `beam.smp`, when it can be found).
 pub(crate) async fn against_rabbitmq<S: Copy, F, Fut>(
-    polyport_pid: u32,
-    metrics: Option<&str>,
+    polyport: &super::child::PolyportChild,
     rabbit_up: bool,
     scenarios: &[(&str, S)],
     run: F,
@@ -89,7 +88,8 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Figure>>,
 {
     let rabbit = super::child::pids_named("beam.smp").into_iter().next();
-    let cpu = rabbit.map(|r| (polyport_pid, r));
+    let cpu = rabbit.map(|r| (polyport.pid, r));
+    let metrics = polyport.metrics.as_deref();
     compare(
         "Polyport", "RabbitMQ", rabbit_up, cpu, metrics, scenarios, run,
     )

@@ -363,16 +363,10 @@ async fn versus_rabbitmq(child: &PolyportChild, args: &StompArgs) -> anyhow::Res
             Scenario::Latency { queue: false },
         ),
     ];
-    against_rabbitmq(
-        child.pid,
-        child.metrics.as_deref(),
-        rabbit_up,
-        &scenarios,
-        |s, peer| {
-            let addr = if peer { args.rabbitmq } else { pp };
-            async move { s.run(addr, args).await }
-        },
-    )
+    against_rabbitmq(child, rabbit_up, &scenarios, |s, peer| {
+        let addr = if peer { args.rabbitmq } else { pp };
+        async move { s.run(addr, args).await }
+    })
     .await?;
     println!(
         "(a SEND to a /queue lands in a durable queue: Polyport delivers it once fsync'd, as its\n \
