@@ -223,6 +223,11 @@ impl Connection {
                 }
                 Some((ch, confirm, result)) = self.publishing.next(), if !self.publishing.is_empty() => {
                     self.confirmed(ch, confirm, result);
+                    // A commit settles several publishes at once: confirm them in one
+                    // write (and one `multiple` ack where they follow each other).
+                    while let Some(Some((ch, confirm, result))) = self.publishing.next().now_or_never() {
+                        self.confirmed(ch, confirm, result);
+                    }
                 }
                 beat = beats.due() => match beat {
                     Beat::Send => self.out.push(AMQPFrame::Heartbeat),
@@ -281,18 +286,7 @@ impl Connection {
         if !self.channels.contains_key(&ch) {
             return;
         }
-        let m = match result {
-            Ok(()) => basic::AMQPMethod::Ack(basic::Ack {
-                delivery_tag: tag,
-                multiple: false,
-            }),
-            Err(_) => basic::AMQPMethod::Nack(basic::Nack {
-                delivery_tag: tag,
-                multiple: false,
-                requeue: false,
-            }),
-        };
-        self.out.push(AMQPFrame::Method(ch, AMQPClass::Basic(m)));
+        confirm_into(&mut self.out, ch, tag, result.is_ok());
     }
 
     fn outbound(&mut self, d: Out) {
@@ -687,5 +681,95 @@ impl Connection {
             let _ = self.io.feed(f).await;
         }
         close_connection(&mut self.io, code, &text, class_id, method_id).await;
+    }
+}
+
+/// Queues the confirm of publish `tag` on channel `ch`. When the ack just before it on
+/// that channel has not gone out yet, the two become one `multiple` ack, as RabbitMQ
+/// confirms a batch: every earlier tag was settled before it, confirms being in order.
+fn confirm_into(out: &mut Vec<AMQPFrame>, ch: u16, tag: u64, ok: bool) {
+    if ok
+        && let Some(AMQPFrame::Method(c, AMQPClass::Basic(basic::AMQPMethod::Ack(a)))) =
+            out.last_mut()
+        && *c == ch
+        && a.delivery_tag + 1 == tag
+    {
+        a.delivery_tag = tag;
+        a.multiple = true;
+        return;
+    }
+    let m = match ok {
+        true => basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: tag,
+            multiple: false,
+        }),
+        false => basic::AMQPMethod::Nack(basic::Nack {
+            delivery_tag: tag,
+            multiple: false,
+            requeue: false,
+        }),
+    };
+    out.push(AMQPFrame::Method(ch, AMQPClass::Basic(m)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the client reads: (channel, tag, multiple, ack?) per confirm frame.
+    fn confirms(out: &[AMQPFrame]) -> Vec<(u16, u64, bool, bool)> {
+        out.iter()
+            .filter_map(|f| match f {
+                AMQPFrame::Method(ch, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
+                    Some((*ch, a.delivery_tag, a.multiple, true))
+                }
+                AMQPFrame::Method(ch, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => {
+                    Some((*ch, n.delivery_tag, n.multiple, false))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn confirms_settled_together_go_out_as_one_multiple_ack() {
+        let mut out = Vec::new();
+        for tag in 1..=4 {
+            confirm_into(&mut out, 1, tag, true);
+        }
+        assert_eq!(confirms(&out), vec![(1, 4, true, true)]);
+    }
+
+    #[test]
+    fn a_nack_or_another_channel_breaks_the_run() {
+        let mut out = Vec::new();
+        confirm_into(&mut out, 1, 1, true);
+        confirm_into(&mut out, 1, 2, true);
+        confirm_into(&mut out, 1, 3, false);
+        confirm_into(&mut out, 1, 4, true);
+        confirm_into(&mut out, 2, 1, true);
+        confirm_into(&mut out, 1, 5, true);
+        assert_eq!(
+            confirms(&out),
+            vec![
+                (1, 2, true, true),
+                (1, 3, false, false),
+                (1, 4, false, true),
+                (2, 1, false, true),
+                (1, 5, false, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ack_already_followed_by_another_frame_is_not_widened() {
+        let mut out = Vec::new();
+        confirm_into(&mut out, 1, 1, true);
+        out.push(AMQPFrame::Heartbeat);
+        confirm_into(&mut out, 1, 2, true);
+        assert_eq!(
+            confirms(&out),
+            vec![(1, 1, false, true), (1, 2, false, true)]
+        );
     }
 }

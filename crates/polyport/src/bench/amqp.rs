@@ -46,6 +46,9 @@ pub(crate) struct AmqpArgs {
     /// Run only the scenarios whose name contains this (e.g. `persistent`).
     #[arg(long)]
     only: Option<String>,
+    /// Times Polyport and RabbitMQ take turns at each scenario; the row shows the medians.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
@@ -96,7 +99,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|(name, _)| args.only.as_deref().is_none_or(|o| name.contains(o)))
         .collect();
-    against_rabbitmq(&child, rabbit_up, &scenarios, |s, peer| {
+    against_rabbitmq(&child, rabbit_up, args.rounds, &scenarios, |s, peer| {
         let uri = if peer {
             args.rabbitmq.clone()
         } else {
@@ -136,6 +139,7 @@ pub(crate) async fn persistent_confirmed(uri: &str, messages: usize) -> anyhow::
         rate: 1000,
         idle: 0,
         only: None,
+        rounds: 1,
     };
     match (Scenario::Confirmed { persistent: true })
         .run(uri, &a)

@@ -59,6 +59,25 @@ impl Commits {
         }
     }
 
+    /// Both together (two rounds of one scenario).
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self {
+            commits: self.commits + other.commits,
+            writes: self.writes + other.writes,
+            secs: self.secs + other.secs,
+        }
+    }
+
+    /// One round's share of `rounds` rounds' totals.
+    pub(crate) fn per_round(self, rounds: usize) -> Self {
+        let n = rounds.max(1) as f64;
+        Self {
+            commits: self.commits / n,
+            writes: self.writes / n,
+            secs: self.secs / n,
+        }
+    }
+
     /// `1234 commits, 4.3 writes each, 0.41 ms each`.
     pub(crate) fn describe(&self) -> String {
         if self.commits < 1.0 {
@@ -104,6 +123,22 @@ polyport_store_commit_seconds_count 1000
             after.since(before).describe(),
             "500 commits, 7.0 writes each, 0.40 ms each"
         );
+    }
+
+    #[test]
+    fn rounds_add_up_and_average_per_round() {
+        let a = Commits {
+            commits: 100.0,
+            writes: 400.0,
+            secs: 0.03,
+        };
+        let b = Commits {
+            commits: 300.0,
+            writes: 600.0,
+            secs: 0.05,
+        };
+        let avg = a.plus(b).per_round(2);
+        assert_eq!(avg.describe(), "200 commits, 2.5 writes each, 0.20 ms each");
     }
 
     #[test]

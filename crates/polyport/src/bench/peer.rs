@@ -14,17 +14,69 @@ pub(crate) enum Figure {
     Memory(Option<f64>),
 }
 
+impl Figure {
+    /// The median of each of the figure's numbers over rounds of one scenario.
+    fn median(mut figs: Vec<Figure>) -> Figure {
+        fn mid<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            v[v.len() / 2]
+        }
+        match figs.first() {
+            Some(Figure::Rate(_)) => Figure::Rate(mid(figs
+                .iter()
+                .filter_map(|f| match f {
+                    Figure::Rate(r) => Some(*r),
+                    _ => None,
+                })
+                .collect())),
+            Some(Figure::Latency { .. }) => {
+                let (p50s, p99s) = figs
+                    .iter()
+                    .filter_map(|f| match f {
+                        Figure::Latency { p50, p99 } => Some((*p50, *p99)),
+                        _ => None,
+                    })
+                    .unzip();
+                Figure::Latency {
+                    p50: mid(p50s),
+                    p99: mid(p99s),
+                }
+            }
+            _ => figs.swap_remove(0),
+        }
+    }
+
+    /// Ours ÷ the peer's, for the round-by-round line.
+    fn ratio(&self, peer: &Figure) -> Option<String> {
+        match (self, peer) {
+            (Figure::Rate(x), Figure::Rate(y)) => Some(format!("{:.2}×", x / y.max(1e-9))),
+            (Figure::Latency { p50, p99 }, Figure::Latency { p50: q50, p99: q99 }) => {
+                Some(format!(
+                    "{:.2}/{:.2}×",
+                    *p50 as f64 / (*q50).max(1) as f64,
+                    *p99 as f64 / (*q99).max(1) as f64
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Runs each scenario on our side (`run(s, false)`) and, when it is up, on the peer
 /// (`run(s, true)`), printing one row each under the headings `ours` and `peer`.
+/// With `rounds` > 1 the two take turns that many times and the row holds the medians
+/// (this machine's noise moves a single run by ±20%), followed by each round's ratio.
 /// With `cpu` (the two servers' pids) each row also gets the ratio of the CPU time
 /// each server spent on the same work; with `metrics` (our server's `/metrics`), what
 /// its store's group commit did for it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn compare<S: Copy, F, Fut>(
     ours: &str,
     peer: &str,
     peer_up: bool,
     cpu: Option<(u32, u32)>,
     metrics: Option<&str>,
+    rounds: usize,
     scenarios: &[(&str, S)],
     run: F,
 ) -> anyhow::Result<()>
@@ -34,6 +86,7 @@ where
 {
     use anyhow::Context as _;
     let cpu = cpu.filter(|_| peer_up);
+    let rounds = rounds.max(1);
     print_header(ours, peer, cpu.is_some());
     let spent = |pid: Option<u32>| pid.and_then(super::child::cpu_secs);
     let commits = async || match metrics {
@@ -41,27 +94,57 @@ where
         None => None,
     };
     for (name, s) in scenarios {
-        let before = spent(cpu.map(|c| c.0));
-        let committed = commits().await;
-        let a = run(*s, false)
-            .await
-            .with_context(|| format!("{ours}: {name}"))?;
-        let ours_cpu = before.zip(spent(cpu.map(|c| c.0))).map(|(b, a)| a - b);
-        let committed = committed
-            .zip(commits().await)
-            .map(|(before, after)| after.since(before));
-        let before = spent(cpu.map(|c| c.1));
-        let b = match peer_up {
-            true => Some(
-                run(*s, true)
-                    .await
-                    .with_context(|| format!("{peer}: {name}"))?,
-            ),
-            false => None,
-        };
-        let peer_cpu = before.zip(spent(cpu.map(|c| c.1))).map(|(b, a)| a - b);
+        let mut figures: Vec<(Figure, Option<Figure>)> = Vec::with_capacity(rounds);
+        let (mut ours_cpu, mut peer_cpu) = (Some(0.0), Some(0.0));
+        let mut committed = None;
+        for _ in 0..rounds {
+            let before = spent(cpu.map(|c| c.0));
+            let commits_before = commits().await;
+            let a = run(*s, false)
+                .await
+                .with_context(|| format!("{ours}: {name}"))?;
+            ours_cpu = before
+                .zip(spent(cpu.map(|c| c.0)))
+                .zip(ours_cpu)
+                .map(|((b, a), sum)| sum + a - b);
+            let round = commits_before
+                .zip(commits().await)
+                .map(|(before, after)| after.since(before));
+            committed = match (committed, round) {
+                (None, r) => r,
+                (Some(c), Some(r)) => Some(c.plus(r)),
+                (c, None) => c,
+            };
+            let before = spent(cpu.map(|c| c.1));
+            let b = match peer_up {
+                true => Some(
+                    run(*s, true)
+                        .await
+                        .with_context(|| format!("{peer}: {name}"))?,
+                ),
+                false => None,
+            };
+            peer_cpu = before
+                .zip(spent(cpu.map(|c| c.1)))
+                .zip(peer_cpu)
+                .map(|((b, a), sum)| sum + a - b);
+            figures.push((a, b));
+        }
+        let each: Vec<String> = figures
+            .iter()
+            .filter_map(|(a, b)| b.as_ref().and_then(|b| a.ratio(b)))
+            .collect();
+        let (ours_figs, peer_figs): (Vec<Figure>, Vec<Option<Figure>>) =
+            figures.into_iter().unzip();
+        let peer_figs: Option<Vec<Figure>> = peer_figs.into_iter().collect();
+        let a = Figure::median(ours_figs);
+        let b = peer_figs.map(Figure::median);
         print_row(name, &a, b.as_ref());
-        if let (Some(x), Some(y)) = (ours_cpu, peer_cpu) {
+        if rounds > 1 && !each.is_empty() {
+            println!("  each round: {}", each.join(" "));
+        }
+        if let (Some(x), Some(y)) = (ours_cpu.filter(|_| cpu.is_some()), peer_cpu) {
+            let (x, y) = (x / rounds as f64, y / rounds as f64);
             println!(
                 "{:<44} {x:>13.2}s {y:>13.2}s {:>7.2}×",
                 "  server CPU for it",
@@ -69,7 +152,7 @@ where
             );
         }
         if let Some(c) = committed {
-            println!("  {ours}'s store: {}", c.describe());
+            println!("  {ours}'s store: {}", c.per_round(rounds).describe());
         }
     }
     Ok(())
@@ -80,6 +163,7 @@ where
 pub(crate) async fn against_rabbitmq<S: Copy, F, Fut>(
     polyport: &super::child::PolyportChild,
     rabbit_up: bool,
+    rounds: usize,
     scenarios: &[(&str, S)],
     run: F,
 ) -> anyhow::Result<()>
@@ -91,7 +175,7 @@ where
     let cpu = rabbit.map(|r| (polyport.pid, r));
     let metrics = polyport.metrics.as_deref();
     compare(
-        "Polyport", "RabbitMQ", rabbit_up, cpu, metrics, scenarios, run,
+        "Polyport", "RabbitMQ", rabbit_up, cpu, metrics, rounds, scenarios, run,
     )
     .await
 }

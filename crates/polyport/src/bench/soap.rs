@@ -128,53 +128,62 @@ pub(crate) async fn run(args: SoapArgs) -> anyhow::Result<()> {
             },
         ),
     ];
-    compare("SOAP", "REST", true, None, None, &scenarios, |s, rest| {
-        let base = base.clone();
-        async move {
-            let (rps, _lat) = if rest {
-                let (method, url, body) = match s.op {
-                    Op::Get => (
-                        "GET",
-                        format!("{base}/api/collections/benches/records/r1"),
-                        None,
-                    ),
-                    Op::Create => (
-                        "POST",
-                        format!("{base}/api/collections/benches/records"),
-                        Some(json!({"title": "bench", "views": 3}).to_string()),
-                    ),
-                    Op::List => (
-                        "GET",
-                        format!("{base}/api/collections/benches/records?limit=20"),
-                        None,
-                    ),
+    compare(
+        "SOAP",
+        "REST",
+        true,
+        None,
+        None,
+        1,
+        &scenarios,
+        |s, rest| {
+            let base = base.clone();
+            async move {
+                let (rps, _lat) = if rest {
+                    let (method, url, body) = match s.op {
+                        Op::Get => (
+                            "GET",
+                            format!("{base}/api/collections/benches/records/r1"),
+                            None,
+                        ),
+                        Op::Create => (
+                            "POST",
+                            format!("{base}/api/collections/benches/records"),
+                            Some(json!({"title": "bench", "views": 3}).to_string()),
+                        ),
+                        Op::List => (
+                            "GET",
+                            format!("{base}/api/collections/benches/records?limit=20"),
+                            None,
+                        ),
+                    };
+                    load(duration, s.concurrency, move |c: reqwest::Client| {
+                        let (url, body) = (url.clone(), body.clone());
+                        async move {
+                            let req = match (method, body) {
+                                ("POST", Some(b)) => c
+                                    .post(url)
+                                    .header("content-type", "application/json")
+                                    .body(b),
+                                _ => c.get(url),
+                            };
+                            req.send().await?.error_for_status()?.bytes().await?;
+                            Ok(())
+                        }
+                    })
+                    .await?
+                } else {
+                    let (name, body) = soap_body(s.op);
+                    load(duration, s.concurrency, move |c: reqwest::Client| {
+                        let (base, body) = (base.clone(), body.clone());
+                        async move { soap(&c, &base, name, body).await }
+                    })
+                    .await?
                 };
-                load(duration, s.concurrency, move |c: reqwest::Client| {
-                    let (url, body) = (url.clone(), body.clone());
-                    async move {
-                        let req = match (method, body) {
-                            ("POST", Some(b)) => c
-                                .post(url)
-                                .header("content-type", "application/json")
-                                .body(b),
-                            _ => c.get(url),
-                        };
-                        req.send().await?.error_for_status()?.bytes().await?;
-                        Ok(())
-                    }
-                })
-                .await?
-            } else {
-                let (name, body) = soap_body(s.op);
-                load(duration, s.concurrency, move |c: reqwest::Client| {
-                    let (base, body) = (base.clone(), body.clone());
-                    async move { soap(&c, &base, name, body).await }
-                })
-                .await?
-            };
-            Ok(Figure::Rate(rps))
-        }
-    })
+                Ok(Figure::Rate(rps))
+            }
+        },
+    )
     .await?;
     server.stop().await;
     Ok(())

@@ -37,6 +37,9 @@ pub(crate) struct StompArgs {
     /// Messages per second for the latency scenario (run for 3 s).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Times Polyport and RabbitMQ take turns at each scenario; the row shows the medians.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 type Conn = Framed<TcpStream, Codec>;
@@ -363,7 +366,7 @@ async fn versus_rabbitmq(child: &PolyportChild, args: &StompArgs) -> anyhow::Res
             Scenario::Latency { queue: false },
         ),
     ];
-    against_rabbitmq(child, rabbit_up, &scenarios, |s, peer| {
+    against_rabbitmq(child, rabbit_up, args.rounds, &scenarios, |s, peer| {
         let addr = if peer { args.rabbitmq } else { pp };
         async move { s.run(addr, args).await }
     })
