@@ -3,8 +3,8 @@
 //! throughput, < 1 for latency).
 //!
 //! Shapes: publish → consume with auto-ack (1×1 and 4×4 clients), manual acks with
-//! publisher confirms, persistent messages to a durable queue, fanout to 10 queues, and
-//! latency at a fixed rate.
+//! publisher confirms, persistent messages to a durable queue (1 and 4 publishers, each
+//! with a consumer), fanout to 10 queues, and latency at a fixed rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,7 +65,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             args.rabbitmq
         );
     }
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         (
             "auto-ack, 1 publisher → 1 consumer",
             Scenario::AutoAck { clients: 1 },
@@ -76,11 +76,24 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         ),
         (
             "manual ack + confirms (window 256)",
-            Scenario::Confirmed { persistent: false },
+            Scenario::Confirmed {
+                persistent: false,
+                clients: 1,
+            },
         ),
         (
             "persistent → durable queue, confirms",
-            Scenario::Confirmed { persistent: true },
+            Scenario::Confirmed {
+                persistent: true,
+                clients: 1,
+            },
+        ),
+        (
+            "persistent + confirms, 4 publishers",
+            Scenario::Confirmed {
+                persistent: true,
+                clients: 4,
+            },
         ),
         (
             "fanout to 10 queues (deliveries/s)",
@@ -141,9 +154,12 @@ pub(crate) async fn persistent_confirmed(uri: &str, messages: usize) -> anyhow::
         only: None,
         rounds: 1,
     };
-    match (Scenario::Confirmed { persistent: true })
-        .run(uri, &a)
-        .await?
+    match (Scenario::Confirmed {
+        persistent: true,
+        clients: 1,
+    })
+    .run(uri, &a)
+    .await?
     {
         Figure::Rate(r) => Ok(r),
         _ => anyhow::bail!("the confirmed scenario measures a rate"),
@@ -155,10 +171,20 @@ const MEMORY_QUEUE: &str = "polyport-bench-memory-only";
 
 #[derive(Clone, Copy)]
 enum Scenario {
-    AutoAck { clients: usize },
-    Confirmed { persistent: bool },
-    Fanout { queues: usize },
-    Latency { memory: bool },
+    AutoAck {
+        clients: usize,
+    },
+    /// Manual acks and publisher confirms (a window of 256 each) on one queue.
+    Confirmed {
+        persistent: bool,
+        clients: usize,
+    },
+    Fanout {
+        queues: usize,
+    },
+    Latency {
+        memory: bool,
+    },
 }
 
 async fn connect(uri: &str) -> anyhow::Result<(Connection, Channel)> {
@@ -289,10 +315,15 @@ impl Scenario {
                     .await?;
                 r
             }
-            Scenario::Confirmed { persistent } => {
+            Scenario::Confirmed {
+                persistent,
+                clients,
+            } => {
                 let q = format!("{id}-q");
                 declare(&ch, &q, persistent).await?;
-                let r = self.flow(uri, &q, "", &q, 1, a, true, persistent).await?;
+                let r = self
+                    .flow(uri, &q, "", &q, clients, a, true, persistent)
+                    .await?;
                 ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await?;
                 r
