@@ -54,6 +54,13 @@ impl PolyportChild {
             // No stray ./polyport.toml or POLYPORT_CONFIG changes what is measured.
             .current_dir(&dir)
             .env_remove("POLYPORT_CONFIG")
+            // The server's runtime threads alone, not the load generator's (a plain
+            // TOKIO_WORKER_THREADS would set both).
+            .envs(
+                std::env::var("POLYPORT_BENCH_SERVER_WORKERS")
+                    .ok()
+                    .map(|n| ("TOKIO_WORKER_THREADS", n)),
+            )
             // Warnings (e.g. slow-subscriber drops) would split the tables; the tables
             // report loss themselves. POLYPORT_LOG=warn brings them back.
             .env(
