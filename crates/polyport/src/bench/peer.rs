@@ -15,35 +15,34 @@ pub(crate) enum Figure {
 }
 
 impl Figure {
-    /// The median of each of the figure's numbers over rounds of one scenario.
-    fn median(mut figs: Vec<Figure>) -> Figure {
-        fn mid<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    /// The median of each of the figure's numbers over rounds of one scenario (all of
+    /// one kind); `None` for no rounds.
+    fn median(figs: Vec<Figure>) -> Option<Figure> {
+        fn mid<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
             v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-            v[v.len() / 2]
+            v.get(v.len() / 2).copied()
         }
-        match figs.first() {
-            Some(Figure::Rate(_)) => Figure::Rate(mid(figs
-                .iter()
-                .filter_map(|f| match f {
-                    Figure::Rate(r) => Some(*r),
-                    _ => None,
-                })
-                .collect())),
-            Some(Figure::Latency { .. }) => {
-                let (p50s, p99s) = figs
-                    .iter()
-                    .filter_map(|f| match f {
-                        Figure::Latency { p50, p99 } => Some((*p50, *p99)),
-                        _ => None,
-                    })
-                    .unzip();
-                Figure::Latency {
-                    p50: mid(p50s),
-                    p99: mid(p99s),
+        let mut rates = Vec::new();
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        let mut memory = Vec::new();
+        for f in &figs {
+            match f {
+                Figure::Rate(r) => rates.push(*r),
+                Figure::Latency { p50, p99 } => {
+                    p50s.push(*p50);
+                    p99s.push(*p99);
                 }
+                Figure::Memory(m) => memory.extend(*m),
             }
-            _ => figs.swap_remove(0),
         }
+        Some(match figs.first()? {
+            Figure::Rate(_) => Figure::Rate(mid(rates)?),
+            Figure::Latency { .. } => Figure::Latency {
+                p50: mid(p50s)?,
+                p99: mid(p99s)?,
+            },
+            Figure::Memory(_) => Figure::Memory(mid(memory)),
+        })
     }
 
     /// Ours ÷ the peer's, for the round-by-round line.
@@ -137,8 +136,8 @@ where
         let (ours_figs, peer_figs): (Vec<Figure>, Vec<Option<Figure>>) =
             figures.into_iter().unzip();
         let peer_figs: Option<Vec<Figure>> = peer_figs.into_iter().collect();
-        let a = Figure::median(ours_figs);
-        let b = peer_figs.map(Figure::median);
+        let a = Figure::median(ours_figs).context("no rounds")?;
+        let b = peer_figs.and_then(Figure::median);
         print_row(name, &a, b.as_ref());
         if rounds > 1 && !each.is_empty() {
             println!("  each round: {}", each.join(" "));
@@ -228,5 +227,32 @@ pub(crate) fn print_row(name: &str, a: &Figure, b: Option<&Figure>) {
                 "-"
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Figure;
+
+    #[test]
+    fn rounds_give_the_median_of_each_number() {
+        let rates = [12.0, 9.0, 15.0].map(Figure::Rate).into();
+        assert!(matches!(Figure::median(rates), Some(Figure::Rate(r)) if r == 12.0));
+        let lat = vec![
+            Figure::Latency { p50: 300, p99: 900 },
+            Figure::Latency { p50: 100, p99: 800 },
+            Figure::Latency { p50: 200, p99: 700 },
+        ];
+        assert!(matches!(
+            Figure::median(lat),
+            Some(Figure::Latency { p50: 200, p99: 800 })
+        ));
+        let mem = vec![
+            Figure::Memory(Some(2.0)),
+            Figure::Memory(None),
+            Figure::Memory(Some(1.0)),
+        ];
+        assert!(matches!(Figure::median(mem), Some(Figure::Memory(Some(m))) if m == 2.0));
+        assert!(Figure::median(Vec::new()).is_none());
     }
 }
