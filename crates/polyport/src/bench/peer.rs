@@ -45,9 +45,22 @@ impl Figure {
         })
     }
 
-    /// Ours ÷ the peer's, for the round-by-round line.
+    /// The figure as its column shows it.
+    fn show(&self) -> String {
+        match self {
+            Figure::Rate(x) => format!("{x:.0}/s"),
+            Figure::Latency { p50, p99 } => format!("{p50}/{p99}"),
+            Figure::Memory(Some(v)) => format!("{v:.1}"),
+            Figure::Memory(None) => "-".into(),
+        }
+    }
+
+    /// Ours ÷ the peer's, as the ratio column and the round-by-round line show it.
     fn ratio(&self, peer: &Figure) -> Option<String> {
         match (self, peer) {
+            (Figure::Memory(Some(x)), Figure::Memory(Some(y))) if *y > 0.0 => {
+                Some(format!("{:.2}×", x / y))
+            }
             (Figure::Rate(x), Figure::Rate(y)) => Some(format!("{:.2}×", x / y.max(1e-9))),
             (Figure::Latency { p50, p99 }, Figure::Latency { p50: q50, p99: q99 }) => {
                 Some(format!(
@@ -192,42 +205,12 @@ fn print_header(ours: &str, peer: &str, cpu: bool) {
 
 /// One row; `b` is `None` when the peer is not reachable.
 pub(crate) fn print_row(name: &str, a: &Figure, b: Option<&Figure>) {
-    match (a, b) {
-        (Figure::Rate(x), Some(Figure::Rate(y))) => println!(
-            "{name:<44} {:>12.0}/s {:>12.0}/s {:>7.2}×",
-            x,
-            y,
-            x / y.max(1e-9)
-        ),
-        (Figure::Rate(x), _) => println!("{name:<44} {x:>12.0}/s {:>14} {:>8}", "-", "-"),
-        (Figure::Latency { p50, p99 }, Some(Figure::Latency { p50: q50, p99: q99 })) => println!(
-            "{name:<44} {:>14} {:>14} {:>3.2}/{:.2}×",
-            format!("{p50}/{p99}"),
-            format!("{q50}/{q99}"),
-            *p50 as f64 / (*q50).max(1) as f64,
-            *p99 as f64 / (*q99).max(1) as f64
-        ),
-        (Figure::Memory(x), y) => {
-            let y = match y {
-                Some(Figure::Memory(y)) => *y,
-                _ => None,
-            };
-            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-            let ratio = match (x, y) {
-                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
-                _ => "-".into(),
-            };
-            println!("{name:<44} {:>14} {:>14} {ratio:>8}", show(*x), show(y));
-        }
-        (Figure::Latency { p50, p99 }, _) => {
-            println!(
-                "{name:<44} {:>14} {:>14} {:>8}",
-                format!("{p50}/{p99}"),
-                "-",
-                "-"
-            )
-        }
-    }
+    let ratio = b.and_then(|b| a.ratio(b)).unwrap_or_else(|| "-".into());
+    println!(
+        "{name:<44} {:>14} {:>14} {ratio:>8}",
+        a.show(),
+        b.map_or_else(|| "-".into(), Figure::show)
+    );
 }
 
 #[cfg(test)]
