@@ -1,5 +1,6 @@
-//! The broker through lapin, the Rust AMQP client: confirmed publishes, manual acks,
-//! typed properties, and a Hub publish (any other protocol's) reaching an AMQP consumer.
+//! The broker through lapin, the Rust AMQP client: confirmed publishes (one at a time
+//! and pipelined, whose confirms arrive as `multiple` acks), manual acks, typed
+//! properties, and a Hub publish (any other protocol's) reaching an AMQP consumer.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -104,6 +105,62 @@ async fn confirmed_publishes_manual_acks_and_typed_properties() {
         );
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
+}
+
+/// Publishes not awaited one by one: several settle per commit and are confirmed
+/// together; every one must resolve as an ack, and every message be in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_confirmed_publishes_are_each_acknowledged() {
+    let (_hub, uri, _dir) = broker().await;
+    let conn = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        "burst".into(),
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut pending = Vec::new();
+    for i in 0..500u32 {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "burst".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                props.clone(),
+            )
+            .await
+            .unwrap();
+        pending.push(confirm);
+    }
+    for (i, confirm) in pending.into_iter().enumerate() {
+        let c = tokio::time::timeout(Duration::from_secs(10), confirm)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(c.is_ack(), "publish {i} confirmed");
+    }
+    let q = ch
+        .queue_declare(
+            "burst".into(),
+            QueueDeclareOptions {
+                durable: true,
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
