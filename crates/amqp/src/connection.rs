@@ -37,6 +37,9 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 1024;
 /// Frames handled per step before the loop writes.
 const BATCH: usize = 64;
+/// Publishes awaiting their confirm (or their commit, without confirms) past which a
+/// client counts as streaming (`EventDraft::streaming`).
+const STREAMING: usize = 8;
 /// Write-queue fill at which publishing connections are blocked (`connection.blocked`,
 /// and their socket is not read), and at which they are let go again.
 const BLOCK_AT: f32 = 0.9;
@@ -627,11 +630,15 @@ impl Connection {
         IN.increment(1);
         self.publishes = true;
         let confirm = r.confirm;
-        let Some(draft) = r.draft else {
+        let Some(mut draft) = r.draft else {
             self.publishing
                 .push_back(async move { (ch, confirm, Ok(())) }.boxed());
             return;
         };
+        // A client this many publishes ahead of its confirms streams; its commits may
+        // be held for the rest of the stream. Fewer ahead (a small window, a caller that
+        // waits for each confirm) and nothing is held.
+        draft.streaming = self.publishing.len() >= STREAMING;
         // Queued now, in arrival order (so the log keeps the client's order); confirmed
         // in order once published.
         let submitted = self.broker.hub.submit_publish(&self.ctx, draft).await;
