@@ -65,6 +65,9 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     deliveries: mpsc::Sender<Out>,
     publishing: FuturesOrdered<Publishing>,
+    /// The most publishes this client has had awaiting their outcome at once: about its
+    /// confirm window.
+    peak_ahead: usize,
     out: Vec<AMQPFrame>,
     /// The client asked for `connection.blocked` notices (its capabilities table).
     notify_blocked: bool,
@@ -116,6 +119,7 @@ pub(crate) async fn run(
         channels: HashMap::new(),
         deliveries: tx,
         publishing: FuturesOrdered::new(),
+        peak_ahead: 0,
         out: Vec::new(),
         notify_blocked,
         publishes: false,
@@ -636,9 +640,12 @@ impl Connection {
             return;
         };
         // A client this many publishes ahead of its confirms streams; its commits may
-        // be held for the rest of the stream. Fewer ahead (a small window, a caller that
-        // waits for each confirm) and nothing is held.
-        draft.streaming = self.publishing.len() >= STREAMING;
+        // be held for the rest of the stream. Fewer ahead (a caller that waits for each
+        // confirm), or close to the most it has ever been ahead (its window is filling:
+        // it is about to wait), and the batch commits at once.
+        let ahead = self.publishing.len();
+        self.peak_ahead = self.peak_ahead.max(ahead);
+        draft.streaming = ahead >= STREAMING && ahead + STREAMING <= self.peak_ahead;
         // Queued now, in arrival order (so the log keeps the client's order); confirmed
         // in order once published.
         let submitted = self.broker.hub.submit_publish(&self.ctx, draft).await;

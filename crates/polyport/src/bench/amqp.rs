@@ -49,6 +49,9 @@ pub(crate) struct AmqpArgs {
     /// Times Polyport and RabbitMQ take turns at each scenario; the row shows the medians.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Publishes a confirming publisher sends before it waits for their confirms.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
 }
 
 pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
@@ -75,7 +78,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             Scenario::AutoAck { clients: 4 },
         ),
         (
-            "manual ack + confirms (window 256)",
+            "manual ack + confirms",
             Scenario::Confirmed {
                 persistent: false,
                 clients: 1,
@@ -108,6 +111,10 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             Scenario::Latency { memory: true },
         ),
     ];
+    println!(
+        "confirming publishers wait for their confirms every {} publishes (--window)",
+        args.window.max(1)
+    );
     let scenarios: Vec<_> = scenarios
         .into_iter()
         .filter(|(name, _)| args.only.as_deref().is_none_or(|o| name.contains(o)))
@@ -153,6 +160,7 @@ pub(crate) async fn persistent_confirmed(uri: &str, messages: usize) -> anyhow::
         idle: 0,
         only: None,
         rounds: 1,
+        window: 256,
     };
     match (Scenario::Confirmed {
         persistent: true,
@@ -174,7 +182,7 @@ enum Scenario {
     AutoAck {
         clients: usize,
     },
-    /// Manual acks and publisher confirms (a window of 256 each) on one queue.
+    /// Manual acks and publisher confirms (in windows of `--window`) on one queue.
     Confirmed {
         persistent: bool,
         clients: usize,
@@ -247,11 +255,11 @@ async fn publish(
     key: String,
     n: usize,
     size: usize,
-    confirms: bool,
+    confirms: Option<usize>,
     persistent: bool,
 ) -> anyhow::Result<()> {
     let (_c, ch) = connect(&uri).await?;
-    if confirms {
+    if confirms.is_some() {
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
     }
     let body = vec![b'x'; size];
@@ -270,16 +278,16 @@ async fn publish(
                 props.clone(),
             )
             .await?;
-        if confirms {
+        if let Some(window) = confirms {
             pending.push(c);
-            if pending.len() == 256 || i + 1 == n {
+            if pending.len() >= window || i + 1 == n {
                 for c in pending.drain(..) {
                     c.await?;
                 }
             }
         }
     }
-    if !confirms {
+    if confirms.is_none() {
         // A round trip after the last publish: everything before it was handed over.
         ch.queue_declare(
             "".into(),
@@ -371,7 +379,7 @@ impl Scenario {
                     String::new(),
                     n,
                     a.size,
-                    false,
+                    None,
                     false,
                 )
                 .await?;
@@ -440,7 +448,7 @@ impl Scenario {
                     key.to_string(),
                     per,
                     a.size,
-                    manual,
+                    manual.then_some(a.window),
                     persistent,
                 ))
             })

@@ -15,18 +15,24 @@
 //!
 //! The batch is whatever queued while the last commit ran: no timer, no target size —
 //! with one exception. A durable publish from a sender that streams
-//! ([`polyport_core::EventDraft::streaming`]: an AMQP client several publishes ahead of
-//! its confirms) holds its batch open while the stream keeps coming, a gap of
-//! [`STREAM_GAP`] at a time up to [`STREAM_HOLD`]; the thread sleeps meanwhile. One
-//! sync then covers tens of that client's messages instead of three, as RabbitMQ syncs
-//! a queue's messages in batches (`polyport bench amqp --only 'persistent →'`: 24
-//! writes per commit instead of 3.3, server CPU 0.72× RabbitMQ's instead of 0.97×).
-//! Callers that wait for each answer (REST, a publisher awaiting each confirm) are
-//! never held: a timer-driven wait for company was measured (2026-12-07) to make their
-//! batches fuller and REST POSTs 15–20% slower — in a closed loop every client is
-//! already waiting. Syncing the WAL on a second thread while this one commits the next
-//! batch (`synchronous=NORMAL` plus `fdatasync`) was slower on both (REST ~12%, AMQP
-//! ~3%): an fsync here costs 0.2–0.5 ms, less than the extra hand-off between threads.
+//! ([`polyport_core::EventDraft::streaming`]: an AMQP client well ahead of its confirms
+//! and not near the end of its window) holds its batch open while the stream keeps
+//! coming, a gap of [`STREAM_GAP`] at a time up to [`STREAM_HOLD`]; the thread sleeps
+//! meanwhile, and a write whose caller waits (any other publish, a record) wakes it and
+//! commits at once. One sync then covers more of that client's messages, as RabbitMQ
+//! syncs a queue's messages in batches. Measured interleaved with the eager writer
+//! (`polyport bench amqp --only 'persistent →' --rounds 3`, two runs each): with the
+//! default window of 256, 4.3–4.9 writes per commit instead of 3.2–3.8, server CPU
+//! 0.88–0.95× RabbitMQ's instead of 0.99–1.03×, throughput 0.80–0.85× instead of
+//! 0.77–0.81×; with `--window 16`, unchanged (1.12–1.13× vs 1.04–1.13×). Holding on
+//! every streamed publish instead, without the window's end, made 12 writes per commit
+//! and the 256 row 0.88–0.92×, but cost the window-16 client 10–15% (1.11× → 0.94–0.99×):
+//! it waited out each gap with its window full. Callers that wait for each answer (REST)
+//! are never held: a timer-driven wait for company made REST POSTs 15–20% slower — in a
+//! closed loop every client is already waiting. Syncing the WAL on a second thread
+//! while this one commits the next batch (`synchronous=NORMAL` plus `fdatasync`) was
+//! slower on both (REST ~12%, AMQP ~3%): an fsync here costs 0.2–0.5 ms, less than the
+//! extra hand-off between threads.
 //!
 //! This file holds the thread, the group commit and the dispatch over commands; each
 //! noun's commands are applied in its own file (`collections`, `records`, `events`,
@@ -39,7 +45,7 @@ mod records;
 mod retention;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::tx::{Db, Tx};
@@ -284,6 +290,7 @@ fn run<D: Db>(
     writer: Arc<Mutex<Writer<D>>>,
     mut rx: mpsc::Receiver<Job>,
     pending: Arc<AtomicUsize>,
+    holding: Arc<AtomicBool>,
 ) {
     let max_batch = writer.lock().max_batch;
     loop {
@@ -307,14 +314,18 @@ fn run<D: Db>(
         let mut close = None;
         let mut taken = 0;
         // A streaming sender's durable publish holds the commit for the rest of its
-        // stream (see `EventDraft::streaming`).
-        let mut held = false;
+        // stream (see `EventDraft::streaming`), unless a caller waits on the batch.
+        let (mut streams, mut waits) = (false, false);
         let mut next = Some(first);
         while let Some(job) = next.take() {
             taken += 1;
             match job {
                 Job::Write(cmd, reply) => {
-                    held |= streams(&cmd);
+                    match patience(&cmd) {
+                        Patience::Streams => streams = true,
+                        Patience::Waits => waits = true,
+                        Patience::Either => {}
+                    }
                     writes.push((*cmd, reply));
                 }
                 Job::Maintain => maintain = true,
@@ -325,8 +336,8 @@ fn run<D: Db>(
             }
             if writes.len() < max_batch {
                 next = rx.try_recv().ok();
-                if next.is_none() && held {
-                    next = wait_for_more(&mut rx, started);
+                if next.is_none() && streams && !waits {
+                    next = wait_for_more(&mut rx, started, &holding);
                 }
             }
         }
@@ -352,9 +363,32 @@ fn run<D: Db>(
     tracing::debug!("store writer stopped");
 }
 
-/// A durable publish from a sender that streams (it did not wait for its earlier ones).
-fn streams(cmd: &WriteCommand) -> bool {
-    matches!(cmd, WriteCommand::Publish { draft, .. } if draft.streaming && draft.durability != Durability::Logged)
+/// How a write bears on holding its batch open for a stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// A durable publish from a sender that streams (it did not wait for its earlier
+    /// ones): its batch may be held for more of the stream.
+    Streams,
+    /// Its caller waits for the answer: the batch commits now.
+    Waits,
+    /// Bookkeeping (consumer positions, adapter state, webhook attempts): either way.
+    Either,
+}
+
+fn patience(cmd: &WriteCommand) -> Patience {
+    match cmd {
+        WriteCommand::Publish { draft, .. }
+            if draft.streaming && draft.durability != Durability::Logged =>
+        {
+            Patience::Streams
+        }
+        WriteCommand::SaveConsumer { .. }
+        | WriteCommand::DeleteConsumers { .. }
+        | WriteCommand::PutState { .. }
+        | WriteCommand::RecordAttempt { .. }
+        | WriteCommand::Redeliver { .. } => Patience::Either,
+        _ => Patience::Waits,
+    }
 }
 
 /// The longest pause between two writes of a stream that a held commit waits out.
@@ -363,16 +397,25 @@ const STREAM_GAP: Duration = Duration::from_micros(150);
 const STREAM_HOLD: Duration = Duration::from_millis(1);
 
 /// The next job if one came within [`STREAM_GAP`] (and [`STREAM_HOLD`] of `started`).
-/// Sleeps out each gap rather than waking per arrival: what arrives meanwhile waits in
-/// the queue, so a stream's submitters pay nothing for the hold, and the core the
-/// writer would spin on goes to them.
-fn wait_for_more(rx: &mut mpsc::Receiver<Job>, started: Instant) -> Option<Job> {
+/// Sleeps out the gap rather than waking per arrival: a stream's submitters pay nothing
+/// for the hold and get the core; a write whose caller waits wakes the thread at once
+/// (`holding`, see [`Handle::submit`]).
+fn wait_for_more(
+    rx: &mut mpsc::Receiver<Job>,
+    started: Instant,
+    holding: &AtomicBool,
+) -> Option<Job> {
     let left = (started + STREAM_HOLD).saturating_duration_since(Instant::now());
     if left.is_zero() {
         return None;
     }
-    std::thread::sleep(STREAM_GAP.min(left));
-    rx.try_recv().ok()
+    holding.store(true, Ordering::SeqCst);
+    let job = rx.try_recv().ok().or_else(|| {
+        std::thread::park_timeout(STREAM_GAP.min(left));
+        rx.try_recv().ok()
+    });
+    holding.store(false, Ordering::SeqCst);
+    job
 }
 
 fn same_endpoints(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
@@ -554,6 +597,10 @@ pub(crate) struct Handle {
     pending: Arc<AtomicUsize>,
     /// Commits a transient publish on the submitter's task when the writer is idle.
     inline: Option<Arc<dyn Inline>>,
+    /// The thread holds a batch open for a stream (asleep): a write whose caller waits
+    /// wakes it. Should the flag be read just before it is set, the write waits out the
+    /// gap instead — [`STREAM_GAP`] at most.
+    holding: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -620,16 +667,19 @@ impl Handle {
             }) as Arc<dyn Inline>
         });
         let count = pending.clone();
+        let holding = Arc::new(AtomicBool::new(false));
+        let held = holding.clone();
         let thread = std::thread::Builder::new()
             .name("polyport-writer".into())
             .spawn(move || {
-                run(writer, rx, count);
+                run(writer, rx, count, held);
                 after();
             })?;
         let handle = Self {
             jobs: tx,
             pending,
             inline,
+            holding,
             thread: Mutex::new(Some(thread)),
         };
         if retention.max_age.is_some() || retention.max_events.is_some() {
@@ -661,9 +711,16 @@ impl Handle {
             },
             _ => (cmd, tx),
         };
+        let waits = patience(&cmd) == Patience::Waits;
         enqueue(&self.jobs, &self.pending, Job::Write(Box::new(cmd), tx))
             .await
             .map_err(|_| HubError::ShuttingDown)?;
+        if waits
+            && self.holding.load(Ordering::SeqCst)
+            && let Some(t) = self.thread.lock().as_ref()
+        {
+            t.thread().unpark();
+        }
         Ok(Box::pin(async move {
             rx.await.map_err(|_| HubError::ShuttingDown)?
         }))
