@@ -37,9 +37,6 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 1024;
 /// Frames handled per step before the loop writes.
 const BATCH: usize = 64;
-/// Publishes awaiting their confirm (or their commit, without confirms) past which a
-/// client counts as streaming (`EventDraft::streaming`).
-const STREAMING: usize = 8;
 /// Write-queue fill at which publishing connections are blocked (`connection.blocked`,
 /// and their socket is not read), and at which they are let go again.
 const BLOCK_AT: f32 = 0.9;
@@ -65,9 +62,6 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     deliveries: mpsc::Sender<Out>,
     publishing: FuturesOrdered<Publishing>,
-    /// The most publishes this client has had awaiting their outcome at once: about its
-    /// confirm window.
-    peak_ahead: usize,
     out: Vec<AMQPFrame>,
     /// The client asked for `connection.blocked` notices (its capabilities table).
     notify_blocked: bool,
@@ -119,7 +113,6 @@ pub(crate) async fn run(
         channels: HashMap::new(),
         deliveries: tx,
         publishing: FuturesOrdered::new(),
-        peak_ahead: 0,
         out: Vec::new(),
         notify_blocked,
         publishes: false,
@@ -634,18 +627,11 @@ impl Connection {
         IN.increment(1);
         self.publishes = true;
         let confirm = r.confirm;
-        let Some(mut draft) = r.draft else {
+        let Some(draft) = r.draft else {
             self.publishing
                 .push_back(async move { (ch, confirm, Ok(())) }.boxed());
             return;
         };
-        // A client this many publishes ahead of its confirms streams; its commits may
-        // be held for the rest of the stream. Fewer ahead (a caller that waits for each
-        // confirm), or close to the most it has ever been ahead (its window is filling:
-        // it is about to wait), and the batch commits at once.
-        let ahead = self.publishing.len();
-        self.peak_ahead = self.peak_ahead.max(ahead);
-        draft.streaming = ahead >= STREAMING && ahead + STREAMING <= self.peak_ahead;
         // Queued now, in arrival order (so the log keeps the client's order); confirmed
         // in order once published.
         let submitted = self.broker.hub.submit_publish(&self.ctx, draft).await;

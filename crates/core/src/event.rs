@@ -74,12 +74,6 @@ pub struct EventDraft {
     pub headers: Vec<(String, String)>,
     /// Requested durability.
     pub durability: Durability,
-    /// The sender streams: it has several earlier publishes still unanswered and goes on
-    /// sending without waiting for them. The store may then hold a durable commit for a
-    /// moment while more of the stream arrives, so one disk sync covers many of its
-    /// messages (as RabbitMQ syncs a queue's messages in batches). Callers that wait for
-    /// each answer leave it false: their commits are never held.
-    pub streaming: bool,
 }
 
 impl EventDraft {
@@ -93,7 +87,6 @@ impl EventDraft {
             attrs: Attributes::default(),
             headers: Vec::new(),
             durability: Durability::Auto,
-            streaming: false,
         }
     }
 }

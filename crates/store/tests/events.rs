@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Env, WAIT, assert_quiet, change, draft, next_delivery, next_item, obj, read_seqs, seq, spec,
+    Env, assert_quiet, change, draft, next_delivery, next_item, obj, read_seqs, seq, spec,
     subscribe, subscribe_req,
 };
 use polyport_core::{Durability, HubConfig, HubError, Item, Notice, SubscribeRequest};
@@ -464,53 +464,4 @@ async fn transient_and_durable_publishes_keep_each_publishers_order() {
         );
         next_of[p] += 1;
     }
-}
-
-/// A sender that streams (`EventDraft::streaming`: it went on sending before its earlier
-/// publishes were answered) may have its commits held for more of its stream. Every
-/// publish is still answered once durable, in the order sent, mixed with writes that
-/// wait for their answers; and a lone streamed publish is not kept waiting for company.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streamed_publishes_are_answered_durable_in_order_and_not_held_alone() {
-    let mut env = Env::new();
-    let mut sub = subscribe(&env, subscribe_req("stream/#")).await;
-    let each = 300;
-    let mut pending = Vec::new();
-    for i in 0..each {
-        let mut d = draft("stream/a", &i.to_string(), Durability::Durable);
-        d.streaming = i > 0;
-        pending.push(env.hub.submit_publish(&env.ctx, d).await.unwrap());
-        if i % 50 == 0 {
-            // A caller that waits for its answer, amid the stream.
-            env.publish("stream/b", "waited").await;
-        }
-    }
-    let mut seqs = Vec::new();
-    for p in pending {
-        let r = tokio::time::timeout(WAIT, p).await.expect("answered");
-        seqs.push(r.unwrap().event.seq.unwrap());
-    }
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "the stream's sequences go up in send order"
-    );
-    let mut lone = draft("stream/a", "lone", Durability::Durable);
-    lone.streaming = true;
-    let started = Instant::now();
-    let last = env.hub.publish(&env.ctx, lone).await.unwrap().event;
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "a lone streamed publish is answered after at most the hold, took {:?}",
-        started.elapsed()
-    );
-    let total = each + each / 50 + 1;
-    let seen = read_seqs(&mut sub, total).await;
-    assert_eq!(seen.last(), Some(&seq(&last)));
-    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "gap-free");
-    env.reopen().await;
-    assert_eq!(
-        env.hub.log_state().last_seq,
-        seq(&last),
-        "everything answered is in the log after a restart"
-    );
 }

@@ -13,26 +13,28 @@
 //! writer's lock instead ([`Handle::submit`]): the same code, order and gap-free
 //! sequences, minus the two thread wake-ups that were most of such a message's latency.
 //!
-//! The batch is whatever queued while the last commit ran: no timer, no target size —
-//! with one exception. A durable publish from a sender that streams
-//! ([`polyport_core::EventDraft::streaming`]: an AMQP client well ahead of its confirms
-//! and not near the end of its window) holds its batch open while the stream keeps
-//! coming, a gap of [`STREAM_GAP`] at a time up to [`STREAM_HOLD`]; the thread sleeps
-//! meanwhile, and a write whose caller waits (any other publish, a record) wakes it and
-//! commits at once. One sync then covers more of that client's messages, as RabbitMQ
-//! syncs a queue's messages in batches. Measured interleaved with the eager writer
-//! (`polyport bench amqp --only 'persistent →' --rounds 3`, two runs each): with the
-//! default window of 256, 4.3–4.9 writes per commit instead of 3.2–3.8, server CPU
-//! 0.88–0.95× RabbitMQ's instead of 0.99–1.03×, throughput 0.80–0.85× instead of
-//! 0.77–0.81×; with `--window 16`, unchanged (1.12–1.13× vs 1.04–1.13×). Holding on
-//! every streamed publish instead, without the window's end, made 12 writes per commit
-//! and the 256 row 0.88–0.92×, but cost the window-16 client 10–15% (1.11× → 0.94–0.99×):
-//! it waited out each gap with its window full. Callers that wait for each answer (REST)
-//! are never held: a timer-driven wait for company made REST POSTs 15–20% slower — in a
-//! closed loop every client is already waiting. Syncing the WAL on a second thread
+//! The batch is whatever queued while the last commit ran: no timer, no target size.
+//! Two refinements were built and measured against this (2026-12-07, `polyport bench
+//! http --connections 64` and `bench amqp --only persistent`, whose rows print the
+//! store's commits and writes per commit) and dropped. Waiting for company before a
+//! small batch's commit made AMQP's batches fuller (about 4 writes to 6–19) and its CPU
+//! per message up to 17% lower, but not its throughput, and REST POSTs 17% slower: in
+//! a closed loop every client is already waiting. Syncing the WAL on a second thread
 //! while this one commits the next batch (`synchronous=NORMAL` plus `fdatasync`) was
 //! slower on both (REST ~12%, AMQP ~3%): an fsync here costs 0.2–0.5 ms, less than the
 //! extra hand-off between threads.
+//!
+//! A third was built, measured and taken out again (commits 3bbbd1e and eeff375): AMQP
+//! marked a publish "streaming" when its client was 8+ publishes ahead of its confirms,
+//! and a batch holding one stayed open while the stream kept coming (150 µs gaps, 1 ms
+//! at most, the thread asleep; a write whose caller waits unparked it). Held on every
+//! streamed publish, it made the 1-publisher persistent row (`bench amqp --only
+//! 'persistent →' --rounds 3`) 0.88–0.92× RabbitMQ at 0.77–0.80× its CPU (eager:
+//! 0.77–0.83× at ~1.0×), but with `--window 16` it fell from 1.04–1.14× to 0.94–0.99×:
+//! the client waited out each gap with its window full. Held only away from the end of
+//! the client's window, the window-16 shape kept its 1.12× but the 256 row's gain went
+//! into the noise (4.0 writes per commit instead of 3.4; 0.79–0.85× vs 0.77–0.88× over
+//! four interleaved pairs). A rule that wins at both windows is still to be found.
 //!
 //! This file holds the thread, the group commit and the dispatch over commands; each
 //! noun's commands are applied in its own file (`collections`, `records`, `events`,
@@ -45,8 +47,8 @@ mod records;
 mod retention;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use crate::tx::{Db, Tx};
 use arc_swap::ArcSwap;
@@ -290,7 +292,6 @@ fn run<D: Db>(
     writer: Arc<Mutex<Writer<D>>>,
     mut rx: mpsc::Receiver<Job>,
     pending: Arc<AtomicUsize>,
-    holding: Arc<AtomicBool>,
 ) {
     let max_batch = writer.lock().max_batch;
     loop {
@@ -308,26 +309,15 @@ fn run<D: Db>(
         let Some(first) = ready.or_else(|| rx.blocking_recv()) else {
             break;
         };
-        let started = Instant::now();
         let mut writes: Vec<(WriteCommand, Reply)> = Vec::new();
         let mut maintain = false;
         let mut close = None;
         let mut taken = 0;
-        // A streaming sender's durable publish holds the commit for the rest of its
-        // stream (see `EventDraft::streaming`), unless a caller waits on the batch.
-        let (mut streams, mut waits) = (false, false);
         let mut next = Some(first);
         while let Some(job) = next.take() {
             taken += 1;
             match job {
-                Job::Write(cmd, reply) => {
-                    match patience(&cmd) {
-                        Patience::Streams => streams = true,
-                        Patience::Waits => waits = true,
-                        Patience::Either => {}
-                    }
-                    writes.push((*cmd, reply));
-                }
+                Job::Write(cmd, reply) => writes.push((*cmd, reply)),
                 Job::Maintain => maintain = true,
                 Job::Close(done) => {
                     close = Some(done);
@@ -336,9 +326,6 @@ fn run<D: Db>(
             }
             if writes.len() < max_batch {
                 next = rx.try_recv().ok();
-                if next.is_none() && streams && !waits {
-                    next = wait_for_more(&mut rx, started, &holding);
-                }
             }
         }
         let mut w = writer.lock();
@@ -361,61 +348,6 @@ fn run<D: Db>(
         }
     }
     tracing::debug!("store writer stopped");
-}
-
-/// How a write bears on holding its batch open for a stream.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Patience {
-    /// A durable publish from a sender that streams (it did not wait for its earlier
-    /// ones): its batch may be held for more of the stream.
-    Streams,
-    /// Its caller waits for the answer: the batch commits now.
-    Waits,
-    /// Bookkeeping (consumer positions, adapter state, webhook attempts): either way.
-    Either,
-}
-
-fn patience(cmd: &WriteCommand) -> Patience {
-    match cmd {
-        WriteCommand::Publish { draft, .. }
-            if draft.streaming && draft.durability != Durability::Logged =>
-        {
-            Patience::Streams
-        }
-        WriteCommand::SaveConsumer { .. }
-        | WriteCommand::DeleteConsumers { .. }
-        | WriteCommand::PutState { .. }
-        | WriteCommand::RecordAttempt { .. }
-        | WriteCommand::Redeliver { .. } => Patience::Either,
-        _ => Patience::Waits,
-    }
-}
-
-/// The longest pause between two writes of a stream that a held commit waits out.
-const STREAM_GAP: Duration = Duration::from_micros(150);
-/// The longest a held commit waits, from its batch's first write.
-const STREAM_HOLD: Duration = Duration::from_millis(1);
-
-/// The next job if one came within [`STREAM_GAP`] (and [`STREAM_HOLD`] of `started`).
-/// Sleeps out the gap rather than waking per arrival: a stream's submitters pay nothing
-/// for the hold and get the core; a write whose caller waits wakes the thread at once
-/// (`holding`, see [`Handle::submit`]).
-fn wait_for_more(
-    rx: &mut mpsc::Receiver<Job>,
-    started: Instant,
-    holding: &AtomicBool,
-) -> Option<Job> {
-    let left = (started + STREAM_HOLD).saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return None;
-    }
-    holding.store(true, Ordering::SeqCst);
-    let job = rx.try_recv().ok().or_else(|| {
-        std::thread::park_timeout(STREAM_GAP.min(left));
-        rx.try_recv().ok()
-    });
-    holding.store(false, Ordering::SeqCst);
-    job
 }
 
 fn same_endpoints(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
@@ -597,10 +529,6 @@ pub(crate) struct Handle {
     pending: Arc<AtomicUsize>,
     /// Commits a transient publish on the submitter's task when the writer is idle.
     inline: Option<Arc<dyn Inline>>,
-    /// The thread holds a batch open for a stream (asleep): a write whose caller waits
-    /// wakes it. Should the flag be read just before it is set, the write waits out the
-    /// gap instead — [`STREAM_GAP`] at most.
-    holding: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -667,19 +595,16 @@ impl Handle {
             }) as Arc<dyn Inline>
         });
         let count = pending.clone();
-        let holding = Arc::new(AtomicBool::new(false));
-        let held = holding.clone();
         let thread = std::thread::Builder::new()
             .name("polyport-writer".into())
             .spawn(move || {
-                run(writer, rx, count, held);
+                run(writer, rx, count);
                 after();
             })?;
         let handle = Self {
             jobs: tx,
             pending,
             inline,
-            holding,
             thread: Mutex::new(Some(thread)),
         };
         if retention.max_age.is_some() || retention.max_events.is_some() {
@@ -711,16 +636,9 @@ impl Handle {
             },
             _ => (cmd, tx),
         };
-        let waits = patience(&cmd) == Patience::Waits;
         enqueue(&self.jobs, &self.pending, Job::Write(Box::new(cmd), tx))
             .await
             .map_err(|_| HubError::ShuttingDown)?;
-        if waits
-            && self.holding.load(Ordering::SeqCst)
-            && let Some(t) = self.thread.lock().as_ref()
-        {
-            t.thread().unpark();
-        }
         Ok(Box::pin(async move {
             rx.await.map_err(|_| HubError::ShuttingDown)?
         }))
