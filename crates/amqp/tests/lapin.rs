@@ -34,15 +34,14 @@ async fn broker() -> (Hub, String, tempfile::TempDir) {
     (hub, format!("amqp://guest:guest@{addr}/%2f"), dir)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirmed_publishes_manual_acks_and_typed_properties() {
-    let (_hub, uri, _dir) = broker().await;
-    let conn = Connection::connect(&uri, ConnectionProperties::default())
+/// A channel in confirm mode, with the durable queue `queue` declared.
+async fn confirming(uri: &str, queue: &str) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(uri, ConnectionProperties::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.queue_declare(
-        "work".into(),
+        queue.into(),
         QueueDeclareOptions::durable(),
         FieldTable::default(),
     )
@@ -51,6 +50,13 @@ async fn confirmed_publishes_manual_acks_and_typed_properties() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
+    (conn, ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_publishes_manual_acks_and_typed_properties() {
+    let (_hub, uri, _dir) = broker().await;
+    let (_conn, ch) = confirming(&uri, "work").await;
     let mut headers = FieldTable::default();
     headers.insert("attempt".into(), AMQPValue::LongInt(3));
     for i in 0..100u32 {
@@ -112,20 +118,7 @@ async fn confirmed_publishes_manual_acks_and_typed_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_confirmed_publishes_are_each_acknowledged() {
     let (_hub, uri, _dir) = broker().await;
-    let conn = Connection::connect(&uri, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "burst".into(),
-        QueueDeclareOptions::durable(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_conn, ch) = confirming(&uri, "burst").await;
     let props = BasicProperties::default().with_delivery_mode(2);
     let mut pending = Vec::new();
     for i in 0..500u32 {
