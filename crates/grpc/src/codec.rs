@@ -1,7 +1,7 @@
 //! A tonic codec over `prost_reflect::DynamicMessage`: the message types are known only
 //! at run time (from the catalog), so decoding takes the method's descriptor.
 
-use bytes::Buf;
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
@@ -18,8 +18,21 @@ impl DynCodec {
     }
 }
 
+/// A response message: built for this call, or already encoded (an event's message,
+/// encoded once and shared by every stream that sends it).
+pub(crate) enum Reply {
+    Message(DynamicMessage),
+    Encoded(Bytes),
+}
+
+impl From<DynamicMessage> for Reply {
+    fn from(m: DynamicMessage) -> Self {
+        Reply::Message(m)
+    }
+}
+
 impl Codec for DynCodec {
-    type Encode = DynamicMessage;
+    type Encode = Reply;
     type Decode = DynamicMessage;
     type Encoder = DynEncoder;
     type Decoder = DynDecoder;
@@ -36,12 +49,19 @@ impl Codec for DynCodec {
 pub(crate) struct DynEncoder;
 
 impl Encoder for DynEncoder {
-    type Item = DynamicMessage;
+    type Item = Reply;
     type Error = Status;
 
-    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding the response failed: {e}")))
+    fn encode(&mut self, item: Reply, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Reply::Message(m) => m
+                .encode(dst)
+                .map_err(|e| Status::internal(format!("encoding the response failed: {e}"))),
+            Reply::Encoded(b) => {
+                dst.put_slice(&b);
+                Ok(())
+            }
+        }
     }
 }
 

@@ -12,19 +12,23 @@ mod webhooks;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::{BufMut, BytesMut};
 use futures::{Stream, StreamExt};
+use polyport_core::event::RenderKey;
 use polyport_core::query::{Filter, ListQuery, parse_sort};
 use polyport_core::schema::Collection;
-use polyport_core::{AuthContext, Hub, Item};
+use polyport_core::{AuthContext, Event, Hub, Item, Notice};
+use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::Value;
 use tonic::Status;
 
 use crate::catalog::{Op, Route};
+use crate::codec::Reply;
 use crate::convert::{from_json, status, str_field, to_json};
 
 /// A boxed response stream.
-pub(crate) type MsgStream = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
+pub(crate) type MsgStream = Pin<Box<dyn Stream<Item = Result<Reply, Status>> + Send>>;
 
 /// Method implementations over one Hub.
 #[derive(Clone)]
@@ -68,11 +72,7 @@ impl Handlers {
     }
 
     /// Unary methods.
-    pub(crate) async fn unary(
-        &self,
-        route: &Route,
-        req: DynamicMessage,
-    ) -> Result<DynamicMessage, Status> {
+    pub(crate) async fn unary(&self, route: &Route, req: DynamicMessage) -> Result<Reply, Status> {
         let v = to_json(&req)?;
         let out = match &route.op {
             Op::RecordsGet => self.records_get(&v).await?,
@@ -94,7 +94,7 @@ impl Handlers {
                 return Err(Status::unimplemented("streaming method called as unary"));
             }
         };
-        from_json(&route.output, out)
+        from_json(&route.output, out).map(Reply::Message)
     }
 
     /// Server-streaming methods: Watch and Subscribe.
@@ -114,10 +114,32 @@ impl Handlers {
     }
 }
 
-/// A subscription as a stream of messages; ends after the first error.
-fn map_items<F>(sub: polyport_core::Subscription, out: MessageDescriptor, render: F) -> MsgStream
+/// Which message a stream makes of an event. Streams of one shape send an event as the
+/// same bytes, so it is encoded once per event and shared, as SSE frames are: 200
+/// watchers of a collection otherwise turned each write into a protobuf message 200
+/// times, most of the CPU such a fanout spent (`polyport bench grpc`).
+#[derive(Clone, Copy)]
+pub(super) struct Shape {
+    /// The events' cache slot for this kind of stream.
+    pub(super) key: &'static RenderKey,
+    /// Which variant of the kind, when messages differ within it: a typed watch's
+    /// collection definition (the address of its `Arc`, which the stream holds, so no
+    /// live stream of another definition has it); 0 for the fixed messages.
+    pub(super) id: u64,
+}
+
+/// A subscription as a stream of messages; ends after the first error. `event` renders an
+/// event (`None`: not sent), `notice` an in-band notice.
+fn map_items<F, N>(
+    sub: polyport_core::Subscription,
+    out: MessageDescriptor,
+    shape: Shape,
+    event: F,
+    notice: N,
+) -> MsgStream
 where
-    F: Fn(Item) -> Option<Value> + Send + 'static,
+    F: Fn(&Event) -> Option<Value> + Send + 'static,
+    N: Fn(&Notice) -> Option<Value> + Send + 'static,
 {
     let s = futures::stream::unfold(Some(sub), |state| async move {
         let mut sub = state?;
@@ -129,10 +151,45 @@ where
     })
     .filter_map(move |r| {
         let res = match r {
-            Ok(item) => render(item).map(|v| from_json(&out, v)),
+            Ok(Item::Event(d)) => encoded(&d.event, shape, &out, &event).transpose(),
+            Ok(Item::Notice(n)) => notice(&n).map(|v| from_json(&out, v).map(Reply::Message)),
             Err(s) => Some(Err(s)),
         };
         async move { res }
     });
     Box::pin(s)
+}
+
+/// `ev` as `shape`'s message, encoded by the first stream that sends it and cached on the
+/// event, tagged with the shape's id; a stream of another id (a watch opened across a
+/// change of its collection) encodes its own.
+fn encoded(
+    ev: &Event,
+    shape: Shape,
+    out: &MessageDescriptor,
+    render: &impl Fn(&Event) -> Option<Value>,
+) -> Result<Option<Reply>, Status> {
+    let build = |e: &Event| render(e).map(|v| from_json(out, v)).transpose();
+    let tag = shape.id.to_be_bytes();
+    let cached = ev.rendered_as(shape.key, |e| {
+        let mut b = BytesMut::with_capacity(256);
+        b.put_slice(&tag);
+        match build(e) {
+            Ok(Some(m)) => {
+                b.put_u8(1);
+                b.reserve(m.encoded_len());
+                // Cannot fail: the buffer was given room for the whole message.
+                let _ = m.encode(&mut b);
+            }
+            Ok(None) => b.put_u8(0),
+            // Not cached: each stream meets the error itself (it ends the stream).
+            Err(_) => b.put_u8(2),
+        }
+        b.freeze()
+    });
+    match (cached.get(..8) == Some(&tag[..]), cached.get(8)) {
+        (true, Some(0)) => Ok(None),
+        (true, Some(1)) => Ok(Some(Reply::Encoded(cached.slice(9..)))),
+        _ => Ok(build(ev)?.map(Reply::Message)),
+    }
 }

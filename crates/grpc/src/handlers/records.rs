@@ -1,16 +1,21 @@
 //! The generic `polyport.v1.Records` service, and the change stream shared with the
 //! typed services' `Watch`.
 
+use polyport_core::event::RenderKey;
 use polyport_core::query::Filter;
 use polyport_core::record::format_time;
 use polyport_core::subscription::record_from_json;
-use polyport_core::{EventRef, Item, Record, RecordSelector, SubscribeRequest};
+use polyport_core::{Event, Record, RecordSelector, SubscribeRequest};
 use prost_reflect::MessageDescriptor;
 use serde_json::{Value, json};
 use tonic::Status;
 
-use super::{Handlers, MsgStream, map_items, nonempty};
+use super::{Handlers, MsgStream, Shape, map_items, nonempty};
+
 use crate::convert::{status, str_field, u64_field};
+
+/// `Records.Watch`'s change messages, encoded once per event.
+static RECORD_CHANGE: RenderKey = RenderKey::new();
 
 fn generic_record(r: &Record) -> Value {
     json!({
@@ -108,10 +113,17 @@ impl Handlers {
         out: MessageDescriptor,
     ) -> Result<MsgStream, Status> {
         let sub = self.watch(str_field(v, "collection"), v).await?;
-        Ok(map_items(sub, out, |item| match item {
-            Item::Event(d) => change_json(&d.event, generic_record),
-            Item::Notice(_) => None,
-        }))
+        let shape = Shape {
+            key: &RECORD_CHANGE,
+            id: 0,
+        };
+        Ok(map_items(
+            sub,
+            out,
+            shape,
+            |e| change_json(e, generic_record),
+            |_| None,
+        ))
     }
 
     pub(super) async fn watch(
@@ -139,7 +151,7 @@ impl Handlers {
     }
 }
 
-pub(super) fn change_json(e: &EventRef, shape: impl Fn(&Record) -> Value) -> Option<Value> {
+pub(super) fn change_json(e: &Event, shape: impl Fn(&Record) -> Value) -> Option<Value> {
     let p = e.json_payload()?;
     let record = record_from_json(p.get("record")?)?;
     let mut v = json!({

@@ -2,9 +2,10 @@
 
 use base64::Engine as _;
 use futures::StreamExt;
+use polyport_core::event::RenderKey;
 use polyport_core::record::format_time;
 use polyport_core::{
-    Durability, EventDraft, HubError, Item, Notice, SubscribeRequest, Topic, TopicFilter,
+    Durability, Event, EventDraft, HubError, Notice, SubscribeRequest, Topic, TopicFilter,
 };
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use serde_json::{Map, Value, json};
@@ -12,9 +13,18 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::{Handlers, MsgStream, map_items, nonempty};
+use super::{Handlers, MsgStream, Shape, map_items, nonempty};
+use crate::codec::Reply;
+
 use crate::catalog::Route;
 use crate::convert::{status, str_field, to_json, u64_field};
+
+/// `Topics.Subscribe` and `Chat`'s event messages, encoded once per event.
+static TOPIC_EVENTS: RenderKey = RenderKey::new();
+const TOPIC_EVENT: Shape = Shape {
+    key: &TOPIC_EVENTS,
+    id: 0,
+};
 
 impl Handlers {
     pub(super) async fn topics_publish(&self, v: &Value) -> Result<Value, Status> {
@@ -33,13 +43,13 @@ impl Handlers {
             .subscribe(&self.ctx, topic_request(v)?)
             .await
             .map_err(status)?;
-        Ok(map_items(sub, out, |item| Some(event_json(&item))))
+        Ok(map_items(sub, out, TOPIC_EVENT, event_json, notice_json))
     }
 
     /// `Topics.Chat`: subscribe and publish actions in, every matching event out. The call
     /// lives until the client cancels it; closing the send side keeps the subscriptions.
     pub(crate) fn chat(&self, route: &Route, mut input: Streaming<DynamicMessage>) -> MsgStream {
-        let (tx, rx) = mpsc::channel::<Result<DynamicMessage, Status>>(256);
+        let (tx, rx) = mpsc::channel::<Result<Reply, Status>>(256);
         let hub = self.hub.clone();
         let ctx = self.ctx.clone();
         let out = route.output.clone();
@@ -67,7 +77,8 @@ impl Handlers {
                             .map_err(status)?;
                         let (tx, out) = (tx.clone(), out.clone());
                         forwarders.push(tokio::spawn(async move {
-                            let mut items = map_items(sub, out, |item| Some(event_json(&item)));
+                            let mut items =
+                                map_items(sub, out, TOPIC_EVENT, event_json, notice_json);
                             while let Some(m) = items.next().await {
                                 if tx.send(m).await.is_err() {
                                     break;
@@ -100,50 +111,44 @@ impl Handlers {
     }
 }
 
-fn event_json(item: &Item) -> Value {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    match item {
-        Item::Event(d) => {
-            let e = &d.event;
-            let headers: Map<String, Value> = e
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            let mut attributes = Map::new();
-            e.attrs.to_extensions(&mut attributes);
-            let attributes: Map<String, Value> = attributes
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => (k, Value::String(s)),
-                    other => (k, Value::String(other.to_string())),
-                })
-                .collect();
-            json!({
-                "id": e.id,
-                "sequence": e.seq,
-                "topic": e.topic.as_str(),
-                "type": e.event_type,
-                "time": format_time(&e.time),
-                "content_type": e.content_type.clone().unwrap_or_default(),
-                "payload": b64(&e.payload),
-                "headers": headers,
-                "attributes": attributes,
-            })
-        }
-        Item::Notice(n) => notice_json(
-            n,
-            b64(serde_json::to_string(n).unwrap_or_default().as_bytes()),
-        ),
-    }
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn notice_json(n: &Notice, payload_b64: String) -> Value {
-    json!({
+fn event_json(e: &Event) -> Option<Value> {
+    let headers: Map<String, Value> = e
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut attributes = Map::new();
+    e.attrs.to_extensions(&mut attributes);
+    let attributes: Map<String, Value> = attributes
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, Value::String(s)),
+            other => (k, Value::String(other.to_string())),
+        })
+        .collect();
+    Some(json!({
+        "id": e.id,
+        "sequence": e.seq,
+        "topic": e.topic.as_str(),
+        "type": e.event_type,
+        "time": format_time(&e.time),
+        "content_type": e.content_type.clone().unwrap_or_default(),
+        "payload": b64(&e.payload),
+        "headers": headers,
+        "attributes": attributes,
+    }))
+}
+
+fn notice_json(n: &Notice) -> Option<Value> {
+    Some(json!({
         "type": n.event_type(),
         "content_type": "application/json",
-        "payload": payload_b64,
-    })
+        "payload": b64(serde_json::to_string(n).unwrap_or_default().as_bytes()),
+    }))
 }
 
 fn topic_request(v: &Value) -> Result<SubscribeRequest, Status> {

@@ -1,8 +1,10 @@
 //! The typed per-collection services (`polyport.collections.UserService`, …): the
 //! generic Records behaviour with each record shaped as its collection's message.
 
-use polyport_core::Item;
+use std::sync::Arc;
+
 use polyport_core::Record;
+use polyport_core::event::RenderKey;
 use polyport_core::record::format_time;
 use polyport_core::schema::{Collection, FieldType};
 use prost_reflect::MessageDescriptor;
@@ -10,8 +12,12 @@ use serde_json::{Map, Value, json};
 use tonic::Status;
 
 use super::records::change_json;
-use super::{Handlers, MsgStream, map_items, nonempty};
+use super::{Handlers, MsgStream, Shape, map_items, nonempty};
+
 use crate::convert::{status, str_field, u64_field};
+
+/// A typed `Watch{Plural}`'s change messages, encoded once per event.
+static TYPED_CHANGE: RenderKey = RenderKey::new();
 
 /// A record shaped as its collection's typed message. Values that no longer fit the
 /// declared type (written before a schema change) are left out rather than failing.
@@ -139,9 +145,16 @@ impl Handlers {
     ) -> Result<MsgStream, Status> {
         let coll = self.collection(c)?;
         let sub = self.watch(c, v).await?;
-        Ok(map_items(sub, out, move |item| match item {
-            Item::Event(d) => change_json(&d.event, |r| typed_record(&coll, r)),
-            Item::Notice(_) => None,
-        }))
+        let shape = Shape {
+            key: &TYPED_CHANGE,
+            id: Arc::as_ptr(&coll) as usize as u64,
+        };
+        Ok(map_items(
+            sub,
+            out,
+            shape,
+            move |e| change_json(e, |r| typed_record(&coll, r)),
+            |_| None,
+        ))
     }
 }
