@@ -25,8 +25,8 @@
 //!   so transient messages are logged like persistent ones unless their topic is in
 //!   `events.ephemeral_topics`; `delivery_mode` 2 forces a durable write.
 //! - `message_count` counts what the queue has read ahead (up to its window), not the
-//!   whole backlog in the log; the queue reads a message a moment after its confirm
-//!   went out, so a count taken at once may not include the last few yet.
+//!   whole backlog in the log. It is taken once what was published to the queue has
+//!   arrived there (briefly waited for), so a count after the confirms includes them.
 //! - Queue arguments: `x-message-ttl` and dead-lettering (`x-dead-letter-exchange`,
 //!   `x-dead-letter-routing-key`, with `x-death`) and `x-expires` are honoured;
 //!   `x-queue-type` (`classic`, `quorum`) is accepted (every queue is log-backed); any

@@ -141,33 +141,32 @@ async fn pipelined_confirmed_publishes_are_each_acknowledged() {
             .unwrap();
         assert!(c.is_ack(), "publish {i} confirmed");
     }
-    // `message_count` is what the queue has read ahead from the log (the crate doc's
-    // list of differences), which follows the confirms by a moment: all 500 and no more.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let q = ch
-            .queue_declare(
-                "burst".into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        assert!(q.message_count() <= 500, "{} messages", q.message_count());
-        if q.message_count() == 500 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the queue holds {} of 500 confirmed messages",
-            q.message_count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Counted right after the last confirm: every confirmed message is in the queue.
+    let q = ch
+        .queue_declare(
+            "burst".into(),
+            QueueDeclareOptions {
+                durable: true,
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 500);
+    // And a purge takes them all: none arrives after it.
+    let purged = ch
+        .queue_purge("burst".into(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(purged, 500);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left = ch
+        .basic_get("burst".into(), Default::default())
+        .await
+        .unwrap();
+    assert!(left.is_none(), "a message arrived after the purge");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,6 +279,9 @@ impl Channel {
                     }
                 };
                 if !d.nowait {
+                    // Counted once what was published to it has arrived: a count after
+                    // the confirms includes those messages, as on RabbitMQ.
+                    q.settled().await;
                     cx.send(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
                         queue::DeclareOk {
                             queue: short(&name),
@@ -335,6 +338,9 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(d) => {
                 let q = Self::usable(cx, d.queue.as_str())?;
+                // What was published before the purge goes with it, also what the
+                // queue had not read from the log yet.
+                q.settled().await;
                 let n = q.purge();
                 if !d.nowait {
                     cx.send(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(
@@ -354,6 +360,9 @@ impl Channel {
                                 Code::PreconditionFailed,
                                 format!("PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"),
                             ));
+                        }
+                        if d.if_empty {
+                            q.settled().await;
                         }
                         if d.if_empty && q.message_count() > 0 {
                             return Err((
