@@ -69,6 +69,12 @@ enum Which {
         /// Concurrent clients.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// WebSocket subscribers for the subscription fanout scenario.
+        #[arg(long, default_value_t = 200)]
+        subscribers: usize,
+        /// Writes for the subscription fanout scenario.
+        #[arg(long, default_value_t = 500)]
+        writes: usize,
     },
     /// gRPC unary Get vs a bare tonic handler, and Watch fanout throughput.
     Grpc {
@@ -124,7 +130,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             users,
             duration,
             concurrency,
-        } => graphql::run(users, Duration::from_secs(duration), concurrency).await,
+            subscribers,
+            writes,
+        } => {
+            graphql::run(users, Duration::from_secs(duration), concurrency).await?;
+            graphql::subscription_fanout(subscribers, writes).await
+        }
         Which::Grpc {
             duration,
             concurrency,
@@ -465,6 +476,31 @@ pub(crate) fn row(name: &str, b_rps: f64, p_rps: f64, b: Summary, p: Summary) {
 }
 
 /// Microseconds since the Unix epoch (shared clock between bench processes).
+/// `n` records created in `users` over REST by 8 clients; returns writes/s. The
+/// streaming fanouts (gRPC Watch, GraphQL subscriptions) measure their deliveries with it.
+pub(crate) async fn users_writes(base: &str, n: usize, tag: &str) -> anyhow::Result<f64> {
+    let c = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (c, base, tag) = (c.clone(), base.to_string(), tag.to_string());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(8) {
+                c.post(format!("{base}/api/collections/users/records"))
+                    .json(&serde_json::json!({"username": format!("{tag}-{i}")}))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

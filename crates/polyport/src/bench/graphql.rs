@@ -1,12 +1,18 @@
 //! A page of users with their posts: one GraphQL query vs the REST calls a client makes
-//! for the same data (the N+1 pattern, and the two-call batched pattern).
+//! for the same data (the N+1 pattern, and the two-call batched pattern); and a
+//! subscription's fanout to many WebSocket subscribers.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::{TestServer, load};
+use super::{TestServer, load, users_writes};
 
 pub(crate) async fn run(
     users: usize,
@@ -160,4 +166,109 @@ async fn user_page(c: &reqwest::Client, base: &str, users: usize) -> anyhow::Res
         .flatten()
         .filter_map(|u| u["id"].as_str().map(str::to_string))
         .collect())
+}
+
+/// What each subscriber of the fanout scenario asks for.
+const RECORD_CHANGED: &str =
+    "subscription { recordChanged(collection: \"users\") { operation id sequence record } }";
+
+/// GraphQL subscription fanout: `subscribers` graphql-transport-ws clients on
+/// `recordChanged(collection: "users")`, then `n` REST writes; deliveries/s, and the
+/// writes' rate beside their rate with nobody subscribed.
+pub(crate) async fn subscription_fanout(subscribers: usize, n: usize) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let base = format!("http://{}", server.addr);
+    reqwest::Client::new()
+        .post(format!("{base}/api/collections"))
+        .json(&json!({"name": "users", "fields": [{"name": "username", "type": "text"}]}))
+        .send()
+        .await?
+        .error_for_status()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alone = users_writes(&base, n, "alone").await?;
+    // Each reader counts the warm-up write's change as "live", then the `n` that follow.
+    let live = Arc::new(tokio::sync::Barrier::new(subscribers + 1));
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        let mut sock = subscribe(&format!("ws://{}/graphql", server.addr)).await?;
+        let live = live.clone();
+        readers.push(tokio::spawn(async move {
+            let mut warm = false;
+            let mut got = 0usize;
+            while got < n {
+                let next = tokio::time::timeout(Duration::from_secs(30), sock.next()).await;
+                match next {
+                    Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"next\"") => match warm
+                    {
+                        false => {
+                            warm = true;
+                            live.wait().await;
+                        }
+                        true => got += 1,
+                    },
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+            got
+        }));
+    }
+    users_writes(&base, 1, "warm-up").await?;
+    if tokio::time::timeout(Duration::from_secs(30), live.wait())
+        .await
+        .is_err()
+    {
+        bail!("not every subscriber saw the warm-up write within 30 s");
+    }
+    let started = Instant::now();
+    let with = users_writes(&base, n, "watched").await?;
+    let mut delivered = 0;
+    for r in readers {
+        delivered += r.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "subscription fanout: {subscribers} graphql-transport-ws recordChanged subscribers × {n} writes: {delivered}/{} delivered, {:.0} deliveries/s",
+        subscribers * n,
+        delivered as f64 / secs
+    );
+    println!(
+        "writes/s with {subscribers} subscribers vs none: {with:.0} vs {alone:.0} ({:.2}x)",
+        with / alone.max(1.0)
+    );
+    server.stop().await;
+    Ok(())
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A graphql-transport-ws connection, acknowledged, with `RECORD_CHANGED` subscribed.
+async fn subscribe(url: &str) -> anyhow::Result<Socket> {
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    // A small read buffer: tungstenite zero-fills it before each read (see bench fanout).
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (mut sock, _) =
+        tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
+    let send = |v: Value| Message::Text(v.to_string().into());
+    sock.send(send(json!({"type": "connection_init"}))).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sock.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("connection_ack") => break,
+            Ok(Some(Ok(_))) => {}
+            other => bail!("no connection_ack: {other:?}"),
+        }
+    }
+    sock.send(send(json!({
+        "id": "1",
+        "type": "subscribe",
+        "payload": {"query": RECORD_CHANGED},
+    })))
+    .await?;
+    Ok(sock)
 }

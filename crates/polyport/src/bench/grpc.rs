@@ -12,7 +12,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
 
-use super::{Summary, TestServer, start_baseline, summarize};
+use super::{Summary, TestServer, start_baseline, summarize, users_writes};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct GetUserRequest {
@@ -104,29 +104,6 @@ async fn unary_load(
     ))
 }
 
-async fn writes(base: &str, n: usize, tag: &str) -> anyhow::Result<f64> {
-    let c = reqwest::Client::new();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let (c, base, tag) = (c.clone(), base.to_string(), tag.to_string());
-        tasks.push(tokio::spawn(async move {
-            for i in (w..n).step_by(8) {
-                c.post(format!("{base}/api/collections/users/records"))
-                    .json(&json!({"username": format!("{tag}-{i}")}))
-                    .send()
-                    .await?
-                    .error_for_status()?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
 pub(crate) async fn run(
     duration: Duration,
     concurrency: usize,
@@ -178,7 +155,7 @@ pub(crate) async fn run(
     );
 
     // Watch fanout: how many deliveries per second, and how much watchers slow writers.
-    let alone = writes(&base, n, "alone").await?;
+    let alone = users_writes(&base, n, "alone").await?;
     let ch = connect(server.grpc_addr).await?;
     let mut streams = Vec::new();
     for _ in 0..watchers {
@@ -209,7 +186,7 @@ pub(crate) async fn run(
             })
         })
         .collect();
-    let with = writes(&base, n, "watched").await?;
+    let with = users_writes(&base, n, "watched").await?;
     let mut delivered = 0;
     for r in readers {
         delivered += r.await?;
