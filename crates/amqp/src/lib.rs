@@ -25,8 +25,9 @@
 //!   so transient messages are logged like persistent ones unless their topic is in
 //!   `events.ephemeral_topics`; `delivery_mode` 2 forces a durable write.
 //! - `message_count` counts what the queue has read ahead (up to its window), not the
-//!   whole backlog in the log. It is taken once what was published to the queue has
-//!   arrived there (briefly waited for), so a count after the confirms includes them.
+//!   whole backlog in the log. A passive `queue.declare`, `queue.purge` and an if-empty
+//!   `queue.delete` first wait briefly for what was published to the queue to arrive, so
+//!   a count after the confirms includes them; an ordinary declare answers at once.
 //! - Queue arguments: `x-message-ttl` and dead-lettering (`x-dead-letter-exchange`,
 //!   `x-dead-letter-routing-key`, with `x-death`) and `x-expires` are honoured;
 //!   `x-queue-type` (`classic`, `quorum`) is accepted (every queue is log-backed); any

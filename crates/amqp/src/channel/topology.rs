@@ -279,9 +279,13 @@ impl Channel {
                     }
                 };
                 if !d.nowait {
-                    // Counted once what was published to it has arrived: a count after
-                    // the confirms includes those messages, as on RabbitMQ.
-                    q.settled().await;
+                    // A passive declare is how a client asks for the count: taken once what
+                    // was published to the queue has arrived, so a count after the confirms
+                    // includes those messages, as on RabbitMQ. Not for every declare: the
+                    // wait holds the connection's later frames (its acks too).
+                    if d.passive {
+                        q.settled().await;
+                    }
                     cx.send(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
                         queue::DeclareOk {
                             queue: short(&name),
