@@ -501,6 +501,39 @@ pub(crate) async fn users_writes(base: &str, n: usize, tag: &str) -> anyhow::Res
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The measured part of a streaming fanout (gRPC Watch, GraphQL subscriptions): `n`
+/// REST writes while `readers` (one per stream, each returning the changes it got)
+/// count; prints deliveries/s, and the writes' rate beside `alone`, the same writes with
+/// nobody streaming. `title` names the streams ("200 WatchUsers streams"), `who` their
+/// holders ("watchers").
+pub(crate) async fn streamed_writes(
+    base: &str,
+    n: usize,
+    readers: Vec<tokio::task::JoinHandle<usize>>,
+    alone: f64,
+    title: &str,
+    who: &str,
+) -> anyhow::Result<()> {
+    let streams = readers.len();
+    let started = Instant::now();
+    let with = users_writes(base, n, "watched").await?;
+    let mut delivered = 0;
+    for r in readers {
+        delivered += r.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{title} × {n} writes: {delivered}/{} delivered, {:.0} deliveries/s",
+        streams * n,
+        delivered as f64 / secs
+    );
+    println!(
+        "writes/s with {streams} {who} vs none: {with:.0} vs {alone:.0} ({:.2}x)",
+        with / alone.max(1.0)
+    );
+    Ok(())
+}
+
 pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

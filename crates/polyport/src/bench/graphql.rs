@@ -3,7 +3,7 @@
 //! subscription's fanout to many WebSocket subscribers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use futures::{SinkExt, StreamExt};
@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::{TestServer, load, users_writes};
+use super::{TestServer, load, streamed_writes, users_writes};
 
 pub(crate) async fn run(
     users: usize,
@@ -220,22 +220,17 @@ pub(crate) async fn subscription_fanout(subscribers: usize, n: usize) -> anyhow:
     {
         bail!("not every subscriber saw the warm-up write within 30 s");
     }
-    let started = Instant::now();
-    let with = users_writes(&base, n, "watched").await?;
-    let mut delivered = 0;
-    for r in readers {
-        delivered += r.await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "subscription fanout: {subscribers} graphql-transport-ws recordChanged subscribers × {n} writes: {delivered}/{} delivered, {:.0} deliveries/s",
-        subscribers * n,
-        delivered as f64 / secs
-    );
-    println!(
-        "writes/s with {subscribers} subscribers vs none: {with:.0} vs {alone:.0} ({:.2}x)",
-        with / alone.max(1.0)
-    );
+    streamed_writes(
+        &base,
+        n,
+        readers,
+        alone,
+        &format!(
+            "subscription fanout: {subscribers} graphql-transport-ws recordChanged subscribers"
+        ),
+        "subscribers",
+    )
+    .await?;
     server.stop().await;
     Ok(())
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
 
-use super::{Summary, TestServer, start_baseline, summarize, users_writes};
+use super::{Summary, TestServer, start_baseline, streamed_writes, summarize, users_writes};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct GetUserRequest {
@@ -170,7 +170,6 @@ pub(crate) async fn run(
             .await?;
         streams.push(s.into_inner());
     }
-    let started = Instant::now();
     let readers: Vec<_> = streams
         .into_iter()
         .map(|mut s| {
@@ -186,21 +185,15 @@ pub(crate) async fn run(
             })
         })
         .collect();
-    let with = users_writes(&base, n, "watched").await?;
-    let mut delivered = 0;
-    for r in readers {
-        delivered += r.await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "Watch fanout: {watchers} WatchUsers streams × {n} writes: {delivered}/{} delivered, {:.0} deliveries/s",
-        watchers * n,
-        delivered as f64 / secs
-    );
-    println!(
-        "writes/s with {watchers} watchers vs none: {with:.0} vs {alone:.0} ({:.2}x)",
-        with / alone.max(1.0)
-    );
+    streamed_writes(
+        &base,
+        n,
+        readers,
+        alone,
+        &format!("Watch fanout: {watchers} WatchUsers streams"),
+        "watchers",
+    )
+    .await?;
     bstop.cancel();
     server.stop().await;
     Ok(())
