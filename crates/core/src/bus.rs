@@ -72,13 +72,7 @@ impl Queue {
     }
 
     fn pop(&self) -> Option<EventRef> {
-        let mut q = self.items.lock();
-        let ev = q.pop_front();
-        // A burst's room goes back once it is drained: an idle subscriber keeps little.
-        if q.is_empty() && q.capacity() > 64 {
-            q.shrink_to(8);
-        }
-        ev
+        self.items.lock().pop_front()
     }
 }
 
