@@ -228,7 +228,7 @@ const REPLAY_PAGE: usize = 512;
 pub(crate) struct Direct {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) reg: Registration,
-    pub(crate) rx: crate::bus::Inbox,
+    pub(crate) rx: tokio::sync::mpsc::Receiver<EventRef>,
     pub(crate) filters: Vec<TopicFilter>,
     pub(crate) records: Option<RecordSelector>,
     /// Record changes the subscriber may not view, dropped (collection rules).
@@ -302,8 +302,8 @@ impl Direct {
                 continue;
             }
             let ev = match self.rx.try_recv() {
-                Some(ev) => Some(ev),
-                None => {
+                Ok(ev) => Some(ev),
+                Err(_) => {
                     // Queue drained: report what was lost (after what was kept), then wait.
                     if let Some(r) = self.take_dropped() {
                         return Some(r);
@@ -314,7 +314,7 @@ impl Direct {
                         // ends at the next wait.
                         tokio::select! {
                             biased;
-                            ev = self.rx.recv() => Some(ev),
+                            ev = self.rx.recv() => ev,
                             _ = self.shutdown.cancelled() => None,
                         }
                     } else {
