@@ -266,7 +266,7 @@ async fn pump(
             },
             c = end.recv_ctl() => match c {
                 Some(Ctl::Ack { seq }) => inner.ack(seq),
-                Some(Ctl::Refilter { topics, filters, make, done }) => {
+                Some(Ctl::Refilter { topics, filters, at, make, done }) => {
                     // Kept for the next join; passed on to a dispatcher running here. One
                     // running elsewhere is refiltered by its own node (`refilter_hosted`).
                     join.filters = topics.iter().map(|f| f.as_str().to_string()).collect();
@@ -275,7 +275,7 @@ async fn pump(
                         let _ = done.send(Ok(()));
                         continue;
                     }
-                    let c = Ctl::Refilter { topics, filters, make, done };
+                    let c = Ctl::Refilter { topics, filters, at, make, done };
                     // A dispatcher gone meanwhile: the next join has the filters.
                     if let Err(mpsc::error::SendError(Ctl::Refilter { done, .. })) = inner.ctl.send(c) {
                         let _ = done.send(Ok(()));

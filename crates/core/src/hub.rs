@@ -651,8 +651,30 @@ impl Hub {
         since: Option<u64>,
         guard: Option<Arc<crate::rules_hub::Guard>>,
     ) -> HubResult<Direct> {
+        self.direct_since_change(req, filters, since, guard, Vec::new())
+    }
+
+    /// [`Hub::direct`] where `earlier` filters still decide for events up to their
+    /// sequences (a group whose filters changed; see [`crate::group::Refilter`]).
+    pub(crate) fn direct_since_change(
+        &self,
+        req: &SubscribeRequest,
+        filters: Vec<TopicFilter>,
+        since: Option<u64>,
+        guard: Option<Arc<crate::rules_hub::Guard>>,
+        earlier: Vec<(u64, Vec<TopicFilter>)>,
+    ) -> HubResult<Direct> {
+        let mut matched = filters.clone();
+        for (_, f) in &earlier {
+            for f in f {
+                if !matched.iter().any(|m| m.as_str() == f.as_str()) {
+                    matched.push(f.clone());
+                }
+            }
+        }
+        let wide = matched.len() > filters.len();
         let (reg, rx) = self.inner.bus.register(
-            filters.clone(),
+            matched,
             req.queue.unwrap_or(self.inner.config.subscriber_queue),
             req.durable_only,
         );
@@ -700,6 +722,8 @@ impl Hub {
             reg,
             rx,
             filters,
+            earlier: earlier.into(),
+            wide,
             records: req.records.clone(),
             guard,
             last,

@@ -230,6 +230,14 @@ pub(crate) struct Direct {
     pub(crate) reg: Registration,
     pub(crate) rx: tokio::sync::mpsc::Receiver<EventRef>,
     pub(crate) filters: Vec<TopicFilter>,
+    /// Filters that still decide for events up to a sequence, oldest first: a group's
+    /// change of filters takes effect where it was made in the log, not where the group
+    /// had read to (see [`crate::group::Refilter`]). Each entry covers the sequences
+    /// after the one before it; `filters` decide after the last.
+    pub(crate) earlier: VecDeque<(u64, Vec<TopicFilter>)>,
+    /// The bus matches more than `filters` (theirs and `earlier`'s): live events are
+    /// checked again here.
+    pub(crate) wide: bool,
     pub(crate) records: Option<RecordSelector>,
     /// Record changes the subscriber may not view, dropped (collection rules).
     pub(crate) guard: Option<Arc<crate::rules_hub::Guard>>,
@@ -245,8 +253,23 @@ pub(crate) struct Direct {
 }
 
 impl Direct {
-    fn wants(&self, ev: &EventRef) -> bool {
-        if !self.filters.iter().any(|f| f.matches(&ev.topic)) {
+    /// The filters that decide for `ev`: those of its time (an ephemeral event's is now).
+    fn topic_wanted(&mut self, ev: &EventRef) -> bool {
+        let filters = match ev.seq {
+            Some(s) => {
+                // Sequences only grow: what ended before this one is done with.
+                while self.earlier.front().is_some_and(|(until, _)| *until < s) {
+                    self.earlier.pop_front();
+                }
+                self.earlier.front().map_or(&self.filters, |(_, f)| f)
+            }
+            None => &self.filters,
+        };
+        filters.iter().any(|f| f.matches(&ev.topic))
+    }
+
+    fn wants(&mut self, ev: &EventRef) -> bool {
+        if !self.topic_wanted(ev) {
             return false;
         }
         let selected = match &self.records {
@@ -323,6 +346,12 @@ impl Direct {
                 }
             };
             let ev = ev?;
+            if self.wide && !self.topic_wanted(&ev) {
+                if let Some(s) = ev.seq {
+                    self.last = self.last.max(s);
+                }
+                continue;
+            }
             if let Some(s) = ev.seq {
                 if s <= self.last {
                     continue;

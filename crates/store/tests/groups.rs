@@ -334,3 +334,36 @@ async fn a_group_positioned_by_name_keeps_its_place_across_new_filters() {
     let mut other = subscribe(&env, req(&["a/#", "b/#"], false)).await;
     expect_acked_run(&mut other, &[a1, a2, b1, a3], "a different group").await;
 }
+
+/// A change of filters takes effect where it is made in the log: an event published
+/// before it is routed by the filters of its time even when the group had not read it
+/// yet (its member had no room). Swapping the source at the group's read position
+/// instead dropped such an event (an AMQP unbind right after a publish) and picked up
+/// one published before a bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refilter_routes_what_was_published_before_it_by_the_old_filters() {
+    let env = Env::new();
+    let req = SubscribeRequest {
+        position_by_name: true,
+        filters: vec![polyport_core::TopicFilter::new("a/#").unwrap()],
+        ..acked(Some("q"), "unused", 1, 30_000)
+    };
+    let mut s = subscribe(&env, req).await;
+    let a1 = seq(&env.publish("a/1", "x").await);
+    let held = next_delivery(&mut s).await;
+    assert_eq!(seq(&held.event), a1);
+    // Prefetch 1 and a1 unacknowledged: the group reads nothing more for now.
+    let a2 = seq(&env.publish("a/2", "x").await);
+    env.publish("b/1", "x").await;
+    let change = s.refilter().expect("refilterable in place");
+    change
+        .send(vec![polyport_core::TopicFilter::new("b/#").unwrap()])
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    env.publish("a/3", "x").await;
+    let b2 = seq(&env.publish("b/2", "x").await);
+    s.ack(a1);
+    expect_acked_run(&mut s, &[a2, b2], "routed by the filters of their time").await;
+}

@@ -10,7 +10,8 @@
 //!
 //! A change of bindings changes the filters the group reads in place
 //! ([`polyport_core::Refilter`]): messages published after it are routed by the new
-//! bindings, and what consumers hold stays theirs (RabbitMQ's behaviour). On the cluster
+//! bindings, those published before it by the old ones whether the group has read them
+//! yet or not, and what consumers hold stays theirs (RabbitMQ's behaviour). On the cluster
 //! engine every node applies every change: the node running the group refilters it
 //! ([`polyport_core::Hub::refilter_hosted`]), the others only keep the new filters for
 //! their feeder's next join. A feeder that has not joined yet joins with the new ones.
@@ -550,9 +551,15 @@ impl Queue {
     /// Recomputes the routes after a change of bindings (the queue's, or between
     /// exchanges) and returns once the queue reads the log with them.
     pub async fn reroute(self: &Arc<Self>) {
-        // A message published before an unbind is routed by the old binding, as on
-        // RabbitMQ (unless the queue's window is full: then by the new ones).
-        if self.state.lock().feeder.is_some() {
+        // A message published before a change of bindings is routed by the old ones, as
+        // on RabbitMQ. A change made in place takes effect where it is made in the log
+        // (`polyport_core::Refilter`), read or not; a feeder that must rejoin first
+        // reads what was published under the old ones (unless its window is full).
+        let (feeder, in_place) = {
+            let st = self.state.lock();
+            (st.feeder.is_some(), st.refilter.is_some())
+        };
+        if feeder && !in_place {
             self.caught_up().await;
         }
         match self.start_reroute() {

@@ -30,6 +30,9 @@ pub(crate) enum Ctl {
         topics: Vec<crate::topic::TopicFilter>,
         /// The group's filters' canonical text.
         filters: String,
+        /// The log's last sequence when the change was made: events up to it keep the
+        /// old filters.
+        at: u64,
         make: super::MakeSource,
         done: tokio::sync::oneshot::Sender<HubResult<()>>,
     },

@@ -52,7 +52,10 @@ struct Running {
 }
 
 /// Builds a group's new source from the sequence its old one had read to.
-pub(crate) type MakeSource = Box<dyn FnOnce(u64) -> HubResult<Direct> + Send>;
+/// Makes a group's new source from a position, with the filters that still decide for
+/// events up to given sequences (see [`Refilter`]).
+pub(crate) type MakeSource =
+    Box<dyn FnOnce(u64, Vec<(u64, Vec<crate::topic::TopicFilter>)>) -> HubResult<Direct> + Send>;
 
 /// The canonical text of a group's filters (what tells two groups' filters apart).
 pub(crate) fn filters_text(filters: &[crate::topic::TopicFilter]) -> String {
@@ -77,8 +80,10 @@ pub struct Refilter {
 }
 
 impl Refilter {
-    /// Reads with `filters` from now on: events the group's source has not read yet
-    /// are matched against them, nothing already read is read again. Sent at once (so
+    /// Reads with `filters` from now on: events published after this call are matched
+    /// against them; those published before it are routed by the old filters even if
+    /// the group has not read them yet (an AMQP message published before an unbind
+    /// stays in the queue), and nothing already read is read again. Sent at once (so
     /// changes sent one after another apply in that order); what it returns resolves
     /// once the group reads with them. On the cluster engine a member linked to a group
     /// running on another node only keeps them for its next join: the node running the
@@ -112,11 +117,18 @@ pub(crate) fn refilter_ctl(
     let all = req.all_filters();
     let text = filters_text(&all);
     let hub = hub.clone();
-    let make: MakeSource = Box::new(move |from| hub.direct(&req, all, Some(from), guard));
+    // Where the change is made in the log: what was published up to here, on this node
+    // or (on the cluster engine) relayed to it, keeps the old routing.
+    let at = hub.inner.store.log_state().last_seq;
+    let hub = hub.clone();
+    let make: MakeSource = Box::new(move |from, earlier| {
+        hub.direct_since_change(&req, all, Some(from), guard, earlier)
+    });
     let (done, result) = tokio::sync::oneshot::channel();
     let ctl = Ctl::Refilter {
         topics: filters,
         filters: text,
+        at,
         make,
         done,
     };
@@ -651,8 +663,8 @@ impl Dispatcher {
                         }
                     }
                     Some(Ctl::Ack { seq }) => self.on_ack(seq),
-                    Some(Ctl::Refilter { filters, make, done, .. }) => {
-                        let _ = done.send(self.refilter(filters, make));
+                    Some(Ctl::Refilter { filters, at, make, done, .. }) => {
+                        let _ = done.send(self.refilter(filters, at, make));
                     }
                     None => break,
                 },
@@ -695,8 +707,9 @@ impl Dispatcher {
     }
 
     /// Swaps the source for one with other filters, from where this one has read to
-    /// (events it read ahead into its buffer are read again, with the new filters).
-    fn refilter(&mut self, filters: String, make: MakeSource) -> HubResult<()> {
+    /// (events it read ahead into its buffer are read again). Events up to `at`, where
+    /// the change was made, are still matched against the old filters.
+    fn refilter(&mut self, filters: String, at: u64, make: MakeSource) -> HubResult<()> {
         let same = self
             .groups
             .map
@@ -710,7 +723,17 @@ impl Dispatcher {
             Some(s) => s.saturating_sub(1),
             None => self.source.last,
         };
-        self.source = make(from)?;
+        let mut earlier: Vec<_> = self
+            .source
+            .earlier
+            .iter()
+            .filter(|(until, _)| *until > from)
+            .cloned()
+            .collect();
+        if at > from && earlier.last().is_none_or(|(until, _)| *until < at) {
+            earlier.push((at, self.source.filters.clone()));
+        }
+        self.source = make(from, earlier)?;
         if let Some(r) = self.groups.map.lock().get_mut(&self.key) {
             r.filters = filters;
         }
