@@ -135,8 +135,25 @@ fn comparison() -> impl Strategy<Value = String> {
         .prop_map(|(p, o, l)| format!("{p} {o} {l}"))
 }
 
+/// `p = "x" || p = "y" || …` on one field: compiled to one membership test.
+fn any_of() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["a", "b", "m.x", "a.0", "id", "version", "zz"]),
+        prop::collection::vec(
+            prop::sample::select(vec!["", "a", "A", "b", "rust", "é", "r1", "2"]),
+            2..5,
+        ),
+    )
+        .prop_map(|(p, vs)| {
+            vs.iter()
+                .map(|v| format!("{p} = \"{v}\""))
+                .collect::<Vec<_>>()
+                .join(" || ")
+        })
+}
+
 fn filter_text() -> impl Strategy<Value = String> {
-    comparison().prop_recursive(3, 12, 2, |inner| {
+    prop_oneof![4 => comparison(), 1 => any_of()].prop_recursive(3, 12, 2, |inner| {
         prop_oneof![
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} && {b}")),
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} || {b}")),

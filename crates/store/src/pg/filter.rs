@@ -25,7 +25,7 @@ pub enum PgParam {
     Float(f64),
     /// `boolean`.
     Bool(bool),
-    /// `text[]`: a JSON path for `#>`.
+    /// `text[]`: a JSON path for `#>`, or the strings of an `= ANY` list.
     Path(Vec<String>),
 }
 
@@ -52,7 +52,34 @@ fn push(params: &mut Vec<PgParam>, p: PgParam) -> usize {
 /// Compiles a filter into a Postgres boolean expression over the row, pushing its
 /// parameters (`$1`, `$2`, … in push order).
 pub fn compile_filter(f: &Filter, params: &mut Vec<PgParam>) -> String {
-    crate::sql::compile_tree(f, params, compile_cmp)
+    crate::sql::compile_tree(
+        f,
+        params,
+        &crate::sql::Dialect {
+            cmp: compile_cmp,
+            any_of: compile_any_of,
+        },
+    )
+}
+
+fn compile_any_of(path: &[String], values: &[&str], params: &mut Vec<PgParam>) -> String {
+    let list = || PgParam::Path(values.iter().map(|v| (*v).to_string()).collect());
+    let expr = match column(path) {
+        Col::Json(p) => {
+            let i = push(params, PgParam::Path(p));
+            let k = push(params, list());
+            let v = format!("(data #> ${i}::text[])");
+            format!(
+                "CASE WHEN jsonb_typeof({v}) = 'string' THEN ({v} #>> '{{}}') COLLATE \"C\" = ANY(${k}::text[]) END"
+            )
+        }
+        Col::Text(c) => {
+            let k = push(params, list());
+            format!("{c} COLLATE \"C\" = ANY(${k}::text[])")
+        }
+        Col::Int(_) => return "false".into(),
+    };
+    format!("coalesce({expr}, false)")
 }
 
 fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<PgParam>) -> String {
