@@ -63,6 +63,10 @@ enum Which {
         /// Users on the page (each with 2 posts).
         #[arg(long, default_value_t = 50)]
         users: usize,
+        /// Users (each with 2 posts) beyond the page: a posts collection larger than the
+        /// page shows whether a page costs what it reads or what the collection holds.
+        #[arg(long, default_value_t = 0)]
+        more_users: usize,
         /// Seconds per scenario.
         #[arg(long, default_value_t = 5)]
         duration: u64,
@@ -128,12 +132,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Webhooks { events, endpoints } => webhooks::run(events, endpoints).await,
         Which::Graphql {
             users,
+            more_users,
             duration,
             concurrency,
             subscribers,
             writes,
         } => {
-            graphql::run(users, Duration::from_secs(duration), concurrency).await?;
+            let page = graphql::Page { users, more_users };
+            graphql::run(page, Duration::from_secs(duration), concurrency).await?;
             graphql::subscription_fanout(subscribers, writes).await
         }
         Which::Grpc {

@@ -103,6 +103,11 @@ impl SqliteStore {
         let conn = db::open_writer(&path)?;
         let log = read_log_state(&conn)?;
         let collections = db::load_collections(&conn)?;
+        for c in collections.values() {
+            // Collections from before relation fields were indexed get their indexes.
+            sqlite_tx::ensure_field_indexes(&conn, &c.spec)
+                .map_err(|e| StoreError::Schema(e.to_string()))?;
+        }
         let endpoints = webhooks::load_endpoints(&conn)?;
         tracing::info!(
             path = %path.display(),
@@ -251,11 +256,26 @@ impl Store for SqliteStore {
     async fn list_records(&self, collection: &str, query: &ListQuery) -> HubResult<Page> {
         let mut params: Vec<SqlValue> = vec![SqlValue::Text(collection.to_string())];
         let mut where_sql = String::from("collection = ?1");
+        // A lookup by a field with an index (unique, or a relation) reads that index. The
+        // planner, knowing nothing of the data, prefers scanning the collection; and a
+        // partial index needs its collection spelled out (names are identifiers).
+        let index = query
+            .filter
+            .as_ref()
+            .and_then(sql::lookup_field)
+            .and_then(|f| sqlite_tx::field_index(&self.collections().get(collection)?.spec, f));
+        let from = match &index {
+            Some(idx) => {
+                where_sql.push_str(&format!(" AND collection = '{collection}'"));
+                format!("records INDEXED BY \"{idx}\"")
+            }
+            None => "records".to_string(),
+        };
         if let Some(f) = &query.filter {
             where_sql.push_str(" AND ");
             where_sql.push_str(&compile_filter(f, &mut params));
         }
-        let count_sql = format!("SELECT count(*) FROM records WHERE {where_sql}");
+        let count_sql = format!("SELECT count(*) FROM {from} WHERE {where_sql}");
         let count_params = params.clone();
         let (keys, spec) = list::sort_keys(query);
         let exprs: Vec<(String, bool)> = keys
@@ -280,7 +300,7 @@ impl Store for SqliteStore {
         let select_keys: String = exprs.iter().map(|(e, _)| format!(", {e}")).collect();
         let limit = query.limit.max(1);
         let sql = format!(
-            "SELECT {RECORD_COLS}{select_keys} FROM records WHERE {where_sql} ORDER BY {} LIMIT {}",
+            "SELECT {RECORD_COLS}{select_keys} FROM {from} WHERE {where_sql} ORDER BY {} LIMIT {}",
             order.join(", "),
             limit + 1
         );

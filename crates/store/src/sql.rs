@@ -1,8 +1,12 @@
 //! Translating the shared query language into SQLite SQL.
 //!
-//! Every comparison is typed (`json_type` guards) and wrapped in `coalesce(…, 0)`, so SQL
-//! agrees with the in-memory evaluator in `polyport_core::query` on mixed types and on
-//! missing fields; the property test in `tests/` checks the two against each other.
+//! Every comparison is typed (`json_type` guards), so SQL agrees with the in-memory
+//! evaluator in `polyport_core::query` on mixed types and on missing fields; the
+//! property test in `tests/` checks the two against each other. A comparison on a
+//! missing field is NULL in SQL, which a filter's `&&` / `||` tree (it has no negation)
+//! treats as false, as the evaluator does; only `!=` and `!~`, compiled as a negation,
+//! turn NULL into false first (`coalesce`). Leaving the others bare lets SQLite use an
+//! expression index on the field (a relation field's, `sqlite_tx::field_index`).
 
 use base64::Engine as _;
 use polyport_core::query::{Filter, Literal, Op, SortKey};
@@ -114,6 +118,24 @@ fn string_equalities<'a>(f: &'a Filter, values: &mut Vec<&'a str>) -> Option<&'a
     }
 }
 
+/// The document field a filter looks records up by: one equality with a string, or an
+/// `||` of them, on a top-level field (what a field index serves).
+pub(crate) fn lookup_field(f: &Filter) -> Option<&str> {
+    let path = match f {
+        Filter::Cmp {
+            path,
+            op: Op::Eq,
+            value: Literal::Str(_),
+        } => path.as_slice(),
+        Filter::Or(..) => string_equalities(f, &mut Vec::new())?,
+        _ => return None,
+    };
+    match path {
+        [one] if system_column(path).is_none() => Some(one),
+        _ => None,
+    }
+}
+
 /// A JSON path as an SQL string literal (so an expression index on it can match).
 fn path_literal(p: &str) -> String {
     format!("'{}'", p.replace('\'', "''"))
@@ -135,11 +157,9 @@ fn compile_any_of(path: &[String], values: &[&str], params: &mut Vec<SqlValue>) 
     match col {
         Col::Json(p) => {
             let p = path_literal(&p);
-            format!(
-                "coalesce((json_type(data, {p}) = 'text' AND json_extract(data, {p}) IN ({list})), 0)"
-            )
+            format!("(json_type(data, {p}) = 'text' AND json_extract(data, {p}) IN ({list}))")
         }
-        Col::Text(c) | Col::Int(c) => format!("coalesce({c} IN ({list}), 0)"),
+        Col::Text(c) | Col::Int(c) => format!("{c} IN ({list})"),
     }
 }
 
@@ -157,8 +177,14 @@ pub(crate) fn sql_op(op: Op) -> &'static str {
 
 fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<SqlValue>) -> String {
     match op {
-        Op::Ne => return format!("(NOT {})", compile_cmp(path, Op::Eq, lit, params)),
-        Op::NotLike => return format!("(NOT {})", compile_cmp(path, Op::Like, lit, params)),
+        Op::Ne => {
+            let eq = compile_cmp(path, Op::Eq, lit, params);
+            return format!("(NOT coalesce({eq}, 0))");
+        }
+        Op::NotLike => {
+            let like = compile_cmp(path, Op::Like, lit, params);
+            return format!("(NOT coalesce({like}, 0))");
+        }
         _ => {}
     }
     let col = column(path);
@@ -188,14 +214,14 @@ fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<SqlValue
             )
         }
     };
-    let expr = match lit {
+    match lit {
         Literal::Null => {
             if !matches!(op, Op::Eq | Op::Ge | Op::Le) {
                 return "0".into();
             }
             match &type_guard {
                 TypeGuard::Json(t) => format!("({t} IS NULL OR {t} = 'null')"),
-                _ => return "0".into(),
+                _ => "0".into(),
             }
         }
         Literal::Str(s) => {
@@ -249,8 +275,7 @@ fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<SqlValue
                 sql_op(op)
             )
         }
-    };
-    format!("coalesce({expr}, 0)")
+    }
 }
 
 enum TypeGuard {

@@ -4,9 +4,9 @@
 
 use polyport_core::event::Event;
 use polyport_core::record::format_time;
-use polyport_core::schema::{Collection, FieldError, Rule};
+use polyport_core::schema::{Collection, CollectionSpec, FieldError, FieldType, Rule};
 use polyport_core::{HubError, HubResult, Record};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
 use crate::db::{RECORD_COLS, exec, record_from_row};
@@ -45,19 +45,78 @@ fn unique_violation(e: &rusqlite::Error) -> Option<(String, String)> {
     None
 }
 
-fn unique_indexes(tx: &Transaction<'_>, collection: &str) -> HubResult<Vec<String>> {
-    let prefix = unique_index_name(collection, "");
-    let mut stmt = tx
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND substr(name, 1, ?2) = ?1")
-        .map_err(sql_err)?;
-    let names = stmt
-        .query_map(params![prefix, prefix.len() as i64], |r| {
-            r.get::<_, String>(0)
-        })
-        .map_err(sql_err)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sql_err)?;
+/// The index of a (single, not array) relation field: the records pointing at a set of
+/// targets (a GraphQL reverse relation, `author = "u1" || author = "u2"`) are looked up
+/// in it rather than found by reading the whole collection.
+pub(crate) fn relation_index_name(collection: &str, field: &str) -> String {
+    format!("ix:{collection}:{field}")
+}
+
+/// The index that serves equality lookups on `field`: a unique field's or a relation
+/// field's. Its expression is the one the filter compiler writes for the field.
+pub(crate) fn field_index(spec: &CollectionSpec, field: &str) -> Option<String> {
+    let f = spec.fields.iter().flatten().find(|f| f.name == field)?;
+    if f.unique {
+        Some(unique_index_name(&spec.name, field))
+    } else if matches!(f.ty, FieldType::Relation { .. }) {
+        Some(relation_index_name(&spec.name, field))
+    } else {
+        None
+    }
+}
+
+/// The field indexes a collection has in the database.
+fn field_indexes(conn: &Connection, collection: &str) -> HubResult<Vec<String>> {
+    let mut names = Vec::new();
+    for prefix in [
+        unique_index_name(collection, ""),
+        relation_index_name(collection, ""),
+    ] {
+        let mut stmt = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND substr(name, 1, ?2) = ?1",
+            )
+            .map_err(sql_err)?;
+        let found = stmt
+            .query_map(params![prefix, prefix.len() as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(sql_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql_err)?;
+        names.extend(found);
+    }
     Ok(names)
+}
+
+/// Makes a collection's field indexes what its schema asks for. Unique fields are
+/// enforced by partial expression indexes, so the database itself refuses a duplicate
+/// even under concurrent writers; relation fields get a plain one (see
+/// [`relation_index_name`]). Run on every schema change and, for collections made
+/// before relation indexes existed, when the store opens.
+pub(crate) fn ensure_field_indexes(conn: &Connection, spec: &CollectionSpec) -> HubResult<()> {
+    let wanted: Vec<(String, &str, bool)> = spec
+        .fields
+        .iter()
+        .flatten()
+        .filter_map(|f| Some((field_index(spec, &f.name)?, f.name.as_str(), f.unique)))
+        .collect();
+    for idx in field_indexes(conn, &spec.name)? {
+        if !wanted.iter().any(|(w, _, _)| *w == idx) {
+            conn.execute_batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))
+                .map_err(sql_err)?;
+        }
+    }
+    for (idx, field, unique) in wanted {
+        // Names are validated identifiers, so interpolation is safe.
+        let sql = format!(
+            "CREATE {u}INDEX IF NOT EXISTS \"{idx}\" ON records (json_extract(data, '$.\"{field}\"')) WHERE collection = '{c}'",
+            u = if unique { "UNIQUE " } else { "" },
+            c = spec.name,
+        );
+        conn.execute_batch(&sql).map_err(sql_err)?;
+    }
+    Ok(())
 }
 
 impl Tx for Transaction<'_> {
@@ -184,32 +243,7 @@ impl Tx for Transaction<'_> {
             ],
         )
         .map_err(sql_err)?;
-        // Unique fields are enforced by partial expression indexes, so the database itself
-        // refuses a duplicate even under concurrent writers.
-        let wanted: Vec<String> = spec
-            .fields
-            .iter()
-            .flatten()
-            .filter(|f| f.unique)
-            .map(|f| unique_index_name(&spec.name, &f.name))
-            .collect();
-        for idx in unique_indexes(self, &spec.name)? {
-            if !wanted.contains(&idx) {
-                self.execute_batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))
-                    .map_err(sql_err)?;
-            }
-        }
-        for f in spec.fields.iter().flatten().filter(|f| f.unique) {
-            // Names are validated identifiers, so interpolation is safe.
-            let sql = format!(
-                "CREATE UNIQUE INDEX IF NOT EXISTS \"{idx}\" ON records (json_extract(data, '$.\"{f}\"')) WHERE collection = '{c}'",
-                idx = unique_index_name(&spec.name, &f.name),
-                c = spec.name,
-                f = f.name
-            );
-            self.execute_batch(&sql).map_err(sql_err)?;
-        }
-        Ok(())
+        ensure_field_indexes(self, spec)
     }
 
     fn delete_collection(&mut self, name: &str) -> HubResult<()> {
@@ -217,7 +251,7 @@ impl Tx for Transaction<'_> {
             .map_err(sql_err)?;
         self.execute("DELETE FROM collections WHERE name = ?1", params![name])
             .map_err(sql_err)?;
-        for idx in unique_indexes(self, name)? {
+        for idx in field_indexes(self, name)? {
             self.execute_batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))
                 .map_err(sql_err)?;
         }

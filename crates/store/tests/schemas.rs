@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Env, obj, query, rules, spec};
+use common::{Env, ids, obj, query, rules, spec, walk};
 use polyport_core::schema::Rule;
 use polyport_core::{HubError, ListQuery};
 use serde_json::json;
@@ -336,4 +336,87 @@ async fn unique_fields_with_double_underscores_in_names() {
         .unwrap_err();
     assert!(matches!(e, HubError::Conflict(_)), "{e:?}");
     assert_eq!(rules(&e), [("code".to_string(), Rule::Unique)]);
+}
+
+/// Lookups by a relation field (what GraphQL's reverse relations send) and by a unique
+/// field read the field's index on SQLite; they must find exactly what the filter says,
+/// page by page, with counts, sorted, and after the field stops being a relation.
+#[tokio::test]
+async fn lookups_by_a_relation_or_unique_field_find_exactly_the_matching_records() {
+    let env = schema_env().await;
+    let (hub, ctx) = (&env.hub, &env.ctx);
+    for u in 0..8 {
+        hub.create_record(
+            ctx,
+            "users",
+            Some(format!("u{u}")),
+            obj(json!({"name": format!("n{u}"), "email": format!("e{u}@x")})),
+        )
+        .await
+        .unwrap();
+    }
+    let mut want_13 = Vec::new();
+    let mut want_5 = Vec::new();
+    for i in 0..120 {
+        let mut doc = json!({"title": format!("t{:03}", 119 - i), "views": i});
+        // Every seventh post has no author: missing is not a match.
+        if i % 7 != 0 {
+            doc["author"] = json!(format!("u{}", i % 8));
+        }
+        let id = format!("p{i:03}");
+        hub.create_record(ctx, "posts", Some(id.clone()), obj(doc.clone()))
+            .await
+            .unwrap();
+        match doc.get("author").and_then(|a| a.as_str()) {
+            Some("u1" | "u3") => want_13.push(id.clone()),
+            Some("u5") => want_5.push(id.clone()),
+            _ => {}
+        }
+    }
+    let check = |label: &'static str, filter: &'static str, want: Vec<String>| {
+        let env = &env;
+        async move {
+            let (got, pages) = walk(env, "posts", query(Some(filter), "", 4)).await;
+            assert_eq!(ids(&got), want, "{label}: by id");
+            assert!(pages > 1 || want.len() <= 4, "{label}: paged");
+            let (got, _) = walk(env, "posts", query(Some(filter), "-title", 5)).await;
+            let mut by_title = want.clone();
+            by_title.sort();
+            assert_eq!(ids(&got), by_title, "{label}: by title, descending");
+            let mut q = query(Some(filter), "", 1000);
+            q.count = true;
+            let page = env.hub.list_records(&env.ctx, "posts", &q).await.unwrap();
+            assert_eq!(page.total, Some(want.len() as u64), "{label}: count");
+        }
+    };
+    check(
+        "any of two",
+        r#"author = "u1" || author = "u3""#,
+        want_13.clone(),
+    )
+    .await;
+    check("one", r#"author = "u5""#, want_5.clone()).await;
+    check("none", r#"author = "u9" || author = "nobody""#, Vec::new()).await;
+    let (got, _) = walk(&env, "users", query(Some(r#"email = "e4@x""#), "", 10)).await;
+    assert_eq!(ids(&got), ["u4"], "a unique field");
+    // No longer a relation: the same lookups read the collection instead.
+    hub.replace_collection(
+        ctx,
+        spec(json!({"name": "posts", "fields": [
+            {"name": "title", "type": "text", "required": true},
+            {"name": "views", "type": "integer", "default": 0},
+            {"name": "author", "type": "text"},
+            {"name": "editors", "type": "array", "items": {"type": "relation", "collection": "users"}},
+            {"name": "tags", "type": "array", "items": {"type": "text"}},
+        ]})),
+    )
+    .await
+    .unwrap();
+    check(
+        "any of two, no index",
+        r#"author = "u1" || author = "u3""#,
+        want_13,
+    )
+    .await;
+    check("one, no index", r#"author = "u5""#, want_5).await;
 }

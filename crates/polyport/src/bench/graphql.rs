@@ -14,11 +14,16 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::{TestServer, load, streamed_writes, users_writes};
 
-pub(crate) async fn run(
-    users: usize,
-    duration: Duration,
-    concurrency: usize,
-) -> anyhow::Result<()> {
+/// The data a page is read from.
+pub(crate) struct Page {
+    /// Users on the page.
+    pub(crate) users: usize,
+    /// Users after them (ids sort later), not on the page.
+    pub(crate) more_users: usize,
+}
+
+pub(crate) async fn run(page: Page, duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+    let Page { users, more_users } = page;
     let server = TestServer::start().await?;
     let base = format!("http://{}", server.addr);
     let c = reqwest::Client::new();
@@ -38,8 +43,8 @@ pub(crate) async fn run(
     )
     .await?
     .error_for_status()?;
-    for i in 0..users {
-        let id = format!("u{i:04}");
+    for i in 0..users + more_users {
+        let id = format!("u{i:06}");
         post(
             "/api/collections/users/records",
             json!({"id": id, "username": format!("user {i}")}),
@@ -74,8 +79,12 @@ pub(crate) async fn run(
     if nodes != users {
         bail!("GraphQL returned {nodes} users, expected {users}: {check}");
     }
+    let beyond = match more_users {
+        0 => String::new(),
+        n => format!(" ({} posts in all)", 2 * (users + n)),
+    };
     println!(
-        "polyport bench graphql: a page of {users} users with 2 posts each, {concurrency} clients, {}s per scenario",
+        "polyport bench graphql: a page of {users} users with 2 posts each{beyond}, {concurrency} clients, {}s per scenario",
         duration.as_secs()
     );
     println!(
