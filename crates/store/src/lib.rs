@@ -308,7 +308,7 @@ impl Store for SqliteStore {
         let nkeys = exprs.len();
         let (rows, total) = self
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&sql)?;
+                let mut stmt = prepare_indexed(conn, &sql, &from)?;
                 let rows = stmt
                     .query_map(params_from_iter(params.iter()), |row| {
                         let rec = record_from_row(row)?;
@@ -321,7 +321,7 @@ impl Store for SqliteStore {
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 let total = if want_count {
                     Some(
-                        conn.prepare_cached(&count_sql)?
+                        prepare_indexed(conn, &count_sql, &from)?
                             .query_row(params_from_iter(count_params.iter()), |r| {
                                 r.get::<_, i64>(0)
                             })? as u64,
@@ -446,5 +446,47 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.writer.close().await;
+    }
+}
+
+/// A list statement reading `from` (the records, perhaps through a field's index), or the
+/// records without the index when it is gone: a schema change that drops one commits
+/// before the collections a concurrent read looked at are replaced.
+fn prepare_indexed<'c>(
+    conn: &'c rusqlite::Connection,
+    sql: &str,
+    from: &str,
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    match conn.prepare_cached(sql) {
+        Err(e) if from != "records" && e.to_string().contains("no such index") => {
+            conn.prepare_cached(&sql.replacen(from, "records", 1))
+        }
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn a_list_through_a_dropped_index_reads_the_records_instead() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE records (collection TEXT, id TEXT, data TEXT);
+             INSERT INTO records VALUES ('posts', 'p1', '{}');",
+        )
+        .unwrap();
+        let from = "records INDEXED BY \"ix:posts:author\"";
+        let sql = format!("SELECT id FROM {from} WHERE collection = 'posts'");
+        let mut stmt = super::prepare_indexed(&conn, &sql, from).unwrap();
+        let ids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, ["p1"]);
+        // Any other failure is still one.
+        assert!(super::prepare_indexed(&conn, "SELECT nope FROM records", from).is_err());
     }
 }

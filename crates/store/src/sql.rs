@@ -119,7 +119,8 @@ fn string_equalities<'a>(f: &'a Filter, values: &mut Vec<&'a str>) -> Option<&'a
 }
 
 /// The document field a filter looks records up by: one equality with a string, or an
-/// `||` of them, on a top-level field (what a field index serves).
+/// `||` of them, on a top-level field (what a field index serves), alone or `&&` other
+/// conditions (a collection's read rule, say).
 pub(crate) fn lookup_field(f: &Filter) -> Option<&str> {
     let path = match f {
         Filter::Cmp {
@@ -128,6 +129,7 @@ pub(crate) fn lookup_field(f: &Filter) -> Option<&str> {
             value: Literal::Str(_),
         } => path.as_slice(),
         Filter::Or(..) => string_equalities(f, &mut Vec::new())?,
+        Filter::And(a, b) => return lookup_field(a).or_else(|| lookup_field(b)),
         _ => return None,
     };
     match path {

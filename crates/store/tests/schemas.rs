@@ -397,6 +397,17 @@ async fn lookups_by_a_relation_or_unique_field_find_exactly_the_matching_records
     .await;
     check("one", r#"author = "u5""#, want_5.clone()).await;
     check("none", r#"author = "u9" || author = "nobody""#, Vec::new()).await;
+    let with_more: Vec<String> = want_13
+        .iter()
+        .filter(|id| id.as_str() >= "p060")
+        .cloned()
+        .collect();
+    check(
+        "and another condition",
+        r#"views >= 60 && (author = "u1" || author = "u3")"#,
+        with_more,
+    )
+    .await;
     let (got, _) = walk(&env, "users", query(Some(r#"email = "e4@x""#), "", 10)).await;
     assert_eq!(ids(&got), ["u4"], "a unique field");
     // No longer a relation: the same lookups read the collection instead.
