@@ -464,3 +464,27 @@ def test_publishers_are_blocked_while_the_disk_falls_behind(servers):
     assert events[1] == ("unblocked", None)
     got = [int(b) for _, _, b in drain(ch, "slow_disk", 200)]
     assert got == list(range(200))
+
+
+def test_a_message_published_before_an_unbind_is_delivered_though_it_reaches_the_queue_after(servers):
+    """A queue reads ahead only a window of messages ([amqp] queue_window); one published
+    behind a full window reaches the queue once there is room, which here is after the
+    unbind that followed its publish. It is routed by the binding of its time, so it is
+    delivered, with the exchange and routing key it was published with."""
+    s = servers.start("[amqp]\nqueue_window = 2\n")
+    conn = connect(s)
+    ch = conn.channel()
+    ch.exchange_declare("orders", "topic", durable=True)
+    ch.queue_declare("late", durable=True)
+    ch.queue_bind("late", "orders", "fill.*")
+    ch.confirm_delivery()
+    persistent = pika.BasicProperties(delivery_mode=2)
+    for n in range(4):
+        ch.basic_publish("orders", f"fill.{n}", b"x", persistent)
+    ch.queue_bind("late", "orders", "eu.*")
+    ch.basic_publish("orders", "eu.paris", b"paris", persistent)
+    ch.queue_unbind("late", "orders", "eu.*")
+    got = drain(ch, "late", 5, timeout=5)
+    assert [(m.exchange, m.routing_key, b) for m, _, b in got] == [
+        ("orders", f"fill.{n}", b"x") for n in range(4)
+    ] + [("orders", "eu.paris", b"paris")]

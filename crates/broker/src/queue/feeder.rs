@@ -158,10 +158,14 @@ impl Queue {
         }
         let route = {
             let st = self.state.lock();
-            st.routes.iter().find_map(|b| {
-                b.route(&Routed::event(&d.event))
-                    .map(|key| (b.exchange.clone(), key))
-            })
+            // Published before a change of bindings, it may arrive after it.
+            std::iter::once(&st.routes)
+                .chain(st.earlier_routes.iter().rev())
+                .flatten()
+                .find_map(|b| {
+                    b.route(&Routed::event(&d.event))
+                        .map(|key| (b.exchange.clone(), key))
+                })
         };
         let message = Message {
             acker: Some(acker.clone()),

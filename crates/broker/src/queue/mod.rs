@@ -53,6 +53,10 @@ pub const GET_LINGER: Duration = Duration::from_secs(5);
 /// How long a `basic.get` that started reading waits for a first message.
 const FIRST_READ: Duration = Duration::from_millis(250);
 
+/// How many earlier sets of routes a queue keeps for messages still arriving under
+/// them (see `State::earlier_routes`).
+const ROUTE_HISTORY: usize = 8;
+
 /// How often a queue retries consumers that had no room.
 const PUMP_EVERY: Duration = Duration::from_millis(20);
 
@@ -151,6 +155,10 @@ struct State {
     /// exchange-to-exchange bindings (what routing looks at).
     bindings: Vec<Binding>,
     routes: Vec<Binding>,
+    /// The routes before the last few changes, newest last. The group routes a message
+    /// by the bindings of its time, so one published just before an unbind can arrive
+    /// after it; its exchange and routing key are then read from the routes that took it.
+    earlier_routes: VecDeque<Vec<Binding>>,
     ready: VecDeque<Message>,
     consumers: Vec<Consumer>,
     rr: usize,
@@ -614,7 +622,11 @@ impl Queue {
         let changed = {
             let mut st = self.state.lock();
             let before = filters_of(&st.routes);
-            st.routes = routes;
+            let old = std::mem::replace(&mut st.routes, routes);
+            st.earlier_routes.push_back(old);
+            if st.earlier_routes.len() > ROUTE_HISTORY {
+                st.earlier_routes.pop_front();
+            }
             let after = filters_of(&st.routes);
             let differ = before
                 .iter()
