@@ -623,15 +623,19 @@ impl Queue {
             let mut st = self.state.lock();
             let before = filters_of(&st.routes);
             let old = std::mem::replace(&mut st.routes, routes);
-            st.earlier_routes.push_back(old);
-            if st.earlier_routes.len() > ROUTE_HISTORY {
-                st.earlier_routes.pop_front();
-            }
             let after = filters_of(&st.routes);
             let differ = before
                 .iter()
                 .map(|f| f.as_str())
                 .ne(after.iter().map(|f| f.as_str()));
+            // A binding declared again (every Celery worker does at start) is no change:
+            // it must not push real ones out of the history.
+            if differ {
+                st.earlier_routes.push_back(old);
+                if st.earlier_routes.len() > ROUTE_HISTORY {
+                    st.earlier_routes.pop_front();
+                }
+            }
             if st.deleted || !self.wanted(&st) || (st.feeder.is_some() && !differ) {
                 return None;
             }
