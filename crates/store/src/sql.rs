@@ -144,10 +144,19 @@ fn path_literal(p: &str) -> String {
 }
 
 fn compile_any_of(path: &[String], values: &[&str], params: &mut Vec<SqlValue>) -> String {
-    let col = column(path);
-    if matches!(col, Col::Int(_)) {
-        return "0".into();
-    }
+    // Decided before any parameter is pushed (see `compile_cmp`).
+    let (value, guard) = match column(path) {
+        // A string never equals the integer column.
+        Col::Int(_) => return "0".into(),
+        Col::Text(c) => (c.to_string(), None),
+        Col::Json(p) => {
+            let p = path_literal(&p);
+            (
+                format!("json_extract(data, {p})"),
+                Some(format!("json_type(data, {p}) = 'text'")),
+            )
+        }
+    };
     let list: Vec<String> = values
         .iter()
         .map(|v| {
@@ -155,13 +164,10 @@ fn compile_any_of(path: &[String], values: &[&str], params: &mut Vec<SqlValue>) 
             format!("?{}", params.len())
         })
         .collect();
-    let list = list.join(", ");
-    match col {
-        Col::Json(p) => {
-            let p = path_literal(&p);
-            format!("(json_type(data, {p}) = 'text' AND json_extract(data, {p}) IN ({list}))")
-        }
-        Col::Text(c) | Col::Int(c) => format!("{c} IN ({list})"),
+    let test = format!("{value} IN ({})", list.join(", "));
+    match guard {
+        Some(g) => format!("({g} AND {test})"),
+        None => test,
     }
 }
 
