@@ -67,6 +67,11 @@ enum Which {
         /// page shows whether a page costs what it reads or what the collection holds.
         #[arg(long, default_value_t = 0)]
         more_users: usize,
+        /// Read the page from the cluster engine on this PostgreSQL database (a fresh
+        /// schema, dropped after) instead of the embedded one; the subscription
+        /// scenario stays on the embedded engine.
+        #[arg(long)]
+        postgres: Option<String>,
         /// Seconds per scenario.
         #[arg(long, default_value_t = 5)]
         duration: u64,
@@ -133,12 +138,17 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Graphql {
             users,
             more_users,
+            postgres,
             duration,
             concurrency,
             subscribers,
             writes,
         } => {
-            let page = graphql::Page { users, more_users };
+            let page = graphql::Page {
+                users,
+                more_users,
+                postgres,
+            };
             graphql::run(page, Duration::from_secs(duration), concurrency).await?;
             graphql::subscription_fanout(subscribers, writes).await
         }

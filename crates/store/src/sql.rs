@@ -138,8 +138,43 @@ pub(crate) fn lookup_field(f: &Filter) -> Option<&str> {
     }
 }
 
+/// Why a field has an index of its own, on both engines: a unique field's enforces it,
+/// a (single, not array) relation field's finds the records pointing at a set of targets
+/// (a GraphQL reverse relation, `author = "u1" || author = "u2"`) without reading the
+/// whole collection. Either serves the lookups [`lookup_field`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FieldIndex {
+    Unique,
+    Relation,
+}
+
+/// The index `field` of `spec` has, if any.
+pub(crate) fn field_index(
+    spec: &polyport_core::schema::CollectionSpec,
+    field: &str,
+) -> Option<FieldIndex> {
+    let f = spec.fields.iter().flatten().find(|f| f.name == field)?;
+    if f.unique {
+        Some(FieldIndex::Unique)
+    } else if matches!(f.ty, polyport_core::schema::FieldType::Relation { .. }) {
+        Some(FieldIndex::Relation)
+    } else {
+        None
+    }
+}
+
+/// The fields of `spec` that have an index, with its kind.
+pub(crate) fn field_indexes(
+    spec: &polyport_core::schema::CollectionSpec,
+) -> impl Iterator<Item = (&str, FieldIndex)> {
+    spec.fields
+        .iter()
+        .flatten()
+        .filter_map(|f| Some((f.name.as_str(), field_index(spec, &f.name)?)))
+}
+
 /// A JSON path as an SQL string literal (so an expression index on it can match).
-fn path_literal(p: &str) -> String {
+pub(crate) fn path_literal(p: &str) -> String {
     format!("'{}'", p.replace('\'', "''"))
 }
 

@@ -4,12 +4,13 @@
 
 use polyport_core::event::Event;
 use polyport_core::record::format_time;
-use polyport_core::schema::{Collection, CollectionSpec, FieldError, FieldType, Rule};
+use polyport_core::schema::{Collection, CollectionSpec, FieldError, Rule};
 use polyport_core::{HubError, HubResult, Record};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
 use crate::db::{RECORD_COLS, exec, record_from_row};
+use crate::sql::FieldIndex;
 use crate::tx::{EventJson, Settle, Tx};
 
 /// A database error in a write: a unique index refusing a value is the client's
@@ -45,9 +46,7 @@ fn unique_violation(e: &rusqlite::Error) -> Option<(String, String)> {
     None
 }
 
-/// The index of a (single, not array) relation field: the records pointing at a set of
-/// targets (a GraphQL reverse relation, `author = "u1" || author = "u2"`) are looked up
-/// in it rather than found by reading the whole collection.
+/// The name of a relation field's index (see [`crate::sql::FieldIndex`]).
 pub(crate) fn relation_index_name(collection: &str, field: &str) -> String {
     format!("ix:{collection}:{field}")
 }
@@ -55,13 +54,17 @@ pub(crate) fn relation_index_name(collection: &str, field: &str) -> String {
 /// The index that serves equality lookups on `field`: a unique field's or a relation
 /// field's. Its expression is the one the filter compiler writes for the field.
 pub(crate) fn field_index(spec: &CollectionSpec, field: &str) -> Option<String> {
-    let f = spec.fields.iter().flatten().find(|f| f.name == field)?;
-    if f.unique {
-        Some(unique_index_name(&spec.name, field))
-    } else if matches!(f.ty, FieldType::Relation { .. }) {
-        Some(relation_index_name(&spec.name, field))
-    } else {
-        None
+    Some(index_name(
+        &spec.name,
+        field,
+        crate::sql::field_index(spec, field)?,
+    ))
+}
+
+fn index_name(collection: &str, field: &str, kind: FieldIndex) -> String {
+    match kind {
+        FieldIndex::Unique => unique_index_name(collection, field),
+        FieldIndex::Relation => relation_index_name(collection, field),
     }
 }
 
@@ -95,11 +98,14 @@ fn field_indexes(conn: &Connection, collection: &str) -> HubResult<Vec<String>> 
 /// [`relation_index_name`]). Run on every schema change and, for collections made
 /// before relation indexes existed, when the store opens.
 pub(crate) fn ensure_field_indexes(conn: &Connection, spec: &CollectionSpec) -> HubResult<()> {
-    let wanted: Vec<(String, &str, bool)> = spec
-        .fields
-        .iter()
-        .flatten()
-        .filter_map(|f| Some((field_index(spec, &f.name)?, f.name.as_str(), f.unique)))
+    let wanted: Vec<(String, &str, bool)> = crate::sql::field_indexes(spec)
+        .map(|(f, kind)| {
+            (
+                index_name(&spec.name, f, kind),
+                f,
+                kind == FieldIndex::Unique,
+            )
+        })
         .collect();
     for idx in field_indexes(conn, &spec.name)? {
         if !wanted.iter().any(|(w, _, _)| *w == idx) {

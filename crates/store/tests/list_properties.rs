@@ -366,17 +366,8 @@ fn prop_postgres_filter_agrees_with_in_memory_filter() {
                 let f = Filter::parse(src).unwrap();
                 let mut params = Vec::new();
                 let sql = compile_filter(&f, &mut params);
-                let bound: Vec<Box<dyn ToSql + Sync + Send>> = params
-                    .into_iter()
-                    .map(|p| -> Box<dyn ToSql + Sync + Send> {
-                        match p {
-                            PgParam::Text(s) => Box::new(s),
-                            PgParam::Float(n) => Box::new(n),
-                            PgParam::Bool(b) => Box::new(b),
-                            PgParam::Path(p) => Box::new(p),
-                        }
-                    })
-                    .collect();
+                let bound: Vec<Box<dyn ToSql + Sync + Send>> =
+                    params.iter().map(PgParam::to_sql).collect();
                 let refs: Vec<&(dyn ToSql + Sync)> = bound
                     .iter()
                     .map(|b| b.as_ref() as &(dyn ToSql + Sync))

@@ -339,8 +339,9 @@ async fn unique_fields_with_double_underscores_in_names() {
 }
 
 /// Lookups by a relation field (what GraphQL's reverse relations send) and by a unique
-/// field read the field's index on SQLite; they must find exactly what the filter says,
-/// page by page, with counts, sorted, and after the field stops being a relation.
+/// field read the field's index (on either engine); they must find exactly what the
+/// filter says, page by page, with counts, sorted, and after the field stops being a
+/// relation.
 #[tokio::test]
 async fn lookups_by_a_relation_or_unique_field_find_exactly_the_matching_records() {
     let env = schema_env().await;

@@ -20,11 +20,19 @@ pub(crate) struct Page {
     pub(crate) users: usize,
     /// Users after them (ids sort later), not on the page.
     pub(crate) more_users: usize,
+    /// The PostgreSQL database of the cluster engine to read from, if not the embedded.
+    pub(crate) postgres: Option<String>,
 }
 
 pub(crate) async fn run(page: Page, duration: Duration, concurrency: usize) -> anyhow::Result<()> {
-    let Page { users, more_users } = page;
-    let server = TestServer::start().await?;
+    let Page {
+        users,
+        more_users,
+        postgres,
+    } = page;
+    let schema = super::cluster::schema();
+    let server =
+        TestServer::start_on(postgres.as_deref().map(|url| (url, schema.as_str()))).await?;
     let base = format!("http://{}", server.addr);
     let c = reqwest::Client::new();
     let post = |path: &str, body: Value| c.post(format!("{base}{path}")).json(&body).send();
@@ -83,8 +91,12 @@ pub(crate) async fn run(page: Page, duration: Duration, concurrency: usize) -> a
         0 => String::new(),
         n => format!(" ({} posts in all)", 2 * (users + n)),
     };
+    let engine = match postgres {
+        Some(_) => ", cluster engine (PostgreSQL)",
+        None => "",
+    };
     println!(
-        "polyport bench graphql: a page of {users} users with 2 posts each{beyond}, {concurrency} clients, {}s per scenario",
+        "polyport bench graphql: a page of {users} users with 2 posts each{beyond}{engine}, {concurrency} clients, {}s per scenario",
         duration.as_secs()
     );
     println!(
@@ -156,6 +168,10 @@ pub(crate) async fn run(page: Page, duration: Duration, concurrency: usize) -> a
         gql.0 / batched.0.max(0.001)
     );
     server.stop().await;
+    if let Some(url) = postgres {
+        tokio::task::spawn_blocking(move || polyport_store::pg::drop_schema(&url, &schema))
+            .await??;
+    }
     Ok(())
 }
 

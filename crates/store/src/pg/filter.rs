@@ -14,6 +14,8 @@
 
 use polyport_core::query::{Filter, Literal, Op};
 
+use serde_json::Value;
+
 use crate::sql::sql_op;
 
 /// A parameter of a compiled filter, bound by the caller's Postgres client.
@@ -27,6 +29,25 @@ pub enum PgParam {
     Bool(bool),
     /// `text[]`: a JSON path for `#>`, or the strings of an `= ANY` list.
     Path(Vec<String>),
+    /// `jsonb`.
+    Json(Value),
+    /// `jsonb[]`. Bound as such, not cast from text in the query: a cast of a parameter
+    /// stays in a generic plan and is redone for every row.
+    JsonArray(Vec<Value>),
+}
+
+impl PgParam {
+    /// The value to bind, as its SQL type.
+    pub fn to_sql(&self) -> Box<dyn postgres::types::ToSql + Sync + Send> {
+        match self {
+            PgParam::Text(s) => Box::new(s.clone()),
+            PgParam::Float(f) => Box::new(*f),
+            PgParam::Bool(b) => Box::new(*b),
+            PgParam::Path(p) => Box::new(p.clone()),
+            PgParam::Json(v) => Box::new(v.clone()),
+            PgParam::JsonArray(v) => Box::new(v.clone()),
+        }
+    }
 }
 
 /// A system column, or a JSON path into `data`.
@@ -62,10 +83,32 @@ pub fn compile_filter(f: &Filter, params: &mut Vec<PgParam>) -> String {
     )
 }
 
+/// A lookup of a top-level field by string equality, written as its field index
+/// (`schema::field_index_ddl`) can serve it: the index's expression compared as `jsonb`
+/// (a JSON string equals only the same string, byte for byte, as in memory) and its
+/// condition repeated so that the planner sees the query implies it. `values` are JSON
+/// strings (one, or an `= ANY` list); `None` for a path an index never covers.
+fn field_lookup(path: &[String], values: &[&str], params: &mut Vec<PgParam>) -> Option<String> {
+    let [field] = path else { return None };
+    let v = format!("(data -> {})", crate::sql::path_literal(field));
+    let json = |s: &str| Value::String(s.to_string());
+    let test = match values {
+        [one] => format!("= ${}::jsonb", push(params, PgParam::Json(json(one)))),
+        many => {
+            let list = PgParam::JsonArray(many.iter().map(|s| json(s)).collect());
+            format!("= ANY(${}::jsonb[])", push(params, list))
+        }
+    };
+    Some(format!("({v} {test} AND jsonb_typeof({v}) <> 'null')"))
+}
+
 fn compile_any_of(path: &[String], values: &[&str], params: &mut Vec<PgParam>) -> String {
     let list = || PgParam::Path(values.iter().map(|v| (*v).to_string()).collect());
-    let expr = match column(path) {
+    match column(path) {
         Col::Json(p) => {
+            if let Some(sql) = field_lookup(&p, values, params) {
+                return sql;
+            }
             let i = push(params, PgParam::Path(p));
             let k = push(params, list());
             let v = format!("(data #> ${i}::text[])");
@@ -77,25 +120,42 @@ fn compile_any_of(path: &[String], values: &[&str], params: &mut Vec<PgParam>) -
             let k = push(params, list());
             format!("{c} COLLATE \"C\" = ANY(${k}::text[])")
         }
-        Col::Int(_) => return "false".into(),
-    };
-    format!("coalesce({expr}, false)")
+        Col::Int(_) => "false".into(),
+    }
 }
 
+/// A comparison; a positive one may be NULL where it does not hold (a filter has no
+/// negation above its comparisons, and `WHERE` takes NULL for false), which keeps it
+/// in the form an index matches.
 fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<PgParam>) -> String {
     match op {
-        Op::Ne => return format!("(NOT {})", compile_cmp(path, Op::Eq, lit, params)),
-        Op::NotLike => return format!("(NOT {})", compile_cmp(path, Op::Like, lit, params)),
+        Op::Ne => {
+            return format!(
+                "(NOT coalesce({}, false))",
+                compile_cmp(path, Op::Eq, lit, params)
+            );
+        }
+        Op::NotLike => {
+            return format!(
+                "(NOT coalesce({}, false))",
+                compile_cmp(path, Op::Like, lit, params)
+            );
+        }
         _ => {}
     }
     let like = op == Op::Like;
-    let expr = match (column(path), lit) {
+    match (column(path), lit) {
         (Col::Json(p), Literal::Null) if matches!(op, Op::Eq | Op::Ge | Op::Le) => {
             let i = push(params, PgParam::Path(p));
             let v = format!("(data #> ${i}::text[])");
             format!("({v} IS NULL OR jsonb_typeof({v}) = 'null')")
         }
         (Col::Json(p), Literal::Str(s)) => {
+            if op == Op::Eq
+                && let Some(sql) = field_lookup(&p, &[s], params)
+            {
+                return sql;
+            }
             let i = push(params, PgParam::Path(p));
             let k = push(params, PgParam::Text(s.clone()));
             let v = format!("(data #> ${i}::text[])");
@@ -132,9 +192,8 @@ fn compile_cmp(path: &[String], op: Op, lit: &Literal, params: &mut Vec<PgParam>
             format!("{c}::float8 {} ${k}::float8", sql_op(op))
         }
         // A type the value can never have: the comparison never holds.
-        _ => return "false".into(),
-    };
-    format!("coalesce({expr}, false)")
+        _ => "false".into(),
+    }
 }
 
 fn text_cmp(value: &str, op: Op, k: usize) -> String {
@@ -165,17 +224,21 @@ mod tests {
 
     #[test]
     fn parameters_are_numbered_in_push_order() {
-        let (sql, params) = compiled("m.x = \"a\" && version >= 2");
+        let (sql, params) = compiled("m.x = \"a\" && version >= 2 && t = \"b\"");
         assert_eq!(
             params,
             vec![
                 PgParam::Path(vec!["m".into(), "x".into()]),
                 PgParam::Text("a".into()),
-                PgParam::Float(2.0)
+                PgParam::Float(2.0),
+                PgParam::Json(Value::from("b")),
             ]
         );
         assert!(
-            sql.contains("$1::text[]") && sql.contains("$2::text") && sql.contains("$3::float8"),
+            sql.contains("$1::text[]")
+                && sql.contains("$2::text")
+                && sql.contains("$3::float8")
+                && sql.contains("(data -> 't') = $4::jsonb"),
             "{sql}"
         );
     }

@@ -92,10 +92,16 @@ fn cast(kind: Kind) -> &'static str {
     }
 }
 
-/// Compiles a list of `collection`.
-pub(crate) fn compile(collection: &str, query: &ListQuery) -> HubResult<ListSql> {
+/// Compiles a list of `collection`. With `indexed` (the filter is a lookup by a field
+/// with an index: [`crate::sql::lookup_field`]), the collection is also spelled out, so
+/// the planner sees the query implies the partial index's condition whatever plan the
+/// statement gets (`collection` is then a known collection's validated name).
+pub(crate) fn compile(collection: &str, query: &ListQuery, indexed: bool) -> HubResult<ListSql> {
     let mut params = vec![PgParam::Text(collection.to_string())];
     let mut where_sql = String::from("collection = $1::text");
+    if indexed {
+        where_sql.push_str(&format!(" AND collection = '{collection}'"));
+    }
     if let Some(f) = &query.filter {
         where_sql.push_str(" AND ");
         where_sql.push_str(&compile_filter(f, &mut params));
@@ -155,4 +161,85 @@ pub(crate) fn compile(collection: &str, query: &ListQuery) -> HubResult<ListSql>
         limit,
         spec,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use polyport_core::query::{Filter, ListQuery};
+    use polyport_core::schema::CollectionSpec;
+    use postgres::{Client, NoTls};
+
+    use super::super::{bind, refs, schema};
+
+    /// A relation lookup, as compiled, reads the field's index: with a plan made for its
+    /// values and with the generic plan a cached statement may switch to (in which a
+    /// parameter cast, say, would be redone for every row instead). The index is made
+    /// at start for a collection that predates it.
+    #[test]
+    fn a_relation_lookup_reads_the_fields_index_in_either_plan() {
+        let url = super::super::test_url();
+        let name = format!("t_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+        let mut c = Client::connect(&url, NoTls).expect("postgres");
+        schema::migrate(&mut c, &name).expect("migrate");
+        c.batch_execute(&format!("SET search_path TO \"{name}\""))
+            .unwrap();
+        let spec: CollectionSpec = serde_json::from_value(serde_json::json!({
+            "name": "posts",
+            "fields": [{"name": "author", "type": "relation", "collection": "users"}]
+        }))
+        .unwrap();
+        c.execute(
+            "INSERT INTO collections (name, spec, created_at, updated_at) VALUES ('posts', $1, '', '')",
+            &[&serde_json::to_string(&spec).unwrap()],
+        )
+        .unwrap();
+        schema::migrate(&mut c, &name).expect("migrate again");
+        let ddl = schema::field_index_ddl(&spec);
+        let made: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+                &[&name, &ddl[0].0],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!((ddl.len(), made), (1, 1));
+        c.batch_execute(
+            "INSERT INTO records (collection, id, data, doc, created_at, updated_at, version)
+             SELECT 'posts', lpad(i::text, 6, '0'), jsonb_build_object('author', 'u' || (i % 500)),
+                    '{}', lpad(i::text, 6, '0'), '', 1
+             FROM generate_series(1, 5000) i;
+             ANALYZE records;",
+        )
+        .unwrap();
+        let index = &ddl[0].0;
+        for filter in [r#"author = "u7""#, r#"author = "u7" || author = "u9""#] {
+            let q = ListQuery {
+                filter: Some(Filter::parse(filter).unwrap()),
+                sort: Vec::new(),
+                limit: 20,
+                cursor: None,
+                count: false,
+            };
+            let l = super::compile("posts", &q, true).unwrap();
+            let params = bind(&l.params);
+            for mode in ["force_custom_plan", "force_generic_plan"] {
+                c.batch_execute(&format!("SET plan_cache_mode = {mode}"))
+                    .unwrap();
+                let s = c.prepare(&format!("EXPLAIN {}", l.sql)).unwrap();
+                let plan: Vec<String> = c
+                    .query(&s, &refs(&params))
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let plan = plan.join("\n");
+                assert!(plan.contains(index.as_str()), "{filter}, {mode}:\n{plan}");
+            }
+            let rows = c.query(&l.sql, &refs(&params)).unwrap();
+            let want = if filter.contains("u9") { 20 } else { 10 };
+            assert_eq!(rows.len(), want, "{filter}");
+        }
+        drop(c);
+        super::super::drop_schema(&url, &name).unwrap();
+    }
 }

@@ -217,17 +217,7 @@ fn connect(url: &str, schema: &str) -> Result<Client, postgres::Error> {
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 fn bind(params: &[PgParam]) -> Params {
-    params
-        .iter()
-        .map(|p| -> Box<dyn ToSql + Sync + Send> {
-            match p {
-                PgParam::Text(s) => Box::new(s.clone()),
-                PgParam::Float(f) => Box::new(*f),
-                PgParam::Bool(b) => Box::new(*b),
-                PgParam::Path(p) => Box::new(p.clone()),
-            }
-        })
-        .collect()
+    params.iter().map(PgParam::to_sql).collect()
 }
 
 fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
@@ -443,7 +433,13 @@ impl Store for PgStore {
     }
 
     async fn list_records(&self, collection: &str, query: &ListQuery) -> HubResult<Page> {
-        let l = list::compile(collection, query)?;
+        let indexed = query
+            .filter
+            .as_ref()
+            .and_then(crate::sql::lookup_field)
+            .zip(self.collections().get(collection).cloned())
+            .is_some_and(|(f, c)| crate::sql::field_index(&c.spec, f).is_some());
+        let l = list::compile(collection, query, indexed)?;
         let (sql, params, count, kinds) = (l.sql, bind(&l.params), l.count, l.kinds);
         let (rows, total) = self
             .read(move |client| {

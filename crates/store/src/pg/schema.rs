@@ -12,7 +12,10 @@
 //! Consumer and adapter-state keys are `bytea`: they may hold NUL (a group's key
 //! separates its parts with it), which Postgres text cannot.
 
+use polyport_core::schema::CollectionSpec;
 use postgres::Client;
+
+use crate::sql::FieldIndex;
 
 /// `meta.schema_version` after [`migrate`].
 const VERSION: i64 = 1;
@@ -105,6 +108,49 @@ pub(crate) fn valid_schema(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// A field index's name: a hash of collection and field (Postgres cuts identifiers at
+/// 63 bytes), under a prefix per kind and collection (see [`index_prefixes`]).
+pub(crate) fn index_name(collection: &str, field: &str, kind: FieldIndex) -> String {
+    let [unique, relation] = index_prefixes(collection);
+    let prefix = match kind {
+        FieldIndex::Unique => unique,
+        FieldIndex::Relation => relation,
+    };
+    format!("{prefix}{:016x}", super::fnv1a(field.bytes()))
+}
+
+/// The prefixes of all of one collection's field indexes.
+pub(crate) fn index_prefixes(collection: &str) -> [String; 2] {
+    let h = super::fnv1a(collection.bytes());
+    [format!("uq_{h:016x}_"), format!("ix_{h:016x}_")]
+}
+
+/// The field indexes `spec` asks for, as (name, `CREATE INDEX IF NOT EXISTS`). Each is
+/// a partial expression index on `data -> 'field'` over the collection's non-null
+/// values: a unique one makes the database refuse a duplicate whichever node writes it
+/// (JSON null is left out as SQLite's json_extract leaves it out), and the filter
+/// compiler writes a lookup by the field (`filter.rs`) so that it implies the index's
+/// condition and names its expression.
+pub(crate) fn field_index_ddl(spec: &CollectionSpec) -> Vec<(String, String)> {
+    crate::sql::field_indexes(spec)
+        .map(|(f, kind)| {
+            let name = index_name(&spec.name, f, kind);
+            // Names are validated identifiers, so interpolation is safe.
+            let ddl = format!(
+                "CREATE {u}INDEX IF NOT EXISTS \"{name}\" ON records ((data -> '{f}'))
+                 WHERE collection = '{c}' AND jsonb_typeof(data -> '{f}') <> 'null'",
+                u = if kind == FieldIndex::Unique {
+                    "UNIQUE "
+                } else {
+                    ""
+                },
+                c = spec.name,
+            );
+            (name, ddl)
+        })
+        .collect()
+}
+
 /// Creates or upgrades the tables in `schema`; returns the log's epoch.
 pub(crate) fn migrate(client: &mut Client, schema: &str) -> Result<String, postgres::Error> {
     let mut tx = client.transaction()?;
@@ -117,6 +163,15 @@ pub(crate) fn migrate(client: &mut Client, schema: &str) -> Result<String, postg
         "SET LOCAL client_min_messages TO warning; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET LOCAL search_path TO \"{schema}\";"
     ))?;
     tx.batch_execute(TABLES)?;
+    // Collections made before relation fields were indexed get theirs here, once, under
+    // the lock (a spec this version cannot read is left to the load that follows).
+    for row in tx.query("SELECT spec FROM collections", &[])? {
+        if let Ok(spec) = serde_json::from_str::<CollectionSpec>(row.try_get(0)?) {
+            for (_, ddl) in field_index_ddl(&spec) {
+                tx.batch_execute(&ddl)?;
+            }
+        }
+    }
     let epoch = ulid::Ulid::new().to_string().to_ascii_lowercase();
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('epoch', $1), ('schema_version', $2)

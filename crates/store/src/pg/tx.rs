@@ -56,20 +56,6 @@ fn unique_field(detail: &str) -> Option<&str> {
     Some(&detail[start..start + len])
 }
 
-/// Unique-field index names: a hash of collection and field (Postgres cuts identifiers
-/// at 63 bytes); `uq_{collection}_` prefixes all of one collection's.
-fn unique_index_prefix(collection: &str) -> String {
-    format!("uq_{:016x}_", fnv1a(collection))
-}
-
-fn unique_index_name(collection: &str, field: &str) -> String {
-    format!("{}{:016x}", unique_index_prefix(collection), fnv1a(field))
-}
-
-fn fnv1a(s: &str) -> u64 {
-    super::fnv1a(s.bytes())
-}
-
 /// Statements prepared once per connection: the writer runs the same few for every write.
 #[derive(Default)]
 pub(crate) struct Statements(HashMap<&'static str, Statement>);
@@ -172,14 +158,15 @@ impl PgTx<'_> {
         self.tx.batch_execute(sql).map_err(pg_err)
     }
 
-    fn unique_indexes(&mut self, collection: &str) -> HubResult<Vec<String>> {
-        let prefix = unique_index_prefix(collection);
+    /// The field indexes `collection` has in the database.
+    fn field_indexes(&mut self, collection: &str) -> HubResult<Vec<String>> {
         let s = self.stmt(
             "SELECT indexname::text FROM pg_indexes
              WHERE schemaname = current_schema() AND tablename = 'records'
-               AND left(indexname, length($1)) = $1",
+               AND left(indexname, length($1)) IN ($1, $2)",
         )?;
-        let rows = self.tx.query(&s, &[&prefix]).map_err(pg_err)?;
+        let [unique, relation] = super::schema::index_prefixes(collection);
+        let rows = self.tx.query(&s, &[&unique, &relation]).map_err(pg_err)?;
         rows.iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()
@@ -314,30 +301,14 @@ impl Tx for PgTx<'_> {
                 &format_time(&c.updated_at),
             ],
         )?;
-        let wanted: Vec<String> = spec
-            .fields
-            .iter()
-            .flatten()
-            .filter(|f| f.unique)
-            .map(|f| unique_index_name(&spec.name, &f.name))
-            .collect();
-        for idx in self.unique_indexes(&spec.name)? {
-            if !wanted.contains(&idx) {
+        let wanted = super::schema::field_index_ddl(spec);
+        for idx in self.field_indexes(&spec.name)? {
+            if !wanted.iter().any(|(w, _)| *w == idx) {
                 self.batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))?;
             }
         }
-        // A partial expression index per unique field, so the database refuses a
-        // duplicate whichever node writes it. JSON null is left out as SQLite's
-        // json_extract leaves it out (it is SQL NULL there).
-        for f in spec.fields.iter().flatten().filter(|f| f.unique) {
-            // Names are validated identifiers, so interpolation is safe.
-            self.batch(&format!(
-                "CREATE UNIQUE INDEX IF NOT EXISTS \"{idx}\" ON records ((data -> '{f}'))
-                 WHERE collection = '{c}' AND jsonb_typeof(data -> '{f}') <> 'null'",
-                idx = unique_index_name(&spec.name, &f.name),
-                c = spec.name,
-                f = f.name
-            ))?;
+        for (_, ddl) in wanted {
+            self.batch(&ddl)?;
         }
         Ok(())
     }
@@ -345,7 +316,7 @@ impl Tx for PgTx<'_> {
     fn delete_collection(&mut self, name: &str) -> HubResult<()> {
         self.exec("DELETE FROM records WHERE collection = $1", &[&name])?;
         self.exec("DELETE FROM collections WHERE name = $1", &[&name])?;
-        for idx in self.unique_indexes(name)? {
+        for idx in self.field_indexes(name)? {
             self.batch(&format!("DROP INDEX IF EXISTS \"{idx}\""))?;
         }
         Ok(())
@@ -715,10 +686,18 @@ mod tests {
 
     #[test]
     fn index_names_fit_postgres_and_share_a_prefix_per_collection() {
+        use super::super::schema::{index_name, index_prefixes};
+        use crate::sql::FieldIndex;
         let long = "c".repeat(64);
-        let n = unique_index_name(&long, &"f".repeat(64));
-        assert!(n.len() <= 63, "{n}");
-        assert!(n.starts_with(&unique_index_prefix(&long)));
-        assert_ne!(unique_index_name("a", "b"), unique_index_name("a", "c"));
+        for (kind, i) in [(FieldIndex::Unique, 0), (FieldIndex::Relation, 1)] {
+            let n = index_name(&long, &"f".repeat(64), kind);
+            assert!(n.len() <= 63, "{n}");
+            assert!(n.starts_with(&index_prefixes(&long)[i]));
+            assert_ne!(index_name("a", "b", kind), index_name("a", "c", kind));
+        }
+        assert_ne!(
+            index_name("a", "b", FieldIndex::Unique),
+            index_name("a", "b", FieldIndex::Relation)
+        );
     }
 }
