@@ -29,15 +29,16 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_graphql::dataloader::DataLoader;
 use async_graphql::dynamic::Schema;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols, WsMessage};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt as _;
 use polyport_core::{AuthContext, Hub, HubError, Origin};
 
 use crate::loaders::{RecordLoader, ReverseLoader};
@@ -245,9 +246,13 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
     {
-        let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &s).await {
-            Ok(p) => p,
-            Err(r) => return r.into_response(),
+        // The first subprotocol offered that is a GraphQL one (as async-graphql-axum picks).
+        let Some(protocol) = headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').find_map(|p| p.trim().parse().ok()))
+        else {
+            return StatusCode::BAD_REQUEST.into_response();
         };
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &s).await {
             Ok(u) => u,
@@ -262,14 +267,11 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         return upgrade
             .protocols(ALL_WEBSOCKET_PROTOCOLS)
             .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
-            .on_upgrade(move |socket| async move {
-                GraphQLWebSocket::new(socket, schema, protocol)
-                    .on_connection_init(move |payload| async move {
-                        let caller = st.connection_caller(&payload, from_gate)?;
-                        Ok(st.data(caller))
-                    })
-                    .serve()
-                    .await
+            .on_upgrade(move |socket| {
+                serve_websocket(socket, schema, protocol, move |payload| async move {
+                    let caller = st.connection_caller(&payload, from_gate)?;
+                    Ok(st.data(caller))
+                })
             })
             .into_response();
     }
@@ -295,6 +297,43 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         Ok(req) => execute(&s, req, media, caller).await,
         Err(r) => r.into_response(media),
     }
+}
+
+/// A GraphQL WebSocket connection, as `async_graphql_axum::GraphQLWebSocket::serve`
+/// runs one but for how messages leave: that sends and flushes each one, a write per
+/// message; here the messages ready together (events that queued for a subscriber while
+/// it was busy) are flushed in one write.
+async fn serve_websocket<F, R>(
+    socket: WebSocket,
+    schema: Schema,
+    protocol: WebSocketProtocols,
+    on_connection_init: F,
+) where
+    F: FnOnce(serde_json::Value) -> R + Send + 'static,
+    R: std::future::Future<Output = async_graphql::Result<async_graphql::Data>> + Send + 'static,
+{
+    let (sink, stream) = socket.split();
+    let input = stream
+        .take_while(|m| futures::future::ready(m.is_ok()))
+        .filter_map(|m| {
+            futures::future::ready(match m {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(m.into_data()),
+                _ => None,
+            })
+        });
+    let out = async_graphql::http::WebSocket::new(schema, input, protocol)
+        .on_connection_init(on_connection_init)
+        .map(|m| {
+            Ok(match m {
+                WsMessage::Text(text) => Message::Text(text.into()),
+                WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })),
+            })
+        });
+    // `forward` flushes when the stream has nothing more ready; a closed socket ends it.
+    let _ = out.forward(sink).await;
 }
 
 async fn sdl(State(s): State<GqlState>) -> Response {

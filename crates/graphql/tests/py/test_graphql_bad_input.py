@@ -173,3 +173,20 @@ def test_the_response_media_type_follows_accept(shared_client, accept, want):
         assert r.status_code == 200 and "data" in r.json() and r.json()["data"] is None
     else:
         assert r.status_code == 400 and "data" not in r.json()
+
+
+def test_a_websocket_without_a_graphql_subprotocol_is_refused(shared_blog, shared_client):
+    """An upgrade offering no GraphQL subprotocol (`graphql-transport-ws` or `graphql-ws`)
+    is a 400 before any socket opens; one offering it among others gets it."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = f"ws://{shared_blog.http}/graphql"
+    with pytest.raises(InvalidStatus) as e:
+        connect(url, subprotocols=["chat"], open_timeout=5)
+    assert e.value.response.status_code == 400
+    with connect(url, subprotocols=["chat", "graphql-transport-ws"], open_timeout=5) as ws:
+        assert ws.subprotocol == "graphql-transport-ws"
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
+    assert_healthy(shared_client, http_client(shared_blog))
