@@ -25,7 +25,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use polyport_core::{
     AuthContext, Durability, EventDraft, Hub, HubError, Item, Origin, SubscribeRequest,
     Subscription, Topic, TopicFilter,
@@ -127,9 +127,13 @@ fn hub_close(e: &HubError) -> Message {
 
 /// The event's payload as the frame a raw socket sends.
 fn frame(e: &polyport_core::Event) -> Message {
-    match e.text_payload() {
-        Some(t) => Message::Text(Utf8Bytes::from(t.to_string())),
-        None => Message::Binary(e.payload.clone()),
+    // Text shares the payload's bytes (no copy per subscriber).
+    match e
+        .text_payload()
+        .map(|_| Utf8Bytes::try_from(e.payload.clone()))
+    {
+        Some(Ok(t)) => Message::Text(t),
+        _ => Message::Binary(e.payload.clone()),
     }
 }
 
@@ -150,9 +154,33 @@ async fn run(
         tokio::select! {
             item = sub.next() => match item {
                 Some(Ok(Item::Event(d))) => {
-                    crate::EVENTS_DELIVERED.increment(1);
-                    if sink.send(frame(&d.event)).await.is_err() {
+                    // What else is ready goes out in the same write (one flush).
+                    let mut sent = sink.feed(frame(&d.event)).await;
+                    let (mut n, mut after) = (1, None);
+                    while n < crate::ws::WRITE_BATCH && sent.is_ok() {
+                        match sub.next().now_or_never() {
+                            Some(Some(Ok(Item::Event(d)))) => {
+                                sent = sink.feed(frame(&d.event)).await;
+                                n += 1;
+                            }
+                            Some(Some(Ok(Item::Notice(_)))) => {}
+                            Some(Some(Err(e))) => {
+                                after = Some(hub_close(&e));
+                                break;
+                            }
+                            Some(None) => {
+                                after = Some(closing(close::GOING_AWAY, "server shutting down"));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    crate::EVENTS_DELIVERED.increment(n as u64);
+                    if sent.is_err() || sink.flush().await.is_err() {
                         break None;
+                    }
+                    if after.is_some() {
+                        break after;
                     }
                 }
                 // Notices have no place in a raw stream; what they report is ruled out

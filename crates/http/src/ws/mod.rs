@@ -152,7 +152,7 @@ async fn session(socket: WebSocket, app: AppState, ctx: AuthContext, rate: Optio
 }
 
 /// Frames of subscriptions written in one go, at most.
-const WRITE_BATCH: usize = 64;
+pub(crate) const WRITE_BATCH: usize = 64;
 
 /// The connection's writer: replies from the reader, and every subscription's frames,
 /// with what is ready at once written together (one flush).

@@ -88,6 +88,22 @@ def test_since_resumes_and_an_unavailable_position_is_refused_before_the_upgrade
     assert json.loads(refused.value.response.body)["code"] == "position_unavailable"
 
 
+def test_a_replayed_backlog_arrives_whole_and_in_order(blog):
+    """Frames ready together leave in one write: a backlog of 300, every fifth binary,
+    arrives complete, in order, each frame its own message of its own kind."""
+    sent = [(bytes([0, i % 256, 1]) if i % 5 == 0 else f"m{i}".encode()) for i in range(300)]
+    with httpx.Client(base_url=blog.url) as c:
+        first = None
+        for body in sent:
+            ctype = "application/octet-stream" if body[:1] == b"\x00" else "text/plain"
+            seq = c.post("/api/topics/backlog/x", content=body, headers={"content-type": ctype}).json()["sequence"]
+            first = first or seq
+    with connect(f"{ws_base(blog)}/backlog/x?since={first - 1}") as late:
+        got = [late.recv(timeout=WAIT) for _ in sent]
+    want = [b if b[:1] == b"\x00" else b.decode() for b in sent]
+    assert got == want
+
+
 @pytest.mark.parametrize("path", ["a/%00/b", "a/#/b", "bad+/x"])
 def test_an_invalid_topic_is_a_problem_not_a_socket(blog, path):
     with pytest.raises(InvalidStatus) as refused:
