@@ -52,8 +52,22 @@ fn bad(msg: impl Into<String>) -> async_graphql::Error {
     gql_err(HubError::InvalidRequest(msg.into()))
 }
 
+/// A JSON value as GraphQL's, built directly: `Value::from_json` wants an owned value
+/// (a deep copy first) and goes through serde, which for a subscription's `record` was
+/// paid per subscriber per event.
 fn json_value(v: &serde_json::Value) -> Value {
-    Value::from_json(v.clone()).unwrap_or(Value::Null)
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => Value::Number(n.clone()),
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Array(a) => Value::List(a.iter().map(json_value).collect()),
+        serde_json::Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (async_graphql::Name::new(k), json_value(v)))
+                .collect(),
+        ),
+    }
 }
 
 /// An id argument: GraphQL `ID` accepts `123` and `"123"` alike.
@@ -152,4 +166,18 @@ pub(crate) fn build(
         b = b.disable_introspection();
     }
     b.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_values_convert_as_from_json_does() {
+        let v = serde_json::json!({
+            "s": "x", "n": 1, "f": 2.5, "big": 18446744073709551615u64, "neg": -3,
+            "b": true, "z": null, "a": [1, "two", {"k": []}], "o": {"nested": {"deep": false}}
+        });
+        let direct = super::json_value(&v);
+        assert_eq!(direct, async_graphql::Value::from_json(v.clone()).unwrap());
+        assert_eq!(direct.into_json().unwrap(), v);
+    }
 }
