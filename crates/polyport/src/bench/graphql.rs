@@ -25,14 +25,26 @@ pub(crate) struct Page {
 }
 
 pub(crate) async fn run(page: Page, duration: Duration, concurrency: usize) -> anyhow::Result<()> {
-    let Page {
-        users,
-        more_users,
-        postgres,
-    } = page;
     let schema = super::cluster::schema();
-    let server =
-        TestServer::start_on(postgres.as_deref().map(|url| (url, schema.as_str()))).await?;
+    let pg = page.postgres.as_deref().map(|url| (url, schema.as_str()));
+    let server = TestServer::start_on(pg).await?;
+    let r = read_pages(&server, &page, duration, concurrency).await;
+    server.stop().await;
+    // The schema goes whether the run succeeded or not.
+    if let Some(url) = page.postgres {
+        tokio::task::spawn_blocking(move || polyport_store::pg::drop_schema(&url, &schema))
+            .await??;
+    }
+    r
+}
+
+async fn read_pages(
+    server: &TestServer,
+    page: &Page,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let (users, more_users) = (page.users, page.more_users);
     let base = format!("http://{}", server.addr);
     let c = reqwest::Client::new();
     let post = |path: &str, body: Value| c.post(format!("{base}{path}")).json(&body).send();
@@ -91,7 +103,7 @@ pub(crate) async fn run(page: Page, duration: Duration, concurrency: usize) -> a
         0 => String::new(),
         n => format!(" ({} posts in all)", 2 * (users + n)),
     };
-    let engine = match postgres {
+    let engine = match page.postgres {
         Some(_) => ", cluster engine (PostgreSQL)",
         None => "",
     };
@@ -167,11 +179,6 @@ pub(crate) async fn run(page: Page, duration: Duration, concurrency: usize) -> a
         gql.0 / n_plus_1.0.max(0.001),
         gql.0 / batched.0.max(0.001)
     );
-    server.stop().await;
-    if let Some(url) = postgres {
-        tokio::task::spawn_blocking(move || polyport_store::pg::drop_schema(&url, &schema))
-            .await??;
-    }
     Ok(())
 }
 
