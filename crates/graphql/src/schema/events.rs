@@ -58,10 +58,7 @@ pub(super) fn event_type() -> Object {
             },
         ))
         .field(f("data", TypeRef::named("JSON"), |e| match e {
-            Ev::Event(e) => {
-                let ce = e.to_cloudevent();
-                ce.get("data").map(json_value)
-            }
+            Ev::Event(e) => data(e),
             Ev::Notice(n) => serde_json::to_value(n).ok().as_ref().map(json_value),
         }))
         .field(f(
@@ -95,6 +92,15 @@ pub(super) fn event_type() -> Object {
             })
             .description("User headers as [name, value] pairs, in order (repeats kept)"),
         )
+}
+
+/// `data` as the event's CloudEvent has it (the parsed JSON, else the text, else none),
+/// without building the rest of the CloudEvent for every subscriber.
+fn data(e: &polyport_core::Event) -> Option<Value> {
+    match e.json_payload() {
+        Some(v) => Some(json_value(v)),
+        None => e.text_payload().map(Value::from),
+    }
 }
 
 pub(super) fn record_change_type() -> Object {
@@ -232,4 +238,38 @@ fn item_stream(
             None => None,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Bytes;
+    use polyport_core::{Event, Origin, Topic};
+
+    #[test]
+    fn data_is_the_cloudevents_data() {
+        for (ct, payload) in [
+            (
+                Some("application/json"),
+                &br#"{"t": 21.5, "ok": [true]}"#[..],
+            ),
+            (Some("text/plain"), b"hello"),
+            (None, b"no type"),
+            (Some("application/octet-stream"), b"\x00\x01"),
+            (Some("application/json"), b"not json"),
+        ] {
+            let e = Event::new(
+                Some(1),
+                "01J".into(),
+                Topic::new("a/b").unwrap(),
+                "t".into(),
+                Default::default(),
+                ct.map(String::from),
+                Vec::new(),
+                Bytes::from_static(payload),
+                Origin("http"),
+            );
+            let want = e.to_cloudevent().get("data").map(super::json_value);
+            assert_eq!(super::data(&e), want, "{ct:?} {payload:?}");
+        }
+    }
 }
