@@ -39,6 +39,12 @@ pub struct EndpointSpec {
     /// Seconds to wait before each retry (default: the delivery engine's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_schedule: Option<Vec<u64>>,
+    /// Deliveries in flight to this endpoint at once, up to [`MAX_CONCURRENCY`]. 1 (the
+    /// default) keeps strict order: a failure holds back what follows until its retry
+    /// succeeds. More gives up order for throughput to a slow receiver: deliveries go
+    /// out side by side and each one retries on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// A signing secret to use instead of a generated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -144,7 +150,15 @@ pub fn glob(pattern: &str, s: &str) -> bool {
     true
 }
 
+/// The most deliveries one endpoint may have in flight ([`EndpointSpec::concurrency`]).
+pub const MAX_CONCURRENCY: u32 = 64;
+
 impl EndpointSpec {
+    /// Deliveries in flight at once (1: strictly in order).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or(1).clamp(1, MAX_CONCURRENCY) as usize
+    }
+
     /// Checks the definition's shape; the delivery engine's [`DeliveryPolicy`] checks
     /// the rest (URL safety needs DNS; secrets and retries are its own format).
     pub fn check(&self) -> Result<(), Vec<FieldError>> {
@@ -174,6 +188,16 @@ impl EndpointSpec {
                     "must be 1-256 characters",
                 ));
             }
+        }
+        if self
+            .concurrency
+            .is_some_and(|c| !(1..=MAX_CONCURRENCY).contains(&c))
+        {
+            errors.push(FieldError::new(
+                "concurrency",
+                Rule::Format,
+                format!("must be 1 to {MAX_CONCURRENCY}"),
+            ));
         }
         for k in self.headers.keys() {
             let lower = k.to_ascii_lowercase();

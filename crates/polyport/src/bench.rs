@@ -108,6 +108,13 @@ enum Which {
         /// Endpoints (each delivers in order; endpoints run in parallel).
         #[arg(long, default_value_t = 4)]
         endpoints: usize,
+        /// Deliveries in flight per endpoint (the endpoint's `concurrency`; above 1 order
+        /// is given up); the bare client runs as many streams per endpoint.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// The receiver answers after this many milliseconds (a slow receiver).
+        #[arg(long, default_value_t = 0)]
+        receiver_delay_ms: u64,
     },
     /// Polyport's MQTT broker vs the local Mosquitto: fan-in, fan-out, idle memory.
     Mqtt(mqtt::MqttArgs),
@@ -134,7 +141,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Http(a) => http(a).await,
         Which::Fanout(a) => fanout::run(a).await,
-        Which::Webhooks { events, endpoints } => webhooks::run(events, endpoints).await,
+        Which::Webhooks {
+            events,
+            endpoints,
+            concurrency,
+            receiver_delay_ms,
+        } => {
+            let delay = Duration::from_millis(receiver_delay_ms);
+            webhooks::run(events, endpoints, concurrency.max(1), delay).await
+        }
         Which::Graphql {
             users,
             more_users,

@@ -132,7 +132,9 @@ const BATCH: usize = 64;
 /// in one pass, sent one after another over a kept-alive connection, and their attempts
 /// recorded together, so one group commit (one fsync) covers the whole batch instead of
 /// one per delivery. A failure ends the batch there: what follows waits behind its retry,
-/// as it did one at a time.
+/// as it did one at a time. An endpoint with a `concurrency` above 1 gives up that
+/// order: the batch is every due delivery, sent that many at a time (over as many
+/// kept-alive connections), and a failure only reschedules itself.
 async fn worker(
     shared: Arc<Shared>,
     endpoint_id: String,
@@ -166,10 +168,21 @@ async fn worker(
                 Vec::new()
             }
         };
-        // In order: the batch stops at the first delivery not due yet.
-        let due = queue.iter().take_while(|d| due_in(d).is_zero()).count();
-        if due == 0 {
-            let wait = queue.first().map_or(Duration::from_secs(1), due_in);
+        // In order, the batch stops at the first delivery not due yet; out of order, it
+        // is every due one (a delivery waiting for its retry holds back nothing).
+        let ordered = ep.spec.concurrency() == 1;
+        let batch: Vec<&Delivery> = if ordered {
+            queue.iter().take_while(|d| due_in(d).is_zero()).collect()
+        } else {
+            queue.iter().filter(|d| due_in(d).is_zero()).collect()
+        };
+        if batch.is_empty() {
+            let next = if ordered {
+                queue.first().map(due_in)
+            } else {
+                queue.iter().map(due_in).min()
+            };
+            let wait = next.unwrap_or(Duration::from_secs(1));
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
@@ -177,7 +190,6 @@ async fn worker(
             }
             continue;
         }
-        let batch = &queue[..due];
         let seqs: Vec<u64> = batch.iter().map(|d| d.seq).collect();
         let events = match shared.hub.events(&ctx(), &seqs).await {
             Ok(e) => e,
@@ -188,27 +200,52 @@ async fn worker(
             }
         };
         let mut records = Vec::with_capacity(batch.len());
-        for (d, event) in batch.iter().zip(events) {
-            if let (Some(rate), Some(last)) = (ep.spec.rate_limit.filter(|r| *r > 0), last_send) {
-                let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
-                let since = last.elapsed();
-                if since < gap {
-                    tokio::time::sleep(gap - since).await;
+        let mut todo = batch.into_iter().zip(events);
+        if ordered {
+            for (d, event) in todo {
+                pace(&ep, &mut last_send).await;
+                let Some((attempt, outcome)) = attempt(&shared, &ep, d, event).await else {
+                    break;
+                };
+                let delivered = matches!(outcome, AttemptOutcome::Delivered);
+                records.push(record(&shared, &ep, d, attempt, outcome));
+                if !delivered || shutdown.is_cancelled() {
+                    break;
                 }
             }
-            last_send = Some(Instant::now());
-            let Some((attempt, outcome)) = attempt(&shared, &ep, d, event).await else {
-                break;
-            };
-            let delivered = matches!(outcome, AttemptOutcome::Delivered);
-            records.push(record(&shared, &ep, d, attempt, outcome));
-            if !delivered || shutdown.is_cancelled() {
-                break;
+        } else {
+            // Up to `concurrency` attempts in flight, each recorded whatever the others do.
+            let mut sending = futures::stream::FuturesUnordered::new();
+            loop {
+                while sending.len() < ep.spec.concurrency() && !shutdown.is_cancelled() {
+                    let Some((d, event)) = todo.next() else { break };
+                    pace(&ep, &mut last_send).await;
+                    let (shared, ep) = (&shared, &ep);
+                    sending.push(async move { (d, attempt(shared, ep, d, event).await) });
+                }
+                let Some((d, made)) = futures::StreamExt::next(&mut sending).await else {
+                    break;
+                };
+                if let Some((attempt, outcome)) = made {
+                    records.push(record(&shared, &ep, d, attempt, outcome));
+                }
             }
         }
         // Submitted together, committed together.
         futures::future::join_all(records).await;
     }
+}
+
+/// Waits out the endpoint's `rate_limit` since the last attempt started.
+async fn pace(ep: &Endpoint, last_send: &mut Option<Instant>) {
+    if let (Some(rate), Some(last)) = (ep.spec.rate_limit.filter(|r| *r > 0), *last_send) {
+        let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let since = last.elapsed();
+        if since < gap {
+            tokio::time::sleep(gap - since).await;
+        }
+    }
+    *last_send = Some(Instant::now());
 }
 
 fn due_in(d: &Delivery) -> Duration {

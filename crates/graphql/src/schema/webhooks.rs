@@ -104,7 +104,7 @@ pub(super) fn webhook_fields(hub: &Hub, query: Object, mutation: Object) -> (Obj
             Ok(Some(FieldValue::owned_any(ep)))
         })
     })
-    .argument(InputValue::new("input", TypeRef::named_nn("JSON")).description("{url, event_types, topics, headers, enabled, description, rate_limit, retry_schedule, secret}"));
+    .argument(InputValue::new("input", TypeRef::named_nn("JSON")).description("{url, event_types, topics, headers, enabled, description, rate_limit, retry_schedule, concurrency, secret}"));
     let h = hub.clone();
     let update = Field::new(
         "updateWebhookEndpoint",

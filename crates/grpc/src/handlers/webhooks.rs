@@ -55,6 +55,7 @@ fn endpoint_spec(v: Value) -> Result<polyport_core::webhook::EndpointSpec, Statu
         "description",
         "rate_limit",
         "retry_schedule",
+        "concurrency",
         "secret",
     ];
     let mut m = match v {

@@ -1,6 +1,8 @@
 //! Webhook throughput: events published into the durable outbox and delivered, signed,
 //! to a local receiver, vs a bare HTTP client posting the same bodies the same way (one
-//! ordered stream per endpoint, endpoints in parallel).
+//! ordered stream per endpoint, endpoints in parallel; with `--concurrency N`, N streams
+//! per endpoint and endpoints that give up order). `--receiver-delay-ms` plays a slow
+//! receiver, where in-order delivery is bounded by its latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +16,12 @@ use serde_json::json;
 
 use super::{TestServer, start_baseline};
 
-pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    events: usize,
+    endpoints: usize,
+    concurrency: usize,
+    delay: Duration,
+) -> anyhow::Result<()> {
     let received = Arc::new(AtomicUsize::new(0));
     let counter = received.clone();
     let receiver = Router::new().route(
@@ -22,6 +29,9 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
         post(move || {
             let c = counter.clone();
             async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 c.fetch_add(1, Ordering::Relaxed);
                 "ok"
             }
@@ -33,15 +43,15 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
         "sequence": 1, "datacontenttype": "application/json", "data": {"n": 1, "pad": "x".repeat(200)}})
     .to_string();
 
-    // Baseline: a bare client, one sequential stream per endpoint.
+    // Baseline: a bare client, `concurrency` sequential streams per endpoint.
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for e in 0..endpoints {
+    for (e, k) in (0..endpoints).flat_map(|e| (0..concurrency).map(move |k| (e, k))) {
         let (c, b) = (client.clone(), body.clone());
         let url = format!("http://{raddr}/hook/{e}");
         tasks.push(tokio::spawn(async move {
-            for _ in 0..events {
+            for _ in (k..events).step_by(concurrency) {
                 c.post(&url)
                     .header("content-type", "application/json")
                     .body(b.clone())
@@ -64,7 +74,10 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
     let c = reqwest::Client::new();
     for e in 0..endpoints {
         c.post(format!("{base}/api/webhooks/endpoints"))
-            .json(&json!({"url": format!("http://{raddr}/hook/{e}"), "topics": ["bench/#"]}))
+            .json(
+                &json!({"url": format!("http://{raddr}/hook/{e}"), "topics": ["bench/#"],
+                "concurrency": concurrency}),
+            )
             .send()
             .await?
             .error_for_status()?;
@@ -110,13 +123,17 @@ pub(crate) async fn run(events: usize, endpoints: usize) -> anyhow::Result<()> {
     let pp_rate = want as f64 / total.as_secs_f64();
     let drain_rate = (want - at_published.min(want)) as f64
         / total.saturating_sub(published).as_secs_f64().max(1e-3);
+    let how = match (concurrency, delay.as_millis()) {
+        (1, 0) => String::new(),
+        (c, d) => format!(" answering after {d} ms, {c} deliveries in flight per endpoint"),
+    };
     println!(
-        "polyport bench webhooks: {events} events × {endpoints} endpoints to a local receiver"
+        "polyport bench webhooks: {events} events × {endpoints} endpoints to a local receiver{how}"
     );
     println!("{:<44} {:>14}", "", "deliveries/s");
     println!(
         "{:<44} {:>14.0}",
-        "bare HTTP client (same bodies, same order)", base_rate
+        "bare HTTP client (same bodies, same streams)", base_rate
     );
     println!(
         "{:<44} {:>14.0}",

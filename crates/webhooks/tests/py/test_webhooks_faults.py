@@ -186,3 +186,59 @@ def test_a_dead_endpoint_does_not_slow_a_healthy_one(api, receivers, blackholes)
     FIGURES.append(f"isolation: healthy endpoint alone:          {_summary(base)}")
     FIGURES.append(f"isolation: next to a black hole + a refuser: {_summary(with_dead)}")
     assert d50 <= 2 * b50 + 0.050, f"p50 {d50 * 1000:.1f} ms with a dead neighbour vs {b50 * 1000:.1f} ms alone"
+
+
+def test_an_endpoint_with_concurrency_delivers_side_by_side_and_a_failure_holds_back_nothing(api, receivers):
+    """`concurrency: 8` to a receiver that takes 0.5 s per request: 16 events arrive with
+    several requests in flight at once (one at a time they would take 8 s), and the first
+    event's delivery, answered 500 once, is retried on its own without holding back the
+    fifteen after it. The same receiver registered without `concurrency` sees one request
+    at a time, in order."""
+    first_failed = []
+
+    def reply(r, n):
+        if r.event()["data"]["i"] == 0 and not first_failed:
+            first_failed.append(r.at)
+            return Reply(500)
+        return Reply(delay=0.5)
+
+    rx = receivers(reply=reply)
+    ep = api.create_endpoint(rx.url, topics=["side/#"], concurrency=8, retry_schedule=[2])
+    assert ep["concurrency"] == 8
+    rx.secrets = {"s": ep["secret"]}
+    seqs = [api.publish("side/by", {"i": i}) for i in range(16)]
+    for seq in seqs:
+        api.wait_delivery(ep["id"], seq, "delivered", timeout=15)
+    reqs = [r for r in rx.snapshot() if r.status == 200]
+    assert sorted(r.event()["data"]["i"] for r in reqs) == list(range(16))
+    starts = sorted(r.at for r in reqs)
+    # Most requests that overlap any one (each is held 0.5 s).
+    overlap = max(sum(1 for t in starts if s <= t < s + 0.5) for s in starts)
+    assert overlap >= 4, f"at most {overlap} requests in flight at once"
+    retried = next(r.at for r in reqs if r.event()["data"]["i"] == 0)
+    others = [r.at for r in reqs if r.event()["data"]["i"] != 0]
+    assert min(others) < retried, "the failed delivery held back the others"
+    span = max(starts) - min(starts)
+    FIGURES.append(f"16 deliveries to a 0.5 s receiver with concurrency 8: {span:.2f} s from first to last request (one at a time: ≥ 7.5 s)")
+    assert span < 5.0, span
+
+    # Without `concurrency`: strictly one at a time, in order.
+    rx2 = receivers(reply=lambda r, n: Reply(delay=0.2))
+    ep2 = api.create_endpoint(rx2.url, topics=["line/#"])
+    assert "concurrency" not in ep2
+    rx2.secrets = {"s": ep2["secret"]}
+    seqs2 = [api.publish("line/up", {"i": i}) for i in range(4)]
+    api.wait_delivery(ep2["id"], seqs2[-1], "delivered", timeout=15)
+    got = rx2.snapshot()
+    assert [r.event()["data"]["i"] for r in got] == [0, 1, 2, 3]
+    assert all(b.at - a.at >= 0.19 for a, b in zip(got, got[1:])), "two requests overlapped"
+
+
+@pytest.mark.parametrize("bad", [0, 65, -1, "8"])
+def test_a_concurrency_outside_1_to_64_is_refused(api, receivers, bad):
+    rx = receivers()
+    r = api.c.post("/api/webhooks/endpoints", json={"url": rx.url, "concurrency": bad})
+    assert r.status_code in (400, 422), r.text
+    body = r.json()
+    if r.status_code == 422 and body.get("errors"):
+        assert [e["field"] for e in body["errors"]] == ["concurrency"], body
