@@ -49,3 +49,17 @@ def test_describe_and_call_a_typed_collection_service(shared_blog):
     assert "rpc GetUser" in described and "rpc WatchUsers" in described, described
     user = json.loads(grpcurl(shared_blog, "polyport.collections.UserService/GetUser", data={"id": "123"}))
     assert (user["id"], user["username"]) == ("123", "john_doe")
+
+
+def test_a_webhook_endpoint_with_concurrency_over_grpc(shared_blog):
+    """A `WebhookEndpoint`'s `concurrency` goes in and comes back out over gRPC; one
+    outside 1..64 is INVALID_ARGUMENT naming the field."""
+    made = json.loads(grpcurl(shared_blog, "polyport.v1.Webhooks/CreateEndpoint", data={
+        "endpoint": {"url": "http://127.0.0.1:9/in", "event_types": ["never.happens"], "enabled": False, "concurrency": 8}}))
+    assert made["concurrency"] == 8, made
+    listed = json.loads(grpcurl(shared_blog, "polyport.v1.Webhooks/ListEndpoints"))["endpoints"]
+    assert [e.get("concurrency") for e in listed if e["id"] == made["id"]] == [8]
+    cmd = [GRPCURL, "-plaintext", "-d", json.dumps({"endpoint": {"url": "http://127.0.0.1:9/in", "concurrency": 65}}),
+           f"127.0.0.1:{shared_blog.port('grpc')}", "polyport.v1.Webhooks/CreateEndpoint"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "InvalidArgument" in r.stderr and "concurrency" in r.stderr, r.stderr
