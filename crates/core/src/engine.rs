@@ -239,8 +239,14 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> HubResult<Vec<Delivery>>;
     /// The oldest pending deliveries of an endpoint, at most `limit`, in sequence order
-    /// (deliveries are ordered per endpoint).
-    async fn next_deliveries(&self, endpoint_id: &str, limit: usize) -> HubResult<Vec<Delivery>>;
+    /// (deliveries are ordered per endpoint); with `due_by`, only those due by then (an
+    /// endpoint that gives up order skips what waits for a retry).
+    async fn next_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        due_by: Option<DateTime<Utc>>,
+    ) -> HubResult<Vec<Delivery>>;
     /// One delivery.
     async fn get_delivery(&self, endpoint_id: &str, seq: u64) -> HubResult<Option<Delivery>>;
     /// The attempt log of a delivery, oldest first.

@@ -244,15 +244,17 @@ impl Hub {
         self.inner.store.try_lease(&format!("webhook:{id}")).await
     }
 
-    /// The oldest pending deliveries of an endpoint, at most `limit`, in sequence order.
+    /// The oldest pending deliveries of an endpoint, at most `limit`, in sequence order;
+    /// with `due_by`, only those due by then.
     pub async fn next_deliveries(
         &self,
         ctx: &AuthContext,
         id: &str,
         limit: usize,
+        due_by: Option<chrono::DateTime<chrono::Utc>>,
     ) -> HubResult<Vec<Delivery>> {
         self.authorize(ctx, Action::Admin)?;
-        self.inner.store.next_deliveries(id, limit).await
+        self.inner.store.next_deliveries(id, limit, due_by).await
     }
 
     /// Durable events by sequence (ascending), each `None` once it left the log. Read

@@ -407,9 +407,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_deliveries(&self, endpoint_id: &str, limit: usize) -> HubResult<Vec<Delivery>> {
+    async fn next_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        due_by: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> HubResult<Vec<Delivery>> {
         let ep = endpoint_id.to_string();
-        self.read(move |conn| webhooks::next_deliveries(conn, &ep, limit))
+        self.read(move |conn| webhooks::next_deliveries(conn, &ep, limit, due_by))
             .await
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use polyport_core::engine::{Redeliver, WriteOutcome};
 use polyport_core::event::{Event, EventDraft, Origin};
 use polyport_core::topic::Topic;
@@ -239,12 +239,17 @@ pub(crate) fn next_deliveries(
     conn: &Connection,
     endpoint_id: &str,
     limit: usize,
+    due_by: Option<DateTime<Utc>>,
 ) -> rusqlite::Result<Vec<Delivery>> {
+    // Without a time, every pending one is due (`i64::MAX`).
+    let due = due_by.map_or(i64::MAX, |t| t.timestamp_micros());
     conn.prepare_cached(&format!(
         "SELECT {DELIVERY_COLS} FROM webhook_deliveries
-         WHERE endpoint_id = ?1 AND status = 'pending' ORDER BY seq LIMIT ?2"
+         WHERE endpoint_id = ?1 AND status = 'pending'
+           AND (next_attempt_at IS NULL OR next_attempt_at <= ?3)
+         ORDER BY seq LIMIT ?2"
     ))?
-    .query_map(params![endpoint_id, limit as i64], delivery_from_row)?
+    .query_map(params![endpoint_id, limit as i64, due], delivery_from_row)?
     .collect()
 }
 

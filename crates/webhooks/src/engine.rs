@@ -157,9 +157,12 @@ async fn worker(
         if !ep.spec.enabled {
             return;
         }
+        // Out of order, only what is due: deliveries waiting for a retry hold back nothing.
+        let ordered = ep.spec.concurrency() == 1;
+        let due_by = (!ordered).then(Utc::now);
         let queue = match shared
             .hub
-            .next_deliveries(&ctx(), &endpoint_id, BATCH)
+            .next_deliveries(&ctx(), &endpoint_id, BATCH, due_by)
             .await
         {
             Ok(q) => q,
@@ -168,19 +171,18 @@ async fn worker(
                 Vec::new()
             }
         };
-        // In order, the batch stops at the first delivery not due yet; out of order, it
-        // is every due one (a delivery waiting for its retry holds back nothing).
-        let ordered = ep.spec.concurrency() == 1;
+        // In order, the batch stops at the first delivery not due yet; out of order, all
+        // that was read is due (a retry coming due is found within the second).
         let batch: Vec<&Delivery> = if ordered {
             queue.iter().take_while(|d| due_in(d).is_zero()).collect()
         } else {
-            queue.iter().filter(|d| due_in(d).is_zero()).collect()
+            queue.iter().collect()
         };
         if batch.is_empty() {
             let next = if ordered {
                 queue.first().map(due_in)
             } else {
-                queue.iter().map(due_in).min()
+                None
             };
             let wait = next.unwrap_or(Duration::from_secs(1));
             tokio::select! {

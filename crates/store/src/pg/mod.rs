@@ -569,16 +569,25 @@ impl Store for PgStore {
         .await
     }
 
-    async fn next_deliveries(&self, endpoint_id: &str, limit: usize) -> HubResult<Vec<Delivery>> {
+    async fn next_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        due_by: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> HubResult<Vec<Delivery>> {
+        // Without a time, every pending one is due.
+        let due = due_by.map_or(i64::MAX, |t| t.timestamp_micros());
         let ep = endpoint_id.to_string();
         self.read(move |client| {
             client
                 .query(
                     &format!(
                         "SELECT {DELIVERY_COLS} FROM webhook_deliveries
-                         WHERE endpoint_id = $1 AND status = 'pending' ORDER BY seq LIMIT $2"
+                         WHERE endpoint_id = $1 AND status = 'pending'
+                           AND (next_attempt_at IS NULL OR next_attempt_at <= $3)
+                         ORDER BY seq LIMIT $2"
                     ),
-                    &[&ep, &(limit as i64)],
+                    &[&ep, &(limit as i64), &due],
                 )?
                 .iter()
                 .map(delivery_from_row)

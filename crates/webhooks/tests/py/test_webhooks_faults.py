@@ -242,3 +242,20 @@ def test_a_concurrency_outside_1_to_64_is_refused(api, receivers, bad):
     body = r.json()
     if r.status_code == 422 and body.get("errors"):
         assert [e["field"] for e in body["errors"]] == ["concurrency"], body
+
+
+def test_retries_waiting_ahead_do_not_hold_back_newer_deliveries_when_order_is_given_up(api, receivers):
+    """With `concurrency`, 70 deliveries answered 429 with `Retry-After: 60` wait a minute
+    for their retry; the five published after them arrive at once (the worker reads what
+    is due, not the 64 oldest pending, which here all wait)."""
+    later = Reply(429, headers={"Retry-After": "60"})
+    rx = receivers(reply=lambda r, n: later if r.event()["data"]["i"] < 70 else Reply())
+    ep = api.create_endpoint(rx.url, topics=["ahead/#"], concurrency=8)
+    rx.secrets = {"s": ep["secret"]}
+    for i in range(70):
+        api.publish("ahead/x", {"i": i})
+    wait_until(lambda: len({r.event()["data"]["i"] for r in rx.snapshot()}) >= 70, 20, "the 70 first attempts")
+    seqs = [api.publish("ahead/x", {"i": 70 + k}) for k in range(5)]
+    for seq in seqs:
+        api.wait_delivery(ep["id"], seq, "delivered", timeout=10)
+    assert sorted(r.event()["data"]["i"] for r in rx.snapshot() if r.status == 200) == list(range(70, 75))
