@@ -1,10 +1,11 @@
-//! The delivery loop. One worker per enabled endpoint walks that endpoint's queue in
-//! sequence order, so a slow or dead endpoint only ever delays itself (seed 001: "one
-//! consumer's failure does not add latency to all"); a global semaphore bounds how many
-//! requests are in flight across endpoints. Everything the workers decide is written
-//! back through the Hub, so a crash loses nothing: pending deliveries are simply picked
-//! up again on restart (at-least-once, with a stable `webhook-id`). On the cluster
-//! engine a worker runs only on the node holding its endpoint's lease.
+//! The delivery loop. One worker per enabled endpoint walks that endpoint's queue (in
+//! sequence order unless the endpoint gave order up), so a slow or dead endpoint only
+//! ever delays itself (seed 001: "one consumer's failure does not add latency to all");
+//! a global semaphore bounds how many requests are in flight across endpoints.
+//! Everything the workers decide is written back through the Hub, so a crash loses
+//! nothing: pending deliveries are simply picked up again on restart (at-least-once,
+//! with a stable `webhook-id`). On the cluster engine a worker runs only on the node
+//! holding its endpoint's lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,13 +129,9 @@ fn any_enabled(shared: &Shared) -> bool {
 /// Deliveries one worker takes from its queue at a time.
 const BATCH: usize = 64;
 
-/// Walks one endpoint's queue in order, a batch at a time: the batch's events are read
-/// in one pass, sent one after another over a kept-alive connection, and their attempts
-/// recorded together, so one group commit (one fsync) covers the whole batch instead of
-/// one per delivery. A failure ends the batch there: what follows waits behind its retry,
-/// as it did one at a time. An endpoint with a `concurrency` above 1 gives up that
-/// order: the batch is every due delivery, sent that many at a time (over as many
-/// kept-alive connections), and a failure only reschedules itself.
+/// Walks one endpoint's queue: in order ([`ordered_batch`]) unless the endpoint gave
+/// order up for a `concurrency` above 1 ([`unordered`]). Either way a crash loses
+/// nothing: what was not recorded as delivered is still pending on restart.
 async fn worker(
     shared: Arc<Shared>,
     endpoint_id: String,
@@ -150,91 +147,220 @@ async fn worker(
             tracing::info!(endpoint = %endpoint_id, "webhook lease lost; another node may deliver now");
             return;
         }
-        let notified = shared.wake.notified();
         let Ok(ep) = shared.hub.endpoint(&ctx(), &endpoint_id) else {
             return;
         };
         if !ep.spec.enabled {
             return;
         }
-        // Out of order, only what is due: deliveries waiting for a retry hold back nothing.
-        let ordered = ep.spec.concurrency() == 1;
-        let due_by = (!ordered).then(Utc::now);
-        let queue = match shared
-            .hub
-            .next_deliveries(&ctx(), &endpoint_id, BATCH, due_by)
-            .await
-        {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(endpoint = %endpoint_id, error = %e, "reading the webhook queue failed");
-                Vec::new()
-            }
-        };
-        // In order, the batch stops at the first delivery not due yet; out of order, all
-        // that was read is due (a retry coming due is found within the second).
-        let batch: Vec<&Delivery> = if ordered {
-            queue.iter().take_while(|d| due_in(d).is_zero()).collect()
+        if ep.spec.concurrency() == 1 {
+            ordered_batch(&shared, &ep, &mut last_send).await;
         } else {
-            queue.iter().collect()
+            unordered(&shared, &endpoint_id, &*lease, &mut last_send).await;
+        }
+    }
+}
+
+/// One batch in order: the batch's events are read in one pass, sent one after another
+/// over a kept-alive connection, and their attempts recorded together, so one group
+/// commit (one fsync) covers the whole batch instead of one per delivery. A failure
+/// ends the batch there: what follows waits behind its retry.
+async fn ordered_batch(shared: &Shared, ep: &Endpoint, last_send: &mut Option<Instant>) {
+    let shutdown = shared.hub.shutdown_token();
+    let notified = shared.wake.notified();
+    let queue = match shared
+        .hub
+        .next_deliveries(&ctx(), &ep.id, BATCH, None)
+        .await
+    {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(endpoint = %ep.id, error = %e, "reading the webhook queue failed");
+            Vec::new()
+        }
+    };
+    // The batch stops at the first delivery not due yet.
+    let batch: Vec<&Delivery> = queue.iter().take_while(|d| due_in(d).is_zero()).collect();
+    if batch.is_empty() {
+        let wait = queue.first().map(due_in).unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        return;
+    }
+    let seqs: Vec<u64> = batch.iter().map(|d| d.seq).collect();
+    let events = match shared.hub.events(&ctx(), &seqs).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading webhook events failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+    };
+    let mut records = Vec::with_capacity(batch.len());
+    for (d, event) in batch.into_iter().zip(events) {
+        pace(ep, last_send).await;
+        let Some((attempt, outcome)) = attempt(shared, ep, d, event).await else {
+            break;
         };
-        if batch.is_empty() {
-            let next = if ordered {
-                queue.first().map(due_in)
-            } else {
-                None
-            };
-            let wait = next.unwrap_or(Duration::from_secs(1));
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
-                _ = shutdown.cancelled() => return,
+        let delivered = matches!(outcome, AttemptOutcome::Delivered);
+        records.push(record(shared, ep, d, attempt, outcome));
+        if !delivered || shutdown.is_cancelled() {
+            break;
+        }
+    }
+    // Submitted together, committed together.
+    futures::future::join_all(records).await;
+}
+
+/// An endpoint that gave up order: up to `concurrency` attempts in flight at all times
+/// (over as many kept-alive connections), the next due delivery sent as soon as one
+/// finishes, and a failure only reschedules itself. Attempts are recorded as they
+/// finish; those finishing together share a group commit. A delivery stays `busy`,
+/// never read again, from when it is taken until its attempt is recorded. Returns
+/// once the endpoint changes to ordered, is disabled or gone, the lease is lost or the
+/// hub shuts down, with every attempt it made recorded.
+async fn unordered(
+    shared: &Arc<Shared>,
+    endpoint_id: &str,
+    lease: &dyn polyport_core::cluster::Lease,
+    last_send: &mut Option<Instant>,
+) {
+    use futures::StreamExt;
+    use std::collections::{HashSet, VecDeque};
+
+    let shutdown = shared.hub.shutdown_token();
+    let mut busy: HashSet<u64> = HashSet::new();
+    let mut todo: VecDeque<(Delivery, Option<polyport_core::EventRef>)> = VecDeque::new();
+    let mut sending = futures::stream::FuturesUnordered::new();
+    let mut recording = futures::stream::FuturesUnordered::new();
+    // Nothing more was due at the last look: look again when woken, or within a second
+    // (a retry coming due).
+    let mut exhausted = false;
+    let mut notified = Box::pin(shared.wake.notified());
+    let mut ep = match shared.hub.endpoint(&ctx(), endpoint_id) {
+        Ok(ep) => ep,
+        Err(_) => return,
+    };
+    loop {
+        let stop = shutdown.is_cancelled()
+            || !lease.held()
+            || !ep.spec.enabled
+            || ep.spec.concurrency() == 1;
+        if !stop {
+            while sending.len() < ep.spec.concurrency() {
+                let Some((d, event)) = todo.pop_front() else {
+                    break;
+                };
+                pace(&ep, last_send).await;
+                let (shared, ep) = (shared.clone(), ep.clone());
+                sending.push(async move {
+                    let made = attempt(&shared, &ep, &d, event).await;
+                    (d, made)
+                });
+            }
+        }
+        if stop && sending.is_empty() && recording.is_empty() {
+            return;
+        }
+        if !stop && !exhausted && todo.is_empty() && sending.len() < ep.spec.concurrency() {
+            // Armed before the read: an event committed after it wakes this loop.
+            notified.set(shared.wake.notified());
+            notified.as_mut().enable();
+            match shared.hub.endpoint(&ctx(), endpoint_id) {
+                Ok(e) => ep = e,
+                Err(_) => return drain(sending, recording, shared, &ep).await,
+            }
+            let fresh = fetch_due(shared, endpoint_id, &busy).await;
+            exhausted = fresh.is_empty();
+            for (d, event) in fresh {
+                busy.insert(d.seq);
+                todo.push_back((d, event));
             }
             continue;
         }
-        let seqs: Vec<u64> = batch.iter().map(|d| d.seq).collect();
-        let events = match shared.hub.events(&ctx(), &seqs).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading webhook events failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        tokio::select! {
+            Some((d, made)) = sending.next(), if !sending.is_empty() => match made {
+                Some((attempt, outcome)) => {
+                    let (shared, ep) = (shared.clone(), ep.clone());
+                    recording.push(async move {
+                        record(&shared, &ep, &d, attempt, outcome).await;
+                        d.seq
+                    });
+                }
+                // Not made (shutting down): still pending, for the next start.
+                None => {
+                    busy.remove(&d.seq);
+                }
+            },
+            Some(seq) = recording.next(), if !recording.is_empty() => {
+                busy.remove(&seq);
             }
-        };
-        let mut records = Vec::with_capacity(batch.len());
-        let mut todo = batch.into_iter().zip(events);
-        if ordered {
-            for (d, event) in todo {
-                pace(&ep, &mut last_send).await;
-                let Some((attempt, outcome)) = attempt(&shared, &ep, d, event).await else {
-                    break;
-                };
-                let delivered = matches!(outcome, AttemptOutcome::Delivered);
-                records.push(record(&shared, &ep, d, attempt, outcome));
-                if !delivered || shutdown.is_cancelled() {
-                    break;
+            _ = notified.as_mut(), if exhausted => {
+                exhausted = false;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)), if exhausted => {
+                exhausted = false;
+                // A change of the endpoint (to ordered, disabled) shows within the second.
+                match shared.hub.endpoint(&ctx(), endpoint_id) {
+                    Ok(e) => ep = e,
+                    Err(_) => return drain(sending, recording, shared, &ep).await,
                 }
             }
-        } else {
-            // Up to `concurrency` attempts in flight, each recorded whatever the others do.
-            let mut sending = futures::stream::FuturesUnordered::new();
-            loop {
-                while sending.len() < ep.spec.concurrency() && !shutdown.is_cancelled() {
-                    let Some((d, event)) = todo.next() else { break };
-                    pace(&ep, &mut last_send).await;
-                    let (shared, ep) = (&shared, &ep);
-                    sending.push(async move { (d, attempt(shared, ep, d, event).await) });
-                }
-                let Some((d, made)) = futures::StreamExt::next(&mut sending).await else {
-                    break;
-                };
-                if let Some((attempt, outcome)) = made {
-                    records.push(record(&shared, &ep, d, attempt, outcome));
-                }
-            }
+            _ = shutdown.cancelled(), if !stop => {}
         }
-        // Submitted together, committed together.
-        futures::future::join_all(records).await;
+    }
+}
+
+/// Lets attempts in flight finish and be recorded (the endpoint is gone).
+async fn drain<S, R>(sending: S, recording: R, shared: &Arc<Shared>, ep: &Arc<Endpoint>)
+where
+    S: futures::Stream<Item = (Delivery, Option<(Attempt, AttemptOutcome)>)>,
+    R: futures::Stream<Item = u64>,
+{
+    use futures::StreamExt;
+    sending
+        .for_each_concurrent(None, |(d, made)| async move {
+            if let Some((attempt, outcome)) = made {
+                record(shared, ep, &d, attempt, outcome).await;
+            }
+        })
+        .await;
+    recording.for_each(|_| async {}).await;
+}
+
+/// The endpoint's due deliveries that are not `busy`, with their events.
+async fn fetch_due(
+    shared: &Shared,
+    endpoint_id: &str,
+    busy: &std::collections::HashSet<u64>,
+) -> Vec<(Delivery, Option<polyport_core::EventRef>)> {
+    let queue = match shared
+        .hub
+        .next_deliveries(&ctx(), endpoint_id, busy.len() + BATCH, Some(Utc::now()))
+        .await
+    {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(endpoint = %endpoint_id, error = %e, "reading the webhook queue failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Vec::new();
+        }
+    };
+    let fresh: Vec<Delivery> = queue
+        .into_iter()
+        .filter(|d| !busy.contains(&d.seq))
+        .collect();
+    let seqs: Vec<u64> = fresh.iter().map(|d| d.seq).collect();
+    match shared.hub.events(&ctx(), &seqs).await {
+        Ok(events) => fresh.into_iter().zip(events).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading webhook events failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Vec::new()
+        }
     }
 }
 

@@ -259,3 +259,38 @@ def test_retries_waiting_ahead_do_not_hold_back_newer_deliveries_when_order_is_g
     for seq in seqs:
         api.wait_delivery(ep["id"], seq, "delivered", timeout=10)
     assert sorted(r.event()["data"]["i"] for r in rx.snapshot() if r.status == 200) == list(range(70, 75))
+
+
+def test_one_slow_delivery_does_not_hold_back_those_after_it_when_order_is_given_up(api, receivers):
+    """`concurrency: 4`, 100 events, the receiver holds the first one's request 4 s and
+    answers the rest at once: the 99 others all arrive while the first is still held,
+    however many the worker read at a time (it keeps 4 in flight, not a batch that waits
+    for its slowest)."""
+    rx = receivers(reply=lambda r, n: Reply(delay=4.0) if r.event()["data"]["i"] == 0 else Reply())
+    ep = api.create_endpoint(rx.url, topics=["slow/#"], concurrency=4)
+    rx.secrets = {"s": ep["secret"]}
+    for i in range(100):
+        api.publish("slow/x", {"i": i})
+    wait_until(lambda: len({r.event()["data"]["i"] for r in rx.snapshot()}) >= 100, 15, "all 100 requests")
+    got = {r.event()["data"]["i"]: r.at for r in rx.snapshot()}
+    last_other = max(t for i, t in got.items() if i != 0)
+    assert last_other - got[0] < 3.0, f"the others arrived up to {last_other - got[0]:.1f} s after the held one"
+
+
+def test_an_endpoint_turned_back_to_ordered_delivers_one_at_a_time_again(api, receivers):
+    """An endpoint switched from `concurrency: 8` back to 1 (PATCH) lets what is in flight
+    finish, then delivers strictly one at a time, in order."""
+    rx = receivers(reply=lambda r, n: Reply(delay=0.2))
+    ep = api.create_endpoint(rx.url, topics=["turn/#"], concurrency=8)
+    rx.secrets = {"s": ep["secret"]}
+    first = [api.publish("turn/a", {"i": i}) for i in range(8)]
+    for seq in first:
+        api.wait_delivery(ep["id"], seq, "delivered", timeout=10)
+    assert api.patch_endpoint(ep["id"], concurrency=1)["concurrency"] == 1
+    time.sleep(1.5)  # the worker sees the change within a second
+    before = len(rx.snapshot())
+    seqs = [api.publish("turn/b", {"i": 100 + i}) for i in range(5)]
+    api.wait_delivery(ep["id"], seqs[-1], "delivered", timeout=15)
+    later = rx.snapshot()[before:]
+    assert [r.event()["data"]["i"] for r in later] == [100, 101, 102, 103, 104]
+    assert all(b.at - a.at >= 0.19 for a, b in zip(later, later[1:])), "two requests overlapped"
