@@ -13,6 +13,7 @@ talks to it over real sockets. The binary is `target/debug/polyport` unless the
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -151,10 +152,27 @@ def store_env(data_dir: Path) -> dict[str, str]:
         "POLYPORT_STORE": os.environ.get("POLYPORT_STORE", "postgres://postgres@127.0.0.1/test"),
         "POLYPORT_STORE_SCHEMA": "t_" + tag,
     }
+    if not _SCHEMAS:
+        atexit.register(_drop_schemas)
+    _SCHEMAS.add((env["POLYPORT_STORE"], env["POLYPORT_STORE_SCHEMA"]))
     if mode == "cluster2":
         env["POLYPORT_BUS"] = os.environ.get("POLYPORT_TEST_NATS", "nats://127.0.0.1:4222")
         env["POLYPORT_BUCKET"] = "t-" + tag
     return env
+
+
+# Every (database, schema) a server of this run was put in: a schema outlives its
+# server's stop (a restart finds it again), so they go when the test run ends.
+_SCHEMAS: set[tuple[str, str]] = set()
+
+
+def _drop_schemas() -> None:
+    for db in {db for db, _ in _SCHEMAS}:
+        drops = "".join(f'DROP SCHEMA IF EXISTS "{s}" CASCADE;' for d, s in _SCHEMAS if d == db)
+        try:
+            subprocess.run(["psql", db, "-qc", drops], capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # hygiene only: a leftover schema harms no later run (each has its own)
 
 
 # Arguments the peer node does not take: the seed is the first node's to make, and the
