@@ -25,7 +25,10 @@
 //!   before it is delivered or receipted, `persistent:true` or not; RabbitMQ keeps one
 //!   without `persistent:true` in memory (checked on its STOMP plugin: the queue counts
 //!   it among `messages`, not `messages_persistent`). That costs latency
-//!   (`polyport bench stomp`: the `/queue` latency row against the `/topic` one).
+//!   (`polyport bench stomp`: the `/queue` latency row against the `/topic` one). A
+//!   queue whose topic (`amqp/q/{name}`) is in `events.ephemeral_topics` is memory-only
+//!   instead, RabbitMQ's semantics (the bench's memory-only row), unless a SEND says
+//!   `persistent:true`.
 
 pub mod codec;
 mod connection;

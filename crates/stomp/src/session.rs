@@ -359,8 +359,10 @@ impl Session {
             })?;
         let mut draft = EventDraft::new(topic, f.body.clone());
         props::inbound(&f, &mut draft, chrono::Utc::now());
-        if durable_queue {
-            draft.durability = Durability::Durable;
+        // Durable unless the operator made the queue's topic memory-only
+        // (`events.ephemeral_topics`, as for AMQP); `persistent:true` forces the disk.
+        if durable_queue && draft.durability != Durability::Durable {
+            draft.durability = Durability::Auto;
         }
         static IN: HotCounter = HotCounter::new("polyport_stomp_messages_in_total");
         IN.increment(1);

@@ -28,6 +28,10 @@ pub(crate) struct StompArgs {
     /// The peer broker (RabbitMQ's STOMP plugin).
     #[arg(long, default_value = "127.0.0.1:61613")]
     rabbitmq: SocketAddr,
+    /// The same RabbitMQ over AMQP, through which the queues a run declared there (STOMP
+    /// cannot delete one) are deleted after it.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    rabbitmq_amqp: String,
     /// Messages per throughput scenario.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
@@ -40,6 +44,9 @@ pub(crate) struct StompArgs {
     /// Times Polyport and RabbitMQ take turns at each scenario; the row shows the medians.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Run only the scenarios whose name contains this (e.g. `latency`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 type Conn = Framed<TcpStream, Codec>;
@@ -116,29 +123,39 @@ async fn subscribe(io: &mut Conn, dest: &str, ack: &str, prefetch: usize) -> any
 
 #[derive(Clone, Copy)]
 enum Scenario {
-    Auto {
-        clients: usize,
-    },
+    Auto { clients: usize },
     Acked,
     Receipted,
-    /// To a durable `/queue` (`true`) or a `/topic`.
-    Latency {
-        queue: bool,
-    },
+    Latency(Dest),
 }
 
+/// Where the latency scenario sends.
+#[derive(Clone, Copy)]
+enum Dest {
+    /// A durable `/queue`: Polyport delivers once fsync'd.
+    Queue,
+    /// A `/queue` whose topic is in Polyport's `events.ephemeral_topics`: memory-only, as
+    /// RabbitMQ keeps a SEND without `persistent:true`.
+    MemoryQueue,
+    Topic,
+}
+
+/// The memory-only queue (a fixed name: `ephemeral_topics` names its topic).
+const MEMORY_QUEUE: &str = "polyport-bench-stomp-memory-only";
+
 impl Scenario {
-    async fn run(self, addr: SocketAddr, a: &StompArgs) -> anyhow::Result<Figure> {
-        let id = ulid_like();
+    /// Runs on queue `/queue/bench-{id}` (or the memory-only one).
+    async fn run(self, addr: SocketAddr, id: &str, a: &StompArgs) -> anyhow::Result<Figure> {
         let queue = format!("/queue/bench-{id}");
         match self {
             Scenario::Auto { clients } => throughput(addr, &queue, clients, "auto", a).await,
             Scenario::Acked => throughput(addr, &queue, 1, "client-individual", a).await,
             Scenario::Receipted => receipted(addr, &queue, a).await,
-            Scenario::Latency { queue: true } => latency(addr, &queue, a).await,
-            Scenario::Latency { queue: false } => {
-                latency(addr, &format!("/topic/bench-{id}"), a).await
+            Scenario::Latency(Dest::Queue) => latency(addr, &queue, a).await,
+            Scenario::Latency(Dest::MemoryQueue) => {
+                latency(addr, &format!("/queue/{MEMORY_QUEUE}"), a).await
             }
+            Scenario::Latency(Dest::Topic) => latency(addr, &format!("/topic/bench-{id}"), a).await,
         }
     }
 }
@@ -294,6 +311,25 @@ async fn latency(addr: SocketAddr, queue: &str, a: &StompArgs) -> anyhow::Result
     })
 }
 
+/// Deletes RabbitMQ's `queues` (a STOMP `/queue` is a durable queue there, which would
+/// outlive the run with whatever it still holds), best effort.
+async fn delete_queues(amqp: &str, queues: &[String]) {
+    use lapin::options::QueueDeleteOptions;
+    let Ok(c) = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    for q in queues {
+        // A channel each: deleting a queue that is not there closes the channel.
+        if let Ok(ch) = c.create_channel().await {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = c.close(200, "bye".into()).await;
+}
+
 /// Enables RabbitMQ's STOMP plugin if its port is closed; `true` when this run did.
 async fn enable_plugin(addr: SocketAddr) -> bool {
     if TcpStream::connect(addr).await.is_ok() {
@@ -327,7 +363,8 @@ async fn disable_plugin() {
 }
 
 pub(crate) async fn run(args: StompArgs) -> anyhow::Result<()> {
-    let child = PolyportChild::start("stomp").await?;
+    let config = format!("[events]\nephemeral_topics = [\"amqp/q/{MEMORY_QUEUE}\"]\n");
+    let child = PolyportChild::start_with("stomp", &config).await?;
     let enabled_here = enable_plugin(args.rabbitmq).await;
     let result = versus_rabbitmq(&child, &args).await;
     if enabled_here {
@@ -346,7 +383,7 @@ async fn versus_rabbitmq(child: &PolyportChild, args: &StompArgs) -> anyhow::Res
             args.rabbitmq
         );
     }
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         (
             "ack:auto, 1 producer → 1 consumer",
             Scenario::Auto { clients: 1 },
@@ -359,22 +396,40 @@ async fn versus_rabbitmq(child: &PolyportChild, args: &StompArgs) -> anyhow::Res
         ("receipted persistent SENDs, 4 clients", Scenario::Receipted),
         (
             "latency, SEND to a /queue, p50 / p99 µs",
-            Scenario::Latency { queue: true },
+            Scenario::Latency(Dest::Queue),
+        ),
+        (
+            "latency, memory-only /queue, p50 / p99 µs",
+            Scenario::Latency(Dest::MemoryQueue),
         ),
         (
             "latency, SEND to a /topic, p50 / p99 µs",
-            Scenario::Latency { queue: false },
+            Scenario::Latency(Dest::Topic),
         ),
     ];
+    let scenarios: Vec<_> = scenarios
+        .into_iter()
+        .filter(|(name, _)| args.only.as_deref().is_none_or(|o| name.contains(o)))
+        .collect();
     against_rabbitmq(child, rabbit_up, args.rounds, &scenarios, |s, peer| {
         let addr = if peer { args.rabbitmq } else { pp };
-        async move { s.run(addr, args).await }
+        async move {
+            let id = ulid_like();
+            let r = s.run(addr, &id, args).await;
+            if peer {
+                let queues = [format!("bench-{id}"), MEMORY_QUEUE.to_string()];
+                delete_queues(&args.rabbitmq_amqp, &queues).await;
+            }
+            r
+        }
     })
     .await?;
     println!(
         "(a SEND to a /queue lands in a durable queue: Polyport delivers it once fsync'd, as its\n \
-         RECEIPT promises; RabbitMQ keeps a SEND without `persistent:true` in memory. A SEND to a\n \
-         /topic is transient on both: Polyport writes it to its log without waiting for the disk.)"
+         RECEIPT promises; RabbitMQ keeps a SEND without `persistent:true` in memory. The\n \
+         memory-only row puts its queue's topic in Polyport's `events.ephemeral_topics`, RabbitMQ's\n \
+         semantics. A SEND to a /topic is transient on both: Polyport writes it to its log\n \
+         without waiting for the disk.)"
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ receipted SENDs surviving `kill -9`."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import socket
@@ -398,3 +399,31 @@ def test_a_subscription_past_the_cap_gets_an_error_frame_and_others_carry_on(ser
     other.send("/queue/cap-other", "still here")
     assert got.take(1)[0][1] == "still here"
     other.disconnect()
+
+
+def test_a_queue_whose_topic_is_ephemeral_is_memory_only_unless_a_send_says_persistent(servers):
+    """With `amqp/q/telemetry` in `events.ephemeral_topics`, SENDs to `/queue/telemetry`
+    are delivered but never written to the log (a replay from 0 does not have them), as
+    RabbitMQ keeps a SEND without `persistent:true` in memory; `persistent:true` still
+    goes to disk, and an ordinary `/queue` is logged as before."""
+    s = servers.start(config='[events]\nephemeral_topics = ["amqp/q/telemetry"]\n')
+    conn, got = connect(s)
+    conn.subscribe("/queue/telemetry", id="t", ack="auto")
+    conn.subscribe("/queue/jobs", id="j", ack="auto")
+    conn.send("/queue/telemetry", "reading", headers={"receipt": "r1"})
+    conn.send("/queue/telemetry", "kept", headers={"receipt": "r2", "persistent": "true"})
+    conn.send("/queue/jobs", "job", headers={"receipt": "r3"})
+    assert [got.receipt(), got.receipt(), got.receipt()] == ["r1", "r2", "r3"]
+    assert sorted(body for _, body in got.take(3)) == ["job", "kept", "reading"]
+    r = httpx.get(f"{s.url}/api/poll", params={"topic": "amqp/q/#", "since": 0, "wait": 0}, timeout=10)
+    assert r.status_code == 200, r.text
+    logged = sorted((e["subject"], base64_or_text(e)) for e in r.json()["events"])
+    assert logged == [("amqp/q/jobs", "job"), ("amqp/q/telemetry", "kept")], logged
+    conn.disconnect()
+
+
+def base64_or_text(e: dict) -> str:
+    """A CloudEvent's payload as text (`data` for JSON or text, `data_base64` otherwise)."""
+    if "data_base64" in e:
+        return base64.b64decode(e["data_base64"]).decode()
+    return e["data"] if isinstance(e["data"], str) else json.dumps(e["data"])
