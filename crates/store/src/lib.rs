@@ -254,58 +254,22 @@ impl Store for SqliteStore {
     }
 
     async fn list_records(&self, collection: &str, query: &ListQuery) -> HubResult<Page> {
-        let mut params: Vec<SqlValue> = vec![SqlValue::Text(collection.to_string())];
-        let mut where_sql = String::from("collection = ?1");
-        // A lookup by a field with an index (unique, or a relation) reads that index. The
-        // planner, knowing nothing of the data, prefers scanning the collection; and a
-        // partial index needs its collection spelled out (names are identifiers).
         let index = query
             .filter
             .as_ref()
             .and_then(sql::lookup_field)
             .and_then(|f| sqlite_tx::field_index(&self.collections().get(collection)?.spec, f));
-        let from = match &index {
-            Some(idx) => {
-                where_sql.push_str(&format!(" AND collection = '{collection}'"));
-                format!("records INDEXED BY \"{idx}\"")
-            }
-            None => "records".to_string(),
-        };
-        if let Some(f) = &query.filter {
-            where_sql.push_str(" AND ");
-            where_sql.push_str(&compile_filter(f, &mut params));
-        }
-        let count_sql = format!("SELECT count(*) FROM {from} WHERE {where_sql}");
-        let count_params = params.clone();
-        let (keys, spec) = list::sort_keys(query);
-        let exprs: Vec<(String, bool)> = keys
-            .iter()
-            .map(|k| (sort_expr(k, &mut params), k.desc))
-            .collect();
-        if let Some(cur) = list::cursor(query, &spec, exprs.len())? {
-            let values: Vec<SqlValue> = cur
-                .k
-                .iter()
-                .map(json_to_sql)
-                .collect::<Option<_>>()
-                .ok_or_else(|| HubError::InvalidCursor("malformed cursor value".into()))?;
-            where_sql.push_str(" AND ");
-            where_sql.push_str(&after_condition(&exprs, &values, &cur.id, &mut params));
-        }
-        let order: Vec<String> = exprs
-            .iter()
-            .map(|(e, d)| format!("{e} {}", if *d { "DESC" } else { "ASC" }))
-            .chain(std::iter::once("id ASC".to_string()))
-            .collect();
-        let select_keys: String = exprs.iter().map(|(e, _)| format!(", {e}")).collect();
-        let limit = query.limit.max(1);
-        let sql = format!(
-            "SELECT {RECORD_COLS}{select_keys} FROM {from} WHERE {where_sql} ORDER BY {} LIMIT {}",
-            order.join(", "),
-            limit + 1
-        );
+        let ListSql {
+            sql,
+            count_sql,
+            params,
+            count_params,
+            from,
+            spec,
+            nkeys,
+            limit,
+        } = list_sql(collection, query, index)?;
         let want_count = query.count;
-        let nkeys = exprs.len();
         let (rows, total) = self
             .read(move |conn| {
                 let mut stmt = prepare_indexed(conn, &sql, &from)?;
@@ -457,6 +421,78 @@ impl Store for SqliteStore {
 /// A list statement reading `from` (the records, perhaps through a field's index), or the
 /// records without the index when it is gone: a schema change that drops one commits
 /// before the collections a concurrent read looked at are replaced.
+/// A list query compiled for SQLite.
+struct ListSql {
+    sql: String,
+    count_sql: String,
+    params: Vec<SqlValue>,
+    count_params: Vec<SqlValue>,
+    from: String,
+    spec: String,
+    nkeys: usize,
+    limit: usize,
+}
+
+/// Compiles a list of `collection`, read through `index` when the filter looks a field up
+/// by one. The collection is spelled out, not bound: a statement whose `collection = ?`
+/// the planner matched against a partial index's `WHERE collection = 'c'` is re-prepared
+/// at every run with a new binding (SQLite's plan depends on the bound value then), and
+/// every field index is partial. Names are identifiers, so the literal needs no escaping
+/// beyond quotes.
+fn list_sql(collection: &str, query: &ListQuery, index: Option<String>) -> HubResult<ListSql> {
+    let mut params: Vec<SqlValue> = Vec::new();
+    let mut where_sql = format!("collection = '{}'", collection.replace('\'', "''"));
+    // A lookup by a field with an index (unique, or a relation) reads that index: the
+    // planner, knowing nothing of the data, prefers scanning the collection.
+    let from = match &index {
+        Some(idx) => format!("records INDEXED BY \"{idx}\""),
+        None => "records".to_string(),
+    };
+    if let Some(f) = &query.filter {
+        where_sql.push_str(" AND ");
+        where_sql.push_str(&compile_filter(f, &mut params));
+    }
+    let count_sql = format!("SELECT count(*) FROM {from} WHERE {where_sql}");
+    let count_params = params.clone();
+    let (keys, spec) = list::sort_keys(query);
+    let exprs: Vec<(String, bool)> = keys
+        .iter()
+        .map(|k| (sort_expr(k, &mut params), k.desc))
+        .collect();
+    if let Some(cur) = list::cursor(query, &spec, exprs.len())? {
+        let values: Vec<SqlValue> = cur
+            .k
+            .iter()
+            .map(json_to_sql)
+            .collect::<Option<_>>()
+            .ok_or_else(|| HubError::InvalidCursor("malformed cursor value".into()))?;
+        where_sql.push_str(" AND ");
+        where_sql.push_str(&after_condition(&exprs, &values, &cur.id, &mut params));
+    }
+    let order: Vec<String> = exprs
+        .iter()
+        .map(|(e, d)| format!("{e} {}", if *d { "DESC" } else { "ASC" }))
+        .chain(std::iter::once("id ASC".to_string()))
+        .collect();
+    let select_keys: String = exprs.iter().map(|(e, _)| format!(", {e}")).collect();
+    let limit = query.limit.max(1);
+    let sql = format!(
+        "SELECT {RECORD_COLS}{select_keys} FROM {from} WHERE {where_sql} ORDER BY {} LIMIT {}",
+        order.join(", "),
+        limit + 1
+    );
+    Ok(ListSql {
+        sql,
+        count_sql,
+        params,
+        count_params,
+        from,
+        spec,
+        nkeys: exprs.len(),
+        limit,
+    })
+}
+
 fn prepare_indexed<'c>(
     conn: &'c rusqlite::Connection,
     sql: &str,
@@ -493,5 +529,48 @@ mod tests {
         assert_eq!(ids, ["p1"]);
         // Any other failure is still one.
         assert!(super::prepare_indexed(&conn, "SELECT nope FROM records", from).is_err());
+    }
+
+    /// A list filtered by a relation, run again with other values, reuses its prepared
+    /// statement as it is: binding a collection the planner matched against the partial
+    /// index re-prepared it (parse and plan) at every run, a fifth of a GraphQL page's CPU.
+    #[test]
+    fn a_relation_lookup_is_not_re_prepared_at_every_run() {
+        use polyport_core::query::{Filter, ListQuery};
+        use polyport_core::schema::CollectionSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polyport.db");
+        let w = crate::db::open_writer(&path).unwrap();
+        let spec: CollectionSpec = serde_json::from_value(serde_json::json!({
+            "name": "posts",
+            "fields": [{"name": "author", "type": "relation", "collection": "users"}]
+        }))
+        .unwrap();
+        crate::sqlite_tx::ensure_field_indexes(&w, &spec).unwrap();
+        let index = crate::sqlite_tx::field_index(&spec, "author");
+        assert!(index.is_some());
+        let reader = crate::db::open_reader(&path).unwrap();
+        let mut sqls = Vec::new();
+        for who in ["u1", "u2", "u3", "u4"] {
+            let q = ListQuery {
+                filter: Some(
+                    Filter::parse(&format!(r#"author = "{who}" || author = "x""#)).unwrap(),
+                ),
+                limit: 20,
+                ..ListQuery::default()
+            };
+            let l = super::list_sql("posts", &q, index.clone()).unwrap();
+            let mut stmt = super::prepare_indexed(&reader, &l.sql, &l.from).unwrap();
+            let n = stmt
+                .query_map(super::params_from_iter(l.params.iter()), |_| Ok(()))
+                .unwrap()
+                .count();
+            assert_eq!(n, 0);
+            let reprepared = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(reprepared, 0, "{}", l.sql);
+            sqls.push(l.sql);
+        }
+        sqls.dedup();
+        assert_eq!(sqls.len(), 1, "one statement for every value");
     }
 }
