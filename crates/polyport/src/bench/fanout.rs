@@ -37,6 +37,10 @@ pub(crate) struct FanoutArgs {
     /// Draw p50/p99 latency against subscribers into this SVG file.
     #[arg(long)]
     chart: Option<std::path::PathBuf>,
+    /// The WebSocket half subscribes through raw topic sockets (`/ws/topics/…`: each
+    /// frame is the payload alone), and the baseline's WebSocket sends the payload alone.
+    #[arg(long)]
+    raw_ws: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -49,6 +53,9 @@ pub(crate) struct ClientArgs {
     sse: usize,
     #[arg(long)]
     ws: usize,
+    /// WebSocket subscribers on raw topic sockets.
+    #[arg(long)]
+    raw_ws: bool,
     #[arg(long)]
     events: usize,
     #[arg(long, default_value_t = 120)]
@@ -59,8 +66,13 @@ const TOPIC: &str = "bench/fanout";
 
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     println!(
-        "polyport bench fanout: {} writes per run, half SSE / half WebSocket subscribers",
-        args.events
+        "polyport bench fanout: {} writes per run, half SSE / half {} subscribers",
+        args.events,
+        if args.raw_ws {
+            "raw topic socket (/ws/topics)"
+        } else {
+            "WebSocket"
+        }
     );
     println!(
         "{:>11}  {:<9} {:>10} {:>10} {:>10} {:>10} {:>12}",
@@ -140,10 +152,11 @@ async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<
         let url = format!("{base}/api/topics/{TOPIC}");
         (base, url, Box::new(move || Box::pin(s.stop())))
     } else {
-        let (tx, _) = broadcast::channel::<Bytes>(1024);
+        let (tx, _) = broadcast::channel::<Published>(1024);
         let app = Router::new()
             .route("/sse", get(baseline_sse))
             .route("/ws", get(baseline_ws))
+            .route("/ws/raw", get(baseline_raw_ws))
             .route("/publish", post(baseline_publish))
             .with_state(tx);
         let (addr, stop) = start_baseline(app).await?;
@@ -171,6 +184,9 @@ async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<
     ]);
     if polyport {
         cmd.arg("--polyport");
+    }
+    if args.raw_ws {
+        cmd.arg("--raw-ws");
     }
     cmd.stdout(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().context("starting the client process")?;
@@ -212,7 +228,10 @@ async fn run_one(polyport: bool, n: usize, args: &FanoutArgs) -> anyhow::Result<
 /// The baseline broadcasts what Polyport sends for the same write, a CloudEvent of the
 /// same shape and size, so both runs give the clients the same bytes to read and parse:
 /// the ratio then compares the servers, not the payloads.
-async fn baseline_publish(State(tx): State<broadcast::Sender<Bytes>>, body: Bytes) -> &'static str {
+async fn baseline_publish(
+    State(tx): State<broadcast::Sender<Published>>,
+    body: Bytes,
+) -> &'static str {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let data: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -222,8 +241,19 @@ async fn baseline_publish(State(tx): State<broadcast::Sender<Bytes>>, body: Byte
         "time": chrono_free_now(), "sequence": seq,
         "datacontenttype": "application/json", "data": data,
     });
-    let _ = tx.send(Bytes::from(event.to_string()));
+    let _ = tx.send(Published {
+        event: Bytes::from(event.to_string()),
+        payload: body,
+    });
     "ok"
+}
+
+/// One write as the baseline broadcasts it: the CloudEvent (SSE, `/ws`) and the payload
+/// alone (raw topic sockets).
+#[derive(Clone)]
+struct Published {
+    event: Bytes,
+    payload: Bytes,
 }
 
 /// An RFC 3339 timestamp's length and shape, for the baseline's event.
@@ -237,14 +267,14 @@ fn chrono_free_now() -> String {
 }
 
 async fn baseline_sse(
-    State(tx): State<broadcast::Sender<Bytes>>,
+    State(tx): State<broadcast::Sender<Published>>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let rx = tx.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
-                Ok(b) => {
-                    let ev = Event::default().data(String::from_utf8_lossy(&b));
+                Ok(p) => {
+                    let ev = Event::default().data(String::from_utf8_lossy(&p.event));
                     return Some((Ok(ev), rx));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
@@ -256,19 +286,41 @@ async fn baseline_sse(
 }
 
 async fn baseline_ws(
-    State(tx): State<broadcast::Sender<Bytes>>,
+    State(tx): State<broadcast::Sender<Published>>,
     ws: WebSocketUpgrade,
 ) -> axum::response::Response {
     let mut rx = tx.subscribe();
     ws.on_upgrade(move |mut socket| async move {
         loop {
             match rx.recv().await {
-                Ok(b) => {
+                Ok(p) => {
                     // The envelope Polyport's /ws puts around each event.
                     let text = format!(
                         "{{\"type\":\"event\",\"subscription\":\"s1\",\"event\":{}}}",
-                        String::from_utf8_lossy(&b)
+                        String::from_utf8_lossy(&p.event)
                     );
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// What a raw topic socket sends: each payload alone, as a text frame.
+async fn baseline_raw_ws(
+    State(tx): State<broadcast::Sender<Published>>,
+    ws: WebSocketUpgrade,
+) -> axum::response::Response {
+    let mut rx = tx.subscribe();
+    ws.on_upgrade(move |mut socket| async move {
+        loop {
+            match rx.recv().await {
+                Ok(p) => {
+                    let text = String::from_utf8_lossy(&p.payload).into_owned();
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
@@ -309,6 +361,7 @@ pub(crate) async fn clients(args: ClientArgs) -> anyhow::Result<()> {
         let limit = connect_limit.clone();
         let events = args.events;
         let polyport = args.polyport;
+        let raw = args.raw_ws;
         let http = http.clone();
         let sse = i < args.sse;
         tasks.push(tokio::spawn(async move {
@@ -342,7 +395,12 @@ pub(crate) async fn clients(args: ClientArgs) -> anyhow::Result<()> {
                     }
                 }
             } else {
-                let url = format!("{}/ws", base.replacen("http", "ws", 1));
+                let ws_base = base.replacen("http", "ws", 1);
+                let url = match (raw, polyport) {
+                    (false, _) => format!("{ws_base}/ws"),
+                    (true, true) => format!("{ws_base}/ws/topics/{TOPIC}"),
+                    (true, false) => format!("{ws_base}/ws/raw"),
+                };
                 // tungstenite zero-fills its read buffer before each read (128 KiB by
                 // default): for 10k clients that memset took most of this process's CPU,
                 // which it shares with the server being measured.
@@ -350,7 +408,7 @@ pub(crate) async fn clients(args: ClientArgs) -> anyhow::Result<()> {
                     .read_buffer_size(4096);
                 let (mut ws, _) =
                     tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-                if polyport {
+                if polyport && !raw {
                     ws.send(tokio_tungstenite::tungstenite::Message::Text(
                         format!("{{\"id\":1,\"op\":\"subscribe\",\"topic\":\"{TOPIC}\"}}").into(),
                     ))
