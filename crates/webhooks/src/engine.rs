@@ -7,11 +7,12 @@
 //! with a stable `webhook-id`). On the cluster engine a worker runs only on the node
 //! holding its endpoint's lease.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use polyport_core::webhook::{Attempt, AttemptOutcome, Delivery, Endpoint};
 use polyport_core::{AuthContext, Hub, Origin, SubscribeRequest, TopicFilter};
 use tokio::sync::{Notify, Semaphore};
@@ -228,9 +229,6 @@ async fn unordered(
     lease: &dyn polyport_core::cluster::Lease,
     last_send: &mut Option<Instant>,
 ) {
-    use futures::StreamExt;
-    use std::collections::{HashSet, VecDeque};
-
     let shutdown = shared.hub.shutdown_token();
     let mut busy: HashSet<u64> = HashSet::new();
     let mut todo: VecDeque<(Delivery, Option<polyport_core::EventRef>)> = VecDeque::new();
@@ -320,7 +318,6 @@ where
     S: futures::Stream<Item = (Delivery, Option<(Attempt, AttemptOutcome)>)>,
     R: futures::Stream<Item = u64>,
 {
-    use futures::StreamExt;
     sending
         .for_each_concurrent(None, |(d, made)| async move {
             if let Some((attempt, outcome)) = made {
@@ -335,7 +332,7 @@ where
 async fn fetch_due(
     shared: &Shared,
     endpoint_id: &str,
-    busy: &std::collections::HashSet<u64>,
+    busy: &HashSet<u64>,
 ) -> Vec<(Delivery, Option<polyport_core::EventRef>)> {
     let queue = match shared
         .hub
