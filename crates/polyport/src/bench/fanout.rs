@@ -289,24 +289,12 @@ async fn baseline_ws(
     State(tx): State<broadcast::Sender<Published>>,
     ws: WebSocketUpgrade,
 ) -> axum::response::Response {
-    let mut rx = tx.subscribe();
-    ws.on_upgrade(move |mut socket| async move {
-        loop {
-            match rx.recv().await {
-                Ok(p) => {
-                    // The envelope Polyport's /ws puts around each event.
-                    let text = format!(
-                        "{{\"type\":\"event\",\"subscription\":\"s1\",\"event\":{}}}",
-                        String::from_utf8_lossy(&p.event)
-                    );
-                    if socket.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
-            }
-        }
+    // The envelope Polyport's /ws puts around each event.
+    relay(ws, tx.subscribe(), |p| {
+        format!(
+            "{{\"type\":\"event\",\"subscription\":\"s1\",\"event\":{}}}",
+            String::from_utf8_lossy(&p.event)
+        )
     })
 }
 
@@ -315,13 +303,22 @@ async fn baseline_raw_ws(
     State(tx): State<broadcast::Sender<Published>>,
     ws: WebSocketUpgrade,
 ) -> axum::response::Response {
-    let mut rx = tx.subscribe();
+    relay(ws, tx.subscribe(), |p| {
+        String::from_utf8_lossy(&p.payload).into_owned()
+    })
+}
+
+/// Sends each broadcast write as the text frame `frame` makes of it.
+fn relay(
+    ws: WebSocketUpgrade,
+    mut rx: broadcast::Receiver<Published>,
+    frame: fn(&Published) -> String,
+) -> axum::response::Response {
     ws.on_upgrade(move |mut socket| async move {
         loop {
             match rx.recv().await {
                 Ok(p) => {
-                    let text = String::from_utf8_lossy(&p.payload).into_owned();
-                    if socket.send(Message::Text(text.into())).await.is_err() {
+                    if socket.send(Message::Text(frame(&p).into())).await.is_err() {
                         break;
                     }
                 }
