@@ -472,6 +472,12 @@ impl Hub {
         self.inner.store.try_lease(name).await
     }
 
+    /// How many events a subscriber may fall behind before the Hub steps in (replaying
+    /// durable ones from the log, dropping ephemeral ones).
+    pub fn subscriber_queue(&self) -> usize {
+        self.inner.config.subscriber_queue
+    }
+
     /// How full the store's write queue is (0 to 1): AMQP's `connection.blocked` and
     /// friends look at it.
     pub fn write_pressure(&self) -> f32 {

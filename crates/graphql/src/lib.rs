@@ -23,6 +23,7 @@ mod loaders;
 mod names;
 mod over_http;
 mod schema;
+mod shared;
 
 use std::sync::Arc;
 
@@ -80,11 +81,21 @@ impl Default for GraphqlConfig {
 struct GqlState {
     hub: Hub,
     schema: Arc<ArcSwap<Schema>>,
+    shares: Arc<shared::Shares>,
 }
 
 impl GqlState {
     fn schema(&self) -> Schema {
         (**self.schema.load()).clone()
+    }
+
+    /// What a WebSocket connection executes with: the schema of the moment (kept for
+    /// the connection's life) and the shared subscriptions.
+    fn executor(&self) -> shared::SharingExecutor {
+        shared::SharingExecutor {
+            schema: self.schema.load_full(),
+            shares: self.shares.clone(),
+        }
     }
 
     /// Per-request (or per-connection) data: the caller and loaders that read as the
@@ -173,6 +184,7 @@ pub fn routes(hub: Hub, cfg: GraphqlConfig) -> Result<Router, GraphqlError> {
     let state = GqlState {
         hub: hub.clone(),
         schema: swap.clone(),
+        shares: shared::Shares::new(hub.clone()),
     };
     tokio::spawn(rebuild_on_change(hub, cfg, swap));
     Ok(Router::new()
@@ -258,7 +270,7 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
             Ok(u) => u,
             Err(r) => return r.into_response(),
         };
-        let schema = s.schema();
+        let executor = s.executor();
         // Credentials in `connection_init` (graphql-ws clients' `connectionParams`) win
         // over the upgrade request's; with neither, the connection is refused there when
         // anonymous callers are.
@@ -268,7 +280,7 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
             .protocols(ALL_WEBSOCKET_PROTOCOLS)
             .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
             .on_upgrade(move |socket| {
-                serve_websocket(socket, schema, protocol, move |payload| async move {
+                serve_websocket(socket, executor, protocol, move |payload| async move {
                     let caller = st.connection_caller(&payload, from_gate)?;
                     Ok(st.data(caller))
                 })
@@ -305,7 +317,7 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
 /// it was busy) are flushed in one write.
 async fn serve_websocket<F, R>(
     socket: WebSocket,
-    schema: Schema,
+    executor: shared::SharingExecutor,
     protocol: WebSocketProtocols,
     on_connection_init: F,
 ) where
@@ -321,7 +333,7 @@ async fn serve_websocket<F, R>(
                 _ => None,
             })
         });
-    let out = async_graphql::http::WebSocket::new(schema, input, protocol)
+    let out = async_graphql::http::WebSocket::new(executor, input, protocol)
         .on_connection_init(on_connection_init)
         .map(|m| {
             Ok(match m {

@@ -11,6 +11,7 @@ use polyport_core::record::format_time;
 use polyport_core::{EventRef, Hub, Item, Notice, RecordSelector, SubscribeRequest, TopicFilter};
 
 use super::{actx, gql_err, json_value, opt_filter, opt_id, opt_u64};
+use crate::shared::{ResumeAfter, SeqCell};
 
 /// An event or an in-band notice, as the `Event` type.
 enum Ev {
@@ -155,17 +156,24 @@ fn events_field(hub: &Hub) -> SubscriptionField {
         SubscriptionFieldFuture::new(async move {
             let topic = ctx.args.try_get("topic")?.string()?.to_string();
             let filter = TopicFilter::new(&topic).map_err(|e| gql_err(e.into()))?;
+            let cell = ctx.data_opt::<SeqCell>().cloned();
             let req = SubscribeRequest {
                 filters: vec![filter],
-                since: opt_u64(&ctx, "since")?,
+                since: since(&ctx)?,
                 strict: true,
                 ..SubscribeRequest::default()
             };
             let sub = h.subscribe(&actx(&ctx)?, req).await.map_err(gql_err)?;
-            Ok(item_stream(sub).map(|r| {
+            Ok(item_stream(sub).map(move |r| {
                 r.map(|it| match it {
-                    Item::Event(d) => FieldValue::owned_any(Ev::Event(d.event)),
-                    Item::Notice(n) => FieldValue::owned_any(Ev::Notice(n)),
+                    Item::Event(d) => {
+                        mark(&cell, d.event.seq);
+                        FieldValue::owned_any(Ev::Event(d.event))
+                    }
+                    Item::Notice(n) => {
+                        mark(&cell, None);
+                        FieldValue::owned_any(Ev::Notice(n))
+                    }
                 })
             }))
         })
@@ -193,22 +201,29 @@ fn record_changed_field(hub: &Hub) -> SubscriptionField {
                 let collection = ctx.args.try_get("collection")?.string()?.to_string();
                 let id = opt_id(&ctx, "id");
                 let filter = opt_filter(&ctx)?;
+                let cell = ctx.data_opt::<SeqCell>().cloned();
                 let req = SubscribeRequest {
                     records: Some(RecordSelector {
                         collection,
                         id,
                         filter,
                     }),
-                    since: opt_u64(&ctx, "since")?,
+                    since: since(&ctx)?,
                     strict: true,
                     ..SubscribeRequest::default()
                 };
                 let sub = h.subscribe(&actx(&ctx)?, req).await.map_err(gql_err)?;
-                Ok(item_stream(sub).filter_map(|r| async move {
-                    match r {
-                        Ok(Item::Event(d)) => Some(Ok(FieldValue::owned_any(d.event))),
-                        Ok(Item::Notice(_)) => None,
-                        Err(e) => Some(Err(e)),
+                Ok(item_stream(sub).filter_map(move |r| {
+                    let cell = cell.clone();
+                    async move {
+                        match r {
+                            Ok(Item::Event(d)) => {
+                                mark(&cell, d.event.seq);
+                                Some(Ok(FieldValue::owned_any(d.event)))
+                            }
+                            Ok(Item::Notice(_)) => None,
+                            Err(e) => Some(Err(e)),
+                        }
                     }
                 }))
             })
@@ -224,6 +239,18 @@ fn record_changed_field(hub: &Hub) -> SubscriptionField {
             .description("only changes whose record matches"),
     )
     .argument(InputValue::new("since", TypeRef::named("Long")))
+}
+
+/// `since`, or where a subscriber that left a shared execution resumes.
+fn since(ctx: &ResolverContext<'_>) -> async_graphql::Result<Option<u64>> {
+    Ok(opt_u64(ctx, "since")?.or_else(|| ctx.data_opt::<ResumeAfter>().map(|r| r.0)))
+}
+
+/// Tells a shared execution the sequence behind the response being made.
+fn mark(cell: &Option<SeqCell>, seq: Option<u64>) {
+    if let Some(c) = cell {
+        c.mark(seq);
+    }
 }
 
 /// A subscription as a stream that ends after its first error.

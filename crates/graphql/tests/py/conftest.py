@@ -23,7 +23,7 @@ HTTP_TESTS = Path(__file__).resolve().parents[3] / "http" / "tests" / "py"
 if str(HTTP_TESTS) not in sys.path:
     sys.path.append(str(HTTP_TESTS))
 
-from polyport_server import base_url, blog, client, shared_blog, spawn, start_server  # noqa: E402, F401  (fixtures)
+from polyport_server import base_url, blog, client, servers, shared_blog, spawn, start_server  # noqa: E402, F401  (fixtures)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import json
 
 import httpx
 import pytest
+import websockets
 from gql import Client
 from gql.transport.exceptions import TransportQueryError
 
@@ -185,3 +186,90 @@ def test_events_carry_message_attributes_and_user_headers(blog):
     assert ev["attributes"] == {"replyto": "orders/replies", "correlationid": "o-7", "priority": 5}
     assert ev["headers"] == [["trace", "t"]]
     assert ev["data"] == {"n": 7}
+
+
+
+SHARED_QUERY = 'subscription { recordChanged(collection: "notes") { operation sequence record } }'
+
+
+def test_subscribers_of_one_query_each_get_every_change_and_a_stalled_one_loses_none(servers):
+    """Subscribers asking the same thing are served by one execution; one that stops
+    reading falls far behind the others (the server's subscriber queue is 8 here) and
+    still receives every change, in order, once it reads again; one leaving ends nobody
+    else's subscription."""
+    s = servers.start("[events]\nsubscriber_queue = 8\n", "--demo", "blog")
+    big = "x" * 16_000  # enough changes of this size fill the stalled socket's buffers
+    count = 700
+
+    async def raw_next(sock, timeout=TIMEOUT) -> dict:
+        msg = json.loads(await asyncio.wait_for(sock.recv(), timeout))
+        assert msg["type"] == "next" and msg["id"] == "s", msg
+        return msg["payload"]["data"]["recordChanged"]
+
+    async def sub_next(sub) -> dict:
+        return (await sub.next())["recordChanged"]
+
+    async def changes(next_change, n) -> list[tuple[str, int]]:
+        """The next `n` changes other than probes, as (id, sequence)."""
+        got = []
+        while len(got) < n:
+            c = await next_change()
+            if not c["record"]["id"].startswith("probe"):
+                got.append((c["record"]["id"], c["sequence"]))
+        return got
+
+    async def scenario():
+        async with async_client(s) as http:
+            r = await http.post("/api/collections", json={"name": "notes", "fields": [{"name": "body", "type": "text"}]})
+            assert r.status_code == 201, r.text
+            probes = itertools.count()
+
+            async def probe():
+                r = await http.post("/api/collections/notes/records", json={"id": f"probe{next(probes)}"})
+                assert r.status_code == 201, r.text
+
+            stalled = await websockets.connect(f"ws://{s.http}/graphql", subprotocols=["graphql-transport-ws"],
+                                               max_queue=1, max_size=2**22)
+            await stalled.send(json.dumps({"type": "connection_init"}))
+            assert json.loads(await stalled.recv())["type"] == "connection_ack"
+            await stalled.send(json.dumps({"id": "s", "type": "subscribe", "payload": {"query": SHARED_QUERY}}))
+            while True:  # live once a probe arrives
+                await probe()
+                try:
+                    await raw_next(stalled, 0.2)
+                    break
+                except asyncio.TimeoutError:
+                    pass
+            async with Client(transport=ws_transport(s, SUBPROTOCOLS[0])) as one, \
+                    Client(transport=ws_transport(s, SUBPROTOCOLS[1])) as two:
+                subs = [Subscription(one, SHARED_QUERY), Subscription(two, SHARED_QUERY)]
+                for sub in subs:
+                    await sub.wait_live(probe)
+
+                async def write_all():
+                    for i in range(count):
+                        r = await http.post("/api/collections/notes/records", json={"id": f"n{i:04}", "body": big})
+                        assert r.status_code == 201, r.text
+
+                fast = [changes(lambda sub=sub: sub_next(sub), count) for sub in subs]
+                _, *seen = await asyncio.gather(write_all(), *fast)
+                want = [f"n{i:04}" for i in range(count)]
+                for got in seen:
+                    assert [i for i, _ in got] == want
+                sequences = [q for _, q in seen[0]]
+                assert sequences == sorted(sequences) and len(set(sequences)) == count
+                assert seen[0] == seen[1]
+
+                # the stalled subscriber reads at last: every change, in order, none twice
+                assert await changes(lambda: raw_next(stalled), count) == seen[0]
+
+                # one leaving ends nobody else's subscription
+                await subs[0].close()
+                r = await http.post("/api/collections/notes/records", json={"id": "after"})
+                assert r.status_code == 201, r.text
+                assert (await changes(lambda: sub_next(subs[1]), 1))[0][0] == "after"
+                assert (await changes(lambda: raw_next(stalled), 1))[0][0] == "after"
+                await subs[1].close()
+            await stalled.close()
+
+    run(scenario())

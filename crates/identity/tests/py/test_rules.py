@@ -135,6 +135,67 @@ def test_subscribers_only_receive_changes_their_view_rule_admits(ruled):
     sub.loop_stop()
 
 
+def test_graphql_subscribers_asking_the_same_thing_each_see_what_their_view_rule_admits(ruled):
+    """Identical GraphQL subscriptions share one execution per caller, never across
+    callers: each of alice, bob, an anonymous client and an admin sees what its own view
+    rule admits of the same writes."""
+    import asyncio
+
+    import websockets
+
+    query = 'subscription { recordChanged(collection: "notes") { record } }'
+    callers = {"alice": ALICE, "bob": BOB, "anonymous": None, "root": ROOT}
+    probes = iter(range(10_000))
+
+    def write(creds, **note):
+        r = client(ruled, creds).post("/records", json=note)
+        assert r.status_code == 201, r.text
+
+    def probe():
+        write(ROOT, id=f"probe{next(probes)}", title="probe", owner="root", public=True)
+
+    async def title(sock, timeout) -> str:
+        msg = json.loads(await asyncio.wait_for(sock.recv(), timeout))
+        assert msg["type"] == "next", msg
+        return msg["payload"]["data"]["recordChanged"]["record"]["title"]
+
+    async def subscribe(creds):
+        sock = await websockets.connect(f"ws://{ruled.http}/graphql", subprotocols=["graphql-transport-ws"])
+        await sock.send(json.dumps({"type": "connection_init", "payload": doors.authorization(creds)}))
+        assert json.loads(await sock.recv())["type"] == "connection_ack"
+        await sock.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+        while True:  # live once a probe arrives
+            await asyncio.to_thread(probe)
+            try:
+                await title(sock, 0.3)
+                return sock
+            except asyncio.TimeoutError:
+                pass
+
+    async def scenario() -> dict[str, list[str]]:
+        socks = {who: await subscribe(creds) for who, creds in callers.items()}
+        write(BOB, id="b1", title="bob private", owner="bob")
+        write(BOB, id="b2", title="bob public", owner="bob", public=True)
+        write(ALICE, id="a1", title="alice private", owner="alice")
+        write(ROOT, id="end", title="end", owner="root", public=True)
+        seen = {}
+        for who, sock in socks.items():
+            seen[who] = []
+            while (t := await title(sock, 10)) != "end":
+                if t != "probe":
+                    seen[who].append(t)
+            await sock.close()
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert seen == {
+        "alice": ["bob public", "alice private"],
+        "bob": ["bob private", "bob public"],
+        "anonymous": ["bob public"],
+        "root": ["bob private", "bob public", "alice private"],
+    }, seen
+
+
 def test_bad_and_admin_only_rules(ruled):
     with httpx.Client(base_url=ruled.url, timeout=10, headers=doors.authorization(ROOT)) as root:
         r = root.post("/api/collections", json={"name": "bad", "rules": {"view": "owner = @auth.password"}})
