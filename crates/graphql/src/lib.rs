@@ -24,22 +24,21 @@ mod names;
 mod over_http;
 mod schema;
 mod shared;
+mod ws;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_graphql::dataloader::DataLoader;
 use async_graphql::dynamic::Schema;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols, WsMessage};
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use futures::StreamExt as _;
 use polyport_core::{AuthContext, Hub, HubError, Origin};
 
 use crate::loaders::{RecordLoader, ReverseLoader};
@@ -280,7 +279,7 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
             .protocols(ALL_WEBSOCKET_PROTOCOLS)
             .read_buffer_size(polyport_core::adapter::WS_READ_BUFFER)
             .on_upgrade(move |socket| {
-                serve_websocket(socket, executor, protocol, move |payload| async move {
+                ws::serve(socket, executor, protocol, move |payload| async move {
                     let caller = st.connection_caller(&payload, from_gate)?;
                     Ok(st.data(caller))
                 })
@@ -309,43 +308,6 @@ async fn get_graphql(State(s): State<GqlState>, headers: HeaderMap, req: Request
         Ok(req) => execute(&s, req, media, caller).await,
         Err(r) => r.into_response(media),
     }
-}
-
-/// A GraphQL WebSocket connection, as `async_graphql_axum::GraphQLWebSocket::serve`
-/// runs one but for how messages leave: that sends and flushes each one, a write per
-/// message; here the messages ready together (events that queued for a subscriber while
-/// it was busy) are flushed in one write.
-async fn serve_websocket<F, R>(
-    socket: WebSocket,
-    executor: shared::SharingExecutor,
-    protocol: WebSocketProtocols,
-    on_connection_init: F,
-) where
-    F: FnOnce(serde_json::Value) -> R + Send + 'static,
-    R: std::future::Future<Output = async_graphql::Result<async_graphql::Data>> + Send + 'static,
-{
-    let (sink, stream) = socket.split();
-    let input = stream
-        .take_while(|m| futures::future::ready(m.is_ok()))
-        .filter_map(|m| {
-            futures::future::ready(match m {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(m.into_data()),
-                _ => None,
-            })
-        });
-    let out = async_graphql::http::WebSocket::new(executor, input, protocol)
-        .on_connection_init(on_connection_init)
-        .map(|m| {
-            Ok(match m {
-                WsMessage::Text(text) => Message::Text(text.into()),
-                WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                })),
-            })
-        });
-    // `forward` flushes when the stream has nothing more ready; a closed socket ends it.
-    let _ = out.forward(sink).await;
 }
 
 async fn sdl(State(s): State<GqlState>) -> Response {

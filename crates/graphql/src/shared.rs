@@ -3,8 +3,9 @@
 //! async-graphql runs a subscription's selection for every event and every subscriber:
 //! with 200 clients on `recordChanged(collection: "users")` each write was resolved 200
 //! times. Here subscribers with the same schema, document, operation, variables and
-//! caller share one execution (one Hub subscription, one resolution per event), and each
-//! takes a copy of its responses — the multiplexing Hasura does for live queries.
+//! caller share one execution (one Hub subscription, one resolution and one
+//! serialisation per event), and every member sends the same bytes — the multiplexing
+//! Hasura does for live queries.
 //!
 //! Only live subscriptions share: one with `since` replays history that a later joiner
 //! would not get, so it runs on its own, as does anything that is not a subscription.
@@ -24,12 +25,14 @@ use std::sync::{Arc, Weak};
 
 use async_graphql::dynamic::Schema;
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
-use async_graphql::{Data, Executor, Request, Response};
+use async_graphql::{Data, Request, Response};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use parking_lot::Mutex;
 use polyport_core::{AuthContext, Hub, HubError};
 use tokio::sync::broadcast;
+
+use crate::ws::Out;
 
 /// Set by a subscription field's stream to the sequence of the event it is about to
 /// yield (0: none), so the execution driving it knows where each response stands.
@@ -85,7 +88,8 @@ impl Drop for Share {
 #[derive(Clone)]
 struct Shot {
     seq: u64,
-    response: Arc<Response>,
+    /// The response, serialised once for every member.
+    rendered: Arc<str>,
 }
 
 /// What a request executes, when it may share: the operation is a subscription with
@@ -151,7 +155,7 @@ impl Shares {
         req: Request,
         data: Arc<Data>,
         caller: String,
-    ) -> BoxStream<'static, Response> {
+    ) -> BoxStream<'static, Out> {
         let key = Key {
             schema: schema_id,
             query: req.query.clone(),
@@ -230,11 +234,15 @@ impl Shares {
                 {
                     shares.retire(&key, &share);
                 }
+                let rendered = match serde_json::to_string(&response) {
+                    Ok(r) => Arc::from(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a GraphQL response did not serialise");
+                        continue;
+                    }
+                };
                 if let Some(tx) = share.tx.lock().as_ref() {
-                    let _ = tx.send(Shot {
-                        seq,
-                        response: Arc::new(response),
-                    });
+                    let _ = tx.send(Shot { seq, rendered });
                 }
             }
             if let (Some(share), Some(shares)) = (weak.upgrade(), shares.upgrade()) {
@@ -273,7 +281,7 @@ enum Phase<F> {
 }
 
 /// A member's responses: the share's, then (if it fell behind) its own execution's.
-fn member_stream<F>(member: Member, alone: F) -> BoxStream<'static, Response>
+fn member_stream<F>(member: Member, alone: F) -> BoxStream<'static, Out>
 where
     F: FnOnce(u64) -> BoxStream<'static, Response> + Send + 'static,
 {
@@ -281,13 +289,12 @@ where
         match phase? {
             Phase::Alone(mut s) => {
                 let r = s.next().await?;
-                Some((r, Some(Phase::Alone(s))))
+                Some((Out::Response(Box::new(r)), Some(Phase::Alone(s))))
             }
             Phase::Shared(mut m, alone) => match m.rx.recv().await {
                 Ok(shot) => {
                     m.last = m.last.max(shot.seq);
-                    let r = copy(&shot.response);
-                    Some((r, Some(Phase::Shared(m, alone))))
+                    Some((Out::Rendered(shot.rendered), Some(Phase::Shared(m, alone))))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -300,25 +307,16 @@ where
                             .into_server_error(Default::default());
                         e.locations.clear();
                         let r = Response::from_errors(vec![e]);
-                        return Some((r, None));
+                        return Some((Out::Response(Box::new(r)), None));
                     }
                     let mut s = alone(m.last);
                     let r = s.next().await?;
-                    Some((r, Some(Phase::Alone(s))))
+                    Some((Out::Response(Box::new(r)), Some(Phase::Alone(s))))
                 }
             },
         }
     })
     .boxed()
-}
-
-/// What a member sends of a shared response (`Response` is not `Clone`; its cache
-/// control and HTTP headers mean nothing on a WebSocket).
-fn copy(r: &Response) -> Response {
-    let mut c = Response::new(r.data.clone());
-    c.extensions = r.extensions.clone();
-    c.errors = r.errors.clone();
-    c
 }
 
 /// A connection's executor: queries and mutations as the schema runs them, live
@@ -329,24 +327,19 @@ pub(crate) struct SharingExecutor {
     pub(crate) shares: Arc<Shares>,
 }
 
-impl Executor for SharingExecutor {
-    fn execute(&self, request: Request) -> impl Future<Output = Response> + Send {
-        let schema = self.schema.clone();
-        async move { schema.execute(request).await }
-    }
-
-    fn execute_stream(
-        &self,
-        request: Request,
-        session_data: Option<Arc<Data>>,
-    ) -> BoxStream<'static, Response> {
-        let data = session_data.unwrap_or_default();
+impl SharingExecutor {
+    /// The results of one operation sent over the connection, as its caller (`data`).
+    pub(crate) fn stream(&self, request: Request, data: Arc<Data>) -> BoxStream<'static, Out> {
         match caller_of(&data) {
             Some(caller) if shareable(&request) => {
                 let id = Arc::as_ptr(&self.schema) as usize;
                 self.shares.join(&self.schema, id, request, data, caller)
             }
-            _ => self.schema.execute_stream_with_session_data(request, data),
+            _ => self
+                .schema
+                .execute_stream_with_session_data(request, data)
+                .map(|r| Out::Response(Box::new(r)))
+                .boxed(),
         }
     }
 }

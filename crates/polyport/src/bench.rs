@@ -536,7 +536,7 @@ pub(crate) async fn users_writes(base: &str, n: usize, tag: &str) -> anyhow::Res
 /// REST writes while `readers` (one per stream, each returning the changes it got)
 /// count; prints deliveries/s, and the writes' rate beside `alone`, the same writes with
 /// nobody streaming. `title` names the streams ("200 WatchUsers streams"), `who` their
-/// holders ("watchers").
+/// holders ("watchers"). Returns the deliveries/s.
 pub(crate) async fn streamed_writes(
     base: &str,
     n: usize,
@@ -544,7 +544,7 @@ pub(crate) async fn streamed_writes(
     alone: f64,
     title: &str,
     who: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let streams = readers.len();
     let started = Instant::now();
     let with = users_writes(base, n, "watched").await?;
@@ -562,7 +562,7 @@ pub(crate) async fn streamed_writes(
         "writes/s with {streams} {who} vs none: {with:.0} vs {alone:.0} ({:.2}x)",
         with / alone.max(1.0)
     );
-    Ok(())
+    Ok(delivered as f64 / secs)
 }
 
 pub(crate) fn now_micros() -> u64 {

@@ -476,9 +476,8 @@ def graphql_ws_subscribe(f: str):
                 assert who.refusal == "unauthenticated", f"connection failed for a valid identity: {e!r}"
                 close = close_frame(e)
                 assert close is not None, f"no close frame: {e!r}"
-                # graphql-transport-ws recommends 4403 Forbidden; async-graphql closes a
-                # refused connection_init with 1002 and the reason.
-                assert close.code == 4403 or (close.code in (1002, 4401) and "not authenticated" in close.reason), close
+                # graphql-transport-ws: a refused connection_init is 4403 Forbidden.
+                assert close.code == 4403 and "not authenticated" in close.reason, close
                 return False
         return asyncio.run(asyncio.wait_for(run(), TIMEOUT * 2))
     return do

@@ -206,7 +206,9 @@ const RECORD_CHANGED: &str =
 
 /// GraphQL subscription fanout: `subscribers` graphql-transport-ws clients on
 /// `recordChanged(collection: "users")`, then `n` REST writes; deliveries/s, and the
-/// writes' rate beside their rate with nobody subscribed.
+/// writes' rate beside their rate with nobody subscribed. Then the same on raw topic
+/// sockets (`/ws/topics/collections/users/+`, a frame per change and no protocol): the
+/// floor a WebSocket per subscriber costs, which the GraphQL figure is a ratio to.
 pub(crate) async fn subscription_fanout(subscribers: usize, n: usize) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let base = format!("http://{}", server.addr);
@@ -218,20 +220,57 @@ pub(crate) async fn subscription_fanout(subscribers: usize, n: usize) -> anyhow:
         .error_for_status()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let alone = users_writes(&base, n, "alone").await?;
+    let mut rates = Vec::new();
+    for face in [Face::Graphql, Face::RawTopic] {
+        rates.push(face_fanout(&server, face, subscribers, n, alone).await?);
+    }
+    println!(
+        "GraphQL subscription deliveries/s vs raw topic sockets: {:.2}x (higher is better)",
+        rates[0] / rates[1].max(1.0)
+    );
+    server.stop().await;
+    Ok(())
+}
+
+/// How a fanout subscriber connects.
+#[derive(Clone, Copy)]
+enum Face {
+    Graphql,
+    RawTopic,
+}
+
+/// One face's fanout: `subscribers` sockets, a warm-up write every one sees, then `n`
+/// writes; returns deliveries/s.
+async fn face_fanout(
+    server: &TestServer,
+    face: Face,
+    subscribers: usize,
+    n: usize,
+    alone: f64,
+) -> anyhow::Result<f64> {
+    let base = format!("http://{}", server.addr);
     // Each reader counts the warm-up write's change as "live", then the `n` that follow.
     let live = Arc::new(tokio::sync::Barrier::new(subscribers + 1));
     let mut readers = Vec::new();
     for _ in 0..subscribers {
-        let mut sock = subscribe(&format!("ws://{}/graphql", server.addr)).await?;
+        let mut sock = match face {
+            Face::Graphql => subscribe(&format!("ws://{}/graphql", server.addr)).await?,
+            Face::RawTopic => {
+                let url = format!("ws://{}/ws/topics/collections/users/%2B", server.addr);
+                tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+                    .await?
+                    .0
+            }
+        };
         let live = live.clone();
         readers.push(tokio::spawn(async move {
             let mut warm = false;
             let mut got = 0usize;
             while got < n {
                 let next = tokio::time::timeout(Duration::from_secs(30), sock.next()).await;
+                let delivery = |t: &str| matches!(face, Face::RawTopic) || t.contains("\"next\"");
                 match next {
-                    Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"next\"") => match warm
-                    {
+                    Ok(Some(Ok(Message::Text(t)))) if delivery(t.as_str()) => match warm {
                         false => {
                             warm = true;
                             live.wait().await;
@@ -252,19 +291,20 @@ pub(crate) async fn subscription_fanout(subscribers: usize, n: usize) -> anyhow:
     {
         bail!("not every subscriber saw the warm-up write within 30 s");
     }
-    streamed_writes(
-        &base,
-        n,
-        readers,
-        alone,
-        &format!(
-            "subscription fanout: {subscribers} graphql-transport-ws recordChanged subscribers"
-        ),
-        "subscribers",
-    )
-    .await?;
-    server.stop().await;
-    Ok(())
+    let title = match face {
+        Face::Graphql => {
+            format!(
+                "subscription fanout: {subscribers} graphql-transport-ws recordChanged subscribers"
+            )
+        }
+        Face::RawTopic => format!("the same on {subscribers} raw topic sockets"),
+    };
+    streamed_writes(&base, n, readers, alone, &title, "subscribers").await
+}
+
+/// A small read buffer: tungstenite zero-fills it before each read (see bench fanout).
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
 }
 
 type Socket =
@@ -277,11 +317,8 @@ async fn subscribe(url: &str) -> anyhow::Result<Socket> {
         "sec-websocket-protocol",
         HeaderValue::from_static("graphql-transport-ws"),
     );
-    // A small read buffer: tungstenite zero-fills it before each read (see bench fanout).
-    let config =
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
     let (mut sock, _) =
-        tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
+        tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true).await?;
     let send = |v: Value| Message::Text(v.to_string().into());
     sock.send(send(json!({"type": "connection_init"}))).await?;
     loop {

@@ -1,0 +1,206 @@
+//! The GraphQL WebSocket protocols, `graphql-transport-ws` and the legacy `graphql-ws`
+//! (subscriptions-transport-ws), served here rather than by async-graphql's
+//! `http::WebSocket` for one reason: a shared subscription's response is serialised once
+//! and the same bytes go to every member, where async-graphql serialises a `Response`
+//! per subscriber. Client messages are async-graphql's [`ClientMessage`]; close codes
+//! are those of graphql-ws's PROTOCOL.md (4400 bad message, 4401 subscribe before
+//! `connection_ack`, 4403 refused `connection_init`, 4409 a duplicate id, 4429 a second
+//! `connection_init`), where async-graphql used 1002/1011 for some of them.
+//!
+//! Every result, errors included, goes out as `next` (legacy: `data`) followed by
+//! `complete`, as async-graphql sends them; a client's `complete`/`stop` is answered
+//! with `complete` too. Messages ready together are flushed in one write.
+
+use std::sync::Arc;
+
+use async_graphql::http::{ClientMessage, WebSocketProtocols};
+use async_graphql::{Data, Response};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::stream::BoxStream;
+use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio_stream::StreamMap;
+
+use crate::shared::SharingExecutor;
+
+/// One result of a subscription, as its members receive it.
+pub(crate) enum Out {
+    /// A shared execution's response, serialised once.
+    Rendered(Arc<str>),
+    /// A response of this subscriber's own.
+    Response(Box<Response>),
+}
+
+/// A subscription's results, then `None` for its end.
+type Results = BoxStream<'static, Option<Out>>;
+
+/// Serves one connection until either side closes it.
+pub(crate) async fn serve<F, R>(
+    socket: WebSocket,
+    executor: SharingExecutor,
+    protocol: WebSocketProtocols,
+    on_connection_init: F,
+) where
+    F: FnOnce(serde_json::Value) -> R + Send + 'static,
+    R: Future<Output = async_graphql::Result<Data>> + Send + 'static,
+{
+    let (mut sink, mut input) = socket.split();
+    let mut on_init = Some(on_connection_init);
+    let mut data: Option<Arc<Data>> = None;
+    let mut subs: StreamMap<String, Results> = StreamMap::new();
+    let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
+    loop {
+        let reply = tokio::select! {
+            m = input.next() => {
+                let bytes = match m {
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m.into_data(),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                };
+                match ClientMessage::from_bytes(&bytes) {
+                    Err(e) => Reply::Close(4400, format!("Invalid message received: {e}")),
+                    Ok(msg) => {
+                        match handle(msg, legacy, &mut on_init, &mut data, &mut subs, &executor).await {
+                            Some(r) => r,
+                            None => continue,
+                        }
+                    }
+                }
+            }
+            Some((id, out)) = subs.next(), if !subs.is_empty() => Reply::Text(result(legacy, &id, out)),
+        };
+        let closing = matches!(reply, Reply::Close(..));
+        if sink.feed(reply.into_message()).await.is_err() {
+            return;
+        }
+        if closing {
+            let _ = sink.flush().await;
+            return;
+        }
+        // Whatever else is ready goes in the same write.
+        while let Some(Some((id, out))) = subs.next().now_or_never() {
+            if sink
+                .feed(Message::Text(result(legacy, &id, out).into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the server sends in answer.
+enum Reply {
+    Text(String),
+    Close(u16, String),
+}
+
+impl Reply {
+    fn into_message(self) -> Message {
+        match self {
+            Reply::Text(t) => Message::Text(t.into()),
+            Reply::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        }
+    }
+}
+
+/// Acts on one client message; `None` when nothing is sent back.
+async fn handle<F, R>(
+    msg: ClientMessage,
+    legacy: bool,
+    on_init: &mut Option<F>,
+    data: &mut Option<Arc<Data>>,
+    subs: &mut StreamMap<String, Results>,
+    executor: &SharingExecutor,
+) -> Option<Reply>
+where
+    F: FnOnce(serde_json::Value) -> R,
+    R: Future<Output = async_graphql::Result<Data>>,
+{
+    match msg {
+        ClientMessage::ConnectionInit { payload } => {
+            let Some(init) = on_init.take() else {
+                return Some(Reply::Close(
+                    4429,
+                    "Too many initialisation requests".into(),
+                ));
+            };
+            Some(match init(payload.unwrap_or_default()).await {
+                Ok(d) => {
+                    *data = Some(Arc::new(d));
+                    Reply::Text(r#"{"type":"connection_ack"}"#.into())
+                }
+                Err(e) if legacy => Reply::Text(
+                    serde_json::json!({"type": "connection_error", "payload": {"message": e.message}})
+                        .to_string(),
+                ),
+                Err(e) => Reply::Close(4403, e.message),
+            })
+        }
+        ClientMessage::Start { id, payload } => {
+            let Some(data) = data.clone() else {
+                return Some(Reply::Close(4401, "Unauthorized".into()));
+            };
+            if !legacy && subs.contains_key(&id) {
+                return Some(Reply::Close(
+                    4409,
+                    format!("Subscriber for {id} already exists"),
+                ));
+            }
+            let results = executor
+                .stream(payload, data)
+                .map(Some)
+                .chain(futures::stream::once(async { None }))
+                .boxed();
+            subs.insert(id, results);
+            None
+        }
+        ClientMessage::Stop { id } => subs.remove(&id).map(|_| Reply::Text(complete(&id))),
+        ClientMessage::ConnectionTerminate => Some(Reply::Close(1000, String::new())),
+        ClientMessage::Ping { .. } => Some(Reply::Text(r#"{"type":"pong"}"#.into())),
+        ClientMessage::Pong { .. } => None,
+    }
+}
+
+fn complete(id: &str) -> String {
+    format!(r#"{{"type":"complete","id":{}}}"#, json_string(id))
+}
+
+/// `next` (legacy: `data`) with the result, or `complete` at the end.
+fn result(legacy: bool, id: &str, out: Option<Out>) -> String {
+    let Some(out) = out else { return complete(id) };
+    let ty = if legacy { "data" } else { "next" };
+    let owned;
+    let payload: &str = match &out {
+        Out::Rendered(p) => p,
+        Out::Response(r) => {
+            owned = serde_json::to_string(r).unwrap_or_else(|e| {
+                format!(
+                    r#"{{"errors":[{{"message":{}}}]}}"#,
+                    json_string(&e.to_string())
+                )
+            });
+            &owned
+        }
+    };
+    let id = json_string(id);
+    let mut s = String::with_capacity(payload.len() + id.len() + 40);
+    s.push_str(r#"{"type":""#);
+    s.push_str(ty);
+    s.push_str(r#"","id":"#);
+    s.push_str(&id);
+    s.push_str(r#","payload":"#);
+    s.push_str(payload);
+    s.push('}');
+    s
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}

@@ -1,0 +1,74 @@
+"""The graphql-transport-ws protocol's rules, with a raw websocket client: each breach
+closes the socket with the close code graphql-ws's PROTOCOL.md gives it, and `ping` is
+answered with `pong`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import websockets
+
+from realtime_clients import TIMEOUT
+
+SUB = {"query": 'subscription { events(topic: "proto/#") { sequence } }'}
+
+
+async def connect(server):
+    return await websockets.connect(f"ws://{server.http}/graphql", subprotocols=["graphql-transport-ws"])
+
+
+async def close_code(sock) -> tuple[int, str]:
+    try:
+        while True:
+            await asyncio.wait_for(sock.recv(), TIMEOUT)
+    except websockets.exceptions.ConnectionClosed as e:
+        return e.rcvd.code, e.rcvd.reason
+
+
+async def acked(server):
+    sock = await connect(server)
+    await sock.send(json.dumps({"type": "connection_init"}))
+    assert json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT)) == {"type": "connection_ack"}
+    return sock
+
+
+def test_protocol_breaches_close_with_the_protocols_codes(shared_blog):
+    async def scenario():
+        sock = await connect(shared_blog)
+        await sock.send("{not json")
+        code, reason = await close_code(sock)
+        assert code == 4400 and reason, (code, reason)
+
+        sock = await connect(shared_blog)
+        await sock.send(json.dumps({"id": "1", "type": "subscribe", "payload": SUB}))
+        assert await close_code(sock) == (4401, "Unauthorized")
+
+        sock = await acked(shared_blog)
+        await sock.send(json.dumps({"type": "connection_init"}))
+        assert (await close_code(sock))[0] == 4429
+
+        sock = await acked(shared_blog)
+        await sock.send(json.dumps({"id": "1", "type": "subscribe", "payload": SUB}))
+        await sock.send(json.dumps({"id": "1", "type": "subscribe", "payload": SUB}))
+        assert await close_code(sock) == (4409, "Subscriber for 1 already exists")
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_ping_is_answered_and_a_completed_id_can_be_used_again(shared_blog):
+    async def scenario():
+        sock = await acked(shared_blog)
+        await sock.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT)) == {"type": "pong"}
+        await sock.send(json.dumps({"id": "1", "type": "subscribe", "payload": SUB}))
+        await sock.send(json.dumps({"id": "1", "type": "complete"}))
+        assert json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT)) == {"type": "complete", "id": "1"}
+        # a query over the socket: one `next`, then `complete`
+        await sock.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "{ user(id: 123) { username } }"}}))
+        assert json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT)) == {
+            "type": "next", "id": "1", "payload": {"data": {"user": {"username": "john_doe"}}}}
+        assert json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT)) == {"type": "complete", "id": "1"}
+        await sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
