@@ -4,8 +4,10 @@
 //! and the same bytes go to every member, where async-graphql serialises a `Response`
 //! per subscriber. Client messages are async-graphql's [`ClientMessage`]; close codes
 //! are those of graphql-ws's PROTOCOL.md (4400 bad message, 4401 subscribe before
-//! `connection_ack`, 4403 refused `connection_init`, 4409 a duplicate id, 4429 a second
-//! `connection_init`), where async-graphql used 1002/1011 for some of them.
+//! `connection_ack`, 4403 refused `connection_init`, 4408 no `connection_init` within
+//! [`INIT_WAIT`], 4409 a duplicate id, 4429 a second `connection_init`), where
+//! async-graphql used 1002/1011 for some of them and had no wait limit. The legacy
+//! protocol never had one either, so its sockets may wait.
 //!
 //! Every result, errors included, goes out as `next` (legacy: `data`) followed by
 //! `complete`, as async-graphql sends them; a client's `complete`/`stop` is answered
@@ -30,6 +32,11 @@ pub(crate) enum Out {
     Response(Box<Response>),
 }
 
+/// How long a `graphql-transport-ws` socket may stay open without `connection_init`
+/// (graphql-ws's `connectionInitWaitTimeout` default): an unidentified socket holds no
+/// subscription, only a connection slot.
+const INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A subscription's results, then `None` for its end.
 type Results = BoxStream<'static, Option<Out>>;
 
@@ -48,8 +55,13 @@ pub(crate) async fn serve<F, R>(
     let mut data: Option<Arc<Data>> = None;
     let mut subs: StreamMap<String, Results> = StreamMap::new();
     let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
+    let init_wait = tokio::time::sleep(INIT_WAIT);
+    tokio::pin!(init_wait);
     loop {
         let reply = tokio::select! {
+            () = &mut init_wait, if !legacy && on_init.is_some() => {
+                Reply::Close(4408, "Connection initialisation timeout".into())
+            }
             m = input.next() => {
                 let bytes = match m {
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m.into_data(),

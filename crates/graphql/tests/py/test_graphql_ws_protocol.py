@@ -1,6 +1,6 @@
 """The graphql-transport-ws protocol's rules, with a raw websocket client: each breach
-closes the socket with the close code graphql-ws's PROTOCOL.md gives it, and `ping` is
-answered with `pong`."""
+(a socket that never sends `connection_init` included) closes the socket with the close
+code graphql-ws's PROTOCOL.md gives it, and `ping` is answered with `pong`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def test_protocol_breaches_close_with_the_protocols_codes(shared_blog):
         sock = await connect(shared_blog)
         await sock.send(json.dumps({"id": "1", "type": "subscribe", "payload": SUB}))
         assert await close_code(sock) == (4401, "Unauthorized")
+
+        sock = await connect(shared_blog)  # and says nothing: closed after 3 s
+        started = asyncio.get_running_loop().time()
+        assert await close_code(sock) == (4408, "Connection initialisation timeout")
+        assert 2.5 < asyncio.get_running_loop().time() - started < TIMEOUT
 
         sock = await acked(shared_blog)
         await sock.send(json.dumps({"type": "connection_init"}))
