@@ -16,7 +16,9 @@
 //! | webhook endpoint type, query and mutations | `schema/webhooks.rs` |
 //! | batched relation loading | `loaders.rs` |
 //! | GraphQL over HTTP: requests, media types, status codes | `over_http.rs` |
-//! | routes, WebSocket, GraphiQL, SDL | this file |
+//! | the WebSocket protocols (graphql-transport-ws, legacy graphql-ws) | `ws.rs` |
+//! | one execution per distinct live subscription, its bytes shared | `shared.rs` |
+//! | routes, WebSocket upgrade, GraphiQL, SDL | this file |
 
 mod errors;
 mod loaders;
