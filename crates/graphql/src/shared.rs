@@ -92,8 +92,8 @@ struct Shot {
     rendered: Arc<str>,
 }
 
-/// What a request executes, when it may share: the operation is a subscription with
-/// one root field and no `since` anywhere.
+/// Whether a request may share: its operation is a subscription whose one root field
+/// has no `since` (replay would differ by when each member joined).
 fn shareable(req: &Request) -> bool {
     let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
         return false;
