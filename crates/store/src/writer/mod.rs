@@ -36,6 +36,15 @@
 //! into the noise (4.0 writes per commit instead of 3.4; 0.79–0.85× vs 0.77–0.88× over
 //! four interleaved pairs). A rule that wins at both windows is still to be found.
 //!
+//! A fourth was tried on 2026-12-08 on a disk whose syncs took 0.35–2.4 ms from one
+//! minute to the next, and not committed: a durable batch smaller than the largest of the
+//! last eight waited for company (a quarter of the last sync at most, only once syncs took
+//! 0.6 ms or more). At 128 connections and 1.2 ms syncs its batches grew from 43.6 to 51.6
+//! writes but commits per second fell as much (23.6k vs 24.2k POSTs/s): the two cores,
+//! shared with the load generator, were the limit there, and the disk's own swings (a
+//! second pair at 64 connections: 9.7k vs 15.9k/s, at 1.19 vs 0.58 ms per sync) drowned
+//! the rest.
+//!
 //! This file holds the thread, the group commit and the dispatch over commands; each
 //! noun's commands are applied in its own file (`collections`, `records`, `events`,
 //! `consumers`), webhook commands in the store's outbox (`crate::webhooks`).
