@@ -82,8 +82,14 @@ impl Drop for Share {
         if let Some(t) = self.task.get() {
             t.abort();
         }
+        metrics::gauge!(EXECUTIONS).decrement(1.0);
     }
 }
+
+/// Live shared executions, and the subscriptions they serve (in `/metrics`): how much
+/// sharing saves is members ÷ executions.
+const EXECUTIONS: &str = "polyport_graphql_shared_executions";
+const MEMBERS: &str = "polyport_graphql_shared_subscriptions";
 
 #[derive(Clone)]
 struct Shot {
@@ -123,6 +129,51 @@ fn shareable(req: &Request) -> bool {
         .any(|(name, _)| name.node.as_str() == "since")
 }
 
+/// The document without what GraphQL ignores — whitespace, commas and comments outside
+/// strings — so one query formatted two ways (gql prints the documents it sends) shares
+/// one execution. A document with a block string is left as it is.
+fn canonical(q: &str) -> String {
+    if q.contains("\"\"\"") {
+        return q.to_string();
+    }
+    let namey = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(q.len());
+    let mut gap = false;
+    let mut chars = q.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' | ',' | '\u{feff}' => gap = true,
+            '#' => {
+                gap = true;
+                for c in chars.by_ref() {
+                    if c == '\n' || c == '\r' {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                if gap && namey(c) && out.chars().next_back().is_some_and(namey) {
+                    out.push(' ');
+                }
+                gap = false;
+                out.push(c);
+                if c == '"' {
+                    let mut escaped = false;
+                    for c in chars.by_ref() {
+                        out.push(c);
+                        match c {
+                            '\\' if !escaped => escaped = true,
+                            '"' if !escaped => break,
+                            _ => escaped = false,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The request again (a [`Request`] is not `Clone`: its data is not).
 fn rebuild(req: &Request) -> Request {
     let mut r = Request::new(req.query.clone()).variables(req.variables.clone());
@@ -158,7 +209,7 @@ impl Shares {
     ) -> BoxStream<'static, Out> {
         let key = Key {
             schema: schema_id,
-            query: req.query.clone(),
+            query: canonical(&req.query),
             operation: req.operation_name.clone(),
             variables: serde_json::to_string(&req.variables).unwrap_or_default(),
             caller,
@@ -183,6 +234,7 @@ impl Shares {
             .last_seq
             .load(Ordering::Relaxed)
             .max(self.hub.log_state().last_seq);
+        metrics::gauge!(MEMBERS).increment(1.0);
         let state = Member {
             share: Some(share),
             rx,
@@ -208,6 +260,7 @@ impl Shares {
     ) -> (Arc<Share>, broadcast::Receiver<Shot>) {
         let capacity = self.hub.subscriber_queue().max(16);
         let (tx, rx) = broadcast::channel(capacity);
+        metrics::gauge!(EXECUTIONS).increment(1.0);
         let share = Arc::new(Share {
             tx: Mutex::new(Some(tx)),
             last_seq: AtomicU64::new(0),
@@ -266,13 +319,19 @@ impl Shares {
     }
 }
 
-/// One subscriber of a share.
+/// One subscriber of a share, counted in [`MEMBERS`] until it ends or leaves.
 struct Member {
     /// Kept so the execution runs while anyone reads it.
     share: Option<Arc<Share>>,
     rx: broadcast::Receiver<Shot>,
     /// The newest sequence this member has (or, before any, where it joined).
     last: u64,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        metrics::gauge!(MEMBERS).decrement(1.0);
+    }
 }
 
 enum Phase<F> {
@@ -341,5 +400,31 @@ impl SharingExecutor {
                 .map(|r| Out::Response(Box::new(r)))
                 .boxed(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn one_query_formatted_two_ways_is_one_key_and_strings_are_kept() {
+        let printed = "subscription {\n  recordChanged(collection: \"notes\", filter: \"a  = 1\") {\n    id # the id\n    record\n  }\n}";
+        let compact =
+            "subscription{recordChanged(collection:\"notes\" filter:\"a  = 1\"){id record}}";
+        assert_eq!(canonical(printed), canonical(compact));
+        assert_eq!(
+            canonical(compact),
+            "subscription{recordChanged(collection:\"notes\"filter:\"a  = 1\"){id record}}"
+        );
+        let other = compact.replace("a  = 1", "a = 1");
+        assert_ne!(canonical(&other), canonical(compact));
+        let escaped = r#"subscription { events(topic: "a\"  b") { id } }"#;
+        assert!(
+            canonical(escaped).contains(r#""a\"  b""#),
+            "{}",
+            canonical(escaped)
+        );
+        assert_eq!(canonical("query { a  b }"), "query{a b}");
     }
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 
 import httpx
 import pytest
@@ -193,8 +194,9 @@ SHARED_QUERY = 'subscription { recordChanged(collection: "notes") { operation se
 
 
 def test_subscribers_of_one_query_each_get_every_change_and_a_stalled_one_loses_none(servers):
-    """Subscribers asking the same thing are served by one execution; one that stops
-    reading falls far behind the others (the server's subscriber queue is 8 here) and
+    """Subscribers asking the same thing are served by one execution (/metrics counts
+    executions and the subscriptions they serve); one that stops reading falls far behind
+    the others (the server's subscriber queue is 8 here) and
     still receives every change, in order, once it reads again; one leaving ends nobody
     else's subscription."""
     s = servers.start("[events]\nsubscriber_queue = 8\n", "--demo", "blog")
@@ -217,6 +219,12 @@ def test_subscribers_of_one_query_each_get_every_change_and_a_stalled_one_loses_
             if not c["record"]["id"].startswith("probe"):
                 got.append((c["record"]["id"], c["sequence"]))
         return got
+
+    async def shared(http) -> tuple[int, int]:
+        """(executions, subscriptions they serve) from /metrics."""
+        text = (await http.get("/metrics")).text
+        gauge = lambda name: int(float(re.search(rf"^{name} (\S+)$", text, re.M).group(1)))  # noqa: E731
+        return gauge("polyport_graphql_shared_executions"), gauge("polyport_graphql_shared_subscriptions")
 
     async def scenario():
         async with async_client(s) as http:
@@ -245,6 +253,8 @@ def test_subscribers_of_one_query_each_get_every_change_and_a_stalled_one_loses_
                 subs = [Subscription(one, SHARED_QUERY), Subscription(two, SHARED_QUERY)]
                 for sub in subs:
                     await sub.wait_live(probe)
+                # one execution for all three (gql prints the document its own way)
+                assert await shared(http) == (1, 3)
 
                 async def write_all():
                     for i in range(count):
@@ -262,6 +272,7 @@ def test_subscribers_of_one_query_each_get_every_change_and_a_stalled_one_loses_
 
                 # the stalled subscriber reads at last: every change, in order, none twice
                 assert await changes(lambda: raw_next(stalled), count) == seen[0]
+                assert await shared(http) == (1, 2), "the stalled one went on alone"
 
                 # one leaving ends nobody else's subscription
                 await subs[0].close()
