@@ -7,7 +7,8 @@
 //! `connection_ack`, 4403 refused `connection_init`, 4408 no `connection_init` within
 //! [`INIT_WAIT`], 4409 a duplicate id, 4429 a second `connection_init`), where
 //! async-graphql used 1002/1011 for some of them and had no wait limit. The legacy
-//! protocol never had one either, so its sockets may wait.
+//! protocol never had one either, so its sockets may wait; it refuses credentials with
+//! `connection_error` and then closes (1011), as Apollo's server did.
 //!
 //! Every result, errors included, goes out as `next` (legacy: `data`) followed by
 //! `complete`, as async-graphql sends them; a client's `complete`/`stop` is answered
@@ -80,11 +81,22 @@ pub(crate) async fn serve<F, R>(
             }
             Some((id, out)) = subs.next(), if !subs.is_empty() => Reply::Text(result(legacy, &id, out)),
         };
-        let closing = matches!(reply, Reply::Close(..));
-        if sink.feed(reply.into_message()).await.is_err() {
+        let (text, close) = match reply {
+            Reply::Text(t) => (Some(t), None),
+            Reply::Close(code, reason) => (None, Some((code, reason))),
+            Reply::Refuse(t, code, reason) => (Some(t), Some((code, reason))),
+        };
+        if let Some(t) = text
+            && sink.feed(Message::Text(t.into())).await.is_err()
+        {
             return;
         }
-        if closing {
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = sink.feed(Message::Close(Some(frame))).await;
             let _ = sink.flush().await;
             return;
         }
@@ -108,18 +120,8 @@ pub(crate) async fn serve<F, R>(
 enum Reply {
     Text(String),
     Close(u16, String),
-}
-
-impl Reply {
-    fn into_message(self) -> Message {
-        match self {
-            Reply::Text(t) => Message::Text(t.into()),
-            Reply::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })),
-        }
-    }
+    /// A message, then the close (the legacy protocol's `connection_error`).
+    Refuse(String, u16, String),
 }
 
 /// Acts on one client message; `None` when nothing is sent back.
@@ -148,9 +150,12 @@ where
                     *data = Some(Arc::new(d));
                     Reply::Text(r#"{"type":"connection_ack"}"#.into())
                 }
-                Err(e) if legacy => Reply::Text(
+                // As Apollo's server did: `connection_error`, then close with 1011.
+                Err(e) if legacy => Reply::Refuse(
                     serde_json::json!({"type": "connection_error", "payload": {"message": e.message}})
                         .to_string(),
+                    1011,
+                    e.message,
                 ),
                 Err(e) => Reply::Close(4403, e.message),
             })

@@ -5,6 +5,7 @@ code graphql-ws's PROTOCOL.md gives it, and `ping` is answered with `pong`."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import websockets
@@ -75,5 +76,34 @@ def test_ping_is_answered_and_a_completed_id_can_be_used_again(shared_blog):
             "type": "next", "id": "1", "payload": {"data": {"user": {"username": "john_doe"}}}}
         assert json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT)) == {"type": "complete", "id": "1"}
         await sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_refused_credentials_on_each_protocol(servers):
+    """graphql-transport-ws closes with 4403; the legacy graphql-ws sends
+    `connection_error` (with the reason) and then closes."""
+    s = servers.start('[auth]\nusers = { alice = "s3cret" }\nanonymous = false\n', "--demo", "blog")
+    bad = {"Authorization": "Basic " + base64.b64encode(b"alice:wrong").decode()}
+
+    async def scenario():
+        sock = await websockets.connect(f"ws://{s.http}/graphql", subprotocols=["graphql-transport-ws"])
+        await sock.send(json.dumps({"type": "connection_init", "payload": bad}))
+        code, reason = await close_code(sock)
+        assert code == 4403 and reason, (code, reason)
+
+        sock = await websockets.connect(f"ws://{s.http}/graphql", subprotocols=["graphql-ws"])
+        await sock.send(json.dumps({"type": "connection_init", "payload": bad}))
+        msg = json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT))
+        assert msg["type"] == "connection_error" and msg["payload"]["message"], msg
+        assert (await close_code(sock))[0] == 1011
+
+        # the right password is let in on both
+        good = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
+        for protocol in ("graphql-transport-ws", "graphql-ws"):
+            sock = await websockets.connect(f"ws://{s.http}/graphql", subprotocols=[protocol])
+            await sock.send(json.dumps({"type": "connection_init", "payload": good}))
+            assert json.loads(await asyncio.wait_for(sock.recv(), TIMEOUT)) == {"type": "connection_ack"}
+            await sock.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
