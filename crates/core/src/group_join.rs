@@ -19,8 +19,9 @@ use tokio::time::Instant;
 use crate::cluster::{GroupLink, MemberLink};
 use crate::engine::Store;
 use crate::error::{HubError, HubResult};
+use crate::group::group_keys;
 use crate::group::{Claim, Ctl, Hosting, Member};
-use crate::hub::{Hub, group_keys};
+use crate::hub::Hub;
 use crate::query::Filter;
 use crate::subscription::{
     AckPolicy, Inner, Overflow, RecordSelector, SubscribeRequest, Subscription,

@@ -27,7 +27,10 @@ use crate::error::HubResult;
 use crate::event::{EventRef, Notice};
 use crate::subscription::{Delivery, Direct, Item};
 
+mod keys;
 mod member;
+
+pub(crate) use keys::{group_keys, group_owner};
 
 pub(crate) use member::{AckHandle, Acks, Ctl, Member, member_queue};
 pub use member::{LinkCtl, LinkedMember, MemberLink, linked};
