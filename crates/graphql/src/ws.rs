@@ -38,8 +38,8 @@ pub(crate) enum Out {
 /// subscription, only a connection slot.
 const INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A subscription's results, then `None` for its end.
-type Results = BoxStream<'static, Option<Out>>;
+/// A subscription's frames: its results, then `complete`.
+type Results = BoxStream<'static, String>;
 
 /// Serves one connection until either side closes it.
 pub(crate) async fn serve<F, R>(
@@ -79,7 +79,7 @@ pub(crate) async fn serve<F, R>(
                     }
                 }
             }
-            Some((id, out)) = subs.next(), if !subs.is_empty() => Reply::Text(result(legacy, &id, out)),
+            Some((_, frame)) = subs.next(), if !subs.is_empty() => Reply::Text(frame),
         };
         let (text, close) = match reply {
             Reply::Text(t) => (Some(t), None),
@@ -101,12 +101,8 @@ pub(crate) async fn serve<F, R>(
             return;
         }
         // Whatever else is ready goes in the same write.
-        while let Some(Some((id, out))) = subs.next().now_or_never() {
-            if sink
-                .feed(Message::Text(result(legacy, &id, out).into()))
-                .await
-                .is_err()
-            {
+        while let Some(Some((_, frame))) = subs.next().now_or_never() {
+            if sink.feed(Message::Text(frame.into())).await.is_err() {
                 return;
             }
         }
@@ -170,10 +166,13 @@ where
                     format!("Subscriber for {id} already exists"),
                 ));
             }
+            // The frame's head is written once per subscription, not per result.
+            let ty = if legacy { "data" } else { "next" };
+            let head = format!(r#"{{"type":"{ty}","id":{},"payload":"#, json_string(&id));
             let results = executor
                 .stream(payload, data)
-                .map(Some)
-                .chain(futures::stream::once(async { None }))
+                .map(move |out| frame(&head, out))
+                .chain(futures::stream::once(futures::future::ready(complete(&id))))
                 .boxed();
             subs.insert(id, results);
             None
@@ -189,10 +188,8 @@ fn complete(id: &str) -> String {
     format!(r#"{{"type":"complete","id":{}}}"#, json_string(id))
 }
 
-/// `next` (legacy: `data`) with the result, or `complete` at the end.
-fn result(legacy: bool, id: &str, out: Option<Out>) -> String {
-    let Some(out) = out else { return complete(id) };
-    let ty = if legacy { "data" } else { "next" };
+/// `next` (legacy: `data`) with one result: `head` is the message up to its payload.
+fn frame(head: &str, out: Out) -> String {
     let owned;
     let payload: &str = match &out {
         Out::Rendered(p) => p,
@@ -206,13 +203,8 @@ fn result(legacy: bool, id: &str, out: Option<Out>) -> String {
             &owned
         }
     };
-    let id = json_string(id);
-    let mut s = String::with_capacity(payload.len() + id.len() + 40);
-    s.push_str(r#"{"type":""#);
-    s.push_str(ty);
-    s.push_str(r#"","id":"#);
-    s.push_str(&id);
-    s.push_str(r#","payload":"#);
+    let mut s = String::with_capacity(head.len() + payload.len() + 1);
+    s.push_str(head);
     s.push_str(payload);
     s.push('}');
     s
